@@ -1,0 +1,84 @@
+//! Loading a daemon's TOML configuration file.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::de::DeserializeOwned;
+
+/// Reads `path` as a `T`, or returns `T::default()` (what `corral up`
+/// runs) when no file is given.
+pub fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn examples() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples")
+    }
+
+    #[test]
+    fn no_file_means_defaults() {
+        let cfg: corral_scheduler::Config = load(None).unwrap();
+        assert_eq!(cfg, corral_scheduler::Config::default());
+    }
+
+    #[test]
+    fn every_example_config_parses_and_validates() {
+        let dir = examples();
+        let path = |name: &str| dir.join(name);
+        load::<corral_runner::Config>(Some(&path("runner.toml")))
+            .unwrap()
+            .validate()
+            .unwrap();
+        load::<corral_storage::Config>(Some(&path("storage.toml")))
+            .unwrap()
+            .validate()
+            .unwrap();
+        load::<corral_worker::Config>(Some(&path("worker.toml")))
+            .unwrap()
+            .validate()
+            .unwrap();
+        load::<corral_scheduler::Config>(Some(&path("scheduler.toml")))
+            .unwrap()
+            .validate()
+            .unwrap();
+        // Every file in the folder is covered above.
+        let count = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "toml")
+            })
+            .count();
+        assert_eq!(
+            count,
+            4,
+            "a new example in {} needs a line here",
+            dir.display()
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_the_file() {
+        let dir = std::env::temp_dir().join(format!("corral-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:1\"\nlisten_adress = \"x\"\n").unwrap();
+        let err = load::<corral_scheduler::Config>(Some(&file)).unwrap_err();
+        assert!(format!("{err:#}").contains("bad.toml"), "{err:#}");
+        assert!(format!("{err:#}").contains("listen_adress"), "{err:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,62 @@
+//! The `corral` binary's own promises: `--version` names the commit, and a
+//! daemon that does not exist yet says so rather than pretending.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn corral() -> Command {
+    // Built by `cargo test --workspace`, which builds every binary first.
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/corral");
+    assert!(
+        bin.exists(),
+        "build the corral binary first: {}",
+        bin.display()
+    );
+    Command::new(bin)
+}
+
+#[test]
+fn version_names_the_git_commit() {
+    let out = corral().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("corral 0."), "{text}");
+    assert!(text.contains("(commit "), "{text}");
+}
+
+#[test]
+fn check_policy_accepts_the_shipped_policies_and_refuses_a_bad_one() {
+    let policies = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let out = corral()
+        .args(["sandbox", "check-policy"])
+        .arg(policies.join("default.toml"))
+        .arg(policies.join("hermetic.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bad = std::env::temp_dir().join(format!("corral-bad-policy-{}.toml", std::process::id()));
+    std::fs::write(&bad, "[filesystem]\nread_only_paths = [\"usr\"]\n").unwrap();
+    let out = corral()
+        .args(["sandbox", "check-policy"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&bad).unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("must be an absolute path"), "{stderr}");
+}
+
+#[test]
+fn json_log_format_is_accepted() {
+    let out = corral()
+        .args(["--log-format", "json", "--version"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}

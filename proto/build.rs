@@ -1,0 +1,51 @@
+//! Generates Rust code for our own protocols at build time.
+//!
+//! protoc comes from the `protoc-bin-vendored` crate, so building needs no
+//! system package. Every type our protos import from REAPI or from
+//! google.protobuf is mapped onto the `bazel-remote-apis` crate, so the
+//! generated code and the REAPI services share one set of types.
+
+use std::path::PathBuf;
+
+const PROTOS: &[&str] = &[
+    "protos/buildbarn/runner.proto",
+    "protos/buildbarn/remoteworker.proto",
+    "protos/buildbarn/resourceusage.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let well_known = protoc_bin_vendored::include_path()?;
+    // tonic-prost-build finds protoc through PROTOC in this process's
+    // environment, which belongs to this build script alone.
+    #[allow(clippy::disallowed_methods)]
+    // SAFETY: the build script is single-threaded; no other thread reads the
+    // environment concurrently.
+    unsafe {
+        std::env::set_var("PROTOC", protoc);
+    }
+
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    println!(
+        "cargo:rerun-if-changed=protos/build/bazel/remote/execution/v2/remote_execution.proto"
+    );
+
+    let protos: Vec<PathBuf> = PROTOS.iter().map(PathBuf::from).collect();
+    let includes = [PathBuf::from("protos"), well_known];
+    // compile_well_known_types drops the default mapping of google.protobuf
+    // onto prost-types, so ours (the types bazel-remote-apis generated) wins.
+    tonic_prost_build::configure()
+        .compile_well_known_types(true)
+        // Ordered maps: encoding is deterministic, so equal messages give
+        // equal bytes (golden tests, and digests of what we store).
+        .btree_map(".")
+        .extern_path(".google.protobuf", "::bazel_remote_apis::google::protobuf")
+        .extern_path(
+            ".build.bazel.remote.execution.v2",
+            "::bazel_remote_apis::build::bazel::remote::execution::v2",
+        )
+        .compile_protos(&protos, &includes)?;
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! The protocols Corral speaks, as Rust types and tonic services.
+//!
+//! - [`reapi`], [`bytestream`], [`longrunning`], [`rpc`], [`protobuf`]: the
+//!   Remote Execution API v2 and the Google APIs it uses, re-exported from
+//!   the `bazel-remote-apis` crate so every crate of ours names them one way.
+//! - [`runner`] — worker → runner (`buildbarn.runner`, Buildbarn's shape).
+//! - [`remoteworker`] — worker → scheduler (`buildbarn.remoteworker`).
+//! - [`resourceusage`] — usage reports for `ExecutedActionMetadata`.
+//! - [`any`] — packing our messages into `google.protobuf.Any`.
+//!
+//! Our `.proto` files are in `proto/protos/buildbarn/` and use Buildbarn's
+//! package, message names and field numbers, so Corral's daemons can be
+//! mixed with Buildbarn's. This crate depends on nothing else of ours and
+//! holds no behaviour beyond encoding.
+
+#![forbid(unsafe_code)]
+
+pub mod any;
+
+pub use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+pub use bazel_remote_apis::build::bazel::semver;
+pub use bazel_remote_apis::google::bytestream;
+pub use bazel_remote_apis::google::longrunning;
+pub use bazel_remote_apis::google::protobuf;
+pub use bazel_remote_apis::google::rpc;
+
+/// `buildbarn.runner`: the protocol between a worker and its runner.
+pub mod runner {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("buildbarn.runner");
+}
+
+/// `buildbarn.remoteworker`: the protocol between workers and the scheduler.
+pub mod remoteworker {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("buildbarn.remoteworker");
+}
+
+/// `buildbarn.resourceusage`: resource usage reports.
+pub mod resourceusage {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("buildbarn.resourceusage");
+}

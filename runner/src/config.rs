@@ -1,0 +1,52 @@
+//! `runner.toml`: the runner daemon's configuration.
+//!
+//! `Config::default()` is exactly what `corral up` runs.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// The runner's configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Unix socket the runner listens on; the worker's slots point at it.
+    /// Default `corral-data/runner.sock`.
+    pub listen_path: PathBuf,
+    /// The worker's build directory. Paths in a `RunRequest` are relative
+    /// to it, and the runner refuses any that leaves it. Default
+    /// `corral-data/worker/build`.
+    pub build_directory: PathBuf,
+    /// A directory of `<name>.toml` sandbox policies. Unset: the policies
+    /// shipped in `policies/`, built into the binary.
+    pub policies_directory: Option<PathBuf>,
+    /// The policy for actions that name none with the `corral-policy`
+    /// platform property. Default `default`.
+    pub default_policy: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen_path: PathBuf::from("corral-data/runner.sock"),
+            build_directory: PathBuf::from("corral-data/worker/build"),
+            policies_directory: None,
+            default_policy: "default".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.default_policy.is_empty() || self.default_policy.contains('/') {
+            return Err(Error::InvalidConfig {
+                field: "default_policy",
+                reason: format!("{:?} is not a policy name", self.default_policy),
+            });
+        }
+        Ok(())
+    }
+}

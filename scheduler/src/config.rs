@@ -1,0 +1,65 @@
+//! `scheduler.toml`: the scheduler daemon's configuration.
+//!
+//! `Config::default()` is exactly what `corral up` runs.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// The scheduler's configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address clients and workers connect to. Default `127.0.0.1:8980`.
+    pub listen: SocketAddr,
+    /// Storage endpoint for the Action Cache and CAS. Default: the storage
+    /// served in the same process by `corral up`.
+    pub storage: Option<String>,
+    /// Execution timeout, in seconds, for actions that set none. Default 900.
+    pub default_timeout_s: u64,
+    /// Largest execution timeout, in seconds, an action may ask for.
+    /// Default 3600.
+    pub max_timeout_s: u64,
+    /// A worker that has not synchronized for this many seconds past its
+    /// deadline is considered gone and its action re-queued. Default 60.
+    pub worker_timeout_s: u64,
+    /// How many times an action is re-queued after losing its worker
+    /// before it fails with UNAVAILABLE. Default 3.
+    pub max_retries: u32,
+    /// How long, in seconds, an action waits for a worker with a matching
+    /// platform to appear before failing with FAILED_PRECONDITION.
+    /// Default 60.
+    pub platform_grace_s: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8980)),
+            storage: None,
+            default_timeout_s: 900,
+            max_timeout_s: 3600,
+            worker_timeout_s: 60,
+            max_retries: 3,
+            platform_grace_s: 60,
+        }
+    }
+}
+
+impl Config {
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.default_timeout_s == 0 || self.default_timeout_s > self.max_timeout_s {
+            return Err(Error::InvalidConfig {
+                field: "default_timeout_s",
+                reason: format!(
+                    "must be between 1 and max_timeout_s ({}), got {}",
+                    self.max_timeout_s, self.default_timeout_s
+                ),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,8 @@
+//! The scheduler's errors.
+
+/// Everything that can go wrong in the scheduler.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {field}: {reason}")]
+    InvalidConfig { field: &'static str, reason: String },
+}

@@ -1,0 +1,20 @@
+//! The scheduler daemon: REAPI `Execution` and `Operations` for clients, the
+//! worker protocol (`buildbarn.remoteworker.OperationQueue`) for workers.
+//!
+//! It checks the Action Cache, queues actions per instance name and
+//! platform, merges identical in-flight actions, and hands them to workers
+//! that synchronize with it.
+//!
+//! Modules:
+//! - [`config`] — `scheduler.toml`.
+//! - [`error`] — the crate's error type.
+//!
+//! The scheduler never runs anything itself.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+
+pub use config::Config;
+pub use error::Error;

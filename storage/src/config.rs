@@ -1,0 +1,92 @@
+//! `storage.toml`: the storage daemon's configuration.
+//!
+//! `Config::default()` is exactly what `corral up` runs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// The storage daemon's configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the REAPI storage services listen on. Default
+    /// `127.0.0.1:8980`.
+    pub listen: SocketAddr,
+    /// Where blobs are kept.
+    pub backend: Backend,
+    /// Largest total size of a BatchUpdateBlobs or BatchReadBlobs request,
+    /// in bytes, advertised in GetCapabilities. Default 4 MiB, gRPC's
+    /// default message size.
+    pub max_batch_total_size_bytes: u64,
+}
+
+/// Where blobs are kept.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum Backend {
+    /// In memory, lost on restart. For tests and throwaway farms.
+    Memory {
+        /// Largest total size of the blobs held, in bytes; least recently
+        /// used blobs are evicted past it.
+        max_size_bytes: u64,
+    },
+    /// Files in a directory: the default.
+    Disk {
+        /// The directory. Default `corral-data/storage`.
+        dir: PathBuf,
+        /// Largest total size of the blobs held, in bytes. Default 10 GiB.
+        max_size_bytes: u64,
+        /// fsync every blob before it becomes visible. Default false: a
+        /// crash may lose recent blobs (clients re-upload what is missing),
+        /// but can never expose a corrupt one, since reads verify.
+        fsync: bool,
+    },
+}
+
+impl Default for Backend {
+    fn default() -> Self {
+        Backend::Disk {
+            dir: PathBuf::from("corral-data/storage"),
+            max_size_bytes: 10 << 30,
+            fsync: false,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8980)),
+            backend: Backend::default(),
+            max_batch_total_size_bytes: 4 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), Error> {
+        let max_size = match &self.backend {
+            Backend::Memory { max_size_bytes } | Backend::Disk { max_size_bytes, .. } => {
+                *max_size_bytes
+            }
+        };
+        if max_size == 0 {
+            return Err(Error::InvalidConfig {
+                field: "backend.max_size_bytes",
+                reason: "must be greater than zero".to_owned(),
+            });
+        }
+        if self.max_batch_total_size_bytes < 1024 {
+            return Err(Error::InvalidConfig {
+                field: "max_batch_total_size_bytes",
+                reason: "must be at least 1024".to_owned(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,8 @@
+//! Storage's errors.
+
+/// Everything that can go wrong in storage.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {field}: {reason}")]
+    InvalidConfig { field: &'static str, reason: String },
+}

@@ -1,0 +1,175 @@
+//! The direction of dependencies is the architecture (docs/README.md):
+//! this test reads `cargo metadata` and fails when an edge points the
+//! wrong way.
+
+#![allow(clippy::unwrap_used)] // a test: a missing metadata field should fail loudly
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use serde_json::Value;
+
+const OURS: &[&str] = &[
+    "corral-proto",
+    "corral-sandbox",
+    "corral-runner",
+    "corral-storage",
+    "corral-worker",
+    "corral-scheduler",
+    "corral",
+    "corral-e2e",
+];
+
+/// The host's target triple, from `rustc -vV`.
+fn host_triple() -> String {
+    let out = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("run rustc -vV");
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .expect("rustc -vV names the host")
+}
+
+/// Normal (non-dev, non-build) dependency edges, by package name.
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    // Only this platform's dependencies: the others need not be downloaded,
+    // and what runs here is what matters.
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--offline"])
+        .args(["--filter-platform", &host_triple()])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: Value = serde_json::from_slice(&out.stdout).expect("metadata is JSON");
+    let names: BTreeMap<&str, &str> = meta["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap(), p["name"].as_str().unwrap()))
+        .collect();
+    let mut graph = BTreeMap::new();
+    for node in meta["resolve"]["nodes"].as_array().expect("resolve nodes") {
+        let from = names[node["id"].as_str().unwrap()].to_owned();
+        let deps = node["deps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| {
+                d["dep_kinds"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|k| k["kind"].is_null())
+            })
+            .map(|d| names[d["pkg"].as_str().unwrap()].to_owned())
+            .collect();
+        graph.insert(from, deps);
+    }
+    graph
+}
+
+/// Everything `root` links, directly or not.
+fn reaches(graph: &BTreeMap<String, BTreeSet<String>>, root: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(name) = todo.pop() {
+        for dep in graph.get(&name).into_iter().flatten() {
+            if seen.insert(dep.clone()) {
+                todo.push(dep.clone());
+            }
+        }
+    }
+    seen
+}
+
+fn ours(set: &BTreeSet<String>) -> BTreeSet<&str> {
+    set.iter()
+        .map(String::as_str)
+        .filter(|n| OURS.contains(n))
+        .collect()
+}
+
+#[test]
+fn every_crate_of_ours_is_in_the_graph() {
+    let graph = graph();
+    for name in OURS {
+        assert!(
+            graph.contains_key(*name),
+            "{name} missing from the workspace"
+        );
+    }
+}
+
+#[test]
+fn proto_and_sandbox_depend_on_nothing_of_ours() {
+    let graph = graph();
+    for leaf in ["corral-proto", "corral-sandbox"] {
+        let reached = reaches(&graph, leaf);
+        assert!(
+            ours(&reached).is_empty(),
+            "{leaf} reaches {:?}",
+            ours(&reached)
+        );
+    }
+}
+
+#[test]
+fn sandbox_never_links_tokio_or_tonic() {
+    let reached = reaches(&graph(), "corral-sandbox");
+    for banned in ["tokio", "tonic", "hyper", "h2"] {
+        assert!(!reached.contains(banned), "corral-sandbox reaches {banned}");
+    }
+}
+
+#[test]
+fn worker_never_links_the_sandbox() {
+    let reached = reaches(&graph(), "corral-worker");
+    assert!(
+        !reached.contains("corral-sandbox"),
+        "the worker must reach the runner only over the runner protocol"
+    );
+}
+
+#[test]
+fn daemon_crates_depend_only_where_the_design_allows() {
+    let graph = graph();
+    let allowed: &[(&str, &[&str])] = &[
+        ("corral-runner", &["corral-proto", "corral-sandbox"]),
+        ("corral-storage", &["corral-proto"]),
+        ("corral-worker", &["corral-proto"]),
+        ("corral-scheduler", &["corral-proto", "corral-storage"]),
+    ];
+    for (krate, may) in allowed {
+        let reached = reaches(&graph, krate);
+        let bad: Vec<_> = ours(&reached)
+            .into_iter()
+            .filter(|d| !may.contains(d))
+            .collect();
+        assert!(bad.is_empty(), "{krate} must not depend on {bad:?}");
+    }
+}
+
+#[test]
+fn the_check_itself_catches_a_wrong_edge() {
+    // A graph where the worker links the sandbox through the runner must
+    // be caught, or the tests above prove nothing.
+    let mut graph = BTreeMap::new();
+    graph.insert(
+        "corral-worker".to_owned(),
+        BTreeSet::from(["corral-runner".to_owned()]),
+    );
+    graph.insert(
+        "corral-runner".to_owned(),
+        BTreeSet::from(["corral-sandbox".to_owned()]),
+    );
+    assert!(reaches(&graph, "corral-worker").contains("corral-sandbox"));
+}

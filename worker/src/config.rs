@@ -1,0 +1,88 @@
+//! `worker.toml`: the worker daemon's configuration.
+//!
+//! `Config::default()` is exactly what `corral up` runs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// The worker's configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The scheduler's worker endpoint. Default `http://127.0.0.1:8980`.
+    pub scheduler: String,
+    /// The storage (CAS) endpoint. Default `http://127.0.0.1:8980`.
+    pub storage: String,
+    /// Holds `cache/` (the file cache) and `build/` (one directory per
+    /// running action). Must be on one file system, for hardlinks. Default
+    /// `corral-data/worker`.
+    pub directory: PathBuf,
+    /// Largest total size of the file cache, in bytes. Default 10 GiB.
+    pub cache_max_size_bytes: u64,
+    /// Instance name prefix this worker serves. Default empty: all.
+    pub instance_name_prefix: String,
+    /// Build slots. Default: one slot group with a slot per core, on the
+    /// local runner.
+    pub slots: Vec<SlotGroup>,
+}
+
+/// Identical build slots that share a runner and a platform.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotGroup {
+    /// How many actions run at once. 0 = one per core.
+    #[serde(default)]
+    pub concurrency: usize,
+    /// The runner's Unix socket.
+    pub runner: PathBuf,
+    /// Platform properties offered to the scheduler. Actions go only to
+    /// slots whose platform matches theirs.
+    #[serde(default)]
+    pub platform: BTreeMap<String, String>,
+    /// Size class reported to the scheduler. Default 0.
+    #[serde(default)]
+    pub size_class: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            scheduler: "http://127.0.0.1:8980".to_owned(),
+            storage: "http://127.0.0.1:8980".to_owned(),
+            directory: PathBuf::from("corral-data/worker"),
+            cache_max_size_bytes: 10 << 30,
+            instance_name_prefix: String::new(),
+            slots: vec![SlotGroup {
+                concurrency: 0,
+                runner: PathBuf::from("corral-data/runner.sock"),
+                platform: BTreeMap::new(),
+                size_class: 0,
+            }],
+        }
+    }
+}
+
+impl Config {
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.slots.is_empty() {
+            return Err(Error::InvalidConfig {
+                field: "slots",
+                reason: "a worker needs at least one slot group".to_owned(),
+            });
+        }
+        for (field, url) in [("scheduler", &self.scheduler), ("storage", &self.storage)] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(Error::InvalidConfig {
+                    field,
+                    reason: format!("{url:?} is not an http:// or https:// endpoint"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
