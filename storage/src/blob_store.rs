@@ -1,0 +1,278 @@
+//! `BlobStore`: the Content Addressable Storage behind the services.
+//!
+//! A store is keyed by [`Digest`], which carries its digest function, so
+//! SHA-256 and BLAKE3 blobs live side by side. Every implementation must
+//! keep three promises the services rely on:
+//! - nothing is visible until its content was checked against its digest
+//!   (hash and size), and a refused write leaves nothing behind;
+//! - content found not to match its digest is never returned whole: it is
+//!   reported missing and removed;
+//! - the empty blob is always present, stored or not (REAPI requires it).
+
+use std::pin::Pin;
+
+use futures_util::Stream;
+
+use crate::blob_write::BlobWrite;
+use crate::digest::{Digest, VerifyError};
+use crate::disk_blob_store::DiskError;
+
+/// Size of the chunks a streamed read yields. 64 KiB keeps each ByteStream
+/// message small enough to pipeline well and large enough that per-message
+/// overhead stays a few percent.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// A blob's bytes, in order, in chunks of at most [`READ_CHUNK_BYTES`].
+pub type BlobStream = Pin<Box<dyn Stream<Item = Result<Vec<u8>, Error>> + Send>>;
+
+/// What can go wrong in a store, whatever the backend.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("blob {digest} is larger than the store's bound of {max_size_bytes} bytes")]
+    TooLarge { digest: Digest, max_size_bytes: u64 },
+    #[error("refused content for a blob")]
+    Refused(#[from] VerifyError),
+    #[error("blob {digest} was found corrupt in storage and removed")]
+    Corrupt { digest: Digest },
+    #[error("disk store failed")]
+    Disk(#[from] DiskError),
+}
+
+/// The Content Addressable Storage.
+#[tonic::async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// The digests among `digests` that are not stored. Asking refreshes
+    /// the ones that are, as REAPI expects: a client that was just told a
+    /// blob is present will reference it soon.
+    async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, Error>;
+
+    /// The whole blob, verified, or `None` if it is missing (or was found
+    /// corrupt and removed).
+    async fn get(&self, digest: &Digest) -> Result<Option<Vec<u8>>, Error>;
+
+    /// Bytes `offset..offset + limit` of the blob (to its end when `limit`
+    /// is `None`), streamed, or `None` if it is missing. A read of the
+    /// whole blob is verified as it streams: on a mismatch, the last chunk
+    /// is withheld and the stream ends with [`Error::Corrupt`], so a client
+    /// never receives all of a corrupt blob. Partial reads are not
+    /// verified; clients check what they reassemble.
+    async fn read(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        limit: Option<u64>,
+    ) -> Result<Option<BlobStream>, Error>;
+
+    /// Starts writing a blob; see [`BlobWrite`].
+    async fn begin_write(&self, digest: &Digest) -> Result<Box<dyn BlobWrite>, Error>;
+
+    /// Writes a whole blob held in memory.
+    async fn put(&self, digest: &Digest, data: Vec<u8>) -> Result<(), Error> {
+        let mut write = self.begin_write(digest).await?;
+        write.write(&data).await?;
+        write.commit().await
+    }
+}
+
+/// The behaviour every backend must show, as one suite each backend's
+/// tests run against itself.
+#[cfg(test)]
+pub(crate) mod conformance {
+    use futures_util::TryStreamExt as _;
+
+    use super::*;
+    use crate::action_cache::ActionCache;
+    use crate::digest::DigestFunction;
+
+    /// Makes fresh, empty stores of a backend.
+    pub(crate) trait Harness {
+        type Store: BlobStore + ActionCache + Clone;
+        async fn make(&mut self, max_size_bytes: u64) -> Self::Store;
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    /// Deterministic, incompressible-enough bytes.
+    pub(crate) fn blob(seed: u8, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
+            .collect()
+    }
+
+    pub(crate) async fn run<H: Harness>(mut harness: H) {
+        for function in DigestFunction::ALL {
+            put_then_get_and_find(harness.make(MIB).await, function).await;
+        }
+        wrong_hash_is_refused_and_leaves_nothing(harness.make(MIB).await).await;
+        wrong_size_is_refused(harness.make(MIB).await).await;
+        empty_blob_is_always_present(harness.make(MIB).await).await;
+        ranged_reads_return_the_right_bytes(harness.make(MIB).await).await;
+        abandoned_write_leaves_nothing(harness.make(MIB).await).await;
+        too_large_blob_is_refused(harness.make(MIB).await).await;
+        action_cache_entries_replace(harness.make(MIB).await).await;
+        concurrent_writers_of_one_blob_agree(harness.make(16 * MIB).await).await;
+        least_recently_used_blob_is_evicted(harness.make(MIB).await).await;
+    }
+
+    async fn read_all<S: BlobStore>(
+        store: &S,
+        d: &Digest,
+        offset: u64,
+        limit: Option<u64>,
+    ) -> Vec<u8> {
+        let stream = store
+            .read(d, offset, limit)
+            .await
+            .unwrap()
+            .expect("blob present");
+        let chunks: Vec<Vec<u8>> = stream.try_collect().await.unwrap();
+        assert!(chunks.iter().all(|c| c.len() <= READ_CHUNK_BYTES));
+        chunks.concat()
+    }
+
+    async fn put_then_get_and_find<S: BlobStore>(store: S, function: DigestFunction) {
+        let data = blob(1, 1000);
+        let d = function.digest_of(&data);
+        let other = function.digest_of(b"other");
+        assert_eq!(store.find_missing(&[d, other]).await.unwrap(), [d, other]);
+        assert_eq!(store.get(&d).await.unwrap(), None);
+        assert!(store.read(&d, 0, None).await.unwrap().is_none());
+        store.put(&d, data.clone()).await.unwrap();
+        assert_eq!(store.find_missing(&[d, other]).await.unwrap(), [other]);
+        assert_eq!(store.get(&d).await.unwrap(), Some(data.clone()));
+        assert_eq!(read_all(&store, &d, 0, None).await, data);
+        // Writing it again is harmless.
+        store.put(&d, data.clone()).await.unwrap();
+        assert_eq!(store.get(&d).await.unwrap(), Some(data));
+    }
+
+    async fn wrong_hash_is_refused_and_leaves_nothing<S: BlobStore>(store: S) {
+        let claimed = DigestFunction::Sha256.digest_of(b"hello");
+        let err = store.put(&claimed, b"jello".to_vec()).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Refused(VerifyError::HashMismatch { .. })),
+            "{err:?}"
+        );
+        assert_eq!(store.find_missing(&[claimed]).await.unwrap(), [claimed]);
+        assert_eq!(store.get(&claimed).await.unwrap(), None);
+    }
+
+    async fn wrong_size_is_refused<S: BlobStore>(store: S) {
+        let d = DigestFunction::Sha256.digest_of(b"hello");
+        let err = store.put(&d, b"hello!".to_vec()).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Refused(VerifyError::TooLong { .. })),
+            "{err:?}"
+        );
+        let err = store.put(&d, b"hell".to_vec()).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Refused(VerifyError::TooShort { .. })),
+            "{err:?}"
+        );
+        assert_eq!(store.find_missing(&[d]).await.unwrap(), [d]);
+    }
+
+    async fn empty_blob_is_always_present<S: BlobStore>(store: S) {
+        for function in DigestFunction::ALL {
+            let empty = function.empty();
+            assert!(store.find_missing(&[empty]).await.unwrap().is_empty());
+            assert_eq!(store.get(&empty).await.unwrap(), Some(Vec::new()));
+            assert!(read_all(&store, &empty, 0, None).await.is_empty());
+        }
+        // A zero size with any other hash is not the empty blob.
+        let fake = Digest::new(DigestFunction::Sha256, [7; 32], 0);
+        assert_eq!(store.find_missing(&[fake]).await.unwrap(), [fake]);
+    }
+
+    async fn ranged_reads_return_the_right_bytes<S: BlobStore>(store: S) {
+        let data = blob(2, 3 * READ_CHUNK_BYTES + 123);
+        let d = DigestFunction::Blake3.digest_of(&data);
+        store.put(&d, data.clone()).await.unwrap();
+        assert_eq!(read_all(&store, &d, 0, None).await, data);
+        assert_eq!(read_all(&store, &d, 100, None).await, data[100..]);
+        assert_eq!(
+            read_all(&store, &d, 100, Some(70_000)).await,
+            data[100..70_100]
+        );
+        assert_eq!(read_all(&store, &d, 0, Some(5)).await, data[..5]);
+        let len = data.len() as u64;
+        assert!(read_all(&store, &d, len, None).await.is_empty());
+        assert_eq!(
+            read_all(&store, &d, len - 1, Some(10)).await,
+            data[data.len() - 1..]
+        );
+    }
+
+    async fn abandoned_write_leaves_nothing<S: BlobStore>(store: S) {
+        let data = blob(3, 5000);
+        let d = DigestFunction::Sha256.digest_of(&data);
+        let mut write = store.begin_write(&d).await.unwrap();
+        write.write(&data[..2000]).await.unwrap();
+        assert_eq!(write.received(), 2000);
+        assert_eq!(*write.digest(), d);
+        drop(write);
+        assert_eq!(store.find_missing(&[d]).await.unwrap(), [d]);
+    }
+
+    async fn too_large_blob_is_refused<S: BlobStore>(store: S) {
+        let d = Digest::new(DigestFunction::Sha256, [1; 32], 2 * MIB);
+        let err = store.begin_write(&d).await.err().expect("refused");
+        assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
+    }
+
+    async fn action_cache_entries_replace<S: ActionCache>(store: S) {
+        let action = DigestFunction::Sha256.digest_of(b"action");
+        assert_eq!(store.get_action_result(&action).await.unwrap(), None);
+        store
+            .put_action_result(&action, b"first".to_vec())
+            .await
+            .unwrap();
+        store
+            .put_action_result(&action, b"second".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_action_result(&action).await.unwrap(),
+            Some(b"second".to_vec())
+        );
+        // The same digest under another function is another action.
+        let blake = Digest::new(DigestFunction::Blake3, *action.hash(), action.size_bytes());
+        assert_eq!(store.get_action_result(&blake).await.unwrap(), None);
+    }
+
+    async fn concurrent_writers_of_one_blob_agree<S: BlobStore + Clone>(store: S) {
+        let data = blob(4, 300_000);
+        let d = DigestFunction::Sha256.digest_of(&data);
+        let mut writers = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let store = store.clone();
+            let data = data.clone();
+            writers.spawn(async move {
+                let mut write = store.begin_write(&d).await?;
+                for chunk in data.chunks(10_000) {
+                    write.write(chunk).await?;
+                    tokio::task::yield_now().await;
+                }
+                write.commit().await
+            });
+        }
+        while let Some(result) = writers.join_next().await {
+            result.unwrap().unwrap();
+        }
+        assert_eq!(store.get(&d).await.unwrap(), Some(data));
+        assert!(store.find_missing(&[d]).await.unwrap().is_empty());
+    }
+
+    async fn least_recently_used_blob_is_evicted<S: BlobStore + ActionCache>(store: S) {
+        let (a, b, c) = (blob(5, 400_000), blob(6, 400_000), blob(7, 400_000));
+        let f = DigestFunction::Sha256;
+        let (da, db, dc) = (f.digest_of(&a), f.digest_of(&b), f.digest_of(&c));
+        store.put(&da, a).await.unwrap();
+        store.put(&db, b).await.unwrap();
+        // Using `a` makes `b` the least recently used.
+        assert!(store.find_missing(&[da]).await.unwrap().is_empty());
+        store.put(&dc, c).await.unwrap();
+        assert_eq!(store.find_missing(&[da, db, dc]).await.unwrap(), [db]);
+        assert_eq!(store.get(&db).await.unwrap(), None);
+    }
+}

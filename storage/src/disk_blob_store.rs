@@ -1,0 +1,839 @@
+//! `DiskBlobStore`: the default backend, a directory of content-addressed
+//! files.
+//!
+//! ```text
+//! <dir>/cas/<function>/<first 2 hex>/<hash>         a blob; its length is its size
+//! <dir>/ac/<function>/<first 2 hex>/<hash>-<size>   an encoded ActionResult
+//! <dir>/tmp/                                        writes in progress
+//! ```
+//!
+//! A write goes to a fresh file in `tmp/` (same file system, so the final
+//! rename is atomic), is checked against its digest, and only then renamed
+//! into place: a reader sees a whole, verified blob or nothing. The index
+//! of what is held, and in which order it was used, lives in memory; it is
+//! rebuilt at startup from a directory scan that reads names and metadata
+//! but never contents, so startup costs one `stat` per blob. The initial
+//! order is by modification time, the best record of use that survives a
+//! restart.
+
+use std::fs;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use futures_util::stream;
+use tempfile::TempPath;
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+
+use crate::action_cache::ActionCache;
+use crate::blob_store::{BlobStore, BlobStream, Error, READ_CHUNK_BYTES};
+use crate::blob_write::BlobWrite;
+use crate::digest::{Digest, DigestFunction, Verifier};
+use crate::lru_index::{Key, LruIndex, Namespace};
+
+/// Buffer between the network and the temporary file: 64 KiB messages
+/// become 1 MiB writes, sixteen times fewer trips to the blocking pool.
+const WRITE_BUFFER_BYTES: usize = 1 << 20;
+/// Same for reads.
+const READ_BUFFER_BYTES: usize = 1 << 20;
+
+/// A failed file-system step of the disk store.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("failed to create directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to clear leftover uploads in {path}")]
+    ClearTemp {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to scan {path}")]
+    Scan {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to create a temporary file in {dir}")]
+    CreateTemp {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to sync {path}")]
+    Sync {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to rename {from} to {to}")]
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to open {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("a blocking file operation in {dir} did not finish")]
+    Join {
+        dir: PathBuf,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+impl DiskError {
+    /// Whether the disk is full, which clients can act on (RESOURCE_EXHAUSTED)
+    /// unlike other I/O failures.
+    pub fn is_storage_full(&self) -> bool {
+        let io = match self {
+            DiskError::Join { .. } => return false,
+            DiskError::CreateDir { source, .. }
+            | DiskError::ClearTemp { source, .. }
+            | DiskError::Scan { source, .. }
+            | DiskError::CreateTemp { source, .. }
+            | DiskError::Write { source, .. }
+            | DiskError::Sync { source, .. }
+            | DiskError::Rename { source, .. }
+            | DiskError::Open { source, .. }
+            | DiskError::Read { source, .. } => source,
+        };
+        io.kind() == io::ErrorKind::StorageFull
+    }
+}
+
+/// Blobs in files under one directory. Cloning shares the same store.
+#[derive(Clone)]
+pub struct DiskBlobStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    tmp_dir: PathBuf,
+    fsync: bool,
+    index: Mutex<LruIndex<Key, ()>>,
+}
+
+impl DiskBlobStore {
+    /// Opens (creating if needed) the store in `dir` and rebuilds its index.
+    pub async fn open(dir: PathBuf, max_size_bytes: u64, fsync: bool) -> Result<Self, DiskError> {
+        let join_dir = dir.clone();
+        tokio::task::spawn_blocking(move || Self::open_blocking(dir, max_size_bytes, fsync))
+            .await
+            .map_err(|source| DiskError::Join {
+                dir: join_dir,
+                source,
+            })?
+    }
+
+    fn open_blocking(dir: PathBuf, max_size_bytes: u64, fsync: bool) -> Result<Self, DiskError> {
+        let tmp_dir = dir.join("tmp");
+        // Uploads in progress when the process stopped cannot be resumed:
+        // their clients are gone with the connection.
+        if tmp_dir.exists() {
+            fs::remove_dir_all(&tmp_dir).map_err(|source| DiskError::ClearTemp {
+                path: tmp_dir.clone(),
+                source,
+            })?;
+        }
+        create_dir(&tmp_dir)?;
+        let inner = Inner {
+            dir,
+            tmp_dir,
+            fsync,
+            index: Mutex::new(LruIndex::new(max_size_bytes)),
+        };
+        let mut found = Vec::new();
+        for namespace in [Namespace::Cas, Namespace::Ac] {
+            for function in DigestFunction::ALL {
+                for prefix in 0..=255u8 {
+                    let shard = inner.shard_dir(namespace, function, &hex::encode([prefix]));
+                    create_dir(&shard)?;
+                    scan_shard(&shard, namespace, function, &mut found)?;
+                }
+            }
+        }
+        found.sort_by_key(|(modified, _, _)| *modified);
+        let mut evicted = Vec::new();
+        {
+            let mut index = inner.lock();
+            for (_, key, size) in found {
+                evicted.extend(index.insert(key, (), size));
+            }
+            tracing::info!(
+                dir = %inner.dir.display(),
+                entries = index.len(),
+                bytes = index.total_bytes(),
+                "disk store opened"
+            );
+        }
+        // The bound may have shrunk since the last run.
+        for (key, ()) in evicted {
+            inner.remove_file(&key);
+        }
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Total bytes held, as the index counts them.
+    pub fn total_bytes(&self) -> u64 {
+        self.inner.lock().total_bytes()
+    }
+
+    /// Where the file for a CAS blob lives; for tests that corrupt one.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.inner.path(&Key::cas(*digest))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, DiskError> + Send + 'static,
+    ) -> Result<T, DiskError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|source| DiskError::Join {
+                dir: self.inner.dir.clone(),
+                source,
+            })?
+    }
+
+    fn check_fits(&self, digest: &Digest) -> Result<(), Error> {
+        let max_size_bytes = self.inner.lock().max_bytes();
+        if digest.size_bytes() > max_size_bytes {
+            return Err(Error::TooLarge {
+                digest: *digest,
+                max_size_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn create_dir(path: &Path) -> Result<(), DiskError> {
+    fs::create_dir_all(path).map_err(|source| DiskError::CreateDir {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Adds to `found` every entry of one shard directory, from names and
+/// metadata alone.
+fn scan_shard(
+    shard: &Path,
+    namespace: Namespace,
+    function: DigestFunction,
+    found: &mut Vec<(SystemTime, Key, u64)>,
+) -> Result<(), DiskError> {
+    let scan_err = |source| DiskError::Scan {
+        path: shard.to_owned(),
+        source,
+    };
+    for entry in fs::read_dir(shard).map_err(scan_err)? {
+        let entry = entry.map_err(scan_err)?;
+        let metadata = match entry.metadata() {
+            Ok(m) => m,
+            // Removed between listing and stat: nothing to index.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(scan_err(err)),
+        };
+        let len = metadata.len();
+        let name = entry.file_name();
+        let digest = name.to_str().and_then(|name| match namespace {
+            Namespace::Cas => Digest::parse(function, name, len as i64).ok(),
+            Namespace::Ac => {
+                let (hash, size) = name.split_once('-')?;
+                Digest::parse(function, hash, size.parse().ok()?).ok()
+            }
+        });
+        let Some(digest) = digest else {
+            tracing::warn!(path = %entry.path().display(), "ignoring a file that names no digest");
+            continue;
+        };
+        let modified = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        found.push((modified, Key { namespace, digest }, len));
+    }
+    Ok(())
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, LruIndex<Key, ()>> {
+        // A panic while holding the lock leaves at worst a stale LRU order.
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn shard_dir(&self, namespace: Namespace, function: DigestFunction, prefix: &str) -> PathBuf {
+        let top = match namespace {
+            Namespace::Cas => "cas",
+            Namespace::Ac => "ac",
+        };
+        self.dir.join(top).join(function.name()).join(prefix)
+    }
+
+    fn path(&self, key: &Key) -> PathBuf {
+        let hash = key.digest.hash_hex();
+        let shard = self.shard_dir(key.namespace, key.digest.function(), &hash[..2]);
+        match key.namespace {
+            Namespace::Cas => shard.join(hash),
+            Namespace::Ac => shard.join(format!("{hash}-{}", key.digest.size_bytes())),
+        }
+    }
+
+    /// Makes a checked temporary file the entry for `key`, then evicts past
+    /// the bound. Under the index lock, so that an eviction's unlink can
+    /// never remove a file a concurrent write has just renamed into place.
+    fn install(&self, key: Key, temp: TempPath, size: u64) -> Result<(), DiskError> {
+        let to = self.path(&key);
+        let mut index = self.lock();
+        temp.persist(&to).map_err(|err| DiskError::Rename {
+            from: err.path.to_path_buf(),
+            to: to.clone(),
+            source: err.error,
+        })?;
+        if self.fsync {
+            // The rename is durable only once its directory is.
+            if let Some(parent) = to.parent() {
+                fs::File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|source| DiskError::Sync {
+                        path: parent.to_owned(),
+                        source,
+                    })?;
+            }
+        }
+        for (evicted, ()) in index.insert(key, (), size) {
+            self.remove_file(&evicted);
+        }
+        Ok(())
+    }
+
+    /// Removes an entry's file. A failure is only logged: the entry is
+    /// already out of the index, so the file is unreachable, and the next
+    /// startup scan counts it again.
+    fn remove_file(&self, key: &Key) {
+        let path = self.path(key);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => tracing::warn!(path = %path.display(), error = %err, "failed to remove"),
+        }
+    }
+
+    /// Drops an entry whose file turned out missing.
+    fn forget(&self, key: &Key) {
+        self.lock().remove(key);
+    }
+
+    /// Drops an entry whose file does not match its digest, and the file.
+    fn remove_corrupt(&self, key: &Key) {
+        let mut index = self.lock();
+        index.remove(key);
+        tracing::warn!(digest = %key.digest, "removing a blob found corrupt on disk");
+        self.remove_file(key);
+    }
+
+    fn new_temp(&self) -> Result<(fs::File, TempPath), DiskError> {
+        let file = tempfile::Builder::new()
+            .prefix("write-")
+            .tempfile_in(&self.tmp_dir)
+            .map_err(|source| DiskError::CreateTemp {
+                dir: self.tmp_dir.clone(),
+                source,
+            })?;
+        Ok(file.into_parts())
+    }
+}
+
+#[tonic::async_trait]
+impl BlobStore for DiskBlobStore {
+    async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, Error> {
+        let mut index = self.inner.lock();
+        Ok(digests
+            .iter()
+            .filter(|d| !d.is_empty_blob() && !index.touch(&Key::cas(**d)))
+            .copied()
+            .collect())
+    }
+
+    async fn get(&self, digest: &Digest) -> Result<Option<Vec<u8>>, Error> {
+        if digest.is_empty_blob() {
+            return Ok(Some(Vec::new()));
+        }
+        let key = Key::cas(*digest);
+        if !self.inner.lock().touch(&key) {
+            return Ok(None);
+        }
+        let path = self.inner.path(&key);
+        let data = match tokio::fs::read(&path).await {
+            Ok(data) => data,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                self.inner.forget(&key);
+                return Ok(None);
+            }
+            Err(source) => return Err(DiskError::Read { path, source }.into()),
+        };
+        let mut verifier = Verifier::new(*digest);
+        if verifier
+            .update(&data)
+            .and_then(|()| verifier.finish())
+            .is_err()
+        {
+            self.inner.remove_corrupt(&key);
+            return Ok(None);
+        }
+        Ok(Some(data))
+    }
+
+    async fn read(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        limit: Option<u64>,
+    ) -> Result<Option<BlobStream>, Error> {
+        if digest.is_empty_blob() {
+            return Ok(Some(Box::pin(stream::empty())));
+        }
+        let key = Key::cas(*digest);
+        if !self.inner.lock().touch(&key) {
+            return Ok(None);
+        }
+        let path = self.inner.path(&key);
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                self.inner.forget(&key);
+                return Ok(None);
+            }
+            Err(source) => return Err(DiskError::Open { path, source }.into()),
+        };
+        let len = file
+            .metadata()
+            .await
+            .map_err(|source| DiskError::Read {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        if len != digest.size_bytes() {
+            self.inner.remove_corrupt(&key);
+            return Ok(None);
+        }
+        let start = offset.min(len);
+        let end = limit.map_or(len, |limit| start.saturating_add(limit).min(len));
+        if start > 0 {
+            file.seek(io::SeekFrom::Start(start))
+                .await
+                .map_err(|source| DiskError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        let state = ReadState {
+            file: tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, file),
+            pos: start,
+            end,
+            verifier: (start == 0 && end == len).then(|| Verifier::new(*digest)),
+            inner: Arc::clone(&self.inner),
+            key,
+            path,
+        };
+        Ok(Some(Box::pin(stream::unfold(state, ReadState::next))))
+    }
+
+    async fn begin_write(&self, digest: &Digest) -> Result<Box<dyn BlobWrite>, Error> {
+        self.check_fits(digest)?;
+        let (file, temp) = self.blocking(|inner| inner.new_temp()).await?;
+        Ok(Box::new(DiskBlobWrite {
+            inner: Arc::clone(&self.inner),
+            verifier: Verifier::new(*digest),
+            file: tokio::io::BufWriter::with_capacity(
+                WRITE_BUFFER_BYTES,
+                tokio::fs::File::from_std(file),
+            ),
+            temp,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl ActionCache for DiskBlobStore {
+    async fn get_action_result(&self, action: &Digest) -> Result<Option<Vec<u8>>, Error> {
+        let key = Key::ac(*action);
+        if !self.inner.lock().touch(&key) {
+            return Ok(None);
+        }
+        let path = self.inner.path(&key);
+        match tokio::fs::read(&path).await {
+            Ok(data) => Ok(Some(data)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                self.inner.forget(&key);
+                Ok(None)
+            }
+            Err(source) => Err(DiskError::Read { path, source }.into()),
+        }
+    }
+
+    async fn put_action_result(&self, action: &Digest, encoded: Vec<u8>) -> Result<(), Error> {
+        let key = Key::ac(*action);
+        let size = encoded.len() as u64;
+        if size > self.inner.lock().max_bytes() {
+            return Err(Error::TooLarge {
+                digest: *action,
+                max_size_bytes: self.inner.lock().max_bytes(),
+            });
+        }
+        // Entries are small: one trip to the blocking pool does it all.
+        self.blocking(move |inner| {
+            let (mut file, temp) = inner.new_temp()?;
+            let write_err = |source| DiskError::Write {
+                path: temp.to_path_buf(),
+                source,
+            };
+            file.write_all(&encoded).map_err(write_err)?;
+            if inner.fsync {
+                file.sync_all().map_err(|source| DiskError::Sync {
+                    path: temp.to_path_buf(),
+                    source,
+                })?;
+            }
+            drop(file);
+            inner.install(key, temp, size)
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+struct ReadState {
+    file: tokio::io::BufReader<tokio::fs::File>,
+    pos: u64,
+    end: u64,
+    /// Set when the read covers the whole blob, so it can be checked.
+    verifier: Option<Verifier>,
+    inner: Arc<Inner>,
+    key: Key,
+    path: PathBuf,
+}
+
+impl ReadState {
+    async fn next(mut self) -> Option<(Result<Vec<u8>, Error>, Self)> {
+        if self.pos >= self.end {
+            return None;
+        }
+        let n = (self.end - self.pos).min(READ_CHUNK_BYTES as u64) as usize;
+        let mut chunk = vec![0; n];
+        if let Err(source) = self.file.read_exact(&mut chunk).await {
+            self.pos = self.end;
+            let err = if source.kind() == io::ErrorKind::UnexpectedEof {
+                // The file shrank under us: it is not the blob any more.
+                self.inner.remove_corrupt(&self.key);
+                Error::Corrupt {
+                    digest: self.key.digest,
+                }
+            } else {
+                DiskError::Read {
+                    path: self.path.clone(),
+                    source,
+                }
+                .into()
+            };
+            return Some((Err(err), self));
+        }
+        self.pos += n as u64;
+        if let Some(verifier) = self.verifier.as_mut() {
+            let fed = verifier.update(&chunk);
+            // The last chunk is only released once the whole blob checks.
+            if fed.is_err() || self.pos == self.end {
+                let whole = self.verifier.take().map_or(Ok(()), Verifier::finish);
+                if fed.is_err() || whole.is_err() {
+                    self.pos = self.end;
+                    self.inner.remove_corrupt(&self.key);
+                    let err = Error::Corrupt {
+                        digest: self.key.digest,
+                    };
+                    return Some((Err(err), self));
+                }
+            }
+        }
+        Some((Ok(chunk), self))
+    }
+}
+
+struct DiskBlobWrite {
+    inner: Arc<Inner>,
+    verifier: Verifier,
+    file: tokio::io::BufWriter<tokio::fs::File>,
+    /// Deleted on drop, so an abandoned or refused write leaves nothing.
+    temp: TempPath,
+}
+
+#[tonic::async_trait]
+impl BlobWrite for DiskBlobWrite {
+    fn digest(&self) -> &Digest {
+        self.verifier.expected()
+    }
+
+    fn received(&self) -> u64 {
+        self.verifier.received()
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.verifier.update(data)?;
+        self.file
+            .write_all(data)
+            .await
+            .map_err(|source| DiskError::Write {
+                path: self.temp.to_path_buf(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<(), Error> {
+        let path = self.temp.to_path_buf();
+        self.file.flush().await.map_err(|source| DiskError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        if self.inner.fsync {
+            self.file
+                .get_mut()
+                .sync_all()
+                .await
+                .map_err(|source| DiskError::Sync {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        let DiskBlobWrite {
+            inner,
+            verifier,
+            file,
+            temp,
+        } = *self;
+        drop(file);
+        let digest = *verifier.expected();
+        verifier.finish()?;
+        let dir = inner.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            inner.install(Key::cas(digest), temp, digest.size_bytes())
+        })
+        .await
+        .map_err(|source| DiskError::Join { dir, source })??;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt as _;
+
+    use super::*;
+    use crate::blob_store::conformance;
+
+    struct Disk {
+        root: tempfile::TempDir,
+        made: usize,
+    }
+
+    impl conformance::Harness for Disk {
+        type Store = DiskBlobStore;
+        async fn make(&mut self, max_size_bytes: u64) -> DiskBlobStore {
+            self.made += 1;
+            let dir = self.root.path().join(self.made.to_string());
+            DiskBlobStore::open(dir, max_size_bytes, false)
+                .await
+                .unwrap()
+        }
+    }
+
+    fn temp_dir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
+    fn leftovers(dir: &Path) -> usize {
+        fs::read_dir(dir.join("tmp")).unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn disk_store_conforms() {
+        conformance::run(Disk {
+            root: temp_dir(),
+            made: 0,
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn fsync_store_conforms() {
+        let root = temp_dir();
+        let store = DiskBlobStore::open(root.path().join("s"), 1 << 20, true)
+            .await
+            .unwrap();
+        let data = conformance::blob(1, 70_000);
+        let d = DigestFunction::Sha256.digest_of(&data);
+        store.put(&d, data.clone()).await.unwrap();
+        assert_eq!(store.get(&d).await.unwrap(), Some(data));
+    }
+
+    #[tokio::test]
+    async fn blobs_and_action_results_survive_a_restart() {
+        let root = temp_dir();
+        let dir = root.path().join("store");
+        let data = conformance::blob(1, 100_000);
+        let d = DigestFunction::Blake3.digest_of(&data);
+        let action = DigestFunction::Sha256.digest_of(b"action");
+        {
+            let store = DiskBlobStore::open(dir.clone(), 1 << 20, false)
+                .await
+                .unwrap();
+            store.put(&d, data.clone()).await.unwrap();
+            store
+                .put_action_result(&action, b"result".to_vec())
+                .await
+                .unwrap();
+            // An upload cut off by the stop.
+            let mut write = store
+                .begin_write(&DigestFunction::Sha256.digest_of(b"xy"))
+                .await
+                .unwrap();
+            write.write(b"x").await.unwrap();
+            std::mem::forget(write);
+        }
+        let store = DiskBlobStore::open(dir.clone(), 1 << 20, false)
+            .await
+            .unwrap();
+        assert!(store.find_missing(&[d]).await.unwrap().is_empty());
+        assert_eq!(store.get(&d).await.unwrap(), Some(data));
+        assert_eq!(
+            store.get_action_result(&action).await.unwrap(),
+            Some(b"result".to_vec())
+        );
+        assert_eq!(store.total_bytes(), 100_000 + 6);
+        assert_eq!(leftovers(&dir), 0, "uploads cut off by a stop are cleared");
+    }
+
+    #[tokio::test]
+    async fn reopening_with_a_smaller_bound_evicts_the_oldest() {
+        let root = temp_dir();
+        let dir = root.path().join("store");
+        let blobs: Vec<Vec<u8>> = (0..4).map(|i| conformance::blob(i, 1000)).collect();
+        let digests: Vec<Digest> = blobs
+            .iter()
+            .map(|b| DigestFunction::Sha256.digest_of(b))
+            .collect();
+        {
+            let store = DiskBlobStore::open(dir.clone(), 1 << 20, false)
+                .await
+                .unwrap();
+            for (d, b) in digests.iter().zip(&blobs) {
+                store.put(d, b.clone()).await.unwrap();
+                // Distinct modification times give the scan an order.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        let store = DiskBlobStore::open(dir, 2500, false).await.unwrap();
+        assert_eq!(store.find_missing(&digests).await.unwrap(), digests[..2]);
+        assert!(!store.blob_path(&digests[0]).exists());
+        assert_eq!(store.total_bytes(), 2000);
+    }
+
+    #[tokio::test]
+    async fn refused_write_leaves_no_file() {
+        let root = temp_dir();
+        let dir = root.path().join("store");
+        let store = DiskBlobStore::open(dir.clone(), 1 << 20, false)
+            .await
+            .unwrap();
+        let d = DigestFunction::Sha256.digest_of(b"hello");
+        store.put(&d, b"jello".to_vec()).await.unwrap_err();
+        drop(store.begin_write(&d).await.unwrap());
+        assert_eq!(leftovers(&dir), 0);
+        assert!(!store.blob_path(&d).exists());
+    }
+
+    #[tokio::test]
+    async fn corrupt_blob_is_missing_and_removed() {
+        let root = temp_dir();
+        let store = DiskBlobStore::open(root.path().join("s"), 1 << 20, false)
+            .await
+            .unwrap();
+        let data = conformance::blob(1, 1000);
+        let d = DigestFunction::Sha256.digest_of(&data);
+        store.put(&d, data.clone()).await.unwrap();
+        let mut bad = data.clone();
+        bad[10] ^= 1;
+        fs::write(store.blob_path(&d), &bad).unwrap();
+        assert_eq!(store.get(&d).await.unwrap(), None);
+        assert!(!store.blob_path(&d).exists());
+        assert_eq!(store.find_missing(&[d]).await.unwrap(), [d]);
+        assert_eq!(store.total_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn corrupt_blob_read_as_a_stream_ends_in_an_error_and_is_removed() {
+        let root = temp_dir();
+        let store = DiskBlobStore::open(root.path().join("s"), 1 << 20, false)
+            .await
+            .unwrap();
+        let data = conformance::blob(1, 3 * READ_CHUNK_BYTES);
+        let d = DigestFunction::Sha256.digest_of(&data);
+        store.put(&d, data.clone()).await.unwrap();
+        let mut bad = data.clone();
+        bad[10] ^= 1;
+        fs::write(store.blob_path(&d), &bad).unwrap();
+        let stream = store.read(&d, 0, None).await.unwrap().unwrap();
+        let chunks: Vec<Result<Vec<u8>, Error>> = stream.collect::<Vec<_>>().await;
+        let received: usize = chunks
+            .iter()
+            .filter_map(|c| c.as_ref().ok())
+            .map(Vec::len)
+            .sum();
+        assert!(received < data.len(), "the whole corrupt blob was served");
+        assert!(matches!(chunks.last(), Some(Err(Error::Corrupt { .. }))));
+        assert!(!store.blob_path(&d).exists());
+
+        // A file of the wrong length is caught before streaming.
+        store.put(&d, data.clone()).await.unwrap();
+        fs::write(store.blob_path(&d), &data[1..]).unwrap();
+        assert!(store.read(&d, 0, None).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn blob_deleted_behind_the_stores_back_is_missing() {
+        let root = temp_dir();
+        let store = DiskBlobStore::open(root.path().join("s"), 1 << 20, false)
+            .await
+            .unwrap();
+        let data = conformance::blob(1, 1000);
+        let d = DigestFunction::Sha256.digest_of(&data);
+        store.put(&d, data).await.unwrap();
+        fs::remove_file(store.blob_path(&d)).unwrap();
+        assert!(store.read(&d, 0, None).await.unwrap().is_none());
+        assert_eq!(store.find_missing(&[d]).await.unwrap(), [d]);
+    }
+}
