@@ -1,13 +1,44 @@
-//! `corral sandbox`: tools around sandbox policies.
+//! `corral sandbox`: try the sandbox by hand, and check policies.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::{bail, Context};
 use clap::Subcommand;
-use corral_sandbox::Policy;
+use corral_sandbox::{Command, Policy, Sandbox};
 
 #[derive(Debug, Subcommand)]
 pub enum SandboxCommand {
+    /// Run one command in the sandbox, like bwrap: only the environment
+    /// given with --env, the input root at the policy's working directory.
+    Run {
+        /// A policy file, or the name of a built-in one (default,
+        /// hermetic, network).
+        #[arg(long, default_value = "default")]
+        policy: String,
+        /// Host directory to use as the input root (writable inside).
+        /// Default: a fresh empty directory, removed afterwards.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Directory to start in, relative to the input root.
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+        /// An environment variable for the command, NAME=VALUE; repeat.
+        #[arg(long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// Kill the command after this many seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// Print the outcome as JSON on stderr after the command's output.
+        #[arg(long)]
+        json: bool,
+        /// The command and its arguments.
+        #[arg(required = true, last = true)]
+        command: Vec<OsString>,
+    },
     /// Check that policy files parse and are valid; prints each policy as
     /// it will be applied, defaults filled in.
     CheckPolicy {
@@ -19,25 +50,116 @@ pub enum SandboxCommand {
 
 pub fn run(command: SandboxCommand) -> anyhow::Result<ExitCode> {
     match command {
-        SandboxCommand::CheckPolicy { files } => {
-            let mut failed = false;
-            for file in files {
-                match Policy::load(&file) {
-                    Ok(policy) => println!("{}: ok\n{policy:#?}", file.display()),
-                    Err(err) => {
-                        failed = true;
-                        let cause = std::error::Error::source(&err)
-                            .map(|s| format!(": {s}"))
-                            .unwrap_or_default();
-                        eprintln!("{err}{cause}");
-                    }
-                }
-            }
-            Ok(if failed {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+        SandboxCommand::Run {
+            policy,
+            root,
+            workdir,
+            env,
+            timeout,
+            json,
+            command,
+        } => run_one(&policy, root, workdir, &env, timeout, json, command),
+        SandboxCommand::CheckPolicy { files } => Ok(check_policies(&files)),
+    }
+}
+
+fn load_policy(spec: &str) -> anyhow::Result<Policy> {
+    if let Some(policy) = Policy::builtin(spec) {
+        return Ok(policy?);
+    }
+    Ok(Policy::load(Path::new(spec))?)
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(what: &str) -> anyhow::Result<TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("corral-sandbox-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // The action runs as an unprivileged host uid: let it write its root.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+    Ok(TempDir(dir))
+}
+
+fn run_one(
+    policy: &str,
+    root: Option<PathBuf>,
+    workdir: Option<PathBuf>,
+    env: &[String],
+    timeout: Option<f64>,
+    json: bool,
+    argv: Vec<OsString>,
+) -> anyhow::Result<ExitCode> {
+    let policy = load_policy(policy)?;
+    let sandbox = Sandbox::new(policy).context("preparing the sandbox")?;
+    for warning in sandbox.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let env = env
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => Ok((OsString::from(k), OsString::from(v))),
+            None => bail!("--env {kv:?} is not NAME=VALUE"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let timeout = match timeout {
+        Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
+        Some(t) => bail!("--timeout must be a positive number of seconds, got {t}"),
+        None => None,
+    };
+    let scratch_root;
+    let input_root = match root {
+        Some(root) => root,
+        None => {
+            scratch_root = temp_dir("root")?;
+            scratch_root.0.clone()
         }
+    };
+    let outputs = temp_dir("out")?;
+    let command = Command {
+        argv,
+        env,
+        input_root,
+        working_dir: workdir.unwrap_or_default(),
+        stdout: outputs.0.join("stdout"),
+        stderr: outputs.0.join("stderr"),
+        timeout,
+    };
+    let outcome = sandbox.run(&command)?;
+    std::io::stdout().write_all(&std::fs::read(&command.stdout)?)?;
+    std::io::stderr().write_all(&std::fs::read(&command.stderr)?)?;
+    if json {
+        let text = serde_json::to_string_pretty(&outcome)?;
+        eprintln!("{text}");
+    }
+    let code = outcome.exit_code().clamp(0, 255) as u8;
+    Ok(ExitCode::from(code))
+}
+
+fn check_policies(files: &[PathBuf]) -> ExitCode {
+    let mut failed = false;
+    for file in files {
+        match Policy::load(file) {
+            Ok(policy) => println!("{}: ok\n{policy:#?}", file.display()),
+            Err(err) => {
+                failed = true;
+                let cause = std::error::Error::source(&err)
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default();
+                eprintln!("{err}{cause}");
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

@@ -2,18 +2,44 @@
 //! reports how it ended.
 //!
 //! Every action runs in fresh user, mount, pid, network, ipc, uts and
-//! cgroup namespaces, on a tmpfs root with only the host paths the policy
-//! lists, in a cgroup with limits, with no capabilities, under landlock and
-//! a seccomp filter. See `docs/sandbox.md` for the steps in the order the
-//! code runs them.
+//! cgroup namespaces, on a read-only tmpfs root holding only the host
+//! paths the policy lists, in a cgroup with limits, with no capabilities,
+//! under landlock and a seccomp filter. `docs/sandbox.md` lists the steps
+//! in the order the code runs them.
 //!
 //! Modules:
 //! - [`policy`] — what a sandbox allows, read from `policies/*.toml`.
+//! - [`command`] — what to run; [`outcome`] — how it ended.
+//! - [`sandbox`] — the caller's side: prepare, fork, supervise, collect.
+//! - `child` — the sandbox's own processes, between fork and exec.
+//! - [`mounts`], [`cgroup`], [`seccomp`], `landlock`, `privileges` — one
+//!   protection each.
+//! - `report` — the records the children send back; `sys` — the only
+//!   place with `unsafe`.
 //!
 //! This crate must never depend on tokio, tonic or any other crate of
-//! ours (tests/architecture.rs checks): it is synchronous Linux code that
-//! the runner drives from a single-threaded helper process.
+//! ours (tests/architecture.rs checks): it is synchronous Linux code. Call
+//! [`Sandbox::run`] from a process that may fork (it uses glibc's fork,
+//! which is safe in a multithreaded caller); it blocks until the command
+//! and everything it started are gone.
 
+pub mod cgroup;
+mod child;
+pub mod command;
+pub mod error;
+mod landlock;
+pub mod mounts;
+pub mod outcome;
 pub mod policy;
+mod privileges;
+mod report;
+pub mod sandbox;
+pub mod seccomp;
+mod sys;
 
+pub use command::Command;
+pub use error::Error;
+pub use outcome::{Exit, Outcome, Usage};
 pub use policy::{Policy, PolicyError};
+pub use report::{LandlockState, Stage};
+pub use sandbox::Sandbox;

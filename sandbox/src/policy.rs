@@ -49,6 +49,20 @@ pub struct Policy {
     pub limits: Limits,
     /// Kernel-enforced confinement beyond namespaces.
     pub confinement: Confinement,
+    /// Changes to the default seccomp deny list.
+    pub seccomp: SeccompPolicy,
+}
+
+/// Changes to the built-in seccomp deny list (see `sandbox/src/seccomp.rs`
+/// for the list and why each entry is there). Names are system call names
+/// as in `man 2 syscalls`; an unknown name is an error.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SeccompPolicy {
+    /// System calls to remove from the deny list.
+    pub allow: Vec<String>,
+    /// System calls to refuse in addition.
+    pub deny: Vec<String>,
 }
 
 /// The action's uid and gid inside its user namespace. They are mapped to
@@ -100,6 +114,14 @@ pub struct Limits {
     /// CPU bandwidth in thousandths of a CPU (1000 = one core). Default
     /// 0 = unlimited.
     pub cpu_millis: u64,
+    /// Most open file descriptors per process (RLIMIT_NOFILE). Default 8192.
+    pub open_files: u64,
+    /// Largest file a process may write (RLIMIT_FSIZE), in bytes. Default
+    /// 8 GiB: stops a runaway write from filling the worker's disk.
+    pub file_size_bytes: u64,
+    /// Bytes of stdout, and of stderr, kept; the rest is discarded and the
+    /// outcome says so. Default 64 MiB.
+    pub output_max_bytes: u64,
 }
 
 /// seccomp and landlock settings.
@@ -128,11 +150,30 @@ impl Default for Limits {
             memory_max_bytes: 4 << 30,
             pids_max: 1024,
             cpu_millis: 0,
+            open_files: 8192,
+            file_size_bytes: 8 << 30,
+            output_max_bytes: 64 << 20,
         }
     }
 }
 
+/// The policies shipped in `policies/`, built into the binary so that a
+/// farm needs no policy files to start.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("default", include_str!("../../policies/default.toml")),
+    ("hermetic", include_str!("../../policies/hermetic.toml")),
+    ("network", include_str!("../../policies/network.toml")),
+];
+
 impl Policy {
+    /// The built-in policy `name` (`default`, `hermetic`, `network`).
+    pub fn builtin(name: &str) -> Option<Result<Self, PolicyError>> {
+        BUILTIN
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(n, text)| Self::parse(text, Path::new(&format!("<built-in {n}>"))))
+    }
+
     /// Reads and validates the policy file at `path`.
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
         let text = fs::read_to_string(path).map_err(|source| PolicyError::Read {
@@ -183,6 +224,8 @@ impl Policy {
         };
         positive("limits.memory_max_bytes", self.limits.memory_max_bytes)?;
         positive("limits.pids_max", self.limits.pids_max)?;
+        positive("limits.open_files", self.limits.open_files)?;
+        positive("limits.file_size_bytes", self.limits.file_size_bytes)?;
         positive("filesystem.tmp_size_bytes", self.filesystem.tmp_size_bytes)?;
         Ok(())
     }
@@ -244,4 +287,15 @@ mod tests {
     }
 
     use std::error::Error as _;
+
+    #[test]
+    fn every_builtin_policy_is_the_shipped_file() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        for (name, _) in BUILTIN {
+            let built_in = Policy::builtin(name).unwrap().unwrap();
+            let file = Policy::load(&dir.join(format!("{name}.toml"))).unwrap();
+            assert_eq!(built_in, file, "{name}");
+        }
+        assert!(Policy::builtin("nope").is_none());
+    }
 }

@@ -1,0 +1,250 @@
+//! The code that runs in the sandbox's processes, between fork and exec.
+//!
+//! Three processes, each in its own role:
+//! 1. **setup** (forked by the caller): creates the user, mount, pid,
+//!    network, ipc and uts namespaces, waits for the caller to write its
+//!    id maps and put it in the cgroup, takes the sandbox's ids, enters a
+//!    cgroup namespace, and forks
+//! 2. **init** (pid 1 of the new pid namespace): builds the file system
+//!    and pivots into it, brings loopback up, forks the action, reaps
+//!    every process, reports how the action ended and exits, which kills
+//!    whatever the action left behind;
+//! 3. **action**: connects stdio, enters the working directory, sets
+//!    limits, drops every privilege, installs landlock and seccomp, execs.
+//!
+//! Nothing here logs or panics: a failed step sends a record (stage and
+//! errno) to the caller and exits. Processes forked from the caller use
+//! glibc's fork, which leaves malloc usable, so allocating is safe; the
+//! caller's other locks (stdio, env) are never taken.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+use crate::landlock::Rules;
+use crate::mounts::MountPlan;
+use crate::policy::Limits;
+use crate::report::{fail, LandlockState, Record, Stage};
+use crate::seccomp::Filters;
+use crate::sys::{self, Fork, WaitStatus};
+
+/// Everything the sandbox's processes need, prepared by the caller.
+pub struct Plan<'a> {
+    pub namespaces: libc::c_int,
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    pub mounts: MountPlan,
+    pub landlock: Rules,
+    pub require_landlock: bool,
+    pub filters: &'a Filters,
+    pub limits: Limits,
+    pub last_capability: u32,
+    /// Absolute, inside the sandbox.
+    pub cwd: CString,
+    pub argv: Vec<CString>,
+    pub env: Vec<CString>,
+    /// PATH entries of the command's environment, for argv[0] lookup.
+    pub search_path: Vec<Vec<u8>>,
+}
+
+/// The descriptors the children use; all others are closed before exec.
+pub struct Fds {
+    pub report: RawFd,
+    pub go: RawFd,
+    pub stdout: RawFd,
+    pub stderr: RawFd,
+}
+
+fn borrow(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: the descriptors in `Fds` stay open for the life of the child
+    // processes that use them (they are closed only by exit or exec).
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Process 1: namespaces, ids, then the init process.
+pub fn setup(plan: &Plan<'_>, fds: &Fds) -> ! {
+    let report = borrow(fds.report);
+    // If the caller dies, so does the sandbox.
+    if let Err(e) = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0) {
+        fail(report, Stage::Unshare, &e);
+    }
+    if let Err(e) = sys::unshare(plan.namespaces) {
+        fail(report, Stage::Unshare, &e);
+    }
+    Record::Unshared.send(report);
+    let mut byte = [0u8; 1];
+    match sys::read(borrow(fds.go), &mut byte) {
+        Ok(1) => {}
+        // The caller gave up (or died) before writing the maps.
+        Ok(_) => sys::exit_now(1),
+        Err(e) => fail(report, Stage::WaitForMaps, &e),
+    }
+    // Take the one mapped id, so files created inside (the tmpfs root,
+    // outputs) have an owner the kernel can represent.
+    if let Err(e) = sys::setresgid(plan.gid).and_then(|()| sys::setresuid(plan.uid)) {
+        fail(report, Stage::SetIds, &e);
+    }
+    // Entered after the caller moved us into the action's cgroup, so that
+    // group is the root of the action's view.
+    if let Err(e) = sys::unshare(libc::CLONE_NEWCGROUP) {
+        fail(report, Stage::UnshareCgroup, &e);
+    }
+    match sys::fork() {
+        Err(e) => fail(report, Stage::ForkInit, &e),
+        Ok(Fork::Child) => init(plan, fds),
+        Ok(Fork::Parent(pid)) => {
+            let _ = sys::wait4(pid);
+            sys::exit_now(0)
+        }
+    }
+}
+
+/// Process 2: pid 1 of the sandbox.
+fn init(plan: &Plan<'_>, fds: &Fds) -> ! {
+    let report = borrow(fds.report);
+    if let Err(e) = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0) {
+        fail(report, Stage::ForkInit, &e);
+    }
+    if let Err((stage, e)) = plan.mounts.apply() {
+        fail(report, stage, &e);
+    }
+    if let Err(e) = sys::sethostname(b"corral") {
+        fail(report, Stage::Hostname, &e);
+    }
+    if plan.mounts.with_network_namespace() {
+        if let Err(e) = sys::loopback_up() {
+            fail(report, Stage::Loopback, &e);
+        }
+    }
+    // Defence in depth behind seccomp's clone/unshare flag checks: no
+    // nested user namespaces at all.
+    let _ = std::fs::write("/proc/sys/user/max_user_namespaces", "0");
+
+    let action = match sys::fork() {
+        Err(e) => fail(report, Stage::ForkAction, &e),
+        Ok(Fork::Child) => action(plan, fds),
+        Ok(Fork::Parent(pid)) => pid,
+    };
+    // The action holds the output pipes now; init must not keep them open
+    // or the caller would never see end of file.
+    sys::close_fds_from(3, &[fds.report]);
+    loop {
+        match sys::wait4(-1) {
+            Ok((pid, status, _)) if pid == action => {
+                let record = match status {
+                    WaitStatus::Exited(code) => Record::Exited(code),
+                    WaitStatus::Signaled(signal) => Record::Signaled(signal),
+                };
+                record.send(report);
+                // Exiting kills every process left in the namespace.
+                sys::exit_now(0)
+            }
+            Ok(_) => {}
+            Err(e) => fail(report, Stage::Reap, &e),
+        }
+    }
+}
+
+/// Process 3: the action.
+fn action(plan: &Plan<'_>, fds: &Fds) -> ! {
+    let report = borrow(fds.report);
+    let step = |stage: Stage, result: io::Result<()>| {
+        if let Err(e) = result {
+            fail(report, stage, &e);
+        }
+    };
+    step(Stage::Stdio, sys::setsid());
+    step(Stage::Stdio, stdio(fds));
+    step(Stage::Chdir, sys::chdir(&plan.cwd));
+    if let Err((stage, e)) = crate::privileges::set_rlimits(&plan.limits) {
+        fail(report, stage, &e);
+    }
+    if let Err((stage, e)) = crate::privileges::drop_all(plan.last_capability) {
+        fail(report, stage, &e);
+    }
+    let landlock = match plan.landlock.restrict_self() {
+        Ok(state) => state,
+        Err(_) => fail(
+            report,
+            Stage::Landlock,
+            &io::Error::from_raw_os_error(libc::EINVAL),
+        ),
+    };
+    Record::Landlock(landlock).send(report);
+    if plan.require_landlock && landlock == LandlockState::NotEnforced {
+        fail(
+            report,
+            Stage::Landlock,
+            &io::Error::from_raw_os_error(libc::ENOSYS),
+        );
+    }
+    if let Err(e) = plan.filters.install() {
+        let errno = match e {
+            crate::seccomp::SeccompError::Install(seccompiler::Error::Seccomp(io)) => io,
+            _ => io::Error::from_raw_os_error(libc::EINVAL),
+        };
+        fail(report, Stage::Seccomp, &errno);
+    }
+    sys::close_fds_from(3, &[fds.report]);
+    let err = exec(plan);
+    fail(report, Stage::Exec, &err)
+}
+
+/// stdin from /dev/null, stdout and stderr to the caller's pipes.
+fn stdio(fds: &Fds) -> io::Result<()> {
+    let null = std::fs::File::open("/dev/null")?;
+    sys::dup2(null.as_raw_fd(), 0)?;
+    sys::dup2(fds.stdout, 1)?;
+    sys::dup2(fds.stderr, 2)
+}
+
+/// execs argv[0], searching the command's PATH like execvp when it has no
+/// slash. Returns the error to report (EACCES wins over ENOENT, as in
+/// execvp, so "found but not executable" is not hidden).
+fn exec(plan: &Plan<'_>) -> io::Error {
+    let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = plan.env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let program = plan.argv[0].as_bytes();
+    if program.contains(&b'/') || plan.search_path.is_empty() {
+        return sys::execve(&plan.argv[0], &argv, &envp);
+    }
+    let mut result = io::Error::from_raw_os_error(libc::ENOENT);
+    for dir in &plan.search_path {
+        let mut full = dir.clone();
+        if !full.is_empty() && !full.ends_with(b"/") {
+            full.push(b'/');
+        }
+        full.extend_from_slice(program);
+        let Ok(full) = CString::new(full) else {
+            continue;
+        };
+        let err = sys::execve(&full, &argv, &envp);
+        if err.raw_os_error() == Some(libc::EACCES) {
+            result = err;
+        }
+    }
+    result
+}
+
+/// PATH entries from an environment, for [`Plan::search_path`].
+pub fn search_path(env: &[(std::ffi::OsString, std::ffi::OsString)]) -> Vec<Vec<u8>> {
+    env.iter()
+        .find(|(name, _)| name == OsStr::new("PATH"))
+        .map(|(_, value)| {
+            value
+                .as_bytes()
+                .split(|b| *b == b':')
+                .map(|d| {
+                    if d.is_empty() {
+                        b".".to_vec()
+                    } else {
+                        d.to_vec()
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

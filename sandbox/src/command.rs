@@ -1,0 +1,131 @@
+//! What to run: the command, its environment, and where its files are.
+
+use std::ffi::OsString;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+/// One command to run in the sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    /// argv; `argv[0]` is the program: a path (absolute, or relative to the
+    /// working directory) or a name looked up in the command's own PATH.
+    pub argv: Vec<OsString>,
+    /// The whole environment. Nothing is inherited from the caller.
+    pub env: Vec<(OsString, OsString)>,
+    /// Host directory holding the input root; it appears at the policy's
+    /// working directory, writable.
+    pub input_root: PathBuf,
+    /// Directory to start in, relative to the input root.
+    pub working_dir: PathBuf,
+    /// Host files that receive stdout and stderr (created or truncated).
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    /// Wall-clock limit; `None` for no limit.
+    pub timeout: Option<Duration>,
+}
+
+/// Why a command is refused before anything runs.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("the command has no arguments")]
+    NoArguments,
+    #[error("{what} contains a NUL byte")]
+    Nul { what: &'static str },
+    #[error("environment variable name {name:?} is empty or contains '='")]
+    BadEnvName { name: OsString },
+    #[error("working directory {path} must be relative and stay inside the input root")]
+    EscapingWorkingDir { path: PathBuf },
+    #[error("input root {path} is not a directory")]
+    InputRootNotDirectory { path: PathBuf },
+}
+
+impl Command {
+    /// Checks what the sandbox relies on: an argv, C-compatible strings, a
+    /// working directory that cannot leave the input root.
+    pub fn validate(&self) -> Result<(), CommandError> {
+        if self.argv.is_empty() {
+            return Err(CommandError::NoArguments);
+        }
+        use std::os::unix::ffi::OsStrExt;
+        let has_nul = |s: &std::ffi::OsStr| s.as_bytes().contains(&0);
+        if self.argv.iter().any(|a| has_nul(a)) {
+            return Err(CommandError::Nul {
+                what: "an argument",
+            });
+        }
+        for (name, value) in &self.env {
+            if name.is_empty() || name.as_bytes().contains(&b'=') {
+                return Err(CommandError::BadEnvName { name: name.clone() });
+            }
+            if has_nul(name) || has_nul(value) {
+                return Err(CommandError::Nul {
+                    what: "an environment variable",
+                });
+            }
+        }
+        if !stays_inside(&self.working_dir) || has_nul(self.working_dir.as_os_str()) {
+            return Err(CommandError::EscapingWorkingDir {
+                path: self.working_dir.clone(),
+            });
+        }
+        if !self.input_root.is_dir() {
+            return Err(CommandError::InputRootNotDirectory {
+                path: self.input_root.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// True for a relative path without `..` components.
+pub fn stays_inside(path: &Path) -> bool {
+    path.components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command() -> Command {
+        Command {
+            argv: vec!["true".into()],
+            env: vec![],
+            input_root: std::env::temp_dir(),
+            working_dir: PathBuf::new(),
+            stdout: "/dev/null".into(),
+            stderr: "/dev/null".into(),
+            timeout: None,
+        }
+    }
+
+    #[test]
+    fn a_plain_command_is_valid() {
+        command().validate().unwrap();
+    }
+
+    #[test]
+    fn escaping_working_directories_are_refused() {
+        for bad in ["..", "a/../..", "/etc", "a/../../b"] {
+            let mut c = command();
+            c.working_dir = bad.into();
+            assert!(
+                matches!(c.validate(), Err(CommandError::EscapingWorkingDir { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn nul_bytes_and_bad_env_names_are_refused() {
+        let mut c = command();
+        c.argv.push("a\0b".into());
+        assert!(c.validate().is_err());
+        let mut c = command();
+        c.env.push(("A=B".into(), "x".into()));
+        assert!(c.validate().is_err());
+        let mut c = command();
+        c.argv.clear();
+        assert!(matches!(c.validate(), Err(CommandError::NoArguments)));
+    }
+}

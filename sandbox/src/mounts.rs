@@ -1,0 +1,427 @@
+//! The action's file system: a read-only tmpfs root holding only the paths
+//! the policy lists, the input root, /proc, a minimal /dev and a /tmp.
+//!
+//! The plan is computed by the caller (paths checked, strings prepared);
+//! [`MountPlan::apply`] runs inside the sandbox's pid namespace init, in
+//! the order `docs/sandbox.md` gives, and ends with `pivot_root`, so
+//! nothing of the host is reachable afterwards.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use crate::report::Stage;
+use crate::sys;
+
+/// Where the new root is assembled before `pivot_root`. Any existing
+/// directory would do: the mount lands in the sandbox's private mount
+/// namespace. Sources are opened before it is covered, so host paths under
+/// it (a build directory in /tmp) stay reachable.
+const STAGING: &str = "/tmp";
+
+/// Device nodes bound from the host's /dev.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Symlinks in /dev that programs expect.
+const DEV_LINKS: [(&str, &str); 4] = [
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+];
+
+/// One host path made visible inside.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    /// Bind-mount the host directory or file `source` at `target`.
+    Bind {
+        source: CString,
+        target: PathBuf,
+        writable: bool,
+    },
+    /// Recreate the host symlink at `target` (e.g. merged-/usr systems'
+    /// `/bin -> usr/bin`), pointing where it points on the host.
+    Symlink { target: PathBuf, points_to: PathBuf },
+}
+
+/// Everything needed to build the root, prepared before forking.
+#[derive(Debug, Clone)]
+pub struct MountPlan {
+    entries: Vec<Entry>,
+    tmp_size_bytes: u64,
+    with_network_namespace: bool,
+}
+
+/// Why a path of the policy cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MountPlanError {
+    #[error("failed to inspect {path}")]
+    Inspect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} contains a NUL byte")]
+    Nul { path: PathBuf },
+    #[error("{path} is not an absolute path inside the sandbox")]
+    NotAbsolute { path: PathBuf },
+}
+
+fn c_path(path: &Path) -> Result<CString, MountPlanError> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| MountPlanError::Nul {
+        path: path.to_owned(),
+    })
+}
+
+impl MountPlan {
+    /// Plans the read-only host paths. Missing paths are skipped (a policy
+    /// may list /lib64 for hosts that have it); symlinks are recreated.
+    pub fn new(
+        read_only_paths: &[PathBuf],
+        tmp_size_bytes: u64,
+        with_network_namespace: bool,
+    ) -> Result<MountPlan, MountPlanError> {
+        let mut entries = Vec::new();
+        for path in read_only_paths {
+            let meta = match std::fs::symlink_metadata(path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(MountPlanError::Inspect {
+                        path: path.clone(),
+                        source,
+                    })
+                }
+            };
+            if meta.file_type().is_symlink() {
+                let points_to =
+                    std::fs::read_link(path).map_err(|source| MountPlanError::Inspect {
+                        path: path.clone(),
+                        source,
+                    })?;
+                entries.push(Entry::Symlink {
+                    target: path.clone(),
+                    points_to,
+                });
+            } else {
+                entries.push(Entry::Bind {
+                    source: c_path(path)?,
+                    target: path.clone(),
+                    writable: false,
+                });
+            }
+        }
+        Ok(MountPlan {
+            entries,
+            tmp_size_bytes,
+            with_network_namespace,
+        })
+    }
+
+    /// The plan for one action: the policy's paths plus the input root,
+    /// bound writable at `working_directory`.
+    pub fn with_input_root(
+        &self,
+        input_root: &Path,
+        working_directory: &Path,
+    ) -> Result<MountPlan, MountPlanError> {
+        if !working_directory.is_absolute() {
+            return Err(MountPlanError::NotAbsolute {
+                path: working_directory.to_owned(),
+            });
+        }
+        let mut plan = self.clone();
+        plan.entries.push(Entry::Bind {
+            source: c_path(input_root)?,
+            target: working_directory.to_owned(),
+            writable: true,
+        });
+        Ok(plan)
+    }
+
+    /// Paths bound read-only, as seen inside (for landlock).
+    pub fn read_only_targets(&self) -> impl Iterator<Item = &Path> {
+        self.entries.iter().filter_map(|e| match e {
+            Entry::Bind {
+                target,
+                writable: false,
+                ..
+            } => Some(target.as_path()),
+            _ => None,
+        })
+    }
+
+    /// Whether loopback must be brought up (a private network namespace).
+    pub fn with_network_namespace(&self) -> bool {
+        self.with_network_namespace
+    }
+
+    /// Builds the root and pivots into it. Runs in the sandbox's init
+    /// process, single-threaded, with full capabilities in its own user
+    /// namespace and none outside.
+    pub fn apply(&self) -> Result<(), (Stage, io::Error)> {
+        let at = |stage: Stage| move |e: io::Error| (stage, e);
+        // Nothing mounted from here on may propagate back to the host.
+        sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
+            .map_err(at(Stage::PrivateMounts))?;
+
+        // Open every source before STAGING is covered: a source may lie
+        // beneath it. Binds then go through /proc/self/fd.
+        let mut sources: Vec<Option<OwnedFd>> = Vec::with_capacity(self.entries.len());
+        for entry in &self.entries {
+            sources.push(match entry {
+                Entry::Bind { source, .. } => {
+                    Some(sys::open_path(source).map_err(at(Stage::OpenBindSource))?)
+                }
+                Entry::Symlink { .. } => None,
+            });
+        }
+
+        let staging = CString::new(STAGING).expect("constant without NUL");
+        sys::mount(
+            Some(c"corral"),
+            &staging,
+            Some(c"tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some(c"mode=0755,size=1m"),
+        )
+        .map_err(at(Stage::MountRoot))?;
+        let root = Path::new(STAGING);
+
+        for (entry, fd) in self.entries.iter().zip(&sources) {
+            match (entry, fd) {
+                (
+                    Entry::Bind {
+                        target, writable, ..
+                    },
+                    Some(fd),
+                ) => bind(root, fd, target, *writable)?,
+                (Entry::Symlink { target, points_to }, _) => {
+                    let inside = inside(root, target);
+                    make_parents(&inside).map_err(at(Stage::BindMount))?;
+                    std::os::unix::fs::symlink(points_to, &inside).map_err(at(Stage::BindMount))?;
+                }
+                _ => {}
+            }
+        }
+        drop(sources);
+
+        mount_proc(root).map_err(at(Stage::MountProc))?;
+        mount_dev(root).map_err(at(Stage::MountDev))?;
+        mount_tmp(root, self.tmp_size_bytes).map_err(at(Stage::MountTmp))?;
+
+        // The root itself becomes read-only: only the working directory,
+        // /tmp and /dev/shm remain writable.
+        sys::mount(
+            None,
+            &staging,
+            None,
+            libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            None,
+        )
+        .map_err(at(Stage::RemountReadOnly))?;
+
+        // pivot_root(".", ".") stacks the old root on the new one; detaching
+        // it leaves the new root alone, with no path back to the host.
+        sys::chdir(&staging).map_err(at(Stage::PivotRoot))?;
+        sys::pivot_root(c".", c".").map_err(at(Stage::PivotRoot))?;
+        sys::umount2(c".", libc::MNT_DETACH).map_err(at(Stage::DetachOldRoot))?;
+        sys::chdir(c"/").map_err(at(Stage::DetachOldRoot))?;
+        Ok(())
+    }
+}
+
+/// `target` (absolute, as seen inside) under the staging root.
+fn inside(root: &Path, target: &Path) -> PathBuf {
+    root.join(target.strip_prefix("/").unwrap_or(target))
+}
+
+fn make_parents(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(parent) => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent),
+        None => Ok(()),
+    }
+}
+
+fn c(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Binds `fd` (opened from `source`) at `target` inside, then remounts it
+/// nosuid, nodev and, unless writable, read-only.
+fn bind(
+    root: &Path,
+    fd: &OwnedFd,
+    target: &Path,
+    writable: bool,
+) -> Result<(), (Stage, io::Error)> {
+    let at = |stage: Stage| move |e: io::Error| (stage, e);
+    let inside = inside(root, target);
+    make_parents(&inside).map_err(at(Stage::BindMount))?;
+    let is_dir = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(at(Stage::BindMount))?
+        .is_dir();
+    if is_dir {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&inside)
+            .map_err(at(Stage::BindMount))?;
+    } else {
+        std::fs::File::create(&inside).map_err(at(Stage::BindMount))?;
+    }
+    let from =
+        c(Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd()))).map_err(at(Stage::BindMount))?;
+    let to = c(&inside).map_err(at(Stage::BindMount))?;
+    sys::mount(Some(&from), &to, None, libc::MS_BIND | libc::MS_REC, None)
+        .map_err(at(Stage::BindMount))?;
+
+    // In a user namespace, a remount must keep the flags the host locked on
+    // the source mount (noexec, atime settings), or it fails with EPERM.
+    let locked = sys::mount_flags(fd.as_fd()).map_err(at(Stage::RemountReadOnly))?;
+    let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
+    if !writable {
+        flags |= libc::MS_RDONLY;
+    }
+    for (st, ms) in [
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+        (libc::ST_RDONLY, libc::MS_RDONLY),
+    ] {
+        if locked & st != 0 {
+            flags |= ms;
+        }
+    }
+    sys::mount(None, &to, None, flags, None).map_err(at(Stage::RemountReadOnly))
+}
+
+fn mkdir(path: &Path, mode: u32) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+}
+
+/// A fresh /proc for the new pid namespace: it shows only the action's
+/// processes.
+fn mount_proc(root: &Path) -> io::Result<()> {
+    let dir = root.join("proc");
+    mkdir(&dir, 0o555)?;
+    sys::mount(
+        Some(c"proc"),
+        &c(&dir)?,
+        Some(c"proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    )
+}
+
+/// A minimal /dev: a few harmless devices bound from the host, the usual
+/// symlinks, and /dev/shm as a tmpfs. Then read-only.
+fn mount_dev(root: &Path) -> io::Result<()> {
+    let dir = root.join("dev");
+    mkdir(&dir, 0o755)?;
+    let dev = c(&dir)?;
+    sys::mount(
+        Some(c"corral-dev"),
+        &dev,
+        Some(c"tmpfs"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some(c"mode=0755,size=64k"),
+    )?;
+    for name in DEVICES {
+        let host = Path::new("/dev").join(name);
+        if !host.exists() {
+            continue;
+        }
+        let node = dir.join(name);
+        std::fs::File::create(&node)?;
+        sys::mount(Some(&c(&host)?), &c(&node)?, None, libc::MS_BIND, None)?;
+    }
+    for (name, points_to) in DEV_LINKS {
+        std::os::unix::fs::symlink(points_to, dir.join(name))?;
+    }
+    let shm = dir.join("shm");
+    mkdir(&shm, 0o1777)?;
+    sys::mount(
+        Some(c"corral-shm"),
+        &c(&shm)?,
+        Some(c"tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some(c"mode=1777,size=64m"),
+    )?;
+    sys::mount(
+        None,
+        &dev,
+        None,
+        libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some(c"mode=0755,size=64k"),
+    )
+}
+
+/// /tmp as a tmpfs of the policy's size. Its pages are charged to the
+/// action's memory cgroup, so it cannot outgrow the memory limit either.
+fn mount_tmp(root: &Path, size: u64) -> io::Result<()> {
+    let dir = root.join("tmp");
+    mkdir(&dir, 0o1777)?;
+    let options = CString::new(format!("mode=1777,size={size}"))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    sys::mount(
+        Some(c"corral-tmp"),
+        &c(&dir)?,
+        Some(c"tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some(&options),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_paths_are_skipped_and_symlinks_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("real", &link).unwrap();
+        let missing = dir.path().join("missing");
+        let plan = MountPlan::new(&[real.clone(), link.clone(), missing], 1 << 20, true).unwrap();
+        assert_eq!(plan.entries.len(), 2);
+        assert!(
+            matches!(&plan.entries[0], Entry::Bind { target, writable: false, .. } if *target == real)
+        );
+        assert!(
+            matches!(&plan.entries[1], Entry::Symlink { target, points_to } if *target == link && points_to == Path::new("real"))
+        );
+        assert_eq!(
+            plan.read_only_targets().collect::<Vec<_>>(),
+            [real.as_path()]
+        );
+    }
+
+    #[test]
+    fn the_input_root_is_bound_writable_at_the_working_directory() {
+        let plan = MountPlan::new(&[], 1, false).unwrap();
+        let plan = plan
+            .with_input_root(Path::new("/host/build/1/root"), Path::new("/build"))
+            .unwrap();
+        assert!(
+            matches!(&plan.entries[0], Entry::Bind { target, writable: true, .. } if target == Path::new("/build"))
+        );
+        assert!(MountPlan::new(&[], 1, false)
+            .unwrap()
+            .with_input_root(Path::new("/x"), Path::new("build"))
+            .is_err());
+    }
+}

@@ -1,0 +1,543 @@
+//! The caller's side of a run: prepare, fork, write the id maps, supervise
+//! (stdout, stderr, timeout), collect the outcome, clean up.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::cgroup::{Cgroup, CgroupRoot, CgroupUsage};
+use crate::child::{self, Fds, Plan};
+use crate::command::Command;
+use crate::error::Error;
+use crate::landlock::Rules;
+use crate::mounts::MountPlan;
+use crate::outcome::{Exit, Outcome, Usage};
+use crate::policy::Policy;
+use crate::privileges::last_capability;
+use crate::report::{LandlockState, Record, RecordReader, Stage};
+use crate::seccomp::Filters;
+use crate::sys::{self, Fork};
+
+/// The host uid and gid the action's ids map to when the caller is root:
+/// "nobody", which owns no files, so the action can neither write nor
+/// chmod the worker's cached input files it can read.
+const NOBODY: u32 = 65534;
+
+/// How long setup may take before the caller gives up on it.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// After killing a timed-out action, how long to wait for its pipes to
+/// close before giving up on the rest of its output.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// Distinguishes the cgroups of concurrent runs in one process.
+static RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// A sandbox for one policy: build once, run many commands.
+#[derive(Debug)]
+pub struct Sandbox {
+    policy: Policy,
+    filters: Filters,
+    mounts: MountPlan,
+    cgroups: Option<CgroupRoot>,
+    host_uid: u32,
+    host_gid: u32,
+    last_capability: u32,
+    warnings: Vec<String>,
+}
+
+impl Sandbox {
+    /// Prepares everything that does not depend on the command: the
+    /// seccomp filters, the mount plan, the cgroup layout. Fails if the
+    /// policy cannot be applied on this host.
+    pub fn new(policy: Policy) -> Result<Sandbox, Error> {
+        let filters = Filters::build(&policy.seccomp)?;
+        let mounts = MountPlan::new(
+            &policy.filesystem.read_only_paths,
+            policy.filesystem.tmp_size_bytes,
+            !policy.network.allow_host_network,
+        )?;
+        let mut warnings = Vec::new();
+        let (euid, egid) = sys::effective_ids();
+        let (host_uid, host_gid) = if euid == 0 {
+            (NOBODY, NOBODY)
+        } else {
+            warnings.push(format!(
+                "not running as root: actions run as host uid {euid}, the caller's own, so \
+                 files the caller owns (such as a worker's cache) are not protected from them"
+            ));
+            (euid, egid)
+        };
+        let cgroups = match CgroupRoot::detect() {
+            Ok(Some(root)) => Some(root),
+            Ok(None) => {
+                warnings.push(
+                    "no usable cgroup memory controller: no memory, pids or cpu limits, and \
+                     processes that escape the pid namespace's teardown are not tracked"
+                        .to_owned(),
+                );
+                None
+            }
+            // Without root, a cgroup tree that is not delegated to us is
+            // expected; as root it means a broken host, so fail closed.
+            Err(e) if euid != 0 => {
+                warnings.push(format!("cgroups not writable ({e}): no resource limits"));
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Sandbox {
+            policy,
+            filters,
+            mounts,
+            cgroups,
+            host_uid,
+            host_gid,
+            last_capability: last_capability(),
+            warnings,
+        })
+    }
+
+    /// Maps the action to another host uid and gid (e.g. one per build
+    /// slot). They must own no files the action should not touch.
+    pub fn with_host_ids(mut self, uid: u32, gid: u32) -> Sandbox {
+        self.host_uid = uid;
+        self.host_gid = gid;
+        self
+    }
+
+    /// Protections this host could not provide, in words for operators.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The cgroup version in use, if any.
+    pub fn cgroup_version(&self) -> Option<u32> {
+        self.cgroups.as_ref().map(CgroupRoot::version)
+    }
+
+    /// The policy this sandbox applies.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Runs `command` to completion in a fresh sandbox.
+    pub fn run(&self, command: &Command) -> Result<Outcome, Error> {
+        command.validate()?;
+        let start = Instant::now();
+        let workdir = &self.policy.filesystem.working_directory;
+        let mounts = self.mounts.with_input_root(&command.input_root, workdir)?;
+        let landlock = Rules::new(mounts.read_only_targets(), workdir);
+        let cstring = |bytes: &[u8]| {
+            CString::new(bytes).map_err(|_| crate::command::CommandError::Nul { what: "a path" })
+        };
+        let plan = Plan {
+            namespaces: self.namespace_flags(),
+            uid: self.policy.identity.uid,
+            gid: self.policy.identity.gid,
+            mounts,
+            landlock,
+            require_landlock: self.policy.confinement.require_landlock,
+            filters: &self.filters,
+            limits: self.policy.limits,
+            last_capability: self.last_capability,
+            cwd: cstring(workdir.join(&command.working_dir).as_os_str().as_bytes())?,
+            argv: command
+                .argv
+                .iter()
+                .map(|a| cstring(a.as_bytes()))
+                .collect::<Result<_, _>>()?,
+            env: command
+                .env
+                .iter()
+                .map(|(k, v)| {
+                    let mut kv = k.as_bytes().to_vec();
+                    kv.push(b'=');
+                    kv.extend_from_slice(v.as_bytes());
+                    cstring(&kv)
+                })
+                .collect::<Result<_, _>>()?,
+            search_path: child::search_path(&command.env),
+        };
+        let stdout = create_output("stdout", &command.stdout)?;
+        let stderr = create_output("stderr", &command.stderr)?;
+
+        let cgroup = match &self.cgroups {
+            Some(root) => {
+                let name = format!(
+                    "run-{}-{}",
+                    std::process::id(),
+                    RUNS.fetch_add(1, Ordering::Relaxed)
+                );
+                Some(root.create(&name, &self.policy.limits)?)
+            }
+            None => None,
+        };
+        let cgroup = CgroupGuard(cgroup);
+
+        let pipe = |step| sys::pipe().map_err(|source| Error::Spawn { step, source });
+        let (report_r, report_w) = pipe("create the report pipe")?;
+        let (go_r, go_w) = pipe("create the start pipe")?;
+        let (out_r, out_w) = pipe("create the stdout pipe")?;
+        let (err_r, err_w) = pipe("create the stderr pipe")?;
+        let fds = Fds {
+            report: report_w.as_raw_fd(),
+            go: go_r.as_raw_fd(),
+            stdout: out_w.as_raw_fd(),
+            stderr: err_w.as_raw_fd(),
+        };
+        let pid = match sys::fork().map_err(|source| Error::Spawn {
+            step: "fork the sandbox",
+            source,
+        })? {
+            Fork::Child => child::setup(&plan, &fds),
+            Fork::Parent(pid) => pid,
+        };
+        drop((report_w, go_r, out_w, err_w));
+
+        let mut run = Supervision {
+            pid,
+            cgroup: &cgroup,
+            reader: RecordReader::default(),
+            exit: None,
+            failure: None,
+            landlock: LandlockState::NotEnforced,
+        };
+        let result = run
+            .release(&report_r, go_w, self.host_uid, self.host_gid, &self.policy)
+            .and_then(|()| {
+                run.supervise(
+                    report_r,
+                    [(out_r, stdout, "stdout"), (err_r, stderr, "stderr")],
+                    command,
+                    self.policy.limits.output_max_bytes,
+                    start,
+                )
+            });
+        if result.is_err() {
+            run.kill();
+        }
+        let (_, _, rusage) = sys::wait4(pid).map_err(|source| Error::Spawn {
+            step: "wait for the sandbox",
+            source,
+        })?;
+        let streams = result?;
+        let cgroup_usage = match &cgroup.0 {
+            Some(group) => Some(group.usage()?),
+            None => None,
+        };
+        if let Some((stage, errno)) = run.failure {
+            return Err(Error::Setup {
+                stage,
+                source: std::io::Error::from_raw_os_error(errno),
+            });
+        }
+        let exit = match (run.exit, streams.timed_out) {
+            (Some(exit), _) => exit,
+            (None, true) => Exit::Signaled(libc::SIGKILL),
+            (None, false) => return Err(Error::Lost),
+        };
+        Ok(Outcome {
+            exit,
+            timed_out: streams.timed_out,
+            oom_killed: cgroup_usage.is_some_and(|u| u.oom_killed),
+            usage: usage(start.elapsed(), cgroup_usage, &rusage),
+            stdout_truncated: streams.truncated[0],
+            stderr_truncated: streams.truncated[1],
+            landlock: run.landlock,
+        })
+    }
+
+    fn namespace_flags(&self) -> libc::c_int {
+        let mut flags = libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS;
+        if !self.policy.network.allow_host_network {
+            flags |= libc::CLONE_NEWNET;
+        }
+        flags
+    }
+}
+
+fn create_output(stream: &'static str, path: &Path) -> Result<File, Error> {
+    File::create(path).map_err(|source| Error::OpenOutput {
+        stream,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Removes the action's cgroup whatever happens to the run.
+struct CgroupGuard(Option<Cgroup>);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        if let Some(group) = self.0.take() {
+            // Nothing useful to do on failure here: the group is empty or
+            // killed; a leftover directory is reported by the next prepare.
+            let _ = group.remove();
+        }
+    }
+}
+
+/// What supervising the streams found.
+struct Streams {
+    timed_out: bool,
+    truncated: [bool; 2],
+}
+
+/// State of one run while the caller supervises it.
+struct Supervision<'a> {
+    pid: libc::pid_t,
+    cgroup: &'a CgroupGuard,
+    reader: RecordReader,
+    exit: Option<Exit>,
+    failure: Option<(Stage, i32)>,
+    landlock: LandlockState,
+}
+
+impl Supervision<'_> {
+    fn note(&mut self, record: Record) {
+        match record {
+            Record::Unshared => {}
+            Record::Failed { stage, errno } => {
+                self.failure.get_or_insert((stage, errno));
+            }
+            Record::Exited(code) => self.exit = Some(Exit::Exited(code)),
+            Record::Signaled(signal) => self.exit = Some(Exit::Signaled(signal)),
+            Record::Landlock(state) => self.landlock = state,
+        }
+    }
+
+    /// Kills everything the run started.
+    fn kill(&self) {
+        if let Some(group) = &self.cgroup.0 {
+            let _ = group.kill_all();
+        }
+        // The setup process's death takes init with it (PDEATHSIG), and
+        // init's death tears down the whole pid namespace.
+        let _ = sys::kill(self.pid, libc::SIGKILL);
+    }
+
+    /// Waits for the namespaces, writes the id maps, joins the cgroup and
+    /// lets the setup process go on.
+    fn release(
+        &mut self,
+        report: &OwnedFd,
+        go: OwnedFd,
+        host_uid: u32,
+        host_gid: u32,
+        policy: &Policy,
+    ) -> Result<(), Error> {
+        let deadline = Instant::now() + SETUP_TIMEOUT;
+        let mut buf = [0u8; 64];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut pfd = [libc::pollfd {
+                fd: report.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let ready = sys::poll(&mut pfd, left.as_millis().min(i32::MAX as u128) as i32)
+                .map_err(|source| Error::Spawn {
+                    step: "wait for the sandbox's namespaces",
+                    source,
+                })?;
+            if ready == 0 {
+                return Err(Error::Spawn {
+                    step: "create the sandbox's namespaces in time",
+                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                });
+            }
+            let n = sys::read(report.as_fd(), &mut buf).map_err(|source| Error::Spawn {
+                step: "read the sandbox's report",
+                source,
+            })?;
+            if n == 0 {
+                break;
+            }
+            let records = self.reader.push(&buf[..n]);
+            let unshared = records.contains(&Record::Unshared);
+            for record in records {
+                self.note(record);
+            }
+            if unshared || self.failure.is_some() {
+                break;
+            }
+        }
+        if let Some((stage, errno)) = self.failure {
+            return Err(Error::Setup {
+                stage,
+                source: std::io::Error::from_raw_os_error(errno),
+            });
+        }
+        let proc = format!("/proc/{}", self.pid);
+        let write = |file: &str, text: String| {
+            let path = Path::new(&proc).join(file);
+            std::fs::write(&path, text).map_err(|source| Error::IdMap { path, source })
+        };
+        // setgroups must be denied before an unprivileged gid_map write,
+        // and keeps the action from dropping into supplementary groups.
+        write("setgroups", "deny".to_owned())?;
+        write("uid_map", format!("{} {host_uid} 1\n", policy.identity.uid))?;
+        write("gid_map", format!("{} {host_gid} 1\n", policy.identity.gid))?;
+        if let Some(group) = &self.cgroup.0 {
+            group.add_process(self.pid)?;
+        }
+        sys::write_all(go.as_fd(), &[1]).map_err(|source| Error::Spawn {
+            step: "start the sandbox",
+            source,
+        })
+    }
+
+    /// Copies stdout and stderr to their files (up to the cap), reads
+    /// reports, and enforces the timeout, until every pipe is closed.
+    fn supervise(
+        &mut self,
+        report: OwnedFd,
+        outputs: [(OwnedFd, File, &'static str); 2],
+        command: &Command,
+        cap: u64,
+        start: Instant,
+    ) -> Result<Streams, Error> {
+        let mut deadline = command.timeout.map(|t| start + t);
+        let mut timed_out = false;
+        let mut report = Some(report);
+        let mut outs: Vec<Option<(OwnedFd, File, &'static str)>> =
+            outputs.into_iter().map(Some).collect();
+        let mut written = [0u64; 2];
+        let mut truncated = [false; 2];
+        let mut buf = vec![0u8; 64 * 1024];
+        while report.is_some() || outs.iter().any(Option::is_some) {
+            let now = Instant::now();
+            if let Some(d) = deadline {
+                if now >= d {
+                    if timed_out {
+                        // Killed, yet something still holds a pipe open:
+                        // stop waiting rather than hang the caller.
+                        break;
+                    }
+                    timed_out = true;
+                    self.kill();
+                    deadline = Some(now + KILL_GRACE);
+                    continue;
+                }
+            }
+            let wait_ms = deadline.map_or(-1, |d| {
+                d.saturating_duration_since(now)
+                    .as_millis()
+                    .clamp(1, i32::MAX as u128) as i32
+            });
+            let mut pfds: Vec<libc::pollfd> = report
+                .iter()
+                .map(|fd| fd.as_raw_fd())
+                .chain(outs.iter().flatten().map(|(fd, _, _)| fd.as_raw_fd()))
+                .map(|fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            sys::poll(&mut pfds, wait_ms).map_err(|source| Error::Spawn {
+                step: "wait for the command",
+                source,
+            })?;
+            for pfd in pfds.iter().filter(|p| p.revents != 0) {
+                if report.as_ref().is_some_and(|r| r.as_raw_fd() == pfd.fd) {
+                    let fd = report.as_ref().expect("checked above");
+                    let n = sys::read(fd.as_fd(), &mut buf).map_err(|source| Error::Spawn {
+                        step: "read the sandbox's report",
+                        source,
+                    })?;
+                    if n == 0 {
+                        report = None;
+                    } else {
+                        for record in self.reader.push(&buf[..n]) {
+                            self.note(record);
+                        }
+                    }
+                    continue;
+                }
+                for (i, slot) in outs.iter_mut().enumerate() {
+                    let Some((fd, file, stream)) = slot else {
+                        continue;
+                    };
+                    if fd.as_raw_fd() != pfd.fd {
+                        continue;
+                    }
+                    let n = sys::read(fd.as_fd(), &mut buf).map_err(|source| Error::Spawn {
+                        step: "read the command's output",
+                        source,
+                    })?;
+                    if n == 0 {
+                        *slot = None;
+                        break;
+                    }
+                    let room = cap.saturating_sub(written[i]).min(n as u64) as usize;
+                    if room < n {
+                        truncated[i] = true;
+                    }
+                    if room > 0 {
+                        file.write_all(&buf[..room])
+                            .map_err(|source| Error::WriteOutput {
+                                stream,
+                                path: if i == 0 {
+                                    command.stdout.clone()
+                                } else {
+                                    command.stderr.clone()
+                                },
+                                source,
+                            })?;
+                        written[i] += room as u64;
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(Streams {
+            timed_out,
+            truncated,
+        })
+    }
+}
+
+fn timeval(tv: &libc::timeval) -> Duration {
+    Duration::from_secs(tv.tv_sec.max(0) as u64) + Duration::from_micros(tv.tv_usec.max(0) as u64)
+}
+
+fn usage(wall: Duration, cgroup: Option<CgroupUsage>, ru: &libc::rusage) -> Usage {
+    let (user, system, peak) = match cgroup {
+        Some(c) => (
+            c.user_time,
+            c.system_time,
+            c.memory_peak_bytes
+                .unwrap_or(ru.ru_maxrss.max(0) as u64 * 1024),
+        ),
+        None => (
+            timeval(&ru.ru_utime),
+            timeval(&ru.ru_stime),
+            ru.ru_maxrss.max(0) as u64 * 1024,
+        ),
+    };
+    Usage {
+        wall_time: wall,
+        user_time: user,
+        system_time: system,
+        memory_peak_bytes: peak,
+        page_reclaims: ru.ru_minflt,
+        page_faults: ru.ru_majflt,
+        block_input_operations: ru.ru_inblock,
+        block_output_operations: ru.ru_oublock,
+        voluntary_context_switches: ru.ru_nvcsw,
+        involuntary_context_switches: ru.ru_nivcsw,
+        io_read_bytes: cgroup.and_then(|c| c.io_read_bytes),
+        io_write_bytes: cgroup.and_then(|c| c.io_write_bytes),
+    }
+}

@@ -1,0 +1,356 @@
+//! Thin wrappers over the Linux system calls the sandbox needs: the only
+//! place in the crate with `unsafe`.
+//!
+//! Each wrapper turns a `-1`/errno return into `io::Error` and takes Rust
+//! types, so callers stay safe. Nothing here allocates, so the wrappers are
+//! usable between fork and exec.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr;
+
+/// Converts a libc return value into a `Result`.
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_long(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// The result of `fork`.
+pub enum Fork {
+    Parent(libc::pid_t),
+    Child,
+}
+
+/// `fork(2)` through glibc, which takes malloc's locks around the fork so
+/// that the child may allocate even when the parent has other threads.
+pub fn fork() -> io::Result<Fork> {
+    // SAFETY: fork has no memory-safety preconditions. The child is
+    // single-threaded; glibc's fork leaves malloc usable in it, and the
+    // callers take no other lock (stdio, env) before exec or _exit.
+    let pid = check(unsafe { libc::fork() })?;
+    Ok(if pid == 0 {
+        Fork::Child
+    } else {
+        Fork::Parent(pid)
+    })
+}
+
+/// `unshare(2)`.
+pub fn unshare(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: unshare takes only flags.
+    check(unsafe { libc::unshare(flags) }).map(drop)
+}
+
+/// `mount(2)`.
+pub fn mount(
+    source: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+    data: Option<&CStr>,
+) -> io::Result<()> {
+    let ptr_of = |s: Option<&CStr>| s.map_or(ptr::null(), CStr::as_ptr);
+    // SAFETY: every pointer is null or a NUL-terminated string that lives
+    // for the duration of the call.
+    check(unsafe {
+        libc::mount(
+            ptr_of(source),
+            target.as_ptr(),
+            ptr_of(fstype),
+            flags,
+            ptr_of(data).cast(),
+        )
+    })
+    .map(drop)
+}
+
+/// `umount2(2)`.
+pub fn umount2(target: &CStr, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: target is a NUL-terminated string.
+    check(unsafe { libc::umount2(target.as_ptr(), flags) }).map(drop)
+}
+
+/// `pivot_root(2)`, which libc does not wrap.
+pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> io::Result<()> {
+    // SAFETY: both arguments are NUL-terminated strings.
+    check_long(unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) })
+        .map(drop)
+}
+
+/// `chdir(2)`.
+pub fn chdir(path: &CStr) -> io::Result<()> {
+    // SAFETY: path is a NUL-terminated string.
+    check(unsafe { libc::chdir(path.as_ptr()) }).map(drop)
+}
+
+/// `sethostname(2)`.
+pub fn sethostname(name: &[u8]) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `name`.
+    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }).map(drop)
+}
+
+/// `pipe2(2)` with `O_CLOEXEC`: (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 succeeded, so both descriptors are open and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `write(2)` of all of `buf`, retrying on EINTR.
+pub fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: the pointer and length describe `buf`.
+        let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// `read(2)` into `buf`, retrying on EINTR; 0 means end of file.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: the pointer and length describe `buf`.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// How a waited-for process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// `wait4(2)` for `pid` (or any child with -1), retrying on EINTR.
+pub fn wait4(pid: libc::pid_t) -> io::Result<(libc::pid_t, WaitStatus, libc::rusage)> {
+    let mut status = 0;
+    // SAFETY: rusage is plain old data; zeroed is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: status and usage are valid for writes.
+        let ret = unsafe { libc::wait4(pid, &mut status, libc::__WALL, &mut usage) };
+        if ret >= 0 {
+            let ws = if libc::WIFSIGNALED(status) {
+                WaitStatus::Signaled(libc::WTERMSIG(status))
+            } else {
+                WaitStatus::Exited(libc::WEXITSTATUS(status))
+            };
+            return Ok((ret, ws, usage));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// `kill(2)`.
+pub fn kill(pid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill takes plain integers.
+    check(unsafe { libc::kill(pid, signal) }).map(drop)
+}
+
+/// `_exit(2)`: ends the process without running destructors or atexit
+/// handlers, which belong to the parent's copy of the program.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// `dup2(2)`.
+pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 takes plain descriptors; `to` is replaced atomically.
+    check(unsafe { libc::dup2(from, to) }).map(drop)
+}
+
+/// Closes every descriptor from `lowest` up, except those in `keep`.
+pub fn close_fds_from(lowest: RawFd, keep: &[RawFd]) {
+    // /proc may be gone (after pivot_root) and allocation is best avoided,
+    // so walk the numbers up to the soft limit instead of listing /proc/self/fd.
+    let mut limit: libc::rlimit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: limit is valid for writes.
+    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur.min(1 << 16) as RawFd
+    } else {
+        1024
+    };
+    for fd in lowest..max {
+        if !keep.contains(&fd) {
+            // SAFETY: closing a descriptor number we do not use afterwards;
+            // EBADF for unused numbers is harmless.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// `execve(2)`; returns only on failure.
+pub fn execve(
+    path: &CStr,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> io::Error {
+    // SAFETY: argv and envp are NULL-terminated arrays of pointers to
+    // NUL-terminated strings that outlive the call (the caller keeps them).
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// `prctl(2)` with up to two arguments.
+pub fn prctl(
+    option: libc::c_int,
+    arg2: libc::c_ulong,
+    arg3: libc::c_ulong,
+) -> io::Result<libc::c_int> {
+    // SAFETY: the options used by this crate take integer arguments only.
+    check(unsafe { libc::prctl(option, arg2, arg3, 0 as libc::c_ulong, 0 as libc::c_ulong) })
+}
+
+/// Sets the effective, permitted and inheritable capability sets to empty.
+pub fn clear_capability_sets() -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: header and data have the kernel's v3 layout (two 32-bit
+    // words of each set) and live for the duration of the call.
+    check_long(unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) }).map(drop)
+}
+
+/// `setresuid(2)` with the same id for real, effective and saved.
+pub fn setresuid(uid: libc::uid_t) -> io::Result<()> {
+    // SAFETY: plain integers.
+    check(unsafe { libc::setresuid(uid, uid, uid) }).map(drop)
+}
+
+/// `setresgid(2)` with the same id for real, effective and saved.
+pub fn setresgid(gid: libc::gid_t) -> io::Result<()> {
+    // SAFETY: plain integers.
+    check(unsafe { libc::setresgid(gid, gid, gid) }).map(drop)
+}
+
+/// `setrlimit(2)` with the same soft and hard limit.
+pub fn setrlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: limit is a valid rlimit.
+    check(unsafe { libc::setrlimit(resource, &limit) }).map(drop)
+}
+
+/// `setsid(2)`.
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: no arguments.
+    check(unsafe { libc::setsid() }).map(drop)
+}
+
+/// Brings the loopback interface up, in the current network namespace.
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: socket takes integers; the result is checked.
+    let sock =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: socket succeeded, the descriptor is ours.
+    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+    // SAFETY: ifreq is plain old data; zeroed is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: req is a valid ifreq naming "lo"; the ioctls read and write it.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
+    // SAFETY: the union's flags member is the one SIOCGIFFLAGS filled in.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    }
+    // SAFETY: as above.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
+}
+
+/// `poll(2)` on `fds` for up to `timeout_ms` (-1: forever), retrying on
+/// EINTR; returns how many descriptors are ready.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> io::Result<usize> {
+    loop {
+        // SAFETY: fds is a valid slice of pollfd for the call.
+        let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if ret >= 0 {
+            return Ok(ret as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Opens `path` with `O_PATH | O_CLOEXEC`: a handle for bind mounts.
+pub fn open_path(path: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: path is NUL-terminated; the flags create nothing.
+    let fd = check(unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) })?;
+    // SAFETY: open succeeded, the descriptor is ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fstatvfs(3)` mount flags (`ST_*`) of the mount holding `fd` (an
+/// `O_PATH` descriptor is enough).
+pub fn mount_flags(fd: BorrowedFd<'_>) -> io::Result<libc::c_ulong> {
+    // SAFETY: statvfs is plain old data; zeroed is valid.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: st is valid for writes; fd is open.
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) })?;
+    Ok(st.f_flag)
+}
+
+/// The calling process's effective uid and gid.
+pub fn effective_ids() -> (libc::uid_t, libc::gid_t) {
+    // SAFETY: getters with no failure mode.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
