@@ -356,6 +356,24 @@ impl Inner {
         self.remove_file(key);
     }
 
+    /// Writes a whole entry held in memory and installs it, in one trip
+    /// to the blocking pool: the fast path for small blobs and AC entries.
+    fn write_whole(&self, key: Key, data: &[u8]) -> Result<(), DiskError> {
+        let (mut file, temp) = self.new_temp()?;
+        file.write_all(data).map_err(|source| DiskError::Write {
+            path: temp.to_path_buf(),
+            source,
+        })?;
+        if self.fsync {
+            file.sync_all().map_err(|source| DiskError::Sync {
+                path: temp.to_path_buf(),
+                source,
+            })?;
+        }
+        drop(file);
+        self.install(key, temp, data.len() as u64)
+    }
+
     fn new_temp(&self) -> Result<(fs::File, TempPath), DiskError> {
         let file = tempfile::Builder::new()
             .prefix("write-")
@@ -464,6 +482,26 @@ impl BlobStore for DiskBlobStore {
         Ok(Some(Box::pin(stream::unfold(state, ReadState::next))))
     }
 
+    async fn put(&self, digest: &Digest, data: Vec<u8>) -> Result<(), Error> {
+        self.check_fits(digest)?;
+        let digest = *digest;
+        let inner = Arc::clone(&self.inner);
+        // Hashing a batch's blobs would hold up the runtime's threads, so
+        // it goes to the blocking pool with the write.
+        tokio::task::spawn_blocking(move || {
+            let mut verifier = Verifier::new(digest);
+            verifier.update(&data)?;
+            verifier.finish()?;
+            inner.write_whole(Key::cas(digest), &data)?;
+            Ok(())
+        })
+        .await
+        .map_err(|source| DiskError::Join {
+            dir: self.inner.dir.clone(),
+            source,
+        })?
+    }
+
     async fn begin_write(&self, digest: &Digest) -> Result<Box<dyn BlobWrite>, Error> {
         self.check_fits(digest)?;
         let (file, temp) = self.blocking(|inner| inner.new_temp()).await?;
@@ -499,31 +537,15 @@ impl ActionCache for DiskBlobStore {
 
     async fn put_action_result(&self, action: &Digest, encoded: Vec<u8>) -> Result<(), Error> {
         let key = Key::ac(*action);
-        let size = encoded.len() as u64;
-        if size > self.inner.lock().max_bytes() {
+        let max_size_bytes = self.inner.lock().max_bytes();
+        if encoded.len() as u64 > max_size_bytes {
             return Err(Error::TooLarge {
                 digest: *action,
-                max_size_bytes: self.inner.lock().max_bytes(),
+                max_size_bytes,
             });
         }
-        // Entries are small: one trip to the blocking pool does it all.
-        self.blocking(move |inner| {
-            let (mut file, temp) = inner.new_temp()?;
-            let write_err = |source| DiskError::Write {
-                path: temp.to_path_buf(),
-                source,
-            };
-            file.write_all(&encoded).map_err(write_err)?;
-            if inner.fsync {
-                file.sync_all().map_err(|source| DiskError::Sync {
-                    path: temp.to_path_buf(),
-                    source,
-                })?;
-            }
-            drop(file);
-            inner.install(key, temp, size)
-        })
-        .await?;
+        self.blocking(move |inner| inner.write_whole(key, &encoded))
+            .await?;
         Ok(())
     }
 }

@@ -1,8 +1,22 @@
 //! Storage's errors.
 
-/// Everything that can go wrong in storage.
+use std::net::SocketAddr;
+
+use crate::disk_blob_store::DiskError;
+
+/// Everything that can go wrong starting or running storage.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid configuration: {field}: {reason}")]
     InvalidConfig { field: &'static str, reason: String },
+    #[error("failed to open the disk store")]
+    OpenDisk(#[from] DiskError),
+    #[error("failed to read the listener's address")]
+    ListenerAddress(#[source] std::io::Error),
+    #[error("serving on {addr} failed")]
+    Serve {
+        addr: SocketAddr,
+        #[source]
+        source: tonic::transport::Error,
+    },
 }

@@ -1,8 +1,11 @@
 //! Storage: the Content Addressable Storage and the Action Cache.
 //!
-//! Backends (memory, local disk, a remote REAPI store) sit behind one
-//! trait, and the REAPI services (`ContentAddressableStorage`,
-//! `ByteStream`, `ActionCache`, `Capabilities`) are served over them.
+//! Backends (memory, local disk; later a remote REAPI store) sit behind
+//! the [`BlobStore`] and [`ActionCache`] traits, and the REAPI services
+//! (`ContentAddressableStorage`, `ByteStream`, `ActionCache`,
+//! `Capabilities`) are served over them, all on one port. [`run`] serves
+//! them alone; [`routes`] hands them to a daemon that serves more (the
+//! scheduler mounts them next to Execution).
 //!
 //! Modules:
 //! - [`config`] — `storage.toml`.
@@ -12,21 +15,45 @@
 //! - [`action_cache`] — the Action Cache trait.
 //! - [`lru_index`] — what a bounded store holds, in order of use.
 //! - [`memory_blob_store`], [`disk_blob_store`] — the backends.
+//! - [`cas_service`], [`ac_service`], [`bytestream_service`],
+//!   [`capabilities_service`] — the gRPC services, one per module, each
+//!   with its errors and their status codes.
+//! - [`resource_name`] — ByteStream resource names.
+//! - [`status`] — what the services share in building statuses.
 //!
 //! Storage never trusts a digest it is given: every write is verified
 //! against its content, and nothing half-written is ever visible.
+//! Instance names are accepted but not used yet: all instances share one
+//! store.
 
 #![forbid(unsafe_code)]
 
+pub mod ac_service;
 pub mod action_cache;
 pub mod blob_store;
 pub mod blob_write;
+pub mod bytestream_service;
+pub mod capabilities_service;
+pub mod cas_service;
 pub mod config;
 pub mod digest;
 pub mod disk_blob_store;
 pub mod error;
 pub mod lru_index;
 pub mod memory_blob_store;
+pub mod resource_name;
+pub mod status;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use corral_proto::bytestream::byte_stream_server::ByteStreamServer;
+use corral_proto::reapi::action_cache_server::ActionCacheServer;
+use corral_proto::reapi::capabilities_server::CapabilitiesServer;
+use corral_proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
 
 pub use action_cache::ActionCache;
 pub use blob_store::BlobStore;
@@ -36,3 +63,274 @@ pub use digest::{Digest, DigestFunction};
 pub use disk_blob_store::DiskBlobStore;
 pub use error::Error;
 pub use memory_blob_store::MemoryBlobStore;
+
+/// Largest ByteStream message accepted. Clients send chunks of 16 KiB to
+/// 1 MiB; tonic's default of 4 MiB would refuse a client tuned higher.
+const MAX_BYTESTREAM_MESSAGE_BYTES: usize = 16 << 20;
+
+/// HTTP/2 flow-control windows. The 64 KiB default caps a single stream at
+/// one window per round trip, far below disk speed even on loopback.
+const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+
+/// The CAS and the Action Cache a configuration asks for.
+pub struct Stores {
+    pub blobs: Arc<dyn BlobStore>,
+    pub action_cache: Arc<dyn ActionCache>,
+    /// The bound on stored bytes, advertised as the largest blob.
+    pub max_size_bytes: u64,
+}
+
+/// Opens the configured backend (for disk: creates the directory and
+/// rebuilds the index).
+pub async fn open(cfg: &Config) -> Result<Stores, Error> {
+    match &cfg.backend {
+        config::Backend::Memory { max_size_bytes } => {
+            let store = Arc::new(MemoryBlobStore::new(*max_size_bytes));
+            Ok(Stores {
+                blobs: store.clone(),
+                action_cache: store,
+                max_size_bytes: *max_size_bytes,
+            })
+        }
+        config::Backend::Disk {
+            dir,
+            max_size_bytes,
+            fsync,
+        } => {
+            let store = Arc::new(DiskBlobStore::open(dir.clone(), *max_size_bytes, *fsync).await?);
+            Ok(Stores {
+                blobs: store.clone(),
+                action_cache: store,
+                max_size_bytes: *max_size_bytes,
+            })
+        }
+    }
+}
+
+/// The four storage services over `stores`, ready to be served alone or
+/// added to another daemon's server.
+pub fn routes(cfg: &Config, stores: &Stores) -> Routes {
+    let max_batch = usize::try_from(cfg.max_batch_total_size_bytes).unwrap_or(usize::MAX);
+    // A batch a little over the limit must reach our check and get
+    // INVALID_ARGUMENT naming the limit, not tonic's bare
+    // RESOURCE_EXHAUSTED, so decoding allows twice the limit plus room
+    // for the framing of many small blobs.
+    let max_cas_message = max_batch.saturating_mul(2).saturating_add(1 << 20);
+    let cas = ContentAddressableStorageServer::new(cas_service::CasService::new(
+        Arc::clone(&stores.blobs),
+        cfg.max_batch_total_size_bytes,
+    ))
+    .max_decoding_message_size(max_cas_message)
+    .max_encoding_message_size(max_cas_message);
+    let ac = ActionCacheServer::new(ac_service::AcService::new(
+        Arc::clone(&stores.blobs),
+        Arc::clone(&stores.action_cache),
+    ));
+    let bytestream = ByteStreamServer::new(bytestream_service::ByteStreamService::new(Arc::clone(
+        &stores.blobs,
+    )))
+    .max_decoding_message_size(MAX_BYTESTREAM_MESSAGE_BYTES);
+    let capabilities = CapabilitiesServer::new(capabilities_service::CapabilitiesService::new(
+        cfg.max_batch_total_size_bytes,
+        stores.max_size_bytes,
+    ));
+    Routes::new(cas)
+        .add_service(ac)
+        .add_service(bytestream)
+        .add_service(capabilities)
+}
+
+/// Serves storage on `listener` until `shutdown` completes. `cfg.listen`
+/// is not used: the caller binds, so tests can pass `127.0.0.1:0`.
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    cfg.validate()?;
+    let stores = open(&cfg).await?;
+    let addr = listener.local_addr().map_err(Error::ListenerAddress)?;
+    tracing::info!(%addr, "storage serving");
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .add_routes(routes(&cfg, &stores))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|source| Error::Serve { addr, source })?;
+    tracing::info!(%addr, "storage stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use corral_proto::bytestream::byte_stream_client::ByteStreamClient;
+    use corral_proto::bytestream::{ReadRequest, WriteRequest};
+    use corral_proto::reapi::action_cache_client::ActionCacheClient;
+    use corral_proto::reapi::capabilities_client::CapabilitiesClient;
+    use corral_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+    use corral_proto::reapi::{
+        batch_update_blobs_request, ActionResult, BatchReadBlobsRequest, BatchUpdateBlobsRequest,
+        FindMissingBlobsRequest, GetActionResultRequest, GetCapabilitiesRequest, OutputFile,
+        UpdateActionResultRequest,
+    };
+    use futures_util::{stream, TryStreamExt as _};
+
+    use super::*;
+    use crate::blob_store::conformance::blob;
+
+    #[tokio::test]
+    async fn served_over_tcp_the_generated_clients_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            backend: config::Backend::Disk {
+                dir: dir.path().join("storage"),
+                max_size_bytes: 64 << 20,
+                fsync: false,
+            },
+            ..Config::default()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut server = tokio::task::JoinSet::new();
+        server.spawn(run(cfg, listener, async {
+            let _ = stopped.await;
+        }));
+
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let caps = CapabilitiesClient::new(channel.clone())
+            .get_capabilities(GetCapabilitiesRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            caps.cache_capabilities.unwrap().max_batch_total_size_bytes,
+            4 << 20
+        );
+
+        // ByteStream: 1 MiB in 64 KiB chunks, then read back.
+        let data = blob(9, 1 << 20);
+        let d = DigestFunction::Sha256.digest_of(&data);
+        let name = format!("main/uploads/0/blobs/{}/{}", d.hash_hex(), d.size_bytes());
+        let requests: Vec<WriteRequest> = data
+            .chunks(64 << 10)
+            .enumerate()
+            .map(|(i, chunk)| WriteRequest {
+                resource_name: if i == 0 { name.clone() } else { String::new() },
+                write_offset: (i * (64 << 10)) as i64,
+                finish_write: (i + 1) * (64 << 10) >= data.len(),
+                data: chunk.to_vec(),
+            })
+            .collect();
+        let mut bytestream = ByteStreamClient::new(channel.clone());
+        let written = bytestream.write(stream::iter(requests)).await.unwrap();
+        assert_eq!(written.into_inner().committed_size, 1 << 20);
+        let read: Vec<_> = bytestream
+            .read(ReadRequest {
+                resource_name: format!("main/blobs/{}/{}", d.hash_hex(), d.size_bytes()),
+                read_offset: 0,
+                read_limit: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(
+            read.into_iter().flat_map(|r| r.data).collect::<Vec<_>>(),
+            data
+        );
+
+        // CAS batches and FindMissingBlobs.
+        let mut cas = ContentAddressableStorageClient::new(channel.clone());
+        let small = b"small".to_vec();
+        let ds = DigestFunction::Sha256.digest_of(&small);
+        let updated = cas
+            .batch_update_blobs(BatchUpdateBlobsRequest {
+                requests: vec![batch_update_blobs_request::Request {
+                    digest: Some(ds.to_proto()),
+                    data: small.clone(),
+                    compressor: 0,
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(updated.responses[0].status.as_ref().unwrap().code, 0);
+        let missing = cas
+            .find_missing_blobs(FindMissingBlobsRequest {
+                blob_digests: vec![
+                    d.to_proto(),
+                    ds.to_proto(),
+                    DigestFunction::Sha256.digest_of(b"no").to_proto(),
+                ],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(missing.missing_blob_digests.len(), 1);
+        let batch = cas
+            .batch_read_blobs(BatchReadBlobsRequest {
+                digests: vec![ds.to_proto()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(batch.responses[0].data, small);
+
+        // Action Cache: an entry whose output is present is served.
+        let mut ac = ActionCacheClient::new(channel);
+        let action = DigestFunction::Sha256.digest_of(b"action");
+        let result = ActionResult {
+            output_files: vec![OutputFile {
+                path: "out".into(),
+                digest: Some(d.to_proto()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        ac.update_action_result(UpdateActionResultRequest {
+            action_digest: Some(action.to_proto()),
+            action_result: Some(result.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let got = ac
+            .get_action_result(GetActionResultRequest {
+                action_digest: Some(action.to_proto()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got, result);
+
+        stop.send(()).unwrap();
+        server.join_next().await.unwrap().unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn invalid_config_is_refused_before_serving() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let cfg = Config {
+            max_batch_total_size_bytes: 1,
+            ..Config::default()
+        };
+        let err = run(cfg, listener, std::future::pending())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+    }
+}

@@ -1,0 +1,680 @@
+//! The `ByteStream` service: streamed reads and resumable writes of CAS
+//! blobs, named as `resource_name` describes.
+//!
+//! A write whose stream breaks before `finish_write` is parked under its
+//! resource name, so the client can ask QueryWriteStatus how far it got
+//! and resume from there. Parked writes are bounded in number; the oldest
+//! is dropped (and its temporary data deleted) first.
+//!
+//! Instance names are accepted and not used yet (see `cas_service`).
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use corral_proto::bytestream::byte_stream_server::ByteStream;
+use corral_proto::bytestream::{
+    QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest,
+    WriteResponse,
+};
+use futures_util::{Stream, StreamExt as _};
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::blob_store::{self, BlobStore};
+use crate::blob_write::BlobWrite;
+use crate::digest::Digest;
+use crate::resource_name::{self, Compressor, ResourceNameError};
+use crate::status;
+
+/// Broken uploads kept for resumption. Each holds at most an open
+/// temporary file (disk) or its bytes so far (memory).
+const MAX_PARKED_UPLOADS: usize = 256;
+
+/// What a ByteStream request can fail on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid resource name")]
+    ResourceName(#[from] ResourceNameError),
+    #[error("compressed-blobs resources are not supported yet ({resource})")]
+    Compressed { resource: String },
+    #[error("read_offset {offset} is outside blob {digest}")]
+    OffsetOutOfRange { digest: Digest, offset: i64 },
+    #[error("read_limit {limit} is negative")]
+    NegativeLimit { limit: i64 },
+    #[error("blob {digest} is not in the CAS")]
+    NotFound { digest: Digest },
+    #[error("write stream carried no request")]
+    EmptyWrite,
+    #[error("write to {expected:?} continued with resource name {got:?}")]
+    ResourceChanged { expected: String, got: String },
+    #[error("write_offset {got} of {resource:?} does not follow the {committed} bytes committed")]
+    WriteOffset {
+        resource: String,
+        committed: u64,
+        got: i64,
+    },
+    #[error("write stream of {resource:?} ended after {committed} bytes without finish_write")]
+    Unfinished { resource: String, committed: u64 },
+    #[error("no upload {resource:?} is in progress or complete")]
+    UnknownUpload { resource: String },
+    #[error("write stream of {resource:?} broke")]
+    Client {
+        resource: String,
+        #[source]
+        source: Status,
+    },
+    #[error("storing or fetching {digest} failed")]
+    Store {
+        digest: Digest,
+        #[source]
+        source: blob_store::Error,
+    },
+}
+
+/// The gRPC status for a ByteStream error.
+pub fn status(err: &Error) -> Status {
+    let code = match err {
+        Error::ResourceName(_)
+        | Error::NegativeLimit { .. }
+        | Error::EmptyWrite
+        | Error::ResourceChanged { .. }
+        | Error::WriteOffset { .. }
+        | Error::Unfinished { .. } => Code::InvalidArgument,
+        Error::Compressed { .. } => Code::Unimplemented,
+        // ByteStream's own rule for offsets past the end.
+        Error::OffsetOutOfRange { .. } => Code::OutOfRange,
+        Error::NotFound { .. } | Error::UnknownUpload { .. } => Code::NotFound,
+        Error::Client { source, .. } => source.code(),
+        Error::Store { source, .. } => status::store_code(source),
+    };
+    Status::new(code, status::message(err))
+}
+
+type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
+
+/// Writes whose streams broke, by resource name, oldest first.
+#[derive(Default)]
+struct Parked {
+    writes: HashMap<String, Box<dyn BlobWrite>>,
+    order: VecDeque<String>,
+}
+
+impl Parked {
+    fn take(&mut self, resource: &str) -> Option<Box<dyn BlobWrite>> {
+        let write = self.writes.remove(resource)?;
+        self.order.retain(|r| r != resource);
+        Some(write)
+    }
+
+    fn park(&mut self, resource: String, write: Box<dyn BlobWrite>) {
+        if self.writes.len() >= MAX_PARKED_UPLOADS {
+            if let Some(oldest) = self.order.pop_front() {
+                self.writes.remove(&oldest);
+            }
+        }
+        self.order.push_back(resource.clone());
+        self.writes.insert(resource, write);
+    }
+
+    fn received(&self, resource: &str) -> Option<u64> {
+        self.writes.get(resource).map(|w| w.received())
+    }
+}
+
+/// The ByteStream service over one store.
+pub struct ByteStreamService {
+    blobs: Arc<dyn BlobStore>,
+    parked: Mutex<Parked>,
+}
+
+impl ByteStreamService {
+    pub fn new(blobs: Arc<dyn BlobStore>) -> Self {
+        Self {
+            blobs,
+            parked: Mutex::new(Parked::default()),
+        }
+    }
+
+    fn parked(&self) -> std::sync::MutexGuard<'_, Parked> {
+        // Every change to `Parked` is a single map and queue update.
+        self.parked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn is_present(&self, digest: &Digest) -> Result<bool, Error> {
+        let missing = self
+            .blobs
+            .find_missing(std::slice::from_ref(digest))
+            .await
+            .map_err(|source| Error::Store {
+                digest: *digest,
+                source,
+            })?;
+        Ok(missing.is_empty())
+    }
+
+    #[tracing::instrument(skip_all, fields(resource = %req.resource_name))]
+    async fn read_blob(&self, req: ReadRequest) -> Result<ReadStream, Error> {
+        let resource = resource_name::parse_read(&req.resource_name)?;
+        if resource.compressor == Compressor::Zstd {
+            return Err(Error::Compressed {
+                resource: req.resource_name,
+            });
+        }
+        let digest = resource.digest;
+        let offset = u64::try_from(req.read_offset)
+            .ok()
+            .filter(|&o| o <= digest.size_bytes())
+            .ok_or(Error::OffsetOutOfRange {
+                digest,
+                offset: req.read_offset,
+            })?;
+        let limit = match req.read_limit {
+            0 => None,
+            limit => Some(u64::try_from(limit).map_err(|_| Error::NegativeLimit { limit })?),
+        };
+        let chunks = self
+            .blobs
+            .read(&digest, offset, limit)
+            .await
+            .map_err(|source| Error::Store { digest, source })?
+            .ok_or(Error::NotFound { digest })?;
+        Ok(Box::pin(chunks.map(move |chunk| match chunk {
+            Ok(data) => Ok(ReadResponse { data }),
+            Err(source) => Err(status(&Error::Store { digest, source })),
+        })))
+    }
+
+    /// Runs one Write call. Generic over the request stream so tests can
+    /// drive it without a transport.
+    #[tracing::instrument(skip_all, fields(resource = tracing::field::Empty))]
+    pub async fn write_blob<S>(&self, mut requests: S) -> Result<WriteResponse, Error>
+    where
+        S: Stream<Item = Result<WriteRequest, Status>> + Unpin + Send,
+    {
+        let first = match requests.next().await {
+            None => return Err(Error::EmptyWrite),
+            Some(Err(source)) => {
+                return Err(Error::Client {
+                    resource: String::new(),
+                    source,
+                })
+            }
+            Some(Ok(first)) => first,
+        };
+        let name = first.resource_name.clone();
+        tracing::Span::current().record("resource", name.as_str());
+        let resource = resource_name::parse_write(&name)?;
+        if resource.compressor == Compressor::Zstd {
+            return Err(Error::Compressed { resource: name });
+        }
+        let digest = resource.digest;
+        let complete = WriteResponse {
+            committed_size: i64::try_from(digest.size_bytes()).unwrap_or(i64::MAX),
+        };
+        // REAPI lets a write of a blob already present end at once.
+        if self.is_present(&digest).await? {
+            return Ok(complete);
+        }
+        let parked = self.parked().take(&name);
+        let mut write = match parked {
+            // A client restarting from zero gets a fresh write.
+            Some(write) if first.write_offset != 0 => write,
+            _ => self
+                .blobs
+                .begin_write(&digest)
+                .await
+                .map_err(|source| Error::Store { digest, source })?,
+        };
+        let mut request = first;
+        loop {
+            if !request.resource_name.is_empty() && request.resource_name != name {
+                return Err(Error::ResourceChanged {
+                    expected: name,
+                    got: request.resource_name,
+                });
+            }
+            if u64::try_from(request.write_offset).ok() != Some(write.received()) {
+                let err = Error::WriteOffset {
+                    resource: name.clone(),
+                    committed: write.received(),
+                    got: request.write_offset,
+                };
+                // The bytes committed so far are still good.
+                self.parked().park(name, write);
+                return Err(err);
+            }
+            write
+                .write(&request.data)
+                .await
+                .map_err(|source| Error::Store { digest, source })?;
+            if request.finish_write {
+                write
+                    .commit()
+                    .await
+                    .map_err(|source| Error::Store { digest, source })?;
+                return Ok(complete);
+            }
+            request = match requests.next().await {
+                Some(Ok(next)) => next,
+                Some(Err(source)) => {
+                    let committed = write.received();
+                    self.parked().park(name.clone(), write);
+                    tracing::debug!(committed, "write stream broke; parked for resumption");
+                    return Err(Error::Client {
+                        resource: name,
+                        source,
+                    });
+                }
+                None => {
+                    let committed = write.received();
+                    self.parked().park(name.clone(), write);
+                    return Err(Error::Unfinished {
+                        resource: name,
+                        committed,
+                    });
+                }
+            };
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(resource = %req.resource_name))]
+    async fn query_write(
+        &self,
+        req: QueryWriteStatusRequest,
+    ) -> Result<QueryWriteStatusResponse, Error> {
+        let resource = resource_name::parse_write(&req.resource_name)?;
+        let digest = resource.digest;
+        if self.is_present(&digest).await? {
+            return Ok(QueryWriteStatusResponse {
+                committed_size: i64::try_from(digest.size_bytes()).unwrap_or(i64::MAX),
+                complete: true,
+            });
+        }
+        let received = self
+            .parked()
+            .received(&req.resource_name)
+            .ok_or(Error::UnknownUpload {
+                resource: req.resource_name,
+            })?;
+        Ok(QueryWriteStatusResponse {
+            committed_size: i64::try_from(received).unwrap_or(i64::MAX),
+            complete: false,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl ByteStream for ByteStreamService {
+    type ReadStream = ReadStream;
+
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {
+        self.read_blob(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| status(&e))
+    }
+
+    async fn write(
+        &self,
+        request: Request<Streaming<WriteRequest>>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        self.write_blob(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| status(&e))
+    }
+
+    async fn query_write_status(
+        &self,
+        request: Request<QueryWriteStatusRequest>,
+    ) -> Result<Response<QueryWriteStatusResponse>, Status> {
+        self.query_write(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| status(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::{stream, TryStreamExt as _};
+
+    use super::*;
+    use crate::blob_store::conformance::blob;
+    use crate::digest::DigestFunction;
+    use crate::memory_blob_store::MemoryBlobStore;
+
+    fn service() -> (ByteStreamService, MemoryBlobStore) {
+        let store = MemoryBlobStore::new(16 << 20);
+        (ByteStreamService::new(Arc::new(store.clone())), store)
+    }
+
+    fn upload_name(digest: &Digest, id: &str) -> String {
+        match digest.function() {
+            DigestFunction::Sha256 => format!(
+                "inst/uploads/{id}/blobs/{}/{}",
+                digest.hash_hex(),
+                digest.size_bytes()
+            ),
+            DigestFunction::Blake3 => format!(
+                "inst/uploads/{id}/blobs/blake3/{}/{}",
+                digest.hash_hex(),
+                digest.size_bytes()
+            ),
+        }
+    }
+
+    fn read_name(digest: &Digest) -> String {
+        format!("inst/blobs/{}/{}", digest.hash_hex(), digest.size_bytes())
+    }
+
+    /// Write requests carrying `data[from..to]` in `chunk`-byte pieces.
+    fn requests(
+        name: &str,
+        data: &[u8],
+        from: usize,
+        to: usize,
+        chunk: usize,
+        finish: bool,
+    ) -> Vec<Result<WriteRequest, Status>> {
+        let mut out: Vec<_> = (from..to)
+            .step_by(chunk)
+            .map(|at| {
+                Ok(WriteRequest {
+                    // Only the first request must name the resource.
+                    resource_name: if at == from {
+                        name.to_owned()
+                    } else {
+                        String::new()
+                    },
+                    write_offset: at as i64,
+                    finish_write: false,
+                    data: data[at..(at + chunk).min(to)].to_vec(),
+                })
+            })
+            .collect();
+        if let Some(Ok(last)) = out.last_mut() {
+            last.finish_write = finish;
+        }
+        out
+    }
+
+    async fn read(
+        bs: &ByteStreamService,
+        name: &str,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<u8>, Status> {
+        let chunks: Vec<ReadResponse> = bs
+            .read(Request::new(ReadRequest {
+                resource_name: name.to_owned(),
+                read_offset: offset,
+                read_limit: limit,
+            }))
+            .await?
+            .into_inner()
+            .try_collect()
+            .await?;
+        Ok(chunks.into_iter().flat_map(|c| c.data).collect())
+    }
+
+    async fn query(bs: &ByteStreamService, name: &str) -> Result<QueryWriteStatusResponse, Status> {
+        bs.query_write_status(Request::new(QueryWriteStatusRequest {
+            resource_name: name.to_owned(),
+        }))
+        .await
+        .map(Response::into_inner)
+    }
+
+    #[tokio::test]
+    async fn written_blob_reads_back_whole_and_in_ranges() {
+        let (bs, _) = service();
+        let data = blob(1, 300_000);
+        for function in DigestFunction::ALL {
+            let d = function.digest_of(&data);
+            let name = upload_name(&d, "u1");
+            let resp = bs
+                .write_blob(stream::iter(requests(
+                    &name,
+                    &data,
+                    0,
+                    data.len(),
+                    50_000,
+                    true,
+                )))
+                .await
+                .unwrap();
+            assert_eq!(resp.committed_size, data.len() as i64);
+            let read_name = match function {
+                DigestFunction::Sha256 => read_name(&d),
+                DigestFunction::Blake3 => {
+                    format!("inst/blobs/blake3/{}/{}", d.hash_hex(), d.size_bytes())
+                }
+            };
+            assert_eq!(read(&bs, &read_name, 0, 0).await.unwrap(), data);
+            assert_eq!(
+                read(&bs, &read_name, 1000, 10).await.unwrap(),
+                data[1000..1010]
+            );
+            assert!(read(&bs, &read_name, data.len() as i64, 0)
+                .await
+                .unwrap()
+                .is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn write_of_wrong_content_is_refused_and_leaves_nothing() {
+        let (bs, store) = service();
+        let data = blob(2, 1000);
+        let d = DigestFunction::Sha256.digest_of(&data);
+        let mut wrong = data.clone();
+        wrong[0] ^= 1;
+        let err = bs
+            .write_blob(stream::iter(requests(
+                &upload_name(&d, "u"),
+                &wrong,
+                0,
+                wrong.len(),
+                300,
+                true,
+            )))
+            .await
+            .unwrap_err();
+        assert_eq!(status(&err).code(), Code::InvalidArgument);
+        let longer = [data.as_slice(), b"!"].concat();
+        let err = bs
+            .write_blob(stream::iter(requests(
+                &upload_name(&d, "u"),
+                &longer,
+                0,
+                longer.len(),
+                300,
+                true,
+            )))
+            .await
+            .unwrap_err();
+        assert_eq!(status(&err).code(), Code::InvalidArgument);
+        assert!(store.find_missing(&[d]).await.unwrap() == [d]);
+        assert_eq!(
+            query(&bs, &upload_name(&d, "u")).await.unwrap_err().code(),
+            Code::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn broken_upload_resumes_from_its_committed_size() {
+        let (bs, _) = service();
+        let data = blob(3, 10_000);
+        let d = DigestFunction::Sha256.digest_of(&data);
+        let name = upload_name(&d, "resume-me");
+        // The stream ends (or breaks) after 4000 bytes.
+        let err = bs
+            .write_blob(stream::iter(requests(&name, &data, 0, 4000, 1000, false)))
+            .await
+            .unwrap_err();
+        assert_eq!(status(&err).code(), Code::InvalidArgument);
+        let mut broken = requests(&name, &data, 4000, 6000, 1000, false);
+        broken.push(Err(Status::cancelled("client went away")));
+        let status_now = query(&bs, &name).await.unwrap();
+        assert_eq!(
+            (status_now.committed_size, status_now.complete),
+            (4000, false)
+        );
+        let err = bs.write_blob(stream::iter(broken)).await.unwrap_err();
+        assert_eq!(status(&err).code(), Code::Cancelled);
+        assert_eq!(query(&bs, &name).await.unwrap().committed_size, 6000);
+
+        // A write at the wrong offset is refused and keeps what was there.
+        let err = bs
+            .write_blob(stream::iter(requests(
+                &name,
+                &data,
+                5000,
+                data.len(),
+                1000,
+                true,
+            )))
+            .await
+            .unwrap_err();
+        assert_eq!(status(&err).code(), Code::InvalidArgument);
+        assert!(
+            status(&err).message().contains("6000"),
+            "{}",
+            status(&err).message()
+        );
+
+        let resp = bs
+            .write_blob(stream::iter(requests(
+                &name,
+                &data,
+                6000,
+                data.len(),
+                1000,
+                true,
+            )))
+            .await
+            .unwrap();
+        assert_eq!(resp.committed_size, 10_000);
+        let done = query(&bs, &name).await.unwrap();
+        assert_eq!((done.committed_size, done.complete), (10_000, true));
+        assert_eq!(read(&bs, &read_name(&d), 0, 0).await.unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn write_of_a_present_blob_completes_at_once() {
+        let (bs, store) = service();
+        let data = blob(4, 5000);
+        let d = DigestFunction::Sha256.digest_of(&data);
+        store.put(&d, data.clone()).await.unwrap();
+        // Only the first 1000 bytes are ever sent.
+        let resp = bs
+            .write_blob(stream::iter(requests(
+                &upload_name(&d, "u"),
+                &data,
+                0,
+                1000,
+                1000,
+                false,
+            )))
+            .await
+            .unwrap();
+        assert_eq!(resp.committed_size, 5000);
+    }
+
+    #[tokio::test]
+    async fn read_errors() {
+        let (bs, store) = service();
+        let data = blob(5, 100);
+        let d = DigestFunction::Sha256.digest_of(&data);
+        assert_eq!(
+            read(&bs, &read_name(&d), 0, 0).await.unwrap_err().code(),
+            Code::NotFound
+        );
+        store.put(&d, data).await.unwrap();
+        assert_eq!(
+            read(&bs, &read_name(&d), 101, 0).await.unwrap_err().code(),
+            Code::OutOfRange
+        );
+        assert_eq!(
+            read(&bs, &read_name(&d), -1, 0).await.unwrap_err().code(),
+            Code::OutOfRange
+        );
+        assert_eq!(
+            read(&bs, &read_name(&d), 0, -1).await.unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        let err = read(&bs, "inst/blobs/xyz/1", 0, 0).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("\"xyz\""), "{}", err.message());
+        let zstd = format!("inst/compressed-blobs/zstd/{}/100", d.hash_hex());
+        assert_eq!(
+            read(&bs, &zstd, 0, 0).await.unwrap_err().code(),
+            Code::Unimplemented
+        );
+    }
+
+    #[tokio::test]
+    async fn write_errors() {
+        let (bs, _) = service();
+        let data = blob(6, 100);
+        let d = DigestFunction::Sha256.digest_of(&data);
+        let err = bs.write_blob(stream::iter(Vec::new())).await.unwrap_err();
+        assert_eq!(status(&err).code(), Code::InvalidArgument);
+        let err = bs
+            .write_blob(stream::iter(requests(
+                &read_name(&d),
+                &data,
+                0,
+                100,
+                100,
+                true,
+            )))
+            .await
+            .unwrap_err();
+        assert_eq!(status(&err).code(), Code::InvalidArgument);
+        assert!(status(&err).message().contains("uploads"));
+        let mut changed = requests(&upload_name(&d, "a"), &data, 0, 100, 50, true);
+        if let Some(Ok(second)) = changed.get_mut(1) {
+            second.resource_name = upload_name(&d, "b");
+        }
+        let err = bs.write_blob(stream::iter(changed)).await.unwrap_err();
+        assert_eq!(status(&err).code(), Code::InvalidArgument);
+        // Starting mid-blob with nothing committed.
+        let err = bs
+            .write_blob(stream::iter(requests(
+                &upload_name(&d, "c"),
+                &data,
+                50,
+                100,
+                50,
+                true,
+            )))
+            .await
+            .unwrap_err();
+        assert_eq!(status(&err).code(), Code::InvalidArgument);
+        assert_eq!(
+            query(&bs, "nonsense").await.unwrap_err().code(),
+            Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn parked_uploads_are_bounded() {
+        let store = MemoryBlobStore::new(1 << 20);
+        let mut parked = Parked::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for i in 0..MAX_PARKED_UPLOADS + 5 {
+            let d = DigestFunction::Sha256.digest_of(&[i as u8]);
+            let write = rt.block_on(store.begin_write(&d)).unwrap();
+            parked.park(format!("u{i}"), write);
+        }
+        assert_eq!(parked.writes.len(), MAX_PARKED_UPLOADS);
+        assert!(parked.received("u0").is_none());
+        assert!(parked
+            .received(&format!("u{}", MAX_PARKED_UPLOADS + 4))
+            .is_some());
+    }
+}
