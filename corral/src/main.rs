@@ -9,6 +9,7 @@
 mod config;
 mod observability;
 mod sandbox;
+mod storage;
 mod up;
 
 use std::path::PathBuf;
@@ -48,7 +49,7 @@ enum Command {
     /// Run a runner alone.
     Runner(DaemonArgs),
     /// Run storage (CAS, Action Cache, ByteStream) alone.
-    Storage(DaemonArgs),
+    Storage(storage::StorageArgs),
     /// Sandbox tools: check policies.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
@@ -95,11 +96,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             cfg.validate()?;
             Ok(not_yet("runner", 3))
         }
-        Command::Storage(args) => {
-            let cfg: corral_storage::Config = config::load(args.config.as_deref())?;
-            cfg.validate()?;
-            Ok(not_yet("storage", 4))
-        }
+        Command::Storage(args) => storage::run(args),
         Command::Sandbox(command) => sandbox::run(command),
     }
 }
