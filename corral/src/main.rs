@@ -8,7 +8,9 @@
 
 mod config;
 mod observability;
+mod runner;
 mod sandbox;
+mod shutdown;
 mod storage;
 mod up;
 
@@ -46,8 +48,8 @@ enum Command {
     Scheduler(DaemonArgs),
     /// Run a worker alone.
     Worker(DaemonArgs),
-    /// Run a runner alone.
-    Runner(DaemonArgs),
+    /// Run a runner alone: the sandbox behind the runner protocol.
+    Runner(runner::RunnerArgs),
     /// Run storage (CAS, Action Cache, ByteStream) alone.
     Storage(storage::StorageArgs),
     /// Sandbox tools: check policies.
@@ -91,11 +93,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             cfg.validate()?;
             Ok(not_yet("worker", 6))
         }
-        Command::Runner(args) => {
-            let cfg: corral_runner::Config = config::load(args.config.as_deref())?;
-            cfg.validate()?;
-            Ok(not_yet("runner", 3))
-        }
+        Command::Runner(args) => runner::run(args),
         Command::Storage(args) => storage::run(args),
         Command::Sandbox(command) => sandbox::run(command),
     }

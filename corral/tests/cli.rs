@@ -60,3 +60,23 @@ fn json_log_format_is_accepted() {
         .unwrap();
     assert!(out.status.success());
 }
+
+#[test]
+fn sandbox_run_passes_output_and_exit_code_through() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "CI must run as root");
+        eprintln!("skipped: corral sandbox run needs root (id maps, cgroups)");
+        return;
+    }
+    let out = corral()
+        .args(["sandbox", "run", "--env", "GREETING=hi", "--json", "--"])
+        .args(["/bin/sh", "-c", "echo $GREETING; echo oops >&2; exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "hi\n");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.starts_with("oops\n"), "{stderr}");
+    assert!(stderr.contains("\"exited\": 3"), "{stderr}");
+}

@@ -68,6 +68,11 @@ fn runner_messages_round_trip_with_every_field_set() {
         input_root_directory: "a/root".into(),
         temporary_directory: "a/tmp".into(),
         server_logs_directory: "a/logs".into(),
+        corral_policy: "hermetic".into(),
+        corral_timeout: Some(Duration {
+            seconds: 30,
+            nanos: 0,
+        }),
     });
     round_trip(&RunResponse {
         exit_code: -3,
@@ -319,6 +324,28 @@ fn runner_field_numbers_match_buildbarn() {
             ..r()
         },
         8,
+        LEN,
+    );
+    // Corral's extensions: new numbers only.
+    pin(
+        "corral_policy",
+        RunRequest {
+            corral_policy: s(),
+            ..r()
+        },
+        1000,
+        LEN,
+    );
+    pin(
+        "corral_timeout",
+        RunRequest {
+            corral_timeout: Some(Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            ..r()
+        },
+        1001,
         LEN,
     );
     pin(

@@ -13,17 +13,17 @@ use crate::error::Error;
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Unix socket the runner listens on; the worker's slots point at it.
-    /// Default `corral-data/runner.sock`.
+    /// Created with mode 0660. Default `corral-data/runner.sock`.
     pub listen_path: PathBuf,
     /// The worker's build directory. Paths in a `RunRequest` are relative
     /// to it, and the runner refuses any that leaves it. Default
     /// `corral-data/worker/build`.
     pub build_directory: PathBuf,
-    /// A directory of `<name>.toml` sandbox policies. Unset: the policies
-    /// shipped in `policies/`, built into the binary.
+    /// A directory of `<name>.toml` sandbox policies, added to (and
+    /// overriding) the built-in ones. Unset: the built-in policies only.
     pub policies_directory: Option<PathBuf>,
-    /// The policy for actions that name none with the `corral-policy`
-    /// platform property. Default `default`.
+    /// The policy for requests that name none (every request from a stock
+    /// bb_worker). Default `default`.
     pub default_policy: String,
 }
 

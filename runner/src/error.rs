@@ -1,5 +1,8 @@
 //! The runner's errors.
 
+use std::io;
+use std::path::PathBuf;
+
 /// Everything that can go wrong in the runner.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -7,4 +10,42 @@ pub enum Error {
     InvalidConfig { field: &'static str, reason: String },
     #[error(transparent)]
     Policy(#[from] corral_sandbox::PolicyError),
+    #[error("failed to list policies in {dir}")]
+    ListPolicies {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("policy {name} cannot be applied on this host")]
+    Sandbox {
+        name: String,
+        #[source]
+        source: corral_sandbox::Error,
+    },
+    #[error("the default policy {name:?} does not exist")]
+    NoDefaultPolicy { name: String },
+    #[error("unknown sandbox policy {name:?} (known: {known})")]
+    UnknownPolicy { name: String, known: String },
+    #[error("{field} {path:?} must be a relative path inside the build directory")]
+    PathEscapes { field: &'static str, path: String },
+    #[error("failed to prepare {path} for the action")]
+    Prepare {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to listen on {path}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the runner's server failed")]
+    Serve(#[source] tonic::transport::Error),
+    #[error("the sandbox failed to run the action")]
+    Run(#[source] corral_sandbox::Error),
+    #[error("the action timed out after {seconds:.1} s")]
+    TimedOut { seconds: f64 },
+    #[error("the runner stopped while the action ran")]
+    Cancelled,
 }

@@ -22,8 +22,9 @@ pub enum PolicyError {
     #[error("failed to parse policy {path}")]
     Parse {
         path: PathBuf,
+        // Boxed: toml's error is large and would bloat every Result.
         #[source]
-        source: toml::de::Error,
+        source: Box<toml::de::Error>,
     },
     #[error("invalid policy {path}: {field} must be an absolute path, got {value:?}")]
     RelativePath {
@@ -187,7 +188,7 @@ impl Policy {
     pub fn parse(text: &str, origin: &Path) -> Result<Self, PolicyError> {
         let policy: Policy = toml::from_str(text).map_err(|source| PolicyError::Parse {
             path: origin.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
         policy.validate(origin)?;
         Ok(policy)

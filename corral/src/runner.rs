@@ -1,0 +1,48 @@
+//! `corral runner`: the runner daemon alone, until Ctrl-C or SIGTERM.
+//!
+//! Flags override the file: `--socket` sets `listen_path`, `--build-dir`
+//! sets `build_directory`, `--policy-dir` sets `policies_directory`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::{config, shutdown};
+
+#[derive(Debug, Args)]
+pub struct RunnerArgs {
+    /// runner.toml; defaults are used when omitted (see docs/config.md).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Unix socket to serve on (overrides `listen_path`).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// The worker's build directory; request paths are relative to it
+    /// (overrides `build_directory`).
+    #[arg(long, value_name = "DIR")]
+    build_dir: Option<PathBuf>,
+    /// A directory of <name>.toml policies added to the built-in ones
+    /// (overrides `policies_directory`).
+    #[arg(long, value_name = "DIR")]
+    policy_dir: Option<PathBuf>,
+}
+
+pub fn run(args: RunnerArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg: corral_runner::Config = config::load(args.config.as_deref())?;
+    if let Some(socket) = args.socket {
+        cfg.listen_path = socket;
+    }
+    if let Some(dir) = args.build_dir {
+        cfg.build_directory = dir;
+    }
+    if let Some(dir) = args.policy_dir {
+        cfg.policies_directory = Some(dir);
+    }
+    cfg.validate()?;
+    shutdown::runtime()?
+        .block_on(corral_runner::run(cfg, shutdown::stop_signal("runner")))
+        .context("running the runner")?;
+    Ok(ExitCode::SUCCESS)
+}

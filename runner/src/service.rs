@@ -1,0 +1,307 @@
+//! The `buildbarn.runner.Runner` service over the sandbox.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use corral_proto::any::Packable;
+use corral_proto::protobuf::{self, Empty};
+use corral_proto::resourceusage::PosixResourceUsage;
+use corral_proto::runner::runner_server::Runner;
+use corral_proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
+use corral_sandbox::command::stays_inside;
+use corral_sandbox::{Command, Outcome, Stage};
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+use tracing::{debug, instrument};
+
+use crate::error::Error;
+use crate::policies::Policies;
+
+/// How long a successful readiness probe is trusted. Workers ask often;
+/// a probe runs a whole sandbox.
+const READINESS_TTL: Duration = Duration::from_secs(10);
+
+/// The runner service: paths are resolved under `build_directory`.
+pub struct RunnerService {
+    build_directory: PathBuf,
+    policies: Policies,
+    last_ready: Mutex<Option<Instant>>,
+}
+
+impl RunnerService {
+    pub fn new(build_directory: PathBuf, policies: Policies) -> RunnerService {
+        RunnerService {
+            build_directory,
+            policies,
+            last_ready: Mutex::new(None),
+        }
+    }
+
+    /// `relative` under the build directory, refusing absolute paths and
+    /// `..` so a request can never name a host path outside it.
+    fn resolve(&self, field: &'static str, relative: &str) -> Result<PathBuf, Error> {
+        if !stays_inside(Path::new(relative)) {
+            return Err(Error::PathEscapes {
+                field,
+                path: relative.to_owned(),
+            });
+        }
+        Ok(self.build_directory.join(relative))
+    }
+
+    fn command(&self, req: &RunRequest, timeout: Option<Duration>) -> Result<Command, Error> {
+        let working_dir = req.working_directory.as_str();
+        if !stays_inside(Path::new(working_dir)) {
+            return Err(Error::PathEscapes {
+                field: "working_directory",
+                path: working_dir.to_owned(),
+            });
+        }
+        Ok(Command {
+            argv: req.arguments.iter().map(Into::into).collect(),
+            env: req
+                .environment_variables
+                .iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+            input_root: self.resolve("input_root_directory", &req.input_root_directory)?,
+            working_dir: working_dir.into(),
+            stdout: self.resolve("stdout_path", &req.stdout_path)?,
+            stderr: self.resolve("stderr_path", &req.stderr_path)?,
+            timeout,
+        })
+    }
+}
+
+/// The gRPC status for a runner error, chosen where the error starts.
+pub fn status(err: &Error) -> Status {
+    use corral_sandbox::Error as Sandbox;
+    let message = error_chain(err);
+    match err {
+        Error::PathEscapes { .. } | Error::UnknownPolicy { .. } => {
+            Status::invalid_argument(message)
+        }
+        Error::TimedOut { .. } => Status::deadline_exceeded(message),
+        Error::Cancelled => Status::cancelled(message),
+        Error::Run(Sandbox::Command(_)) => Status::invalid_argument(message),
+        // The program is missing or not executable: the action's fault.
+        Error::Run(Sandbox::Setup {
+            stage: Stage::Exec, ..
+        }) => Status::invalid_argument(message),
+        Error::Run(Sandbox::LandlockRequired) => Status::failed_precondition(message),
+        _ => Status::internal(message),
+    }
+}
+
+/// The error and its causes, joined, for status messages.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Parses a `grpc-timeout` header value ("30S", "100m", ...).
+fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The earlier of the action's own timeout and the call's deadline.
+fn effective_timeout(req: &Request<RunRequest>) -> Option<Duration> {
+    let own = req.get_ref().corral_timeout.as_ref().map(|d| {
+        Duration::from_secs(d.seconds.max(0) as u64) + Duration::from_nanos(d.nanos.max(0) as u64)
+    });
+    let deadline = req
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(grpc_timeout);
+    match (own, deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Lets the action (an unprivileged host uid) create outputs anywhere in
+/// its input root: directories become 0777. Files keep their modes, so
+/// hardlinked inputs stay read-only; symlinks are never followed.
+fn open_directories(root: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut todo = vec![root.to_owned()];
+    while let Some(dir) = todo.pop() {
+        let prepare = |source| Error::Prepare {
+            path: dir.clone(),
+            source,
+        };
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(prepare)?;
+        for entry in std::fs::read_dir(&dir).map_err(prepare)? {
+            let entry = entry.map_err(prepare)?;
+            if entry.file_type().map_err(prepare)?.is_dir() {
+                todo.push(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn duration(d: Duration) -> protobuf::Duration {
+    protobuf::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// The outcome in Buildbarn's resource usage shape.
+fn posix_usage(outcome: &Outcome) -> PosixResourceUsage {
+    let u = &outcome.usage;
+    PosixResourceUsage {
+        user_time: Some(duration(u.user_time)),
+        system_time: Some(duration(u.system_time)),
+        maximum_resident_set_size: u.memory_peak_bytes as i64,
+        page_reclaims: u.page_reclaims,
+        page_faults: u.page_faults,
+        swaps: 0,
+        block_input_operations: u.block_input_operations,
+        block_output_operations: u.block_output_operations,
+        messages_sent: 0,
+        messages_received: 0,
+        signals_received: 0,
+        voluntary_context_switches: u.voluntary_context_switches,
+        involuntary_context_switches: u.involuntary_context_switches,
+        termination_signal: outcome.signal_name().unwrap_or_default().to_owned(),
+    }
+}
+
+#[tonic::async_trait]
+impl Runner for RunnerService {
+    #[instrument(skip_all)]
+    async fn check_readiness(
+        &self,
+        request: Request<CheckReadinessRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let path = &request.get_ref().path;
+        if !path.is_empty() {
+            let full = self.resolve("path", path).map_err(|e| status(&e))?;
+            if !full.exists() {
+                return Err(Status::failed_precondition(format!(
+                    "{} does not exist in the runner's build directory {}",
+                    path,
+                    self.build_directory.display()
+                )));
+            }
+        }
+        let fresh = self
+            .last_ready
+            .lock()
+            .map_err(|_| Status::internal("readiness state poisoned"))?
+            .is_some_and(|at| at.elapsed() < READINESS_TTL);
+        if !fresh {
+            let sandbox = self.policies.default_sandbox();
+            let probe = tokio::task::spawn_blocking(move || probe_sandbox(&sandbox))
+                .await
+                .map_err(|_| Status::internal("readiness probe panicked"))?;
+            probe.map_err(|e| {
+                Status::unavailable(format!("the sandbox cannot run here: {}", error_chain(&e)))
+            })?;
+            *self
+                .last_ready
+                .lock()
+                .map_err(|_| Status::internal("readiness state poisoned"))? = Some(Instant::now());
+        }
+        Ok(Response::new(Empty {}))
+    }
+
+    #[instrument(skip_all, fields(program = request.get_ref().arguments.first().map(String::as_str).unwrap_or_default(), policy = %request.get_ref().corral_policy))]
+    async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
+        let timeout = effective_timeout(&request);
+        let req = request.into_inner();
+        let sandbox = self
+            .policies
+            .get(&req.corral_policy)
+            .map_err(|e| status(&e))?;
+        let command = self.command(&req, timeout).map_err(|e| status(&e))?;
+        let outcome = tokio::task::spawn_blocking(move || {
+            open_directories(&command.input_root)?;
+            sandbox.run(&command).map_err(Error::Run)
+        })
+        .await
+        .map_err(|_| status(&Error::Cancelled))?
+        .map_err(|e| status(&e))?;
+        debug!(exit = ?outcome.exit, timed_out = outcome.timed_out, oom = outcome.oom_killed, "action ended");
+        if outcome.timed_out {
+            let seconds = timeout.unwrap_or_default().as_secs_f64();
+            return Err(status(&Error::TimedOut { seconds }));
+        }
+        Ok(Response::new(RunResponse {
+            exit_code: outcome.exit_code(),
+            resource_usage: vec![posix_usage(&outcome).pack()],
+        }))
+    }
+}
+
+/// Runs `true` in a scratch input root: proves namespaces, mounts,
+/// cgroups, landlock and seccomp all work on this host.
+fn probe_sandbox(sandbox: &corral_sandbox::Sandbox) -> Result<(), corral_sandbox::Error> {
+    let scratch = std::env::temp_dir().join(format!("corral-readiness-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&scratch);
+    let command = Command {
+        argv: vec!["true".into()],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        input_root: scratch.clone(),
+        working_dir: PathBuf::new(),
+        stdout: scratch.join("stdout"),
+        stderr: scratch.join("stderr"),
+        timeout: Some(Duration::from_secs(30)),
+    };
+    let result = sandbox.run(&command);
+    let _ = std::fs::remove_dir_all(&scratch);
+    match result {
+        Ok(outcome) if outcome.exit_code() == 0 => Ok(()),
+        Ok(_) => Err(corral_sandbox::Error::Lost),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(grpc_timeout("30S"), Some(Duration::from_secs(30)));
+        assert_eq!(grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(grpc_timeout("S"), None);
+        assert_eq!(grpc_timeout("10x"), None);
+        assert_eq!(grpc_timeout(""), None);
+    }
+
+    #[test]
+    fn escaping_paths_are_invalid_arguments() {
+        let policies = Policies::load(None, "default").unwrap();
+        let service = RunnerService::new(PathBuf::from("/build"), policies);
+        for bad in ["/etc", "../x", "a/../../b"] {
+            let err = service.resolve("stdout_path", bad).unwrap_err();
+            assert_eq!(status(&err).code(), tonic::Code::InvalidArgument, "{bad}");
+        }
+        assert_eq!(
+            service.resolve("stdout_path", "1/stdout").unwrap(),
+            PathBuf::from("/build/1/stdout")
+        );
+    }
+}

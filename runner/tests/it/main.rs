@@ -1,0 +1,241 @@
+//! The runner over its Unix socket, driven by the generated client, as a
+//! worker (ours or bb_worker) drives it.
+
+// Test code: a failed setup step should stop the test loudly.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use corral_proto::any::Packable;
+use corral_proto::resourceusage::PosixResourceUsage;
+use corral_proto::runner::runner_client::RunnerClient;
+use corral_proto::runner::{CheckReadinessRequest, RunRequest};
+use corral_runner::Config;
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: CI must run as root"
+        );
+        eprintln!("skipped {test}: needs root (the sandbox maps ids and writes cgroups)");
+    }
+    root
+}
+
+struct Runner {
+    dir: tempfile::TempDir,
+    client: RunnerClient<Channel>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Runner {
+    async fn start() -> Runner {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("runner.sock");
+        let cfg = Config {
+            listen_path: socket.clone(),
+            build_directory: dir.path().join("build"),
+            ..Config::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        #[allow(clippy::disallowed_methods)] // a test server, dropped with the test
+        tokio::spawn(async move {
+            corral_runner::run(cfg, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        for _ in 0..200 {
+            if socket.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let path = socket.clone();
+        let channel = Endpoint::from_static("http://runner")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map(TokioIo::new)
+                }
+            }))
+            .await
+            .unwrap();
+        Runner {
+            dir,
+            client: RunnerClient::new(channel),
+            _stop: stop,
+        }
+    }
+
+    fn build(&self) -> PathBuf {
+        self.dir.path().join("build")
+    }
+
+    /// Makes `build/<action>/root` and returns the request skeleton.
+    fn action(&self, action: &str, argv: &[&str]) -> RunRequest {
+        std::fs::create_dir_all(self.build().join(action).join("root")).unwrap();
+        RunRequest {
+            arguments: argv.iter().map(|s| (*s).to_owned()).collect(),
+            environment_variables: [("PATH".to_owned(), "/usr/bin:/bin".to_owned())].into(),
+            working_directory: String::new(),
+            stdout_path: format!("{action}/stdout"),
+            stderr_path: format!("{action}/stderr"),
+            input_root_directory: format!("{action}/root"),
+            temporary_directory: format!("{action}/tmp"),
+            server_logs_directory: format!("{action}/logs"),
+            ..Default::default()
+        }
+    }
+
+    fn read(&self, relative: &str) -> String {
+        std::fs::read_to_string(self.build().join(relative)).unwrap()
+    }
+}
+
+fn exists(path: &Path) -> bool {
+    path.exists()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_runs_in_the_sandbox_and_reports_usage() {
+    if !privileged("a_request_runs_in_the_sandbox_and_reports_usage") {
+        return;
+    }
+    let mut runner = Runner::start().await;
+    runner
+        .client
+        .check_readiness(CheckReadinessRequest {
+            path: String::new(),
+        })
+        .await
+        .unwrap();
+    let request = runner.action(
+        "a1",
+        &[
+            "/bin/sh",
+            "-c",
+            "pwd; echo out > out.txt; echo err >&2; exit 3",
+        ],
+    );
+    let response = runner.client.run(request).await.unwrap().into_inner();
+    assert_eq!(response.exit_code, 3);
+    assert_eq!(runner.read("a1/stdout"), "/build\n");
+    assert_eq!(runner.read("a1/stderr"), "err\n");
+    assert_eq!(runner.read("a1/root/out.txt"), "out\n");
+    let usage = PosixResourceUsage::unpack(&response.resource_usage[0])
+        .expect("POSIX usage")
+        .unwrap();
+    assert!(usage.maximum_resident_set_size > 0);
+    assert!(exists(&runner.build().join("a1/root")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_actions_timeout_answers_deadline_exceeded() {
+    if !privileged("the_actions_timeout_answers_deadline_exceeded") {
+        return;
+    }
+    let mut runner = Runner::start().await;
+    let mut request = runner.action("t1", &["/bin/sleep", "30"]);
+    request.corral_timeout = Some(corral_proto::protobuf::Duration {
+        seconds: 1,
+        nanos: 0,
+    });
+    let started = std::time::Instant::now();
+    let err = runner.client.run(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signals_are_reported_the_shell_way() {
+    if !privileged("signals_are_reported_the_shell_way") {
+        return;
+    }
+    let mut runner = Runner::start().await;
+    let request = runner.action("s1", &["/bin/sh", "-c", "kill -KILL $$"]);
+    let response = runner.client.run(request).await.unwrap().into_inner();
+    assert_eq!(response.exit_code, 128 + 9);
+    let usage = PosixResourceUsage::unpack(&response.resource_usage[0])
+        .unwrap()
+        .unwrap();
+    assert_eq!(usage.termination_signal, "KILL");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_invalid_argument_naming_the_problem() {
+    if !privileged("bad_requests_get_invalid_argument_naming_the_problem") {
+        return;
+    }
+    let mut runner = Runner::start().await;
+    let mut escaping = runner.action("b1", &["true"]);
+    escaping.stdout_path = "../../etc/owned".into();
+    let err = runner.client.run(escaping).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("stdout_path"), "{}", err.message());
+
+    let mut unknown = runner.action("b2", &["true"]);
+    unknown.corral_policy = "no-such-policy".into();
+    let err = runner.client.run(unknown).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("no-such-policy"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("hermetic"),
+        "lists known policies: {}",
+        err.message()
+    );
+
+    let missing = runner.action("b3", &["/no/such/tool"]);
+    let err = runner.client.run(missing).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("executing the command"),
+        "{}",
+        err.message()
+    );
+
+    let err = runner
+        .client
+        .check_readiness(CheckReadinessRequest {
+            path: "not-there".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_named_policy_is_applied() {
+    if !privileged("the_named_policy_is_applied") {
+        return;
+    }
+    let mut runner = Runner::start().await;
+    // network.toml shares the host network: more than loopback is visible.
+    let script = "tail -n +3 /proc/net/dev | wc -l";
+    let default = runner.action("p1", &["/bin/sh", "-c", script]);
+    runner.client.run(default).await.unwrap();
+    let mut network = runner.action("p2", &["/bin/sh", "-c", script]);
+    network.corral_policy = "network".into();
+    runner.client.run(network).await.unwrap();
+    assert_eq!(runner.read("p1/stdout").trim(), "1");
+    let host_interfaces: usize = std::fs::read_to_string("/proc/net/dev")
+        .unwrap()
+        .lines()
+        .count()
+        - 2;
+    assert_eq!(runner.read("p2/stdout").trim(), host_interfaces.to_string());
+}
