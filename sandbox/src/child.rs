@@ -128,7 +128,7 @@ fn init(plan: &Plan<'_>, fds: &Fds) -> ! {
     };
     // The action holds the output pipes now; init must not keep them open
     // or the caller would never see end of file.
-    sys::close_fds_from(3, &[fds.report]);
+    sys::close_fds_from(3, fds.report);
     loop {
         match sys::wait4(-1) {
             Ok((pid, status, _)) if pid == action => {
@@ -186,7 +186,7 @@ fn action(plan: &Plan<'_>, fds: &Fds) -> ! {
         };
         fail(report, Stage::Seccomp, &errno);
     }
-    sys::close_fds_from(3, &[fds.report]);
+    sys::close_fds_from(3, fds.report);
     let err = exec(plan);
     fail(report, Stage::Exec, &err)
 }

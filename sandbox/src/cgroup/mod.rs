@@ -153,9 +153,22 @@ impl Cgroup {
         }
     }
 
+    /// Whether any process is still in the group.
+    fn is_populated(&self) -> Result<bool, CgroupError> {
+        let procs = match self {
+            Cgroup::V1(g) => g.procs_file(),
+            Cgroup::V2(g) => g.procs_file(),
+        };
+        Ok(!read_pids(&procs)?.is_empty())
+    }
+
     /// Kills what is left and removes the group.
     pub fn remove(self) -> Result<(), CgroupError> {
-        self.kill_all()?;
+        // Normally empty by now (init's exit tore the pid namespace down);
+        // freezing an empty group would only cost time.
+        if self.is_populated()? {
+            self.kill_all()?;
+        }
         match self {
             Cgroup::V1(g) => g.remove(),
             Cgroup::V2(g) => g.remove(),

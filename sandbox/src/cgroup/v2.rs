@@ -104,6 +104,11 @@ impl Group {
         Ok(())
     }
 
+    /// The `cgroup.procs` file listing the group's processes.
+    pub fn procs_file(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+
     /// Moves `pid` into the group.
     pub fn add_process(&self, pid: libc::pid_t) -> Result<(), CgroupError> {
         write_file(&self.dir.join("cgroup.procs"), &pid.to_string())

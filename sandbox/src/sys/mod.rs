@@ -191,24 +191,44 @@ pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
     check(unsafe { libc::dup2(from, to) }).map(drop)
 }
 
-/// Closes every descriptor from `lowest` up, except those in `keep`.
-pub fn close_fds_from(lowest: RawFd, keep: &[RawFd]) {
-    // /proc may be gone (after pivot_root) and allocation is best avoided,
-    // so walk the numbers up to the soft limit instead of listing /proc/self/fd.
-    let mut limit: libc::rlimit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: limit is valid for writes.
-    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        limit.rlim_cur.min(1 << 16) as RawFd
+/// Closes every descriptor from `lowest` up, except `keep`.
+pub fn close_fds_from(lowest: RawFd, keep: RawFd) {
+    let ranges: [(RawFd, RawFd); 2] = if keep >= lowest {
+        [(lowest, keep - 1), (keep + 1, RawFd::MAX)]
     } else {
-        1024
+        [(lowest, RawFd::MAX), (1, 0)]
     };
-    for fd in lowest..max {
-        if !keep.contains(&fd) {
-            // SAFETY: closing a descriptor number we do not use afterwards;
-            // EBADF for unused numbers is harmless.
+    for (first, last) in ranges {
+        if first > last {
+            continue;
+        }
+        // SAFETY: close_range takes plain integers and only closes
+        // descriptors, which nothing in this process uses afterwards.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                first as libc::c_uint,
+                last as libc::c_uint,
+                0,
+            )
+        };
+        if ret == 0 {
+            continue;
+        }
+        // Kernels before 5.9: walk the numbers up to the soft limit
+        // (listing /proc/self/fd may be impossible after pivot_root).
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: limit is valid for writes.
+        let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            limit.rlim_cur.min(1 << 16) as RawFd
+        } else {
+            1024
+        };
+        for fd in first..=last.min(max) {
+            // SAFETY: as above; EBADF for unused numbers is harmless.
             unsafe { libc::close(fd) };
         }
     }
