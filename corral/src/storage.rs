@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::Args;
 use corral_storage::config::Backend;
 
-use crate::config;
+use crate::{config, shutdown};
 
 #[derive(Debug, Args)]
 pub struct StorageArgs {
@@ -38,17 +38,11 @@ pub fn run(args: StorageArgs) -> anyhow::Result<ExitCode> {
     let mut cfg: corral_storage::Config = config::load(args.config.as_deref())?;
     apply(&args, &mut cfg);
     cfg.validate()?;
-    // Built here, not in main: only the daemons need a runtime, and each
-    // knows what it needs.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(async {
+    shutdown::runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;
-        corral_storage::run(cfg, listener, stop_signal())
+        corral_storage::run(cfg, listener, shutdown::stop_signal("storage"))
             .await
             .context("running storage")
     })?;
@@ -85,36 +79,6 @@ fn apply(args: &StorageArgs, cfg: &mut corral_storage::Config) {
             }
         }
     }
-}
-
-/// Completes on Ctrl-C (SIGINT) or SIGTERM, the signal service managers
-/// stop daemons with.
-async fn stop_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => Some(term),
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot watch SIGTERM; only Ctrl-C stops storage");
-            None
-        }
-    };
-    let terminated = async {
-        match term.as_mut() {
-            Some(term) => {
-                term.recv().await;
-            }
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => {
-            if let Err(err) = result {
-                tracing::warn!(error = %err, "cannot watch Ctrl-C");
-                std::future::pending::<()>().await;
-            }
-        }
-        () = terminated => {}
-    }
-    tracing::info!("stopping storage");
 }
 
 /// Parses `10GiB`, `512MiB`, `4KiB`, `1TiB` or a plain byte count.
