@@ -1,18 +1,12 @@
-//! The `corral` binary's own promises: `--version` names the commit, and a
-//! daemon that does not exist yet says so rather than pretending.
+//! The `corral` binary's own promises: `--version` names the commit,
+//! policies are checked, and `corral sandbox run` passes output and exit
+//! codes through.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 fn corral() -> Command {
-    // Built by `cargo test --workspace`, which builds every binary first.
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/corral");
-    assert!(
-        bin.exists(),
-        "build the corral binary first: {}",
-        bin.display()
-    );
-    Command::new(bin)
+    Command::new(env!("CARGO_BIN_EXE_corral"))
 }
 
 #[test]
