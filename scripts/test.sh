@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 # vendored, so the Rust build needs no system package. Debian packages
 # that tests use go in this list; they are installed when missing, as root
 # (CI runs as root; without root, tests that need them say why they skip).
-APT_PACKAGES=()
+APT_PACKAGES=(
+    bazel-bootstrap # tests/bazel.rs: Debian's Bazel 4.2.3, works offline
+)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

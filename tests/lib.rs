@@ -1,5 +1,124 @@
 //! End-to-end tests of whole farms, driven by real clients, and the check
 //! that crate dependencies point the way the design says. The tests are
-//! the `[[test]]` targets beside this file; this library holds nothing.
+//! the `[[test]]` targets beside this file; this library holds what they
+//! share: starting `corral up` on a free port and stopping it cleanly.
 
 #![forbid(unsafe_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `corral` binary `cargo test --workspace` built next to the test.
+pub fn corral_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/corral
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("corral"))
+        .expect("test executable lives in target/<profile>/deps");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p corral` (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A `corral up` process, stopped with SIGINT when dropped.
+pub struct Farm {
+    child: Child,
+    pub port: u16,
+    pub data_dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Farm {
+    /// Starts `corral up` on a free port with a fresh data directory and
+    /// waits until it accepts connections.
+    pub fn start() -> Farm {
+        let port = free_port();
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let log = data_dir.path().join("corral-up.log");
+        let child = Command::new(corral_binary())
+            .args(["up", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(data_dir.path().join("data"))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).expect("log file"))
+            .stderr(std::fs::File::create(log.with_extension("err")).expect("log file"))
+            .spawn()
+            .expect("start corral up");
+        let farm = Farm {
+            child,
+            port,
+            data_dir,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "corral up did not listen\n{}",
+                farm.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        farm
+    }
+
+    /// The REAPI endpoint, as Bazel flags want it.
+    pub fn grpc_url(&self) -> String {
+        format!("grpc://127.0.0.1:{}", self.port)
+    }
+
+    /// What `corral up` printed so far.
+    pub fn logs(&self) -> String {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!(
+            "--- corral up stdout\n{}--- corral up stderr\n{}",
+            read(&self.log),
+            read(&self.log.with_extension("err"))
+        )
+    }
+
+    /// Sends SIGINT and waits for a clean exit; returns the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.interrupt()
+    }
+
+    fn interrupt(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().expect("reap corral up");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Farm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.interrupt();
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Real Bazel against a Corral farm: Debian's Bazel 4.2.3, offline, on
+//! the small C++ workspace in tests/bazel.
+//!
+//! Needs `bazel` (the bazel-bootstrap package, which scripts/test.sh
+//! installs as root). Without it the test says why and passes; under CI
+//! a missing Bazel is a failure.
+
+// Test code: a failed setup step should stop the test loudly.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+use corral_e2e::Farm;
+
+fn bazel_available(test: &str) -> bool {
+    let found = Command::new("bazel").arg("--version").output().is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: CI must install bazel-bootstrap"
+        );
+        eprintln!("skipped {test}: bazel not installed (apt-get install bazel-bootstrap)");
+    }
+    found
+}
+
+/// Copies tests/bazel to a scratch directory: Bazel writes its convenience
+/// symlinks into the workspace, which must not land in the source tree.
+fn scratch_workspace() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("bazel"),
+        dir.path(),
+    );
+    dir
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// One `bazel --batch` invocation in `workspace` with its own output root.
+struct Bazel<'a> {
+    workspace: &'a Path,
+    output_root: &'a Path,
+}
+
+impl Bazel<'_> {
+    fn run(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("bazel")
+            .arg("--batch")
+            .arg(format!("--output_user_root={}", self.output_root.display()))
+            .args(args)
+            // The system bazelrc turns on --sandbox_debug; offline, any
+            // download must fail at once instead of hanging.
+            .args([
+                "--nosandbox_debug",
+                "--experimental_repository_disable_download",
+            ])
+            .current_dir(self.workspace)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+}
+
+/// The count before `label` in Bazel's process summary, e.g.
+/// "INFO: 18 processes: 8 remote cache hit, 10 internal."
+fn processes(summary: &str, label: &str) -> usize {
+    summary
+        .lines()
+        .filter(|l| l.contains(" processes: ") || l.contains(" process: "))
+        .flat_map(|l| l.split([':', ',']))
+        .filter_map(|part| {
+            let part = part.trim().trim_end_matches('.');
+            part.strip_suffix(label)?.trim().parse::<usize>().ok()
+        })
+        .sum()
+}
+
+#[test]
+fn bazel_uses_the_farm_as_a_remote_cache() {
+    if !bazel_available("bazel_uses_the_farm_as_a_remote_cache") {
+        return;
+    }
+    let farm = Farm::start();
+    let workspace = scratch_workspace();
+    let output_root = tempfile::tempdir().unwrap();
+    let bazel = Bazel {
+        workspace: workspace.path(),
+        output_root: output_root.path(),
+    };
+    let cache = format!("--remote_cache={}", farm.grpc_url());
+
+    let (ok, first) = bazel.run(&["build", &cache, "//..."]);
+    assert!(ok, "first build failed\n{first}\n{}", farm.logs());
+    assert_eq!(processes(&first, "remote cache hit"), 0, "{first}");
+
+    let (ok, text) = bazel.run(&["clean"]);
+    assert!(ok, "{text}");
+    let (ok, second) = bazel.run(&["build", &cache, "//..."]);
+    assert!(ok, "second build failed\n{second}\n{}", farm.logs());
+    // Every compile, link and the genrule comes back from Corral's cache.
+    assert!(
+        processes(&second, "remote cache hit") >= 6,
+        "expected remote cache hits\n{second}"
+    );
+    assert_eq!(
+        processes(&second, "linux-sandbox"),
+        0,
+        "nothing ran locally\n{second}"
+    );
+
+    let (ok, test) = bazel.run(&["test", &cache, "//:greet_test"]);
+    assert!(ok, "bazel test failed\n{test}");
+    assert!(farm.stop().success(), "corral up did not exit cleanly");
+}
+
+#[test]
+fn the_process_summary_is_parsed() {
+    let line = "INFO: 18 processes: 8 remote cache hit, 10 internal.";
+    assert_eq!(processes(line, "remote cache hit"), 8);
+    assert_eq!(processes(line, "internal"), 10);
+    assert_eq!(processes(line, "remote"), 0);
+    assert_eq!(processes("INFO: 1 process: 1 remote.", "remote"), 1);
+}

@@ -1,0 +1,2 @@
+#include "greet.h"
+int main() { return greet("x") == "hello x" ? 0 : 1; }
