@@ -6,6 +6,13 @@
 //! and resume from there. Parked writes are bounded in number; the oldest
 //! is dropped (and its temporary data deleted) first.
 //!
+//! `compressed-blobs/zstd/` resources are served too: reads compress the
+//! blob as it streams (offsets and limits count compressed bytes), writes
+//! decompress as they arrive and are verified against the uncompressed
+//! digest. A broken compressed write is not parked: its committed size in
+//! compressed bytes cannot be recovered from the uncompressed data kept,
+//! so the client starts it again.
+//!
 //! Instance names are accepted and not used yet (see `cas_service`).
 
 use std::collections::{HashMap, VecDeque};
@@ -25,6 +32,7 @@ use crate::blob_write::BlobWrite;
 use crate::digest::Digest;
 use crate::resource_name::{self, Compressor, ResourceNameError};
 use crate::status;
+use crate::zstd_codec::{self, Compressor as ZstdCompressor, Decompressor};
 
 /// Broken uploads kept for resumption. Each holds at most an open
 /// temporary file (disk) or its bytes so far (memory).
@@ -35,8 +43,18 @@ const MAX_PARKED_UPLOADS: usize = 256;
 pub enum Error {
     #[error("invalid resource name")]
     ResourceName(#[from] ResourceNameError),
-    #[error("compressed-blobs resources are not supported yet ({resource})")]
-    Compressed { resource: String },
+    #[error("zstd failed on blob {digest}")]
+    Zstd {
+        digest: Digest,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the zstd upload of {resource:?} is refused")]
+    BadZstd {
+        resource: String,
+        #[source]
+        source: zstd_codec::DecompressError,
+    },
     #[error("read_offset {offset} is outside blob {digest}")]
     OffsetOutOfRange { digest: Digest, offset: i64 },
     #[error("read_limit {limit} is negative")]
@@ -80,7 +98,8 @@ pub fn status(err: &Error) -> Status {
         | Error::ResourceChanged { .. }
         | Error::WriteOffset { .. }
         | Error::Unfinished { .. } => Code::InvalidArgument,
-        Error::Compressed { .. } => Code::Unimplemented,
+        Error::BadZstd { .. } => Code::InvalidArgument,
+        Error::Zstd { .. } => Code::Internal,
         // ByteStream's own rule for offsets past the end.
         Error::OffsetOutOfRange { .. } => Code::OutOfRange,
         Error::NotFound { .. } | Error::UnknownUpload { .. } => Code::NotFound,
@@ -156,9 +175,7 @@ impl ByteStreamService {
     async fn read_blob(&self, req: ReadRequest) -> Result<ReadStream, Error> {
         let resource = resource_name::parse_read(&req.resource_name)?;
         if resource.compressor == Compressor::Zstd {
-            return Err(Error::Compressed {
-                resource: req.resource_name,
-            });
+            return self.read_compressed(resource.digest, &req).await;
         }
         let digest = resource.digest;
         let offset = u64::try_from(req.read_offset)
@@ -184,6 +201,154 @@ impl ByteStreamService {
         })))
     }
 
+    /// A zstd read: the whole blob compressed as it streams, then cut to
+    /// the requested range of compressed bytes.
+    async fn read_compressed(
+        &self,
+        digest: Digest,
+        req: &ReadRequest,
+    ) -> Result<ReadStream, Error> {
+        let offset = u64::try_from(req.read_offset).map_err(|_| Error::OffsetOutOfRange {
+            digest,
+            offset: req.read_offset,
+        })?;
+        let limit = match req.read_limit {
+            0 => u64::MAX,
+            limit => u64::try_from(limit).map_err(|_| Error::NegativeLimit { limit })?,
+        };
+        let chunks = self
+            .blobs
+            .read(&digest, 0, None)
+            .await
+            .map_err(|source| Error::Store { digest, source })?
+            .ok_or(Error::NotFound { digest })?;
+        let compressor = ZstdCompressor::new().map_err(|source| Error::Zstd { digest, source })?;
+        // State: the blob's chunks, and the compressor until the frame ends.
+        let compressed = futures_util::stream::unfold(
+            (chunks, Some(compressor)),
+            move |(mut chunks, compressor)| async move {
+                let mut compressor = compressor?;
+                let item = match chunks.next().await {
+                    Some(Ok(data)) => compressor.push(&data),
+                    Some(Err(source)) => {
+                        return Some((
+                            Err(status(&Error::Store { digest, source })),
+                            (chunks, None),
+                        ))
+                    }
+                    None => {
+                        let last = compressor
+                            .finish()
+                            .map_err(|source| status(&Error::Zstd { digest, source }));
+                        return Some((last, (chunks, None)));
+                    }
+                };
+                let item = item.map_err(|source| status(&Error::Zstd { digest, source }));
+                Some((item, (chunks, Some(compressor))))
+            },
+        );
+        // Cut to [offset, offset + limit) of the compressed bytes.
+        let end = offset.saturating_add(limit);
+        let ranged = compressed
+            .scan(0u64, move |position, item| {
+                let out = item.map(|data| {
+                    let start = *position;
+                    *position += data.len() as u64;
+                    let from = offset.saturating_sub(start).min(data.len() as u64) as usize;
+                    let to = end.saturating_sub(start).min(data.len() as u64) as usize;
+                    data[from..to.max(from)].to_vec()
+                });
+                std::future::ready(Some(out))
+            })
+            .filter(|item| std::future::ready(!matches!(item, Ok(data) if data.is_empty())))
+            .map(|item| item.map(|data| ReadResponse { data }));
+        Ok(Box::pin(ranged))
+    }
+
+    /// A zstd write: decompressed as it arrives, verified against the
+    /// uncompressed digest, committed on `finish_write`. Offsets count
+    /// compressed bytes.
+    async fn write_compressed<S>(
+        &self,
+        name: String,
+        digest: Digest,
+        first: WriteRequest,
+        mut requests: S,
+    ) -> Result<WriteResponse, Error>
+    where
+        S: Stream<Item = Result<WriteRequest, Status>> + Unpin + Send,
+    {
+        // REAPI: a compressed upload of a blob already present ends at once
+        // with committed_size -1.
+        if self.is_present(&digest).await? {
+            return Ok(WriteResponse { committed_size: -1 });
+        }
+        let declared = digest.size_bytes();
+        let mut decompressor =
+            Decompressor::new(declared).map_err(|source| Error::Zstd { digest, source })?;
+        let mut write = self
+            .blobs
+            .begin_write(&digest)
+            .await
+            .map_err(|source| Error::Store { digest, source })?;
+        let mut received: u64 = 0;
+        let mut request = first;
+        loop {
+            if !request.resource_name.is_empty() && request.resource_name != name {
+                return Err(Error::ResourceChanged {
+                    expected: name,
+                    got: request.resource_name,
+                });
+            }
+            if u64::try_from(request.write_offset).ok() != Some(received) {
+                return Err(Error::WriteOffset {
+                    resource: name,
+                    committed: received,
+                    got: request.write_offset,
+                });
+            }
+            received += request.data.len() as u64;
+            let plain = decompressor
+                .push(&request.data, declared)
+                .map_err(|source| Error::BadZstd {
+                    resource: name.clone(),
+                    source,
+                })?;
+            write
+                .write(&plain)
+                .await
+                .map_err(|source| Error::Store { digest, source })?;
+            if request.finish_write {
+                decompressor.finish().map_err(|source| Error::BadZstd {
+                    resource: name.clone(),
+                    source,
+                })?;
+                write
+                    .commit()
+                    .await
+                    .map_err(|source| Error::Store { digest, source })?;
+                return Ok(WriteResponse {
+                    committed_size: i64::try_from(received).unwrap_or(i64::MAX),
+                });
+            }
+            request = match requests.next().await {
+                Some(Ok(next)) => next,
+                Some(Err(source)) => {
+                    return Err(Error::Client {
+                        resource: name,
+                        source,
+                    })
+                }
+                None => {
+                    return Err(Error::Unfinished {
+                        resource: name,
+                        committed: received,
+                    })
+                }
+            };
+        }
+    }
+
     /// Runs one Write call. Generic over the request stream so tests can
     /// drive it without a transport.
     #[tracing::instrument(skip_all, fields(resource = tracing::field::Empty))]
@@ -205,7 +370,9 @@ impl ByteStreamService {
         tracing::Span::current().record("resource", name.as_str());
         let resource = resource_name::parse_write(&name)?;
         if resource.compressor == Compressor::Zstd {
-            return Err(Error::Compressed { resource: name });
+            return self
+                .write_compressed(name, resource.digest, first, requests)
+                .await;
         }
         let digest = resource.digest;
         let complete = WriteResponse {
@@ -607,11 +774,137 @@ mod tests {
         let err = read(&bs, "inst/blobs/xyz/1", 0, 0).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert!(err.message().contains("\"xyz\""), "{}", err.message());
-        let zstd = format!("inst/compressed-blobs/zstd/{}/100", d.hash_hex());
+        let missing = blob(6, 100);
+        let m = DigestFunction::Sha256.digest_of(&missing);
+        let zstd = format!("inst/compressed-blobs/zstd/{}/100", m.hash_hex());
         assert_eq!(
             read(&bs, &zstd, 0, 0).await.unwrap_err().code(),
-            Code::Unimplemented
+            Code::NotFound
         );
+    }
+
+    fn zstd_read_name(digest: &Digest) -> String {
+        format!(
+            "inst/compressed-blobs/zstd/{}/{}",
+            digest.hash_hex(),
+            digest.size_bytes()
+        )
+    }
+
+    fn zstd_upload_name(digest: &Digest, id: &str) -> String {
+        format!(
+            "inst/uploads/{id}/compressed-blobs/zstd/{}/{}",
+            digest.hash_hex(),
+            digest.size_bytes()
+        )
+    }
+
+    fn compressible(size: usize) -> Vec<u8> {
+        (0..size).map(|i| (i % 7) as u8 + b'a').collect()
+    }
+
+    #[tokio::test]
+    async fn zstd_uploads_are_stored_uncompressed_and_read_back_both_ways() {
+        let (bs, store) = service();
+        let data = compressible(300_000);
+        let d = DigestFunction::Sha256.digest_of(&data);
+        let packed = zstd::stream::encode_all(data.as_slice(), 3).unwrap();
+        let name = zstd_upload_name(&d, "z1");
+        let response = bs
+            .write_blob(stream::iter(requests(
+                &name,
+                &packed,
+                0,
+                packed.len(),
+                1000,
+                true,
+            )))
+            .await
+            .unwrap();
+        assert_eq!(response.committed_size, packed.len() as i64);
+        assert_eq!(store.get(&d).await.unwrap(), Some(data.clone()));
+
+        // Identity read of what came in compressed, and a compressed read
+        // that decodes to the blob.
+        assert_eq!(read(&bs, &read_name(&d), 0, 0).await.unwrap(), data);
+        let compressed = read(&bs, &zstd_read_name(&d), 0, 0).await.unwrap();
+        assert!(compressed.len() < data.len() / 10);
+        assert_eq!(
+            zstd::stream::decode_all(compressed.as_slice()).unwrap(),
+            data
+        );
+
+        // Offsets and limits count compressed bytes.
+        let part = read(&bs, &zstd_read_name(&d), 5, 10).await.unwrap();
+        assert_eq!(part, compressed[5..15]);
+
+        // A second compressed upload of a present blob ends at once with -1.
+        let again = bs
+            .write_blob(stream::iter(requests(
+                &zstd_upload_name(&d, "z2"),
+                &packed,
+                0,
+                10,
+                10,
+                false,
+            )))
+            .await
+            .unwrap();
+        assert_eq!(again.committed_size, -1);
+    }
+
+    #[tokio::test]
+    async fn bad_zstd_uploads_are_refused_and_leave_nothing() {
+        let (bs, store) = service();
+        let data = compressible(50_000);
+        let d = DigestFunction::Sha256.digest_of(&data);
+        let packed = zstd::stream::encode_all(data.as_slice(), 3).unwrap();
+
+        // Truncated frame.
+        let name = zstd_upload_name(&d, "t");
+        let half = packed.len() / 2;
+        let err = bs
+            .write_blob(stream::iter(requests(&name, &packed, 0, half, 1000, true)))
+            .await
+            .unwrap_err();
+        assert_eq!(status(&err).code(), Code::InvalidArgument, "{err}");
+
+        // A bomb: tiny upload claiming a small size, expanding far past it.
+        let zeros = vec![0u8; 16 << 20];
+        let bomb = zstd::stream::encode_all(zeros.as_slice(), 3).unwrap();
+        let small = DigestFunction::Sha256.digest_of(b"small");
+        let err = bs
+            .write_blob(stream::iter(requests(
+                &zstd_upload_name(&small, "b"),
+                &bomb,
+                0,
+                bomb.len(),
+                bomb.len(),
+                true,
+            )))
+            .await
+            .unwrap_err();
+        assert_eq!(status(&err).code(), Code::InvalidArgument, "{err}");
+        assert!(status(&err).message().contains("declared size"), "{err}");
+
+        // Content that decompresses to something else than the digest.
+        let other = zstd::stream::encode_all(&b"other content"[..], 3).unwrap();
+        let wrong = DigestFunction::Sha256.digest_of(b"other contenT");
+        let err = bs
+            .write_blob(stream::iter(requests(
+                &zstd_upload_name(&wrong, "w"),
+                &other,
+                0,
+                other.len(),
+                other.len(),
+                true,
+            )))
+            .await
+            .unwrap_err();
+        assert_eq!(status(&err).code(), Code::InvalidArgument, "{err}");
+        assert_eq!(store.get(&d).await.unwrap(), None);
+        assert_eq!(store.get(&small).await.unwrap(), None);
+        assert_eq!(store.get(&wrong).await.unwrap(), None);
     }
 
     #[tokio::test]

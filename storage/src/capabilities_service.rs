@@ -35,9 +35,13 @@ impl CapabilitiesService {
             patch: 0,
             prerelease: String::new(),
         };
-        // Compressed ByteStream resources are not served yet, so identity
-        // is all we may claim.
-        let compressors = vec![CompressorValue::Identity as i32];
+        // ByteStream serves compressed-blobs/zstd; batch requests are
+        // identity only.
+        let compressors = vec![
+            CompressorValue::Identity as i32,
+            CompressorValue::Zstd as i32,
+        ];
+        let batch_compressors = vec![CompressorValue::Identity as i32];
         ServerCapabilities {
             cache_capabilities: Some(CacheCapabilities {
                 digest_functions: DigestFunction::ALL
@@ -52,8 +56,8 @@ impl CapabilitiesService {
                 // Storage does not look inside stored results, so it
                 // refuses no symlink target.
                 symlink_absolute_path_strategy: SymlinkStrategy::Allowed as i32,
-                supported_compressors: compressors.clone(),
-                supported_batch_update_compressors: compressors,
+                supported_compressors: compressors,
+                supported_batch_update_compressors: batch_compressors,
                 // A blob larger than the store's bound could never be kept.
                 max_cas_blob_size_bytes: clamp(self.max_cas_blob_size_bytes),
                 split_blob_support: false,
@@ -111,6 +115,13 @@ mod tests {
         assert_eq!(cache.max_cas_blob_size_bytes, 10 << 30);
         assert_eq!(
             cache.supported_compressors,
+            [
+                CompressorValue::Identity as i32,
+                CompressorValue::Zstd as i32
+            ]
+        );
+        assert_eq!(
+            cache.supported_batch_update_compressors,
             [CompressorValue::Identity as i32]
         );
         assert!(

@@ -43,6 +43,7 @@ pub mod lru_index;
 pub mod memory_blob_store;
 pub mod resource_name;
 pub mod status;
+pub mod zstd_codec;
 
 use std::future::Future;
 use std::sync::Arc;
