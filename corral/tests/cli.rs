@@ -74,3 +74,36 @@ fn sandbox_run_passes_output_and_exit_code_through() {
     assert!(stderr.starts_with("oops\n"), "{stderr}");
     assert!(stderr.contains("\"exited\": 3"), "{stderr}");
 }
+
+#[test]
+fn sandbox_run_without_root_works_and_says_what_it_left_out() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "CI must run as root");
+        eprintln!("skipped: needs root to drop to another uid with setpriv");
+        return;
+    }
+    // An unprivileged uid with user namespaces: no id map to nobody, no
+    // cgroups; the sandbox must still run, and warn about both.
+    let out = Command::new("setpriv")
+        .args(["--reuid", "4242", "--regid", "4242", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_corral"))
+        .args(["sandbox", "run", "--"])
+        .args([
+            "/bin/sh",
+            "-c",
+            "grep CapEff /proc/self/status; ls /proc | grep -c '^[0-9]'",
+        ])
+        .env("CORRAL_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("CapEff:\t0000000000000000"), "{stdout}");
+    assert!(stderr.contains("not running as root"), "{stderr}");
+    assert!(
+        stderr.contains("no resource limits") || stderr.contains("cgroup"),
+        "{stderr}"
+    );
+}

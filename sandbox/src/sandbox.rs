@@ -73,7 +73,22 @@ impl Sandbox {
             ));
             (euid, egid)
         };
-        let cgroups = match CgroupRoot::detect() {
+        // Detect, then prove a group can really be made here: a parent that
+        // exists but is not writable (made by root, used without root)
+        // would otherwise fail every action.
+        let probed = CgroupRoot::detect().and_then(|root| match root {
+            Some(root) => {
+                let probe = format!(
+                    "probe-{}-{}",
+                    std::process::id(),
+                    RUNS.fetch_add(1, Ordering::Relaxed)
+                );
+                root.create(&probe, &policy.limits)?.remove()?;
+                Ok(Some(root))
+            }
+            None => Ok(None),
+        });
+        let cgroups = match probed {
             Ok(Some(root)) => Some(root),
             Ok(None) => {
                 warnings.push(
