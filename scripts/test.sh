@@ -32,6 +32,13 @@ trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
 
+# The sandbox's tests again inside VMs booted with Debian's kernel, once
+# with cgroup v2 and once with cgroup v1 (vm-tests/README.md). Needs root;
+# without root it says so and is skipped, except under CI.
+vm_status=0
+vm-tests/run.sh 2>&1 | tee -a "$log" || vm_status=$?
+((status)) || status=$vm_status
+
 # One closing line for the whole suite, summed over every test binary.
 awk '/^test result:/ { p += $4; f += $6; i += $8 }
      END { printf "%d passed, %d failed, %d skipped\n", p, f, i }' "$log"

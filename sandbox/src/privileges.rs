@@ -31,13 +31,14 @@ pub fn last_capability() -> u32 {
         .unwrap_or(63)
 }
 
-/// Sets the policy's resource limits on the calling process.
+/// Sets the policy's resource limits on the calling process (never above
+/// the limits it already has).
 pub fn set_rlimits(limits: &Limits) -> Result<(), (Stage, io::Error)> {
     let at = |e| (Stage::Rlimits, e);
     // No core dumps: they would land in the input root and fill disks.
-    sys::setrlimit(libc::RLIMIT_CORE, 0).map_err(at)?;
-    sys::setrlimit(libc::RLIMIT_NOFILE, limits.open_files).map_err(at)?;
-    sys::setrlimit(libc::RLIMIT_FSIZE, limits.file_size_bytes).map_err(at)
+    sys::lower_rlimit(libc::RLIMIT_CORE, 0).map_err(at)?;
+    sys::lower_rlimit(libc::RLIMIT_NOFILE, limits.open_files).map_err(at)?;
+    sys::lower_rlimit(libc::RLIMIT_FSIZE, limits.file_size_bytes).map_err(at)
 }
 
 /// Drops every capability and sets no_new_privs.

@@ -38,7 +38,10 @@ impl Parent {
     /// Makes `dir` (the caller's own group) able to hold action groups.
     pub fn prepare(dir: &Path) -> Result<Parent, CgroupError> {
         let procs = dir.join("cgroup.procs");
-        if !super::read_pids(&procs)?.is_empty() {
+        // The root group is exempt from the rule (and has no cgroup.type):
+        // controllers can be delegated from it with processes inside.
+        let is_root = !dir.join("cgroup.type").exists();
+        if !is_root && !super::read_pids(&procs)?.is_empty() {
             let leaf = dir.join("runner");
             create_dir(&leaf)?;
             write_file(&leaf.join("cgroup.procs"), &std::process::id().to_string())?;
@@ -183,6 +186,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         std::fs::write(root.path().join("cgroup.controllers"), controllers).unwrap();
         std::fs::write(root.path().join("cgroup.procs"), "").unwrap();
+        std::fs::write(root.path().join("cgroup.type"), "domain\n").unwrap();
         let parent = Parent::prepare(root.path()).unwrap();
         (root, parent)
     }

@@ -297,8 +297,18 @@ pub fn setresgid(gid: libc::gid_t) -> io::Result<()> {
     check(unsafe { libc::setresgid(gid, gid, gid) }).map(drop)
 }
 
-/// `setrlimit(2)` with the same soft and hard limit.
-pub fn setrlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
+/// Sets soft and hard limit to `value`, or to the current hard limit if
+/// that is lower: raising a hard limit needs CAP_SYS_RESOURCE in the
+/// host's user namespace, which a sandbox never has (a host whose default
+/// hard NOFILE is 4096 would otherwise refuse every action).
+pub fn lower_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: current is valid for writes.
+    check(unsafe { libc::getrlimit(resource, &mut current) })?;
+    let value = value.min(current.rlim_max);
     let limit = libc::rlimit {
         rlim_cur: value,
         rlim_max: value,
