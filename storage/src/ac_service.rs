@@ -176,6 +176,15 @@ impl AcService {
             .put_action_result(&action, result.encode_to_vec())
             .await
             .map_err(|source| Error::Store { action, source })?;
+        // Touch every blob the entry names after the entry itself (a hit
+        // does the same through check_complete): the LRU then always
+        // holds them as newer than the entry, so eviction removes the
+        // entry before any blob it needs. A blob already missing leaves
+        // the entry stored but unserved, which the client survives.
+        match self.check_complete(action, &result).await {
+            Ok(()) | Err(Error::Incomplete { .. }) => {}
+            Err(err) => return Err(err),
+        }
         Ok(result)
     }
 }
@@ -277,6 +286,50 @@ mod tests {
         }))
         .await
         .map(Response::into_inner)
+    }
+
+    #[tokio::test]
+    async fn eviction_removes_an_entry_before_the_blobs_it_needs() {
+        const BOUND: u64 = 10_000;
+        let store = MemoryBlobStore::new(BOUND);
+        let shared = Arc::new(store.clone());
+        let ac = AcService::new(shared.clone(), shared);
+        let output = vec![7u8; 3000];
+        store.put(&sha(&output), output.clone()).await.unwrap();
+        let result = ActionResult {
+            output_files: vec![OutputFile {
+                path: "out".into(),
+                digest: Some(sha(&output).to_proto()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let entry_bytes = result.encoded_len() as u64;
+        let action = sha(b"the action");
+        update(&ac, action, result).await.unwrap();
+        // Fill to one byte over the bound: exactly one eviction is needed,
+        // and the entry (oldest now) must be what goes, not its output.
+        let mut used = 3000 + entry_bytes;
+        for (i, size) in [3000u64, 3000].into_iter().enumerate() {
+            store
+                .put(
+                    &sha(&vec![i as u8; size as usize]),
+                    vec![i as u8; size as usize],
+                )
+                .await
+                .unwrap();
+            used += size;
+        }
+        let last = vec![9u8; (BOUND - used + 1) as usize];
+        store.put(&sha(&last), last.clone()).await.unwrap();
+        assert!(
+            store.get(&sha(&output)).await.unwrap().is_some(),
+            "the output was evicted while its entry was still stored"
+        );
+        assert_eq!(
+            get(&ac, action, false).await.unwrap_err().code(),
+            Code::NotFound
+        );
     }
 
     /// A result naming an output file, a tree (with one file in it) and
