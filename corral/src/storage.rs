@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use corral_storage::config::Backend;
+use corral_storage::config::{Backend, LocalCache};
 
 use crate::{config, shutdown};
 
@@ -70,12 +70,31 @@ fn apply(args: &StorageArgs, cfg: &mut corral_storage::Config) {
                 max_size_bytes: *max_size_bytes,
                 fsync: false,
             },
+            // With a remote backend, DIR is the local cache in front of it.
+            Backend::Remote {
+                endpoint,
+                instance_name,
+                cache,
+            } => Backend::Remote {
+                endpoint: endpoint.clone(),
+                instance_name: instance_name.clone(),
+                cache: Some(LocalCache {
+                    dir: dir.clone(),
+                    max_size_bytes: cache.as_ref().map_or(10 << 30, |c| c.max_size_bytes),
+                }),
+            },
         };
     }
     if let Some(size) = args.max_size {
         match &mut cfg.backend {
             Backend::Memory { max_size_bytes } | Backend::Disk { max_size_bytes, .. } => {
                 *max_size_bytes = size;
+            }
+            // The remote's size is its own; the bound is the local cache's.
+            Backend::Remote { cache, .. } => {
+                if let Some(cache) = cache {
+                    cache.max_size_bytes = size;
+                }
             }
         }
     }

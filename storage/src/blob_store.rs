@@ -37,6 +37,13 @@ pub enum Error {
     Corrupt { digest: Digest },
     #[error("disk store failed")]
     Disk(#[from] DiskError),
+    // Boxed: a Status is large and remote failures are rare.
+    #[error("remote storage failed during {operation}")]
+    Remote {
+        operation: &'static str,
+        #[source]
+        source: Box<tonic::Status>,
+    },
 }
 
 impl From<VerifyError> for Error {

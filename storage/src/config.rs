@@ -45,6 +45,29 @@ pub enum Backend {
         /// but can never expose a corrupt one, since reads verify.
         fsync: bool,
     },
+    /// Another REAPI storage (bb-storage, bazel-remote, a Corral storage
+    /// cluster), with an optional local disk cache in front.
+    Remote {
+        /// Its endpoint, e.g. `http://storage.internal:8980`.
+        endpoint: String,
+        /// Instance name used on it. Default empty.
+        #[serde(default)]
+        instance_name: String,
+        /// A local disk cache that reads fill and writes go through.
+        /// Unset: every read goes to the remote.
+        #[serde(default)]
+        cache: Option<LocalCache>,
+    },
+}
+
+/// The local disk cache in front of a remote backend.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalCache {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Largest total size kept, in bytes.
+    pub max_size_bytes: u64,
 }
 
 impl Default for Backend {
@@ -73,6 +96,17 @@ impl Config {
         let max_size = match &self.backend {
             Backend::Memory { max_size_bytes } | Backend::Disk { max_size_bytes, .. } => {
                 *max_size_bytes
+            }
+            Backend::Remote {
+                endpoint, cache, ..
+            } => {
+                if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                    return Err(Error::InvalidConfig {
+                        field: "backend.endpoint",
+                        reason: format!("{endpoint:?} is not an http:// or https:// endpoint"),
+                    });
+                }
+                cache.as_ref().map_or(u64::MAX, |c| c.max_size_bytes)
             }
         };
         if max_size == 0 {

@@ -11,6 +11,8 @@ pub enum Error {
     InvalidConfig { field: &'static str, reason: String },
     #[error("failed to open the disk store")]
     OpenDisk(#[from] DiskError),
+    #[error("failed to set up the remote backend")]
+    Remote(#[source] crate::blob_store::Error),
     #[error("failed to read the listener's address")]
     ListenerAddress(#[source] std::io::Error),
     #[error("serving on {addr} failed")]

@@ -41,6 +41,8 @@ pub mod disk_blob_store;
 pub mod error;
 pub mod lru_index;
 pub mod memory_blob_store;
+pub mod read_through_blob_store;
+pub mod remote_blob_store;
 pub mod resource_name;
 pub mod status;
 pub mod zstd_codec;
@@ -104,6 +106,34 @@ pub async fn open(cfg: &Config) -> Result<Stores, Error> {
                 blobs: store.clone(),
                 action_cache: store,
                 max_size_bytes: *max_size_bytes,
+            })
+        }
+        config::Backend::Remote {
+            endpoint,
+            instance_name,
+            cache,
+        } => {
+            let remote = Arc::new(
+                remote_blob_store::RemoteBlobStore::new(endpoint, instance_name)
+                    .map_err(Error::Remote)?,
+            );
+            let Some(cache) = cache else {
+                return Ok(Stores {
+                    blobs: remote.clone(),
+                    action_cache: remote,
+                    max_size_bytes: u64::MAX,
+                });
+            };
+            let local = Arc::new(
+                DiskBlobStore::open(cache.dir.clone(), cache.max_size_bytes, false).await?,
+            );
+            let front = Arc::new(read_through_blob_store::ReadThroughBlobStore::new(
+                local, remote,
+            ));
+            Ok(Stores {
+                blobs: front.clone(),
+                action_cache: front,
+                max_size_bytes: cache.max_size_bytes,
             })
         }
     }
@@ -181,6 +211,46 @@ mod tests {
 
     use super::*;
     use crate::blob_store::conformance::blob;
+    use crate::digest::DigestFunction;
+
+    #[tokio::test]
+    async fn a_remote_backend_with_a_cache_reaches_the_remote() {
+        let (url, _server) = crate::remote_blob_store::tests::server().await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            backend: config::Backend::Remote {
+                endpoint: url.clone(),
+                instance_name: String::new(),
+                cache: Some(config::LocalCache {
+                    dir: dir.path().join("cache"),
+                    max_size_bytes: 1 << 20,
+                }),
+            },
+            ..Config::default()
+        };
+        cfg.validate().unwrap();
+        let stores = open(&cfg).await.unwrap();
+        let data = blob(7, 2000);
+        let digest = DigestFunction::Sha256.digest_of(&data);
+        stores.blobs.put(&digest, data.clone()).await.unwrap();
+        let remote = crate::remote_blob_store::RemoteBlobStore::new(&url, "").unwrap();
+        assert_eq!(remote.get(&digest).await.unwrap(), Some(data));
+        assert!(dir.path().join("cache").exists());
+
+        let bad = Config {
+            backend: config::Backend::Remote {
+                endpoint: "storage:8980".into(),
+                instance_name: String::new(),
+                cache: None,
+            },
+            ..Config::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("backend.endpoint"));
+    }
 
     #[tokio::test]
     async fn served_over_tcp_the_generated_clients_work() {

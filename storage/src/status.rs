@@ -28,13 +28,17 @@ pub fn message(err: &dyn StdError) -> String {
 /// The code for a store failure, decided where the failure starts: bad
 /// content is the client's (INVALID_ARGUMENT), a blob found corrupt is
 /// simply not there (NOT_FOUND), a full disk is RESOURCE_EXHAUSTED (the
-/// client may retry later), anything else is ours (INTERNAL).
+/// client may retry later), a remote store's code is passed on, anything
+/// else is ours (INTERNAL).
 pub fn store_code(err: &blob_store::Error) -> Code {
     match err {
         blob_store::Error::TooLarge { .. } | blob_store::Error::Refused(_) => Code::InvalidArgument,
         blob_store::Error::Corrupt { .. } => Code::NotFound,
         blob_store::Error::Disk(disk) if disk.is_storage_full() => Code::ResourceExhausted,
         blob_store::Error::Disk(_) => Code::Internal,
+        // The remote store's own verdict, passed on: UNAVAILABLE when it is
+        // down, so clients retry.
+        blob_store::Error::Remote { source, .. } => source.code(),
     }
 }
 
