@@ -109,6 +109,25 @@ pub fn status(err: &Error) -> Status {
     Status::new(code, status::message(err))
 }
 
+/// Checks that a request continues the write of `name` at `committed`
+/// bytes: same resource (or none named), offset where the last one ended.
+fn continues(name: &str, request: &WriteRequest, committed: u64) -> Result<(), Error> {
+    if !request.resource_name.is_empty() && request.resource_name != name {
+        return Err(Error::ResourceChanged {
+            expected: name.to_owned(),
+            got: request.resource_name.clone(),
+        });
+    }
+    if u64::try_from(request.write_offset).ok() != Some(committed) {
+        return Err(Error::WriteOffset {
+            resource: name.to_owned(),
+            committed,
+            got: request.write_offset,
+        });
+    }
+    Ok(())
+}
+
 type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
 
 /// Writes whose streams broke, by resource name, oldest first.
@@ -294,19 +313,7 @@ impl ByteStreamService {
         let mut received: u64 = 0;
         let mut request = first;
         loop {
-            if !request.resource_name.is_empty() && request.resource_name != name {
-                return Err(Error::ResourceChanged {
-                    expected: name,
-                    got: request.resource_name,
-                });
-            }
-            if u64::try_from(request.write_offset).ok() != Some(received) {
-                return Err(Error::WriteOffset {
-                    resource: name,
-                    committed: received,
-                    got: request.write_offset,
-                });
-            }
+            continues(&name, &request, received)?;
             received += request.data.len() as u64;
             let plain = decompressor
                 .push(&request.data, declared)
@@ -394,20 +401,11 @@ impl ByteStreamService {
         };
         let mut request = first;
         loop {
-            if !request.resource_name.is_empty() && request.resource_name != name {
-                return Err(Error::ResourceChanged {
-                    expected: name,
-                    got: request.resource_name,
-                });
-            }
-            if u64::try_from(request.write_offset).ok() != Some(write.received()) {
-                let err = Error::WriteOffset {
-                    resource: name.clone(),
-                    committed: write.received(),
-                    got: request.write_offset,
-                };
+            if let Err(err) = continues(&name, &request, write.received()) {
                 // The bytes committed so far are still good.
-                self.parked().park(name, write);
+                if matches!(err, Error::WriteOffset { .. }) {
+                    self.parked().park(name, write);
+                }
                 return Err(err);
             }
             write
