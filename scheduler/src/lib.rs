@@ -7,6 +7,7 @@
 //!
 //! Modules:
 //! - [`config`] — `scheduler.toml`.
+//! - [`queue`] — per-platform queues: priority, fairness, FIFO.
 //! - [`error`] — the crate's error type.
 //!
 //! The scheduler never runs anything itself.
@@ -15,6 +16,7 @@
 
 pub mod config;
 pub mod error;
+pub mod queue;
 
 pub use config::Config;
 pub use error::Error;

@@ -1,0 +1,217 @@
+//! The queue of one (instance name, platform): which queued action a free
+//! worker gets next.
+//!
+//! Order: lower `ExecutionPolicy.priority` first; within a priority,
+//! client invocations (`RequestMetadata.tool_invocation_id`) take turns,
+//! one action each, so one huge build cannot starve a small one started
+//! after it; within an invocation, first in, first out.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// The platform an action asks for, normalized so that equal sets of
+/// properties compare equal whatever order the client sent them in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PlatformKey(Vec<(String, String)>);
+
+impl PlatformKey {
+    /// Sorts (and deduplicates) the properties.
+    pub fn new(properties: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut properties: Vec<_> = properties.into_iter().collect();
+        properties.sort();
+        properties.dedup();
+        Self(properties)
+    }
+
+    /// The properties, sorted, for messages.
+    pub fn properties(&self) -> &[(String, String)] {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for PlatformKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("{}");
+        }
+        let text: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        write!(f, "{{{}}}", text.join(", "))
+    }
+}
+
+/// One priority level: invocations in turn order, each with its actions.
+#[derive(Debug)]
+struct Level<T> {
+    turns: VecDeque<String>,
+    waiting: HashMap<String, VecDeque<T>>,
+}
+
+impl<T> Default for Level<T> {
+    fn default() -> Self {
+        Self {
+            turns: VecDeque::new(),
+            waiting: HashMap::new(),
+        }
+    }
+}
+
+/// Queued items, in the order workers should get them.
+#[derive(Debug)]
+pub struct Queue<T> {
+    levels: BTreeMap<i32, Level<T>>,
+    len: usize,
+}
+
+impl<T> Default for Queue<T> {
+    fn default() -> Self {
+        Self {
+            levels: BTreeMap::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Queue<T> {
+    /// Queues `item` at `priority` for client invocation `invocation`
+    /// (empty when the client sent none: such actions share one turn).
+    pub fn push(&mut self, item: T, priority: i32, invocation: &str) {
+        let level = self.levels.entry(priority).or_default();
+        let waiting = level.waiting.entry(invocation.to_owned()).or_default();
+        if waiting.is_empty() {
+            level.turns.push_back(invocation.to_owned());
+        }
+        waiting.push_back(item);
+        self.len += 1;
+    }
+
+    /// The next item: lowest priority number, then the invocation whose
+    /// turn it is, then the oldest of its items.
+    pub fn pop(&mut self) -> Option<T> {
+        let (&priority, level) = self.levels.iter_mut().next()?;
+        let invocation = level.turns.pop_front()?;
+        let waiting = level.waiting.get_mut(&invocation)?;
+        let item = waiting.pop_front();
+        if waiting.is_empty() {
+            level.waiting.remove(&invocation);
+        } else {
+            // Its next action waits for every other invocation's turn.
+            level.turns.push_back(invocation);
+        }
+        if level.turns.is_empty() {
+            self.levels.remove(&priority);
+        }
+        if item.is_some() {
+            self.len -= 1;
+        }
+        item
+    }
+
+    /// Removes the items `matches` accepts (a cancelled or merged
+    /// action); returns how many.
+    pub fn remove_where(&mut self, mut matches: impl FnMut(&T) -> bool) -> usize {
+        let before = self.len;
+        self.levels.retain(|_, level| {
+            level.waiting.retain(|_, items| {
+                items.retain(|item| !matches(item));
+                !items.is_empty()
+            });
+            level.turns.retain(|inv| level.waiting.contains_key(inv));
+            !level.turns.is_empty()
+        });
+        self.len = self
+            .levels
+            .values()
+            .flat_map(|l| l.waiting.values())
+            .map(VecDeque::len)
+            .sum();
+        before - self.len
+    }
+
+    /// How many items are queued.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(q: &mut Queue<&'static str>) -> Vec<&'static str> {
+        std::iter::from_fn(|| q.pop()).collect()
+    }
+
+    #[test]
+    fn lower_priority_numbers_run_first_and_fifo_within_one() {
+        let mut q = Queue::default();
+        q.push("a", 0, "");
+        q.push("b", 0, "");
+        q.push("urgent", -5, "");
+        q.push("later", 10, "");
+        q.push("c", 0, "");
+        assert_eq!(q.len(), 5);
+        assert_eq!(drain(&mut q), ["urgent", "a", "b", "c", "later"]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn invocations_take_turns_so_a_big_build_does_not_starve_a_small_one() {
+        let mut q = Queue::default();
+        for item in ["big1", "big2", "big3", "big4"] {
+            q.push(item, 0, "huge-build");
+        }
+        q.push("small1", 0, "small-build");
+        q.push("small2", 0, "small-build");
+        assert_eq!(
+            drain(&mut q),
+            ["big1", "small1", "big2", "small2", "big3", "big4"]
+        );
+    }
+
+    #[test]
+    fn removed_items_never_come_out() {
+        let mut q = Queue::default();
+        q.push("keep1", 0, "x");
+        q.push("drop", 0, "x");
+        q.push("drop", 3, "y");
+        q.push("keep2", 3, "y");
+        assert_eq!(q.remove_where(|i| *i == "drop"), 2);
+        assert_eq!(q.len(), 2);
+        assert_eq!(drain(&mut q), ["keep1", "keep2"]);
+        assert_eq!(q.remove_where(|_| true), 0);
+    }
+
+    #[test]
+    fn platforms_compare_equal_whatever_the_property_order() {
+        let a = PlatformKey::new([
+            ("OSFamily".into(), "linux".into()),
+            ("arch".into(), "x86_64".into()),
+        ]);
+        let b = PlatformKey::new([
+            ("arch".into(), "x86_64".into()),
+            ("OSFamily".into(), "linux".into()),
+        ]);
+        assert_eq!(a, b);
+        assert_eq!(a.to_string(), "{OSFamily=linux, arch=x86_64}");
+        assert_eq!(PlatformKey::new([]).to_string(), "{}");
+        assert_ne!(a, PlatformKey::new([("OSFamily".into(), "linux".into())]));
+    }
+
+    #[test]
+    fn a_large_queue_keeps_turns_across_a_hundred_invocations() {
+        let mut q: Queue<u64> = Queue::default();
+        for i in 0..100_000u64 {
+            q.push(i, 0, &format!("inv-{}", i % 100));
+        }
+        assert_eq!(q.len(), 100_000);
+        // Each invocation's first action comes before any second one.
+        let first: Vec<u64> = (0..100).map(|_| q.pop().unwrap()).collect();
+        assert_eq!(first, (0..100).collect::<Vec<_>>());
+        assert_eq!(q.pop(), Some(100));
+        assert_eq!(q.len(), 100_000 - 101);
+    }
+}
