@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "protos/buildbarn/runner.proto",
     "protos/buildbarn/remoteworker.proto",
     "protos/buildbarn/resourceusage.proto",
+    "protos/google/rpc/precondition_failure.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -7,6 +7,9 @@
 //! - [`remoteworker`] — worker → scheduler (`buildbarn.remoteworker`).
 //! - [`resourceusage`] — usage reports for `ExecutedActionMetadata`.
 //! - [`any`] — packing our messages into `google.protobuf.Any`.
+//! - [`error_details`] — `google.rpc.PreconditionFailure`, and
+//!   [`precondition`] the FAILED_PRECONDITION status REAPI clients expect
+//!   for missing blobs.
 //!
 //! Our `.proto` files are in `proto/protos/buildbarn/` and use Buildbarn's
 //! package, message names and field numbers, so Corral's daemons can be
@@ -16,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod any;
+pub mod precondition;
 
 pub use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 pub use bazel_remote_apis::build::bazel::semver;
@@ -40,4 +44,11 @@ pub mod remoteworker {
 pub mod resourceusage {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("buildbarn.resourceusage");
+}
+
+/// `google.rpc.PreconditionFailure` (the crate above generates only
+/// `google.rpc.Status`).
+pub mod error_details {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("google.rpc");
 }
