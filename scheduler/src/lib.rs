@@ -6,6 +6,7 @@
 //! that synchronize with it.
 //!
 //! Modules:
+//! - [`action`] — checking an Action and Command before queueing.
 //! - [`config`] — `scheduler.toml`.
 //! - [`queue`] — per-platform queues: priority, fairness, FIFO.
 //! - [`error`] — the crate's error type.
@@ -14,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod action;
 pub mod config;
 pub mod error;
 pub mod queue;
