@@ -53,7 +53,8 @@ pub fn check_command(command: &Command) -> Result<(), ActionError> {
     for (field, paths) in fields {
         for path in paths {
             // An output directory may be "" (the working directory itself).
-            if !(path.is_empty() && field == "output_directories") && !stays_inside(path) {
+            let whole_working_directory = path.is_empty() && field == "output_directories";
+            if !whole_working_directory && !stays_inside(path) {
                 return Err(ActionError::EscapingPath {
                     field,
                     path: path.clone(),
