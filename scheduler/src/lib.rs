@@ -8,6 +8,7 @@
 //! Modules:
 //! - [`action`] — checking an Action and Command before queueing.
 //! - [`config`] — `scheduler.toml`.
+//! - [`operation`] — operations, their watchers, in-flight deduplication.
 //! - [`queue`] — per-platform queues: priority, fairness, FIFO.
 //! - [`error`] — the crate's error type.
 //!
@@ -18,6 +19,7 @@
 pub mod action;
 pub mod config;
 pub mod error;
+pub mod operation;
 pub mod queue;
 
 pub use config::Config;

@@ -1,0 +1,279 @@
+//! Operations: one per queued execution, shared by every client waiting
+//! on it (in-flight deduplication), with its progress on a watch channel
+//! so each Execute or WaitExecution stream sees every stage change.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use corral_proto::longrunning;
+use corral_proto::protobuf::Any;
+use corral_proto::reapi::execution_stage::Value as ExecutionStage;
+use corral_proto::reapi::{Digest, ExecuteOperationMetadata, ExecuteResponse};
+use prost::Message;
+use tokio::sync::watch;
+
+const METADATA_TYPE_URL: &str =
+    "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteOperationMetadata";
+const RESPONSE_TYPE_URL: &str =
+    "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteResponse";
+
+/// Where an operation is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    Queued,
+    Executing,
+    Completed(Box<ExecuteResponse>),
+}
+
+/// One execution and everyone watching it.
+#[derive(Debug)]
+pub struct Operation {
+    name: String,
+    action_digest: Digest,
+    digest_function: i32,
+    progress: watch::Sender<Progress>,
+}
+
+impl Operation {
+    pub fn new(name: String, action_digest: Digest, digest_function: i32) -> Self {
+        Self {
+            name,
+            action_digest,
+            digest_function,
+            progress: watch::Sender::new(Progress::Queued),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A receiver that sees the current progress and every change.
+    pub fn watch(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    /// Moves to EXECUTING (ignored once completed).
+    pub fn executing(&self) {
+        self.progress.send_if_modified(|p| {
+            let change = matches!(p, Progress::Queued);
+            if change {
+                *p = Progress::Executing;
+            }
+            change
+        });
+    }
+
+    /// Completes with `response`; only the first completion counts.
+    pub fn complete(&self, response: ExecuteResponse) -> bool {
+        self.progress.send_if_modified(|p| {
+            let change = !matches!(p, Progress::Completed(_));
+            if change {
+                *p = Progress::Completed(Box::new(response));
+            }
+            change
+        })
+    }
+
+    pub fn is_completed(&self) -> bool {
+        matches!(*self.progress.borrow(), Progress::Completed(_))
+    }
+
+    /// The google.longrunning form of `progress`, as clients receive it.
+    pub fn to_proto(&self, progress: &Progress) -> longrunning::Operation {
+        let stage = match progress {
+            Progress::Queued => ExecutionStage::Queued,
+            Progress::Executing => ExecutionStage::Executing,
+            Progress::Completed(_) => ExecutionStage::Completed,
+        };
+        let metadata = ExecuteOperationMetadata {
+            stage: stage as i32,
+            action_digest: Some(self.action_digest.clone()),
+            digest_function: self.digest_function,
+            ..Default::default()
+        };
+        let (done, result) = match progress {
+            Progress::Completed(response) => (
+                true,
+                Some(longrunning::operation::Result::Response(Any {
+                    type_url: RESPONSE_TYPE_URL.to_owned(),
+                    value: response.encode_to_vec(),
+                })),
+            ),
+            _ => (false, None),
+        };
+        longrunning::Operation {
+            name: self.name.clone(),
+            metadata: Some(Any {
+                type_url: METADATA_TYPE_URL.to_owned(),
+                value: metadata.encode_to_vec(),
+            }),
+            done,
+            result,
+        }
+    }
+}
+
+/// What makes two executions the same (REAPI in-flight deduplication):
+/// instance, digest function and action digest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DedupKey {
+    pub instance: String,
+    pub digest_function: i32,
+    pub action_hash: String,
+    pub action_size: i64,
+}
+
+/// Every live operation, by name, and the in-flight ones by what they
+/// execute.
+#[derive(Debug, Default)]
+pub struct Operations {
+    by_name: HashMap<String, Arc<Operation>>,
+    in_flight: HashMap<DedupKey, Arc<Operation>>,
+}
+
+impl Operations {
+    /// The in-flight operation for `key`, or a new one made by `make`.
+    /// `None` for `key` (do_not_cache actions) never merges. The bool says
+    /// whether the operation is new (and so must be queued).
+    pub fn join_or_create(
+        &mut self,
+        key: Option<DedupKey>,
+        make: impl FnOnce() -> Operation,
+    ) -> (Arc<Operation>, bool) {
+        if let Some(existing) = key.as_ref().and_then(|k| self.in_flight.get(k)) {
+            if !existing.is_completed() {
+                return (Arc::clone(existing), false);
+            }
+        }
+        let operation = Arc::new(make());
+        self.by_name
+            .insert(operation.name().to_owned(), Arc::clone(&operation));
+        if let Some(key) = key {
+            self.in_flight.insert(key, Arc::clone(&operation));
+        }
+        (operation, true)
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Operation>> {
+        self.by_name.get(name).cloned()
+    }
+
+    /// Forgets completed operations (callers decide when, e.g. after
+    /// their clients had time to WaitExecution).
+    pub fn forget_completed(&mut self) -> usize {
+        let before = self.by_name.len();
+        self.by_name.retain(|_, op| !op.is_completed());
+        self.in_flight.retain(|_, op| !op.is_completed());
+        before - self.by_name.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use corral_proto::reapi::ActionResult;
+
+    use super::*;
+
+    fn digest(n: u8) -> Digest {
+        Digest {
+            hash: format!("{n:02x}").repeat(32),
+            size_bytes: 10,
+        }
+    }
+
+    fn key(n: u8) -> DedupKey {
+        DedupKey {
+            instance: "main".into(),
+            digest_function: 1,
+            action_hash: digest(n).hash,
+            action_size: 10,
+        }
+    }
+
+    fn op(name: &str, n: u8) -> Operation {
+        Operation::new(name.into(), digest(n), 1)
+    }
+
+    #[test]
+    fn identical_actions_share_one_operation_until_it_completes() {
+        let mut ops = Operations::default();
+        let (first, new) = ops.join_or_create(Some(key(1)), || op("operations/1", 1));
+        assert!(new);
+        let (second, new) = ops.join_or_create(Some(key(1)), || op("operations/2", 1));
+        assert!(!new);
+        assert_eq!(second.name(), "operations/1");
+        let (other, new) = ops.join_or_create(Some(key(2)), || op("operations/3", 2));
+        assert!(new && other.name() == "operations/3");
+        first.complete(ExecuteResponse::default());
+        let (after, new) = ops.join_or_create(Some(key(1)), || op("operations/4", 1));
+        assert!(new && after.name() == "operations/4");
+    }
+
+    #[test]
+    fn do_not_cache_actions_never_merge() {
+        let mut ops = Operations::default();
+        let (a, _) = ops.join_or_create(None, || op("operations/a", 1));
+        let (b, new) = ops.join_or_create(None, || op("operations/b", 1));
+        assert!(new);
+        assert_ne!(a.name(), b.name());
+        assert_eq!(ops.len(), 2);
+    }
+
+    #[test]
+    fn watchers_see_each_stage_and_the_result() {
+        let operation = op("operations/w", 1);
+        let mut watcher = operation.watch();
+        assert_eq!(*watcher.borrow_and_update(), Progress::Queued);
+        operation.executing();
+        assert!(watcher.has_changed().unwrap());
+        assert_eq!(*watcher.borrow_and_update(), Progress::Executing);
+        let response = ExecuteResponse {
+            result: Some(ActionResult {
+                exit_code: 3,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(operation.complete(response.clone()));
+        assert!(
+            !operation.complete(ExecuteResponse::default()),
+            "first completion wins"
+        );
+        operation.executing();
+        let progress = watcher.borrow_and_update().clone();
+        let proto = operation.to_proto(&progress);
+        assert!(proto.done);
+        let metadata =
+            ExecuteOperationMetadata::decode(proto.metadata.unwrap().value.as_slice()).unwrap();
+        assert_eq!(metadata.stage, ExecutionStage::Completed as i32);
+        assert_eq!(metadata.action_digest, Some(digest(1)));
+        let Some(longrunning::operation::Result::Response(any)) = proto.result else {
+            panic!("no response");
+        };
+        assert_eq!(any.type_url, RESPONSE_TYPE_URL);
+        assert_eq!(
+            ExecuteResponse::decode(any.value.as_slice()).unwrap(),
+            response
+        );
+    }
+
+    #[test]
+    fn completed_operations_are_forgotten_on_request() {
+        let mut ops = Operations::default();
+        let (done, _) = ops.join_or_create(Some(key(1)), || op("operations/d", 1));
+        ops.join_or_create(Some(key(2)), || op("operations/e", 2));
+        done.complete(ExecuteResponse::default());
+        assert_eq!(ops.forget_completed(), 1);
+        assert!(ops.get("operations/d").is_none());
+        assert!(ops.get("operations/e").is_some());
+    }
+}
