@@ -7,6 +7,8 @@
 //!
 //! Modules:
 //! - [`action`] — checking an Action and Command before queueing.
+//! - [`assignment`] — queued actions to workers; silent workers' actions
+//!   queued again; completions only from the assigned worker.
 //! - [`config`] — `scheduler.toml`.
 //! - [`operation`] — operations, their watchers, in-flight deduplication.
 //! - [`queue`] — per-platform queues: priority, fairness, FIFO.
@@ -17,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod action;
+pub mod assignment;
 pub mod config;
 pub mod error;
 pub mod operation;

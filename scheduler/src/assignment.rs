@@ -1,0 +1,409 @@
+//! Matching queued actions with workers, and keeping track of what each
+//! worker runs, so that a worker that goes silent has its action queued
+//! again and a completion is accepted only from the worker assigned.
+//!
+//! Time comes from `tokio::time`, so tests run on paused time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use corral_proto::reapi::{Action, Digest, ExecuteResponse};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::operation::Operation;
+use crate::queue::{PlatformKey, Queue};
+
+/// A worker (or one build slot of one), as its `worker_id` map names it.
+pub type WorkerId = BTreeMap<String, String>;
+
+/// An action waiting for a worker.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub operation: Arc<Operation>,
+    pub action_digest: Digest,
+    /// With its timeout filled in.
+    pub action: Action,
+    pub digest_function: i32,
+    pub instance_name: String,
+    pub queued_at: std::time::SystemTime,
+    /// Times it was given back after losing its worker.
+    pub retries: u32,
+}
+
+/// What the worker is told to run.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub queued: Queued,
+    /// The part of the instance name after the worker's prefix.
+    pub instance_name_suffix: String,
+}
+
+/// Why a completion report is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReportError {
+    #[error("this worker has no action assigned")]
+    NothingAssigned,
+    #[error("this worker was assigned {assigned}, not {reported}")]
+    OtherAction { assigned: String, reported: String },
+}
+
+#[derive(Debug)]
+struct Running {
+    queued: Queued,
+    /// When the worker must have reported again.
+    deadline: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    queues: HashMap<(String, PlatformKey), Queue<Queued>>,
+    running: HashMap<WorkerId, Running>,
+}
+
+/// The queues and the running actions of a scheduler.
+#[derive(Debug)]
+pub struct Assignments {
+    inner: Mutex<Inner>,
+    work: Notify,
+    /// How often executing workers must report.
+    sync_interval: Duration,
+    /// Grace past a missed report before the worker is gone.
+    worker_timeout: Duration,
+    max_retries: u32,
+}
+
+fn digest_text(d: &Digest) -> String {
+    format!("{}/{}", d.hash, d.size_bytes)
+}
+
+impl Assignments {
+    pub fn new(sync_interval: Duration, worker_timeout: Duration, max_retries: u32) -> Self {
+        Self {
+            inner: Mutex::default(),
+            work: Notify::new(),
+            sync_interval,
+            worker_timeout,
+            max_retries,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Every update is a single step on the maps; a panic elsewhere
+        // cannot leave them half-changed.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `queued` for workers of `platform`.
+    pub fn enqueue(&self, queued: Queued, platform: PlatformKey, priority: i32, invocation: &str) {
+        let key = (queued.instance_name.clone(), platform);
+        self.lock()
+            .queues
+            .entry(key)
+            .or_default()
+            .push(queued, priority, invocation);
+        self.work.notify_waiters();
+    }
+
+    /// The next action for a worker serving instance names under `prefix`
+    /// with exactly `platform`, if one is queued.
+    pub fn try_assign(
+        &self,
+        worker: &WorkerId,
+        prefix: &str,
+        platform: &PlatformKey,
+    ) -> Option<Assignment> {
+        let mut inner = self.lock();
+        let key = inner
+            .queues
+            .iter()
+            .find(|((instance, p), q)| {
+                p == platform && instance_matches(prefix, instance) && !q.is_empty()
+            })
+            .map(|(k, _)| k.clone())?;
+        let queued = inner.queues.get_mut(&key)?.pop()?;
+        queued.operation.executing();
+        let suffix = suffix(prefix, &queued.instance_name);
+        inner.running.insert(
+            worker.clone(),
+            Running {
+                queued: queued.clone(),
+                deadline: Instant::now() + self.sync_interval,
+            },
+        );
+        Some(Assignment {
+            queued,
+            instance_name_suffix: suffix,
+        })
+    }
+
+    /// Like [`try_assign`](Self::try_assign), waiting up to `wait` for
+    /// work to arrive (a long poll).
+    pub async fn next_assignment(
+        &self,
+        worker: &WorkerId,
+        prefix: &str,
+        platform: &PlatformKey,
+        wait: Duration,
+    ) -> Option<Assignment> {
+        let deadline = Instant::now() + wait;
+        loop {
+            // Registered before checking, so a push in between wakes us.
+            let notified = self.work.notified();
+            if let Some(assignment) = self.try_assign(worker, prefix, platform) {
+                return Some(assignment);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// An executing worker reported in: its next report is due one
+    /// interval from now.
+    pub fn still_running(&self, worker: &WorkerId) -> Result<(), ReportError> {
+        let mut inner = self.lock();
+        let running = inner
+            .running
+            .get_mut(worker)
+            .ok_or(ReportError::NothingAssigned)?;
+        running.deadline = Instant::now() + self.sync_interval;
+        Ok(())
+    }
+
+    /// How long until an executing worker must report again (for
+    /// `next_synchronization_at`).
+    pub fn next_report_in(&self) -> Duration {
+        self.sync_interval
+    }
+
+    /// A worker finished `action_digest` with `response`.
+    pub fn complete(
+        &self,
+        worker: &WorkerId,
+        action_digest: &Digest,
+        response: ExecuteResponse,
+    ) -> Result<(), ReportError> {
+        let mut inner = self.lock();
+        let running = inner
+            .running
+            .get(worker)
+            .ok_or(ReportError::NothingAssigned)?;
+        if running.queued.action_digest != *action_digest {
+            return Err(ReportError::OtherAction {
+                assigned: digest_text(&running.queued.action_digest),
+                reported: digest_text(action_digest),
+            });
+        }
+        let running = inner
+            .running
+            .remove(worker)
+            .ok_or(ReportError::NothingAssigned)?;
+        running.queued.operation.complete(response);
+        Ok(())
+    }
+
+    /// Workers silent past their deadline plus the grace are gone: their
+    /// actions are queued again ahead of everything else, or, past
+    /// `max_retries`, completed with UNAVAILABLE. Returns how
+    /// many workers were declared gone.
+    pub fn expire(&self, platform_of: impl Fn(&Queued) -> PlatformKey) -> usize {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let gone: Vec<WorkerId> = inner
+            .running
+            .iter()
+            .filter(|(_, r)| r.deadline + self.worker_timeout < now)
+            .map(|(w, _)| w.clone())
+            .collect();
+        for worker in &gone {
+            let Some(running) = inner.running.remove(worker) else {
+                continue;
+            };
+            let mut queued = running.queued;
+            if queued.retries >= self.max_retries {
+                let status = corral_proto::rpc::Status {
+                    code: tonic::Code::Unavailable as i32,
+                    message: format!(
+                        "the action lost its worker {} times; giving up",
+                        queued.retries + 1
+                    ),
+                    details: Vec::new(),
+                };
+                queued.operation.complete(ExecuteResponse {
+                    status: Some(status),
+                    ..Default::default()
+                });
+                continue;
+            }
+            queued.retries += 1;
+            let key = (queued.instance_name.clone(), platform_of(&queued));
+            // The lowest priority number: it has waited once already, so it
+            // goes ahead of everything queued since.
+            inner
+                .queues
+                .entry(key)
+                .or_default()
+                .push(queued, i32::MIN, "");
+        }
+        if !gone.is_empty() {
+            self.work.notify_waiters();
+        }
+        gone.len()
+    }
+
+    /// Queued actions, over all queues.
+    pub fn queued(&self) -> usize {
+        self.lock().queues.values().map(Queue::len).sum()
+    }
+}
+
+/// Whether `instance` is served by a worker announcing `prefix`: equal,
+/// or `prefix` followed by more path components.
+fn instance_matches(prefix: &str, instance: &str) -> bool {
+    prefix.is_empty()
+        || instance == prefix
+        || instance
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+fn suffix(prefix: &str, instance: &str) -> String {
+    instance
+        .strip_prefix(prefix)
+        .unwrap_or(instance)
+        .trim_start_matches('/')
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(n: u32) -> WorkerId {
+        WorkerId::from([("slot".to_owned(), n.to_string())])
+    }
+
+    fn digest(n: u8) -> Digest {
+        Digest {
+            hash: format!("{n:02x}").repeat(32),
+            size_bytes: 1,
+        }
+    }
+
+    fn queued(n: u8, instance: &str) -> Queued {
+        Queued {
+            operation: Arc::new(Operation::new(format!("operations/{n}"), digest(n), 1)),
+            action_digest: digest(n),
+            action: Action::default(),
+            digest_function: 1,
+            instance_name: instance.to_owned(),
+            queued_at: std::time::SystemTime::UNIX_EPOCH,
+            retries: 0,
+        }
+    }
+
+    fn linux() -> PlatformKey {
+        PlatformKey::new([("OSFamily".to_owned(), "linux".to_owned())])
+    }
+
+    fn assignments() -> Assignments {
+        Assignments::new(Duration::from_secs(10), Duration::from_secs(60), 1)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn actions_go_only_to_workers_of_their_platform_and_instance() {
+        let a = assignments();
+        a.enqueue(queued(1, "main/team"), linux(), 0, "");
+        let mac = PlatformKey::new([("OSFamily".to_owned(), "macos".to_owned())]);
+        assert!(a.try_assign(&worker(1), "", &mac).is_none());
+        assert!(a.try_assign(&worker(1), "other", &linux()).is_none());
+        assert!(
+            a.try_assign(&worker(1), "mai", &linux()).is_none(),
+            "prefix is per component"
+        );
+        let got = a.try_assign(&worker(1), "main", &linux()).unwrap();
+        assert_eq!(got.queued.action_digest, digest(1));
+        assert_eq!(got.instance_name_suffix, "team");
+        assert!(
+            got.queued.operation.watch().borrow().clone() == crate::operation::Progress::Executing
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_worker_waits_for_work_and_gets_it_when_it_arrives() {
+        let a = Arc::new(assignments());
+        let waiter = {
+            let a = Arc::clone(&a);
+            async move {
+                a.next_assignment(&worker(1), "", &linux(), Duration::from_secs(30))
+                    .await
+            }
+        };
+        let producer = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            a.enqueue(queued(2, ""), linux(), 0, "");
+        };
+        let (got, ()) = tokio::join!(waiter, producer);
+        assert_eq!(got.unwrap().queued.action_digest, digest(2));
+        // And without work, the poll ends empty at its deadline.
+        let none = a
+            .next_assignment(&worker(2), "", &linux(), Duration::from_secs(30))
+            .await;
+        assert!(none.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn completions_are_accepted_only_from_the_assigned_worker() {
+        let a = assignments();
+        a.enqueue(queued(3, ""), linux(), 0, "");
+        let got = a.try_assign(&worker(1), "", &linux()).unwrap();
+        assert_eq!(
+            a.complete(&worker(2), &digest(3), ExecuteResponse::default()),
+            Err(ReportError::NothingAssigned)
+        );
+        assert!(matches!(
+            a.complete(&worker(1), &digest(4), ExecuteResponse::default()),
+            Err(ReportError::OtherAction { .. })
+        ));
+        a.complete(&worker(1), &digest(3), ExecuteResponse::default())
+            .unwrap();
+        assert!(got.queued.operation.is_completed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_worker_loses_its_action_then_retries_run_out() {
+        let a = assignments();
+        a.enqueue(queued(5, ""), linux(), 0, "");
+        let first = a.try_assign(&worker(1), "", &linux()).unwrap();
+        // Reporting keeps it alive past the first deadline.
+        tokio::time::advance(Duration::from_secs(9)).await;
+        a.still_running(&worker(1)).unwrap();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(a.expire(|_| linux()), 0);
+        // Then it goes silent: deadline (10 s) + grace (60 s) passes.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(a.expire(|_| linux()), 1);
+        assert_eq!(a.queued(), 1);
+        // The old worker's late completion is refused; a new one runs it.
+        assert_eq!(
+            a.complete(&worker(1), &digest(5), ExecuteResponse::default()),
+            Err(ReportError::NothingAssigned)
+        );
+        let second = a.try_assign(&worker(2), "", &linux()).unwrap();
+        assert_eq!(second.queued.retries, 1);
+        // max_retries = 1: losing this worker too fails the action.
+        tokio::time::advance(Duration::from_secs(71)).await;
+        assert_eq!(a.expire(|_| linux()), 1);
+        assert_eq!(a.queued(), 0);
+        let progress = first.queued.operation.watch().borrow().clone();
+        let crate::operation::Progress::Completed(response) = progress else {
+            panic!("not completed: {progress:?}");
+        };
+        assert_eq!(
+            response.status.unwrap().code,
+            tonic::Code::Unavailable as i32
+        );
+    }
+}
