@@ -27,6 +27,8 @@ pub struct Queued {
     pub action: Action,
     pub digest_function: i32,
     pub instance_name: String,
+    /// The platform it needs.
+    pub platform: PlatformKey,
     pub queued_at: std::time::SystemTime,
     /// Times it was given back after losing its worker.
     pub retries: u32,
@@ -95,9 +97,9 @@ impl Assignments {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues `queued` for workers of `platform`.
-    pub fn enqueue(&self, queued: Queued, platform: PlatformKey, priority: i32, invocation: &str) {
-        let key = (queued.instance_name.clone(), platform);
+    /// Queues `queued` for workers of its platform.
+    pub fn enqueue(&self, queued: Queued, priority: i32, invocation: &str) {
+        let key = (queued.instance_name.clone(), queued.platform.clone());
         self.lock()
             .queues
             .entry(key)
@@ -208,7 +210,7 @@ impl Assignments {
     /// actions are queued again ahead of everything else, or, past
     /// `max_retries`, completed with UNAVAILABLE. Returns how
     /// many workers were declared gone.
-    pub fn expire(&self, platform_of: impl Fn(&Queued) -> PlatformKey) -> usize {
+    pub fn expire(&self) -> usize {
         let now = Instant::now();
         let mut inner = self.lock();
         let gone: Vec<WorkerId> = inner
@@ -238,7 +240,7 @@ impl Assignments {
                 continue;
             }
             queued.retries += 1;
-            let key = (queued.instance_name.clone(), platform_of(&queued));
+            let key = (queued.instance_name.clone(), queued.platform.clone());
             // The lowest priority number: it has waited once already, so it
             // goes ahead of everything queued since.
             inner
@@ -299,6 +301,7 @@ mod tests {
             action: Action::default(),
             digest_function: 1,
             instance_name: instance.to_owned(),
+            platform: linux(),
             queued_at: std::time::SystemTime::UNIX_EPOCH,
             retries: 0,
         }
@@ -315,7 +318,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn actions_go_only_to_workers_of_their_platform_and_instance() {
         let a = assignments();
-        a.enqueue(queued(1, "main/team"), linux(), 0, "");
+        a.enqueue(queued(1, "main/team"), 0, "");
         let mac = PlatformKey::new([("OSFamily".to_owned(), "macos".to_owned())]);
         assert!(a.try_assign(&worker(1), "", &mac).is_none());
         assert!(a.try_assign(&worker(1), "other", &linux()).is_none());
@@ -343,7 +346,7 @@ mod tests {
         };
         let producer = async {
             tokio::time::sleep(Duration::from_secs(5)).await;
-            a.enqueue(queued(2, ""), linux(), 0, "");
+            a.enqueue(queued(2, ""), 0, "");
         };
         let (got, ()) = tokio::join!(waiter, producer);
         assert_eq!(got.unwrap().queued.action_digest, digest(2));
@@ -357,7 +360,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn completions_are_accepted_only_from_the_assigned_worker() {
         let a = assignments();
-        a.enqueue(queued(3, ""), linux(), 0, "");
+        a.enqueue(queued(3, ""), 0, "");
         let got = a.try_assign(&worker(1), "", &linux()).unwrap();
         assert_eq!(
             a.complete(&worker(2), &digest(3), ExecuteResponse::default()),
@@ -375,16 +378,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_worker_loses_its_action_then_retries_run_out() {
         let a = assignments();
-        a.enqueue(queued(5, ""), linux(), 0, "");
+        a.enqueue(queued(5, ""), 0, "");
         let first = a.try_assign(&worker(1), "", &linux()).unwrap();
         // Reporting keeps it alive past the first deadline.
         tokio::time::advance(Duration::from_secs(9)).await;
         a.still_running(&worker(1)).unwrap();
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert_eq!(a.expire(|_| linux()), 0);
+        assert_eq!(a.expire(), 0);
         // Then it goes silent: deadline (10 s) + grace (60 s) passes.
         tokio::time::advance(Duration::from_secs(11)).await;
-        assert_eq!(a.expire(|_| linux()), 1);
+        assert_eq!(a.expire(), 1);
         assert_eq!(a.queued(), 1);
         // The old worker's late completion is refused; a new one runs it.
         assert_eq!(
@@ -395,7 +398,7 @@ mod tests {
         assert_eq!(second.queued.retries, 1);
         // max_retries = 1: losing this worker too fails the action.
         tokio::time::advance(Duration::from_secs(71)).await;
-        assert_eq!(a.expire(|_| linux()), 1);
+        assert_eq!(a.expire(), 1);
         assert_eq!(a.queued(), 0);
         let progress = first.queued.operation.watch().borrow().clone();
         let crate::operation::Progress::Completed(response) = progress else {

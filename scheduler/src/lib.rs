@@ -11,6 +11,7 @@
 //!   queued again; completions only from the assigned worker.
 //! - [`config`] — `scheduler.toml`.
 //! - [`operation`] — operations, their watchers, in-flight deduplication.
+//! - [`operation_queue_service`] — `Synchronize` for workers.
 //! - [`queue`] — per-platform queues: priority, fairness, FIFO.
 //! - [`error`] — the crate's error type.
 //!
@@ -23,6 +24,7 @@ pub mod assignment;
 pub mod config;
 pub mod error;
 pub mod operation;
+pub mod operation_queue_service;
 pub mod queue;
 
 pub use config::Config;

@@ -1,0 +1,285 @@
+//! `buildbarn.remoteworker.OperationQueue.Synchronize`: how workers take
+//! actions and report on them, with Buildbarn's dynamics. An idle worker
+//! (or one reporting a completion) is held until work arrives or the poll
+//! ends; an executing worker is answered at once with its next deadline.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use corral_proto::protobuf::{Empty, Timestamp};
+use corral_proto::remoteworker::operation_queue_server::OperationQueue;
+use corral_proto::remoteworker::{
+    current_state, desired_state, DesiredState, SynchronizeRequest, SynchronizeResponse,
+};
+use tonic::{Request, Response, Status};
+use tracing::{debug, warn};
+
+use crate::assignment::{Assignment, Assignments, WorkerId};
+use crate::queue::PlatformKey;
+
+/// The Synchronize service over shared [`Assignments`].
+pub struct OperationQueueService {
+    assignments: Arc<Assignments>,
+    /// How long an idle worker's call is held waiting for work.
+    long_poll: Duration,
+}
+
+impl OperationQueueService {
+    pub fn new(assignments: Arc<Assignments>, long_poll: Duration) -> Self {
+        Self {
+            assignments,
+            long_poll,
+        }
+    }
+}
+
+fn timestamp(at: SystemTime) -> Timestamp {
+    let since = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn executing(assignment: Assignment) -> DesiredState {
+    let queued = assignment.queued;
+    DesiredState {
+        worker_state: Some(desired_state::WorkerState::Executing(
+            desired_state::Executing {
+                action_digest: Some(queued.action_digest),
+                action: Some(queued.action),
+                queued_timestamp: Some(timestamp(queued.queued_at)),
+                instance_name_suffix: assignment.instance_name_suffix,
+                digest_function: queued.digest_function,
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+#[tonic::async_trait]
+impl OperationQueue for OperationQueueService {
+    #[tracing::instrument(skip_all, fields(worker = ?request.get_ref().worker_id))]
+    async fn synchronize(
+        &self,
+        request: Request<SynchronizeRequest>,
+    ) -> Result<Response<SynchronizeResponse>, Status> {
+        let req = request.into_inner();
+        if req.worker_id.is_empty() {
+            return Err(Status::invalid_argument("worker_id must name the worker"));
+        }
+        let worker: WorkerId = req.worker_id.into_iter().collect();
+        let platform = PlatformKey::new(
+            req.platform
+                .into_iter()
+                .flat_map(|p| p.properties)
+                .map(|p| (p.name, p.value)),
+        );
+        // Cheap, and every call is a chance to notice a silent worker.
+        let gone = self.assignments.expire();
+        if gone > 0 {
+            warn!(
+                gone,
+                "workers stopped synchronizing; their actions were queued again"
+            );
+        }
+        let state = req.current_state.and_then(|s| s.worker_state);
+        let next_sync = SystemTime::now() + self.assignments.next_report_in();
+        let answer = |desired: Option<DesiredState>| {
+            Response::new(SynchronizeResponse {
+                next_synchronization_at: Some(timestamp(next_sync)),
+                desired_state: desired,
+            })
+        };
+        match state {
+            Some(current_state::WorkerState::Executing(_)) => {
+                return Ok(match self.assignments.still_running(&worker) {
+                    Ok(()) => answer(None),
+                    // Its action was given to another worker meanwhile.
+                    Err(_) => answer(Some(DesiredState {
+                        worker_state: Some(desired_state::WorkerState::Idle(Empty {})),
+                    })),
+                });
+            }
+            Some(current_state::WorkerState::Completed(done)) => {
+                let (Some(digest), Some(response)) = (done.action_digest, done.execute_response)
+                else {
+                    return Err(Status::invalid_argument(
+                        "completed needs action_digest and execute_response",
+                    ));
+                };
+                if let Err(err) = self.assignments.complete(&worker, &digest, response) {
+                    // A late result from a worker declared gone: the action
+                    // runs (or ran) elsewhere; this report changes nothing.
+                    debug!(error = %err, "completion refused");
+                }
+            }
+            Some(current_state::WorkerState::Idle(_)) | None => {}
+        }
+        if req.prefer_being_idle {
+            return Ok(answer(None));
+        }
+        let assignment = self
+            .assignments
+            .next_assignment(
+                &worker,
+                &req.instance_name_prefix,
+                &platform,
+                self.long_poll,
+            )
+            .await;
+        Ok(answer(assignment.map(executing)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use corral_proto::reapi::{platform::Property, Action, Digest, ExecuteResponse, Platform};
+    use corral_proto::remoteworker::CurrentState;
+
+    use super::*;
+    use crate::assignment::Queued;
+    use crate::operation::{Operation, Progress};
+
+    fn digest(n: u8) -> Digest {
+        Digest {
+            hash: format!("{n:02x}").repeat(32),
+            size_bytes: 1,
+        }
+    }
+
+    fn linux() -> Platform {
+        Platform {
+            properties: vec![Property {
+                name: "OSFamily".into(),
+                value: "linux".into(),
+            }],
+        }
+    }
+
+    fn service() -> (OperationQueueService, Arc<Assignments>) {
+        let a = Arc::new(Assignments::new(
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            2,
+        ));
+        (
+            OperationQueueService::new(Arc::clone(&a), Duration::from_secs(30)),
+            a,
+        )
+    }
+
+    fn enqueue(a: &Assignments, n: u8) -> Arc<Operation> {
+        let operation = Arc::new(Operation::new(format!("operations/{n}"), digest(n), 1));
+        a.enqueue(
+            Queued {
+                operation: Arc::clone(&operation),
+                action_digest: digest(n),
+                action: Action::default(),
+                digest_function: 1,
+                instance_name: "main".into(),
+                platform: PlatformKey::new([("OSFamily".into(), "linux".into())]),
+                queued_at: SystemTime::UNIX_EPOCH,
+                retries: 0,
+            },
+            0,
+            "",
+        );
+        operation
+    }
+
+    fn request(state: current_state::WorkerState) -> Request<SynchronizeRequest> {
+        Request::new(SynchronizeRequest {
+            worker_id: BTreeMap::from([("slot".to_owned(), "1".to_owned())]),
+            instance_name_prefix: "main".into(),
+            platform: Some(linux()),
+            current_state: Some(CurrentState {
+                worker_state: Some(state),
+            }),
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_takes_an_action_reports_and_completes_it() {
+        let (svc, a) = service();
+        let operation = enqueue(&a, 1);
+        let response = svc
+            .synchronize(request(current_state::WorkerState::Idle(Empty {})))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(desired_state::WorkerState::Executing(exec)) =
+            response.desired_state.unwrap().worker_state
+        else {
+            panic!("no action given");
+        };
+        assert_eq!(exec.action_digest, Some(digest(1)));
+        assert_eq!(exec.instance_name_suffix, "");
+        assert!(response.next_synchronization_at.is_some());
+
+        let running = current_state::WorkerState::Executing(current_state::Executing {
+            action_digest: Some(digest(1)),
+            execution_state: Some(current_state::executing::ExecutionState::Running(Empty {})),
+        });
+        let response = svc
+            .synchronize(request(running))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(response.desired_state.is_none(), "carry on executing");
+
+        let done = current_state::WorkerState::Completed(current_state::Completed {
+            action_digest: Some(digest(1)),
+            execute_response: Some(ExecuteResponse {
+                message: "done".into(),
+                ..Default::default()
+            }),
+        });
+        // Nothing more queued: the completion call long-polls, then ends.
+        let response = svc.synchronize(request(done)).await.unwrap().into_inner();
+        assert!(response.desired_state.is_none());
+        let progress = operation.watch().borrow().clone();
+        let Progress::Completed(result) = progress else {
+            panic!("not completed");
+        };
+        assert_eq!(result.message, "done");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_that_lost_its_action_is_told_to_be_idle() {
+        let (svc, _a) = service();
+        let running = current_state::WorkerState::Executing(current_state::Executing {
+            action_digest: Some(digest(9)),
+            execution_state: None,
+        });
+        let response = svc
+            .synchronize(request(running))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(matches!(
+            response.desired_state.unwrap().worker_state,
+            Some(desired_state::WorkerState::Idle(_))
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_preferring_idle_gets_no_work_and_a_nameless_one_is_refused() {
+        let (svc, a) = service();
+        enqueue(&a, 2);
+        let mut req = request(current_state::WorkerState::Idle(Empty {}));
+        req.get_mut().prefer_being_idle = true;
+        let response = svc.synchronize(req).await.unwrap().into_inner();
+        assert!(response.desired_state.is_none());
+        assert_eq!(a.queued(), 1);
+        let mut req = request(current_state::WorkerState::Idle(Empty {}));
+        req.get_mut().worker_id.clear();
+        let err = svc.synchronize(req).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+}
