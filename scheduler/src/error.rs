@@ -1,8 +1,24 @@
 //! The scheduler's errors.
 
+use std::net::SocketAddr;
+
 /// Everything that can go wrong in the scheduler.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid configuration: {field}: {reason}")]
     InvalidConfig { field: &'static str, reason: String },
+    #[error("invalid storage endpoint {endpoint:?}")]
+    StorageEndpoint {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("failed to read the listener's address")]
+    ListenerAddress(#[source] std::io::Error),
+    #[error("serving on {addr} failed")]
+    Serve {
+        addr: SocketAddr,
+        #[source]
+        source: tonic::transport::Error,
+    },
 }

@@ -1,0 +1,297 @@
+//! REAPI `Execution`: Execute checks an action, answers from the Action
+//! Cache when it can, merges it with an identical one in flight or queues
+//! it, and streams the operation until it completes; WaitExecution joins
+//! an operation by name.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use corral_proto::longrunning::Operation as ProtoOperation;
+use corral_proto::precondition;
+use corral_proto::protobuf;
+use corral_proto::reapi::execution_server::Execution;
+use corral_proto::reapi::{
+    Action, Command, Digest, ExecuteRequest, ExecuteResponse, RequestMetadata, WaitExecutionRequest,
+};
+use futures_util::Stream;
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::action::{check_command, platform, timeout};
+use crate::assignment::{Assignments, Queued};
+use crate::operation::{DedupKey, Operation, Operations, Progress};
+use crate::storage_client::StorageClient;
+
+/// The gRPC header carrying `RequestMetadata` (REAPI).
+const REQUEST_METADATA_HEADER: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
+
+type OperationStream = Pin<Box<dyn Stream<Item = Result<ProtoOperation, Status>> + Send>>;
+
+/// The Execution service.
+pub struct ExecutionService {
+    storage: StorageClient,
+    assignments: Arc<Assignments>,
+    operations: Arc<Mutex<Operations>>,
+    default_timeout: Duration,
+    max_timeout: Duration,
+    ids: IdSource,
+}
+
+/// Operation names: unique per scheduler process.
+struct IdSource {
+    seed: u64,
+    next: AtomicU64,
+}
+
+impl IdSource {
+    fn new() -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self {
+            seed: nanos ^ u64::from(std::process::id()).rotate_left(32),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    fn name(&self) -> String {
+        format!(
+            "operations/{:016x}-{:08x}",
+            self.seed,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+impl ExecutionService {
+    pub fn new(
+        storage: StorageClient,
+        assignments: Arc<Assignments>,
+        operations: Arc<Mutex<Operations>>,
+        default_timeout: Duration,
+        max_timeout: Duration,
+    ) -> Self {
+        Self {
+            storage,
+            assignments,
+            operations,
+            default_timeout,
+            max_timeout,
+            ids: IdSource::new(),
+        }
+    }
+
+    fn operations(&self) -> std::sync::MutexGuard<'_, Operations> {
+        self.operations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A digest the client sent: present, lowercase hex of 64 digits (SHA-256
+/// and BLAKE3 both), non-negative size.
+fn check_digest(field: &str, digest: Option<&Digest>) -> Result<Digest, Status> {
+    let digest = digest.ok_or_else(|| Status::invalid_argument(format!("{field} is missing")))?;
+    let hex_ok = digest.hash.len() == 64
+        && digest
+            .hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !hex_ok || digest.size_bytes < 0 {
+        return Err(Status::invalid_argument(format!(
+            "{field} {}/{} is not a valid digest",
+            digest.hash, digest.size_bytes
+        )));
+    }
+    Ok(digest.clone())
+}
+
+fn find<'a>(found: &'a [(Digest, Vec<u8>)], digest: &Digest) -> Option<&'a [u8]> {
+    found
+        .iter()
+        .find(|(d, _)| d == digest)
+        .map(|(_, data)| data.as_slice())
+}
+
+/// Where a client's stream of one operation is.
+enum Follow {
+    First,
+    Next,
+    Done,
+}
+
+/// Streams `operation` from its current stage to its completion
+/// (inclusive), then ends.
+fn follow(operation: Arc<Operation>) -> OperationStream {
+    let receiver = operation.watch();
+    let stream = futures_util::stream::unfold(
+        (operation, receiver, Follow::First),
+        |(operation, mut receiver, at)| async move {
+            match at {
+                Follow::Done => return None,
+                Follow::First => {}
+                // The sender lives in the operation we hold: changed()
+                // fails only if it is gone, which ends the stream.
+                Follow::Next => receiver.changed().await.ok()?,
+            }
+            let progress = receiver.borrow_and_update().clone();
+            let next = if matches!(progress, Progress::Completed(_)) {
+                Follow::Done
+            } else {
+                Follow::Next
+            };
+            let item = Ok(operation.to_proto(&progress));
+            Some((item, (operation, receiver, next)))
+        },
+    );
+    Box::pin(stream)
+}
+
+/// The tool invocation a request belongs to, for fairness.
+fn invocation<T>(request: &Request<T>) -> String {
+    request
+        .metadata()
+        .get_bin(REQUEST_METADATA_HEADER)
+        .and_then(|v| v.to_bytes().ok())
+        .and_then(|bytes| RequestMetadata::decode(bytes.as_ref()).ok())
+        .map(|m| m.tool_invocation_id)
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl Execution for ExecutionService {
+    type ExecuteStream = OperationStream;
+    type WaitExecutionStream = OperationStream;
+
+    #[tracing::instrument(skip_all, fields(action = tracing::field::Empty, instance = %request.get_ref().instance_name))]
+    async fn execute(
+        &self,
+        request: Request<ExecuteRequest>,
+    ) -> Result<Response<OperationStream>, Status> {
+        let invocation = invocation(&request);
+        let req = request.into_inner();
+        let instance = req.instance_name.clone();
+        let function = req.digest_function;
+        let action_digest = check_digest("action_digest", req.action_digest.as_ref())?;
+        tracing::Span::current().record(
+            "action",
+            format!("{}/{}", action_digest.hash, action_digest.size_bytes),
+        );
+
+        let fetched = self
+            .storage
+            .fetch(&instance, function, std::slice::from_ref(&action_digest))
+            .await?;
+        if !fetched.missing.is_empty() {
+            return Err(precondition::missing_blobs(
+                "the Action is not in the CAS",
+                &fetched.missing,
+            ));
+        }
+        let mut action = find(&fetched.found, &action_digest)
+            .ok_or_else(|| Status::internal("storage returned another blob than asked"))
+            .and_then(|bytes| {
+                Action::decode(bytes).map_err(|e| {
+                    Status::invalid_argument(format!("action_digest is not an Action: {e}"))
+                })
+            })?;
+        let command_digest = check_digest("action.command_digest", action.command_digest.as_ref())?;
+        let input_root = check_digest(
+            "action.input_root_digest",
+            action.input_root_digest.as_ref(),
+        )?;
+        let fetched = self
+            .storage
+            .fetch(&instance, function, std::slice::from_ref(&command_digest))
+            .await?;
+        let mut missing = fetched.missing;
+        missing.extend(
+            self.storage
+                .find_missing(&instance, function, &[input_root])
+                .await?,
+        );
+        if !missing.is_empty() {
+            return Err(precondition::missing_blobs(
+                "blobs the action needs are not in the CAS",
+                &missing,
+            ));
+        }
+        let command = find(&fetched.found, &command_digest)
+            .ok_or_else(|| Status::internal("storage returned another blob than asked"))
+            .and_then(|bytes| {
+                Command::decode(bytes).map_err(|e| {
+                    Status::invalid_argument(format!("action.command_digest is not a Command: {e}"))
+                })
+            })?;
+        check_command(&command).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let run_for = timeout(
+            action.timeout.as_ref(),
+            self.default_timeout,
+            self.max_timeout,
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        action.timeout = Some(protobuf::Duration {
+            seconds: run_for.as_secs() as i64,
+            nanos: run_for.subsec_nanos() as i32,
+        });
+
+        if !req.skip_cache_lookup {
+            if let Some(result) = self
+                .storage
+                .cached_result(&instance, function, &action_digest)
+                .await?
+            {
+                let operation = Arc::new(Operation::new(self.ids.name(), action_digest, function));
+                operation.complete(ExecuteResponse {
+                    result: Some(result),
+                    cached_result: true,
+                    ..Default::default()
+                });
+                return Ok(Response::new(follow(operation)));
+            }
+        }
+
+        let key = (!action.do_not_cache).then(|| DedupKey {
+            instance: instance.clone(),
+            digest_function: function,
+            action_hash: action_digest.hash.clone(),
+            action_size: action_digest.size_bytes,
+        });
+        let platform = platform(&action, &command);
+        let priority = req.execution_policy.map_or(0, |p| p.priority);
+        let (operation, new) = self.operations().join_or_create(key, || {
+            Operation::new(self.ids.name(), action_digest.clone(), function)
+        });
+        if new {
+            self.assignments.enqueue(
+                Queued {
+                    operation: Arc::clone(&operation),
+                    action_digest,
+                    action,
+                    digest_function: function,
+                    instance_name: instance,
+                    platform,
+                    queued_at: SystemTime::now(),
+                    retries: 0,
+                },
+                priority,
+                &invocation,
+            );
+        }
+        Ok(Response::new(follow(operation)))
+    }
+
+    async fn wait_execution(
+        &self,
+        request: Request<WaitExecutionRequest>,
+    ) -> Result<Response<OperationStream>, Status> {
+        let name = request.into_inner().name;
+        let operation = self
+            .operations()
+            .get(&name)
+            .ok_or_else(|| Status::not_found(format!("no operation {name}")))?;
+        Ok(Response::new(follow(operation)))
+    }
+}
