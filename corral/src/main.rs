@@ -10,6 +10,7 @@ mod config;
 mod observability;
 mod runner;
 mod sandbox;
+mod scheduler;
 mod shutdown;
 mod storage;
 mod up;
@@ -44,8 +45,8 @@ struct Cli {
 enum Command {
     /// Run a whole farm on this machine: storage, scheduler, worker, runner.
     Up(up::UpArgs),
-    /// Run the scheduler alone.
-    Scheduler(DaemonArgs),
+    /// Run the scheduler alone: REAPI Execution and the worker protocol.
+    Scheduler(scheduler::SchedulerArgs),
     /// Run a worker alone.
     Worker(DaemonArgs),
     /// Run a runner alone: the sandbox behind the runner protocol.
@@ -83,11 +84,7 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Up(args) => up::run(&args),
-        Command::Scheduler(args) => {
-            let cfg: corral_scheduler::Config = config::load(args.config.as_deref())?;
-            cfg.validate()?;
-            Ok(not_yet("scheduler", 5))
-        }
+        Command::Scheduler(args) => scheduler::run(args),
         Command::Worker(args) => {
             let cfg: corral_worker::Config = config::load(args.config.as_deref())?;
             cfg.validate()?;

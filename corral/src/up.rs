@@ -29,10 +29,14 @@ pub struct UpArgs {
     pub workers: Option<usize>,
 }
 
-/// Parts of a farm that do not exist yet, with their issue.
-const MISSING: &[(&str, u32)] = &[
-    ("scheduler (Execution, Operations, worker protocol)", 5),
-    ("worker", 6),
+/// Parts of a farm `corral up` does not run yet, and why, with their issue.
+const MISSING: &[(&str, &str, u32)] = &[
+    (
+        "scheduler (Execution, worker protocol)",
+        "runs alone with `corral scheduler`; joins `corral up` with the worker",
+        5,
+    ),
+    ("worker", "not implemented yet", 6),
 ];
 
 pub fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
@@ -77,8 +81,8 @@ pub fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
             "  runner: ready at {} ({slots} slot(s) once the worker exists)",
             runner.listen_path.display()
         );
-        for (part, issue) in MISSING {
-            eprintln!("  {part}: not implemented yet (issue #{issue})");
+        for (part, status, issue) in MISSING {
+            eprintln!("  {part}: {status} (issue #{issue})");
         }
         eprintln!("Use it as a remote cache now:");
         eprintln!("  bazel build --remote_cache=grpc://{} //...", args.listen);
