@@ -32,7 +32,7 @@ pub fn run(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         cfg.listen = listen;
     }
     if let Some(storage) = args.storage {
-        cfg.storage = Some(storage);
+        cfg.storage = storage;
     }
     cfg.validate()?;
     shutdown::runtime()?.block_on(async {

@@ -1,6 +1,8 @@
 //! Matching queued actions with workers, and keeping track of what each
 //! worker runs, so that a worker that goes silent has its action queued
-//! again and a completion is accepted only from the worker assigned.
+//! again and a completion is accepted only from the worker assigned. It
+//! also remembers which platforms live workers offer, so that actions no
+//! worker can take fail after a grace period instead of waiting forever.
 //!
 //! Time comes from `tokio::time`, so tests run on paused time.
 
@@ -14,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::operation::Operation;
 use crate::queue::{PlatformKey, Queue};
+use crate::timing::Timing;
 
 /// A worker (or one build slot of one), as its `worker_id` map names it.
 pub type WorkerId = BTreeMap<String, String>;
@@ -58,10 +61,68 @@ struct Running {
     deadline: Instant,
 }
 
+/// What a worker announced the last time it synchronized.
+#[derive(Debug)]
+struct Seen {
+    prefix: String,
+    platform: PlatformKey,
+    at: Instant,
+}
+
+/// A queue: an instance name and a platform.
+type QueueKey = (String, PlatformKey);
+
 #[derive(Debug, Default)]
 struct Inner {
-    queues: HashMap<(String, PlatformKey), Queue<Queued>>,
+    queues: HashMap<QueueKey, Queue<Queued>>,
     running: HashMap<WorkerId, Running>,
+    workers: HashMap<WorkerId, Seen>,
+    /// Non-empty queues no live worker serves, since when.
+    unserved_since: HashMap<QueueKey, Instant>,
+}
+
+impl Inner {
+    /// Forgets workers silent for longer than `liveness`.
+    fn forget_silent_workers(&mut self, now: Instant, liveness: Duration) {
+        self.workers
+            .retain(|_, seen| now.duration_since(seen.at) <= liveness);
+    }
+
+    fn served(&self, (instance, platform): &QueueKey) -> bool {
+        self.workers
+            .values()
+            .any(|w| w.platform == *platform && instance_matches(&w.prefix, instance))
+    }
+
+    /// The platforms live workers offer, sorted, for messages.
+    fn offered(&self) -> Vec<String> {
+        let mut offered: Vec<String> = self
+            .workers
+            .values()
+            .map(|w| {
+                if w.prefix.is_empty() {
+                    w.platform.to_string()
+                } else {
+                    format!("{} (instance {:?})", w.platform, w.prefix)
+                }
+            })
+            .collect();
+        offered.sort();
+        offered.dedup();
+        offered
+    }
+}
+
+/// The status of an operation ended by the scheduler, not a worker.
+fn status(code: tonic::Code, message: String) -> ExecuteResponse {
+    ExecuteResponse {
+        status: Some(corral_proto::rpc::Status {
+            code: code as i32,
+            message,
+            details: Vec::new(),
+        }),
+        ..Default::default()
+    }
 }
 
 /// The queues and the running actions of a scheduler.
@@ -73,6 +134,9 @@ pub struct Assignments {
     sync_interval: Duration,
     /// Grace past a missed report before the worker is gone.
     worker_timeout: Duration,
+    /// How long after its last call a worker still counts as offering
+    /// its platform: a whole long poll, plus the same grace.
+    liveness: Duration,
     max_retries: u32,
 }
 
@@ -81,14 +145,26 @@ fn digest_text(d: &Digest) -> String {
 }
 
 impl Assignments {
-    pub fn new(sync_interval: Duration, worker_timeout: Duration, max_retries: u32) -> Self {
+    pub fn new(timing: &Timing, max_retries: u32) -> Self {
         Self {
             inner: Mutex::default(),
             work: Notify::new(),
-            sync_interval,
-            worker_timeout,
+            sync_interval: timing.sync_interval,
+            worker_timeout: timing.worker_timeout,
+            liveness: timing.long_poll.max(timing.sync_interval) + timing.worker_timeout,
             max_retries,
         }
+    }
+
+    /// `worker` synchronized, serving instance names under `prefix` with
+    /// `platform`.
+    pub fn saw_worker(&self, worker: &WorkerId, prefix: &str, platform: &PlatformKey) {
+        let seen = Seen {
+            prefix: prefix.to_owned(),
+            platform: platform.clone(),
+            at: Instant::now(),
+        };
+        self.lock().workers.insert(worker.clone(), seen);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -124,7 +200,9 @@ impl Assignments {
                 p == platform && instance_matches(prefix, instance) && !q.is_empty()
             })
             .map(|(k, _)| k.clone())?;
-        let queued = inner.queues.get_mut(&key)?.pop()?;
+        let queue = inner.queues.get_mut(&key)?;
+        // Cancelled operations may still sit in the queue: skip them.
+        let queued = std::iter::from_fn(|| queue.pop()).find(|q| !q.operation.is_completed())?;
         queued.operation.executing();
         let suffix = suffix(prefix, &queued.instance_name);
         inner.running.insert(
@@ -225,18 +303,13 @@ impl Assignments {
             };
             let mut queued = running.queued;
             if queued.retries >= self.max_retries {
-                let status = corral_proto::rpc::Status {
-                    code: tonic::Code::Unavailable as i32,
-                    message: format!(
+                queued.operation.complete(status(
+                    tonic::Code::Unavailable,
+                    format!(
                         "the action lost its worker {} times; giving up",
                         queued.retries + 1
                     ),
-                    details: Vec::new(),
-                };
-                queued.operation.complete(ExecuteResponse {
-                    status: Some(status),
-                    ..Default::default()
-                });
+                ));
                 continue;
             }
             queued.retries += 1;
@@ -253,6 +326,83 @@ impl Assignments {
             self.work.notify_waiters();
         }
         gone.len()
+    }
+
+    /// Fails the actions of every queue no live worker has served for
+    /// `grace`, naming their platform and the platforms workers offer.
+    /// Returns how many actions failed.
+    pub fn fail_unserved(&self, grace: Duration) -> usize {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.forget_silent_workers(now, self.liveness);
+        let waiting: Vec<QueueKey> = inner
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut unserved = HashMap::new();
+        for key in waiting {
+            if !inner.served(&key) {
+                let since = inner.unserved_since.get(&key).copied().unwrap_or(now);
+                unserved.insert(key, since);
+            }
+        }
+        inner.unserved_since = unserved;
+        let expired: Vec<QueueKey> = inner
+            .unserved_since
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= grace)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if expired.is_empty() {
+            return 0;
+        }
+        let offered = inner.offered();
+        let offered = if offered.is_empty() {
+            "no worker is connected".to_owned()
+        } else {
+            format!("workers offer: {}", offered.join("; "))
+        };
+        let mut failed = 0;
+        for key in expired {
+            inner.unserved_since.remove(&key);
+            let Some(mut queue) = inner.queues.remove(&key) else {
+                continue;
+            };
+            let (instance, platform) = &key;
+            let message = format!(
+                "no worker offers platform {platform} for instance {instance:?} \
+                 (waited {}s); {offered}",
+                grace.as_secs()
+            );
+            while let Some(queued) = queue.pop() {
+                if queued
+                    .operation
+                    .complete(status(tonic::Code::FailedPrecondition, message.clone()))
+                {
+                    failed += 1;
+                }
+            }
+        }
+        failed
+    }
+
+    /// Ends `operation` with CANCELLED: out of its queue, and its worker,
+    /// if it has one, is told to stop at its next synchronization.
+    pub fn cancel(&self, operation: &Operation, why: &str) -> bool {
+        let mut inner = self.lock();
+        let same = |q: &Queued| std::ptr::eq(Arc::as_ptr(&q.operation), operation);
+        for queue in inner.queues.values_mut() {
+            queue.remove_where(same);
+        }
+        inner.running.retain(|_, r| !same(&r.queued));
+        operation.complete(status(tonic::Code::Cancelled, why.to_owned()))
+    }
+
+    /// Whether `worker` runs an action (and so must keep reporting).
+    pub fn is_running(&self, worker: &WorkerId) -> bool {
+        self.lock().running.contains_key(worker)
     }
 
     /// Queued actions, over all queues.
@@ -312,7 +462,16 @@ mod tests {
     }
 
     fn assignments() -> Assignments {
-        Assignments::new(Duration::from_secs(10), Duration::from_secs(60), 1)
+        let timing = Timing {
+            sync_interval: Duration::from_secs(10),
+            long_poll: Duration::from_secs(30),
+            worker_timeout: Duration::from_secs(60),
+            platform_grace: Duration::from_secs(60),
+            unwatched_grace: Duration::from_secs(60),
+            keep_completed: Duration::from_secs(60),
+            sweep_every: Duration::from_secs(1),
+        };
+        Assignments::new(&timing, 1)
     }
 
     #[tokio::test(start_paused = true)]
@@ -408,5 +567,76 @@ mod tests {
             response.status.unwrap().code,
             tonic::Code::Unavailable as i32
         );
+    }
+
+    fn failure(operation: &Operation) -> corral_proto::rpc::Status {
+        let progress = operation.watch().borrow().clone();
+        let crate::operation::Progress::Completed(response) = progress else {
+            panic!("not completed: {progress:?}");
+        };
+        response.status.unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_action_no_worker_can_take_fails_after_the_grace_naming_platforms() {
+        let a = assignments();
+        let grace = Duration::from_secs(60);
+        let mut mac = queued(6, "main");
+        mac.platform = PlatformKey::new([("OSFamily".to_owned(), "macos".to_owned())]);
+        let operation = Arc::clone(&mac.operation);
+        a.enqueue(mac, 0, "");
+        a.enqueue(queued(7, "main"), 0, "");
+        a.saw_worker(&worker(1), "", &linux());
+        assert_eq!(a.fail_unserved(grace), 0, "the grace starts now");
+        tokio::time::advance(Duration::from_secs(59)).await;
+        a.saw_worker(&worker(1), "", &linux());
+        assert_eq!(a.fail_unserved(grace), 0);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(a.fail_unserved(grace), 1);
+        let status = failure(&operation);
+        assert_eq!(status.code, tonic::Code::FailedPrecondition as i32);
+        assert_eq!(
+            status.message,
+            "no worker offers platform {OSFamily=macos} for instance \"main\" (waited 60s); \
+             workers offer: {OSFamily=linux}"
+        );
+        // The linux action, served all along, is still queued.
+        assert_eq!(a.queued(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_arriving_within_the_grace_saves_the_action() {
+        let a = assignments();
+        let grace = Duration::from_secs(60);
+        a.enqueue(queued(8, ""), 0, "");
+        assert_eq!(a.fail_unserved(grace), 0);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        a.saw_worker(&worker(1), "", &linux());
+        assert_eq!(a.fail_unserved(grace), 0);
+        // The worker then vanishes: its liveness (30 + 60 s) runs out and
+        // the grace starts again from there.
+        tokio::time::advance(Duration::from_secs(91)).await;
+        assert_eq!(a.fail_unserved(grace), 0);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(a.fail_unserved(grace), 1);
+        assert!(a.try_assign(&worker(1), "", &linux()).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_action_leaves_its_queue_and_its_worker() {
+        let a = assignments();
+        let first = queued(9, "");
+        let queued_op = Arc::clone(&first.operation);
+        a.enqueue(first, 0, "");
+        assert!(a.cancel(&queued_op, "nobody waits"));
+        assert!(a.try_assign(&worker(1), "", &linux()).is_none());
+        assert_eq!(failure(&queued_op).code, tonic::Code::Cancelled as i32);
+
+        a.enqueue(queued(10, ""), 0, "");
+        let running = a.try_assign(&worker(1), "", &linux()).unwrap();
+        assert!(a.is_running(&worker(1)));
+        assert!(a.cancel(&running.queued.operation, "cancelled"));
+        assert!(!a.is_running(&worker(1)), "the worker will be told to stop");
+        assert!(!a.cancel(&running.queued.operation, "twice"));
     }
 }

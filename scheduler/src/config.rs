@@ -14,9 +14,11 @@ use crate::error::Error;
 pub struct Config {
     /// Address clients and workers connect to. Default `127.0.0.1:8980`.
     pub listen: SocketAddr,
-    /// Storage endpoint for the Action Cache and CAS. Default: the storage
-    /// served in the same process by `corral up`.
-    pub storage: Option<String>,
+    /// Storage endpoint the scheduler reads Actions, Commands and the
+    /// Action Cache from (it never writes). Connected on first use.
+    /// Default `http://127.0.0.1:8980`: storage on the same port, as
+    /// `corral up` serves it. Change it when storage runs elsewhere.
+    pub storage: String,
     /// Execution timeout, in seconds, for actions that set none. Default 900.
     pub default_timeout_s: u64,
     /// Largest execution timeout, in seconds, an action may ask for.
@@ -32,18 +34,24 @@ pub struct Config {
     /// platform to appear before failing with FAILED_PRECONDITION.
     /// Default 60.
     pub platform_grace_s: u64,
+    /// How long, in seconds, a queued or executing action survives with
+    /// no client waiting on it (every Execute and WaitExecution stream
+    /// gone) before it is cancelled and its worker told to stop.
+    /// Default 60.
+    pub unwatched_grace_s: u64,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8980)),
-            storage: None,
+            storage: "http://127.0.0.1:8980".to_owned(),
             default_timeout_s: 900,
             max_timeout_s: 3600,
             worker_timeout_s: 60,
             max_retries: 3,
             platform_grace_s: 60,
+            unwatched_grace_s: 60,
         }
     }
 }
@@ -58,6 +66,12 @@ impl Config {
                     "must be between 1 and max_timeout_s ({}), got {}",
                     self.max_timeout_s, self.default_timeout_s
                 ),
+            });
+        }
+        if self.storage.is_empty() {
+            return Err(Error::InvalidConfig {
+                field: "storage",
+                reason: "must name an endpoint such as http://127.0.0.1:8980".to_owned(),
             });
         }
         Ok(())

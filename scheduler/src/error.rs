@@ -13,6 +13,8 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error("the scheduler must be built inside a tokio runtime")]
+    NoRuntime(#[source] tokio::runtime::TryCurrentError),
     #[error("failed to read the listener's address")]
     ListenerAddress(#[source] std::io::Error),
     #[error("serving on {addr} failed")]

@@ -4,7 +4,6 @@
 //! an operation by name.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -21,8 +20,11 @@ use tonic::{Request, Response, Status};
 
 use crate::action::{check_command, platform, timeout};
 use crate::assignment::{Assignments, Queued};
+use crate::capabilities_service::PRIORITIES;
 use crate::operation::{DedupKey, Operation, Operations, Progress};
+use crate::operation_ids::OperationIds;
 use crate::storage_client::StorageClient;
+use crate::task::AbortOnDrop;
 
 /// The gRPC header carrying `RequestMetadata` (REAPI).
 const REQUEST_METADATA_HEADER: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
@@ -34,35 +36,11 @@ pub struct ExecutionService {
     storage: StorageClient,
     assignments: Arc<Assignments>,
     operations: Arc<Mutex<Operations>>,
+    ids: Arc<dyn OperationIds>,
     default_timeout: Duration,
     max_timeout: Duration,
-    ids: IdSource,
-}
-
-/// Operation names: unique per scheduler process.
-struct IdSource {
-    seed: u64,
-    next: AtomicU64,
-}
-
-impl IdSource {
-    fn new() -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        Self {
-            seed: nanos ^ u64::from(std::process::id()).rotate_left(32),
-            next: AtomicU64::new(0),
-        }
-    }
-
-    fn name(&self) -> String {
-        format!(
-            "operations/{:016x}-{:08x}",
-            self.seed,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        )
-    }
+    /// Keeps the background sweep running while this service is served.
+    _sweeper: Option<Arc<AbortOnDrop>>,
 }
 
 impl ExecutionService {
@@ -70,6 +48,7 @@ impl ExecutionService {
         storage: StorageClient,
         assignments: Arc<Assignments>,
         operations: Arc<Mutex<Operations>>,
+        ids: Arc<dyn OperationIds>,
         default_timeout: Duration,
         max_timeout: Duration,
     ) -> Self {
@@ -77,10 +56,17 @@ impl ExecutionService {
             storage,
             assignments,
             operations,
+            ids,
             default_timeout,
             max_timeout,
-            ids: IdSource::new(),
+            _sweeper: None,
         }
+    }
+
+    /// Ties the background sweep's life to this service's.
+    pub fn with_sweeper(mut self, sweeper: Arc<AbortOnDrop>) -> Self {
+        self._sweeper = Some(sweeper);
+        self
     }
 
     fn operations(&self) -> std::sync::MutexGuard<'_, Operations> {
@@ -124,7 +110,7 @@ enum Follow {
 
 /// Streams `operation` from its current stage to its completion
 /// (inclusive), then ends.
-fn follow(operation: Arc<Operation>) -> OperationStream {
+pub fn follow(operation: Arc<Operation>) -> OperationStream {
     let receiver = operation.watch();
     let stream = futures_util::stream::unfold(
         (operation, receiver, Follow::First),
@@ -174,6 +160,8 @@ impl Execution for ExecutionService {
         let req = request.into_inner();
         let instance = req.instance_name.clone();
         let function = req.digest_function;
+        corral_storage::DigestFunction::from_proto(function)
+            .map_err(|e| Status::invalid_argument(format!("digest_function: {e}")))?;
         let action_digest = check_digest("action_digest", req.action_digest.as_ref())?;
         tracing::Span::current().record(
             "action",
@@ -243,12 +231,19 @@ impl Execution for ExecutionService {
                 .cached_result(&instance, function, &action_digest)
                 .await?
             {
-                let operation = Arc::new(Operation::new(self.ids.name(), action_digest, function));
+                let operation = Arc::new(Operation::new(
+                    self.ids.next_name(),
+                    action_digest,
+                    function,
+                ));
                 operation.complete(ExecuteResponse {
                     result: Some(result),
                     cached_result: true,
                     ..Default::default()
                 });
+                // Reachable by name too: a client whose stream broke
+                // reconnects with WaitExecution.
+                self.operations().insert(Arc::clone(&operation));
                 return Ok(Response::new(follow(operation)));
             }
         }
@@ -260,9 +255,11 @@ impl Execution for ExecutionService {
             action_size: action_digest.size_bytes,
         });
         let platform = platform(&action, &command);
-        let priority = req.execution_policy.map_or(0, |p| p.priority);
+        let priority = req.execution_policy.map_or(0, |p| {
+            p.priority.clamp(*PRIORITIES.start(), *PRIORITIES.end())
+        });
         let (operation, new) = self.operations().join_or_create(key, || {
-            Operation::new(self.ids.name(), action_digest.clone(), function)
+            Operation::new(self.ids.next_name(), action_digest.clone(), function)
         });
         if new {
             self.assignments.enqueue(
@@ -283,6 +280,7 @@ impl Execution for ExecutionService {
         Ok(Response::new(follow(operation)))
     }
 
+    #[tracing::instrument(skip_all, fields(operation = %request.get_ref().name))]
     async fn wait_execution(
         &self,
         request: Request<WaitExecutionRequest>,

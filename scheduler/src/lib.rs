@@ -1,5 +1,6 @@
-//! The scheduler daemon: REAPI `Execution` and `Operations` for clients, the
-//! worker protocol (`buildbarn.remoteworker.OperationQueue`) for workers.
+//! The scheduler daemon: REAPI `Execution`, `google.longrunning.Operations`
+//! and `Capabilities` for clients, the worker protocol
+//! (`buildbarn.remoteworker.OperationQueue`) for workers.
 //!
 //! It checks the Action Cache, queues actions per instance name and
 //! platform, merges identical in-flight actions, and hands them to workers
@@ -8,92 +9,215 @@
 //! Modules:
 //! - [`action`] — checking an Action and Command before queueing.
 //! - [`assignment`] — queued actions to workers; silent workers' actions
-//!   queued again; completions only from the assigned worker.
-//! - [`config`] — `scheduler.toml`.
+//!   queued again; completions only from the assigned worker; platforms
+//!   no worker offers.
+//! - [`capabilities_service`] — REAPI `Capabilities`: storage's plus ours.
+//! - [`config`] — `scheduler.toml`; [`timing`] — every interval in one value.
 //! - [`execution_service`] — REAPI `Execute` and `WaitExecution`.
-//! - [`storage_client`] — what the scheduler reads from storage.
 //! - [`operation`] — operations, their watchers, in-flight deduplication.
+//! - [`operation_ids`] — the trait naming operations;
+//!   [`random_operation_ids`] — its production implementation.
 //! - [`operation_queue_service`] — `Synchronize` for workers.
+//! - [`operations_service`] — `google.longrunning.Operations`.
 //! - [`queue`] — per-platform queues: priority, fairness, FIFO.
+//! - [`storage_client`] — what the scheduler reads from storage.
+//! - [`sweeper`] — what happens as time passes.
+//! - [`task`] — the one way to start a background task.
 //! - [`error`] — the crate's error type.
 //!
-//! The scheduler never runs anything itself.
+//! The scheduler never runs anything itself, and never writes storage:
+//! workers store results.
 
 #![forbid(unsafe_code)]
 
 pub mod action;
 pub mod assignment;
+pub mod capabilities_service;
 pub mod config;
 pub mod error;
 pub mod execution_service;
 pub mod operation;
+pub mod operation_ids;
 pub mod operation_queue_service;
+pub mod operations_service;
 pub mod queue;
+pub mod random_operation_ids;
 pub mod storage_client;
+pub mod sweeper;
+pub mod task;
+pub mod timing;
 
+pub use capabilities_service::CacheCapabilitiesSource;
 pub use config::Config;
 pub use error::Error;
+pub use operation_ids::OperationIds;
+pub use timing::Timing;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use corral_proto::longrunning::operations_server::OperationsServer;
+use corral_proto::reapi::capabilities_server::CapabilitiesServer;
 use corral_proto::reapi::execution_server::ExecutionServer;
+use corral_proto::reapi::CacheCapabilities;
 use corral_proto::remoteworker::operation_queue_server::OperationQueueServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
-/// How often executing workers must report (Buildbarn uses about 10 s).
-const SYNC_INTERVAL: Duration = Duration::from_secs(10);
+use crate::assignment::Assignments;
+use crate::operation::Operations;
+use crate::storage_client::StorageClient;
+use crate::task::AbortOnDrop;
 
-/// How long an idle worker's Synchronize call is held waiting for work.
-const LONG_POLL: Duration = Duration::from_secs(30);
-
-/// The scheduler's services (Execution for clients, OperationQueue for
-/// workers) over one shared state, ready to be served alone ([`run`]) or
-/// next to storage on one port.
-pub fn routes(cfg: &Config, storage_endpoint: &str) -> Result<Routes, Error> {
-    cfg.validate()?;
-    let storage = storage_client::StorageClient::new(storage_endpoint).map_err(|source| {
-        Error::StorageEndpoint {
-            endpoint: storage_endpoint.to_owned(),
-            source,
-        }
-    })?;
-    let assignments = Arc::new(assignment::Assignments::new(
-        SYNC_INTERVAL,
-        Duration::from_secs(cfg.worker_timeout_s),
-        cfg.max_retries,
-    ));
-    let execution = execution_service::ExecutionService::new(
-        storage,
-        Arc::clone(&assignments),
-        Arc::new(Mutex::new(operation::Operations::default())),
-        Duration::from_secs(cfg.default_timeout_s),
-        Duration::from_secs(cfg.max_timeout_s),
-    );
-    let queue = operation_queue_service::OperationQueueService::new(assignments, LONG_POLL);
-    Ok(Routes::new(ExecutionServer::new(execution)).add_service(OperationQueueServer::new(queue)))
+/// A scheduler's state and its background sweep, ready to be served alone
+/// ([`Scheduler::serve`], [`run`]) or next to storage on one port
+/// ([`Scheduler::routes`]).
+pub struct Scheduler {
+    cfg: Config,
+    timing: Timing,
+    storage: StorageClient,
+    cache_capabilities: CacheCapabilitiesSource,
+    ids: Arc<dyn OperationIds>,
+    assignments: Arc<Assignments>,
+    operations: Arc<Mutex<Operations>>,
+    sweeper: Arc<AbortOnDrop>,
 }
 
-/// Serves the scheduler alone on `listener` until `shutdown`. Storage is
-/// `cfg.storage`, or the same address when unset (as in `corral up`).
+/// How to build a [`Scheduler`] other than from its config alone.
+pub struct Builder {
+    cfg: Config,
+    timing: Timing,
+    ids: Arc<dyn OperationIds>,
+    cache_capabilities: Option<CacheCapabilities>,
+}
+
+impl Builder {
+    /// Other intervals than `cfg`'s (tests shorten them).
+    pub fn timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
+    }
+
+    /// Another source of operation names (tests predict them).
+    pub fn ids(mut self, ids: Arc<dyn OperationIds>) -> Self {
+        self.ids = ids;
+        self
+    }
+
+    /// The cache capabilities to report, for a daemon serving storage on
+    /// the scheduler's port. Without this the scheduler asks `storage`,
+    /// which on a shared port would be the scheduler itself, forever.
+    pub fn cache_capabilities(mut self, cache: CacheCapabilities) -> Self {
+        self.cache_capabilities = Some(cache);
+        self
+    }
+
+    /// Checks the configuration and starts the background sweep. Must run
+    /// inside a tokio runtime; connects to storage only on first use.
+    pub fn build(self) -> Result<Scheduler, Error> {
+        self.cfg.validate()?;
+        tokio::runtime::Handle::try_current().map_err(Error::NoRuntime)?;
+        let storage =
+            StorageClient::new(&self.cfg.storage).map_err(|source| Error::StorageEndpoint {
+                endpoint: self.cfg.storage.clone(),
+                source,
+            })?;
+        let cache_capabilities = match self.cache_capabilities {
+            Some(cache) => CacheCapabilitiesSource::Fixed(cache),
+            None => CacheCapabilitiesSource::Storage(storage.clone()),
+        };
+        let assignments = Arc::new(Assignments::new(&self.timing, self.cfg.max_retries));
+        let operations = Arc::new(Mutex::new(Operations::default()));
+        let sweeper = Arc::new(task::spawn(sweeper::sweep_forever(
+            Arc::clone(&assignments),
+            Arc::clone(&operations),
+            self.timing.clone(),
+        )));
+        Ok(Scheduler {
+            cfg: self.cfg,
+            timing: self.timing,
+            storage,
+            cache_capabilities,
+            ids: self.ids,
+            assignments,
+            operations,
+            sweeper,
+        })
+    }
+}
+
+impl Scheduler {
+    /// A scheduler as `cfg` describes it. Must run inside a tokio runtime.
+    pub fn new(cfg: Config) -> Result<Self, Error> {
+        Self::builder(cfg).build()
+    }
+
+    /// A scheduler with more than `cfg` set.
+    pub fn builder(cfg: Config) -> Builder {
+        Builder {
+            timing: Timing::from_config(&cfg),
+            cfg,
+            ids: Arc::new(random_operation_ids::RandomOperationIds::new()),
+            cache_capabilities: None,
+        }
+    }
+
+    /// Execution, Operations, Capabilities and OperationQueue, for a tonic
+    /// server. They share this scheduler's state and keep its background
+    /// sweep alive, so the `Scheduler` itself may be dropped.
+    pub fn routes(&self) -> Routes {
+        let execution = execution_service::ExecutionService::new(
+            self.storage.clone(),
+            Arc::clone(&self.assignments),
+            Arc::clone(&self.operations),
+            Arc::clone(&self.ids),
+            Duration::from_secs(self.cfg.default_timeout_s),
+            Duration::from_secs(self.cfg.max_timeout_s),
+        )
+        .with_sweeper(Arc::clone(&self.sweeper));
+        let operations = operations_service::OperationsService::new(
+            Arc::clone(&self.operations),
+            Arc::clone(&self.assignments),
+        );
+        let queue = operation_queue_service::OperationQueueService::new(
+            Arc::clone(&self.assignments),
+            self.timing.long_poll,
+        )
+        .with_sweeper(Arc::clone(&self.sweeper));
+        let capabilities =
+            capabilities_service::CapabilitiesService::new(self.cache_capabilities.clone());
+        Routes::new(ExecutionServer::new(execution))
+            .add_service(OperationsServer::new(operations))
+            .add_service(OperationQueueServer::new(queue))
+            .add_service(CapabilitiesServer::new(capabilities))
+    }
+
+    /// Serves the scheduler alone on `listener` until `shutdown`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let addr = listener.local_addr().map_err(Error::ListenerAddress)?;
+        tracing::info!(%addr, storage = %self.cfg.storage, "scheduler serving");
+        tonic::transport::Server::builder()
+            .add_routes(self.routes())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await
+            .map_err(|source| Error::Serve { addr, source })?;
+        tracing::info!(%addr, "scheduler stopped");
+        Ok(())
+    }
+}
+
+/// Serves the scheduler alone on `listener` until `shutdown`. `cfg.listen`
+/// is not used: the caller binds, so tests can pass `127.0.0.1:0`.
 pub async fn run(
     cfg: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let addr = listener.local_addr().map_err(Error::ListenerAddress)?;
-    let storage = cfg
-        .storage
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
-    let routes = routes(&cfg, &storage)?;
-    tracing::info!(%addr, %storage, "scheduler serving");
-    tonic::transport::Server::builder()
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
-        .map_err(|source| Error::Serve { addr, source })
+    Scheduler::new(cfg)?.serve(listener, shutdown).await
 }

@@ -11,6 +11,7 @@ use corral_proto::reapi::execution_stage::Value as ExecutionStage;
 use corral_proto::reapi::{Digest, ExecuteOperationMetadata, ExecuteResponse};
 use prost::Message;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 const METADATA_TYPE_URL: &str =
     "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteOperationMetadata";
@@ -79,6 +80,16 @@ impl Operation {
         matches!(*self.progress.borrow(), Progress::Completed(_))
     }
 
+    /// Where the operation is now.
+    pub fn current(&self) -> Progress {
+        self.progress.borrow().clone()
+    }
+
+    /// How many client streams follow the operation.
+    pub fn watchers(&self) -> usize {
+        self.progress.receiver_count()
+    }
+
     /// The google.longrunning form of `progress`, as clients receive it.
     pub fn to_proto(&self, progress: &Progress) -> longrunning::Operation {
         let stage = match progress {
@@ -130,6 +141,10 @@ pub struct DedupKey {
 pub struct Operations {
     by_name: HashMap<String, Arc<Operation>>,
     in_flight: HashMap<DedupKey, Arc<Operation>>,
+    /// When [`sweep`](Self::sweep) first saw each operation completed.
+    completed_at: HashMap<String, Instant>,
+    /// Since when each unfinished operation has had no watcher.
+    unwatched_since: HashMap<String, Instant>,
 }
 
 impl Operations {
@@ -155,17 +170,53 @@ impl Operations {
         (operation, true)
     }
 
+    /// Makes `operation` reachable by name without merging anything into
+    /// it (an Action Cache hit).
+    pub fn insert(&mut self, operation: Arc<Operation>) {
+        self.by_name.insert(operation.name().to_owned(), operation);
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<Operation>> {
         self.by_name.get(name).cloned()
     }
 
-    /// Forgets completed operations (callers decide when, e.g. after
-    /// their clients had time to WaitExecution).
-    pub fn forget_completed(&mut self) -> usize {
-        let before = self.by_name.len();
-        self.by_name.retain(|_, op| !op.is_completed());
+    /// Every operation, sorted by name (stable pages for ListOperations).
+    pub fn list(&self) -> Vec<Arc<Operation>> {
+        let mut all: Vec<_> = self.by_name.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Forgets operations completed at least `keep_completed` ago (until
+    /// then a client may still WaitExecution or GetOperation them), and
+    /// returns the unfinished ones nobody has watched for
+    /// `unwatched_grace`, for the caller to cancel.
+    pub fn sweep(
+        &mut self,
+        keep_completed: std::time::Duration,
+        unwatched_grace: std::time::Duration,
+    ) -> Vec<Arc<Operation>> {
+        let now = Instant::now();
+        let mut abandoned = Vec::new();
+        for (name, op) in &self.by_name {
+            if op.is_completed() {
+                self.unwatched_since.remove(name);
+                self.completed_at.entry(name.clone()).or_insert(now);
+            } else if op.watchers() == 0 {
+                let since = *self.unwatched_since.entry(name.clone()).or_insert(now);
+                if now.duration_since(since) >= unwatched_grace {
+                    abandoned.push(Arc::clone(op));
+                }
+            } else {
+                self.unwatched_since.remove(name);
+            }
+        }
+        let completed_at = &mut self.completed_at;
+        completed_at.retain(|_, at| now.duration_since(*at) < keep_completed);
+        self.by_name
+            .retain(|name, op| !op.is_completed() || completed_at.contains_key(name));
         self.in_flight.retain(|_, op| !op.is_completed());
-        before - self.by_name.len()
+        abandoned
     }
 
     pub fn len(&self) -> usize {
@@ -266,14 +317,48 @@ mod tests {
         );
     }
 
-    #[test]
-    fn completed_operations_are_forgotten_on_request() {
+    #[tokio::test(start_paused = true)]
+    async fn completed_operations_stay_reachable_for_a_while_then_go() {
+        let keep = std::time::Duration::from_secs(60);
         let mut ops = Operations::default();
         let (done, _) = ops.join_or_create(Some(key(1)), || op("operations/d", 1));
-        ops.join_or_create(Some(key(2)), || op("operations/e", 2));
+        let (running, _) = ops.join_or_create(Some(key(2)), || op("operations/e", 2));
+        let _watching = running.watch();
         done.complete(ExecuteResponse::default());
-        assert_eq!(ops.forget_completed(), 1);
+        assert!(ops.sweep(keep, keep).is_empty());
+        tokio::time::advance(std::time::Duration::from_secs(59)).await;
+        ops.sweep(keep, keep);
+        assert!(
+            ops.get("operations/d").is_some(),
+            "WaitExecution may still come"
+        );
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        ops.sweep(keep, keep);
         assert!(ops.get("operations/d").is_none());
         assert!(ops.get("operations/e").is_some());
+        assert_eq!(ops.list().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_operation_nobody_watches_is_abandoned_after_the_grace() {
+        let grace = std::time::Duration::from_secs(60);
+        let mut ops = Operations::default();
+        let (operation, _) = ops.join_or_create(Some(key(1)), || op("operations/u", 1));
+        let watcher = operation.watch();
+        assert!(ops.sweep(grace, grace).is_empty());
+        drop(watcher);
+        assert!(ops.sweep(grace, grace).is_empty(), "the grace starts now");
+        tokio::time::advance(std::time::Duration::from_secs(30)).await;
+        // A client comes back (WaitExecution) and leaves again.
+        let again = operation.watch();
+        assert!(ops.sweep(grace, grace).is_empty());
+        drop(again);
+        assert!(ops.sweep(grace, grace).is_empty());
+        tokio::time::advance(std::time::Duration::from_secs(59)).await;
+        assert!(ops.sweep(grace, grace).is_empty());
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        let abandoned = ops.sweep(grace, grace);
+        assert_eq!(abandoned.len(), 1);
+        assert_eq!(abandoned[0].name(), "operations/u");
     }
 }

@@ -12,16 +12,20 @@ use corral_proto::remoteworker::{
     current_state, desired_state, DesiredState, SynchronizeRequest, SynchronizeResponse,
 };
 use tonic::{Request, Response, Status};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::assignment::{Assignment, Assignments, WorkerId};
 use crate::queue::PlatformKey;
+use crate::task::AbortOnDrop;
 
 /// The Synchronize service over shared [`Assignments`].
 pub struct OperationQueueService {
     assignments: Arc<Assignments>,
     /// How long an idle worker's call is held waiting for work.
     long_poll: Duration,
+    /// Keeps the background sweep (which notices silent workers) running
+    /// while this service is served.
+    _sweeper: Option<Arc<AbortOnDrop>>,
 }
 
 impl OperationQueueService {
@@ -29,7 +33,14 @@ impl OperationQueueService {
         Self {
             assignments,
             long_poll,
+            _sweeper: None,
         }
+    }
+
+    /// Ties the background sweep's life to this service's.
+    pub fn with_sweeper(mut self, sweeper: Arc<AbortOnDrop>) -> Self {
+        self._sweeper = Some(sweeper);
+        self
     }
 }
 
@@ -77,14 +88,10 @@ impl OperationQueue for OperationQueueService {
                 .flat_map(|p| p.properties)
                 .map(|p| (p.name, p.value)),
         );
-        // Cheap, and every call is a chance to notice a silent worker.
-        let gone = self.assignments.expire();
-        if gone > 0 {
-            warn!(
-                gone,
-                "workers stopped synchronizing; their actions were queued again"
-            );
-        }
+        // What it offers counts for the platform grace period (whether
+        // any worker could ever take a queued action).
+        self.assignments
+            .saw_worker(&worker, &req.instance_name_prefix, &platform);
         let state = req.current_state.and_then(|s| s.worker_state);
         let next_sync = SystemTime::now() + self.assignments.next_report_in();
         let answer = |desired: Option<DesiredState>| {
@@ -162,11 +169,8 @@ mod tests {
     }
 
     fn service() -> (OperationQueueService, Arc<Assignments>) {
-        let a = Arc::new(Assignments::new(
-            Duration::from_secs(10),
-            Duration::from_secs(60),
-            2,
-        ));
+        let timing = crate::timing::Timing::from_config(&crate::Config::default());
+        let a = Arc::new(Assignments::new(&timing, 2));
         (
             OperationQueueService::new(Arc::clone(&a), Duration::from_secs(30)),
             a,

@@ -1,11 +1,14 @@
 //! What the scheduler reads from storage, over gRPC: the Action and
-//! Command to check before queueing, whether the input root exists, and
-//! the Action Cache. It never writes: the worker stores results.
+//! Command to check before queueing, whether the input root exists, the
+//! Action Cache, and storage's capabilities. It never writes: the worker
+//! stores results.
 
 use corral_proto::reapi::action_cache_client::ActionCacheClient;
+use corral_proto::reapi::capabilities_client::CapabilitiesClient;
 use corral_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use corral_proto::reapi::{
     ActionResult, BatchReadBlobsRequest, Digest, FindMissingBlobsRequest, GetActionResultRequest,
+    GetCapabilitiesRequest, ServerCapabilities,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -113,5 +116,15 @@ impl StorageClient {
             Err(status) if status.code() == Code::NotFound => Ok(None),
             Err(status) => Err(status),
         }
+    }
+
+    /// Storage's own capabilities, for the scheduler to add to.
+    pub async fn capabilities(&self, instance: &str) -> Result<ServerCapabilities, Status> {
+        Ok(CapabilitiesClient::new(self.channel.clone())
+            .get_capabilities(GetCapabilitiesRequest {
+                instance_name: instance.to_owned(),
+            })
+            .await?
+            .into_inner())
     }
 }

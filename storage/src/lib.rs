@@ -142,6 +142,18 @@ pub async fn open(cfg: &Config) -> Result<Stores, Error> {
 /// The four storage services over `stores`, ready to be served alone or
 /// added to another daemon's server.
 pub fn routes(cfg: &Config, stores: &Stores) -> Routes {
+    let capabilities = CapabilitiesServer::new(capabilities_service::CapabilitiesService::new(
+        cfg.max_batch_total_size_bytes,
+        stores.max_size_bytes,
+    ));
+    routes_without_capabilities(cfg, stores).add_service(capabilities)
+}
+
+/// CAS, Action Cache and ByteStream without `Capabilities`, for a daemon
+/// that serves its own Capabilities next to them: a server can route
+/// each service to one handler only, and the scheduler's must add
+/// execution capabilities to storage's.
+pub fn routes_without_capabilities(cfg: &Config, stores: &Stores) -> Routes {
     let max_batch = usize::try_from(cfg.max_batch_total_size_bytes).unwrap_or(usize::MAX);
     // A batch a little over the limit must reach our check and get
     // INVALID_ARGUMENT naming the limit, not tonic's bare
@@ -162,14 +174,7 @@ pub fn routes(cfg: &Config, stores: &Stores) -> Routes {
         &stores.blobs,
     )))
     .max_decoding_message_size(MAX_BYTESTREAM_MESSAGE_BYTES);
-    let capabilities = CapabilitiesServer::new(capabilities_service::CapabilitiesService::new(
-        cfg.max_batch_total_size_bytes,
-        stores.max_size_bytes,
-    ));
-    Routes::new(cas)
-        .add_service(ac)
-        .add_service(bytestream)
-        .add_service(capabilities)
+    Routes::new(cas).add_service(ac).add_service(bytestream)
 }
 
 /// Serves storage on `listener` until `shutdown` completes. `cfg.listen`

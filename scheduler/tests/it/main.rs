@@ -55,7 +55,7 @@ async fn farm() -> Farm {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let cfg = corral_scheduler::Config {
-        storage: Some(storage_url.clone()),
+        storage: storage_url.clone(),
         ..corral_scheduler::Config::default()
     };
     servers.spawn(async move {

@@ -1,0 +1,244 @@
+//! `google.longrunning.Operations` over the scheduler's operations:
+//! GetOperation, ListOperations, CancelOperation and WaitOperation, the
+//! way REAPI clients and operators' tools (such as `grpcurl`) reach an
+//! operation by the name Execute returned.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use corral_proto::longrunning::operations_server::Operations as OperationsApi;
+use corral_proto::longrunning::{
+    CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest,
+    ListOperationsResponse, Operation as ProtoOperation, WaitOperationRequest,
+};
+use corral_proto::protobuf::Empty;
+use tonic::{Request, Response, Status};
+
+use crate::assignment::Assignments;
+use crate::operation::{Operation, Operations};
+
+/// Page size of ListOperations when the client asks for none.
+const DEFAULT_PAGE: usize = 100;
+/// Largest page, so one call cannot copy a whole busy farm's state.
+const MAX_PAGE: usize = 1000;
+/// How long WaitOperation waits when the client sets no timeout. Under a
+/// minute, like the workers' long poll, for the same proxies.
+const DEFAULT_WAIT: Duration = Duration::from_secs(50);
+
+/// The Operations service.
+pub struct OperationsService {
+    operations: Arc<Mutex<Operations>>,
+    assignments: Arc<Assignments>,
+}
+
+impl OperationsService {
+    pub fn new(operations: Arc<Mutex<Operations>>, assignments: Arc<Assignments>) -> Self {
+        Self {
+            operations,
+            assignments,
+        }
+    }
+
+    fn find(&self, name: &str) -> Result<Arc<Operation>, Status> {
+        self.operations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .ok_or_else(|| Status::not_found(format!("no operation {name}")))
+    }
+}
+
+fn now(operation: &Operation) -> ProtoOperation {
+    operation.to_proto(&operation.current())
+}
+
+#[tonic::async_trait]
+impl OperationsApi for OperationsService {
+    #[tracing::instrument(skip_all)]
+    async fn list_operations(
+        &self,
+        request: Request<ListOperationsRequest>,
+    ) -> Result<Response<ListOperationsResponse>, Status> {
+        let req = request.into_inner();
+        if !req.filter.is_empty() {
+            return Err(Status::invalid_argument(
+                "filter is not supported; leave it empty",
+            ));
+        }
+        let page = match usize::try_from(req.page_size) {
+            Ok(0) => DEFAULT_PAGE,
+            Ok(n) => n.min(MAX_PAGE),
+            Err(_) => return Err(Status::invalid_argument("page_size must not be negative")),
+        };
+        let all = self
+            .operations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .list();
+        // The token is the last name of the previous page: names sort, so
+        // the next page starts after it even if operations came or went.
+        let rest = all
+            .iter()
+            .filter(|op| req.page_token.is_empty() || op.name() > req.page_token.as_str());
+        let operations: Vec<ProtoOperation> = rest.take(page).map(|op| now(op)).collect();
+        let next_page_token = match operations.last() {
+            Some(last) if all.last().is_some_and(|op| op.name() != last.name) => last.name.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListOperationsResponse {
+            operations,
+            next_page_token,
+            // Every operation lives in this one process: none unreachable.
+            unreachable: Vec::new(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(operation = %request.get_ref().name))]
+    async fn get_operation(
+        &self,
+        request: Request<GetOperationRequest>,
+    ) -> Result<Response<ProtoOperation>, Status> {
+        Ok(Response::new(now(&*self.find(&request.get_ref().name)?)))
+    }
+
+    async fn delete_operation(
+        &self,
+        _request: Request<DeleteOperationRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        // Operations are forgotten on their own a minute after they end;
+        // deleting one that others may be waiting on would break them.
+        Err(Status::unimplemented(
+            "operations are removed automatically after they complete",
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(operation = %request.get_ref().name))]
+    async fn cancel_operation(
+        &self,
+        request: Request<CancelOperationRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let operation = self.find(&request.get_ref().name)?;
+        // Cancelling a finished operation is not an error (google.longrunning).
+        self.assignments
+            .cancel(&operation, "cancelled by CancelOperation");
+        Ok(Response::new(Empty {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(operation = %request.get_ref().name))]
+    async fn wait_operation(
+        &self,
+        request: Request<WaitOperationRequest>,
+    ) -> Result<Response<ProtoOperation>, Status> {
+        let req = request.into_inner();
+        let operation = self.find(&req.name)?;
+        let wait = match req.timeout {
+            Some(t) if t.seconds > 0 || t.nanos > 0 => {
+                Duration::from_secs(t.seconds.max(0) as u64)
+                    + Duration::from_nanos(t.nanos.max(0) as u64)
+            }
+            _ => DEFAULT_WAIT,
+        };
+        let mut watch = operation.watch();
+        // Not done by the deadline: the operation as it is, done = false.
+        let _ = tokio::time::timeout(
+            wait,
+            watch.wait_for(|p| matches!(p, crate::operation::Progress::Completed(_))),
+        )
+        .await;
+        Ok(Response::new(now(&operation)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use corral_proto::reapi::{Digest, ExecuteResponse};
+
+    use super::*;
+    use crate::timing::Timing;
+
+    fn service(names: &[&str]) -> (OperationsService, Vec<Arc<Operation>>) {
+        let mut ops = Operations::default();
+        let mut made = Vec::new();
+        for name in names {
+            let op = Arc::new(Operation::new((*name).to_owned(), Digest::default(), 0));
+            ops.insert(Arc::clone(&op));
+            made.push(op);
+        }
+        let timing = Timing::from_config(&crate::Config::default());
+        let service = OperationsService::new(
+            Arc::new(Mutex::new(ops)),
+            Arc::new(Assignments::new(&timing, 3)),
+        );
+        (service, made)
+    }
+
+    #[tokio::test]
+    async fn operations_are_listed_in_pages_by_name() {
+        let (svc, _ops) = service(&["operations/c", "operations/a", "operations/b"]);
+        let list = |token: &str| ListOperationsRequest {
+            page_size: 2,
+            page_token: token.to_owned(),
+            ..Default::default()
+        };
+        let first = svc
+            .list_operations(Request::new(list("")))
+            .await
+            .unwrap()
+            .into_inner();
+        let names: Vec<_> = first.operations.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["operations/a", "operations/b"]);
+        assert_eq!(first.next_page_token, "operations/b");
+        let second = svc
+            .list_operations(Request::new(list(&first.next_page_token)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(second.operations.len(), 1);
+        assert_eq!(second.next_page_token, "");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_operation_returns_at_completion_or_deadline() {
+        let (svc, ops) = service(&["operations/w"]);
+        let wait = |seconds| {
+            Request::new(WaitOperationRequest {
+                name: "operations/w".into(),
+                timeout: Some(corral_proto::protobuf::Duration { seconds, nanos: 0 }),
+            })
+        };
+        let early = svc.wait_operation(wait(5)).await.unwrap().into_inner();
+        assert!(!early.done);
+        let completer = async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            ops[0].complete(ExecuteResponse::default());
+        };
+        let (done, ()) = tokio::join!(svc.wait_operation(wait(30)), completer);
+        assert!(done.unwrap().into_inner().done);
+    }
+
+    #[tokio::test]
+    async fn cancel_completes_the_operation_and_unknown_names_are_not_found() {
+        let (svc, ops) = service(&["operations/x"]);
+        svc.cancel_operation(Request::new(CancelOperationRequest {
+            name: "operations/x".into(),
+        }))
+        .await
+        .unwrap();
+        let got = svc
+            .get_operation(Request::new(GetOperationRequest {
+                name: "operations/x".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(got.done);
+        assert!(ops[0].is_completed());
+        let err = svc
+            .get_operation(Request::new(GetOperationRequest {
+                name: "operations/nope".into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+    }
+}
