@@ -168,6 +168,13 @@ impl Scheduler {
     /// server. They share this scheduler's state and keep its background
     /// sweep alive, so the `Scheduler` itself may be dropped.
     pub fn routes(&self) -> Routes {
+        self.add_routes(Routes::default())
+    }
+
+    /// `routes` with the scheduler's services added, for a daemon that
+    /// serves more on the same port: `corral up` passes
+    /// `corral_storage::routes_without_capabilities(..)`.
+    pub fn add_routes(&self, routes: Routes) -> Routes {
         let execution = execution_service::ExecutionService::new(
             self.storage.clone(),
             Arc::clone(&self.assignments),
@@ -188,7 +195,8 @@ impl Scheduler {
         .with_sweeper(Arc::clone(&self.sweeper));
         let capabilities =
             capabilities_service::CapabilitiesService::new(self.cache_capabilities.clone());
-        Routes::new(ExecutionServer::new(execution))
+        routes
+            .add_service(ExecutionServer::new(execution))
             .add_service(OperationsServer::new(operations))
             .add_service(OperationQueueServer::new(queue))
             .add_service(CapabilitiesServer::new(capabilities))

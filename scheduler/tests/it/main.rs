@@ -1,29 +1,39 @@
-//! The scheduler over gRPC, with real (in-memory) storage and a fake
-//! worker driven by the test through the worker protocol.
+//! The scheduler over gRPC, with real (in-memory) storage served on
+//! 127.0.0.1:0 and fake workers driven by the test through the worker
+//! protocol. Intervals are shortened with `Timing`, on real time: the
+//! servers' sockets need the clock to run.
 
 // Test code: a failed setup step should stop the test loudly.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use corral_proto::longrunning::{operation, Operation};
+use corral_proto::longrunning::operations_client::OperationsClient;
+use corral_proto::longrunning::{operation, CancelOperationRequest, Operation};
 use corral_proto::precondition::missing_subjects;
 use corral_proto::protobuf::Empty;
 use corral_proto::reapi::action_cache_client::ActionCacheClient;
+use corral_proto::reapi::capabilities_client::CapabilitiesClient;
 use corral_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use corral_proto::reapi::execution_client::ExecutionClient;
 use corral_proto::reapi::{
-    batch_update_blobs_request, execution_stage, Action, ActionResult, BatchUpdateBlobsRequest,
-    Command, Digest, ExecuteOperationMetadata, ExecuteRequest, ExecuteResponse,
-    UpdateActionResultRequest, WaitExecutionRequest,
+    batch_update_blobs_request, execution_stage, platform, Action, ActionResult,
+    BatchUpdateBlobsRequest, Command, Digest, ExecuteOperationMetadata, ExecuteRequest,
+    ExecuteResponse, ExecutionPolicy, GetCapabilitiesRequest, Platform, UpdateActionResultRequest,
+    WaitExecutionRequest,
 };
 use corral_proto::remoteworker::operation_queue_client::OperationQueueClient;
-use corral_proto::remoteworker::{current_state, desired_state, CurrentState, SynchronizeRequest};
+use corral_proto::remoteworker::{
+    current_state, desired_state, CurrentState, SynchronizeRequest, SynchronizeResponse,
+};
+use corral_scheduler::{Scheduler, Timing};
 use futures_util::StreamExt as _;
 use prost::Message;
 use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Streaming;
 
 fn digest_of(data: &[u8]) -> Digest {
     Digest {
@@ -32,12 +42,32 @@ fn digest_of(data: &[u8]) -> Digest {
     }
 }
 
+/// Short intervals, so that a lost worker or an unserved platform shows
+/// within a test.
+fn timing() -> Timing {
+    Timing {
+        sync_interval: Duration::from_millis(200),
+        long_poll: Duration::from_millis(300),
+        worker_timeout: Duration::from_millis(200),
+        platform_grace: Duration::from_secs(30),
+        unwatched_grace: Duration::from_secs(30),
+        keep_completed: Duration::from_secs(30),
+        sweep_every: Duration::from_millis(50),
+    }
+}
+
+/// Storage (memory backend) and a scheduler, each on its own port.
 struct Farm {
-    channel: Channel,
+    scheduler: Channel,
+    storage: Channel,
     _servers: tokio::task::JoinSet<()>,
 }
 
 async fn farm() -> Farm {
+    farm_with(timing()).await
+}
+
+async fn farm_with(timing: Timing) -> Farm {
     let mut servers = tokio::task::JoinSet::new();
     let storage_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let storage_url = format!("http://{}", storage_listener.local_addr().unwrap());
@@ -56,75 +86,168 @@ async fn farm() -> Farm {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let cfg = corral_scheduler::Config {
         storage: storage_url.clone(),
+        max_retries: 1,
         ..corral_scheduler::Config::default()
     };
+    let scheduler = Scheduler::builder(cfg).timing(timing).build().unwrap();
     servers.spawn(async move {
-        corral_scheduler::run(cfg, listener, std::future::pending())
+        scheduler
+            .serve(listener, std::future::pending())
             .await
             .unwrap();
     });
-    // The test talks to both through one channel per server; storage
-    // calls go to storage_url, the rest to the scheduler.
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .unwrap()
-        .connect_lazy();
-    let storage = tonic::transport::Endpoint::from_shared(storage_url)
-        .unwrap()
-        .connect_lazy();
-    STORAGE.with(|s| *s.borrow_mut() = Some(storage));
     Farm {
-        channel,
+        scheduler: Endpoint::from_shared(url).unwrap().connect_lazy(),
+        storage: Endpoint::from_shared(storage_url).unwrap().connect_lazy(),
         _servers: servers,
     }
 }
 
-thread_local! {
-    static STORAGE: std::cell::RefCell<Option<Channel>> = const { std::cell::RefCell::new(None) };
-}
+impl Farm {
+    async fn upload(&self, blobs: &[Vec<u8>]) {
+        ContentAddressableStorageClient::new(self.storage.clone())
+            .batch_update_blobs(BatchUpdateBlobsRequest {
+                requests: blobs
+                    .iter()
+                    .map(|b| batch_update_blobs_request::Request {
+                        digest: Some(digest_of(b)),
+                        data: b.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
 
-fn storage() -> Channel {
-    STORAGE.with(|s| s.borrow().clone().unwrap())
-}
-
-async fn upload(blobs: &[Vec<u8>]) {
-    ContentAddressableStorageClient::new(storage())
-        .batch_update_blobs(BatchUpdateBlobsRequest {
-            requests: blobs
-                .iter()
-                .map(|b| batch_update_blobs_request::Request {
-                    digest: Some(digest_of(b)),
-                    data: b.clone(),
-                    ..Default::default()
-                })
-                .collect(),
+    /// An action running `args` on `platform`, uploaded with its command.
+    async fn action(&self, args: &[&str], platform: &[(&str, &str)]) -> Digest {
+        let command = Command {
+            arguments: args.iter().map(|s| (*s).to_owned()).collect(),
+            output_paths: vec!["out".into()],
             ..Default::default()
-        })
-        .await
-        .unwrap();
+        }
+        .encode_to_vec();
+        let action = Action {
+            command_digest: Some(digest_of(&command)),
+            // The empty Directory: the empty blob, always present.
+            input_root_digest: Some(digest_of(b"")),
+            platform: Some(to_platform(platform)),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        self.upload(&[action.clone(), command]).await;
+        digest_of(&action)
+    }
+
+    async fn execute(&self, digest: &Digest, priority: i32) -> Streaming<Operation> {
+        ExecutionClient::new(self.scheduler.clone())
+            .execute(ExecuteRequest {
+                action_digest: Some(digest.clone()),
+                execution_policy: Some(ExecutionPolicy { priority }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    fn worker(&self, slot: &str, platform: &[(&str, &str)]) -> FakeWorker {
+        FakeWorker {
+            client: OperationQueueClient::new(self.scheduler.clone()),
+            slot: slot.to_owned(),
+            platform: to_platform(platform),
+        }
+    }
 }
 
-/// An action (and its command) uploaded, with `do_not_cache` as given.
-async fn action(args: &[&str], do_not_cache: bool, upload_command: bool) -> Digest {
-    let command = Command {
-        arguments: args.iter().map(|s| (*s).to_owned()).collect(),
-        output_paths: vec!["out".into()],
-        ..Default::default()
+fn to_platform(properties: &[(&str, &str)]) -> Platform {
+    Platform {
+        properties: properties
+            .iter()
+            .map(|(name, value)| platform::Property {
+                name: (*name).to_owned(),
+                value: (*value).to_owned(),
+            })
+            .collect(),
     }
-    .encode_to_vec();
-    let action = Action {
-        command_digest: Some(digest_of(&command)),
-        // The empty Directory: the empty blob, always present.
-        input_root_digest: Some(digest_of(b"")),
-        do_not_cache,
-        ..Default::default()
+}
+
+const LINUX: &[(&str, &str)] = &[("OSFamily", "linux")];
+const MACOS: &[(&str, &str)] = &[("OSFamily", "macos")];
+
+/// A worker the test drives one Synchronize at a time.
+struct FakeWorker {
+    client: OperationQueueClient<Channel>,
+    slot: String,
+    platform: Platform,
+}
+
+impl FakeWorker {
+    async fn sync(
+        &mut self,
+        state: current_state::WorkerState,
+        prefer_being_idle: bool,
+    ) -> SynchronizeResponse {
+        self.client
+            .synchronize(SynchronizeRequest {
+                worker_id: BTreeMap::from([("slot".to_owned(), self.slot.clone())]),
+                platform: Some(self.platform.clone()),
+                current_state: Some(CurrentState {
+                    worker_state: Some(state),
+                }),
+                prefer_being_idle,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
     }
-    .encode_to_vec();
-    let mut blobs = vec![action.clone()];
-    if upload_command {
-        blobs.push(command);
+
+    /// Idle: long-polls once; the action given, if any.
+    async fn take(&mut self) -> Option<desired_state::Executing> {
+        let response = self
+            .sync(current_state::WorkerState::Idle(Empty {}), false)
+            .await;
+        match response.desired_state.and_then(|d| d.worker_state) {
+            Some(desired_state::WorkerState::Executing(exec)) => Some(exec),
+            _ => None,
+        }
     }
-    upload(&blobs).await;
-    digest_of(&action)
+
+    /// Reports `digest` running; the scheduler's answer.
+    async fn running(&mut self, digest: &Digest) -> SynchronizeResponse {
+        let state = current_state::WorkerState::Executing(current_state::Executing {
+            action_digest: Some(digest.clone()),
+            execution_state: Some(current_state::executing::ExecutionState::Running(Empty {})),
+        });
+        self.sync(state, false).await
+    }
+
+    /// Reports `digest` done with `exit_code`, asking for no more work.
+    async fn complete(&mut self, digest: &Digest, exit_code: i32) {
+        let done = current_state::WorkerState::Completed(current_state::Completed {
+            action_digest: Some(digest.clone()),
+            execute_response: Some(ExecuteResponse {
+                result: Some(ActionResult {
+                    exit_code,
+                    ..Default::default()
+                }),
+                message: format!("ran on slot {}", self.slot),
+                ..Default::default()
+            }),
+        });
+        self.sync(done, true).await;
+    }
+
+    /// Takes the next action and completes it with `exit_code`.
+    async fn work_once(&mut self, exit_code: i32) -> Digest {
+        let exec = self.take().await.expect("the worker got no action");
+        let digest = exec.action_digest.unwrap();
+        self.complete(&digest, exit_code).await;
+        digest
+    }
 }
 
 fn stage(op: &Operation) -> i32 {
@@ -137,135 +260,255 @@ fn response(op: &Operation) -> ExecuteResponse {
     let Some(operation::Result::Response(any)) = &op.result else {
         panic!("operation has no response: {op:?}");
     };
+    assert_eq!(
+        any.type_url,
+        "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteResponse"
+    );
     ExecuteResponse::decode(any.value.as_slice()).unwrap()
 }
 
-fn worker_request(slot: &str, state: current_state::WorkerState) -> SynchronizeRequest {
-    SynchronizeRequest {
-        worker_id: BTreeMap::from([("slot".to_owned(), slot.to_owned())]),
-        current_state: Some(CurrentState {
-            worker_state: Some(state),
-        }),
-        ..Default::default()
+/// Every operation left on `stream`, until it ends.
+async fn rest(stream: &mut Streaming<Operation>) -> Vec<Operation> {
+    let mut ops = Vec::new();
+    while let Some(op) = stream.next().await {
+        ops.push(op.unwrap());
     }
-}
-
-/// The fake worker: takes the next action and completes it with exit code
-/// `exit_code`; returns the digest it ran.
-async fn work_once(channel: Channel, slot: &str, exit_code: i32) -> Digest {
-    let mut queue = OperationQueueClient::new(channel);
-    let response = queue
-        .synchronize(worker_request(
-            slot,
-            current_state::WorkerState::Idle(Empty {}),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(desired_state::WorkerState::Executing(exec)) =
-        response.desired_state.and_then(|d| d.worker_state)
-    else {
-        panic!("the worker got no action");
-    };
-    let action = exec.action.unwrap();
-    assert_eq!(
-        action.timeout.unwrap().seconds,
-        900,
-        "default timeout filled in"
-    );
-    let digest = exec.action_digest.unwrap();
-    let done = current_state::WorkerState::Completed(current_state::Completed {
-        action_digest: Some(digest.clone()),
-        execute_response: Some(ExecuteResponse {
-            result: Some(ActionResult {
-                exit_code,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    });
-    // prefer_being_idle: report the result without waiting for more work.
-    let mut report = worker_request(slot, done);
-    report.prefer_being_idle = true;
-    queue.synchronize(report).await.unwrap();
-    digest
+    ops
 }
 
 #[tokio::test]
 async fn an_action_is_queued_run_by_a_worker_and_its_result_streamed() {
     let farm = farm().await;
-    let digest = action(&["/bin/true"], false, true).await;
-    let mut stream = ExecutionClient::new(farm.channel.clone())
-        .execute(ExecuteRequest {
-            action_digest: Some(digest.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let digest = farm.action(&["/bin/true"], LINUX).await;
+    let mut stream = farm.execute(&digest, 0).await;
     let first = stream.next().await.unwrap().unwrap();
     assert_eq!(stage(&first), execution_stage::Value::Queued as i32);
+    assert_eq!(
+        first.metadata.as_ref().unwrap().type_url,
+        "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteOperationMetadata"
+    );
     assert!(first.name.starts_with("operations/"));
-    assert_eq!(work_once(farm.channel.clone(), "1", 7).await, digest);
-    let mut last = first;
-    while let Some(op) = stream.next().await {
-        last = op.unwrap();
-    }
+    let mut worker = farm.worker("1", LINUX);
+    let exec = worker.take().await.unwrap();
+    assert_eq!(
+        exec.action.unwrap().timeout.unwrap().seconds,
+        900,
+        "default timeout filled in"
+    );
+    assert_eq!(exec.action_digest.as_ref(), Some(&digest));
+    worker.complete(&digest, 7).await;
+    let ops = rest(&mut stream).await;
+    let last = ops.last().unwrap();
     assert!(last.done);
-    assert_eq!(stage(&last), execution_stage::Value::Completed as i32);
-    assert_eq!(response(&last).result.unwrap().exit_code, 7);
+    assert_eq!(stage(last), execution_stage::Value::Completed as i32);
+    assert_eq!(response(last).result.unwrap().exit_code, 7);
 }
 
 #[tokio::test]
 async fn identical_actions_in_flight_share_one_execution() {
     let farm = farm().await;
-    let digest = action(&["cc", "-c", "x.c"], false, true).await;
-    let mut client = ExecutionClient::new(farm.channel.clone());
-    let request = ExecuteRequest {
-        action_digest: Some(digest.clone()),
-        ..Default::default()
-    };
-    let mut a = client.execute(request.clone()).await.unwrap().into_inner();
-    let mut b = client.execute(request).await.unwrap().into_inner();
+    let digest = farm.action(&["cc", "-c", "x.c"], LINUX).await;
+    let mut a = farm.execute(&digest, 0).await;
+    let mut b = farm.execute(&digest, 0).await;
     let name_a = a.next().await.unwrap().unwrap().name;
     let name_b = b.next().await.unwrap().unwrap().name;
     assert_eq!(name_a, name_b);
-    work_once(farm.channel.clone(), "1", 0).await;
+    let mut worker = farm.worker("1", LINUX);
+    worker.work_once(0).await;
+    // One execution: nothing else is queued for the worker.
+    assert!(worker.take().await.is_none());
     // A late joiner by name sees the same result.
-    let mut waiter = client
-        .wait_execution(WaitExecutionRequest {
-            name: name_a.clone(),
-        })
+    let mut waiter = ExecutionClient::new(farm.scheduler.clone())
+        .wait_execution(WaitExecutionRequest { name: name_a })
         .await
         .unwrap()
         .into_inner();
     for stream in [&mut a, &mut b, &mut waiter] {
-        let mut last = None;
-        while let Some(op) = stream.next().await {
-            last = Some(op.unwrap());
-        }
-        assert_eq!(response(&last.unwrap()).result.unwrap().exit_code, 0);
+        let ops = rest(stream).await;
+        assert_eq!(response(ops.last().unwrap()).result.unwrap().exit_code, 0);
     }
+}
+
+#[tokio::test]
+async fn urgent_actions_run_first_whatever_the_order_they_came_in() {
+    let farm = farm().await;
+    let later = farm.action(&["later"], LINUX).await;
+    let normal = farm.action(&["normal"], LINUX).await;
+    let urgent = farm.action(&["urgent"], LINUX).await;
+    let _s1 = farm.execute(&later, 10).await;
+    let _s2 = farm.execute(&normal, 0).await;
+    let _s3 = farm.execute(&urgent, -10).await;
+    let mut worker = farm.worker("1", LINUX);
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        order.push(worker.work_once(0).await);
+    }
+    assert_eq!(order, [urgent, normal, later]);
+}
+
+#[tokio::test]
+async fn actions_go_only_to_workers_of_their_platform() {
+    let farm = farm().await;
+    let on_linux = farm.action(&["linux-only"], LINUX).await;
+    let on_mac = farm.action(&["mac-only"], MACOS).await;
+    let mut linux_stream = farm.execute(&on_linux, 0).await;
+    let mut mac_stream = farm.execute(&on_mac, 0).await;
+    let mut mac = farm.worker("mac", MACOS);
+    let mut linux = farm.worker("linux", LINUX);
+    assert_eq!(mac.work_once(1).await, on_mac);
+    assert!(mac.take().await.is_none(), "the linux action is not for it");
+    assert_eq!(linux.work_once(2).await, on_linux);
+    let mac_ops = rest(&mut mac_stream).await;
+    assert_eq!(response(mac_ops.last().unwrap()).message, "ran on slot mac");
+    let linux_ops = rest(&mut linux_stream).await;
+    assert_eq!(
+        response(linux_ops.last().unwrap())
+            .result
+            .unwrap()
+            .exit_code,
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_worker_vanishing_mid_action_loses_it_to_another_and_the_client_sees_one_result() {
+    let farm = farm().await;
+    let digest = farm.action(&["flaky", "host"], LINUX).await;
+    let mut stream = farm.execute(&digest, 0).await;
+    let mut first = farm.worker("first", LINUX);
+    let mut second = farm.worker("second", LINUX);
+    assert!(first.take().await.is_some());
+    assert!(first.running(&digest).await.desired_state.is_none());
+    // `first` goes silent: past its deadline (200 ms) and the grace
+    // (200 ms), the action is queued again and `second` gets it.
+    let exec = second.take().await;
+    let exec = match exec {
+        Some(exec) => exec,
+        None => second
+            .take()
+            .await
+            .expect("the action came back to the queue"),
+    };
+    assert_eq!(exec.action_digest.as_ref(), Some(&digest));
+    // The vanished worker comes back: told to stop, its result refused.
+    let told = first.running(&digest).await;
+    assert!(matches!(
+        told.desired_state.and_then(|d| d.worker_state),
+        Some(desired_state::WorkerState::Idle(_))
+    ));
+    first.complete(&digest, 99).await;
+    second.complete(&digest, 0).await;
+    let ops = rest(&mut stream).await;
+    let completed: Vec<_> = ops.iter().filter(|op| op.done).collect();
+    assert_eq!(completed.len(), 1, "one result: {ops:?}");
+    let result = response(completed[0]);
+    assert_eq!(result.message, "ran on slot second");
+    assert_eq!(result.result.unwrap().exit_code, 0);
+}
+
+#[tokio::test]
+async fn a_client_reconnects_with_wait_execution_after_its_stream_dropped() {
+    let farm = farm().await;
+    let digest = farm.action(&["long", "link"], LINUX).await;
+    let mut stream = farm.execute(&digest, 0).await;
+    let name = stream.next().await.unwrap().unwrap().name;
+    drop(stream);
+    let mut worker = farm.worker("1", LINUX);
+    let exec = worker.take().await.unwrap();
+    let mut again = ExecutionClient::new(farm.scheduler.clone())
+        .wait_execution(WaitExecutionRequest { name: name.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let now = again.next().await.unwrap().unwrap();
+    assert_eq!(now.name, name);
+    assert_eq!(stage(&now), execution_stage::Value::Executing as i32);
+    worker.complete(&exec.action_digest.unwrap(), 3).await;
+    let ops = rest(&mut again).await;
+    assert_eq!(response(ops.last().unwrap()).result.unwrap().exit_code, 3);
+}
+
+#[tokio::test]
+async fn an_action_no_worker_can_take_fails_naming_the_platforms_on_offer() {
+    let farm = farm_with(Timing {
+        platform_grace: Duration::from_millis(300),
+        ..timing()
+    })
+    .await;
+    let digest = farm.action(&["needs", "a", "mac"], MACOS).await;
+    let mut stream = farm.execute(&digest, 0).await;
+    // A linux worker keeps polling; none offers macos.
+    let mut linux = farm.worker("1", LINUX);
+    let poller = async {
+        for _ in 0..4 {
+            assert!(linux.take().await.is_none());
+        }
+    };
+    let (ops, ()) = tokio::join!(rest(&mut stream), poller);
+    let status = response(ops.last().unwrap()).status.unwrap();
+    assert_eq!(status.code, tonic::Code::FailedPrecondition as i32);
+    assert!(
+        status
+            .message
+            .starts_with("no worker offers platform {OSFamily=macos} for instance \"\""),
+        "{}",
+        status.message
+    );
+    assert!(
+        status.message.ends_with("workers offer: {OSFamily=linux}"),
+        "{}",
+        status.message
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_operation_ends_for_the_client_and_its_worker_is_told_to_stop() {
+    let farm = farm().await;
+    let digest = farm.action(&["sleep", "1000"], LINUX).await;
+    let mut stream = farm.execute(&digest, 0).await;
+    let name = stream.next().await.unwrap().unwrap().name;
+    let mut worker = farm.worker("1", LINUX);
+    worker.take().await.unwrap();
+    OperationsClient::new(farm.scheduler.clone())
+        .cancel_operation(CancelOperationRequest { name })
+        .await
+        .unwrap();
+    let ops = rest(&mut stream).await;
+    let status = response(ops.last().unwrap()).status.unwrap();
+    assert_eq!(status.code, tonic::Code::Cancelled as i32);
+    let told = worker.running(&digest).await;
+    assert!(matches!(
+        told.desired_state.and_then(|d| d.worker_state),
+        Some(desired_state::WorkerState::Idle(_))
+    ));
 }
 
 #[tokio::test]
 async fn a_missing_command_is_a_precondition_failure_naming_it() {
     let farm = farm().await;
-    let digest = action(&["never", "uploaded"], false, false).await;
-    let err = ExecutionClient::new(farm.channel.clone())
+    let command = Command {
+        arguments: vec!["never".into(), "uploaded".into()],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let action = Action {
+        command_digest: Some(digest_of(&command)),
+        input_root_digest: Some(digest_of(b"")),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    farm.upload(std::slice::from_ref(&action)).await;
+    let err = ExecutionClient::new(farm.scheduler.clone())
         .execute(ExecuteRequest {
-            action_digest: Some(digest),
+            action_digest: Some(digest_of(&action)),
             ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
-    let command = Command {
-        arguments: vec!["never".into(), "uploaded".into()],
-        output_paths: vec!["out".into()],
-        ..Default::default()
-    }
-    .encode_to_vec();
+    // missing_subjects reads only the exact shape Bazel reads: a
+    // google.rpc.Status in the details, a PreconditionFailure Any,
+    // violations of type MISSING.
     let d = digest_of(&command);
     assert_eq!(
         missing_subjects(&err),
@@ -276,26 +519,16 @@ async fn a_missing_command_is_a_precondition_failure_naming_it() {
 #[tokio::test]
 async fn a_cached_result_completes_at_once() {
     let farm = farm().await;
-    let digest = action(&["cached"], false, true).await;
-    ActionCacheClient::new(storage())
+    let digest = farm.action(&["cached"], LINUX).await;
+    ActionCacheClient::new(farm.storage.clone())
         .update_action_result(UpdateActionResultRequest {
             action_digest: Some(digest.clone()),
-            action_result: Some(ActionResult {
-                exit_code: 0,
-                ..Default::default()
-            }),
+            action_result: Some(ActionResult::default()),
             ..Default::default()
         })
         .await
         .unwrap();
-    let mut stream = ExecutionClient::new(farm.channel.clone())
-        .execute(ExecuteRequest {
-            action_digest: Some(digest),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = farm.execute(&digest, 0).await;
     let op = stream.next().await.unwrap().unwrap();
     assert!(op.done);
     assert!(response(&op).cached_result);
@@ -305,7 +538,7 @@ async fn a_cached_result_completes_at_once() {
 #[tokio::test]
 async fn bad_input_is_refused_with_invalid_argument() {
     let farm = farm().await;
-    let mut client = ExecutionClient::new(farm.channel.clone());
+    let mut client = ExecutionClient::new(farm.scheduler.clone());
     let err = client
         .execute(ExecuteRequest {
             action_digest: Some(Digest {
@@ -330,7 +563,7 @@ async fn bad_input_is_refused_with_invalid_argument() {
         ..Default::default()
     }
     .encode_to_vec();
-    upload(&[action.clone(), command]).await;
+    farm.upload(&[action.clone(), command]).await;
     let err = client
         .execute(ExecuteRequest {
             action_digest: Some(digest_of(&action)),
@@ -340,4 +573,111 @@ async fn bad_input_is_refused_with_invalid_argument() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("output_paths"), "{}", err.message());
+    // A Command blob that is not a Command.
+    let not_a_command = vec![0xff, 0xff, 0xff];
+    let action = Action {
+        command_digest: Some(digest_of(&not_a_command)),
+        input_root_digest: Some(digest_of(b"")),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    farm.upload(&[action.clone(), not_a_command]).await;
+    let err = client
+        .execute(ExecuteRequest {
+            action_digest: Some(digest_of(&action)),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("not a Command"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn capabilities_report_storage_and_execution() {
+    let farm = farm().await;
+    let caps = CapabilitiesClient::new(farm.scheduler.clone())
+        .get_capabilities(GetCapabilitiesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let cache = caps.cache_capabilities.unwrap();
+    assert!(
+        cache
+            .action_cache_update_capabilities
+            .unwrap()
+            .update_enabled
+    );
+    let exec = caps.execution_capabilities.unwrap();
+    assert!(exec.exec_enabled);
+    assert_eq!(
+        exec.digest_function,
+        corral_proto::reapi::digest_function::Value::Sha256 as i32
+    );
+    assert!(!exec
+        .execution_priority_capabilities
+        .unwrap()
+        .priorities
+        .is_empty());
+}
+
+#[tokio::test]
+async fn one_port_serves_storage_and_the_scheduler_as_corral_up_will() {
+    let storage_cfg = corral_storage::Config {
+        backend: corral_storage::config::Backend::Memory {
+            max_size_bytes: 64 << 20,
+        },
+        ..corral_storage::Config::default()
+    };
+    let stores = corral_storage::open(&storage_cfg).await.unwrap();
+    let cache = corral_storage::capabilities_service::CapabilitiesService::new(
+        storage_cfg.max_batch_total_size_bytes,
+        stores.max_size_bytes,
+    )
+    .capabilities()
+    .cache_capabilities
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cfg = corral_scheduler::Config {
+        storage: url.clone(),
+        ..corral_scheduler::Config::default()
+    };
+    let scheduler = Scheduler::builder(cfg)
+        .timing(timing())
+        .cache_capabilities(cache.clone())
+        .build()
+        .unwrap();
+    // The scheduler's Capabilities, storage's other services.
+    let routes = scheduler.add_routes(corral_storage::routes_without_capabilities(
+        &storage_cfg,
+        &stores,
+    ));
+    // The routes keep the scheduler's state and sweep alive.
+    drop(scheduler);
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    let farm = Farm {
+        scheduler: Endpoint::from_shared(url.clone()).unwrap().connect_lazy(),
+        storage: Endpoint::from_shared(url).unwrap().connect_lazy(),
+        _servers: servers,
+    };
+    let caps = CapabilitiesClient::new(farm.scheduler.clone())
+        .get_capabilities(GetCapabilitiesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(caps.cache_capabilities, Some(cache));
+    assert!(caps.execution_capabilities.unwrap().exec_enabled);
+    let digest = farm.action(&["one", "port"], LINUX).await;
+    let mut stream = farm.execute(&digest, 0).await;
+    farm.worker("1", LINUX).work_once(0).await;
+    let ops = rest(&mut stream).await;
+    assert_eq!(response(ops.last().unwrap()).result.unwrap().exit_code, 0);
 }
