@@ -79,9 +79,19 @@ struct Inner {
     workers: HashMap<WorkerId, Seen>,
     /// Non-empty queues no live worker serves, since when.
     unserved_since: HashMap<QueueKey, Instant>,
+    /// Patterns of worker ids that get no new work.
+    drains: Vec<WorkerId>,
 }
 
 impl Inner {
+    fn draining(&self, worker: &WorkerId) -> bool {
+        self.drains.iter().any(|pattern| {
+            pattern
+                .iter()
+                .all(|(k, v)| worker.get(k).is_some_and(|w| w == v))
+        })
+    }
+
     /// Forgets workers silent for longer than `liveness`.
     fn forget_silent_workers(&mut self, now: Instant, liveness: Duration) {
         self.workers
@@ -193,6 +203,9 @@ impl Assignments {
         platform: &PlatformKey,
     ) -> Option<Assignment> {
         let mut inner = self.lock();
+        if inner.draining(worker) {
+            return None;
+        }
         let key = inner
             .queues
             .iter()
@@ -298,34 +311,72 @@ impl Assignments {
             .map(|(w, _)| w.clone())
             .collect();
         for worker in &gone {
-            let Some(running) = inner.running.remove(worker) else {
-                continue;
-            };
-            let mut queued = running.queued;
-            if queued.retries >= self.max_retries {
-                queued.operation.complete(status(
-                    tonic::Code::Unavailable,
-                    format!(
-                        "the action lost its worker {} times; giving up",
-                        queued.retries + 1
-                    ),
-                ));
-                continue;
+            if let Some(running) = inner.running.remove(worker) {
+                self.requeue_or_fail(&mut inner, running.queued);
             }
-            queued.retries += 1;
-            let key = (queued.instance_name.clone(), queued.platform.clone());
-            // The lowest priority number: it has waited once already, so it
-            // goes ahead of everything queued since.
-            inner
-                .queues
-                .entry(key)
-                .or_default()
-                .push(queued, i32::MIN, "");
         }
         if !gone.is_empty() {
             self.work.notify_waiters();
         }
         gone.len()
+    }
+
+    /// Gives back an action that lost its worker: queued again ahead of
+    /// everything else, or, past `max_retries`, completed with
+    /// UNAVAILABLE. A cancelled one is dropped.
+    fn requeue_or_fail(&self, inner: &mut Inner, mut queued: Queued) {
+        if queued.operation.is_completed() {
+            return;
+        }
+        if queued.retries >= self.max_retries {
+            queued.operation.complete(status(
+                tonic::Code::Unavailable,
+                format!(
+                    "the action lost its worker {} times; giving up",
+                    queued.retries + 1
+                ),
+            ));
+            return;
+        }
+        queued.retries += 1;
+        let key = (queued.instance_name.clone(), queued.platform.clone());
+        // The lowest priority number: it has waited once already, so it
+        // goes ahead of everything queued since.
+        inner
+            .queues
+            .entry(key)
+            .or_default()
+            .push(queued, i32::MIN, "");
+    }
+
+    /// `worker` says it is idle: if it was running an action, it dropped
+    /// it (it restarted, or its runner failed before reporting), so the
+    /// action is given back. Returns whether there was one.
+    pub fn release(&self, worker: &WorkerId) -> bool {
+        let mut inner = self.lock();
+        let Some(running) = inner.running.remove(worker) else {
+            return false;
+        };
+        self.requeue_or_fail(&mut inner, running.queued);
+        drop(inner);
+        self.work.notify_waiters();
+        true
+    }
+
+    /// Stops giving new work to workers whose id contains every key and
+    /// value of `pattern` (an empty pattern drains all); what they run
+    /// now, they finish. Like Buildbarn's DrainWorkers.
+    pub fn drain(&self, pattern: WorkerId) {
+        let mut inner = self.lock();
+        if !inner.drains.contains(&pattern) {
+            inner.drains.push(pattern);
+        }
+    }
+
+    /// Undoes [`drain`](Self::drain) of exactly `pattern`.
+    pub fn undrain(&self, pattern: &WorkerId) {
+        self.lock().drains.retain(|p| p != pattern);
+        self.work.notify_waiters();
     }
 
     /// Fails the actions of every queue no live worker has served for
@@ -638,5 +689,48 @@ mod tests {
         assert!(a.cancel(&running.queued.operation, "cancelled"));
         assert!(!a.is_running(&worker(1)), "the worker will be told to stop");
         assert!(!a.cancel(&running.queued.operation, "twice"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_saying_idle_mid_action_gives_it_back() {
+        let a = assignments();
+        a.enqueue(queued(11, ""), 0, "");
+        let first = a.try_assign(&worker(1), "", &linux()).unwrap();
+        assert!(a.release(&worker(1)), "it restarted and forgot the action");
+        assert!(!a.release(&worker(1)));
+        let again = a.try_assign(&worker(2), "", &linux()).unwrap();
+        assert_eq!(again.queued.action_digest, first.queued.action_digest);
+        assert_eq!(again.queued.retries, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drained_workers_finish_their_action_but_take_no_new_one() {
+        let a = assignments();
+        let site = |n: u32| {
+            let mut id = worker(n);
+            id.insert("host".to_owned(), "old-host".to_owned());
+            id
+        };
+        a.enqueue(queued(12, ""), 0, "");
+        a.enqueue(queued(13, ""), 0, "");
+        let running = a.try_assign(&site(1), "", &linux()).unwrap();
+        let pattern = WorkerId::from([("host".to_owned(), "old-host".to_owned())]);
+        a.drain(pattern.clone());
+        assert!(a.try_assign(&site(2), "", &linux()).is_none());
+        a.still_running(&site(1)).unwrap();
+        a.complete(
+            &site(1),
+            &running.queued.action_digest,
+            ExecuteResponse::default(),
+        )
+        .unwrap();
+        assert!(a.try_assign(&site(1), "", &linux()).is_none());
+        assert!(
+            a.try_assign(&worker(3), "", &linux()).is_some(),
+            "other hosts still work"
+        );
+        a.enqueue(queued(14, ""), 0, "");
+        a.undrain(&pattern);
+        assert!(a.try_assign(&site(2), "", &linux()).is_some());
     }
 }

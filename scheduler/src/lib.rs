@@ -202,6 +202,18 @@ impl Scheduler {
             .add_service(CapabilitiesServer::new(capabilities))
     }
 
+    /// Workers whose id contains every key and value of `pattern` finish
+    /// what they run and take no new work (an empty pattern: all). Not on
+    /// the wire yet: for the daemon embedding the scheduler.
+    pub fn drain_workers(&self, pattern: assignment::WorkerId) {
+        self.assignments.drain(pattern);
+    }
+
+    /// Undoes [`drain_workers`](Self::drain_workers) of exactly `pattern`.
+    pub fn undrain_workers(&self, pattern: &assignment::WorkerId) {
+        self.assignments.undrain(pattern);
+    }
+
     /// Serves the scheduler alone on `listener` until `shutdown`.
     pub async fn serve(
         self,

@@ -12,7 +12,7 @@ use corral_proto::remoteworker::{
     current_state, desired_state, DesiredState, SynchronizeRequest, SynchronizeResponse,
 };
 use tonic::{Request, Response, Status};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::assignment::{Assignment, Assignments, WorkerId};
 use crate::queue::PlatformKey;
@@ -123,7 +123,11 @@ impl OperationQueue for OperationQueueService {
                     debug!(error = %err, "completion refused");
                 }
             }
-            Some(current_state::WorkerState::Idle(_)) | None => {}
+            Some(current_state::WorkerState::Idle(_)) | None => {
+                if self.assignments.release(&worker) {
+                    warn!("worker went idle without reporting its action; queued again");
+                }
+            }
         }
         if req.prefer_being_idle {
             return Ok(answer(None));
