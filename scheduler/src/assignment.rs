@@ -14,6 +14,7 @@ use corral_proto::reapi::{Action, Digest, ExecuteResponse};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::metrics::Metrics;
 use crate::operation::Operation;
 use crate::queue::{PlatformKey, Queue};
 use crate::timing::Timing;
@@ -33,6 +34,8 @@ pub struct Queued {
     /// The platform it needs.
     pub platform: PlatformKey,
     pub queued_at: std::time::SystemTime,
+    /// When it last entered a queue, for the queue wait metric.
+    pub waiting_since: Instant,
     /// Times it was given back after losing its worker.
     pub retries: u32,
 }
@@ -57,6 +60,8 @@ pub enum ReportError {
 #[derive(Debug)]
 struct Running {
     queued: Queued,
+    /// When the worker got it, for the execution time metric.
+    started: Instant,
     /// When the worker must have reported again.
     deadline: Instant,
 }
@@ -148,6 +153,16 @@ pub struct Assignments {
     /// its platform: a whole long poll, plus the same grace.
     liveness: Duration,
     max_retries: u32,
+    metrics: Arc<Metrics>,
+}
+
+/// Queue lengths and worker counts, for metrics.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub queued: Vec<((String, PlatformKey), usize)>,
+    pub idle_workers: usize,
+    pub executing_workers: usize,
+    pub draining_workers: usize,
 }
 
 fn digest_text(d: &Digest) -> String {
@@ -163,7 +178,38 @@ impl Assignments {
             worker_timeout: timing.worker_timeout,
             liveness: timing.long_poll.max(timing.sync_interval) + timing.worker_timeout,
             max_retries,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Where results, waits and execution times are recorded.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Queue lengths and workers by state, now.
+    pub fn snapshot(&self) -> Snapshot {
+        let inner = self.lock();
+        let mut snapshot = Snapshot {
+            queued: inner
+                .queues
+                .iter()
+                .filter(|(_, q)| !q.is_empty())
+                .map(|(k, q)| (k.clone(), q.len()))
+                .collect(),
+            ..Snapshot::default()
+        };
+        snapshot.queued.sort();
+        for worker in inner.workers.keys() {
+            if inner.running.contains_key(worker) {
+                snapshot.executing_workers += 1;
+            } else if inner.draining(worker) {
+                snapshot.draining_workers += 1;
+            } else {
+                snapshot.idle_workers += 1;
+            }
+        }
+        snapshot
     }
 
     /// `worker` synchronized, serving instance names under `prefix` with
@@ -217,12 +263,16 @@ impl Assignments {
         // Cancelled operations may still sit in the queue: skip them.
         let queued = std::iter::from_fn(|| queue.pop()).find(|q| !q.operation.is_completed())?;
         queued.operation.executing();
+        let now = Instant::now();
+        self.metrics
+            .queue_wait(now.duration_since(queued.waiting_since));
         let suffix = suffix(prefix, &queued.instance_name);
         inner.running.insert(
             worker.clone(),
             Running {
                 queued: queued.clone(),
-                deadline: Instant::now() + self.sync_interval,
+                started: now,
+                deadline: now + self.sync_interval,
             },
         );
         Some(Assignment {
@@ -293,7 +343,15 @@ impl Assignments {
             .running
             .remove(worker)
             .ok_or(ReportError::NothingAssigned)?;
-        running.queued.operation.complete(response);
+        let code = response
+            .status
+            .as_ref()
+            .map_or(tonic::Code::Ok, |s| tonic::Code::from(s.code));
+        if running.queued.operation.complete(response) {
+            self.metrics
+                .execution(Instant::now().duration_since(running.started));
+            self.metrics.result(code, false);
+        }
         Ok(())
     }
 
@@ -329,16 +387,20 @@ impl Assignments {
             return;
         }
         if queued.retries >= self.max_retries {
-            queued.operation.complete(status(
+            let lost = status(
                 tonic::Code::Unavailable,
                 format!(
                     "the action lost its worker {} times; giving up",
                     queued.retries + 1
                 ),
-            ));
+            );
+            if queued.operation.complete(lost) {
+                self.metrics.result(tonic::Code::Unavailable, false);
+            }
             return;
         }
         queued.retries += 1;
+        queued.waiting_since = Instant::now();
         let key = (queued.instance_name.clone(), queued.platform.clone());
         // The lowest priority number: it has waited once already, so it
         // goes ahead of everything queued since.
@@ -432,6 +494,7 @@ impl Assignments {
                     .operation
                     .complete(status(tonic::Code::FailedPrecondition, message.clone()))
                 {
+                    self.metrics.result(tonic::Code::FailedPrecondition, false);
                     failed += 1;
                 }
             }
@@ -448,7 +511,11 @@ impl Assignments {
             queue.remove_where(same);
         }
         inner.running.retain(|_, r| !same(&r.queued));
-        operation.complete(status(tonic::Code::Cancelled, why.to_owned()))
+        let cancelled = operation.complete(status(tonic::Code::Cancelled, why.to_owned()));
+        if cancelled {
+            self.metrics.result(tonic::Code::Cancelled, false);
+        }
+        cancelled
     }
 
     /// Whether `worker` runs an action (and so must keep reporting).
@@ -504,6 +571,7 @@ mod tests {
             instance_name: instance.to_owned(),
             platform: linux(),
             queued_at: std::time::SystemTime::UNIX_EPOCH,
+            waiting_since: Instant::now(),
             retries: 0,
         }
     }

@@ -39,6 +39,18 @@ pub struct Config {
     /// gone) before it is cancelled and its worker told to stop.
     /// Default 60.
     pub unwatched_grace_s: u64,
+    /// Prometheus metrics over HTTP (`GET /metrics`). Default: off; add
+    /// a `[metrics]` table to serve them.
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// The `[metrics]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP server for `GET /metrics`, e.g.
+    /// `127.0.0.1:9981`. Required in the table.
+    pub listen: SocketAddr,
 }
 
 impl Default for Config {
@@ -52,6 +64,7 @@ impl Default for Config {
             max_retries: 3,
             platform_grace_s: 60,
             unwatched_grace_s: 60,
+            metrics: None,
         }
     }
 }

@@ -17,6 +17,12 @@ pub enum Error {
     NoRuntime(#[source] tokio::runtime::TryCurrentError),
     #[error("failed to read the listener's address")]
     ListenerAddress(#[source] std::io::Error),
+    #[error("failed to listen for metrics on {addr}")]
+    BindMetrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("serving on {addr} failed")]
     Serve {
         addr: SocketAddr,

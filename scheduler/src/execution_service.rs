@@ -241,6 +241,7 @@ impl Execution for ExecutionService {
                     cached_result: true,
                     ..Default::default()
                 });
+                self.assignments.metrics().result(tonic::Code::Ok, true);
                 // Reachable by name too: a client whose stream broke
                 // reconnects with WaitExecution.
                 self.operations().insert(Arc::clone(&operation));
@@ -271,6 +272,7 @@ impl Execution for ExecutionService {
                     instance_name: instance,
                     platform,
                     queued_at: SystemTime::now(),
+                    waiting_since: tokio::time::Instant::now(),
                     retries: 0,
                 },
                 priority,

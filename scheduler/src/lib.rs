@@ -14,6 +14,7 @@
 //! - [`capabilities_service`] — REAPI `Capabilities`: storage's plus ours.
 //! - [`config`] — `scheduler.toml`; [`timing`] — every interval in one value.
 //! - [`execution_service`] — REAPI `Execute` and `WaitExecution`.
+//! - [`metrics`] — Prometheus metrics and their HTTP page.
 //! - [`operation`] — operations, their watchers, in-flight deduplication.
 //! - [`operation_ids`] — the trait naming operations;
 //!   [`random_operation_ids`] — its production implementation.
@@ -36,6 +37,7 @@ pub mod capabilities_service;
 pub mod config;
 pub mod error;
 pub mod execution_service;
+pub mod metrics;
 pub mod operation;
 pub mod operation_ids;
 pub mod operation_queue_service;
@@ -214,19 +216,63 @@ impl Scheduler {
         self.assignments.undrain(pattern);
     }
 
-    /// Serves the scheduler alone on `listener` until `shutdown`.
+    /// The Prometheus page, now.
+    pub fn metrics_text(&self) -> String {
+        self.assignments
+            .metrics()
+            .render(&self.assignments, &self.operations)
+    }
+
+    /// Serves `GET /metrics` on `listener` until `shutdown`, for a daemon
+    /// that embeds the scheduler ([`serve`](Self::serve) does it when
+    /// `[metrics]` is configured).
+    pub fn serve_metrics(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let assignments = Arc::clone(&self.assignments);
+        let operations = Arc::clone(&self.operations);
+        let page = move || assignments.metrics().render(&assignments, &operations);
+        metrics::serve(listener, page, shutdown)
+    }
+
+    /// Serves the scheduler alone on `listener` until `shutdown`, and its
+    /// metrics when `[metrics]` is configured.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
         let addr = listener.local_addr().map_err(Error::ListenerAddress)?;
+        let metrics = match &self.cfg.metrics {
+            Some(m) => {
+                let bound =
+                    TcpListener::bind(m.listen)
+                        .await
+                        .map_err(|source| Error::BindMetrics {
+                            addr: m.listen,
+                            source,
+                        })?;
+                tracing::info!(addr = %m.listen, "scheduler metrics serving");
+                Some(self.serve_metrics(bound, std::future::pending()))
+            }
+            None => None,
+        };
         tracing::info!(%addr, storage = %self.cfg.storage, "scheduler serving");
-        tonic::transport::Server::builder()
+        let grpc = tonic::transport::Server::builder()
             .add_routes(self.routes())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-            .await
-            .map_err(|source| Error::Serve { addr, source })?;
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+        let served = match metrics {
+            // The metrics server never ends by itself: it stops when the
+            // gRPC server has shut down and this select drops it.
+            Some(metrics) => tokio::select! {
+                served = grpc => served,
+                () = metrics => Ok(()),
+            },
+            None => grpc.await,
+        };
+        served.map_err(|source| Error::Serve { addr, source })?;
         tracing::info!(%addr, "scheduler stopped");
         Ok(())
     }

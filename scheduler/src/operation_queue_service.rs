@@ -192,6 +192,7 @@ mod tests {
                 instance_name: "main".into(),
                 platform: PlatformKey::new([("OSFamily".into(), "linux".into())]),
                 queued_at: SystemTime::UNIX_EPOCH,
+                waiting_since: tokio::time::Instant::now(),
                 retries: 0,
             },
             0,

@@ -60,6 +60,8 @@ fn timing() -> Timing {
 struct Farm {
     scheduler: Channel,
     storage: Channel,
+    /// Where the scheduler's `GET /metrics` is served.
+    metrics: std::net::SocketAddr,
     _servers: tokio::task::JoinSet<()>,
 }
 
@@ -90,6 +92,9 @@ async fn farm_with(timing: Timing) -> Farm {
         ..corral_scheduler::Config::default()
     };
     let scheduler = Scheduler::builder(cfg).timing(timing).build().unwrap();
+    let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = metrics_listener.local_addr().unwrap();
+    servers.spawn(scheduler.serve_metrics(metrics_listener, std::future::pending()));
     servers.spawn(async move {
         scheduler
             .serve(listener, std::future::pending())
@@ -99,6 +104,7 @@ async fn farm_with(timing: Timing) -> Farm {
     Farm {
         scheduler: Endpoint::from_shared(url).unwrap().connect_lazy(),
         storage: Endpoint::from_shared(storage_url).unwrap().connect_lazy(),
+        metrics,
         _servers: servers,
     }
 }
@@ -666,6 +672,7 @@ async fn one_port_serves_storage_and_the_scheduler_as_corral_up_will() {
     let farm = Farm {
         scheduler: Endpoint::from_shared(url.clone()).unwrap().connect_lazy(),
         storage: Endpoint::from_shared(url).unwrap().connect_lazy(),
+        metrics: "127.0.0.1:9".parse().unwrap(),
         _servers: servers,
     };
     let caps = CapabilitiesClient::new(farm.scheduler.clone())
@@ -680,4 +687,48 @@ async fn one_port_serves_storage_and_the_scheduler_as_corral_up_will() {
     farm.worker("1", LINUX).work_once(0).await;
     let ops = rest(&mut stream).await;
     assert_eq!(response(ops.last().unwrap()).result.unwrap().exit_code, 0);
+}
+
+/// The body of an HTTP GET of `path` on `addr`.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+#[tokio::test]
+async fn every_declared_metric_is_recorded_and_served() {
+    let farm = farm().await;
+    let done = farm.action(&["metered"], LINUX).await;
+    let mut stream = farm.execute(&done, 0).await;
+    let mut worker = farm.worker("1", LINUX);
+    worker.work_once(0).await;
+    rest(&mut stream).await;
+    let waiting = farm.action(&["waiting"], MACOS).await;
+    let _waiting = farm.execute(&waiting, 0).await;
+    let (status, page) = http_get(farm.metrics, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    for (name, kind, _) in corral_scheduler::metrics::DECLARED {
+        assert!(
+            page.contains(&format!("# TYPE {name} {kind}\n")),
+            "{name} not declared in:\n{page}"
+        );
+        let sampled = page
+            .lines()
+            .any(|line| !line.starts_with('#') && line.starts_with(name));
+        assert!(sampled, "{name} has no sample in:\n{page}");
+    }
+    assert!(page.contains(
+        "corral_scheduler_queued_actions{instance=\"\",platform=\"{OSFamily=macos}\"} 1\n"
+    ));
+    assert!(page.contains("corral_scheduler_results_total{code=\"OK\",cached=\"false\"} 1\n"));
+    assert!(page.contains("corral_scheduler_execution_seconds_count 1\n"));
+    assert!(page.contains("corral_scheduler_workers{state=\"idle\"} 1\n"));
+    let (status, _) = http_get(farm.metrics, "/other").await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
 }
