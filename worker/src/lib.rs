@@ -9,6 +9,11 @@
 //! Modules:
 //! - [`config`] — `worker.toml`.
 //! - [`error`] — the crate's error type.
+//! - [`cas_client`] — blobs and Action Cache entries, verified by digest.
+//! - [`file_cache`] — content-addressed, read-only files to hardlink.
+//! - [`input_root`] — lays out an action's input root.
+//! - [`runner_client`] — the runner over its Unix socket.
+//! - [`outputs`] — output parents before the run, outputs after it.
 //!
 //! The worker writes executables and never forks: a child forked while
 //! another thread has an executable open for writing inherits that fd, and
@@ -18,8 +23,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cas_client;
 pub mod config;
 pub mod error;
+pub mod executor;
+pub mod file_cache;
+pub mod input_root;
+pub mod outputs;
+pub mod runner_client;
 
 pub use config::Config;
 pub use error::Error;

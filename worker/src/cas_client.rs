@@ -1,0 +1,401 @@
+//! The worker's view of storage: reads and writes blobs by digest, every
+//! byte verified with SHA-256, and writes Action Cache entries.
+//!
+//! Small blobs travel in batches (one round trip for many files); large
+//! ones through ByteStream, since a gRPC message is capped at 4 MiB.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use corral_proto::bytestream::byte_stream_client::ByteStreamClient;
+use corral_proto::bytestream::{ReadRequest, WriteRequest};
+use corral_proto::reapi::action_cache_client::ActionCacheClient;
+use corral_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+use corral_proto::reapi::{
+    batch_update_blobs_request, ActionResult, BatchReadBlobsRequest, BatchUpdateBlobsRequest,
+    Digest, FindMissingBlobsRequest, UpdateActionResultRequest,
+};
+use sha2::{Digest as _, Sha256};
+use tonic::transport::{Channel, Endpoint};
+
+/// Blobs up to this size are read and written in batches; larger ones
+/// through ByteStream.
+const BATCH_BLOB_MAX_BYTES: i64 = 1 << 20;
+/// Total payload of one batch request: under gRPC's 4 MiB default with
+/// room for the framing.
+const BATCH_TOTAL_MAX_BYTES: i64 = 3 << 20;
+/// ByteStream.Write chunk size.
+const WRITE_CHUNK_BYTES: usize = 1 << 20;
+
+/// What went wrong talking to storage.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid storage endpoint {endpoint}")]
+    Endpoint {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("blob {}/{} is missing from the CAS", .digest.hash, .digest.size_bytes)]
+    Missing { digest: Digest },
+    #[error("blob {}/{} read back with different contents (got {got})", .digest.hash, .digest.size_bytes)]
+    Corrupt { digest: Digest, got: String },
+    #[error("failed to read blobs from the CAS")]
+    Read(#[source] tonic::Status),
+    #[error("failed to ask the CAS which blobs are missing")]
+    FindMissing(#[source] tonic::Status),
+    #[error("failed to write blobs to the CAS")]
+    Write(#[source] tonic::Status),
+    #[error("failed to write the action result of {}/{}", .digest.hash, .digest.size_bytes)]
+    UpdateActionResult {
+        digest: Digest,
+        #[source]
+        source: tonic::Status,
+    },
+}
+
+/// The SHA-256 digest of `data`.
+pub fn digest_of(data: &[u8]) -> Digest {
+    Digest {
+        hash: hex::encode(Sha256::digest(data)),
+        size_bytes: data.len() as i64,
+    }
+}
+
+/// Storage as the worker uses it, for one instance name. Cheap to clone:
+/// the channel is shared.
+#[derive(Clone)]
+pub struct CasClient {
+    channel: Channel,
+    instance: String,
+    /// Blobs read from the CAS since start (tests check cache hits).
+    reads: std::sync::Arc<AtomicU64>,
+}
+
+impl CasClient {
+    /// A client for `endpoint`; connects lazily, so a storage that starts
+    /// after the worker is fine.
+    pub fn new(endpoint: &str) -> Result<CasClient, Error> {
+        let channel = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|source| Error::Endpoint {
+                endpoint: endpoint.to_owned(),
+                source,
+            })?
+            .connect_lazy();
+        Ok(CasClient {
+            channel,
+            instance: String::new(),
+            reads: Default::default(),
+        })
+    }
+
+    /// The same storage under another instance name.
+    pub fn with_instance(&self, instance: &str) -> CasClient {
+        CasClient {
+            instance: instance.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    /// How many blobs were read since start.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Reads one blob.
+    pub async fn read(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
+        let mut all = self.read_many(std::slice::from_ref(digest)).await?;
+        all.remove(&digest.hash).ok_or_else(|| Error::Missing {
+            digest: digest.clone(),
+        })
+    }
+
+    /// Reads `digests`, keyed by hash. Fails on the first missing or
+    /// corrupt blob.
+    pub async fn read_many(&self, digests: &[Digest]) -> Result<HashMap<String, Vec<u8>>, Error> {
+        let mut out = HashMap::new();
+        let mut seen = HashSet::new();
+        let mut batch: Vec<Digest> = Vec::new();
+        let mut batch_bytes = 0;
+        for digest in digests {
+            if !seen.insert(digest.hash.clone()) {
+                continue;
+            }
+            if digest.size_bytes == 0 {
+                out.insert(digest.hash.clone(), verify(digest, Vec::new())?);
+                continue;
+            }
+            if digest.size_bytes > BATCH_BLOB_MAX_BYTES {
+                let data = self.read_stream(digest).await?;
+                out.insert(digest.hash.clone(), data);
+                continue;
+            }
+            if batch_bytes + digest.size_bytes > BATCH_TOTAL_MAX_BYTES {
+                self.read_batch(std::mem::take(&mut batch), &mut out)
+                    .await?;
+                batch_bytes = 0;
+            }
+            batch_bytes += digest.size_bytes;
+            batch.push(digest.clone());
+        }
+        if !batch.is_empty() {
+            self.read_batch(batch, &mut out).await?;
+        }
+        Ok(out)
+    }
+
+    async fn read_batch(
+        &self,
+        digests: Vec<Digest>,
+        out: &mut HashMap<String, Vec<u8>>,
+    ) -> Result<(), Error> {
+        let mut cas = ContentAddressableStorageClient::new(self.channel.clone());
+        let response = cas
+            .batch_read_blobs(BatchReadBlobsRequest {
+                instance_name: self.instance.clone(),
+                digests: digests.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(Error::Read)?
+            .into_inner();
+        for r in response.responses {
+            let Some(digest) = r.digest else { continue };
+            let code = r.status.map(|s| s.code).unwrap_or(0);
+            if code == tonic::Code::NotFound as i32 {
+                return Err(Error::Missing { digest });
+            }
+            if code != 0 {
+                return Err(Error::Read(tonic::Status::new(
+                    tonic::Code::from_i32(code),
+                    format!("reading {}/{}", digest.hash, digest.size_bytes),
+                )));
+            }
+            let data = verify(&digest, r.data)?;
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            out.insert(digest.hash, data);
+        }
+        // A server that leaves a digest out has not given it to us.
+        for digest in digests {
+            if !out.contains_key(&digest.hash) {
+                return Err(Error::Missing { digest });
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_stream(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
+        let mut bytestream = ByteStreamClient::new(self.channel.clone());
+        let resource_name = join_instance(
+            &self.instance,
+            &format!("blobs/{}/{}", digest.hash, digest.size_bytes),
+        );
+        let missing = |status: tonic::Status| {
+            if status.code() == tonic::Code::NotFound {
+                Error::Missing {
+                    digest: digest.clone(),
+                }
+            } else {
+                Error::Read(status)
+            }
+        };
+        let mut stream = bytestream
+            .read(ReadRequest {
+                resource_name,
+                read_offset: 0,
+                read_limit: 0,
+            })
+            .await
+            .map_err(missing)?
+            .into_inner();
+        let mut data = Vec::with_capacity(usize::try_from(digest.size_bytes).unwrap_or(0));
+        while let Some(chunk) = stream.message().await.map_err(missing)? {
+            data.extend_from_slice(&chunk.data);
+            if data.len() as i64 > digest.size_bytes {
+                break;
+            }
+        }
+        let data = verify(digest, data)?;
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        Ok(data)
+    }
+
+    /// Writes `blobs` that the CAS does not already hold.
+    pub async fn upload(&self, blobs: Vec<(Digest, Vec<u8>)>) -> Result<(), Error> {
+        if blobs.is_empty() {
+            return Ok(());
+        }
+        let mut cas = ContentAddressableStorageClient::new(self.channel.clone());
+        let mut unique = HashMap::new();
+        for (digest, data) in blobs {
+            unique.entry(digest.hash.clone()).or_insert((digest, data));
+        }
+        let missing: HashSet<String> = cas
+            .find_missing_blobs(FindMissingBlobsRequest {
+                instance_name: self.instance.clone(),
+                blob_digests: unique.values().map(|(d, _)| d.clone()).collect(),
+                ..Default::default()
+            })
+            .await
+            .map_err(Error::FindMissing)?
+            .into_inner()
+            .missing_blob_digests
+            .into_iter()
+            .map(|d| d.hash)
+            .collect();
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        for (hash, (digest, data)) in unique {
+            if !missing.contains(&hash) {
+                continue;
+            }
+            if digest.size_bytes > BATCH_BLOB_MAX_BYTES {
+                self.write_stream(&digest, data).await?;
+                continue;
+            }
+            if batch_bytes + digest.size_bytes > BATCH_TOTAL_MAX_BYTES {
+                self.write_batch(std::mem::take(&mut batch)).await?;
+                batch_bytes = 0;
+            }
+            batch_bytes += digest.size_bytes;
+            batch.push(batch_update_blobs_request::Request {
+                digest: Some(digest),
+                data,
+                ..Default::default()
+            });
+        }
+        if !batch.is_empty() {
+            self.write_batch(batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_batch(
+        &self,
+        requests: Vec<batch_update_blobs_request::Request>,
+    ) -> Result<(), Error> {
+        let mut cas = ContentAddressableStorageClient::new(self.channel.clone());
+        let response = cas
+            .batch_update_blobs(BatchUpdateBlobsRequest {
+                instance_name: self.instance.clone(),
+                requests,
+                ..Default::default()
+            })
+            .await
+            .map_err(Error::Write)?
+            .into_inner();
+        for r in response.responses {
+            if let Some(status) = r.status.filter(|s| s.code != 0) {
+                return Err(Error::Write(tonic::Status::new(
+                    tonic::Code::from_i32(status.code),
+                    status.message,
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_stream(&self, digest: &Digest, data: Vec<u8>) -> Result<(), Error> {
+        static UPLOADS: AtomicU64 = AtomicU64::new(0);
+        let mut bytestream = ByteStreamClient::new(self.channel.clone());
+        // Unique per upload within this process, and across processes by
+        // the pid: storage keys concurrent uploads by this name.
+        let upload_id = format!(
+            "{:08x}-{:016x}",
+            std::process::id(),
+            UPLOADS.fetch_add(1, Ordering::Relaxed)
+        );
+        let resource_name = join_instance(
+            &self.instance,
+            &format!(
+                "uploads/{upload_id}/blobs/{}/{}",
+                digest.hash, digest.size_bytes
+            ),
+        );
+        let total = data.len();
+        let mut requests = Vec::new();
+        let mut offset = 0;
+        for chunk in data.chunks(WRITE_CHUNK_BYTES) {
+            let end = offset + chunk.len();
+            requests.push(WriteRequest {
+                resource_name: if offset == 0 {
+                    resource_name.clone()
+                } else {
+                    String::new()
+                },
+                write_offset: offset as i64,
+                finish_write: end == total,
+                data: chunk.to_vec(),
+            });
+            offset = end;
+        }
+        bytestream
+            .write(futures_util::stream::iter(requests))
+            .await
+            .map_err(Error::Write)?;
+        Ok(())
+    }
+
+    /// Stores `result` as the Action Cache entry of `action_digest`.
+    pub async fn update_action_result(
+        &self,
+        action_digest: &Digest,
+        result: ActionResult,
+    ) -> Result<(), Error> {
+        let mut ac = ActionCacheClient::new(self.channel.clone());
+        ac.update_action_result(UpdateActionResultRequest {
+            instance_name: self.instance.clone(),
+            action_digest: Some(action_digest.clone()),
+            action_result: Some(result),
+            ..Default::default()
+        })
+        .await
+        .map_err(|source| Error::UpdateActionResult {
+            digest: action_digest.clone(),
+            source,
+        })?;
+        Ok(())
+    }
+}
+
+/// `{instance}/{rest}`, or `rest` for the empty instance name.
+fn join_instance(instance: &str, rest: &str) -> String {
+    if instance.is_empty() {
+        rest.to_owned()
+    } else {
+        format!("{instance}/{rest}")
+    }
+}
+
+/// `data` if it hashes to `digest`.
+fn verify(digest: &Digest, data: Vec<u8>) -> Result<Vec<u8>, Error> {
+    let got = digest_of(&data);
+    if got.hash != digest.hash || got.size_bytes != digest.size_bytes {
+        return Err(Error::Corrupt {
+            digest: digest.clone(),
+            got: format!("{}/{}", got.hash, got.size_bytes),
+        });
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_refuses_other_contents() {
+        let d = digest_of(b"hello");
+        assert!(verify(&d, b"hello".to_vec()).is_ok());
+        assert!(matches!(
+            verify(&d, b"hellO".to_vec()),
+            Err(Error::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn instance_names_prefix_resources() {
+        assert_eq!(join_instance("", "blobs/a/1"), "blobs/a/1");
+        assert_eq!(join_instance("x/y", "blobs/a/1"), "x/y/blobs/a/1");
+    }
+}

@@ -1,0 +1,410 @@
+//! Runs one action: lays out its input root, asks the runner to run the
+//! command, uploads the outputs, and answers with an `ExecuteResponse`.
+//!
+//! Failures are results: whatever goes wrong becomes the response's
+//! status, so the scheduler can hand the client a precise answer instead
+//! of losing the action. The build directory is removed in every case,
+//! including when the slot abandons the action midway.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use corral_proto::protobuf::{Any, Timestamp};
+use corral_proto::reapi::{
+    digest_function, Action, ActionResult, Command, Digest, ExecuteResponse,
+    ExecutedActionMetadata, Platform,
+};
+use corral_proto::rpc;
+use corral_proto::runner::RunRequest;
+use prost::Message;
+use tokio::sync::watch;
+use tracing::{info, warn, Instrument};
+
+use crate::cas_client::{self, digest_of, CasClient};
+use crate::file_cache::FileCache;
+use crate::input_root;
+use crate::outputs;
+use crate::runner_client::RunnerClient;
+
+/// The platform property naming the sandbox policy.
+pub const POLICY_PROPERTY: &str = "corral-policy";
+
+/// Where an action is, reported to the scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Started,
+    FetchingInputs,
+    Running,
+    UploadingOutputs,
+}
+
+/// What went wrong running an action; each becomes the response status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the action has no {field}")]
+    Malformed { field: &'static str },
+    #[error("digest function {0} is not supported (only SHA-256)")]
+    DigestFunction(i32),
+    #[error("failed to fetch the command")]
+    FetchCommand(#[source] cas_client::Error),
+    #[error("the command is not a valid Command message")]
+    DecodeCommand(#[source] prost::DecodeError),
+    #[error("failed to prepare the build directory {path}")]
+    Prepare {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to lay out the input root")]
+    InputRoot(#[source] input_root::Error),
+    #[error("failed to prepare or collect the outputs")]
+    Outputs(#[source] outputs::Error),
+    #[error("the runner did not run the action")]
+    Runner(#[source] tonic::Status),
+    #[error("failed to upload the outputs")]
+    Upload(#[source] cas_client::Error),
+}
+
+/// One action handed out by the scheduler.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub action_digest: Digest,
+    pub action: Action,
+    /// The full instance name: the worker's prefix and the action's suffix.
+    pub instance_name: String,
+    pub queued: Option<Timestamp>,
+    pub digest_function: i32,
+}
+
+/// Runs actions for one slot.
+pub struct Executor {
+    /// `ExecutedActionMetadata.worker`.
+    worker_name: String,
+    /// `<directory>/build`; the runner resolves paths under it too.
+    build_dir: PathBuf,
+    /// Prefix of build directory names, unique among the worker's slots.
+    slot: String,
+    cas: CasClient,
+    cache: Arc<FileCache>,
+    runner: RunnerClient,
+    next_id: AtomicU64,
+}
+
+/// Now, as a protobuf timestamp.
+pub fn now() -> Timestamp {
+    timestamp(SystemTime::now())
+}
+
+/// `t` as a protobuf timestamp.
+pub fn timestamp(t: SystemTime) -> Timestamp {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos() as i32,
+    }
+}
+
+/// Removes the build directory when dropped: on success, on failure, and
+/// when the slot drops an abandoned action. remove_dir_all does not follow
+/// symlinks, so links the action made are removed, not their targets.
+struct BuildDirectory(PathBuf);
+
+impl Drop for BuildDirectory {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.0) {
+            if error.kind() != std::io::ErrorKind::NotFound {
+                warn!(path = %self.0.display(), %error, "removing the build directory failed");
+            }
+        }
+    }
+}
+
+impl Executor {
+    pub fn new(
+        worker_name: String,
+        build_dir: PathBuf,
+        slot: String,
+        cas: CasClient,
+        cache: Arc<FileCache>,
+        runner: RunnerClient,
+    ) -> Executor {
+        Executor {
+            worker_name,
+            build_dir,
+            slot,
+            cas,
+            cache,
+            runner,
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs `job`, reporting progress on `stage`.
+    pub async fn execute(&self, job: &Job, stage: &watch::Sender<Stage>) -> ExecuteResponse {
+        let span = tracing::info_span!(
+            "execute",
+            action = %format!("{}/{}", job.action_digest.hash, job.action_digest.size_bytes),
+            instance = %job.instance_name,
+        );
+        self.execute_in_span(job, stage).instrument(span).await
+    }
+
+    async fn execute_in_span(&self, job: &Job, stage: &watch::Sender<Stage>) -> ExecuteResponse {
+        let cas = self.cas.with_instance(&job.instance_name);
+        let mut meta = ExecutedActionMetadata {
+            worker: self.worker_name.clone(),
+            queued_timestamp: job.queued,
+            worker_start_timestamp: Some(now()),
+            ..Default::default()
+        };
+        let mut result = ActionResult::default();
+        let id = format!(
+            "{}-{}",
+            self.slot,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        );
+        let outcome = {
+            let dir = BuildDirectory(self.build_dir.join(&id));
+            self.steps(job, &cas, &id, &dir.0, &mut result, &mut meta, stage)
+                .await
+        };
+        meta.worker_completed_timestamp = Some(now());
+        result.execution_metadata = Some(meta);
+        let status = match &outcome {
+            Ok(()) => None,
+            Err(err) => {
+                warn!(error = %chain(err), "action failed");
+                Some(status(err))
+            }
+        };
+        if outcome.is_ok() && result.exit_code == 0 && !job.action.do_not_cache {
+            // The client already gets the result from the response; a
+            // failed cache write only costs a future cache miss.
+            if let Err(err) = cas
+                .update_action_result(&job.action_digest, result.clone())
+                .await
+            {
+                warn!(error = %chain(&err), "writing the action cache entry failed");
+            }
+        }
+        info!(
+            exit_code = result.exit_code,
+            code = status.as_ref().map_or(0, |s| s.code),
+            "action done"
+        );
+        ExecuteResponse {
+            result: Some(result),
+            status,
+            ..Default::default()
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn steps(
+        &self,
+        job: &Job,
+        cas: &CasClient,
+        id: &str,
+        dir: &Path,
+        result: &mut ActionResult,
+        meta: &mut ExecutedActionMetadata,
+        stage: &watch::Sender<Stage>,
+    ) -> Result<(), Error> {
+        let action = &job.action;
+        if job.digest_function != digest_function::Value::Unknown as i32
+            && job.digest_function != digest_function::Value::Sha256 as i32
+        {
+            return Err(Error::DigestFunction(job.digest_function));
+        }
+        stage.send_replace(Stage::FetchingInputs);
+        meta.input_fetch_start_timestamp = Some(now());
+        let command_digest = action.command_digest.as_ref().ok_or(Error::Malformed {
+            field: "command_digest",
+        })?;
+        let input_root_digest = action.input_root_digest.as_ref().ok_or(Error::Malformed {
+            field: "input_root_digest",
+        })?;
+        let command = cas
+            .read(command_digest)
+            .await
+            .map_err(Error::FetchCommand)?;
+        let command = Command::decode(command.as_slice()).map_err(Error::DecodeCommand)?;
+        let root = dir.join("root");
+        for (sub, mode) in [("root", 0o755), ("tmp", 0o777), ("logs", 0o755)] {
+            let path = dir.join(sub);
+            let prepare = |source| Error::Prepare {
+                path: path.clone(),
+                source,
+            };
+            std::fs::create_dir_all(&path).map_err(prepare)?;
+            // tmp is written by the action's unprivileged uid.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(prepare)?;
+        }
+        input_root::materialize(cas, &self.cache, input_root_digest, &root)
+            .await
+            .map_err(Error::InputRoot)?;
+        outputs::prepare(&root, &command).map_err(Error::Outputs)?;
+        meta.input_fetch_completed_timestamp = Some(now());
+
+        stage.send_replace(Stage::Running);
+        let request = RunRequest {
+            arguments: command.arguments.clone(),
+            environment_variables: command
+                .environment_variables
+                .iter()
+                .map(|v| (v.name.clone(), v.value.clone()))
+                .collect(),
+            working_directory: command.working_directory.clone(),
+            stdout_path: format!("{id}/stdout"),
+            stderr_path: format!("{id}/stderr"),
+            input_root_directory: format!("{id}/root"),
+            temporary_directory: format!("{id}/tmp"),
+            server_logs_directory: format!("{id}/logs"),
+            corral_policy: policy(action, &command),
+            corral_timeout: action.timeout,
+        };
+        meta.execution_start_timestamp = Some(now());
+        let ran = self.runner.run(request).await;
+        meta.execution_completed_timestamp = Some(now());
+
+        stage.send_replace(Stage::UploadingOutputs);
+        meta.output_upload_start_timestamp = Some(now());
+        let mut blobs = Vec::new();
+        for (name, field) in [
+            ("stdout", &mut result.stdout_digest),
+            ("stderr", &mut result.stderr_digest),
+        ] {
+            // Absent when the runner failed before starting the command.
+            if let Ok(data) = std::fs::read(dir.join(name)) {
+                let digest = digest_of(&data);
+                *field = Some(digest.clone());
+                blobs.push((digest, data));
+            }
+        }
+        let outcome = match ran {
+            Ok(response) => {
+                result.exit_code = response.exit_code;
+                meta.auxiliary_metadata = response.resource_usage;
+                outputs::collect(&root, &command, result)
+                    .map(|outputs| blobs.extend(outputs))
+                    .map_err(Error::Outputs)
+            }
+            Err(status) => Err(Error::Runner(status)),
+        };
+        let uploaded = cas.upload(blobs).await.map_err(Error::Upload);
+        meta.output_upload_completed_timestamp = Some(now());
+        outcome?;
+        uploaded
+    }
+}
+
+/// The sandbox policy named by the action's platform, else the command's
+/// (older clients put the platform only there); empty = the runner's
+/// default.
+fn policy(action: &Action, command: &Command) -> String {
+    #[allow(deprecated)] // Command.platform: still sent by Bazel 4.
+    let platforms: [Option<&Platform>; 2] = [action.platform.as_ref(), command.platform.as_ref()];
+    platforms
+        .into_iter()
+        .flatten()
+        .flat_map(|p| &p.properties)
+        .find(|p| p.name == POLICY_PROPERTY)
+        .map(|p| p.value.clone())
+        .unwrap_or_default()
+}
+
+/// The error and its causes, joined, for status messages.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The response status for a failed action, chosen where the error starts.
+pub fn status(err: &Error) -> rpc::Status {
+    use tonic::Code;
+    let message = chain(err);
+    let missing = match err {
+        Error::FetchCommand(cas_client::Error::Missing { digest }) => Some(digest),
+        Error::InputRoot(e) => e.missing_digest(),
+        _ => None,
+    };
+    if let Some(digest) = missing {
+        // One encoding of this status for the whole farm: proto's.
+        let status =
+            corral_proto::precondition::missing_blobs(&message, std::slice::from_ref(digest));
+        if let Ok(decoded) = rpc::Status::decode(status.details()) {
+            return decoded;
+        }
+    }
+    let code = match err {
+        Error::Malformed { .. } | Error::DigestFunction(_) | Error::DecodeCommand(_) => {
+            Code::InvalidArgument
+        }
+        Error::InputRoot(
+            input_root::Error::InvalidName { .. }
+            | input_root::Error::DecodeDirectory { .. }
+            | input_root::Error::NoDigest { .. },
+        ) => Code::InvalidArgument,
+        Error::Outputs(outputs::Error::Refused { .. }) => Code::InvalidArgument,
+        Error::Runner(status) => match status.code() {
+            Code::Ok | Code::Unknown => Code::Internal,
+            code => code,
+        },
+        _ => Code::Internal,
+    };
+    rpc::Status {
+        code: code as i32,
+        message,
+        details: Vec::<Any>::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use corral_proto::reapi::platform::Property;
+
+    use super::*;
+
+    #[test]
+    fn the_action_platform_names_the_policy_first() {
+        let platform = |v: &str| Platform {
+            properties: vec![Property {
+                name: POLICY_PROPERTY.into(),
+                value: v.into(),
+            }],
+        };
+        let mut action = Action::default();
+        #[allow(deprecated)]
+        let command = Command {
+            platform: Some(platform("cmd")),
+            ..Default::default()
+        };
+        assert_eq!(policy(&action, &command), "cmd");
+        action.platform = Some(platform("act"));
+        assert_eq!(policy(&action, &command), "act");
+    }
+
+    #[test]
+    fn a_missing_input_is_a_precondition_failure_naming_it() {
+        let digest = digest_of(b"x");
+        let status = status(&Error::FetchCommand(cas_client::Error::Missing {
+            digest: digest.clone(),
+        }));
+        assert_eq!(status.code, tonic::Code::FailedPrecondition as i32);
+        assert_eq!(status.details.len(), 1);
+        assert_eq!(
+            status.details[0].type_url,
+            corral_proto::precondition::PRECONDITION_FAILURE_TYPE_URL
+        );
+    }
+}
