@@ -1,8 +1,27 @@
 //! The worker's errors.
 
-/// Everything that can go wrong in the worker.
+use std::path::PathBuf;
+
+/// Everything that can go wrong starting the worker. Actions never fail
+/// the worker: their failures are their results.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid configuration: {field}: {reason}")]
     InvalidConfig { field: &'static str, reason: String },
+    #[error("failed to prepare {path}")]
+    Prepare {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to open the file cache")]
+    FileCache(#[from] crate::file_cache::Error),
+    #[error("failed to set up the storage client")]
+    Storage(#[from] crate::cas_client::Error),
+    #[error("invalid scheduler endpoint {endpoint}")]
+    Scheduler {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
 }

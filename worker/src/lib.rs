@@ -14,6 +14,11 @@
 //! - [`input_root`] — lays out an action's input root.
 //! - [`runner_client`] — the runner over its Unix socket.
 //! - [`outputs`] — output parents before the run, outputs after it.
+//! - [`executor`] — one action, from Action to ExecuteResponse.
+//! - [`slot`] — one build slot synchronizing with the scheduler.
+//!
+//! [`run`] is the entry point: one slot per unit of concurrency, all
+//! sharing the file cache and the storage connection.
 //!
 //! The worker writes executables and never forks: a child forked while
 //! another thread has an executable open for writing inherits that fd, and
@@ -31,6 +36,131 @@ pub mod file_cache;
 pub mod input_root;
 pub mod outputs;
 pub mod runner_client;
+pub mod slot;
 
 pub use config::Config;
 pub use error::Error;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use corral_proto::reapi::{platform::Property, Platform};
+use corral_proto::remoteworker::operation_queue_client::OperationQueueClient;
+use tokio::task::JoinSet;
+use tonic::transport::Endpoint;
+
+/// Empties `dir` (what a previous run left is not ours to trust) and
+/// creates it.
+fn fresh_directory(dir: &Path) -> Result<(), Error> {
+    let prepare = |source| Error::Prepare {
+        path: dir.to_owned(),
+        source,
+    };
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(prepare(e)),
+        _ => {}
+    }
+    std::fs::create_dir_all(dir).map_err(prepare)
+}
+
+/// This machine's name, for the worker id.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned())
+}
+
+/// Runs the worker's slots until `shutdown` completes. Actions running
+/// then are dropped; the scheduler queues them again when the slots stop
+/// reporting.
+///
+/// The runners named by the slot groups must use `<directory>/build` as
+/// their build directory: run requests name paths relative to it.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    cfg.validate()?;
+    let build_dir = cfg.directory.join("build");
+    fresh_directory(&build_dir)?;
+    let cache = Arc::new(file_cache::FileCache::open(
+        cfg.directory.join("cache"),
+        cfg.cache_max_size_bytes,
+    )?);
+    let cas = cas_client::CasClient::new(&cfg.storage)?;
+    let scheduler = Endpoint::from_shared(cfg.scheduler.clone())
+        .map_err(|source| Error::Scheduler {
+            endpoint: cfg.scheduler.clone(),
+            source,
+        })?
+        .connect_lazy();
+    let host = hostname();
+    let mut slots = JoinSet::new();
+    let mut number = 0usize;
+    for group in &cfg.slots {
+        let concurrency = if group.concurrency == 0 {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        } else {
+            group.concurrency
+        };
+        let platform = Platform {
+            // BTreeMap order: sorted by name, as REAPI requires.
+            properties: group
+                .platform
+                .iter()
+                .map(|(name, value)| Property {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+        };
+        let runner = runner_client::RunnerClient::new(&group.runner);
+        for _ in 0..concurrency {
+            let worker_id: BTreeMap<String, String> = [
+                ("hostname".to_owned(), host.clone()),
+                ("slot".to_owned(), number.to_string()),
+            ]
+            .into();
+            let executor = executor::Executor::new(
+                format!("{host}/slot-{number}"),
+                build_dir.clone(),
+                format!("s{number}"),
+                cas.clone(),
+                Arc::clone(&cache),
+                runner.clone(),
+            );
+            let slot = slot::Slot {
+                identity: slot::Identity {
+                    worker_id,
+                    instance_name_prefix: cfg.instance_name_prefix.clone(),
+                    platform: platform.clone(),
+                    size_class: group.size_class,
+                },
+                scheduler: OperationQueueClient::new(scheduler.clone()),
+                runner: runner.clone(),
+                executor,
+            };
+            let span = tracing::info_span!("slot", slot = number);
+            slots.spawn(tracing::Instrument::instrument(slot.run(), span));
+            number += 1;
+        }
+    }
+    tracing::info!(slots = number, scheduler = %cfg.scheduler, "worker running");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            joined = slots.join_next() => match joined {
+                // Slots loop forever; one that ended panicked.
+                Some(Err(error)) => tracing::error!(%error, "a slot stopped"),
+                Some(Ok(())) => {}
+                None => break,
+            },
+        }
+    }
+    // Dropping the JoinSet aborts the slots; their build directories are
+    // removed as the executors' futures drop.
+    slots.shutdown().await;
+    tracing::info!("worker stopped");
+    Ok(())
+}

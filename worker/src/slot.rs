@@ -1,0 +1,240 @@
+//! One build slot: synchronizes with the scheduler
+//! (`buildbarn.remoteworker.OperationQueue`) and runs what it is given.
+//!
+//! Buildbarn's dynamics: the slot says Idle and the scheduler holds the
+//! call until it has an action (or answers with nothing); while running,
+//! the slot reports its stage at least by `next_synchronization_at`, and
+//! an Idle answer then means the action went elsewhere, so it is dropped;
+//! the Completed report carries the response and its answer may carry the
+//! next action.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use corral_proto::protobuf::{Empty, Timestamp};
+use corral_proto::reapi::Platform;
+use corral_proto::remoteworker::operation_queue_client::OperationQueueClient;
+use corral_proto::remoteworker::{
+    current_state, desired_state, CurrentState, SynchronizeRequest, SynchronizeResponse,
+};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tracing::{debug, warn};
+
+use crate::executor::{Executor, Job, Stage};
+use crate::runner_client::RunnerClient;
+
+/// Longest wait between reconnection attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// First wait after a failed synchronization.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest pause while idle before asking again: the scheduler long-polls,
+/// so this only paces a scheduler that answers at once.
+const IDLE_PAUSE_MAX: Duration = Duration::from_millis(200);
+/// Progress reports while executing are sent at least this often, even if
+/// the scheduler asks for less.
+const REPORT_MAX: Duration = Duration::from_secs(10);
+
+/// What a slot tells the scheduler about itself.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub worker_id: BTreeMap<String, String>,
+    pub instance_name_prefix: String,
+    pub platform: Platform,
+    pub size_class: u32,
+}
+
+/// A slot: its identity, the scheduler, its runner and its executor.
+pub struct Slot {
+    pub identity: Identity,
+    pub scheduler: OperationQueueClient<Channel>,
+    pub runner: RunnerClient,
+    pub executor: Executor,
+}
+
+fn state(s: current_state::WorkerState) -> CurrentState {
+    CurrentState {
+        worker_state: Some(s),
+    }
+}
+
+/// How long until `at`, capped at `max`; zero if it has passed.
+fn until(at: Option<&Timestamp>, max: Duration) -> Duration {
+    let Some(at) = at else { return max };
+    let at =
+        SystemTime::UNIX_EPOCH + Duration::new(at.seconds.max(0) as u64, at.nanos.max(0) as u32);
+    at.duration_since(SystemTime::now())
+        .unwrap_or_default()
+        .min(max)
+}
+
+impl Slot {
+    /// Synchronizes forever; the caller stops it by dropping the future.
+    pub async fn run(mut self) {
+        let mut current = state(current_state::WorkerState::Idle(Empty {}));
+        loop {
+            let idle = matches!(
+                current.worker_state,
+                Some(current_state::WorkerState::Idle(_))
+            );
+            // An unready runner would fail every action; the scheduler
+            // keeps them for a slot that can run them.
+            let prefer_being_idle = idle && self.runner.check_readiness().await.is_err();
+            if prefer_being_idle {
+                debug!(socket = %self.runner.socket().display(), "runner not ready");
+            }
+            let response = self.synchronize(current.clone(), prefer_being_idle).await;
+            match response.desired_state.and_then(|d| d.worker_state) {
+                Some(desired_state::WorkerState::Executing(exec)) => {
+                    current = self.execute(exec, response.next_synchronization_at).await;
+                }
+                _ => {
+                    current = state(current_state::WorkerState::Idle(Empty {}));
+                    let pause = if prefer_being_idle {
+                        until(response.next_synchronization_at.as_ref(), BACKOFF_MAX)
+                    } else {
+                        until(response.next_synchronization_at.as_ref(), IDLE_PAUSE_MAX)
+                    };
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+
+    fn request(&self, current: CurrentState, prefer_being_idle: bool) -> SynchronizeRequest {
+        SynchronizeRequest {
+            worker_id: self.identity.worker_id.clone(),
+            instance_name_prefix: self.identity.instance_name_prefix.clone(),
+            platform: Some(self.identity.platform.clone()),
+            current_state: Some(current),
+            size_class: self.identity.size_class,
+            prefer_being_idle,
+        }
+    }
+
+    /// Sends `current` until the scheduler takes it, backing off while it
+    /// is unreachable; a completed result is never dropped on the way.
+    async fn synchronize(
+        &mut self,
+        current: CurrentState,
+        prefer_being_idle: bool,
+    ) -> SynchronizeResponse {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let request = self.request(current.clone(), prefer_being_idle);
+            match self.scheduler.synchronize(request).await {
+                Ok(response) => return response.into_inner(),
+                Err(status) => {
+                    warn!(code = ?status.code(), message = status.message(), "synchronizing with the scheduler failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Runs one action, reporting progress; returns the state to report
+    /// next (Completed, or Idle if the scheduler took the action back).
+    async fn execute(
+        &self,
+        exec: corral_proto::remoteworker::desired_state::Executing,
+        next_sync: Option<Timestamp>,
+    ) -> CurrentState {
+        let action_digest = exec.action_digest.unwrap_or_default();
+        let instance_name = [
+            self.identity.instance_name_prefix.as_str(),
+            exec.instance_name_suffix.as_str(),
+        ]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("/");
+        let job = Job {
+            action_digest: action_digest.clone(),
+            action: exec.action.unwrap_or_default(),
+            instance_name,
+            queued: exec.queued_timestamp,
+            digest_function: exec.digest_function,
+        };
+        let (stage_tx, mut stage_rx) = watch::channel(Stage::Started);
+        let mut report_in = until(next_sync.as_ref(), REPORT_MAX);
+        let executor = &self.executor;
+        let run = executor.execute(&job, &stage_tx);
+        tokio::pin!(run);
+        let mut report_now = true;
+        loop {
+            if report_now {
+                let stage = *stage_rx.borrow_and_update();
+                let executing = current_state::Executing {
+                    action_digest: Some(action_digest.clone()),
+                    execution_state: Some(match stage {
+                        Stage::Started => {
+                            current_state::executing::ExecutionState::Started(Empty {})
+                        }
+                        Stage::FetchingInputs => {
+                            current_state::executing::ExecutionState::FetchingInputs(Empty {})
+                        }
+                        Stage::Running => {
+                            current_state::executing::ExecutionState::Running(Empty {})
+                        }
+                        Stage::UploadingOutputs => {
+                            current_state::executing::ExecutionState::UploadingOutputs(Empty {})
+                        }
+                    }),
+                };
+                let request = SynchronizeRequest {
+                    worker_id: self.identity.worker_id.clone(),
+                    instance_name_prefix: self.identity.instance_name_prefix.clone(),
+                    platform: Some(self.identity.platform.clone()),
+                    current_state: Some(state(current_state::WorkerState::Executing(executing))),
+                    size_class: self.identity.size_class,
+                    prefer_being_idle: false,
+                };
+                // The run goes on while the report is out: both are
+                // polled together.
+                let mut scheduler = self.scheduler.clone();
+                let report = scheduler.synchronize(request);
+                tokio::pin!(report);
+                let answer = tokio::select! {
+                    response = &mut run => {
+                        return state(current_state::WorkerState::Completed(
+                            current_state::Completed {
+                                action_digest: Some(action_digest),
+                                execute_response: Some(response),
+                            },
+                        ));
+                    }
+                    answer = &mut report => answer,
+                };
+                match answer {
+                    Ok(response) => {
+                        let response = response.into_inner();
+                        if let Some(desired_state::WorkerState::Idle(_)) =
+                            response.desired_state.and_then(|d| d.worker_state)
+                        {
+                            warn!(action = %action_digest.hash, "the scheduler took the action back; abandoning it");
+                            return state(current_state::WorkerState::Idle(Empty {}));
+                        }
+                        report_in = until(response.next_synchronization_at.as_ref(), REPORT_MAX);
+                    }
+                    Err(status) => {
+                        warn!(code = ?status.code(), message = status.message(), "progress report failed");
+                        report_in = BACKOFF_MAX.min(REPORT_MAX);
+                    }
+                }
+            }
+            tokio::select! {
+                response = &mut run => {
+                    return state(current_state::WorkerState::Completed(
+                        current_state::Completed {
+                            action_digest: Some(action_digest),
+                            execute_response: Some(response),
+                        },
+                    ));
+                }
+                changed = stage_rx.changed() => report_now = changed.is_ok(),
+                () = tokio::time::sleep(report_in) => report_now = true,
+            }
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! The worker against an in-process storage (memory backend), a real
+//! runner, and a fake scheduler: inputs laid out, commands run in the
+//! sandbox, outputs and failures reported as REAPI clients expect.
+
+// Test code: a failed setup step should stop the test loudly.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use corral_proto::protobuf::Timestamp;
+use corral_proto::reapi::action_cache_client::ActionCacheClient;
+use corral_proto::reapi::command::EnvironmentVariable;
+use corral_proto::reapi::{
+    Action, Command, Digest, Directory, DirectoryNode, ExecuteResponse, FileNode,
+    GetActionResultRequest, SymlinkNode, Tree,
+};
+use corral_proto::remoteworker::operation_queue_server::{OperationQueue, OperationQueueServer};
+use corral_proto::remoteworker::{
+    current_state, desired_state, DesiredState, SynchronizeRequest, SynchronizeResponse,
+};
+use corral_worker::cas_client::{digest_of, CasClient};
+use corral_worker::executor::{Executor, Job, Stage};
+use corral_worker::file_cache::FileCache;
+use corral_worker::runner_client::RunnerClient;
+use prost::Message;
+use tokio::task::JoinSet;
+use tonic::Code;
+
+fn privileged(test: &str) -> bool {
+    // The runner's sandbox maps ids and writes cgroups: root only.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        .unwrap_or(false);
+    if !root {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: CI must run as root"
+        );
+        eprintln!("skipped {test}: needs root (the runner's sandbox)");
+    }
+    root
+}
+
+/// Storage, a runner, and an executor over them, in one test.
+struct Farm {
+    dir: tempfile::TempDir,
+    storage: String,
+    cas: CasClient,
+    cache: Arc<FileCache>,
+    executor: Executor,
+    runner_socket: PathBuf,
+    _servers: JoinSet<()>,
+}
+
+impl Farm {
+    async fn start() -> Farm {
+        let dir = tempfile::tempdir().unwrap();
+        let mut servers = JoinSet::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let storage = format!("http://{}", listener.local_addr().unwrap());
+        let storage_cfg = corral_storage::config::Config {
+            backend: corral_storage::config::Backend::Memory {
+                max_size_bytes: 64 << 20,
+            },
+            ..Default::default()
+        };
+        servers.spawn(async move {
+            corral_storage::run(storage_cfg, listener, std::future::pending())
+                .await
+                .unwrap();
+        });
+        let worker_dir = dir.path().join("worker");
+        let build = worker_dir.join("build");
+        std::fs::create_dir_all(&build).unwrap();
+        let runner_socket = dir.path().join("runner.sock");
+        let runner_cfg = corral_runner::Config {
+            listen_path: runner_socket.clone(),
+            build_directory: build.clone(),
+            ..Default::default()
+        };
+        servers.spawn(async move {
+            corral_runner::run(runner_cfg, std::future::pending())
+                .await
+                .unwrap();
+        });
+        for _ in 0..500 {
+            if runner_socket.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let cas = CasClient::new(&storage).unwrap();
+        let cache = Arc::new(FileCache::open(worker_dir.join("cache"), 1 << 30).unwrap());
+        let executor = Executor::new(
+            "test-worker".into(),
+            build,
+            "t".into(),
+            cas.clone(),
+            Arc::clone(&cache),
+            RunnerClient::new(&runner_socket),
+        );
+        Farm {
+            dir,
+            storage,
+            cas,
+            cache,
+            executor,
+            runner_socket,
+            _servers: servers,
+        }
+    }
+
+    fn build(&self) -> PathBuf {
+        self.dir.path().join("worker").join("build")
+    }
+
+    async fn put(&self, data: &[u8]) -> Digest {
+        let digest = digest_of(data);
+        self.cas
+            .upload(vec![(digest.clone(), data.to_vec())])
+            .await
+            .unwrap();
+        digest
+    }
+
+    async fn put_message(&self, m: &impl Message) -> Digest {
+        self.put(&m.encode_to_vec()).await
+    }
+
+    async fn read(&self, digest: &Option<Digest>) -> Vec<u8> {
+        self.cas.read(digest.as_ref().unwrap()).await.unwrap()
+    }
+
+    /// Uploads the command and action; returns the job.
+    async fn job(&self, command: Command, root: Digest, timeout_s: Option<i64>) -> Job {
+        let action = Action {
+            command_digest: Some(self.put_message(&command).await),
+            input_root_digest: Some(root),
+            timeout: timeout_s.map(|s| corral_proto::protobuf::Duration {
+                seconds: s,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        Job {
+            action_digest: self.put_message(&action).await,
+            action,
+            instance_name: String::new(),
+            queued: None,
+            digest_function: 0,
+        }
+    }
+
+    async fn execute(&self, job: &Job) -> ExecuteResponse {
+        let (stage, _) = tokio::sync::watch::channel(Stage::Started);
+        self.executor.execute(job, &stage).await
+    }
+
+    fn build_is_empty(&self) -> bool {
+        std::fs::read_dir(self.build()).unwrap().next().is_none()
+    }
+
+    /// An input root with nested and empty directories, an executable and
+    /// a symlink; returns its digest and the number of distinct files.
+    async fn input_root(&self) -> (Digest, usize) {
+        let deep = Directory {
+            files: vec![FileNode {
+                name: "deep.txt".into(),
+                digest: Some(self.put(b"deep\n").await),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let data = Directory {
+            directories: vec![DirectoryNode {
+                name: "nested".into(),
+                digest: Some(self.put_message(&deep).await),
+            }],
+            ..Default::default()
+        };
+        let empty = Directory::default();
+        let root = Directory {
+            files: vec![FileNode {
+                name: "tool.sh".into(),
+                digest: Some(self.put(b"#!/bin/sh\necho hi from tool\n").await),
+                is_executable: true,
+                ..Default::default()
+            }],
+            directories: vec![
+                DirectoryNode {
+                    name: "data".into(),
+                    digest: Some(self.put_message(&data).await),
+                },
+                DirectoryNode {
+                    name: "empty".into(),
+                    digest: Some(self.put_message(&empty).await),
+                },
+            ],
+            symlinks: vec![SymlinkNode {
+                name: "link".into(),
+                target: "data/nested/deep.txt".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        (self.put_message(&root).await, 2)
+    }
+}
+
+fn shell(script: &str) -> Command {
+    Command {
+        arguments: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        environment_variables: vec![EnvironmentVariable {
+            name: "PATH".into(),
+            value: "/usr/bin:/bin".into(),
+        }],
+        ..Default::default()
+    }
+}
+
+const SCRIPT: &str = "set -e
+test -x ./tool.sh
+test -d empty
+./tool.sh > out/tool.txt
+cat link > out/copy.txt
+mkdir -p outdir/sub
+echo x > outdir/sub/f
+ln -s ../copy.txt outdir/l
+printf '#!/bin/sh\\n' > out/run.sh
+chmod +x out/run.sh
+ln -s copy.txt out/sym
+echo to-stdout
+echo to-stderr >&2";
+
+fn code(response: &ExecuteResponse) -> i32 {
+    response.status.as_ref().map_or(0, |s| s.code)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_action_runs_and_every_output_kind_is_reported() {
+    if !privileged("an_action_runs_and_every_output_kind_is_reported") {
+        return;
+    }
+    let farm = Farm::start().await;
+    let (root, files) = farm.input_root().await;
+    let mut command = shell(SCRIPT);
+    command.output_paths = [
+        "out/tool.txt",
+        "out/copy.txt",
+        "out/run.sh",
+        "out/sym",
+        "outdir",
+        "out/never-made",
+    ]
+    .map(String::from)
+    .to_vec();
+    let job = farm.job(command, root.clone(), None).await;
+    let response = farm.execute(&job).await;
+    assert_eq!(code(&response), 0, "{:?}", response.status);
+    let result = response.result.clone().unwrap();
+    assert_eq!(result.exit_code, 0);
+    assert_eq!(farm.read(&result.stdout_digest).await, b"to-stdout\n");
+    assert_eq!(farm.read(&result.stderr_digest).await, b"to-stderr\n");
+
+    let file = |path: &str| {
+        result
+            .output_files
+            .iter()
+            .find(|f| f.path == path)
+            .unwrap_or_else(|| panic!("no {path} in {:?}", result.output_files))
+            .clone()
+    };
+    assert_eq!(
+        farm.read(&file("out/tool.txt").digest).await,
+        b"hi from tool\n"
+    );
+    assert_eq!(farm.read(&file("out/copy.txt").digest).await, b"deep\n");
+    assert!(file("out/run.sh").is_executable);
+    assert!(!file("out/copy.txt").is_executable);
+    assert_eq!(result.output_files.len(), 3);
+    assert_eq!(result.output_symlinks.len(), 1);
+    assert_eq!(result.output_symlinks[0].path, "out/sym");
+    assert_eq!(result.output_symlinks[0].target, "copy.txt");
+
+    assert_eq!(result.output_directories.len(), 1);
+    let outdir = &result.output_directories[0];
+    let tree = Tree::decode(farm.read(&outdir.tree_digest).await.as_slice()).unwrap();
+    let tree_root = tree.root.clone().unwrap();
+    assert_eq!(
+        Some(digest_of(&tree_root.encode_to_vec())),
+        outdir.root_directory_digest
+    );
+    assert_eq!(tree_root.directories[0].name, "sub");
+    assert_eq!(tree_root.symlinks[0].name, "l");
+    assert_eq!(tree_root.symlinks[0].target, "../copy.txt");
+    assert_eq!(tree.children.len(), 1);
+    assert_eq!(farm.read(&tree.children[0].files[0].digest).await, b"x\n");
+
+    let meta = result.execution_metadata.clone().unwrap();
+    assert_eq!(meta.worker, "test-worker");
+    for t in [
+        &meta.worker_start_timestamp,
+        &meta.input_fetch_start_timestamp,
+        &meta.input_fetch_completed_timestamp,
+        &meta.execution_start_timestamp,
+        &meta.execution_completed_timestamp,
+        &meta.output_upload_start_timestamp,
+        &meta.output_upload_completed_timestamp,
+        &meta.worker_completed_timestamp,
+    ] {
+        assert!(t.is_some());
+    }
+    assert!(!meta.auxiliary_metadata.is_empty(), "runner resource usage");
+
+    // The Action Cache holds the result.
+    let mut ac = ActionCacheClient::connect(farm.storage.clone())
+        .await
+        .unwrap();
+    let cached = ac
+        .get_action_result(GetActionResultRequest {
+            action_digest: Some(job.action_digest.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cached.output_files.len(), 3);
+    assert!(farm.build_is_empty(), "the build directory is removed");
+    assert_eq!(farm.cache.downloads(), files as u64);
+
+    // A second action on the same inputs, in the pre-2.1 fields Bazel
+    // 4.2.3 uses: nothing is downloaded again.
+    #[allow(deprecated)]
+    let old = {
+        let mut command = shell(&format!("{SCRIPT}\necho again"));
+        command.output_files = ["out/copy.txt", "out/sym"].map(String::from).to_vec();
+        command.output_directories = vec!["outdir".into()];
+        command
+    };
+    let job = farm.job(old, root, None).await;
+    let response = farm.execute(&job).await;
+    assert_eq!(code(&response), 0, "{:?}", response.status);
+    let result = response.result.unwrap();
+    assert_eq!(farm.cache.downloads(), files as u64, "all inputs cached");
+    assert_eq!(result.output_files.len(), 1);
+    #[allow(deprecated)]
+    {
+        assert_eq!(result.output_file_symlinks.len(), 1);
+        assert_eq!(result.output_file_symlinks[0].target, "copy.txt");
+    }
+    assert_eq!(result.output_directories.len(), 1);
+    assert!(farm.build_is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_input_fails_the_precondition_naming_the_blob() {
+    if !privileged("a_missing_input_fails_the_precondition_naming_the_blob") {
+        return;
+    }
+    let farm = Farm::start().await;
+    let absent = digest_of(b"never uploaded");
+    let root = Directory {
+        files: vec![FileNode {
+            name: "gone".into(),
+            digest: Some(absent.clone()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let root = farm.put_message(&root).await;
+    let job = farm.job(shell("true"), root, None).await;
+    let response = farm.execute(&job).await;
+    let status = response.status.unwrap();
+    assert_eq!(status.code, Code::FailedPrecondition as i32);
+    assert_eq!(status.details.len(), 1);
+    assert_eq!(
+        status.details[0].type_url,
+        "type.googleapis.com/google.rpc.PreconditionFailure"
+    );
+    let failure = corral_proto::error_details::PreconditionFailure::decode(
+        status.details[0].value.as_slice(),
+    )
+    .unwrap();
+    assert_eq!(failure.violations[0].r#type, "MISSING");
+    assert_eq!(
+        failure.violations[0].subject,
+        format!("blobs/{}/{}", absent.hash, absent.size_bytes)
+    );
+    assert!(farm.build_is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timeout_is_deadline_exceeded_with_the_output_so_far() {
+    if !privileged("a_timeout_is_deadline_exceeded_with_the_output_so_far") {
+        return;
+    }
+    let farm = Farm::start().await;
+    let root = farm.put_message(&Directory::default()).await;
+    let job = farm
+        .job(shell("echo started; exec sleep 30"), root, Some(1))
+        .await;
+    let response = farm.execute(&job).await;
+    assert_eq!(code(&response), Code::DeadlineExceeded as i32);
+    let result = response.result.unwrap();
+    assert_eq!(farm.read(&result.stdout_digest).await, b"started\n");
+    assert!(farm.build_is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_programs_and_escaping_outputs_are_invalid_arguments() {
+    if !privileged("bad_programs_and_escaping_outputs_are_invalid_arguments") {
+        return;
+    }
+    let farm = Farm::start().await;
+    let root = farm.put_message(&Directory::default()).await;
+    let mut missing = shell("");
+    missing.arguments = vec!["/no/such/tool".into()];
+    let response = farm
+        .execute(&farm.job(missing, root.clone(), None).await)
+        .await;
+    assert_eq!(code(&response), Code::InvalidArgument as i32);
+
+    let mut escaping = shell("ln -s /etc/passwd out/evil");
+    escaping.output_paths = vec!["out/evil".into()];
+    let response = farm.execute(&farm.job(escaping, root, None).await).await;
+    let status = response.status.unwrap();
+    assert_eq!(status.code, Code::InvalidArgument as i32);
+    assert!(status.message.contains("out/evil"), "{}", status.message);
+    assert!(farm.build_is_empty());
+}
+
+/// A scheduler that hands out one action and records what comes back.
+struct FakeQueue {
+    pending: Mutex<Option<(Digest, Action)>>,
+    done: tokio::sync::mpsc::UnboundedSender<(BTreeMap<String, String>, ExecuteResponse)>,
+}
+
+fn soon() -> Timestamp {
+    let t = SystemTime::now() + Duration::from_secs(1);
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+    Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: 0,
+    }
+}
+
+#[tonic::async_trait]
+impl OperationQueue for FakeQueue {
+    async fn synchronize(
+        &self,
+        request: tonic::Request<SynchronizeRequest>,
+    ) -> Result<tonic::Response<SynchronizeResponse>, tonic::Status> {
+        let req = request.into_inner();
+        let state = req.current_state.and_then(|s| s.worker_state);
+        let mut desired = None;
+        match state {
+            Some(current_state::WorkerState::Completed(done)) => {
+                let _ = self
+                    .done
+                    .send((req.worker_id, done.execute_response.unwrap()));
+            }
+            Some(current_state::WorkerState::Idle(_)) if !req.prefer_being_idle => {
+                let next = self.pending.lock().unwrap().take();
+                if let Some((digest, action)) = next {
+                    desired = Some(DesiredState {
+                        worker_state: Some(desired_state::WorkerState::Executing(
+                            desired_state::Executing {
+                                action_digest: Some(digest),
+                                action: Some(action),
+                                ..Default::default()
+                            },
+                        )),
+                    });
+                } else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            _ => {}
+        }
+        Ok(tonic::Response::new(SynchronizeResponse {
+            next_synchronization_at: Some(soon()),
+            desired_state: desired,
+        }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
+    if !privileged("the_worker_takes_an_action_from_the_scheduler_and_reports_it") {
+        return;
+    }
+    let farm = Farm::start().await;
+    let (root, _) = farm.input_root().await;
+    let mut command = shell("cat link > out.txt");
+    command.output_paths = vec!["out.txt".into()];
+    let job = farm.job(command, root, None).await;
+    let (done, mut completed) = tokio::sync::mpsc::unbounded_channel();
+    let queue = FakeQueue {
+        pending: Mutex::new(Some((job.action_digest.clone(), job.action.clone()))),
+        done,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let scheduler = format!("http://{}", listener.local_addr().unwrap());
+    let mut tasks = JoinSet::new();
+    tasks.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(OperationQueueServer::new(queue))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    let worker_dir: &Path = &farm.dir.path().join("worker");
+    let cfg = corral_worker::Config {
+        scheduler,
+        storage: farm.storage.clone(),
+        directory: worker_dir.to_owned(),
+        cache_max_size_bytes: 1 << 20,
+        instance_name_prefix: String::new(),
+        slots: vec![corral_worker::config::SlotGroup {
+            concurrency: 1,
+            runner: farm.runner_socket.clone(),
+            platform: [("OSFamily".to_owned(), "linux".to_owned())].into(),
+            size_class: 0,
+        }],
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tasks.spawn(async move {
+        corral_worker::run(cfg, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    let (worker_id, response) = tokio::time::timeout(Duration::from_secs(60), completed.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(worker_id.get("slot").map(String::as_str), Some("0"));
+    assert!(worker_id.contains_key("hostname"));
+    assert_eq!(code(&response), 0, "{:?}", response.status);
+    let result = response.result.unwrap();
+    assert_eq!(farm.read(&result.output_files[0].digest).await, b"deep\n");
+    let _ = stop.send(());
+}
