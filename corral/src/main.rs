@@ -14,6 +14,7 @@ mod scheduler;
 mod shutdown;
 mod storage;
 mod up;
+mod worker;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -85,22 +86,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Up(args) => up::run(&args),
         Command::Scheduler(args) => scheduler::run(args),
-        Command::Worker(args) => {
-            let cfg: corral_worker::Config = config::load(args.config.as_deref())?;
-            cfg.validate()?;
-            Ok(not_yet("worker", 6))
-        }
+        Command::Worker(args) => worker::run(args.config.as_deref()),
         Command::Runner(args) => runner::run(args),
         Command::Storage(args) => storage::run(args),
         Command::Sandbox(command) => sandbox::run(command),
     }
-}
-
-/// Says plainly that a daemon exists only as configuration so far.
-fn not_yet(daemon: &str, issue: u32) -> ExitCode {
-    eprintln!(
-        "corral {daemon}: configuration is valid, but the {daemon} daemon is not implemented yet \
-         (issue #{issue}); nothing was started"
-    );
-    ExitCode::from(2)
 }
