@@ -24,6 +24,9 @@ const BATCH_BLOB_MAX_BYTES: i64 = 1 << 20;
 /// Total payload of one batch request: under gRPC's 4 MiB default with
 /// room for the framing.
 const BATCH_TOTAL_MAX_BYTES: i64 = 3 << 20;
+/// Batch reads and ByteStream reads in flight at once, per call: enough
+/// to hide round trips without flooding storage.
+const PARALLEL_READS: usize = 4;
 /// ByteStream.Write chunk size.
 const WRITE_CHUNK_BYTES: usize = 1 << 20;
 
@@ -111,10 +114,14 @@ impl CasClient {
     }
 
     /// Reads `digests`, keyed by hash. Fails on the first missing or
-    /// corrupt blob.
+    /// corrupt blob. Batches and streams go out [`PARALLEL_READS`] at a
+    /// time.
     pub async fn read_many(&self, digests: &[Digest]) -> Result<HashMap<String, Vec<u8>>, Error> {
+        use futures_util::{StreamExt as _, TryStreamExt as _};
         let mut out = HashMap::new();
         let mut seen = HashSet::new();
+        let mut batches: Vec<Vec<Digest>> = Vec::new();
+        let mut streams: Vec<Digest> = Vec::new();
         let mut batch: Vec<Digest> = Vec::new();
         let mut batch_bytes = 0;
         for digest in digests {
@@ -126,29 +133,40 @@ impl CasClient {
                 continue;
             }
             if digest.size_bytes > BATCH_BLOB_MAX_BYTES {
-                let data = self.read_stream(digest).await?;
-                out.insert(digest.hash.clone(), data);
+                streams.push(digest.clone());
                 continue;
             }
             if batch_bytes + digest.size_bytes > BATCH_TOTAL_MAX_BYTES {
-                self.read_batch(std::mem::take(&mut batch), &mut out)
-                    .await?;
+                batches.push(std::mem::take(&mut batch));
                 batch_bytes = 0;
             }
             batch_bytes += digest.size_bytes;
             batch.push(digest.clone());
         }
         if !batch.is_empty() {
-            self.read_batch(batch, &mut out).await?;
+            batches.push(batch);
         }
+        let batched = futures_util::stream::iter(batches)
+            .map(|batch| self.read_batch(batch))
+            .buffer_unordered(PARALLEL_READS)
+            .try_collect::<Vec<_>>();
+        let streamed = futures_util::stream::iter(streams)
+            .map(|digest| async move {
+                let data = self.read_stream(&digest).await?;
+                Ok::<_, Error>((digest.hash, data))
+            })
+            .buffer_unordered(PARALLEL_READS)
+            .try_collect::<Vec<_>>();
+        let (batched, streamed) = futures_util::future::try_join(batched, streamed).await?;
+        for found in batched {
+            out.extend(found);
+        }
+        out.extend(streamed);
         Ok(out)
     }
 
-    async fn read_batch(
-        &self,
-        digests: Vec<Digest>,
-        out: &mut HashMap<String, Vec<u8>>,
-    ) -> Result<(), Error> {
+    async fn read_batch(&self, digests: Vec<Digest>) -> Result<HashMap<String, Vec<u8>>, Error> {
+        let mut out = HashMap::new();
         let mut cas = ContentAddressableStorageClient::new(self.channel.clone());
         let response = cas
             .batch_read_blobs(BatchReadBlobsRequest {
@@ -181,7 +199,7 @@ impl CasClient {
                 return Err(Error::Missing { digest });
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     async fn read_stream(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
