@@ -65,7 +65,6 @@ use corral_proto::reapi::execution_server::ExecutionServer;
 use corral_proto::reapi::CacheCapabilities;
 use corral_proto::remoteworker::operation_queue_server::OperationQueueServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
 use crate::assignment::Assignments;
@@ -262,7 +261,7 @@ impl Scheduler {
         tracing::info!(%addr, storage = %self.cfg.storage, "scheduler serving");
         let grpc = tonic::transport::Server::builder()
             .add_routes(self.routes())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+            .serve_with_incoming_shutdown(corral_storage::no_delay(listener), shutdown);
         let served = match metrics {
             // The metrics server never ends by itself: it stops when the
             // gRPC server has shut down and this select drops it.

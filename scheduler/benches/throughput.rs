@@ -1,0 +1,297 @@
+//! Scheduler throughput end to end, and memory per queued operation:
+//! - operations per second, Execute until COMPLETED, at 1, 16 and 256
+//!   concurrent clients with 64 fake workers, over loopback gRPC with
+//!   in-memory storage (each Execute reads its Action and Command from
+//!   storage, as in production; no action really runs). Baseline in the
+//!   same run: FindMissingBlobs round trips to the same storage, the
+//!   cheapest gRPC call, at the same concurrency;
+//! - resident memory per queued operation with 100,000 queued.
+//!
+//! `cargo bench -p corral-scheduler --bench throughput`. Targets (issue 5):
+//! 5,000 operations per second on 2 cores; under 2 KiB per queued
+//! operation.
+
+use std::collections::BTreeMap;
+use std::time::{Instant, SystemTime};
+
+use corral_proto::protobuf::Empty;
+use corral_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+use corral_proto::reapi::execution_client::ExecutionClient;
+use corral_proto::reapi::{
+    batch_update_blobs_request, Action, ActionResult, BatchUpdateBlobsRequest, Command, Digest,
+    ExecuteRequest, ExecuteResponse, FindMissingBlobsRequest,
+};
+use corral_proto::remoteworker::operation_queue_client::OperationQueueClient;
+use corral_proto::remoteworker::{current_state, desired_state, CurrentState, SynchronizeRequest};
+use corral_scheduler::assignment::{Assignments, Queued};
+use corral_scheduler::operation::{DedupKey, Operation, Operations};
+use corral_scheduler::queue::PlatformKey;
+use corral_scheduler::{Config, Scheduler, Timing};
+use futures_util::StreamExt as _;
+use prost::Message;
+use sha2::{Digest as _, Sha256};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
+
+const WORKERS: usize = 64;
+const LEVELS: [(usize, usize); 3] = [(1, 500), (16, 4000), (256, 8000)];
+const QUEUED: usize = 100_000;
+
+fn digest_of(data: &[u8]) -> Digest {
+    Digest {
+        hash: hex::encode(Sha256::digest(data)),
+        size_bytes: data.len() as i64,
+    }
+}
+
+fn action_blobs(n: usize) -> (Digest, Vec<Vec<u8>>) {
+    let command = Command {
+        arguments: vec!["cc".into(), "-c".into(), format!("file{n}.c")],
+        output_paths: vec![format!("file{n}.o")],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let action = Action {
+        command_digest: Some(digest_of(&command)),
+        input_root_digest: Some(digest_of(b"")),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    (digest_of(&action), vec![action, command])
+}
+
+async fn upload(storage: Channel, first: usize, count: usize) -> Vec<Digest> {
+    let mut digests = Vec::with_capacity(count);
+    let mut client = ContentAddressableStorageClient::new(storage);
+    let mut batch = Vec::new();
+    for n in first..first + count {
+        let (digest, blobs) = action_blobs(n);
+        digests.push(digest);
+        batch.extend(blobs);
+        if batch.len() >= 2000 || n + 1 == first + count {
+            client
+                .batch_update_blobs(BatchUpdateBlobsRequest {
+                    requests: batch
+                        .drain(..)
+                        .map(|b| batch_update_blobs_request::Request {
+                            digest: Some(digest_of(&b)),
+                            data: b,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                })
+                .await
+                .expect("upload actions");
+        }
+    }
+    digests
+}
+
+/// A fake worker: takes actions and completes each at once, the report
+/// of one result carrying the request for the next (Buildbarn's dynamic).
+async fn worker(channel: Channel, slot: usize) {
+    let mut queue = OperationQueueClient::new(channel);
+    let mut state = current_state::WorkerState::Idle(Empty {});
+    loop {
+        let Ok(response) = queue
+            .synchronize(SynchronizeRequest {
+                worker_id: BTreeMap::from([("slot".to_owned(), slot.to_string())]),
+                current_state: Some(CurrentState {
+                    worker_state: Some(state.clone()),
+                }),
+                ..Default::default()
+            })
+            .await
+        else {
+            return;
+        };
+        state = match response
+            .into_inner()
+            .desired_state
+            .and_then(|d| d.worker_state)
+        {
+            Some(desired_state::WorkerState::Executing(exec)) => {
+                current_state::WorkerState::Completed(current_state::Completed {
+                    action_digest: exec.action_digest,
+                    execute_response: Some(ExecuteResponse {
+                        result: Some(ActionResult::default()),
+                        ..Default::default()
+                    }),
+                })
+            }
+            _ => current_state::WorkerState::Idle(Empty {}),
+        };
+    }
+}
+
+async fn execute_all(channel: Channel, digests: Vec<Digest>) {
+    let mut client = ExecutionClient::new(channel);
+    for digest in digests {
+        let mut stream = client
+            .execute(ExecuteRequest {
+                action_digest: Some(digest),
+                ..Default::default()
+            })
+            .await
+            .expect("execute")
+            .into_inner();
+        let mut done = false;
+        while let Some(op) = stream.next().await {
+            done = op.expect("operation").done;
+        }
+        assert!(done, "the stream ended before COMPLETED");
+    }
+}
+
+async fn find_missing_all(channel: Channel, digests: Vec<Digest>) {
+    let mut client = ContentAddressableStorageClient::new(channel);
+    for digest in digests {
+        client
+            .find_missing_blobs(FindMissingBlobsRequest {
+                blob_digests: vec![digest],
+                ..Default::default()
+            })
+            .await
+            .expect("find missing");
+    }
+}
+
+fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Memory per queued operation: what Execute keeps for each (the
+/// Operation, its dedup entry and its queue entry with the Action).
+fn memory_per_queued() -> f64 {
+    let timing = Timing::from_config(&Config::default());
+    let assignments = Assignments::new(&timing, 3);
+    let mut operations = Operations::default();
+    let platform = PlatformKey::new([("OSFamily".to_owned(), "linux".to_owned())]);
+    let before = rss_bytes();
+    for n in 0..QUEUED {
+        let (digest, blobs) = action_blobs(n);
+        let action = Action::decode(blobs[0].as_slice()).expect("own action");
+        let key = DedupKey {
+            instance: String::new(),
+            digest_function: 1,
+            action_hash: digest.hash.clone(),
+            action_size: digest.size_bytes,
+        };
+        let name = format!("operations/{n:032x}");
+        let (operation, _) =
+            operations.join_or_create(Some(key), || Operation::new(name, digest.clone(), 1));
+        assignments.enqueue(
+            Queued {
+                operation,
+                action_digest: digest,
+                action,
+                digest_function: 1,
+                instance_name: String::new(),
+                platform: platform.clone(),
+                queued_at: SystemTime::now(),
+                waiting_since: tokio::time::Instant::now(),
+                retries: 0,
+            },
+            0,
+            &format!("invocation-{}", n % 100),
+        );
+    }
+    let after = rss_bytes();
+    assert_eq!(assignments.queued(), QUEUED);
+    (after.saturating_sub(before)) as f64 / QUEUED as f64
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut servers = JoinSet::new();
+        let storage_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let storage_url = format!("http://{}", storage_listener.local_addr().expect("addr"));
+        let storage_cfg = corral_storage::Config {
+            backend: corral_storage::config::Backend::Memory {
+                max_size_bytes: 1 << 30,
+            },
+            ..corral_storage::Config::default()
+        };
+        servers.spawn(async move {
+            corral_storage::run(storage_cfg, storage_listener, std::future::pending())
+                .await
+                .expect("storage");
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let cfg = Config {
+            storage: storage_url.clone(),
+            ..Config::default()
+        };
+        let scheduler = Scheduler::new(cfg).expect("scheduler");
+        servers.spawn(async move {
+            scheduler
+                .serve(listener, std::future::pending())
+                .await
+                .expect("scheduler");
+        });
+        // Clients and workers spread over a few connections, as separate
+        // processes would be.
+        let connect = |url: &str| {
+            Endpoint::from_shared(url.to_owned())
+                .expect("url")
+                .connect_lazy()
+        };
+        let channels: Vec<Channel> = (0..8).map(|_| connect(&url)).collect();
+        let storage = connect(&storage_url);
+        let mut workers = JoinSet::new();
+        for slot in 0..WORKERS {
+            workers.spawn(worker(channels[slot % channels.len()].clone(), slot));
+        }
+        let mut next = 0;
+        println!("scheduler: Execute until COMPLETED, {WORKERS} fake workers, 2 threads");
+        for (clients, ops) in LEVELS {
+            let digests = upload(storage.clone(), next, ops).await;
+            next += ops;
+            let per_client = ops / clients;
+            let start = Instant::now();
+            let mut running = JoinSet::new();
+            for (c, chunk) in digests.chunks(per_client).enumerate() {
+                running.spawn(execute_all(
+                    channels[c % channels.len()].clone(),
+                    chunk.to_vec(),
+                ));
+            }
+            while running.join_next().await.is_some() {}
+            let took = start.elapsed();
+            let start = Instant::now();
+            let mut baseline = JoinSet::new();
+            for chunk in digests.chunks(per_client) {
+                baseline.spawn(find_missing_all(storage.clone(), chunk.to_vec()));
+            }
+            while baseline.join_next().await.is_some() {}
+            let base = start.elapsed();
+            let rate = ops as f64 / took.as_secs_f64();
+            let base_rate = ops as f64 / base.as_secs_f64();
+            println!(
+                "  {clients:>3} clients: {rate:>8.0} ops/s ({ops} in {took:.2?}); \
+                 FindMissingBlobs baseline {base_rate:>8.0}/s; ratio {:.2}",
+                rate / base_rate
+            );
+        }
+        workers.abort_all();
+    });
+    let per_op = memory_per_queued();
+    println!(
+        "memory: {:.0} bytes per queued operation ({QUEUED} queued; target < 2048)",
+        per_op
+    );
+}
