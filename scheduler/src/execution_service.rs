@@ -168,10 +168,22 @@ impl Execution for ExecutionService {
             format!("{}/{}", action_digest.hash, action_digest.size_bytes),
         );
 
-        let fetched = self
-            .storage
-            .fetch(&instance, function, std::slice::from_ref(&action_digest))
-            .await?;
+        // Independent reads go to storage together: two round trips before
+        // queueing, not four.
+        let lookup = async {
+            if req.skip_cache_lookup {
+                Ok(None)
+            } else {
+                self.storage
+                    .cached_result(&instance, function, &action_digest)
+                    .await
+            }
+        };
+        let (fetched, cached) = tokio::try_join!(
+            self.storage
+                .fetch(&instance, function, std::slice::from_ref(&action_digest)),
+            lookup
+        )?;
         if !fetched.missing.is_empty() {
             return Err(precondition::missing_blobs(
                 "the Action is not in the CAS",
@@ -190,16 +202,14 @@ impl Execution for ExecutionService {
             "action.input_root_digest",
             action.input_root_digest.as_ref(),
         )?;
-        let fetched = self
-            .storage
-            .fetch(&instance, function, std::slice::from_ref(&command_digest))
-            .await?;
-        let mut missing = fetched.missing;
-        missing.extend(
+        let (fetched, missing_root) = tokio::try_join!(
             self.storage
-                .find_missing(&instance, function, &[input_root])
-                .await?,
-        );
+                .fetch(&instance, function, std::slice::from_ref(&command_digest)),
+            self.storage
+                .find_missing(&instance, function, std::slice::from_ref(&input_root))
+        )?;
+        let mut missing = fetched.missing;
+        missing.extend(missing_root);
         if !missing.is_empty() {
             return Err(precondition::missing_blobs(
                 "blobs the action needs are not in the CAS",
@@ -225,28 +235,22 @@ impl Execution for ExecutionService {
             nanos: run_for.subsec_nanos() as i32,
         });
 
-        if !req.skip_cache_lookup {
-            if let Some(result) = self
-                .storage
-                .cached_result(&instance, function, &action_digest)
-                .await?
-            {
-                let operation = Arc::new(Operation::new(
-                    self.ids.next_name(),
-                    action_digest,
-                    function,
-                ));
-                operation.complete(ExecuteResponse {
-                    result: Some(result),
-                    cached_result: true,
-                    ..Default::default()
-                });
-                self.assignments.metrics().result(tonic::Code::Ok, true);
-                // Reachable by name too: a client whose stream broke
-                // reconnects with WaitExecution.
-                self.operations().insert(Arc::clone(&operation));
-                return Ok(Response::new(follow(operation)));
-            }
+        if let Some(result) = cached {
+            let operation = Arc::new(Operation::new(
+                self.ids.next_name(),
+                action_digest,
+                function,
+            ));
+            operation.complete(ExecuteResponse {
+                result: Some(result),
+                cached_result: true,
+                ..Default::default()
+            });
+            self.assignments.metrics().result(tonic::Code::Ok, true);
+            // Reachable by name too: a client whose stream broke
+            // reconnects with WaitExecution.
+            self.operations().insert(Arc::clone(&operation));
+            return Ok(Response::new(follow(operation)));
         }
 
         let key = (!action.do_not_cache).then(|| DedupKey {
