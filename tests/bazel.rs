@@ -98,7 +98,7 @@ fn bazel_uses_the_farm_as_a_remote_cache() {
     if !bazel_available("bazel_uses_the_farm_as_a_remote_cache") {
         return;
     }
-    let farm = Farm::start();
+    let mut farm = Farm::start();
     let workspace = scratch_workspace();
     let output_root = tempfile::tempdir().unwrap();
     let bazel = Bazel {
@@ -129,6 +129,97 @@ fn bazel_uses_the_farm_as_a_remote_cache() {
     let (ok, test) = bazel.run(&["test", &cache, "//:greet_test"]);
     assert!(ok, "bazel test failed\n{test}");
     assert!(farm.stop().success(), "corral up did not exit cleanly");
+}
+
+#[test]
+fn bazel_executes_remotely_on_the_farm() {
+    if !bazel_available("bazel_executes_remotely_on_the_farm") {
+        return;
+    }
+    let mut farm = Farm::start();
+    let workspace = scratch_workspace();
+    let output_root = tempfile::tempdir().unwrap();
+    let bazel = Bazel {
+        workspace: workspace.path(),
+        output_root: output_root.path(),
+    };
+    let executor = format!("--remote_executor={}", farm.grpc_url());
+    let port = format!("--define=FARM_PORT={}", farm.port);
+    // Remote or nothing: a spawn that cannot run remotely fails the build.
+    let remote = [
+        executor.as_str(),
+        "--spawn_strategy=remote",
+        "--remote_local_fallback=false",
+        port.as_str(),
+    ];
+    let with = |command: &str, targets: &[&str]| {
+        let mut args = vec![command];
+        args.extend(remote);
+        args.extend(targets);
+        bazel.run(&args)
+    };
+
+    let (ok, first) = with("build", &["//..."]);
+    assert!(ok, "remote build failed\n{first}\n{}", farm.logs());
+    // Two compiles, an archive, two links (the binary and the test) and
+    // the genrule, at least: all of them ran on the farm.
+    assert!(
+        processes(&first, "remote") >= 6,
+        "expected remote executions\n{first}"
+    );
+    assert_eq!(processes(&first, "remote cache hit"), 0, "{first}");
+    let hello = Command::new(workspace.path().join("bazel-bin/hello"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&hello.stdout).trim(),
+        "hello corral",
+        "the remotely linked binary runs here"
+    );
+
+    let (ok, text) = bazel.run(&["clean"]);
+    assert!(ok, "{text}");
+    let (ok, second) = with("build", &["//..."]);
+    assert!(ok, "second remote build failed\n{second}\n{}", farm.logs());
+    assert!(
+        processes(&second, "remote cache hit") >= 6,
+        "a clean rebuild is served from the Action Cache\n{second}"
+    );
+    assert_eq!(
+        processes(&second, "remote"),
+        0,
+        "nothing executes again\n{second}"
+    );
+
+    let (ok, test) = with("test", &["//:greet_test"]);
+    assert!(ok, "remote bazel test failed\n{test}\n{}", farm.logs());
+    assert!(test.contains("PASSED"), "{test}");
+
+    // The control genrule runs; the probes, the same shell, do not get
+    // what they try for.
+    let (ok, control) = with("build", &["//probes:control"]);
+    assert!(ok, "the control genrule failed\n{control}\n{}", farm.logs());
+    assert_eq!(processes(&control, "remote"), 1, "{control}");
+    let (ok, shadow) = with("build", &["//probes:read_shadow"]);
+    assert!(!ok, "an action read /etc/shadow\n{shadow}");
+    assert!(
+        shadow.contains("/etc/shadow: Permission denied")
+            || shadow.contains("/etc/shadow: No such file"),
+        "the read failed for another reason than the sandbox\n{shadow}"
+    );
+    let (ok, network) = with("build", &["//probes:reach_host"]);
+    assert!(!ok, "an action reached the host's loopback\n{network}");
+    assert!(
+        network.contains("Connection refused") || network.contains("Network is unreachable"),
+        "the connection failed for another reason than the sandbox\n{network}"
+    );
+
+    assert!(farm.stop().success(), "corral up did not exit cleanly");
+    let leftovers = farm.leftover_processes();
+    assert!(
+        leftovers.is_empty(),
+        "processes outlived corral up: {leftovers:?}"
+    );
 }
 
 #[test]

@@ -35,6 +35,9 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// What `corral up` prints once it serves and can run actions.
+const READY_LINE: &str = "corral up: ready";
+
 /// A `corral up` process, stopped with SIGINT when dropped.
 pub struct Farm {
     child: Child,
@@ -65,15 +68,22 @@ impl Farm {
             data_dir,
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        // Ready means every part runs, the runner included: it prints
+        // its ready line last.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !farm.logs().contains(READY_LINE) {
             assert!(
                 Instant::now() < deadline,
-                "corral up did not listen\n{}",
+                "corral up did not get ready\n{}",
                 farm.logs()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            "corral up said ready but does not listen\n{}",
+            farm.logs()
+        );
         farm
     }
 
@@ -92,8 +102,24 @@ impl Farm {
         )
     }
 
+    /// Processes still running whose command line names this farm's data
+    /// directory (its runner, or sandboxes), other than `corral up`.
+    pub fn leftover_processes(&self) -> Vec<String> {
+        let data = self.data_dir.path().to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let is_up = entry.file_name().to_string_lossy() == self.child.id().to_string();
+            if cmdline.contains(&data) && !is_up {
+                found.push(cmdline);
+            }
+        }
+        found
+    }
+
     /// Sends SIGINT and waits for a clean exit; returns the exit status.
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    pub fn stop(&mut self) -> std::process::ExitStatus {
         self.interrupt()
     }
 

@@ -27,6 +27,10 @@ pub struct RunnerArgs {
     /// (overrides `policies_directory`).
     #[arg(long, value_name = "DIR")]
     policy_dir: Option<PathBuf>,
+    /// Stop when standard input closes: `corral up` holds the other end,
+    /// so the runner ends with it even if it is killed outright.
+    #[arg(long, hide = true)]
+    stop_on_stdin_close: bool,
 }
 
 pub fn run(args: RunnerArgs) -> anyhow::Result<ExitCode> {
@@ -41,8 +45,23 @@ pub fn run(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         cfg.policies_directory = Some(dir);
     }
     cfg.validate()?;
+    let stop_on_stdin_close = args.stop_on_stdin_close;
     shutdown::runtime()?
-        .block_on(corral_runner::run(cfg, shutdown::stop_signal("runner")))
+        .block_on(async move {
+            let stop = async move {
+                if stop_on_stdin_close {
+                    tokio::select! {
+                        () = shutdown::stop_signal("runner") => {}
+                        () = shutdown::stdin_closed() => {
+                            tracing::info!("standard input closed: stopping the runner");
+                        }
+                    }
+                } else {
+                    shutdown::stop_signal("runner").await;
+                }
+            };
+            corral_runner::run(cfg, stop).await
+        })
         .context("running the runner")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,124 +1,303 @@
 //! `corral up`: a whole farm on one machine, nothing to configure.
 //!
-//! Today that is storage (a complete remote cache) and the runner; the
-//! scheduler and worker are listed as missing until they exist, so the
-//! command never pretends to run actions it cannot.
+//! One process serves storage and the scheduler on one port and runs the
+//! worker's slots; the runner is a child process. It has to be: the
+//! worker writes executables into its file cache while the runner forks
+//! sandboxes, and a fork in the worker's process would inherit those
+//! files open for writing, making their exec fail with ETXTBSY. The child
+//! sits in its own process group (Ctrl-C in a terminal reaches only this
+//! process, which stops the parts in order) and stops when its standard
+//! input closes, so it never outlives this process, even a killed one.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Args;
 use corral_storage::config::Backend;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::shutdown;
 
+/// How long the runner has to start serving, and to stop.
+const RUNNER_START: Duration = Duration::from_secs(20);
+const RUNNER_STOP: Duration = Duration::from_secs(20);
+
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Address clients connect to (REAPI: CAS, Action Cache, ByteStream,
-    /// Capabilities; Execution once the scheduler exists).
+    /// Address clients and the farm's own worker connect to (REAPI:
+    /// Execution, CAS, Action Cache, ByteStream, Capabilities, Operations).
     #[arg(long, default_value = "127.0.0.1:8980")]
     pub listen: SocketAddr,
-    /// Where storage, the runner's socket and the worker's build
-    /// directories live.
+    /// Where storage, the worker's cache and build directories and the
+    /// runner's socket live.
     #[arg(long, default_value = "./corral-data")]
     pub data_dir: PathBuf,
-    /// Build slots; default one per core.
+    /// Build slots (actions run at once); default one per core.
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Largest size of stored blobs and results, in GiB.
+    #[arg(long, default_value_t = 10)]
+    pub storage_gib: u64,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
-/// Parts of a farm `corral up` does not run yet, and why, with their issue.
-const MISSING: &[(&str, &str, u32)] = &[
-    (
-        "scheduler (Execution, worker protocol)",
-        "runs alone with `corral scheduler`; joins `corral up` with the worker",
-        5,
-    ),
-    ("worker", "not implemented yet", 6),
-];
+/// Every daemon's configuration, derived from the flags.
+struct Farm {
+    storage: corral_storage::Config,
+    scheduler: corral_scheduler::Config,
+    worker: corral_worker::Config,
+    runner_socket: PathBuf,
+    build_directory: PathBuf,
+    slots: usize,
+}
+
+impl Farm {
+    fn new(args: &UpArgs, data_dir: &Path) -> anyhow::Result<Farm> {
+        let slots = match args.workers {
+            Some(0) => bail!("--workers must be at least 1"),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        // The farm's own clients of its port: loopback when it listens on
+        // every address.
+        let local = format!("http://{}", reachable(args.listen));
+        let runner_socket = data_dir.join("runner.sock");
+        let worker_directory = data_dir.join("worker");
+        let storage = corral_storage::Config {
+            listen: args.listen,
+            backend: Backend::Disk {
+                dir: data_dir.join("storage"),
+                max_size_bytes: args.storage_gib << 30,
+                fsync: false,
+            },
+            ..corral_storage::Config::default()
+        };
+        let scheduler = corral_scheduler::Config {
+            listen: args.listen,
+            storage: local.clone(),
+            metrics: args
+                .metrics
+                .map(|listen| corral_scheduler::config::MetricsConfig { listen }),
+            ..corral_scheduler::Config::default()
+        };
+        let worker = corral_worker::Config {
+            scheduler: local.clone(),
+            storage: local,
+            directory: worker_directory.clone(),
+            slots: vec![corral_worker::config::SlotGroup {
+                concurrency: slots,
+                runner: runner_socket.clone(),
+                platform: BTreeMap::new(),
+                size_class: 0,
+            }],
+            ..corral_worker::Config::default()
+        };
+        storage.validate()?;
+        scheduler.validate()?;
+        worker.validate()?;
+        Ok(Farm {
+            build_directory: worker_directory.join("build"),
+            storage,
+            scheduler,
+            worker,
+            runner_socket,
+            slots,
+        })
+    }
+}
+
+/// Where a client on this machine reaches `listen`.
+fn reachable(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, listen.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, listen.port()).into(),
+        _ => listen,
+    }
+}
 
 pub fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
-    let slots = args
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let storage = corral_storage::Config {
-        listen: args.listen,
-        backend: Backend::Disk {
-            dir: args.data_dir.join("storage"),
-            max_size_bytes: 10 << 30,
-            fsync: false,
-        },
-        ..corral_storage::Config::default()
-    };
-    let runner = corral_runner::Config {
-        listen_path: args.data_dir.join("runner.sock"),
-        build_directory: args.data_dir.join("worker/build"),
-        ..corral_runner::Config::default()
-    };
-    storage.validate()?;
-    runner.validate()?;
-
-    shutdown::runtime()?.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("listening on {}", args.listen))?;
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let signal = || {
-            let mut stopped = stopped.clone();
-            async move {
-                let _ = stopped.changed().await;
-            }
-        };
-        eprintln!(
-            "corral up: serving on {} with data in {}",
-            args.listen,
-            args.data_dir.display()
-        );
-        eprintln!("  storage: ready (CAS, Action Cache, ByteStream, Capabilities)");
-        eprintln!(
-            "  runner: ready at {} ({slots} slot(s) once the worker exists)",
-            runner.listen_path.display()
-        );
-        for (part, status, issue) in MISSING {
-            eprintln!("  {part}: {status} (issue #{issue})");
-        }
-        eprintln!("Use it as a remote cache now:");
-        eprintln!("  bazel build --remote_cache=grpc://{} //...", args.listen);
-        eprintln!("Remote execution (--remote_executor) needs the scheduler and worker.");
-        // Each daemon is a task; the first to stop (an error, or Ctrl-C)
-        // stops them all, and the first error is what `up` reports.
-        let mut daemons = tokio::task::JoinSet::new();
-        let storage_stop = signal();
-        daemons.spawn(async move {
-            corral_storage::run(storage, listener, storage_stop)
-                .await
-                .context("running storage")
-        });
-        let runner_stop = signal();
-        daemons.spawn(async move {
-            corral_runner::run(runner, runner_stop)
-                .await
-                .context("running the runner")
-        });
-        let mut result = Ok(());
-        tokio::select! {
-            () = shutdown::stop_signal("farm") => {}
-            Some(done) = daemons.join_next() => result = flatten(done),
-        }
-        let _ = stop.send(true);
-        while let Some(done) = daemons.join_next().await {
-            if result.is_ok() {
-                result = flatten(done);
-            }
-        }
-        result
-    })?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    // Absolute, because the runner child and the printed paths use it.
+    let data_dir = args
+        .data_dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", args.data_dir.display()))?;
+    let farm = Farm::new(args, &data_dir)?;
+    shutdown::runtime()?.block_on(serve(farm, args.listen, &data_dir))?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// A daemon task's result, a panic counted as an error.
+async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let (stop, stopped) = watch::channel(false);
+    let signal = || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.changed().await;
+        }
+    };
+    // The runner first, before any thread of the worker writes a file.
+    let runner = start_runner(&farm.runner_socket, &farm.build_directory).await?;
+    let stores = corral_storage::open(&farm.storage)
+        .await
+        .context("opening storage")?;
+    // Storage is served on this port, so the scheduler must not ask it
+    // for the cache capabilities it adds to: it would be asking itself.
+    let scheduler = corral_scheduler::Scheduler::builder(farm.scheduler.clone())
+        .cache_capabilities(corral_storage::cache_capabilities(&farm.storage, &stores))
+        .build()
+        .context("starting the scheduler")?;
+    let routes = scheduler.add_routes(corral_storage::routes_without_capabilities(
+        &farm.storage,
+        &stores,
+    ));
+
+    // Each part is a task; the first to stop (an error, or Ctrl-C) stops
+    // them all, and the first error is what `up` reports.
+    let mut parts: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let server_stop = signal();
+    parts.spawn(async move {
+        corral_storage::server()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(corral_storage::no_delay(listener), server_stop)
+            .await
+            .context("serving storage and the scheduler")
+    });
+    if let Some(metrics) = &farm.scheduler.metrics {
+        let bound = tokio::net::TcpListener::bind(metrics.listen)
+            .await
+            .with_context(|| format!("listening for metrics on {}", metrics.listen))?;
+        let metrics_stop = signal();
+        let page = scheduler.serve_metrics(bound, metrics_stop);
+        parts.spawn(async move {
+            page.await;
+            Ok(())
+        });
+    }
+    let worker_stop = signal();
+    let worker = farm.worker.clone();
+    parts.spawn(async move {
+        corral_worker::run(worker, worker_stop)
+            .await
+            .context("running the worker")
+    });
+    let runner_stop = signal();
+    parts.spawn(supervise_runner(runner, runner_stop));
+
+    print_welcome(&farm, listen, data_dir);
+    let mut result = Ok(());
+    tokio::select! {
+        () = shutdown::stop_signal("farm") => {}
+        Some(done) = parts.join_next() => result = flatten(done),
+    }
+    let _ = stop.send(true);
+    while let Some(done) = parts.join_next().await {
+        if result.is_ok() {
+            result = flatten(done);
+        }
+    }
+    eprintln!("corral up: stopped");
+    result
+}
+
+/// Starts `corral runner` as a child and waits until it serves its socket.
+async fn start_runner(socket: &Path, build_directory: &Path) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("finding the corral binary")?;
+    let mut child = Command::new(exe)
+        .arg("runner")
+        .arg("--socket")
+        .arg(socket)
+        .arg("--build-dir")
+        .arg(build_directory)
+        .arg("--stop-on-stdin-close")
+        .stdin(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the runner")?;
+    let deadline = tokio::time::Instant::now() + RUNNER_START;
+    loop {
+        if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            return Ok(child);
+        }
+        if let Some(status) = child.try_wait().context("watching the runner")? {
+            bail!("the runner exited before serving ({status}); its log is above");
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "the runner did not serve {} within {RUNNER_START:?}",
+                socket.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Watches the runner until `stop`, then closes its standard input (its
+/// signal to stop) and waits for it; kills it if it does not stop.
+async fn supervise_runner(
+    mut runner: Child,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let stdin = runner.stdin.take();
+    tokio::select! {
+        status = runner.wait() => {
+            let status = status.context("watching the runner")?;
+            bail!("the runner stopped by itself ({status}); no action can run without it");
+        }
+        () = stop => {}
+    }
+    drop(stdin);
+    match tokio::time::timeout(RUNNER_STOP, runner.wait()).await {
+        Ok(status) => {
+            let status = status.context("waiting for the runner")?;
+            if !status.success() {
+                bail!("the runner stopped with {status}");
+            }
+            Ok(())
+        }
+        Err(_) => {
+            let _ = runner.kill().await;
+            bail!("the runner did not stop within {RUNNER_STOP:?}; killed it")
+        }
+    }
+}
+
+fn print_welcome(farm: &Farm, listen: SocketAddr, data_dir: &Path) {
+    let url = format!("grpc://{}", reachable(listen));
+    eprintln!(
+        "corral up: serving on {listen}, data in {}",
+        data_dir.display()
+    );
+    eprintln!("  storage: CAS, Action Cache, ByteStream, Capabilities");
+    eprintln!("  scheduler: Execution, Operations, worker protocol");
+    eprintln!(
+        "  worker: {} slot(s), runner at {}",
+        farm.slots,
+        farm.runner_socket.display()
+    );
+    if let Some(metrics) = &farm.scheduler.metrics {
+        eprintln!("  metrics: http://{}/metrics", metrics.listen);
+    }
+    eprintln!("Build with it:");
+    eprintln!("  bazel build --remote_executor={url} --spawn_strategy=remote //...");
+    eprintln!("or use it as a remote cache only:");
+    eprintln!("  bazel build --remote_cache={url} //...");
+    eprintln!("corral up: ready (Ctrl-C stops the farm)");
+}
+
+/// A part's task result, a panic counted as an error.
 fn flatten(done: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
-    done.context("a daemon task panicked")?
+    done.context("a part of the farm panicked")?
 }

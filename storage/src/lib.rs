@@ -149,6 +149,18 @@ pub fn routes(cfg: &Config, stores: &Stores) -> Routes {
     routes_without_capabilities(cfg, stores).add_service(capabilities)
 }
 
+/// What storage's `Capabilities` reports of the cache, for a daemon that
+/// serves its own Capabilities over [`routes_without_capabilities`].
+pub fn cache_capabilities(cfg: &Config, stores: &Stores) -> corral_proto::reapi::CacheCapabilities {
+    capabilities_service::CapabilitiesService::new(
+        cfg.max_batch_total_size_bytes,
+        stores.max_size_bytes,
+    )
+    .capabilities()
+    .cache_capabilities
+    .unwrap_or_default()
+}
+
 /// CAS, Action Cache and ByteStream without `Capabilities`, for a daemon
 /// that serves its own Capabilities next to them: a server can route
 /// each service to one handler only, and the scheduler's must add
@@ -188,15 +200,22 @@ pub async fn run(
     let stores = open(&cfg).await?;
     let addr = listener.local_addr().map_err(Error::ListenerAddress)?;
     tracing::info!(%addr, "storage serving");
-    tonic::transport::Server::builder()
-        .initial_stream_window_size(STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+    server()
         .add_routes(routes(&cfg, &stores))
         .serve_with_incoming_shutdown(no_delay(listener), shutdown)
         .await
         .map_err(|source| Error::Serve { addr, source })?;
     tracing::info!(%addr, "storage stopped");
     Ok(())
+}
+
+/// A gRPC server tuned for blob traffic: flow-control windows large
+/// enough that one stream can fill a fast link. For daemons serving
+/// storage's routes with others on one port.
+pub fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
 }
 
 /// The listener's connections with Nagle's algorithm off. The server
