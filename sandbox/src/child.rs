@@ -69,6 +69,12 @@ pub fn setup(plan: &Plan<'_>, fds: &Fds) -> ! {
     if let Err(e) = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0) {
         fail(report, Stage::Unshare, &e);
     }
+    // With the caller's credentials still: see MountPlan::input_root.
+    if let Some(input_root) = plan.mounts.input_root() {
+        if let Err(e) = sys::chdir(input_root) {
+            fail(report, Stage::OpenBindSource, &e);
+        }
+    }
     if let Err(e) = sys::unshare(plan.namespaces) {
         fail(report, Stage::Unshare, &e);
     }

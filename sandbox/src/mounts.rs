@@ -6,7 +6,7 @@
 //! the order `docs/sandbox.md` gives, and ends with `pivot_root`, so
 //! nothing of the host is reachable afterwards.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -41,6 +41,10 @@ pub enum Entry {
         source: CString,
         target: PathBuf,
         writable: bool,
+        /// Opened as the working directory the setup process entered
+        /// before it left the caller's credentials (see
+        /// [`MountPlan::input_root`]).
+        from_working_directory: bool,
     },
     /// Recreate the host symlink at `target` (e.g. merged-/usr systems'
     /// `/bin -> usr/bin`), pointing where it points on the host.
@@ -111,6 +115,7 @@ impl MountPlan {
                     source: c_path(path)?,
                     target: path.clone(),
                     writable: false,
+                    from_working_directory: false,
                 });
             }
         }
@@ -138,8 +143,26 @@ impl MountPlan {
             source: c_path(input_root)?,
             target: working_directory.to_owned(),
             writable: true,
+            from_working_directory: true,
         });
         Ok(plan)
+    }
+
+    /// The input root on the host, for the setup process to enter while it
+    /// still has the caller's credentials. Its ancestors may be closed to
+    /// the sandbox's id (a data directory under /root, or in a 0700
+    /// temporary directory); a working directory needs no path to be
+    /// searched again, and unshare moves it into the new mount namespace,
+    /// where [`apply`](Self::apply) opens it as ".".
+    pub fn input_root(&self) -> Option<&CStr> {
+        self.entries.iter().find_map(|e| match e {
+            Entry::Bind {
+                source,
+                from_working_directory: true,
+                ..
+            } => Some(source.as_c_str()),
+            _ => None,
+        })
     }
 
     /// Paths bound read-only, as seen inside (for landlock).
@@ -173,8 +196,17 @@ impl MountPlan {
         let mut sources: Vec<Option<OwnedFd>> = Vec::with_capacity(self.entries.len());
         for entry in &self.entries {
             sources.push(match entry {
-                Entry::Bind { source, .. } => {
-                    Some(sys::open_path(source).map_err(at(Stage::OpenBindSource))?)
+                Entry::Bind {
+                    source,
+                    from_working_directory,
+                    ..
+                } => {
+                    let path = if *from_working_directory {
+                        c"."
+                    } else {
+                        source.as_c_str()
+                    };
+                    Some(sys::open_path(path).map_err(at(Stage::OpenBindSource))?)
                 }
                 Entry::Symlink { .. } => None,
             });

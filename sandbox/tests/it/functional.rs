@@ -88,6 +88,47 @@ fn the_working_directory_is_the_input_root_at_a_fixed_path() {
 }
 
 #[test]
+fn an_input_root_under_a_directory_closed_to_the_sandbox_is_used() {
+    if !privileged("an_input_root_under_a_directory_closed_to_the_sandbox_is_used") {
+        return;
+    }
+    // A data directory under /root (0700) or in `mktemp -d`: the caller
+    // can reach the input root, the sandbox's id could not.
+    let closed = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        closed.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let root = closed.path().join("build");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::write(root.join("input.txt"), "reached\n").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let command = corral_sandbox::Command {
+        argv: ["/bin/sh", "-c", "cat input.txt; echo out > output.txt"]
+            .iter()
+            .map(std::ffi::OsString::from)
+            .collect(),
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        input_root: root.clone(),
+        working_dir: std::path::PathBuf::new(),
+        stdout: out.path().join("stdout"),
+        stderr: out.path().join("stderr"),
+        timeout: Some(std::time::Duration::from_secs(30)),
+    };
+    let sandbox = corral_sandbox::Sandbox::new(default_policy()).unwrap();
+    let outcome = sandbox.run(&command).expect("the sandbox runs the command");
+    let stdout = std::fs::read_to_string(&command.stdout).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&command.stderr).unwrap_or_default();
+    assert_eq!(stdout, "reached\n", "{outcome:?}\n{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("output.txt")).unwrap(),
+        "out\n"
+    );
+}
+
+#[test]
 fn a_relative_working_directory_is_entered() {
     if !privileged("a_relative_working_directory_is_entered") {
         return;
