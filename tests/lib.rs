@@ -52,6 +52,13 @@ impl Farm {
     pub fn start() -> Farm {
         let port = free_port();
         let data_dir = tempfile::tempdir().expect("temp dir");
+        // Closed to other users, like /root or `mktemp -d`: the farm must
+        // work from there (the sandbox's id cannot search it).
+        std::fs::set_permissions(
+            data_dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .expect("chmod the farm's temp dir");
         let log = data_dir.path().join("corral-up.log");
         let child = Command::new(corral_binary())
             .args(["up", "--listen", &format!("127.0.0.1:{port}")])
