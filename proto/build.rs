@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "protos/buildbarn/runner.proto",
     "protos/buildbarn/remoteworker.proto",
     "protos/buildbarn/resourceusage.proto",
+    "protos/buildbarn/buildqueuestate.proto",
     "protos/google/rpc/precondition_failure.proto",
 ];
 

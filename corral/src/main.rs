@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod drain;
 mod observability;
 mod runner;
 mod sandbox;
@@ -54,6 +55,8 @@ enum Command {
     Runner(runner::RunnerArgs),
     /// Run storage (CAS, Action Cache, ByteStream) alone.
     Storage(storage::StorageArgs),
+    /// Drain workers: they finish what they run and take no new work.
+    Drain(drain::DrainArgs),
     /// Sandbox tools: check policies.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
@@ -89,6 +92,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Worker(args) => worker::run(args.config.as_deref()),
         Command::Runner(args) => runner::run(args),
         Command::Storage(args) => storage::run(args),
+        Command::Drain(args) => drain::run(args),
         Command::Sandbox(command) => sandbox::run(command),
     }
 }

@@ -6,6 +6,7 @@
 //! - [`runner`] — worker → runner (`buildbarn.runner`, Buildbarn's shape).
 //! - [`remoteworker`] — worker → scheduler (`buildbarn.remoteworker`).
 //! - [`resourceusage`] — usage reports for `ExecutedActionMetadata`.
+//! - [`buildqueuestate`] — draining workers (`buildbarn.buildqueuestate`).
 //! - [`any`] — packing our messages into `google.protobuf.Any`.
 //! - [`error_details`] — `google.rpc.PreconditionFailure`, and
 //!   [`precondition`] the FAILED_PRECONDITION status REAPI clients expect
@@ -44,6 +45,12 @@ pub mod remoteworker {
 pub mod resourceusage {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("buildbarn.resourceusage");
+}
+
+/// `buildbarn.buildqueuestate`: administering the scheduler (drains).
+pub mod buildqueuestate {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("buildbarn.buildqueuestate");
 }
 
 /// `google.rpc.PreconditionFailure` (the crate above generates only

@@ -758,3 +758,113 @@ fn golden_bytes_of_a_run_request() {
         [0x0a, 1, b'a', 0x1a, 1, b'w', 0x32, 1, b'r']
     );
 }
+
+#[test]
+fn build_queue_state_field_numbers_and_paths_match_buildbarn() {
+    use corral_proto::buildqueuestate::{
+        AddOrRemoveDrainRequest, DrainState, ListDrainsRequest, ListDrainsResponse,
+        PlatformQueueName, SizeClassQueueName, TerminateWorkersRequest,
+    };
+    let pattern = || BTreeMap::from([(s(), s())]);
+    let queue = || SizeClassQueueName {
+        size_class: 1,
+        ..Default::default()
+    };
+    pin(
+        "PlatformQueueName.instance_name_prefix",
+        PlatformQueueName {
+            instance_name_prefix: s(),
+            ..Default::default()
+        },
+        1,
+        LEN,
+    );
+    pin(
+        "PlatformQueueName.platform",
+        PlatformQueueName {
+            platform: Some(platform()),
+            ..Default::default()
+        },
+        2,
+        LEN,
+    );
+    pin(
+        "SizeClassQueueName.platform_queue_name",
+        SizeClassQueueName {
+            platform_queue_name: Some(PlatformQueueName::default()),
+            ..Default::default()
+        },
+        1,
+        LEN,
+    );
+    pin("SizeClassQueueName.size_class", queue(), 2, VARINT);
+    pin(
+        "DrainState.worker_id_pattern",
+        DrainState {
+            worker_id_pattern: pattern(),
+            ..Default::default()
+        },
+        1,
+        LEN,
+    );
+    pin(
+        "DrainState.created_timestamp",
+        DrainState {
+            created_timestamp: Some(Default::default()),
+            ..Default::default()
+        },
+        2,
+        LEN,
+    );
+    pin(
+        "TerminateWorkersRequest.worker_id_pattern",
+        TerminateWorkersRequest {
+            worker_id_pattern: pattern(),
+        },
+        1,
+        LEN,
+    );
+    pin(
+        "ListDrainsRequest.size_class_queue_name",
+        ListDrainsRequest {
+            size_class_queue_name: Some(queue()),
+        },
+        1,
+        LEN,
+    );
+    pin(
+        "ListDrainsResponse.drains",
+        ListDrainsResponse {
+            drains: vec![DrainState::default()],
+        },
+        1,
+        LEN,
+    );
+    pin(
+        "AddOrRemoveDrainRequest.size_class_queue_name",
+        AddOrRemoveDrainRequest {
+            size_class_queue_name: Some(queue()),
+            ..Default::default()
+        },
+        1,
+        LEN,
+    );
+    pin(
+        "AddOrRemoveDrainRequest.worker_id_pattern",
+        AddOrRemoveDrainRequest {
+            worker_id_pattern: pattern(),
+            ..Default::default()
+        },
+        2,
+        LEN,
+    );
+    let generated = include_str!(concat!(env!("OUT_DIR"), "/buildbarn.buildqueuestate.rs"));
+    for method in ["TerminateWorkers", "ListDrains", "AddDrain", "RemoveDrain"] {
+        assert!(
+            generated.contains(&format!(
+                "/buildbarn.buildqueuestate.BuildQueueState/{method}"
+            )),
+            "{method}"
+        );
+    }
+}

@@ -14,6 +14,7 @@ use corral_proto::reapi::{Action, Digest, ExecuteResponse};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::drain::{Drain, DrainQueue};
 use crate::metrics::Metrics;
 use crate::operation::Operation;
 use crate::queue::{PlatformKey, Queue};
@@ -84,17 +85,15 @@ struct Inner {
     workers: HashMap<WorkerId, Seen>,
     /// Non-empty queues no live worker serves, since when.
     unserved_since: HashMap<QueueKey, Instant>,
-    /// Patterns of worker ids that get no new work.
-    drains: Vec<WorkerId>,
+    /// Workers that get no new work.
+    drains: Vec<Drain>,
 }
 
 impl Inner {
-    fn draining(&self, worker: &WorkerId) -> bool {
-        self.drains.iter().any(|pattern| {
-            pattern
-                .iter()
-                .all(|(k, v)| worker.get(k).is_some_and(|w| w == v))
-        })
+    fn draining(&self, worker: &WorkerId, prefix: &str, platform: &PlatformKey) -> bool {
+        self.drains
+            .iter()
+            .any(|d| d.stops(worker, prefix, platform))
     }
 
     /// Forgets workers silent for longer than `liveness`.
@@ -200,10 +199,10 @@ impl Assignments {
             ..Snapshot::default()
         };
         snapshot.queued.sort();
-        for worker in inner.workers.keys() {
+        for (worker, seen) in &inner.workers {
             if inner.running.contains_key(worker) {
                 snapshot.executing_workers += 1;
-            } else if inner.draining(worker) {
+            } else if inner.draining(worker, &seen.prefix, &seen.platform) {
                 snapshot.draining_workers += 1;
             } else {
                 snapshot.idle_workers += 1;
@@ -249,7 +248,7 @@ impl Assignments {
         platform: &PlatformKey,
     ) -> Option<Assignment> {
         let mut inner = self.lock();
-        if inner.draining(worker) {
+        if inner.draining(worker, prefix, platform) {
             return None;
         }
         let key = inner
@@ -425,20 +424,50 @@ impl Assignments {
         true
     }
 
-    /// Stops giving new work to workers whose id contains every key and
-    /// value of `pattern` (an empty pattern drains all); what they run
-    /// now, they finish. Like Buildbarn's DrainWorkers.
-    pub fn drain(&self, pattern: WorkerId) {
+    /// Stops giving new work to workers of `queue` (`None`: of any queue)
+    /// whose id contains every key and value of `pattern` (an empty
+    /// pattern drains all); what they run now, they finish. Adding the
+    /// same drain twice keeps one.
+    pub fn drain(&self, queue: Option<DrainQueue>, pattern: WorkerId) {
         let mut inner = self.lock();
-        if !inner.drains.contains(&pattern) {
-            inner.drains.push(pattern);
+        if !inner.drains.iter().any(|d| d.is(queue.as_ref(), &pattern)) {
+            inner.drains.push(Drain {
+                queue,
+                pattern,
+                created: std::time::SystemTime::now(),
+            });
         }
     }
 
-    /// Undoes [`drain`](Self::drain) of exactly `pattern`.
-    pub fn undrain(&self, pattern: &WorkerId) {
-        self.lock().drains.retain(|p| p != pattern);
+    /// Undoes [`drain`](Self::drain) of exactly `queue` and `pattern`;
+    /// false if there was no such drain.
+    pub fn undrain(&self, queue: Option<&DrainQueue>, pattern: &WorkerId) -> bool {
+        let mut inner = self.lock();
+        let before = inner.drains.len();
+        inner.drains.retain(|d| !d.is(queue, pattern));
+        let removed = inner.drains.len() != before;
+        drop(inner);
         self.work.notify_waiters();
+        removed
+    }
+
+    /// The drains of `queue` (`None`: every drain), oldest first.
+    pub fn drains(&self, queue: Option<&DrainQueue>) -> Vec<Drain> {
+        self.lock()
+            .drains
+            .iter()
+            .filter(|d| queue.is_none() || d.queue.as_ref() == queue)
+            .cloned()
+            .collect()
+    }
+
+    /// How many workers whose id contains `pattern` run an action now.
+    pub fn running_matching(&self, pattern: &WorkerId) -> usize {
+        self.lock()
+            .running
+            .keys()
+            .filter(|w| crate::drain::matches(pattern, w))
+            .count()
     }
 
     /// Fails the actions of every queue no live worker has served for
@@ -783,8 +812,9 @@ mod tests {
         a.enqueue(queued(13, ""), 0, "");
         let running = a.try_assign(&site(1), "", &linux()).unwrap();
         let pattern = WorkerId::from([("host".to_owned(), "old-host".to_owned())]);
-        a.drain(pattern.clone());
+        a.drain(None, pattern.clone());
         assert!(a.try_assign(&site(2), "", &linux()).is_none());
+        assert_eq!(a.running_matching(&pattern), 1);
         a.still_running(&site(1)).unwrap();
         a.complete(
             &site(1),
@@ -798,7 +828,10 @@ mod tests {
             "other hosts still work"
         );
         a.enqueue(queued(14, ""), 0, "");
-        a.undrain(&pattern);
+        assert_eq!(a.running_matching(&pattern), 0);
+        assert_eq!(a.drains(None).len(), 1);
+        assert!(a.undrain(None, &pattern));
+        assert!(!a.undrain(None, &pattern), "already gone");
         assert!(a.try_assign(&site(2), "", &linux()).is_some());
     }
 }

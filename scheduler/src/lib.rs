@@ -11,6 +11,8 @@
 //! - [`assignment`] — queued actions to workers; silent workers' actions
 //!   queued again; completions only from the assigned worker; platforms
 //!   no worker offers.
+//! - [`build_queue_state_service`] — the admin calls that drain workers;
+//!   [`drain`] — what a drain matches.
 //! - [`capabilities_service`] — REAPI `Capabilities`: storage's plus ours.
 //! - [`config`] — `scheduler.toml`; [`timing`] — every interval in one value.
 //! - [`execution_service`] — REAPI `Execute` and `WaitExecution`.
@@ -33,8 +35,10 @@
 
 pub mod action;
 pub mod assignment;
+pub mod build_queue_state_service;
 pub mod capabilities_service;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod execution_service;
 pub mod metrics;
@@ -59,6 +63,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use corral_proto::buildqueuestate::build_queue_state_server::BuildQueueStateServer;
 use corral_proto::longrunning::operations_server::OperationsServer;
 use corral_proto::reapi::capabilities_server::CapabilitiesServer;
 use corral_proto::reapi::execution_server::ExecutionServer;
@@ -165,7 +170,8 @@ impl Scheduler {
         }
     }
 
-    /// Execution, Operations, Capabilities and OperationQueue, for a tonic
+    /// Execution, Operations, Capabilities, OperationQueue and the drain
+    /// calls of BuildQueueState, for a tonic
     /// server. They share this scheduler's state and keep its background
     /// sweep alive, so the `Scheduler` itself may be dropped.
     pub fn routes(&self) -> Routes {
@@ -196,23 +202,26 @@ impl Scheduler {
         .with_sweeper(Arc::clone(&self.sweeper));
         let capabilities =
             capabilities_service::CapabilitiesService::new(self.cache_capabilities.clone());
+        let admin =
+            build_queue_state_service::BuildQueueStateService::new(Arc::clone(&self.assignments));
         routes
             .add_service(ExecutionServer::new(execution))
             .add_service(OperationsServer::new(operations))
             .add_service(OperationQueueServer::new(queue))
             .add_service(CapabilitiesServer::new(capabilities))
+            .add_service(BuildQueueStateServer::new(admin))
     }
 
     /// Workers whose id contains every key and value of `pattern` finish
-    /// what they run and take no new work (an empty pattern: all). Not on
-    /// the wire yet: for the daemon embedding the scheduler.
+    /// what they run and take no new work (an empty pattern: all), as
+    /// the `AddDrain` call does for every queue.
     pub fn drain_workers(&self, pattern: assignment::WorkerId) {
-        self.assignments.drain(pattern);
+        self.assignments.drain(None, pattern);
     }
 
     /// Undoes [`drain_workers`](Self::drain_workers) of exactly `pattern`.
     pub fn undrain_workers(&self, pattern: &assignment::WorkerId) {
-        self.assignments.undrain(pattern);
+        self.assignments.undrain(None, pattern);
     }
 
     /// The Prometheus page, now.

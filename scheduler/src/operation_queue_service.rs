@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use corral_proto::protobuf::{Empty, Timestamp};
+use corral_proto::protobuf::Empty;
 use corral_proto::remoteworker::operation_queue_server::OperationQueue;
 use corral_proto::remoteworker::{
     current_state, desired_state, DesiredState, SynchronizeRequest, SynchronizeResponse,
@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 use crate::assignment::{Assignment, Assignments, WorkerId};
 use crate::queue::PlatformKey;
 use crate::task::AbortOnDrop;
+use crate::timing::timestamp;
 
 /// The Synchronize service over shared [`Assignments`].
 pub struct OperationQueueService {
@@ -41,16 +42,6 @@ impl OperationQueueService {
     pub fn with_sweeper(mut self, sweeper: Arc<AbortOnDrop>) -> Self {
         self._sweeper = Some(sweeper);
         self
-    }
-}
-
-fn timestamp(at: SystemTime) -> Timestamp {
-    let since = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp {
-        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
     }
 }
 
@@ -82,12 +73,7 @@ impl OperationQueue for OperationQueueService {
             return Err(Status::invalid_argument("worker_id must name the worker"));
         }
         let worker: WorkerId = req.worker_id.into_iter().collect();
-        let platform = PlatformKey::new(
-            req.platform
-                .into_iter()
-                .flat_map(|p| p.properties)
-                .map(|p| (p.name, p.value)),
-        );
+        let platform = PlatformKey::of(req.platform);
         // What it offers counts for the platform grace period (whether
         // any worker could ever take a queued action).
         self.assignments

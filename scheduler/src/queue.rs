@@ -14,6 +14,16 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 pub struct PlatformKey(Vec<(String, String)>);
 
 impl PlatformKey {
+    /// The key of a REAPI `Platform` (absent: the empty platform).
+    pub fn of(platform: Option<corral_proto::reapi::Platform>) -> Self {
+        Self::new(
+            platform
+                .into_iter()
+                .flat_map(|p| p.properties)
+                .map(|p| (p.name, p.value)),
+        )
+    }
+
     /// Sorts (and deduplicates) the properties.
     pub fn new(properties: impl IntoIterator<Item = (String, String)>) -> Self {
         let mut properties: Vec<_> = properties.into_iter().collect();

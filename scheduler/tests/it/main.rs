@@ -732,3 +732,116 @@ async fn every_declared_metric_is_recorded_and_served() {
     let (status, _) = http_get(farm.metrics, "/other").await;
     assert_eq!(status, "HTTP/1.1 404 Not Found");
 }
+
+#[tokio::test]
+async fn terminate_workers_waits_for_the_drained_worker_to_finish_and_it_takes_no_more() {
+    use corral_proto::buildqueuestate::build_queue_state_client::BuildQueueStateClient;
+    use corral_proto::buildqueuestate::{
+        AddOrRemoveDrainRequest, ListDrainsRequest, PlatformQueueName, SizeClassQueueName,
+        TerminateWorkersRequest,
+    };
+    let farm = farm().await;
+    let mut admin = BuildQueueStateClient::new(farm.scheduler.clone());
+    let first = farm.action(&["/bin/true", "1"], LINUX).await;
+    let second = farm.action(&["/bin/true", "2"], LINUX).await;
+    let mut first_stream = farm.execute(&first, 0).await;
+    let mut worker = farm.worker("old", LINUX);
+    let exec = worker.take().await.unwrap();
+    assert_eq!(exec.action_digest.as_ref(), Some(&first));
+
+    // TerminateWorkers returns only once the worker is idle.
+    let pattern = BTreeMap::from([("slot".to_owned(), "old".to_owned())]);
+    let mut terminate_client = admin.clone();
+    let terminate_pattern = pattern.clone();
+    let mut terminate = tokio::task::JoinSet::new();
+    terminate.spawn(async move {
+        terminate_client
+            .terminate_workers(TerminateWorkersRequest {
+                worker_id_pattern: terminate_pattern,
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        terminate.try_join_next().is_none(),
+        "TerminateWorkers returned while the worker still ran its action"
+    );
+    worker.complete(&first, 0).await;
+    let done = tokio::time::timeout(Duration::from_secs(5), terminate.join_next())
+        .await
+        .expect("TerminateWorkers returns once the worker is idle")
+        .unwrap();
+    done.unwrap().expect("TerminateWorkers succeeds");
+    assert!(rest(&mut first_stream).await.last().unwrap().done);
+
+    // Drained: the next action waits for another worker.
+    let mut second_stream = farm.execute(&second, 0).await;
+    assert!(worker.take().await.is_none(), "a drained worker got work");
+    let mut other = farm.worker("new", LINUX);
+    assert_eq!(other.work_once(0).await, second);
+    assert!(rest(&mut second_stream).await.last().unwrap().done);
+
+    // Drains are listed, removed once, and a queue-scoped drain applies
+    // to its queue only.
+    let drains = admin
+        .list_drains(ListDrainsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .drains;
+    assert_eq!(drains.len(), 1);
+    assert_eq!(drains[0].worker_id_pattern, pattern);
+    assert!(drains[0].created_timestamp.is_some());
+    let remove = AddOrRemoveDrainRequest {
+        size_class_queue_name: None,
+        worker_id_pattern: pattern.clone(),
+    };
+    admin.remove_drain(remove.clone()).await.unwrap();
+    let again = admin.remove_drain(remove).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::NotFound, "{again:?}");
+
+    let macos_queue = SizeClassQueueName {
+        platform_queue_name: Some(PlatformQueueName {
+            instance_name_prefix: String::new(),
+            platform: Some(to_platform(MACOS)),
+        }),
+        size_class: 0,
+    };
+    admin
+        .add_drain(AddOrRemoveDrainRequest {
+            size_class_queue_name: Some(macos_queue.clone()),
+            worker_id_pattern: BTreeMap::new(),
+        })
+        .await
+        .unwrap();
+    let third = farm.action(&["/bin/true", "3"], LINUX).await;
+    let mut third_stream = farm.execute(&third, 0).await;
+    assert_eq!(
+        worker.work_once(0).await,
+        third,
+        "a drain of the macOS queue leaves Linux workers working"
+    );
+    assert!(rest(&mut third_stream).await.last().unwrap().done);
+    let listed = |queue: SizeClassQueueName| ListDrainsRequest {
+        size_class_queue_name: Some(queue),
+    };
+    let mac = admin
+        .list_drains(listed(macos_queue))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(mac.drains.len(), 1);
+    let linux_queue = SizeClassQueueName {
+        platform_queue_name: Some(PlatformQueueName {
+            instance_name_prefix: String::new(),
+            platform: Some(to_platform(LINUX)),
+        }),
+        size_class: 0,
+    };
+    let linux = admin
+        .list_drains(listed(linux_queue))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(linux.drains.is_empty());
+}

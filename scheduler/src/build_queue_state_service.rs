@@ -1,0 +1,117 @@
+//! `buildbarn.buildqueuestate.BuildQueueState`, the part that drains
+//! workers: the admin call that lets an operator take workers out of
+//! service without losing an action. Same wire shape as bb_scheduler's,
+//! so its tooling works here; `corral drain` is ours.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_proto::buildqueuestate::build_queue_state_server::BuildQueueState;
+use corral_proto::buildqueuestate::{
+    AddOrRemoveDrainRequest, DrainState, ListDrainsRequest, ListDrainsResponse, SizeClassQueueName,
+    TerminateWorkersRequest,
+};
+use corral_proto::protobuf::Empty;
+use tonic::{Request, Response, Status};
+
+use crate::assignment::{Assignments, WorkerId};
+use crate::drain::DrainQueue;
+use crate::queue::PlatformKey;
+use crate::timing::timestamp;
+
+/// How often TerminateWorkers looks whether the drained workers are idle.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+pub struct BuildQueueStateService {
+    assignments: Arc<Assignments>,
+}
+
+impl BuildQueueStateService {
+    pub fn new(assignments: Arc<Assignments>) -> Self {
+        Self { assignments }
+    }
+}
+
+/// The queue a request names. Size classes are not told apart: a worker
+/// reports one, and drains apply to the platform queue whatever it is.
+fn queue(name: Option<SizeClassQueueName>) -> Option<DrainQueue> {
+    let platform_queue = name?.platform_queue_name.unwrap_or_default();
+    Some(DrainQueue {
+        instance_name_prefix: platform_queue.instance_name_prefix,
+        platform: PlatformKey::of(platform_queue.platform),
+    })
+}
+
+fn pattern(map: impl IntoIterator<Item = (String, String)>) -> WorkerId {
+    map.into_iter().collect()
+}
+
+#[tonic::async_trait]
+impl BuildQueueState for BuildQueueStateService {
+    #[tracing::instrument(skip_all, fields(pattern = ?request.get_ref().worker_id_pattern))]
+    async fn terminate_workers(
+        &self,
+        request: Request<TerminateWorkersRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let pattern = pattern(request.into_inner().worker_id_pattern);
+        self.assignments.drain(None, pattern.clone());
+        tracing::info!("draining workers until idle");
+        // Returns once none of them runs anything; a client that stops
+        // waiting leaves the drain in place.
+        while self.assignments.running_matching(&pattern) > 0 {
+            tokio::time::sleep(IDLE_POLL).await;
+        }
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn list_drains(
+        &self,
+        request: Request<ListDrainsRequest>,
+    ) -> Result<Response<ListDrainsResponse>, Status> {
+        let queue = queue(request.into_inner().size_class_queue_name);
+        let drains = self
+            .assignments
+            .drains(queue.as_ref())
+            .into_iter()
+            .map(|d| DrainState {
+                worker_id_pattern: d.pattern.into_iter().collect(),
+                created_timestamp: Some(timestamp(d.created)),
+            })
+            .collect();
+        Ok(Response::new(ListDrainsResponse { drains }))
+    }
+
+    #[tracing::instrument(skip_all, fields(pattern = ?request.get_ref().worker_id_pattern))]
+    async fn add_drain(
+        &self,
+        request: Request<AddOrRemoveDrainRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        self.assignments.drain(
+            queue(req.size_class_queue_name),
+            pattern(req.worker_id_pattern),
+        );
+        tracing::info!("drain added");
+        Ok(Response::new(Empty {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(pattern = ?request.get_ref().worker_id_pattern))]
+    async fn remove_drain(
+        &self,
+        request: Request<AddOrRemoveDrainRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        let queue = queue(req.size_class_queue_name);
+        let pattern = pattern(req.worker_id_pattern);
+        if !self.assignments.undrain(queue.as_ref(), &pattern) {
+            return Err(Status::not_found(format!(
+                "no drain of workers matching {pattern:?}{}",
+                queue
+                    .map(|q| format!(" in queue {} {:?}", q.platform, q.instance_name_prefix))
+                    .unwrap_or_default()
+            )));
+        }
+        tracing::info!("drain removed");
+        Ok(Response::new(Empty {}))
+    }
+}
