@@ -152,10 +152,10 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
     let stores = corral_storage::open(&farm.storage)
         .await
         .context("opening storage")?;
-    // Storage is served on this port, so the scheduler must not ask it
-    // for the cache capabilities it adds to: it would be asking itself.
+    // The scheduler reads storage in this process: no loopback round
+    // trips before an action is queued.
     let scheduler = corral_scheduler::Scheduler::builder(farm.scheduler.clone())
-        .cache_capabilities(corral_storage::cache_capabilities(&farm.storage, &stores))
+        .storage_in_process(&farm.storage, &stores)
         .build()
         .context("starting the scheduler")?;
     let routes = scheduler.add_routes(corral_storage::routes_without_capabilities(

@@ -209,6 +209,107 @@ fn memory_per_queued() -> f64 {
     (after.saturating_sub(before)) as f64 / QUEUED as f64
 }
 
+/// Where the scheduler reads storage from.
+#[derive(Clone, Copy)]
+enum StorageAccess {
+    /// Over loopback gRPC, as `corral scheduler` with storage elsewhere.
+    Grpc,
+    /// Storage's handlers in the same process, as `corral up` runs it.
+    InProcess,
+}
+
+async fn measure(access: StorageAccess) {
+    let mut servers = JoinSet::new();
+    let storage_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let storage_url = format!("http://{}", storage_listener.local_addr().expect("addr"));
+    let storage_cfg = corral_storage::Config {
+        backend: corral_storage::config::Backend::Memory {
+            max_size_bytes: 1 << 30,
+        },
+        ..corral_storage::Config::default()
+    };
+    let stores = corral_storage::open(&storage_cfg).await.expect("stores");
+    let routes = corral_storage::routes(&storage_cfg, &stores);
+    servers.spawn(async move {
+        corral_storage::server()
+            .add_routes(routes)
+            .serve_with_incoming(corral_storage::no_delay(storage_listener))
+            .await
+            .expect("storage");
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let cfg = Config {
+        storage: storage_url.clone(),
+        ..Config::default()
+    };
+    let builder = Scheduler::builder(cfg);
+    let scheduler = match access {
+        StorageAccess::Grpc => builder,
+        StorageAccess::InProcess => builder.storage_in_process(&storage_cfg, &stores),
+    }
+    .build()
+    .expect("scheduler");
+    servers.spawn(async move {
+        scheduler
+            .serve(listener, std::future::pending())
+            .await
+            .expect("scheduler");
+    });
+    // Clients and workers spread over a few connections, as separate
+    // processes would be.
+    let connect = |url: &str| {
+        Endpoint::from_shared(url.to_owned())
+            .expect("url")
+            .connect_lazy()
+    };
+    let channels: Vec<Channel> = (0..8).map(|_| connect(&url)).collect();
+    let storage = connect(&storage_url);
+    let mut workers = JoinSet::new();
+    for slot in 0..WORKERS {
+        workers.spawn(worker(channels[slot % channels.len()].clone(), slot));
+    }
+    let mut next = 0;
+    println!(
+        "scheduler reading storage {}: Execute until COMPLETED, {WORKERS} fake workers, 2 threads",
+        match access {
+            StorageAccess::Grpc => "over loopback gRPC",
+            StorageAccess::InProcess => "in process (corral up)",
+        }
+    );
+    for (clients, ops) in LEVELS {
+        let digests = upload(storage.clone(), next, ops).await;
+        next += ops;
+        let per_client = ops / clients;
+        let start = Instant::now();
+        let mut running = JoinSet::new();
+        for (c, chunk) in digests.chunks(per_client).enumerate() {
+            running.spawn(execute_all(
+                channels[c % channels.len()].clone(),
+                chunk.to_vec(),
+            ));
+        }
+        while running.join_next().await.is_some() {}
+        let took = start.elapsed();
+        let start = Instant::now();
+        let mut baseline = JoinSet::new();
+        for chunk in digests.chunks(per_client) {
+            baseline.spawn(find_missing_all(storage.clone(), chunk.to_vec()));
+        }
+        while baseline.join_next().await.is_some() {}
+        let base = start.elapsed();
+        let rate = ops as f64 / took.as_secs_f64();
+        let base_rate = ops as f64 / base.as_secs_f64();
+        println!(
+            "  {clients:>3} clients: {rate:>8.0} ops/s ({ops} in {took:.2?}); \
+             FindMissingBlobs baseline {base_rate:>8.0}/s; ratio {:.2}",
+            rate / base_rate
+        );
+    }
+    workers.abort_all();
+    servers.abort_all();
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -216,78 +317,8 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let mut servers = JoinSet::new();
-        let storage_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let storage_url = format!("http://{}", storage_listener.local_addr().expect("addr"));
-        let storage_cfg = corral_storage::Config {
-            backend: corral_storage::config::Backend::Memory {
-                max_size_bytes: 1 << 30,
-            },
-            ..corral_storage::Config::default()
-        };
-        servers.spawn(async move {
-            corral_storage::run(storage_cfg, storage_listener, std::future::pending())
-                .await
-                .expect("storage");
-        });
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let cfg = Config {
-            storage: storage_url.clone(),
-            ..Config::default()
-        };
-        let scheduler = Scheduler::new(cfg).expect("scheduler");
-        servers.spawn(async move {
-            scheduler
-                .serve(listener, std::future::pending())
-                .await
-                .expect("scheduler");
-        });
-        // Clients and workers spread over a few connections, as separate
-        // processes would be.
-        let connect = |url: &str| {
-            Endpoint::from_shared(url.to_owned())
-                .expect("url")
-                .connect_lazy()
-        };
-        let channels: Vec<Channel> = (0..8).map(|_| connect(&url)).collect();
-        let storage = connect(&storage_url);
-        let mut workers = JoinSet::new();
-        for slot in 0..WORKERS {
-            workers.spawn(worker(channels[slot % channels.len()].clone(), slot));
-        }
-        let mut next = 0;
-        println!("scheduler: Execute until COMPLETED, {WORKERS} fake workers, 2 threads");
-        for (clients, ops) in LEVELS {
-            let digests = upload(storage.clone(), next, ops).await;
-            next += ops;
-            let per_client = ops / clients;
-            let start = Instant::now();
-            let mut running = JoinSet::new();
-            for (c, chunk) in digests.chunks(per_client).enumerate() {
-                running.spawn(execute_all(
-                    channels[c % channels.len()].clone(),
-                    chunk.to_vec(),
-                ));
-            }
-            while running.join_next().await.is_some() {}
-            let took = start.elapsed();
-            let start = Instant::now();
-            let mut baseline = JoinSet::new();
-            for chunk in digests.chunks(per_client) {
-                baseline.spawn(find_missing_all(storage.clone(), chunk.to_vec()));
-            }
-            while baseline.join_next().await.is_some() {}
-            let base = start.elapsed();
-            let rate = ops as f64 / took.as_secs_f64();
-            let base_rate = ops as f64 / base.as_secs_f64();
-            println!(
-                "  {clients:>3} clients: {rate:>8.0} ops/s ({ops} in {took:.2?}); \
-                 FindMissingBlobs baseline {base_rate:>8.0}/s; ratio {:.2}",
-                rate / base_rate
-            );
-        }
-        workers.abort_all();
+        measure(StorageAccess::Grpc).await;
+        measure(StorageAccess::InProcess).await;
     });
     let per_op = memory_per_queued();
     println!(

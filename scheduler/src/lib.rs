@@ -97,9 +97,21 @@ pub struct Builder {
     timing: Timing,
     ids: Arc<dyn OperationIds>,
     cache_capabilities: Option<CacheCapabilities>,
+    storage: Option<StorageClient>,
 }
 
 impl Builder {
+    /// Reads storage in this process instead of over gRPC from
+    /// `cfg.storage`: for a daemon serving storage too (`corral up`).
+    pub fn storage_in_process(
+        mut self,
+        cfg: &corral_storage::Config,
+        stores: &corral_storage::Stores,
+    ) -> Self {
+        self.storage = Some(StorageClient::in_process(cfg, stores));
+        self
+    }
+
     /// Other intervals than `cfg`'s (tests shorten them).
     pub fn timing(mut self, timing: Timing) -> Self {
         self.timing = timing;
@@ -125,11 +137,15 @@ impl Builder {
     pub fn build(self) -> Result<Scheduler, Error> {
         self.cfg.validate()?;
         tokio::runtime::Handle::try_current().map_err(Error::NoRuntime)?;
-        let storage =
-            StorageClient::new(&self.cfg.storage).map_err(|source| Error::StorageEndpoint {
-                endpoint: self.cfg.storage.clone(),
-                source,
-            })?;
+        let storage = match self.storage {
+            Some(storage) => storage,
+            None => {
+                StorageClient::new(&self.cfg.storage).map_err(|source| Error::StorageEndpoint {
+                    endpoint: self.cfg.storage.clone(),
+                    source,
+                })?
+            }
+        };
         let cache_capabilities = match self.cache_capabilities {
             Some(cache) => CacheCapabilitiesSource::Fixed(cache),
             None => CacheCapabilitiesSource::Storage(storage.clone()),
@@ -167,6 +183,7 @@ impl Scheduler {
             cfg,
             ids: Arc::new(random_operation_ids::RandomOperationIds::new()),
             cache_capabilities: None,
+            storage: None,
         }
     }
 

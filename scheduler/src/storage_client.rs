@@ -1,7 +1,11 @@
-//! What the scheduler reads from storage, over gRPC: the Action and
-//! Command to check before queueing, whether the input root exists, the
-//! Action Cache, and storage's capabilities. It never writes: the worker
-//! stores results.
+//! What the scheduler reads from storage: the Action and Command to check
+//! before queueing, whether the input root exists, the Action Cache, and
+//! storage's capabilities. It never writes: the worker stores results.
+//!
+//! Storage is reached over gRPC, or, when one process serves both (`corral
+//! up`), by calling storage's service handlers directly: the same checks
+//! (digests, batch limits, complete Action Cache entries) without
+//! encoding, a socket and a round trip per call.
 
 use corral_proto::reapi::action_cache_client::ActionCacheClient;
 use corral_proto::reapi::capabilities_client::CapabilitiesClient;
@@ -10,16 +14,30 @@ use corral_proto::reapi::{
     ActionResult, BatchReadBlobsRequest, Digest, FindMissingBlobsRequest, GetActionResultRequest,
     GetCapabilitiesRequest, ServerCapabilities,
 };
+use std::sync::Arc;
+
+use corral_proto::reapi::action_cache_server::ActionCache as _;
+use corral_proto::reapi::capabilities_server::Capabilities as _;
+use corral_proto::reapi::content_addressable_storage_server::ContentAddressableStorage as _;
+use corral_storage::ac_service::AcService;
+use corral_storage::capabilities_service::CapabilitiesService;
+use corral_storage::cas_service::CasService;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::{Code, Request, Status};
 
 /// Largest message accepted from storage (a batch of Action + Command).
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
-/// A lazily connected client of a REAPI storage.
+/// A lazily connected client of a REAPI storage, or storage's own
+/// handlers in this process.
 #[derive(Clone)]
-pub struct StorageClient {
-    channel: Channel,
+pub enum StorageClient {
+    Remote(Channel),
+    InProcess {
+        cas: Arc<CasService>,
+        action_cache: Arc<AcService>,
+        capabilities: Arc<CapabilitiesService>,
+    },
 }
 
 /// Blobs read, and those storage did not have.
@@ -31,9 +49,27 @@ pub struct Fetched {
 impl StorageClient {
     /// A client of `endpoint`; connects on first use.
     pub fn new(endpoint: &str) -> Result<Self, tonic::transport::Error> {
-        Ok(Self {
-            channel: Endpoint::from_shared(endpoint.to_owned())?.connect_lazy(),
-        })
+        Ok(Self::Remote(
+            Endpoint::from_shared(endpoint.to_owned())?.connect_lazy(),
+        ))
+    }
+
+    /// Storage's handlers over `stores`, in this process.
+    pub fn in_process(cfg: &corral_storage::Config, stores: &corral_storage::Stores) -> Self {
+        Self::InProcess {
+            cas: Arc::new(CasService::new(
+                Arc::clone(&stores.blobs),
+                cfg.max_batch_total_size_bytes,
+            )),
+            action_cache: Arc::new(AcService::new(
+                Arc::clone(&stores.blobs),
+                Arc::clone(&stores.action_cache),
+            )),
+            capabilities: Arc::new(CapabilitiesService::new(
+                cfg.max_batch_total_size_bytes,
+                stores.max_size_bytes,
+            )),
+        }
     }
 
     /// Reads `digests` in one batch.
@@ -43,16 +79,22 @@ impl StorageClient {
         digest_function: i32,
         digests: &[Digest],
     ) -> Result<Fetched, Status> {
-        let response = ContentAddressableStorageClient::new(self.channel.clone())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .batch_read_blobs(BatchReadBlobsRequest {
-                instance_name: instance.to_owned(),
-                digests: digests.to_vec(),
-                digest_function,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
+        let request = BatchReadBlobsRequest {
+            instance_name: instance.to_owned(),
+            digests: digests.to_vec(),
+            digest_function,
+            ..Default::default()
+        };
+        let response = match self {
+            Self::Remote(channel) => {
+                ContentAddressableStorageClient::new(channel.clone())
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .batch_read_blobs(request)
+                    .await?
+            }
+            Self::InProcess { cas, .. } => cas.batch_read_blobs(Request::new(request)).await?,
+        }
+        .into_inner();
         let mut fetched = Fetched {
             found: Vec::new(),
             missing: Vec::new(),
@@ -83,15 +125,20 @@ impl StorageClient {
         digest_function: i32,
         digests: &[Digest],
     ) -> Result<Vec<Digest>, Status> {
-        Ok(ContentAddressableStorageClient::new(self.channel.clone())
-            .find_missing_blobs(FindMissingBlobsRequest {
-                instance_name: instance.to_owned(),
-                blob_digests: digests.to_vec(),
-                digest_function,
-            })
-            .await?
-            .into_inner()
-            .missing_blob_digests)
+        let request = FindMissingBlobsRequest {
+            instance_name: instance.to_owned(),
+            blob_digests: digests.to_vec(),
+            digest_function,
+        };
+        let response = match self {
+            Self::Remote(channel) => {
+                ContentAddressableStorageClient::new(channel.clone())
+                    .find_missing_blobs(request)
+                    .await?
+            }
+            Self::InProcess { cas, .. } => cas.find_missing_blobs(Request::new(request)).await?,
+        };
+        Ok(response.into_inner().missing_blob_digests)
     }
 
     /// The cached result of `action`, if any (and complete, which the
@@ -108,10 +155,17 @@ impl StorageClient {
             digest_function,
             ..Default::default()
         };
-        match ActionCacheClient::new(self.channel.clone())
-            .get_action_result(request)
-            .await
-        {
+        let response = match self {
+            Self::Remote(channel) => {
+                ActionCacheClient::new(channel.clone())
+                    .get_action_result(request)
+                    .await
+            }
+            Self::InProcess { action_cache, .. } => {
+                action_cache.get_action_result(Request::new(request)).await
+            }
+        };
+        match response {
             Ok(result) => Ok(Some(result.into_inner())),
             Err(status) if status.code() == Code::NotFound => Ok(None),
             Err(status) => Err(status),
@@ -120,11 +174,19 @@ impl StorageClient {
 
     /// Storage's own capabilities, for the scheduler to add to.
     pub async fn capabilities(&self, instance: &str) -> Result<ServerCapabilities, Status> {
-        Ok(CapabilitiesClient::new(self.channel.clone())
-            .get_capabilities(GetCapabilitiesRequest {
-                instance_name: instance.to_owned(),
-            })
-            .await?
-            .into_inner())
+        let request = GetCapabilitiesRequest {
+            instance_name: instance.to_owned(),
+        };
+        let response = match self {
+            Self::Remote(channel) => {
+                CapabilitiesClient::new(channel.clone())
+                    .get_capabilities(request)
+                    .await?
+            }
+            Self::InProcess { capabilities, .. } => {
+                capabilities.get_capabilities(Request::new(request)).await?
+            }
+        };
+        Ok(response.into_inner())
     }
 }

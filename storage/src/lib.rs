@@ -149,18 +149,6 @@ pub fn routes(cfg: &Config, stores: &Stores) -> Routes {
     routes_without_capabilities(cfg, stores).add_service(capabilities)
 }
 
-/// What storage's `Capabilities` reports of the cache, for a daemon that
-/// serves its own Capabilities over [`routes_without_capabilities`].
-pub fn cache_capabilities(cfg: &Config, stores: &Stores) -> corral_proto::reapi::CacheCapabilities {
-    capabilities_service::CapabilitiesService::new(
-        cfg.max_batch_total_size_bytes,
-        stores.max_size_bytes,
-    )
-    .capabilities()
-    .cache_capabilities
-    .unwrap_or_default()
-}
-
 /// CAS, Action Cache and ByteStream without `Capabilities`, for a daemon
 /// that serves its own Capabilities next to them: a server can route
 /// each service to one handler only, and the scheduler's must add
