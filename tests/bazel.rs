@@ -223,6 +223,60 @@ fn bazel_executes_remotely_on_the_farm() {
 }
 
 #[test]
+fn an_unprivileged_farm_executes_remotely_and_says_what_it_cannot_enforce() {
+    let test = "an_unprivileged_farm_executes_remotely_and_says_what_it_cannot_enforce";
+    if !bazel_available(test) {
+        return;
+    }
+    // /proc/self belongs to the process's effective user.
+    let euid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    if euid != 0 {
+        assert!(std::env::var_os("CI").is_none(), "{test}: CI runs as root");
+        eprintln!("skipped {test}: needs root to start the farm as nobody");
+        return;
+    }
+    let mut farm = Farm::start_unprivileged();
+    assert!(
+        farm.logs().contains("not running as root"),
+        "the runner says what it cannot protect\n{}",
+        farm.logs()
+    );
+    let workspace = scratch_workspace();
+    let output_root = tempfile::tempdir().unwrap();
+    let bazel = Bazel {
+        workspace: workspace.path(),
+        output_root: output_root.path(),
+    };
+    let executor = format!("--remote_executor={}", farm.grpc_url());
+    let remote = [
+        executor.as_str(),
+        "--spawn_strategy=remote",
+        "--remote_local_fallback=false",
+    ];
+    let mut args = vec!["build"];
+    args.extend(remote);
+    args.push("//:hello");
+    let (ok, build) = bazel.run(&args);
+    assert!(ok, "remote build failed\n{build}\n{}", farm.logs());
+    assert!(processes(&build, "remote") >= 3, "{build}");
+    let mut args = vec!["build"];
+    args.extend(remote);
+    args.push("//probes:read_shadow");
+    let (ok, shadow) = bazel.run(&args);
+    assert!(!ok, "an action read /etc/shadow\n{shadow}");
+    assert!(
+        shadow.contains("/etc/shadow: Permission denied"),
+        "the read failed for another reason than the sandbox\n{shadow}"
+    );
+    assert!(farm.stop().success(), "corral up did not exit cleanly");
+    let leftovers = farm.leftover_processes();
+    assert!(
+        leftovers.is_empty(),
+        "processes outlived corral up: {leftovers:?}"
+    );
+}
+
+#[test]
 fn the_process_summary_is_parsed() {
     let line = "INFO: 18 processes: 8 remote cache hit, 10 internal.";
     assert_eq!(processes(line, "remote cache hit"), 8);

@@ -35,6 +35,9 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// The uid and gid of `nobody` on Debian.
+const NOBODY: u32 = 65534;
+
 /// What `corral up` prints once it serves and can run actions.
 const READY_LINE: &str = "corral up: ready";
 
@@ -48,8 +51,18 @@ pub struct Farm {
 
 impl Farm {
     /// Starts `corral up` on a free port with a fresh data directory and
-    /// waits until it accepts connections.
+    /// waits until it is ready.
     pub fn start() -> Farm {
+        Self::start_as(None)
+    }
+
+    /// Like [`start`](Self::start), run by the unprivileged user `nobody`
+    /// (the caller must be root to switch to it).
+    pub fn start_unprivileged() -> Farm {
+        Self::start_as(Some(NOBODY))
+    }
+
+    fn start_as(user: Option<u32>) -> Farm {
         let port = free_port();
         let data_dir = tempfile::tempdir().expect("temp dir");
         // Closed to other users, like /root or `mktemp -d`: the farm must
@@ -59,8 +72,23 @@ impl Farm {
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )
         .expect("chmod the farm's temp dir");
+        let mut binary = corral_binary();
+        if let Some(id) = user {
+            std::os::unix::fs::chown(data_dir.path(), Some(id), Some(id))
+                .expect("chown the farm's temp dir");
+            // The build tree may not be reachable by that user.
+            let own = data_dir.path().join("corral");
+            std::fs::copy(&binary, &own).expect("copy corral");
+            std::os::unix::fs::chown(&own, Some(id), Some(id)).expect("chown corral");
+            binary = own;
+        }
         let log = data_dir.path().join("corral-up.log");
-        let child = Command::new(corral_binary())
+        let mut command = Command::new(binary);
+        if let Some(id) = user {
+            std::os::unix::process::CommandExt::uid(&mut command, id);
+            std::os::unix::process::CommandExt::gid(&mut command, id);
+        }
+        let child = command
             .args(["up", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(data_dir.path().join("data"))
