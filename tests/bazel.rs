@@ -77,6 +77,34 @@ impl Bazel<'_> {
         );
         (out.status.success(), text)
     }
+
+    /// `command` (build, test) of `targets` executed on `farm` only: a
+    /// spawn that cannot run remotely fails the build. FARM_PORT is the
+    /// farm's port, for the probes.
+    fn remote(&self, farm: &Farm, command: &str, targets: &[&str]) -> (bool, String) {
+        let executor = format!("--remote_executor={}", farm.grpc_url());
+        let port = format!("--define=FARM_PORT={}", farm.port);
+        let mut args = vec![
+            command,
+            &executor,
+            "--spawn_strategy=remote",
+            "--remote_local_fallback=false",
+            &port,
+        ];
+        args.extend(targets);
+        self.run(&args)
+    }
+}
+
+/// Stops `farm` with SIGINT and checks it exited cleanly, leaving no
+/// process behind.
+fn assert_stops_cleanly(farm: &mut Farm) {
+    assert!(farm.stop().success(), "corral up did not exit cleanly");
+    let leftovers = farm.leftover_processes();
+    assert!(
+        leftovers.is_empty(),
+        "processes outlived corral up: {leftovers:?}"
+    );
 }
 
 /// The count before `label` in Bazel's process summary, e.g.
@@ -128,7 +156,7 @@ fn bazel_uses_the_farm_as_a_remote_cache() {
 
     let (ok, test) = bazel.run(&["test", &cache, "//:greet_test"]);
     assert!(ok, "bazel test failed\n{test}");
-    assert!(farm.stop().success(), "corral up did not exit cleanly");
+    assert_stops_cleanly(&mut farm);
 }
 
 #[test]
@@ -143,23 +171,7 @@ fn bazel_executes_remotely_on_the_farm() {
         workspace: workspace.path(),
         output_root: output_root.path(),
     };
-    let executor = format!("--remote_executor={}", farm.grpc_url());
-    let port = format!("--define=FARM_PORT={}", farm.port);
-    // Remote or nothing: a spawn that cannot run remotely fails the build.
-    let remote = [
-        executor.as_str(),
-        "--spawn_strategy=remote",
-        "--remote_local_fallback=false",
-        port.as_str(),
-    ];
-    let with = |command: &str, targets: &[&str]| {
-        let mut args = vec![command];
-        args.extend(remote);
-        args.extend(targets);
-        bazel.run(&args)
-    };
-
-    let (ok, first) = with("build", &["//..."]);
+    let (ok, first) = bazel.remote(&farm, "build", &["//..."]);
     assert!(ok, "remote build failed\n{first}\n{}", farm.logs());
     // Two compiles, an archive, two links (the binary and the test) and
     // the genrule, at least: all of them ran on the farm.
@@ -179,7 +191,7 @@ fn bazel_executes_remotely_on_the_farm() {
 
     let (ok, text) = bazel.run(&["clean"]);
     assert!(ok, "{text}");
-    let (ok, second) = with("build", &["//..."]);
+    let (ok, second) = bazel.remote(&farm, "build", &["//..."]);
     assert!(ok, "second remote build failed\n{second}\n{}", farm.logs());
     assert!(
         processes(&second, "remote cache hit") >= 6,
@@ -191,35 +203,30 @@ fn bazel_executes_remotely_on_the_farm() {
         "nothing executes again\n{second}"
     );
 
-    let (ok, test) = with("test", &["//:greet_test"]);
+    let (ok, test) = bazel.remote(&farm, "test", &["//:greet_test"]);
     assert!(ok, "remote bazel test failed\n{test}\n{}", farm.logs());
     assert!(test.contains("PASSED"), "{test}");
 
     // The control genrule runs; the probes, the same shell, do not get
     // what they try for.
-    let (ok, control) = with("build", &["//probes:control"]);
+    let (ok, control) = bazel.remote(&farm, "build", &["//probes:control"]);
     assert!(ok, "the control genrule failed\n{control}\n{}", farm.logs());
     assert_eq!(processes(&control, "remote"), 1, "{control}");
-    let (ok, shadow) = with("build", &["//probes:read_shadow"]);
+    let (ok, shadow) = bazel.remote(&farm, "build", &["//probes:read_shadow"]);
     assert!(!ok, "an action read /etc/shadow\n{shadow}");
     assert!(
         shadow.contains("/etc/shadow: Permission denied")
             || shadow.contains("/etc/shadow: No such file"),
         "the read failed for another reason than the sandbox\n{shadow}"
     );
-    let (ok, network) = with("build", &["//probes:reach_host"]);
+    let (ok, network) = bazel.remote(&farm, "build", &["//probes:reach_host"]);
     assert!(!ok, "an action reached the host's loopback\n{network}");
     assert!(
         network.contains("Connection refused") || network.contains("Network is unreachable"),
         "the connection failed for another reason than the sandbox\n{network}"
     );
 
-    assert!(farm.stop().success(), "corral up did not exit cleanly");
-    let leftovers = farm.leftover_processes();
-    assert!(
-        leftovers.is_empty(),
-        "processes outlived corral up: {leftovers:?}"
-    );
+    assert_stops_cleanly(&mut farm);
 }
 
 #[test]
@@ -247,33 +254,16 @@ fn an_unprivileged_farm_executes_remotely_and_says_what_it_cannot_enforce() {
         workspace: workspace.path(),
         output_root: output_root.path(),
     };
-    let executor = format!("--remote_executor={}", farm.grpc_url());
-    let remote = [
-        executor.as_str(),
-        "--spawn_strategy=remote",
-        "--remote_local_fallback=false",
-    ];
-    let mut args = vec!["build"];
-    args.extend(remote);
-    args.push("//:hello");
-    let (ok, build) = bazel.run(&args);
+    let (ok, build) = bazel.remote(&farm, "build", &["//:hello"]);
     assert!(ok, "remote build failed\n{build}\n{}", farm.logs());
     assert!(processes(&build, "remote") >= 3, "{build}");
-    let mut args = vec!["build"];
-    args.extend(remote);
-    args.push("//probes:read_shadow");
-    let (ok, shadow) = bazel.run(&args);
+    let (ok, shadow) = bazel.remote(&farm, "build", &["//probes:read_shadow"]);
     assert!(!ok, "an action read /etc/shadow\n{shadow}");
     assert!(
         shadow.contains("/etc/shadow: Permission denied"),
         "the read failed for another reason than the sandbox\n{shadow}"
     );
-    assert!(farm.stop().success(), "corral up did not exit cleanly");
-    let leftovers = farm.leftover_processes();
-    assert!(
-        leftovers.is_empty(),
-        "processes outlived corral up: {leftovers:?}"
-    );
+    assert_stops_cleanly(&mut farm);
 }
 
 #[test]
