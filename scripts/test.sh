@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 # (CI runs as root; without root, tests that need them say why they skip).
 APT_PACKAGES=(
     bazel-bootstrap # tests/bazel.rs: Debian's Bazel 4.2.3, works offline
+    python3-venv    # tests/python.rs: the venv below, with Debian's python3
 )
 
 missing=()
@@ -24,6 +25,26 @@ if ((${#missing[@]})); then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
     fi
+fi
+
+# Python packages for tests/python.rs, pinned in tests/python/requirements.txt,
+# go in a venv under target/ (never the system's site-packages). pip runs
+# only when the venv is missing or the requirements changed since it ran.
+venv=target/test-venv
+requirements=tests/python/requirements.txt
+if ! cmp -s "$requirements" "$venv/requirements.txt" ||
+    ! "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
+    rm -rf "$venv"
+    if python3 -m venv "$venv" &&
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements"; then
+        cp "$requirements" "$venv/requirements.txt"
+    else
+        echo "scripts/test.sh: could not make the Python venv in $venv: tests/python.rs skips (fails under CI)" >&2
+        rm -rf "$venv"
+    fi
+fi
+if [[ -x $venv/bin/python ]]; then
+    export CORRAL_TEST_PYTHON="$PWD/$venv/bin/python"
 fi
 
 # --- the suite -----------------------------------------------------------
