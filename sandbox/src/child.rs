@@ -64,6 +64,10 @@ fn borrow(fd: RawFd) -> BorrowedFd<'static> {
 
 /// Process 1: namespaces, ids, then the init process.
 pub fn setup(plan: &Plan<'_>, fds: &Fds) -> ! {
+    // Everything else the caller had open came along with fork: other
+    // runs' pipes among them, which must not stay open for as long as
+    // this action lives (their reader would wait for this one to end).
+    sys::close_fds_except(3, &[fds.report, fds.go, fds.stdout, fds.stderr]);
     let report = borrow(fds.report);
     // If the caller dies, so does the sandbox.
     if let Err(e) = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0) {
@@ -134,7 +138,7 @@ fn init(plan: &Plan<'_>, fds: &Fds) -> ! {
     };
     // The action holds the output pipes now; init must not keep them open
     // or the caller would never see end of file.
-    sys::close_fds_from(3, fds.report);
+    sys::close_fds_except(3, &[fds.report]);
     loop {
         match sys::wait4(-1) {
             Ok((pid, status, _)) if pid == action => {
@@ -192,7 +196,7 @@ fn action(plan: &Plan<'_>, fds: &Fds) -> ! {
         };
         fail(report, Stage::Seccomp, &errno);
     }
-    sys::close_fds_from(3, fds.report);
+    sys::close_fds_except(3, &[fds.report]);
     let err = exec(plan);
     fail(report, Stage::Exec, &err)
 }

@@ -56,4 +56,6 @@ pub enum Error {
     LandlockRequired,
     #[error("the sandbox ended without reporting how the command ended")]
     Lost,
+    #[error("the run was cancelled; the command was killed")]
+    Cancelled,
 }

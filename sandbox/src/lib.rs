@@ -23,6 +23,7 @@
 //! which is safe in a multithreaded caller); it blocks until the command
 //! and everything it started are gone.
 
+pub mod cancellation;
 pub mod cgroup;
 mod child;
 pub mod command;
@@ -37,6 +38,7 @@ pub mod sandbox;
 pub mod seccomp;
 mod sys;
 
+pub use cancellation::Cancellation;
 pub use command::Command;
 pub use error::Error;
 pub use outcome::{Exit, Outcome, Usage};

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::cancellation::Cancellation;
 use crate::cgroup::{Cgroup, CgroupRoot, CgroupUsage};
 use crate::child::{self, Fds, Plan};
 use crate::command::Command;
@@ -143,6 +144,20 @@ impl Sandbox {
 
     /// Runs `command` to completion in a fresh sandbox.
     pub fn run(&self, command: &Command) -> Result<Outcome, Error> {
+        self.run_cancellable(command, None)
+    }
+
+    /// Like [`run`](Self::run); once `cancel` is cancelled (before or
+    /// during the run) the command is killed and the result is
+    /// [`Error::Cancelled`].
+    pub fn run_cancellable(
+        &self,
+        command: &Command,
+        cancel: Option<&Cancellation>,
+    ) -> Result<Outcome, Error> {
+        if cancel.is_some_and(Cancellation::is_cancelled) {
+            return Err(Error::Cancelled);
+        }
         command.validate()?;
         let start = Instant::now();
         let workdir = &self.policy.filesystem.working_directory;
@@ -229,6 +244,7 @@ impl Sandbox {
                 run.supervise(
                     report_r,
                     [(out_r, stdout, "stdout"), (err_r, stderr, "stderr")],
+                    cancel,
                     command,
                     self.policy.limits.output_max_bytes,
                     start,
@@ -246,6 +262,9 @@ impl Sandbox {
             Some(group) => Some(group.usage()?),
             None => None,
         };
+        if streams.cancelled {
+            return Err(Error::Cancelled);
+        }
         if let Some((stage, errno)) = run.failure {
             return Err(Error::Setup {
                 stage,
@@ -305,6 +324,7 @@ impl Drop for CgroupGuard {
 /// What supervising the streams found.
 struct Streams {
     timed_out: bool,
+    cancelled: bool,
     truncated: [bool; 2],
 }
 
@@ -418,12 +438,14 @@ impl Supervision<'_> {
         &mut self,
         report: OwnedFd,
         outputs: [(OwnedFd, File, &'static str); 2],
+        cancel: Option<&Cancellation>,
         command: &Command,
         cap: u64,
         start: Instant,
     ) -> Result<Streams, Error> {
         let mut deadline = command.timeout.map(|t| start + t);
         let mut timed_out = false;
+        let mut cancelled = false;
         let mut report = Some(report);
         let mut outs: Vec<Option<(OwnedFd, File, &'static str)>> =
             outputs.into_iter().map(Some).collect();
@@ -434,7 +456,7 @@ impl Supervision<'_> {
             let now = Instant::now();
             if let Some(d) = deadline {
                 if now >= d {
-                    if timed_out {
+                    if timed_out || cancelled {
                         // Killed, yet something still holds a pipe open:
                         // stop waiting rather than hang the caller.
                         break;
@@ -450,10 +472,14 @@ impl Supervision<'_> {
                     .as_millis()
                     .clamp(1, i32::MAX as u128) as i32
             });
+            // The cancellation is watched until it fires, then left out:
+            // it stays readable.
+            let watched_cancel = cancel.filter(|_| !cancelled).map(Cancellation::raw_fd);
             let mut pfds: Vec<libc::pollfd> = report
                 .iter()
                 .map(|fd| fd.as_raw_fd())
                 .chain(outs.iter().flatten().map(|(fd, _, _)| fd.as_raw_fd()))
+                .chain(watched_cancel)
                 .map(|fd| libc::pollfd {
                     fd,
                     events: libc::POLLIN,
@@ -465,6 +491,14 @@ impl Supervision<'_> {
                 source,
             })?;
             for pfd in pfds.iter().filter(|p| p.revents != 0) {
+                if Some(pfd.fd) == watched_cancel {
+                    cancelled = true;
+                    self.kill();
+                    // As after a timeout: stop waiting for pipes that
+                    // something still holds open.
+                    deadline = Some(Instant::now() + KILL_GRACE);
+                    continue;
+                }
                 if report.as_ref().is_some_and(|r| r.as_raw_fd() == pfd.fd) {
                     let fd = report.as_ref().expect("checked above");
                     let n = sys::read(fd.as_fd(), &mut buf).map_err(|source| Error::Spawn {
@@ -518,6 +552,7 @@ impl Supervision<'_> {
         }
         Ok(Streams {
             timed_out,
+            cancelled,
             truncated,
         })
     }

@@ -191,47 +191,63 @@ pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
     check(unsafe { libc::dup2(from, to) }).map(drop)
 }
 
-/// Closes every descriptor from `lowest` up, except `keep`.
-pub fn close_fds_from(lowest: RawFd, keep: RawFd) {
-    let ranges: [(RawFd, RawFd); 2] = if keep >= lowest {
-        [(lowest, keep - 1), (keep + 1, RawFd::MAX)]
-    } else {
-        [(lowest, RawFd::MAX), (1, 0)]
-    };
-    for (first, last) in ranges {
-        if first > last {
-            continue;
+/// Closes every descriptor from `lowest` up, except those in `keep`.
+pub fn close_fds_except(lowest: RawFd, keep: &[RawFd]) {
+    let mut kept: Vec<RawFd> = keep.iter().copied().filter(|&fd| fd >= lowest).collect();
+    kept.sort_unstable();
+    kept.dedup();
+    let mut first = lowest;
+    for fd in kept {
+        if fd > first {
+            close_range(first, fd - 1);
         }
-        // SAFETY: close_range takes plain integers and only closes
-        // descriptors, which nothing in this process uses afterwards.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                first as libc::c_uint,
-                last as libc::c_uint,
-                0,
-            )
-        };
-        if ret == 0 {
-            continue;
-        }
-        // Kernels before 5.9: walk the numbers up to the soft limit
-        // (listing /proc/self/fd may be impossible after pivot_root).
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: limit is valid for writes.
-        let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-            limit.rlim_cur.min(1 << 16) as RawFd
-        } else {
-            1024
-        };
-        for fd in first..=last.min(max) {
-            // SAFETY: as above; EBADF for unused numbers is harmless.
-            unsafe { libc::close(fd) };
-        }
+        first = fd + 1;
     }
+    close_range(first, RawFd::MAX);
+}
+
+/// Closes descriptors `first..=last`.
+fn close_range(first: RawFd, last: RawFd) {
+    if first > last {
+        return;
+    }
+    // SAFETY: close_range takes plain integers and only closes
+    // descriptors, which nothing in this process uses afterwards.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            last as libc::c_uint,
+            0,
+        )
+    };
+    if ret == 0 {
+        return;
+    }
+    // Kernels before 5.9: walk the numbers up to the soft limit
+    // (listing /proc/self/fd may be impossible after pivot_root).
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: limit is valid for writes.
+    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur.min(1 << 16) as RawFd
+    } else {
+        1024
+    };
+    for fd in first..=last.min(max) {
+        // SAFETY: as above; EBADF for unused numbers is harmless.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// `eventfd(2)`, close-on-exec and non-blocking.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes plain integers and creates a new descriptor.
+    let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    // SAFETY: eventfd succeeded, the descriptor is ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `execve(2)`; returns only on failure.

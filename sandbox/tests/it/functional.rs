@@ -263,3 +263,84 @@ fn usage_is_reported() {
     assert!(usage.memory_peak_bytes > 0, "{usage:?}");
     assert!(usage.wall_time >= usage.user_time / 2, "{usage:?}");
 }
+
+/// A command in a fresh input root that writes `marker` after `delay`
+/// seconds, and the directory its outputs go to.
+fn delayed_marker(delay: u32) -> (Command, tempfile::TempDir, tempfile::TempDir) {
+    let root = input_root();
+    let out = tempfile::tempdir().unwrap();
+    let command = Command {
+        argv: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("sleep {delay}; echo late > marker").into(),
+        ],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        input_root: root.path().to_owned(),
+        working_dir: PathBuf::new(),
+        stdout: out.path().join("o"),
+        stderr: out.path().join("e"),
+        timeout: Some(Duration::from_secs(60)),
+    };
+    (command, root, out)
+}
+
+#[test]
+fn a_cancelled_run_is_killed_at_once() {
+    if !privileged("a_cancelled_run_is_killed_at_once") {
+        return;
+    }
+    let (command, root, _out) = delayed_marker(3);
+    let sandbox = Sandbox::new(default_policy()).unwrap();
+    let cancel = corral_sandbox::Cancellation::new().unwrap();
+    let canceller = cancel.clone();
+    let started = std::time::Instant::now();
+    let result = std::thread::scope(|scope| {
+        scope.spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            canceller.cancel();
+        });
+        sandbox.run_cancellable(&command, Some(&cancel))
+    });
+    let took = started.elapsed();
+    assert!(
+        matches!(result, Err(corral_sandbox::Error::Cancelled)),
+        "{result:?}"
+    );
+    assert!(took < Duration::from_secs(3), "cancelling took {took:?}");
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        !root.path().join("marker").exists(),
+        "the command lived on after its run was cancelled"
+    );
+    // Cancelled before it starts: nothing runs.
+    assert!(matches!(
+        sandbox.run_cancellable(&command, Some(&cancel)),
+        Err(corral_sandbox::Error::Cancelled)
+    ));
+}
+
+#[test]
+fn a_short_run_ends_while_a_long_one_started_beside_it_goes_on() {
+    if !privileged("a_short_run_ends_while_a_long_one_started_beside_it_goes_on") {
+        return;
+    }
+    // Runs forked at the same moment inherit each other's pipes; the
+    // short one must not wait for the long one to let go of them.
+    let sandbox = Sandbox::new(default_policy()).unwrap();
+    for _ in 0..3 {
+        let (long, _long_root, _long_out) = delayed_marker(2);
+        let (mut short, _short_root, _short_out) = delayed_marker(0);
+        short.argv = vec!["/bin/true".into()];
+        let short_took = std::thread::scope(|scope| {
+            scope.spawn(|| sandbox.run(&long).unwrap());
+            let started = std::time::Instant::now();
+            sandbox.run(&short).unwrap();
+            started.elapsed()
+        });
+        assert!(
+            short_took < Duration::from_millis(1500),
+            "the short run waited {short_took:?}, for the long one"
+        );
+    }
+}
