@@ -10,7 +10,7 @@ use corral_proto::resourceusage::PosixResourceUsage;
 use corral_proto::runner::runner_server::Runner;
 use corral_proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 use corral_sandbox::command::stays_inside;
-use corral_sandbox::{Command, Outcome, Stage};
+use corral_sandbox::{Cancellation, Command, Outcome, Stage};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::{debug, instrument};
@@ -119,6 +119,15 @@ fn grpc_timeout(value: &str) -> Option<Duration> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// Cancels its run when dropped.
+struct CancelOnDrop(Cancellation);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 /// The earlier of the action's own timeout and the call's deadline.
@@ -235,9 +244,20 @@ impl Runner for RunnerService {
             .get(&req.corral_policy)
             .map_err(|e| status(&e))?;
         let command = self.command(&req, timeout).map_err(|e| status(&e))?;
+        // The worker gave up on the action (cancelled, or gone) when this
+        // call's future is dropped: the guard then kills the command.
+        let cancel = Cancellation::new().map_err(|source| {
+            status(&Error::Run(corral_sandbox::Error::Spawn {
+                step: "create the run's cancellation",
+                source,
+            }))
+        })?;
+        let _kill_when_abandoned = CancelOnDrop(cancel.clone());
         let outcome = tokio::task::spawn_blocking(move || {
             open_directories(&command.input_root)?;
-            sandbox.run(&command).map_err(Error::Run)
+            sandbox
+                .run_cancellable(&command, Some(&cancel))
+                .map_err(Error::Run)
         })
         .await
         .map_err(|_| status(&Error::Cancelled))?

@@ -239,3 +239,37 @@ async fn the_named_policy_is_applied() {
         - 2;
     assert_eq!(runner.read("p2/stdout").trim(), host_interfaces.to_string());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_abandoned_request_kills_its_action() {
+    if !privileged("an_abandoned_request_kills_its_action") {
+        return;
+    }
+    let mut runner = Runner::start().await;
+    let request = runner.action("c1", &["/bin/sh", "-c", "sleep 2; echo late > marker"]);
+    // The worker gives up on the call (the action was cancelled, or the
+    // worker is stopping): dropping the call resets its stream.
+    let abandoned =
+        tokio::time::timeout(Duration::from_millis(500), runner.client.run(request)).await;
+    assert!(
+        abandoned.is_err(),
+        "the action ended before it was abandoned"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !exists(&runner.build().join("c1/root/marker")),
+        "the action ran on after its caller left"
+    );
+    // The runner still serves.
+    let request = runner.action("c2", &["/bin/true"]);
+    assert_eq!(
+        runner
+            .client
+            .run(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .exit_code,
+        0
+    );
+}
