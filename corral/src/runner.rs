@@ -46,22 +46,27 @@ pub fn run(args: RunnerArgs) -> anyhow::Result<ExitCode> {
     }
     cfg.validate()?;
     let stop_on_stdin_close = args.stop_on_stdin_close;
-    shutdown::runtime()?
-        .block_on(async move {
-            let stop = async move {
-                if stop_on_stdin_close {
-                    tokio::select! {
-                        () = shutdown::stop_signal("runner") => {}
-                        () = shutdown::stdin_closed() => {
-                            tracing::info!("standard input closed: stopping the runner");
-                        }
+    shutdown::runtime()?.block_on(async move {
+        let stop = async move {
+            if stop_on_stdin_close {
+                tokio::select! {
+                    () = shutdown::stop_signal("runner") => {}
+                    () = shutdown::stdin_closed() => {
+                        tracing::info!("standard input closed: stopping the runner");
                     }
-                } else {
-                    shutdown::stop_signal("runner").await;
                 }
-            };
-            corral_runner::run(cfg, stop).await
+            } else {
+                shutdown::stop_signal("runner").await;
+            }
+        };
+        // Past the grace, the calls still running are dropped, which
+        // kills their actions.
+        shutdown::with_grace("runner", stop, |graceful| async {
+            corral_runner::run(cfg, graceful)
+                .await
+                .context("running the runner")
         })
-        .context("running the runner")?;
+        .await
+    })?;
     Ok(ExitCode::SUCCESS)
 }

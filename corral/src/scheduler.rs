@@ -39,9 +39,16 @@ pub fn run(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;
-        corral_scheduler::run(cfg, listener, shutdown::stop_signal("scheduler"))
-            .await
-            .context("running the scheduler")
+        shutdown::with_grace(
+            "scheduler",
+            shutdown::stop_signal("scheduler"),
+            |graceful| async {
+                corral_scheduler::run(cfg, listener, graceful)
+                    .await
+                    .context("running the scheduler")
+            },
+        )
+        .await
     })?;
     Ok(ExitCode::SUCCESS)
 }

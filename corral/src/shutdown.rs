@@ -1,5 +1,51 @@
 //! Stopping daemons: Ctrl-C or SIGTERM ends the future every daemon's
-//! `run` takes as its shutdown signal.
+//! `run` takes as its shutdown signal, and [`with_grace`] bounds how long
+//! a server then waits for the calls it is serving.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// How long calls in flight get to finish once a server is told to stop.
+/// Some never would on their own: a client waiting on Execute for an
+/// action nobody will run now. Past it they are cut, and their clients
+/// retry elsewhere or later (Bazel does).
+pub const GRACE: Duration = Duration::from_secs(5);
+
+/// The stop signal handed to a server by [`with_grace`].
+pub type Graceful = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Runs `serve`, handing it a future that completes when `stop` does, so
+/// that it stops taking calls; then gives the calls in flight [`GRACE`]
+/// and drops the server, closing the connections still open.
+pub async fn with_grace<Fut>(
+    what: &'static str,
+    stop: impl Future<Output = ()>,
+    serve: impl FnOnce(Graceful) -> Fut,
+) -> anyhow::Result<()>
+where
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let (stopping, on_stop) = tokio::sync::watch::channel(false);
+    let graceful: Graceful = Box::pin(async move {
+        let mut on_stop = on_stop;
+        let _ = on_stop.wait_for(|stopped| *stopped).await;
+    });
+    let serving = serve(graceful);
+    tokio::pin!(serving, stop);
+    tokio::select! {
+        served = &mut serving => return served,
+        () = &mut stop => {}
+    }
+    let _ = stopping.send(true);
+    match tokio::time::timeout(GRACE, serving).await {
+        Ok(served) => served,
+        Err(_) => {
+            tracing::warn!("{what}: calls still open after {GRACE:?}; closing them");
+            Ok(())
+        }
+    }
+}
 
 /// Completes on the first Ctrl-C (SIGINT) or SIGTERM. `daemon` names what
 /// is stopping, for the log.

@@ -42,9 +42,16 @@ pub fn run(args: StorageArgs) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;
-        corral_storage::run(cfg, listener, shutdown::stop_signal("storage"))
-            .await
-            .context("running storage")
+        shutdown::with_grace(
+            "storage",
+            shutdown::stop_signal("storage"),
+            |graceful| async {
+                corral_storage::run(cfg, listener, graceful)
+                    .await
+                    .context("running storage")
+            },
+        )
+        .await
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -168,11 +168,14 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
     let mut parts: JoinSet<anyhow::Result<()>> = JoinSet::new();
     let server_stop = signal();
     parts.spawn(async move {
-        corral_storage::server()
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(corral_storage::no_delay(listener), server_stop)
-            .await
-            .context("serving storage and the scheduler")
+        shutdown::with_grace("storage and scheduler", server_stop, |graceful| async {
+            corral_storage::server()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(corral_storage::no_delay(listener), graceful)
+                .await
+                .context("serving storage and the scheduler")
+        })
+        .await
     });
     if let Some(metrics) = &farm.scheduler.metrics {
         let bound = tokio::net::TcpListener::bind(metrics.listen)
