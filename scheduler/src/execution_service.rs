@@ -235,7 +235,9 @@ impl Execution for ExecutionService {
             nanos: run_for.subsec_nanos() as i32,
         });
 
-        if let Some(result) = cached {
+        // A do_not_cache action's result is never cached by us; an entry
+        // another client wrote for it is not its result either.
+        if let Some(result) = cached.filter(|_| !action.do_not_cache) {
             let operation = Arc::new(Operation::new(
                 self.ids.next_name(),
                 action_digest,

@@ -542,6 +542,41 @@ async fn a_cached_result_completes_at_once() {
 }
 
 #[tokio::test]
+async fn a_do_not_cache_action_runs_even_with_a_cache_entry() {
+    let farm = farm().await;
+    let command = Command {
+        arguments: vec!["uncached".into()],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let action = Action {
+        command_digest: Some(digest_of(&command)),
+        input_root_digest: Some(digest_of(b"")),
+        platform: Some(to_platform(LINUX)),
+        do_not_cache: true,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    farm.upload(&[action.clone(), command]).await;
+    let digest = digest_of(&action);
+    ActionCacheClient::new(farm.storage.clone())
+        .update_action_result(UpdateActionResultRequest {
+            action_digest: Some(digest.clone()),
+            action_result: Some(ActionResult::default()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut stream = farm.execute(&digest, 0).await;
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(!first.done, "served from the cache: {first:?}");
+    let mut worker = farm.worker("1", LINUX);
+    assert_eq!(worker.work_once(0).await, digest);
+    let last = rest(&mut stream).await.pop().unwrap();
+    assert!(!response(&last).cached_result);
+}
+
+#[tokio::test]
 async fn bad_input_is_refused_with_invalid_argument() {
     let farm = farm().await;
     let mut client = ExecutionClient::new(farm.scheduler.clone());
