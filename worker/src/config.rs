@@ -23,6 +23,12 @@ pub struct Config {
     pub directory: PathBuf,
     /// Largest total size of the file cache, in bytes. Default 10 GiB.
     pub cache_max_size_bytes: u64,
+    /// Memory for Directory messages already read, in bytes (an estimate
+    /// of what the decoded entries take): an input root met again is laid
+    /// out without reading its tree from the CAS. Default 64 MiB, about
+    /// 400,000 files and directories; raise it when many large, distinct
+    /// input roots alternate. 0 keeps nothing.
+    pub directory_cache_max_size_bytes: u64,
     /// Instance name prefix this worker serves. Default empty: all.
     pub instance_name_prefix: String,
     /// Build slots. Default: one slot group with a slot per core, on the
@@ -55,6 +61,7 @@ impl Default for Config {
             storage: "http://127.0.0.1:8980".to_owned(),
             directory: PathBuf::from("corral-data/worker"),
             cache_max_size_bytes: 10 << 30,
+            directory_cache_max_size_bytes: 64 << 20,
             instance_name_prefix: String::new(),
             slots: vec![SlotGroup {
                 concurrency: 0,

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
 
 use crate::cas_client::{self, digest_of, CasClient};
+use crate::directory_cache::DirectoryCache;
 use crate::file_cache::FileCache;
 use crate::input_root;
 use crate::outputs;
@@ -88,6 +89,7 @@ pub struct Executor {
     slot: String,
     cas: CasClient,
     cache: Arc<FileCache>,
+    directories: Arc<DirectoryCache>,
     runner: RunnerClient,
     next_id: AtomicU64,
 }
@@ -128,6 +130,7 @@ impl Executor {
         slot: String,
         cas: CasClient,
         cache: Arc<FileCache>,
+        directories: Arc<DirectoryCache>,
         runner: RunnerClient,
     ) -> Executor {
         Executor {
@@ -136,6 +139,7 @@ impl Executor {
             slot,
             cas,
             cache,
+            directories,
             runner,
             next_id: AtomicU64::new(0),
         }
@@ -244,9 +248,15 @@ impl Executor {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
                 .map_err(prepare)?;
         }
-        input_root::materialize(cas, &self.cache, input_root_digest, &root)
-            .await
-            .map_err(Error::InputRoot)?;
+        input_root::materialize(
+            cas,
+            &self.cache,
+            &self.directories,
+            input_root_digest,
+            &root,
+        )
+        .await
+        .map_err(Error::InputRoot)?;
         outputs::prepare(&root, &command).map_err(Error::Outputs)?;
         meta.input_fetch_completed_timestamp = Some(now());
 

@@ -10,13 +10,15 @@
 //! except those being linked right now. Removing an entry never breaks a
 //! build directory: its links keep the inode alive.
 
-use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
+use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use corral_proto::reapi::Digest;
+use tokio::task::JoinSet;
 
 use crate::cas_client::{self, CasClient};
 
@@ -37,13 +39,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("failed to link {from} to {to}")]
-    Link {
-        from: PathBuf,
-        to: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("a task writing cache files failed")]
+    WriteTask(#[source] tokio::task::JoinError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -54,10 +51,22 @@ struct Key {
 }
 
 impl Key {
-    fn file_name(&self) -> String {
-        let kind = if self.executable { 'x' } else { 'r' };
-        format!("{}-{}-{kind}", self.hash, self.size)
+    fn new(digest: &Digest, executable: bool) -> Key {
+        Key {
+            hash: digest.hash.clone(),
+            size: digest.size_bytes,
+            executable,
+        }
     }
+
+    fn file_name(&self) -> String {
+        file_name(&self.hash, self.size, self.executable)
+    }
+}
+
+fn file_name(hash: &str, size: i64, executable: bool) -> String {
+    let kind = if executable { 'x' } else { 'r' };
+    format!("{hash}-{size}-{kind}")
 }
 
 #[derive(Debug)]
@@ -75,15 +84,6 @@ struct State {
     clock: u64,
 }
 
-/// A file wanted in an input root.
-#[derive(Debug, Clone)]
-pub struct Wanted {
-    pub digest: Digest,
-    pub executable: bool,
-    /// Where the link goes.
-    pub path: PathBuf,
-}
-
 /// The cache. One per worker, shared by its slots.
 #[derive(Debug)]
 pub struct FileCache {
@@ -92,6 +92,46 @@ pub struct FileCache {
     state: Mutex<State>,
     downloads: AtomicU64,
     next_temp: AtomicU64,
+}
+
+/// Files kept in the cache while an input root links them: not evicted
+/// until this is dropped. Dropping it (also when the action is abandoned
+/// midway) releases them and evicts what no longer fits.
+#[derive(Debug)]
+pub struct Pins {
+    cache: Arc<FileCache>,
+    keys: Vec<Key>,
+}
+
+impl Pins {
+    fn new(cache: &Arc<FileCache>) -> Pins {
+        Pins {
+            cache: Arc::clone(cache),
+            keys: Vec::new(),
+        }
+    }
+
+    /// Takes over the pins of `other`.
+    fn absorb(&mut self, mut other: Pins) {
+        self.keys.append(&mut other.keys);
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        {
+            let mut state = self.cache.lock();
+            for key in &self.keys {
+                if let Some(entry) = state.entries.get_mut(key) {
+                    entry.pins = entry.pins.saturating_sub(1);
+                }
+            }
+        }
+        self.cache.evict();
+    }
 }
 
 impl FileCache {
@@ -127,81 +167,101 @@ impl FileCache {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hardlinks every wanted file into place, downloading the ones the
-    /// cache lacks (in batches).
-    pub async fn link_all(&self, cas: &CasClient, wanted: &[Wanted]) -> Result<(), Error> {
-        let keys: Vec<Key> = wanted
-            .iter()
-            .map(|w| Key {
-                hash: w.digest.hash.clone(),
-                size: w.digest.size_bytes,
-                executable: w.executable,
-            })
-            .collect();
+    /// The cache file holding `digest` with that executable bit, to link
+    /// from while it is pinned.
+    pub fn path(&self, digest: &Digest, executable: bool) -> PathBuf {
+        self.dir
+            .join(file_name(&digest.hash, digest.size_bytes, executable))
+    }
+
+    /// Pins every file of `files` (digest, executable bit), downloading
+    /// the ones the cache lacks, in batches. Each is at its
+    /// [`path`](Self::path) until the returned pins are dropped.
+    pub async fn pin_all(
+        self: &Arc<Self>,
+        cas: &CasClient,
+        files: &[(&Digest, bool)],
+    ) -> Result<Pins, Error> {
+        let mut pins = Pins::new(self);
         let mut missing = Vec::new();
         {
+            let mut seen = HashSet::with_capacity(files.len());
             let mut state = self.lock();
-            for (key, w) in keys.iter().zip(wanted) {
+            for &(digest, executable) in files {
+                // A file at many places of a root is pinned once.
+                if !seen.insert((digest.hash.as_str(), digest.size_bytes, executable)) {
+                    continue;
+                }
+                let key = Key::new(digest, executable);
                 state.clock += 1;
                 let now = state.clock;
-                match state.entries.get_mut(key) {
+                match state.entries.get_mut(&key) {
                     Some(entry) => {
                         entry.pins += 1;
                         entry.last_used = now;
+                        pins.keys.push(key);
                     }
-                    None => {
-                        if !missing.iter().any(|(k, _): &(Key, Digest)| k == key) {
-                            missing.push((key.clone(), w.digest.clone()));
-                        }
-                    }
+                    None => missing.push(key),
                 }
             }
         }
-        let result = self.fill_and_link(cas, &keys, wanted, &missing).await;
-        {
-            let mut state = self.lock();
-            for key in &keys {
-                if let Some(entry) = state.entries.get_mut(key) {
-                    entry.pins = entry.pins.saturating_sub(1);
-                }
-            }
+        if !missing.is_empty() {
+            pins.absorb(self.fetch(cas, missing).await?);
         }
-        self.evict();
-        result
+        Ok(pins)
     }
 
-    async fn fill_and_link(
-        &self,
-        cas: &CasClient,
-        keys: &[Key],
-        wanted: &[Wanted],
-        missing: &[(Key, Digest)],
-    ) -> Result<(), Error> {
-        if !missing.is_empty() {
-            let digests: Vec<Digest> = missing.iter().map(|(_, d)| d.clone()).collect();
-            let blobs = cas.read_many(&digests).await?;
-            for (key, digest) in missing {
-                let Some(data) = blobs.get(&digest.hash) else {
-                    return Err(Error::Fetch(cas_client::Error::Missing {
-                        digest: digest.clone(),
-                    }));
-                };
-                self.insert(key, data)?;
-            }
+    /// Downloads `missing` and writes it into the cache, pinned. The
+    /// writing happens on a blocking thread: thousands of file creations
+    /// would stall the runtime the slots' synchronization runs on. One
+    /// thread: creates and renames in one directory serialize on its lock
+    /// (benches/materialize.rs: two or four writers were no faster).
+    async fn fetch(self: &Arc<Self>, cas: &CasClient, missing: Vec<Key>) -> Result<Pins, Error> {
+        let digests: Vec<Digest> = missing
+            .iter()
+            .map(|k| Digest {
+                hash: k.hash.clone(),
+                size_bytes: k.size,
+            })
+            .collect();
+        let blobs = cas.read_many(&digests).await?;
+        let cache = Arc::clone(self);
+        let mut writer = JoinSet::new();
+        writer.spawn_blocking(move || cache.write_all(&blobs, missing));
+        let mut pins = Pins::new(self);
+        // Joined before returning, so nothing is still writing; if this
+        // future is dropped first, the writer's pins drop with its result.
+        while let Some(joined) = writer.join_next().await {
+            pins.absorb(joined.map_err(Error::WriteTask)??);
         }
-        for (key, w) in keys.iter().zip(wanted) {
-            let from = self.dir.join(key.file_name());
-            std::fs::hard_link(&from, &w.path).map_err(|source| Error::Link {
-                from,
-                to: w.path.clone(),
-                source,
-            })?;
+        Ok(pins)
+    }
+
+    /// Writes `keys` from `blobs` into the cache; blocking.
+    fn write_all(
+        self: &Arc<Self>,
+        blobs: &HashMap<String, Vec<u8>>,
+        keys: Vec<Key>,
+    ) -> Result<Pins, Error> {
+        let mut pins = Pins::new(self);
+        for key in keys {
+            let Some(data) = blobs.get(&key.hash) else {
+                return Err(Error::Fetch(cas_client::Error::Missing {
+                    digest: Digest {
+                        hash: key.hash,
+                        size_bytes: key.size,
+                    },
+                }));
+            };
+            self.insert(&key, data)?;
+            pins.keys.push(key);
         }
-        Ok(())
+        Ok(pins)
     }
 
     /// Writes one file into the cache under a temporary name, then renames
-    /// it in, so a half-written file is never linked.
+    /// it in, so a half-written file is never linked; the entry is pinned
+    /// once. Blocking.
     fn insert(&self, key: &Key, data: &[u8]) -> Result<(), Error> {
         let path = self.dir.join(key.file_name());
         let temp = self.dir.join(format!(
@@ -212,20 +272,36 @@ impl FileCache {
             path: path.clone(),
             source,
         };
-        std::fs::write(&temp, data).map_err(write)?;
         let mode = if key.executable { 0o555 } else { 0o444 };
-        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode)).map_err(write)?;
-        std::fs::rename(&temp, &path).map_err(write)?;
-        self.downloads.fetch_add(1, Ordering::Relaxed);
+        let written = (|| {
+            // Created read-only: the open descriptor may still write. The
+            // explicit chmod makes the mode independent of the umask.
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&temp)?;
+            file.write_all(data)?;
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+        })();
         let mut state = self.lock();
+        // Renamed under the lock: eviction removes files under it too, so
+        // it cannot delete this new file between the rename and the entry
+        // being recorded (when another slot fetched the same file and its
+        // entry is being evicted).
+        if let Err(source) = written.and_then(|()| std::fs::rename(&temp, &path)) {
+            // Nothing else knows the temporary name.
+            let _ = std::fs::remove_file(&temp);
+            return Err(write(source));
+        }
+        self.downloads.fetch_add(1, Ordering::Relaxed);
         state.clock += 1;
         let now = state.clock;
-        if state.entries.contains_key(key) {
+        if let Some(entry) = state.entries.get_mut(key) {
             // Another slot fetched it meanwhile; the rename replaced its
-            // file with identical bytes.
-            if let Some(e) = state.entries.get_mut(key) {
-                e.pins += 1;
-            }
+            // file with identical bytes, and its links keep the old inode.
+            entry.pins += 1;
+            entry.last_used = now;
             return Ok(());
         }
         state.total += data.len() as u64;
@@ -261,6 +337,11 @@ impl FileCache {
                 tracing::warn!(path = %path.display(), %error, "evicting a cache file failed");
             }
         }
+    }
+
+    /// Entries pinned now: linked from by an input root being laid out.
+    pub fn pinned(&self) -> usize {
+        self.lock().entries.values().filter(|e| e.pins > 0).count()
     }
 
     /// The directory holding the cache files.

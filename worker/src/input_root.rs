@@ -1,19 +1,39 @@
 //! Lays out an action's input root from its Directory tree.
 //!
-//! The tree is read level by level (one batch read per level), every name
-//! is checked before it is used as a path component, directories are
-//! created, symlinks written as given (never followed: only their own
-//! inode is created), and all files are hardlinked from the file cache
-//! in one pass so missing ones are fetched together.
+//! Three steps:
+//! 1. The tree is resolved level by level: Directories come from the
+//!    [`DirectoryCache`], the others are read in one batch per level,
+//!    decoded and checked once (every name one path component, every node
+//!    with a digest), and cached.
+//! 2. Every file is pinned in the file cache, the missing ones fetched
+//!    together.
+//! 3. The tree is written level by level by a few blocking tasks, so the
+//!    thousands of syscalls never stall the runtime: each directory's
+//!    subdirectories are created, its symlinks written as given (never
+//!    followed: only their own inode is created), and its files hardlinked
+//!    from the file cache.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use corral_proto::reapi::{Digest, Directory};
 use prost::Message;
+use tokio::task::JoinSet;
+use tracing::debug;
 
 use crate::cas_client::{self, CasClient};
-use crate::file_cache::{self, FileCache, Wanted};
+use crate::directory_cache::DirectoryCache;
+use crate::file_cache::{self, FileCache};
+
+/// Blocking tasks writing one level of a tree at once. Links and mkdirs
+/// in different directories go in parallel in the kernel; a few tasks
+/// use a small machine's cores without crowding a big one's.
+const LAYOUT_TASKS: usize = 4;
+/// Entries a task gets at least: below that, another thread costs more
+/// than it saves.
+const ENTRIES_PER_TASK_MIN: usize = 512;
 
 /// What went wrong laying out an input root.
 #[derive(Debug, thiserror::Error)]
@@ -36,8 +56,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("failed to link the input files")]
+    #[error("failed to fetch the input files")]
     Files(#[source] file_cache::Error),
+    #[error("failed to link {from} to {to}")]
+    Link {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a task writing the input root failed")]
+    LayoutTask(#[source] tokio::task::JoinError),
 }
 
 impl Error {
@@ -72,70 +101,462 @@ pub fn checked_name(name: &str) -> Result<&str, Error> {
     })
 }
 
+/// A Directory message whose names and digests have been checked: safe
+/// to lay out as is, as often as needed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CheckedDirectory {
+    pub directories: Vec<CheckedChild>,
+    pub files: Vec<CheckedFile>,
+    pub symlinks: Vec<CheckedSymlink>,
+}
+
+/// A subdirectory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedChild {
+    pub name: String,
+    pub digest: Digest,
+}
+
+/// A file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedFile {
+    pub name: String,
+    pub digest: Digest,
+    pub executable: bool,
+}
+
+/// A symlink; its target is the action's business.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedSymlink {
+    pub name: String,
+    pub target: String,
+}
+
+impl CheckedDirectory {
+    /// Checks `dir`, met at `path` (named in errors).
+    pub fn check(dir: Directory, path: &Path) -> Result<CheckedDirectory, Error> {
+        let no_digest = || Error::NoDigest {
+            path: path.to_owned(),
+        };
+        let mut checked = CheckedDirectory {
+            directories: Vec::with_capacity(dir.directories.len()),
+            files: Vec::with_capacity(dir.files.len()),
+            symlinks: Vec::with_capacity(dir.symlinks.len()),
+        };
+        for node in dir.directories {
+            checked_name(&node.name)?;
+            checked.directories.push(CheckedChild {
+                digest: node.digest.ok_or_else(no_digest)?,
+                name: node.name,
+            });
+        }
+        for node in dir.files {
+            checked_name(&node.name)?;
+            checked.files.push(CheckedFile {
+                digest: node.digest.ok_or_else(no_digest)?,
+                name: node.name,
+                executable: node.is_executable,
+            });
+        }
+        for node in dir.symlinks {
+            checked_name(&node.name)?;
+            checked.symlinks.push(CheckedSymlink {
+                name: node.name,
+                target: node.target,
+            });
+        }
+        Ok(checked)
+    }
+
+    /// About the memory it takes, for the directory cache's bound.
+    pub fn memory_bytes(&self) -> usize {
+        use std::mem::size_of;
+        size_of::<Self>()
+            + self
+                .directories
+                .iter()
+                .map(|d| size_of::<CheckedChild>() + d.name.len() + d.digest.hash.len())
+                .sum::<usize>()
+            + self
+                .files
+                .iter()
+                .map(|f| size_of::<CheckedFile>() + f.name.len() + f.digest.hash.len())
+                .sum::<usize>()
+            + self
+                .symlinks
+                .iter()
+                .map(|s| size_of::<CheckedSymlink>() + s.name.len() + s.target.len())
+                .sum::<usize>()
+    }
+
+    /// Entries it holds: the syscalls it costs to lay out.
+    fn entries(&self) -> usize {
+        self.directories.len() + self.files.len() + self.symlinks.len()
+    }
+}
+
+/// One directory of the tree and where it goes.
+struct Node {
+    path: PathBuf,
+    directory: Arc<CheckedDirectory>,
+}
+
 /// Materializes the tree of `root` into the existing directory `dest`.
 pub async fn materialize(
     cas: &CasClient,
-    cache: &FileCache,
+    files: &Arc<FileCache>,
+    directories: &DirectoryCache,
     root: &Digest,
     dest: &Path,
 ) -> Result<(), Error> {
-    let mut level: Vec<(PathBuf, Digest)> = vec![(dest.to_owned(), root.clone())];
-    let mut files = Vec::new();
-    while !level.is_empty() {
-        let digests: Vec<Digest> = level.iter().map(|(_, d)| d.clone()).collect();
-        let blobs: HashMap<String, Vec<u8>> = cas
-            .read_many(&digests)
-            .await
-            .map_err(Error::FetchDirectory)?;
-        let mut next = Vec::new();
-        for (path, digest) in level {
-            let data = blobs.get(&digest.hash).map(Vec::as_slice).unwrap_or(&[]);
-            let dir = Directory::decode(data).map_err(|source| Error::DecodeDirectory {
-                digest: digest.clone(),
-                source,
-            })?;
-            for node in dir.directories {
-                let child = path.join(checked_name(&node.name)?);
-                std::fs::create_dir(&child).map_err(|source| Error::Create {
-                    path: child.clone(),
-                    source,
-                })?;
-                let digest = node.digest.ok_or_else(|| Error::NoDigest {
-                    path: child.clone(),
-                })?;
-                next.push((child, digest));
-            }
-            for node in dir.symlinks {
-                let link = path.join(checked_name(&node.name)?);
-                // The target is the action's business: it is resolved
-                // inside the sandbox, and the worker never opens it.
-                std::os::unix::fs::symlink(&node.target, &link).map_err(|source| {
-                    Error::Create {
-                        path: link.clone(),
+    let levels = resolve(cas, directories, root, dest).await?;
+    let wanted: Vec<(&Digest, bool)> = levels
+        .iter()
+        .flatten()
+        .flat_map(|node| &node.directory.files)
+        .map(|f| (&f.digest, f.executable))
+        .collect();
+    let downloads = files.downloads();
+    let _pins = files.pin_all(cas, &wanted).await.map_err(Error::Files)?;
+    debug!(
+        files = wanted.len(),
+        downloaded = files.downloads() - downloads,
+        "input files pinned"
+    );
+    let gate = Arc::new(Gate::default());
+    // Declared after the pins, so dropped before them: the blocking
+    // tasks have stopped linking before the files may be evicted.
+    let _stop = StopOnDrop(Arc::clone(&gate));
+    for level in levels {
+        write_level(files, &gate, level).await?;
+    }
+    Ok(())
+}
+
+/// The tree under `root` (laid out at `dest`), level by level.
+async fn resolve(
+    cas: &CasClient,
+    cache: &DirectoryCache,
+    root: &Digest,
+    dest: &Path,
+) -> Result<Vec<Vec<Node>>, Error> {
+    let mut levels = Vec::new();
+    let mut wanted: Vec<(PathBuf, Digest)> = vec![(dest.to_owned(), root.clone())];
+    let (mut cached, mut read) = (0usize, 0usize);
+    while !wanted.is_empty() {
+        let mut found = cache.get_all(wanted.iter().map(|(_, d)| d));
+        let missing: Vec<Digest> = wanted
+            .iter()
+            .zip(&found)
+            .filter(|(_, f)| f.is_none())
+            .map(|((_, d), _)| d.clone())
+            .collect();
+        cached += wanted.len() - missing.len();
+        if !missing.is_empty() {
+            let blobs = cas
+                .read_many(&missing)
+                .await
+                .map_err(Error::FetchDirectory)?;
+            read += blobs.len();
+            // One decode per digest, however often it occurs in the level.
+            let mut decoded: HashMap<&str, Arc<CheckedDirectory>> = HashMap::new();
+            for ((path, digest), slot) in wanted.iter().zip(found.iter_mut()) {
+                if slot.is_some() {
+                    continue;
+                }
+                if let Some(directory) = decoded.get(digest.hash.as_str()) {
+                    *slot = Some(Arc::clone(directory));
+                    continue;
+                }
+                let Some(data) = blobs.get(&digest.hash) else {
+                    return Err(Error::FetchDirectory(cas_client::Error::Missing {
+                        digest: digest.clone(),
+                    }));
+                };
+                let message = Directory::decode(data.as_slice()).map_err(|source| {
+                    Error::DecodeDirectory {
+                        digest: digest.clone(),
                         source,
                     }
                 })?;
-            }
-            for node in dir.files {
-                let file = path.join(checked_name(&node.name)?);
-                let digest = node
-                    .digest
-                    .ok_or_else(|| Error::NoDigest { path: file.clone() })?;
-                files.push(Wanted {
-                    digest,
-                    executable: node.is_executable,
-                    path: file,
-                });
+                let directory = Arc::new(CheckedDirectory::check(message, path)?);
+                cache.insert(digest.clone(), Arc::clone(&directory));
+                decoded.insert(&digest.hash, Arc::clone(&directory));
+                *slot = Some(directory);
             }
         }
-        level = next;
+        let mut level = Vec::with_capacity(wanted.len());
+        let mut next = Vec::new();
+        for ((path, digest), directory) in wanted.into_iter().zip(found) {
+            // Filled above, from the cache or the read.
+            let Some(directory) = directory else {
+                return Err(Error::FetchDirectory(cas_client::Error::Missing { digest }));
+            };
+            for child in &directory.directories {
+                next.push((path.join(&child.name), child.digest.clone()));
+            }
+            level.push(Node { path, directory });
+        }
+        levels.push(level);
+        wanted = next;
     }
-    cache.link_all(cas, &files).await.map_err(Error::Files)
+    debug!(cached, read, "input root resolved");
+    Ok(levels)
+}
+
+/// Writes one level: each node's subdirectories, symlinks and files. The
+/// nodes' own directories exist (the level above made them). Every task
+/// is joined before this returns, also on failure.
+async fn write_level(
+    files: &Arc<FileCache>,
+    gate: &Arc<Gate>,
+    level: Vec<Node>,
+) -> Result<(), Error> {
+    let mut tasks = JoinSet::new();
+    for chunk in split(level) {
+        let files = Arc::clone(files);
+        let gate = Arc::clone(gate);
+        tasks.spawn_blocking(move || write_nodes(&files, &gate, &chunk));
+    }
+    let mut failed = None;
+    while let Some(joined) = tasks.join_next().await {
+        let error = match joined {
+            Ok(Ok(())) => continue,
+            Ok(Err(error)) => error,
+            Err(error) => Error::LayoutTask(error),
+        };
+        // The action fails: the other tasks stop at their next step.
+        gate.stop();
+        failed.get_or_insert(error);
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+/// `level` cut into runs of nodes of about equal entries, one per task.
+fn split(level: Vec<Node>) -> Vec<Vec<Node>> {
+    let weight = |n: &Node| n.directory.entries() + 1;
+    let total: usize = level.iter().map(weight).sum();
+    let tasks = (total / ENTRIES_PER_TASK_MIN).clamp(1, LAYOUT_TASKS);
+    let target = total.div_ceil(tasks);
+    let mut chunks = Vec::with_capacity(tasks);
+    let mut chunk = Vec::new();
+    let mut size = 0;
+    for node in level {
+        size += weight(&node);
+        chunk.push(node);
+        if size >= target {
+            chunks.push(std::mem::take(&mut chunk));
+            size = 0;
+        }
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
+/// Lays out `nodes`; blocking. Stops, without error, once the gate is
+/// stopped: the action is gone or failed elsewhere.
+fn write_nodes(files: &FileCache, gate: &Gate, nodes: &[Node]) -> Result<(), Error> {
+    let Some(_entered) = gate.enter() else {
+        return Ok(());
+    };
+    for node in nodes {
+        let dir = &node.directory;
+        for child in &dir.directories {
+            if gate.stopped() {
+                return Ok(());
+            }
+            let path = node.path.join(&child.name);
+            std::fs::create_dir(&path).map_err(|source| Error::Create { path, source })?;
+        }
+        for link in &dir.symlinks {
+            if gate.stopped() {
+                return Ok(());
+            }
+            // The target is resolved inside the sandbox; the worker never
+            // opens it.
+            let path = node.path.join(&link.name);
+            std::os::unix::fs::symlink(&link.target, &path)
+                .map_err(|source| Error::Create { path, source })?;
+        }
+        for file in &dir.files {
+            if gate.stopped() {
+                return Ok(());
+            }
+            let from = files.path(&file.digest, file.executable);
+            let to = node.path.join(&file.name);
+            std::fs::hard_link(&from, &to).map_err(|source| Error::Link { from, to, source })?;
+        }
+    }
+    Ok(())
+}
+
+/// Stops the blocking tasks writing an input root, and lets the future
+/// that started them wait until none is writing. Blocking tasks cannot be
+/// aborted: without this, a task would go on linking into a build
+/// directory the executor is removing because the action was abandoned,
+/// and the removal would fail on the new entries.
+#[derive(Debug, Default)]
+struct Gate {
+    /// Tasks inside; the flag below is only set while holding it, so no
+    /// task enters after a stop has waited for the others.
+    active: Mutex<usize>,
+    left: Condvar,
+    stopped: AtomicBool,
+}
+
+/// A task inside the gate; leaves it when dropped.
+struct Entered<'a>(&'a Gate);
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        // Only a counter is behind the lock; it stays usable.
+        self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lets a task in, unless stopped.
+    fn enter(&self) -> Option<Entered<'_>> {
+        let mut active = self.lock();
+        if self.stopped() {
+            return None;
+        }
+        *active += 1;
+        Some(Entered(self))
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
+    fn stop(&self) {
+        let _active = self.lock();
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops the gate and waits until no task is inside: at most one
+    /// syscall each, since they check between syscalls.
+    fn stop_and_wait(&self) {
+        let mut active = self.lock();
+        self.stopped.store(true, Ordering::Relaxed);
+        while *active > 0 {
+            active = self.left.wait(active).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        let mut active = self.0.lock();
+        *active -= 1;
+        if *active == 0 {
+            self.0.left.notify_all();
+        }
+    }
+}
+
+/// Stops the gate when the materializing future ends, finished or
+/// dropped midway.
+struct StopOnDrop(Arc<Gate>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop_and_wait();
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cas_client::digest_of;
+
+    fn node(name: &str, files: usize) -> Node {
+        Node {
+            path: PathBuf::from(name),
+            directory: Arc::new(CheckedDirectory {
+                files: (0..files)
+                    .map(|i| CheckedFile {
+                        name: format!("f{i}"),
+                        digest: digest_of(b"x"),
+                        executable: false,
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_level_is_split_by_entries_between_a_few_tasks() {
+        let small: Vec<Node> = (0..10).map(|i| node(&i.to_string(), 10)).collect();
+        assert_eq!(split(small).len(), 1, "too little to share");
+
+        let level: Vec<Node> = (0..1000).map(|i| node(&i.to_string(), 10)).collect();
+        let chunks = split(level);
+        assert_eq!(chunks.len(), LAYOUT_TASKS);
+        let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
+        assert!(sizes.iter().all(|&n| n == 250), "{sizes:?}");
+        let paths: Vec<PathBuf> = chunks.into_iter().flatten().map(|n| n.path).collect();
+        let expected: Vec<PathBuf> = (0..1000).map(|i| PathBuf::from(i.to_string())).collect();
+        assert_eq!(paths, expected, "every node once, in order");
+    }
+
+    #[test]
+    fn stopping_the_gate_waits_for_the_tasks_inside() {
+        let gate = Gate::default();
+        let done = AtomicBool::new(false);
+        let (inside, entered) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _entered = gate.enter().unwrap();
+                inside.send(()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                done.store(true, Ordering::Relaxed);
+            });
+            entered.recv().unwrap();
+            gate.stop_and_wait();
+            assert!(done.load(Ordering::Relaxed), "waited for the task");
+            assert!(gate.enter().is_none(), "no task enters once stopped");
+        });
+    }
+
+    #[test]
+    fn a_directory_is_checked_once_for_names_and_digests() {
+        use corral_proto::reapi::{DirectoryNode, FileNode};
+        let good = Directory {
+            files: vec![FileNode {
+                name: "a".into(),
+                digest: Some(digest_of(b"a")),
+                is_executable: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let checked = CheckedDirectory::check(good, Path::new("/r")).unwrap();
+        assert!(checked.files[0].executable);
+        let escaping = Directory {
+            directories: vec![DirectoryNode {
+                name: "..".into(),
+                digest: Some(digest_of(b"d")),
+            }],
+            ..Default::default()
+        };
+        assert!(matches!(
+            CheckedDirectory::check(escaping, Path::new("/r")),
+            Err(Error::InvalidName { .. })
+        ));
+        let no_digest = Directory {
+            files: vec![FileNode {
+                name: "a".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(matches!(
+            CheckedDirectory::check(no_digest, Path::new("/r")),
+            Err(Error::NoDigest { .. })
+        ));
+    }
 
     #[test]
     fn names_are_single_components() {

@@ -11,6 +11,7 @@
 //! - [`error`] — the crate's error type.
 //! - [`cas_client`] — blobs and Action Cache entries, verified by digest.
 //! - [`file_cache`] — content-addressed, read-only files to hardlink.
+//! - [`directory_cache`] — Directory messages already read, by digest.
 //! - [`input_root`] — lays out an action's input root.
 //! - [`runner_client`] — the runner over its Unix socket.
 //! - [`outputs`] — output parents before the run, outputs after it.
@@ -18,7 +19,7 @@
 //! - [`slot`] — one build slot synchronizing with the scheduler.
 //!
 //! [`run`] is the entry point: one slot per unit of concurrency, all
-//! sharing the file cache and the storage connection.
+//! sharing the file and directory caches and the storage connection.
 //!
 //! The worker writes executables and never forks: a child forked while
 //! another thread has an executable open for writing inherits that fd, and
@@ -30,6 +31,7 @@
 
 pub mod cas_client;
 pub mod config;
+pub mod directory_cache;
 pub mod error;
 pub mod executor;
 pub mod file_cache;
@@ -87,6 +89,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         cfg.directory.join("cache"),
         cfg.cache_max_size_bytes,
     )?);
+    let directories = Arc::new(directory_cache::DirectoryCache::new(
+        cfg.directory_cache_max_size_bytes,
+    ));
     let cas = cas_client::CasClient::new(&cfg.storage)?;
     let scheduler = Endpoint::from_shared(cfg.scheduler.clone())
         .map_err(|source| Error::Scheduler {
@@ -127,6 +132,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 format!("s{number}"),
                 cas.clone(),
                 Arc::clone(&cache),
+                Arc::clone(&directories),
                 runner.clone(),
             );
             let slot = slot::Slot {

@@ -22,8 +22,10 @@ use corral_proto::remoteworker::{
     current_state, desired_state, DesiredState, SynchronizeRequest, SynchronizeResponse,
 };
 use corral_worker::cas_client::{digest_of, CasClient};
+use corral_worker::directory_cache::DirectoryCache;
 use corral_worker::executor::{Executor, Job, Stage};
 use corral_worker::file_cache::FileCache;
+use corral_worker::input_root::materialize;
 use corral_worker::runner_client::RunnerClient;
 use prost::Message;
 use tokio::task::JoinSet;
@@ -47,6 +49,25 @@ fn privileged(test: &str) -> bool {
     root
 }
 
+/// Starts an in-process storage (memory backend) on loopback; returns
+/// its endpoint.
+async fn start_storage(servers: &mut JoinSet<()>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let storage = format!("http://{}", listener.local_addr().unwrap());
+    let cfg = corral_storage::config::Config {
+        backend: corral_storage::config::Backend::Memory {
+            max_size_bytes: 64 << 20,
+        },
+        ..Default::default()
+    };
+    servers.spawn(async move {
+        corral_storage::run(cfg, listener, std::future::pending())
+            .await
+            .unwrap();
+    });
+    storage
+}
+
 /// Storage, a runner, and an executor over them, in one test.
 struct Farm {
     dir: tempfile::TempDir,
@@ -62,19 +83,7 @@ impl Farm {
     async fn start() -> Farm {
         let dir = tempfile::tempdir().unwrap();
         let mut servers = JoinSet::new();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let storage = format!("http://{}", listener.local_addr().unwrap());
-        let storage_cfg = corral_storage::config::Config {
-            backend: corral_storage::config::Backend::Memory {
-                max_size_bytes: 64 << 20,
-            },
-            ..Default::default()
-        };
-        servers.spawn(async move {
-            corral_storage::run(storage_cfg, listener, std::future::pending())
-                .await
-                .unwrap();
-        });
+        let storage = start_storage(&mut servers).await;
         let worker_dir = dir.path().join("worker");
         let build = worker_dir.join("build");
         std::fs::create_dir_all(&build).unwrap();
@@ -103,6 +112,7 @@ impl Farm {
             "t".into(),
             cas.clone(),
             Arc::clone(&cache),
+            Arc::new(DirectoryCache::new(64 << 20)),
             RunnerClient::new(&runner_socket),
         );
         Farm {
@@ -120,17 +130,8 @@ impl Farm {
         self.dir.path().join("worker").join("build")
     }
 
-    async fn put(&self, data: &[u8]) -> Digest {
-        let digest = digest_of(data);
-        self.cas
-            .upload(vec![(digest.clone(), data.to_vec())])
-            .await
-            .unwrap();
-        digest
-    }
-
     async fn put_message(&self, m: &impl Message) -> Digest {
-        self.put(&m.encode_to_vec()).await
+        put_message(&self.cas, m).await
     }
 
     async fn read(&self, digest: &Option<Digest>) -> Vec<u8> {
@@ -166,51 +167,94 @@ impl Farm {
         std::fs::read_dir(self.build()).unwrap().next().is_none()
     }
 
-    /// An input root with nested and empty directories, an executable and
-    /// a symlink; returns its digest and the number of distinct files.
     async fn input_root(&self) -> (Digest, usize) {
-        let deep = Directory {
-            files: vec![FileNode {
-                name: "deep.txt".into(),
-                digest: Some(self.put(b"deep\n").await),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        let data = Directory {
-            directories: vec![DirectoryNode {
-                name: "nested".into(),
-                digest: Some(self.put_message(&deep).await),
-            }],
-            ..Default::default()
-        };
-        let empty = Directory::default();
-        let root = Directory {
-            files: vec![FileNode {
-                name: "tool.sh".into(),
-                digest: Some(self.put(b"#!/bin/sh\necho hi from tool\n").await),
-                is_executable: true,
-                ..Default::default()
-            }],
-            directories: vec![
-                DirectoryNode {
-                    name: "data".into(),
-                    digest: Some(self.put_message(&data).await),
-                },
-                DirectoryNode {
-                    name: "empty".into(),
-                    digest: Some(self.put_message(&empty).await),
-                },
-            ],
-            symlinks: vec![SymlinkNode {
-                name: "link".into(),
-                target: "data/nested/deep.txt".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        (self.put_message(&root).await, 2)
+        input_root(&self.cas).await
     }
+}
+
+async fn put(cas: &CasClient, data: &[u8]) -> Digest {
+    let digest = digest_of(data);
+    cas.upload(vec![(digest.clone(), data.to_vec())])
+        .await
+        .unwrap();
+    digest
+}
+
+async fn put_message(cas: &CasClient, m: &impl Message) -> Digest {
+    put(cas, &m.encode_to_vec()).await
+}
+
+/// An input root with nested and empty directories, an executable and a
+/// symlink; returns its digest and the number of distinct files. Three of
+/// its Directories are read from the CAS: the empty one never is, its
+/// digest says it all.
+async fn input_root(cas: &CasClient) -> (Digest, usize) {
+    let deep = Directory {
+        files: vec![FileNode {
+            name: "deep.txt".into(),
+            digest: Some(put(cas, b"deep\n").await),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let data = Directory {
+        directories: vec![DirectoryNode {
+            name: "nested".into(),
+            digest: Some(put_message(cas, &deep).await),
+        }],
+        ..Default::default()
+    };
+    let empty = Directory::default();
+    let root = Directory {
+        files: vec![FileNode {
+            name: "tool.sh".into(),
+            digest: Some(put(cas, b"#!/bin/sh\necho hi from tool\n").await),
+            is_executable: true,
+            ..Default::default()
+        }],
+        directories: vec![
+            DirectoryNode {
+                name: "data".into(),
+                digest: Some(put_message(cas, &data).await),
+            },
+            DirectoryNode {
+                name: "empty".into(),
+                digest: Some(put_message(cas, &empty).await),
+            },
+        ],
+        symlinks: vec![SymlinkNode {
+            name: "link".into(),
+            target: "data/nested/deep.txt".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    (put_message(cas, &root).await, 2)
+}
+
+/// Checks a layout of [`input_root`] at `dest`.
+fn assert_input_root_at(dest: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let tool = dest.join("tool.sh");
+    assert_eq!(
+        std::fs::read(&tool).unwrap(),
+        b"#!/bin/sh\necho hi from tool\n"
+    );
+    assert_eq!(
+        std::fs::metadata(&tool).unwrap().permissions().mode() & 0o777,
+        0o555
+    );
+    let deep = dest.join("data/nested/deep.txt");
+    assert_eq!(std::fs::read(&deep).unwrap(), b"deep\n");
+    assert_eq!(
+        std::fs::metadata(&deep).unwrap().permissions().mode() & 0o777,
+        0o444
+    );
+    assert!(dest.join("empty").is_dir());
+    assert_eq!(
+        std::fs::read_link(dest.join("link")).unwrap(),
+        Path::new("data/nested/deep.txt")
+    );
 }
 
 fn shell(script: &str) -> Command {
@@ -521,6 +565,7 @@ async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
         storage: farm.storage.clone(),
         directory: worker_dir.to_owned(),
         cache_max_size_bytes: 1 << 20,
+        directory_cache_max_size_bytes: 1 << 20,
         instance_name_prefix: String::new(),
         slots: vec![corral_worker::config::SlotGroup {
             concurrency: 1,
@@ -551,20 +596,8 @@ async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn large_blobs_travel_by_bytestream_and_small_ones_in_batches() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let storage = format!("http://{}", listener.local_addr().unwrap());
-    let cfg = corral_storage::config::Config {
-        backend: corral_storage::config::Backend::Memory {
-            max_size_bytes: 64 << 20,
-        },
-        ..Default::default()
-    };
     let mut servers = JoinSet::new();
-    servers.spawn(async move {
-        corral_storage::run(cfg, listener, std::future::pending())
-            .await
-            .unwrap();
-    });
+    let storage = start_storage(&mut servers).await;
     let cas = CasClient::new(&storage).unwrap();
     let large: Vec<u8> = (0..(3 << 20)).map(|i| (i % 251) as u8).collect();
     let small: Vec<Vec<u8>> = (0..50u32).map(|i| i.to_le_bytes().repeat(100)).collect();
@@ -582,4 +615,161 @@ async fn large_blobs_travel_by_bytestream_and_small_ones_in_batches() {
     let mut lying = digest_of(b"something else");
     lying.size_bytes = 4;
     assert!(cas.read(&lying).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_root_seen_before_is_laid_out_without_reading_its_directories_again() {
+    let mut servers = JoinSet::new();
+    let cas = CasClient::new(&start_storage(&mut servers).await).unwrap();
+    let (root, files) = input_root(&cas).await;
+    let dir = tempfile::tempdir().unwrap();
+    let directories = DirectoryCache::new(1 << 20);
+    let lay_out = |cache: Arc<FileCache>, name: &str| {
+        let dest = dir.path().join(name);
+        std::fs::create_dir(&dest).unwrap();
+        let (cas, root, directories) = (&cas, &root, &directories);
+        async move {
+            materialize(cas, &cache, directories, root, &dest)
+                .await
+                .unwrap();
+            dest
+        }
+    };
+    let cache = Arc::new(FileCache::open(dir.path().join("cache"), 1 << 20).unwrap());
+    let reads = cas.reads();
+    assert_input_root_at(&lay_out(Arc::clone(&cache), "first").await);
+    assert_eq!(cas.reads() - reads, files as u64 + 3, "every blob once");
+
+    let reads = cas.reads();
+    assert_input_root_at(&lay_out(Arc::clone(&cache), "second").await);
+    assert_eq!(cas.reads(), reads, "nothing read again");
+
+    // A file cache too small to keep any file once a root is laid out:
+    // files are fetched again every time, Directories never.
+    let tiny = Arc::new(FileCache::open(dir.path().join("tiny"), 1).unwrap());
+    for name in ["third", "fourth"] {
+        let reads = cas.reads();
+        assert_input_root_at(&lay_out(Arc::clone(&tiny), name).await);
+        assert_eq!(cas.reads() - reads, files as u64, "only the files");
+        assert_eq!(
+            std::fs::read_dir(tiny.directory()).unwrap().count(),
+            0,
+            "evicted once unpinned"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_action_sharing_the_input_root_reads_only_its_command() {
+    if !privileged("a_second_action_sharing_the_input_root_reads_only_its_command") {
+        return;
+    }
+    let farm = Farm::start().await;
+    let (root, files) = farm.input_root().await;
+    let first = farm.job(shell("cat link"), root.clone(), None).await;
+    let response = farm.execute(&first).await;
+    assert_eq!(code(&response), 0, "{:?}", response.status);
+    assert_eq!(farm.cache.downloads(), files as u64);
+
+    let second = farm.job(shell("./tool.sh"), root, None).await;
+    let reads = farm.cas.reads();
+    let response = farm.execute(&second).await;
+    assert_eq!(code(&response), 0, "{:?}", response.status);
+    let result = response.result.unwrap();
+    assert_eq!(
+        farm.cas.reads() - reads,
+        1,
+        "the Command only: no Directory, no file"
+    );
+    assert_eq!(farm.cache.downloads(), files as u64);
+    assert_eq!(farm.read(&result.stdout_digest).await, b"hi from tool\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_abandoned_layout_stops_writing_and_releases_its_files() {
+    let mut servers = JoinSet::new();
+    let cas = CasClient::new(&start_storage(&mut servers).await).unwrap();
+    // 4,000 files in 40 directories: long enough to lay out that the
+    // layout is dropped midway.
+    let mut blobs = Vec::new();
+    let mut root = Directory::default();
+    for d in 0..40 {
+        let mut dir = Directory::default();
+        for f in 0..100 {
+            let data = format!("{d}/{f}").into_bytes();
+            let digest = digest_of(&data);
+            dir.files.push(FileNode {
+                name: format!("f{f}"),
+                digest: Some(digest.clone()),
+                ..Default::default()
+            });
+            blobs.push((digest, data));
+        }
+        let data = dir.encode_to_vec();
+        let digest = digest_of(&data);
+        root.directories.push(DirectoryNode {
+            name: format!("d{d:02}"),
+            digest: Some(digest.clone()),
+        });
+        blobs.push((digest, data));
+    }
+    let data = root.encode_to_vec();
+    let root = digest_of(&data);
+    blobs.push((root.clone(), data));
+    cas.upload(blobs).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(FileCache::open(dir.path().join("cache"), 1 << 30).unwrap());
+    let directories = DirectoryCache::new(1 << 20);
+    let warm = dir.path().join("warm");
+    std::fs::create_dir(&warm).unwrap();
+    materialize(&cas, &cache, &directories, &root, &warm)
+        .await
+        .unwrap();
+    assert_eq!(cache.pinned(), 0);
+
+    // Dropped after longer and longer waits, until one finishes: some
+    // land while it writes, whatever the machine's speed.
+    let mut midway = 0;
+    let mut after = Duration::from_micros(200);
+    for attempt in 0.. {
+        let dest = dir.path().join(format!("abandoned-{attempt}"));
+        std::fs::create_dir(&dest).unwrap();
+        let layout = materialize(&cas, &cache, &directories, &root, &dest);
+        let finished = tokio::time::timeout(after, layout).await.is_ok();
+        // Dropped (or done): nothing writes into dest any more, so it
+        // can be removed at once, and no file stays pinned.
+        let written = entries_under(&dest);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(entries_under(&dest), written, "attempt {attempt}");
+        std::fs::remove_dir_all(&dest).unwrap();
+        assert_eq!(cache.pinned(), 0, "attempt {attempt}");
+        if finished {
+            assert_eq!(written, 4040);
+            break;
+        }
+        if written > 0 {
+            midway += 1;
+        }
+        after = after * 3 / 2;
+    }
+    assert!(
+        midway > 0,
+        "no layout was dropped midway; the tree is too small"
+    );
+}
+
+/// Files and directories under `dir`.
+fn entries_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            1 + if path.is_dir() {
+                entries_under(&path)
+            } else {
+                0
+            }
+        })
+        .sum()
 }
