@@ -49,17 +49,28 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// One `bazel --batch` invocation in `workspace` with its own output root.
-struct Bazel<'a> {
-    workspace: &'a Path,
-    output_root: &'a Path,
+/// Bazel in a scratch copy of tests/bazel with its own output root, run
+/// with `--batch`; both directories go when it is dropped.
+struct Bazel {
+    workspace: tempfile::TempDir,
+    output_root: tempfile::TempDir,
 }
 
-impl Bazel<'_> {
+impl Bazel {
+    fn scratch() -> Bazel {
+        Bazel {
+            workspace: scratch_workspace(),
+            output_root: tempfile::tempdir().unwrap(),
+        }
+    }
+
     fn run(&self, args: &[&str]) -> (bool, String) {
         let out = Command::new("bazel")
             .arg("--batch")
-            .arg(format!("--output_user_root={}", self.output_root.display()))
+            .arg(format!(
+                "--output_user_root={}",
+                self.output_root.path().display()
+            ))
             .args(args)
             // The system bazelrc turns on --sandbox_debug; offline, any
             // download must fail at once instead of hanging.
@@ -67,7 +78,7 @@ impl Bazel<'_> {
                 "--nosandbox_debug",
                 "--experimental_repository_disable_download",
             ])
-            .current_dir(self.workspace)
+            .current_dir(self.workspace.path())
             .output()
             .unwrap();
         let text = format!(
@@ -127,12 +138,7 @@ fn bazel_uses_the_farm_as_a_remote_cache() {
         return;
     }
     let mut farm = Farm::start();
-    let workspace = scratch_workspace();
-    let output_root = tempfile::tempdir().unwrap();
-    let bazel = Bazel {
-        workspace: workspace.path(),
-        output_root: output_root.path(),
-    };
+    let bazel = Bazel::scratch();
     let cache = format!("--remote_cache={}", farm.grpc_url());
 
     let (ok, first) = bazel.run(&["build", &cache, "//..."]);
@@ -165,12 +171,7 @@ fn bazel_executes_remotely_on_the_farm() {
         return;
     }
     let mut farm = Farm::start();
-    let workspace = scratch_workspace();
-    let output_root = tempfile::tempdir().unwrap();
-    let bazel = Bazel {
-        workspace: workspace.path(),
-        output_root: output_root.path(),
-    };
+    let bazel = Bazel::scratch();
     let (ok, first) = bazel.remote(&farm, "build", &["//..."]);
     assert!(ok, "remote build failed\n{first}\n{}", farm.logs());
     // Two compiles, an archive, two links (the binary and the test) and
@@ -180,7 +181,7 @@ fn bazel_executes_remotely_on_the_farm() {
         "expected remote executions\n{first}"
     );
     assert_eq!(processes(&first, "remote cache hit"), 0, "{first}");
-    let hello = Command::new(workspace.path().join("bazel-bin/hello"))
+    let hello = Command::new(bazel.workspace.path().join("bazel-bin/hello"))
         .output()
         .unwrap();
     assert_eq!(
@@ -248,12 +249,7 @@ fn an_unprivileged_farm_executes_remotely_and_says_what_it_cannot_enforce() {
         "the runner says what it cannot protect\n{}",
         farm.logs()
     );
-    let workspace = scratch_workspace();
-    let output_root = tempfile::tempdir().unwrap();
-    let bazel = Bazel {
-        workspace: workspace.path(),
-        output_root: output_root.path(),
-    };
+    let bazel = Bazel::scratch();
     let (ok, build) = bazel.remote(&farm, "build", &["//:hello"]);
     assert!(ok, "remote build failed\n{build}\n{}", farm.logs());
     assert!(processes(&build, "remote") >= 3, "{build}");

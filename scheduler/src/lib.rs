@@ -229,18 +229,6 @@ impl Scheduler {
             .add_service(BuildQueueStateServer::new(admin))
     }
 
-    /// Workers whose id contains every key and value of `pattern` finish
-    /// what they run and take no new work (an empty pattern: all), as
-    /// the `AddDrain` call does for every queue.
-    pub fn drain_workers(&self, pattern: assignment::WorkerId) {
-        self.assignments.drain(None, pattern);
-    }
-
-    /// Undoes [`drain_workers`](Self::drain_workers) of exactly `pattern`.
-    pub fn undrain_workers(&self, pattern: &assignment::WorkerId) {
-        self.assignments.undrain(None, pattern);
-    }
-
     /// The Prometheus page, now.
     pub fn metrics_text(&self) -> String {
         self.assignments

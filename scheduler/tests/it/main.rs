@@ -129,6 +129,16 @@ impl Farm {
 
     /// An action running `args` on `platform`, uploaded with its command.
     async fn action(&self, args: &[&str], platform: &[(&str, &str)]) -> Digest {
+        self.action_with(args, platform, false).await
+    }
+
+    /// [`action`](Self::action), with `do_not_cache` set as given.
+    async fn action_with(
+        &self,
+        args: &[&str],
+        platform: &[(&str, &str)],
+        do_not_cache: bool,
+    ) -> Digest {
         let command = Command {
             arguments: args.iter().map(|s| (*s).to_owned()).collect(),
             output_paths: vec!["out".into()],
@@ -140,11 +150,24 @@ impl Farm {
             // The empty Directory: the empty blob, always present.
             input_root_digest: Some(digest_of(b"")),
             platform: Some(to_platform(platform)),
+            do_not_cache,
             ..Default::default()
         }
         .encode_to_vec();
         self.upload(&[action.clone(), command]).await;
         digest_of(&action)
+    }
+
+    /// Writes an empty result for `digest` into the Action Cache.
+    async fn cache_empty_result(&self, digest: &Digest) {
+        ActionCacheClient::new(self.storage.clone())
+            .update_action_result(UpdateActionResultRequest {
+                action_digest: Some(digest.clone()),
+                action_result: Some(ActionResult::default()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
     }
 
     async fn execute(&self, digest: &Digest, priority: i32) -> Streaming<Operation> {
@@ -526,14 +549,7 @@ async fn a_missing_command_is_a_precondition_failure_naming_it() {
 async fn a_cached_result_completes_at_once() {
     let farm = farm().await;
     let digest = farm.action(&["cached"], LINUX).await;
-    ActionCacheClient::new(farm.storage.clone())
-        .update_action_result(UpdateActionResultRequest {
-            action_digest: Some(digest.clone()),
-            action_result: Some(ActionResult::default()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    farm.cache_empty_result(&digest).await;
     let mut stream = farm.execute(&digest, 0).await;
     let op = stream.next().await.unwrap().unwrap();
     assert!(op.done);
@@ -544,29 +560,8 @@ async fn a_cached_result_completes_at_once() {
 #[tokio::test]
 async fn a_do_not_cache_action_runs_even_with_a_cache_entry() {
     let farm = farm().await;
-    let command = Command {
-        arguments: vec!["uncached".into()],
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let action = Action {
-        command_digest: Some(digest_of(&command)),
-        input_root_digest: Some(digest_of(b"")),
-        platform: Some(to_platform(LINUX)),
-        do_not_cache: true,
-        ..Default::default()
-    }
-    .encode_to_vec();
-    farm.upload(&[action.clone(), command]).await;
-    let digest = digest_of(&action);
-    ActionCacheClient::new(farm.storage.clone())
-        .update_action_result(UpdateActionResultRequest {
-            action_digest: Some(digest.clone()),
-            action_result: Some(ActionResult::default()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let digest = farm.action_with(&["uncached"], LINUX, true).await;
+    farm.cache_empty_result(&digest).await;
     let mut stream = farm.execute(&digest, 0).await;
     let first = stream.next().await.unwrap().unwrap();
     assert!(!first.done, "served from the cache: {first:?}");
