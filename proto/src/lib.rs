@@ -29,6 +29,12 @@ pub use bazel_remote_apis::google::longrunning;
 pub use bazel_remote_apis::google::protobuf;
 pub use bazel_remote_apis::google::rpc;
 
+/// The largest stdout or stderr the farm inlines into an `ActionResult`
+/// (`stdout_raw`, `stderr_raw`) when a client asks for it; larger ones are
+/// left to their digest. Both at this size keep a response well under
+/// gRPC's default 4 MiB message limit.
+pub const MAX_INLINE_BYTES: u64 = 1 << 20;
+
 /// `buildbarn.runner`: the protocol between a worker and its runner.
 pub mod runner {
     #![allow(missing_docs, clippy::all)]

@@ -151,6 +151,8 @@ fn worker_messages_round_trip_with_every_field_set() {
                     auxiliary_metadata: vec![any()],
                     instance_name_suffix: "suffix".into(),
                     digest_function: digest_function::Value::Blake3 as i32,
+                    corral_inline_stdout: true,
+                    corral_inline_stderr: true,
                 },
             )),
         }),
@@ -593,6 +595,25 @@ fn worker_field_numbers_match_buildbarn() {
             ..e()
         },
         8,
+        VARINT,
+    );
+    // Corral's extensions: new numbers only.
+    pin(
+        "corral_inline_stdout",
+        desired_state::Executing {
+            corral_inline_stdout: true,
+            ..e()
+        },
+        1000,
+        VARINT,
+    );
+    pin(
+        "corral_inline_stderr",
+        desired_state::Executing {
+            corral_inline_stderr: true,
+            ..e()
+        },
+        1001,
         VARINT,
     );
 }

@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::action::{check_command, platform, timeout};
 use crate::assignment::{Assignments, Queued};
 use crate::capabilities_service::PRIORITIES;
-use crate::operation::{DedupKey, Operation, Operations, Progress};
+use crate::operation::{DedupKey, Inline, Operation, Operations, Progress};
 use crate::operation_ids::OperationIds;
 use crate::storage_client::StorageClient;
 use crate::task::AbortOnDrop;
@@ -109,12 +109,13 @@ enum Follow {
 }
 
 /// Streams `operation` from its current stage to its completion
-/// (inclusive), then ends.
-pub fn follow(operation: Arc<Operation>) -> OperationStream {
+/// (inclusive), then ends. The result carries inline only the outputs in
+/// `inline`.
+pub fn follow(operation: Arc<Operation>, inline: Inline) -> OperationStream {
     let receiver = operation.watch();
     let stream = futures_util::stream::unfold(
         (operation, receiver, Follow::First),
-        |(operation, mut receiver, at)| async move {
+        move |(operation, mut receiver, at)| async move {
             match at {
                 Follow::Done => return None,
                 Follow::First => {}
@@ -122,11 +123,15 @@ pub fn follow(operation: Arc<Operation>) -> OperationStream {
                 // fails only if it is gone, which ends the stream.
                 Follow::Next => receiver.changed().await.ok()?,
             }
-            let progress = receiver.borrow_and_update().clone();
-            let next = if matches!(progress, Progress::Completed(_)) {
-                Follow::Done
-            } else {
-                Follow::Next
+            let mut progress = receiver.borrow_and_update().clone();
+            let next = match &mut progress {
+                Progress::Completed(response) => {
+                    if let Some(result) = &mut response.result {
+                        inline.keep_only_asked(result);
+                    }
+                    Follow::Done
+                }
+                _ => Follow::Next,
             };
             let item = Ok(operation.to_proto(&progress));
             Some((item, (operation, receiver, next)))
@@ -158,6 +163,7 @@ impl Execution for ExecutionService {
     ) -> Result<Response<OperationStream>, Status> {
         let invocation = invocation(&request);
         let req = request.into_inner();
+        let inline = Inline::of(&req);
         let instance = req.instance_name.clone();
         let function = req.digest_function;
         corral_storage::DigestFunction::from_proto(function)
@@ -175,7 +181,7 @@ impl Execution for ExecutionService {
                 Ok(None)
             } else {
                 self.storage
-                    .cached_result(&instance, function, &action_digest)
+                    .cached_result(&instance, function, &action_digest, inline)
                     .await
             }
         };
@@ -252,7 +258,7 @@ impl Execution for ExecutionService {
             // Reachable by name too: a client whose stream broke
             // reconnects with WaitExecution.
             self.operations().insert(Arc::clone(&operation));
-            return Ok(Response::new(follow(operation)));
+            return Ok(Response::new(follow(operation, inline)));
         }
 
         let key = (!action.do_not_cache).then(|| DedupKey {
@@ -268,6 +274,7 @@ impl Execution for ExecutionService {
         let (operation, new) = self.operations().join_or_create(key, || {
             Operation::new(self.ids.next_name(), action_digest.clone(), function)
         });
+        operation.ask_inline(inline);
         if new {
             self.assignments.enqueue(
                 Queued {
@@ -285,7 +292,7 @@ impl Execution for ExecutionService {
                 &invocation,
             );
         }
-        Ok(Response::new(follow(operation)))
+        Ok(Response::new(follow(operation, inline)))
     }
 
     #[tracing::instrument(skip_all, fields(operation = %request.get_ref().name))]
@@ -298,6 +305,8 @@ impl Execution for ExecutionService {
             .operations()
             .get(&name)
             .ok_or_else(|| Status::not_found(format!("no operation {name}")))?;
-        Ok(Response::new(follow(operation)))
+        // WaitExecution cannot ask; it resumes what Execute asked for.
+        let inline = operation.inline_asked();
+        Ok(Response::new(follow(operation, inline)))
     }
 }

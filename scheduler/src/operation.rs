@@ -3,12 +3,15 @@
 //! so each Execute or WaitExecution stream sees every stage change.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use corral_proto::longrunning;
 use corral_proto::protobuf::Any;
 use corral_proto::reapi::execution_stage::Value as ExecutionStage;
-use corral_proto::reapi::{Digest, ExecuteOperationMetadata, ExecuteResponse};
+use corral_proto::reapi::{
+    ActionResult, Digest, ExecuteOperationMetadata, ExecuteRequest, ExecuteResponse,
+};
 use prost::Message;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -26,6 +29,36 @@ pub enum Progress {
     Completed(Box<ExecuteResponse>),
 }
 
+/// Which of the action's stdout and stderr a client wants inline in the
+/// result (`stdout_raw`, `stderr_raw`) rather than by digest alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Inline {
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+impl Inline {
+    /// What `request` asks for.
+    pub fn of(request: &ExecuteRequest) -> Self {
+        Self {
+            stdout: request.inline_stdout,
+            stderr: request.inline_stderr,
+        }
+    }
+
+    /// Drops from `result` what was not asked for: the worker inlines for
+    /// whoever asked among the clients sharing the operation, and REAPI
+    /// says a server should not inline unasked.
+    pub fn keep_only_asked(self, result: &mut ActionResult) {
+        if !self.stdout {
+            result.stdout_raw = Vec::new();
+        }
+        if !self.stderr {
+            result.stderr_raw = Vec::new();
+        }
+    }
+}
+
 /// One execution and everyone watching it.
 #[derive(Debug)]
 pub struct Operation {
@@ -33,6 +66,10 @@ pub struct Operation {
     action_digest: Digest,
     digest_function: i32,
     progress: watch::Sender<Progress>,
+    /// Whether any client sharing the operation asked for stdout
+    /// (stderr) inline; read when the action is handed to a worker.
+    inline_stdout: AtomicBool,
+    inline_stderr: AtomicBool,
 }
 
 impl Operation {
@@ -42,6 +79,26 @@ impl Operation {
             action_digest,
             digest_function,
             progress: watch::Sender::new(Progress::Queued),
+            inline_stdout: AtomicBool::new(false),
+            inline_stderr: AtomicBool::new(false),
+        }
+    }
+
+    /// Adds what one more client wants inline. A client joining after the
+    /// action was handed out may get its output by digest only, which
+    /// REAPI allows.
+    pub fn ask_inline(&self, inline: Inline) {
+        self.inline_stdout
+            .fetch_or(inline.stdout, Ordering::Relaxed);
+        self.inline_stderr
+            .fetch_or(inline.stderr, Ordering::Relaxed);
+    }
+
+    /// What the clients sharing the operation want inline.
+    pub fn inline_asked(&self) -> Inline {
+        Inline {
+            stdout: self.inline_stdout.load(Ordering::Relaxed),
+            stderr: self.inline_stderr.load(Ordering::Relaxed),
         }
     }
 

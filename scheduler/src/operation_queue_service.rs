@@ -47,6 +47,7 @@ impl OperationQueueService {
 
 fn executing(assignment: Assignment) -> DesiredState {
     let queued = assignment.queued;
+    let inline = queued.operation.inline_asked();
     DesiredState {
         worker_state: Some(desired_state::WorkerState::Executing(
             desired_state::Executing {
@@ -55,6 +56,8 @@ fn executing(assignment: Assignment) -> DesiredState {
                 queued_timestamp: Some(timestamp(queued.queued_at)),
                 instance_name_suffix: assignment.instance_name_suffix,
                 digest_function: queued.digest_function,
+                corral_inline_stdout: inline.stdout,
+                corral_inline_stderr: inline.stderr,
                 ..Default::default()
             },
         )),

@@ -25,6 +25,8 @@ use corral_storage::cas_service::CasService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
+use crate::operation::Inline;
+
 /// Largest message accepted from storage (a batch of Action + Command).
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
@@ -142,17 +144,20 @@ impl StorageClient {
     }
 
     /// The cached result of `action`, if any (and complete, which the
-    /// storage checks).
+    /// storage checks), with stdout and stderr inlined as `inline` asks.
     pub async fn cached_result(
         &self,
         instance: &str,
         digest_function: i32,
         action: &Digest,
+        inline: Inline,
     ) -> Result<Option<ActionResult>, Status> {
         let request = GetActionResultRequest {
             instance_name: instance.to_owned(),
             action_digest: Some(action.clone()),
             digest_function,
+            inline_stdout: inline.stdout,
+            inline_stderr: inline.stderr,
             ..Default::default()
         };
         let response = match self {

@@ -21,10 +21,6 @@ use crate::blob_store::{self, BlobStore};
 use crate::digest::{Digest, DigestError, DigestFunction};
 use crate::status;
 
-/// Largest stdout or stderr inlined on request. The client asked for the
-/// bytes instead of a digest; beyond this it fetches them like any blob.
-const MAX_INLINE_BYTES: u64 = 1 << 20;
-
 /// What an Action Cache request can fail on.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -152,7 +148,7 @@ impl AcService {
             return Ok(Vec::new());
         };
         let digest = Digest::from_proto(function, digest)?;
-        if digest.size_bytes() > MAX_INLINE_BYTES {
+        if digest.size_bytes() > corral_proto::MAX_INLINE_BYTES {
             return Ok(Vec::new());
         }
         // Checked present just before; evicted since, it is left out and

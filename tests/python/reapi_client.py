@@ -175,17 +175,19 @@ class Client:
             re_pb2.GetActionResultRequest(action_digest=action_digest), timeout=CALL_TIMEOUT_S
         )
 
-    def execute_call(self, action_digest, skip_cache_lookup=False):
+    def execute_call(self, action_digest, skip_cache_lookup=False, inline_stdout=False):
         """The Execute stream itself, for a test that cancels it."""
         request = re_pb2.ExecuteRequest(
-            action_digest=action_digest, skip_cache_lookup=skip_cache_lookup
+            action_digest=action_digest,
+            skip_cache_lookup=skip_cache_lookup,
+            inline_stdout=inline_stdout,
         )
         return self.execution.Execute(request, timeout=CALL_TIMEOUT_S)
 
-    def execute(self, action_digest, skip_cache_lookup=False):
+    def execute(self, action_digest, skip_cache_lookup=False, inline_stdout=False):
         """Every Operation the Execute stream sends, up to the done one.
         A gRPC error (a missing blob, say) is raised as grpc.RpcError."""
-        return list(self.execute_call(action_digest, skip_cache_lookup))
+        return list(self.execute_call(action_digest, skip_cache_lookup, inline_stdout))
 
     def wait_execution(self, name):
         return self.execution.WaitExecution(

@@ -35,11 +35,11 @@ class FarmTest(unittest.TestCase):
     def prepare(self, script, **kwargs):
         return reapi.prepare([SH, "-c", script], salt=self.salt, **kwargs)
 
-    def run_action(self, prepared, skip_cache_lookup=False):
+    def run_action(self, prepared, skip_cache_lookup=False, inline_stdout=False):
         """Uploads everything, executes, and returns the ExecuteResponse
         after checking the operation stream's shape."""
         self.client.upload(*prepared.blobs())
-        operations = self.client.execute(prepared.action_digest, skip_cache_lookup)
+        operations = self.client.execute(prepared.action_digest, skip_cache_lookup, inline_stdout)
         self.assertTrue(operations, "Execute streamed no Operation")
         for operation in operations[:-1]:
             self.assertFalse(operation.done, operations)
@@ -318,6 +318,24 @@ class Caching(FarmTest):
         self.assert_succeeded(third)
         self.assertFalse(third.cached_result)
         self.assertNotEqual(self.stdout(third), self.stdout(first))
+
+
+class Inlining(FarmTest):
+    def test_stdout_comes_inline_when_asked_executed_or_cached_and_by_digest_always(self):
+        prepared = self.prepare("echo out; echo err >&2")
+        for cached in (False, True):
+            response = self.run_action(prepared, inline_stdout=True)
+            self.assert_succeeded(response)
+            self.assertEqual(response.cached_result, cached)
+            result = response.result
+            self.assertEqual(result.stdout_raw, b"out\n")
+            self.assertEqual(self.client.read(result.stdout_digest), b"out\n")
+            self.assertEqual(result.stderr_raw, b"", "stderr inlined unasked")
+            self.assertEqual(self.client.read(result.stderr_digest), b"err\n")
+
+        unasked = self.run_action(prepared)
+        self.assertTrue(unasked.cached_result)
+        self.assertEqual(unasked.result.stdout_raw, b"", "stdout inlined unasked")
 
 
 if __name__ == "__main__":

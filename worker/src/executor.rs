@@ -62,8 +62,8 @@ pub enum Error {
     InputRoot(#[source] input_root::Error),
     #[error("failed to prepare or collect the outputs")]
     Outputs(#[source] outputs::Error),
-    #[error("the runner did not run the action")]
-    Runner(#[source] tonic::Status),
+    #[error("{}", runner_message(.0))]
+    Runner(tonic::Status),
     #[error("failed to upload the outputs")]
     Upload(#[source] cas_client::Error),
 }
@@ -77,6 +77,9 @@ pub struct Job {
     pub instance_name: String,
     pub queued: Option<Timestamp>,
     pub digest_function: i32,
+    /// A client asked for stdout (stderr) inline in the result.
+    pub inline_stdout: bool,
+    pub inline_stderr: bool,
 }
 
 /// Runs actions for one slot.
@@ -186,10 +189,15 @@ impl Executor {
         if outcome.is_ok() && result.exit_code == 0 && !job.action.do_not_cache {
             // The client already gets the result from the response; a
             // failed cache write only costs a future cache miss.
-            if let Err(err) = cas
-                .update_action_result(&job.action_digest, result.clone())
-                .await
-            {
+            // Inlined output is for this response's clients; the cache
+            // entry names it by digest, and storage inlines it for a later
+            // client who asks.
+            let entry = ActionResult {
+                stdout_raw: Vec::new(),
+                stderr_raw: Vec::new(),
+                ..result.clone()
+            };
+            if let Err(err) = cas.update_action_result(&job.action_digest, entry).await {
                 warn!(error = %chain(&err), "writing the action cache entry failed");
             }
         }
@@ -284,14 +292,29 @@ impl Executor {
         stage.send_replace(Stage::UploadingOutputs);
         meta.output_upload_start_timestamp = Some(now());
         let mut blobs = Vec::new();
-        for (name, field) in [
-            ("stdout", &mut result.stdout_digest),
-            ("stderr", &mut result.stderr_digest),
+        for (name, digest_field, raw_field, asked) in [
+            (
+                "stdout",
+                &mut result.stdout_digest,
+                &mut result.stdout_raw,
+                job.inline_stdout,
+            ),
+            (
+                "stderr",
+                &mut result.stderr_digest,
+                &mut result.stderr_raw,
+                job.inline_stderr,
+            ),
         ] {
             // Absent when the runner failed before starting the command.
             if let Ok(data) = std::fs::read(dir.join(name)) {
                 let digest = digest_of(&data);
-                *field = Some(digest.clone());
+                *digest_field = Some(digest.clone());
+                // Uploaded all the same: the cache entry and a client that
+                // did not ask refer to it by digest.
+                if asked && data.len() as u64 <= corral_proto::MAX_INLINE_BYTES {
+                    raw_field.clone_from(&data);
+                }
                 blobs.push((digest, data));
             }
         }
@@ -325,6 +348,19 @@ fn policy(action: &Action, command: &Command) -> String {
         .find(|p| p.name == POLICY_PROPERTY)
         .map(|p| p.value.clone())
         .unwrap_or_default()
+}
+
+/// What the client reads when the runner answers with an error. A
+/// timeout or a bad command is the action's own outcome, which the
+/// runner's message says in full; anything else is the runner failing.
+fn runner_message(status: &tonic::Status) -> String {
+    use tonic::Code;
+    match status.code() {
+        Code::DeadlineExceeded | Code::InvalidArgument | Code::Cancelled => {
+            status.message().to_owned()
+        }
+        _ => format!("the runner failed: {}", status.message()),
+    }
 }
 
 /// The error and its causes, joined, for status messages.

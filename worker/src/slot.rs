@@ -155,6 +155,8 @@ impl Slot {
             instance_name,
             queued: exec.queued_timestamp,
             digest_function: exec.digest_function,
+            inline_stdout: exec.corral_inline_stdout,
+            inline_stderr: exec.corral_inline_stderr,
         };
         let (stage_tx, mut stage_rx) = watch::channel(Stage::Started);
         let mut report_in = until(next_sync.as_ref(), REPORT_MAX);

@@ -171,12 +171,27 @@ impl Farm {
     }
 
     async fn execute(&self, digest: &Digest, priority: i32) -> Streaming<Operation> {
+        self.execute_request(ExecuteRequest {
+            action_digest: Some(digest.clone()),
+            execution_policy: Some(ExecutionPolicy { priority }),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Executes `digest` asking for its stdout inline.
+    async fn execute_inline_stdout(&self, digest: &Digest) -> Streaming<Operation> {
+        self.execute_request(ExecuteRequest {
+            action_digest: Some(digest.clone()),
+            inline_stdout: true,
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn execute_request(&self, request: ExecuteRequest) -> Streaming<Operation> {
         ExecutionClient::new(self.scheduler.clone())
-            .execute(ExecuteRequest {
-                action_digest: Some(digest.clone()),
-                execution_policy: Some(ExecutionPolicy { priority }),
-                ..Default::default()
-            })
+            .execute(request)
             .await
             .unwrap()
             .into_inner()
@@ -256,13 +271,19 @@ impl FakeWorker {
 
     /// Reports `digest` done with `exit_code`, asking for no more work.
     async fn complete(&mut self, digest: &Digest, exit_code: i32) {
+        let result = ActionResult {
+            exit_code,
+            ..Default::default()
+        };
+        self.complete_with(digest, result).await;
+    }
+
+    /// Reports `digest` done with `result`, asking for no more work.
+    async fn complete_with(&mut self, digest: &Digest, result: ActionResult) {
         let done = current_state::WorkerState::Completed(current_state::Completed {
             action_digest: Some(digest.clone()),
             execute_response: Some(ExecuteResponse {
-                result: Some(ActionResult {
-                    exit_code,
-                    ..Default::default()
-                }),
+                result: Some(result),
                 message: format!("ran on slot {}", self.slot),
                 ..Default::default()
             }),
@@ -555,6 +576,50 @@ async fn a_cached_result_completes_at_once() {
     assert!(op.done);
     assert!(response(&op).cached_result);
     assert!(stream.next().await.is_none());
+}
+
+#[tokio::test]
+async fn stdout_is_inlined_for_the_clients_that_asked_only() {
+    let farm = farm().await;
+    let digest = farm.action(&["echo", "hi"], LINUX).await;
+    let mut plain = farm.execute(&digest, 0).await;
+    let mut asking = farm.execute_inline_stdout(&digest).await;
+    plain.next().await.unwrap().unwrap();
+    asking.next().await.unwrap().unwrap();
+    let mut worker = farm.worker("1", LINUX);
+    let exec = worker.take().await.unwrap();
+    assert!(exec.corral_inline_stdout, "one client sharing it asked");
+    assert!(!exec.corral_inline_stderr);
+    let stdout = b"hi\n".to_vec();
+    farm.upload(std::slice::from_ref(&stdout)).await;
+    let result = ActionResult {
+        stdout_digest: Some(digest_of(&stdout)),
+        stdout_raw: stdout.clone(),
+        ..Default::default()
+    };
+    worker.complete_with(&digest, result).await;
+    let got = |ops: Vec<Operation>| response(ops.last().unwrap()).result.unwrap();
+    assert_eq!(got(rest(&mut asking).await).stdout_raw, stdout);
+    let unasked = got(rest(&mut plain).await);
+    assert!(unasked.stdout_raw.is_empty(), "inlined unasked");
+    assert_eq!(unasked.stdout_digest, Some(digest_of(&stdout)));
+
+    // From the Action Cache, too: inlined when asked, only then.
+    ActionCacheClient::new(farm.storage.clone())
+        .update_action_result(UpdateActionResultRequest {
+            action_digest: Some(digest.clone()),
+            action_result: Some(ActionResult {
+                stdout_digest: Some(digest_of(&stdout)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let hit = got(rest(&mut farm.execute_inline_stdout(&digest).await).await);
+    assert_eq!(hit.stdout_raw, stdout);
+    let hit = got(rest(&mut farm.execute(&digest, 0).await).await);
+    assert!(hit.stdout_raw.is_empty());
 }
 
 #[tokio::test]

@@ -155,6 +155,8 @@ impl Farm {
             instance_name: String::new(),
             queued: None,
             digest_function: 0,
+            inline_stdout: false,
+            inline_stderr: false,
         }
     }
 
@@ -311,6 +313,10 @@ async fn an_action_runs_and_every_output_kind_is_reported() {
     assert_eq!(result.exit_code, 0);
     assert_eq!(farm.read(&result.stdout_digest).await, b"to-stdout\n");
     assert_eq!(farm.read(&result.stderr_digest).await, b"to-stderr\n");
+    assert!(
+        result.stdout_raw.is_empty() && result.stderr_raw.is_empty(),
+        "nobody asked for output inline"
+    );
 
     let file = |path: &str| {
         result
@@ -451,9 +457,49 @@ async fn a_timeout_is_deadline_exceeded_with_the_output_so_far() {
         .await;
     let response = farm.execute(&job).await;
     assert_eq!(code(&response), Code::DeadlineExceeded as i32);
+    let message = &response.status.as_ref().unwrap().message;
+    assert_eq!(message, "the action timed out after 1.0 s");
     let result = response.result.unwrap();
     assert_eq!(farm.read(&result.stdout_digest).await, b"started\n");
     assert!(farm.build_is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_is_inlined_only_when_asked_and_small() {
+    if !privileged("output_is_inlined_only_when_asked_and_small") {
+        return;
+    }
+    let farm = Farm::start().await;
+    let root = farm.put_message(&Directory::default()).await;
+    // stdout is small, stderr one byte over the limit.
+    let big = corral_proto::MAX_INLINE_BYTES + 1;
+    let script = format!("echo small; head -c {big} /dev/zero >&2");
+    let mut job = farm.job(shell(&script), root, None).await;
+    job.inline_stdout = true;
+    job.inline_stderr = true;
+    let response = farm.execute(&job).await;
+    assert_eq!(code(&response), 0, "{:?}", response.status);
+    let result = response.result.unwrap();
+    assert_eq!(result.stdout_raw, b"small\n");
+    assert!(result.stderr_raw.is_empty(), "too large to inline");
+    assert_eq!(farm.read(&result.stderr_digest).await.len() as u64, big);
+    assert_eq!(farm.read(&result.stdout_digest).await, b"small\n");
+
+    // The cache entry names output by digest only: a later client that
+    // did not ask must not get it inline.
+    let mut ac = ActionCacheClient::connect(farm.storage.clone())
+        .await
+        .unwrap();
+    let cached = ac
+        .get_action_result(GetActionResultRequest {
+            action_digest: Some(job.action_digest.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cached.stdout_raw.is_empty());
+    assert_eq!(cached.stdout_digest, result.stdout_digest);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -517,6 +563,7 @@ impl OperationQueue for FakeQueue {
                             desired_state::Executing {
                                 action_digest: Some(digest),
                                 action: Some(action),
+                                corral_inline_stdout: true,
                                 ..Default::default()
                             },
                         )),
@@ -541,7 +588,7 @@ async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
     }
     let farm = Farm::start().await;
     let (root, _) = farm.input_root().await;
-    let mut command = shell("cat link > out.txt");
+    let mut command = shell("cat link > out.txt; echo done; echo err >&2");
     command.output_paths = vec!["out.txt".into()];
     let job = farm.job(command, root, None).await;
     let (done, mut completed) = tokio::sync::mpsc::unbounded_channel();
@@ -591,6 +638,9 @@ async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
     assert_eq!(code(&response), 0, "{:?}", response.status);
     let result = response.result.unwrap();
     assert_eq!(farm.read(&result.output_files[0].digest).await, b"deep\n");
+    // The scheduler asked for stdout inline, not for stderr.
+    assert_eq!(result.stdout_raw, b"done\n");
+    assert!(result.stderr_raw.is_empty());
     let _ = stop.send(());
 }
 
