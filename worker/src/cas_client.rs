@@ -3,9 +3,14 @@
 //!
 //! Small blobs travel in batches (one round trip for many files); large
 //! ones through ByteStream, since a gRPC message is capped at 4 MiB.
+//! Uploads read files as they go: an action's outputs are never held in
+//! memory whole, only a batch or a chunk at a time.
 
 use std::collections::{HashMap, HashSet};
+use std::io::Read as _;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use corral_proto::bytestream::byte_stream_client::ByteStreamClient;
 use corral_proto::bytestream::{ReadRequest, WriteRequest};
@@ -16,6 +21,7 @@ use corral_proto::reapi::{
     Digest, FindMissingBlobsRequest, UpdateActionResultRequest,
 };
 use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncReadExt as _;
 use tonic::transport::{Channel, Endpoint};
 
 /// Blobs up to this size are read and written in batches; larger ones
@@ -49,6 +55,12 @@ pub enum Error {
     FindMissing(#[source] tonic::Status),
     #[error("failed to write blobs to the CAS")]
     Write(#[source] tonic::Status),
+    #[error("failed to read {path} to upload it")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("failed to write the action result of {}/{}", .digest.hash, .digest.size_bytes)]
     UpdateActionResult {
         digest: Digest,
@@ -62,6 +74,115 @@ pub fn digest_of(data: &[u8]) -> Digest {
     Digest {
         hash: hex::encode(Sha256::digest(data)),
         size_bytes: data.len() as i64,
+    }
+}
+
+/// A blob to upload: bytes in memory, or a file holding them, read only
+/// when (and if) the CAS lacks it.
+#[derive(Debug)]
+pub enum Blob {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+impl From<Vec<u8>> for Blob {
+    fn from(data: Vec<u8>) -> Blob {
+        Blob::Bytes(data)
+    }
+}
+
+impl Blob {
+    /// The digest of `file` (opened at `path`), read in chunks so a large
+    /// file is never in memory whole; blocking. The blob refers to the
+    /// file, which must not change until it is uploaded.
+    pub fn hash_file(mut file: std::fs::File, path: PathBuf) -> std::io::Result<(Digest, Blob)> {
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0; 64 << 10];
+        let mut size = 0u64;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        let digest = Digest {
+            hash: hex::encode(hasher.finalize()),
+            size_bytes: size as i64,
+        };
+        Ok((digest, Blob::File(path)))
+    }
+
+    /// All of it, in memory: for blobs that go in a batch.
+    async fn into_bytes(self) -> Result<Vec<u8>, Error> {
+        match self {
+            Blob::Bytes(data) => Ok(data),
+            Blob::File(path) => tokio::fs::read(&path)
+                .await
+                .map_err(|source| Error::ReadFile { path, source }),
+        }
+    }
+}
+
+/// Reads a blob a chunk at a time, never past its digest's size.
+enum Chunks {
+    Bytes {
+        data: Vec<u8>,
+        at: usize,
+    },
+    File {
+        file: tokio::fs::File,
+        path: PathBuf,
+    },
+}
+
+impl Chunks {
+    async fn open(blob: Blob) -> Result<Chunks, Error> {
+        Ok(match blob {
+            Blob::Bytes(data) => Chunks::Bytes { data, at: 0 },
+            Blob::File(path) => match tokio::fs::File::open(&path).await {
+                Ok(file) => Chunks::File { file, path },
+                Err(source) => return Err(Error::ReadFile { path, source }),
+            },
+        })
+    }
+
+    /// The error for a blob that ended at `offset`, before `total`.
+    fn short(&self, offset: u64, total: u64) -> Error {
+        let message = format!("it ended at byte {offset} of {total}");
+        match self {
+            Chunks::File { path, .. } => Error::ReadFile {
+                path: path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, message),
+            },
+            Chunks::Bytes { .. } => Error::Write(tonic::Status::internal(format!(
+                "a blob shorter than its digest: {message}"
+            ))),
+        }
+    }
+
+    /// Up to `max` bytes; fewer only at the end.
+    async fn next(&mut self, max: usize) -> Result<Vec<u8>, Error> {
+        match self {
+            Chunks::Bytes { data, at } => {
+                let end = (*at + max).min(data.len());
+                let chunk = data[*at..end].to_vec();
+                *at = end;
+                Ok(chunk)
+            }
+            Chunks::File { file, path } => {
+                let mut chunk = Vec::with_capacity(max);
+                file.take(max as u64)
+                    .read_to_end(&mut chunk)
+                    .await
+                    .map_err(|source| Error::ReadFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                Ok(chunk)
+            }
+        }
     }
 }
 
@@ -238,15 +359,18 @@ impl CasClient {
         Ok(data)
     }
 
-    /// Writes `blobs` that the CAS does not already hold.
-    pub async fn upload(&self, blobs: Vec<(Digest, Vec<u8>)>) -> Result<(), Error> {
+    /// Writes `blobs` that the CAS does not already hold. Files are read
+    /// as they are sent: at most a batch, or a chunk, is in memory.
+    pub async fn upload(&self, blobs: Vec<(Digest, impl Into<Blob>)>) -> Result<(), Error> {
         if blobs.is_empty() {
             return Ok(());
         }
         let mut cas = ContentAddressableStorageClient::new(self.channel.clone());
         let mut unique = HashMap::new();
         for (digest, data) in blobs {
-            unique.entry(digest.hash.clone()).or_insert((digest, data));
+            unique
+                .entry(digest.hash.clone())
+                .or_insert_with(|| (digest, data.into()));
         }
         let missing: HashSet<String> = cas
             .find_missing_blobs(FindMissingBlobsRequest {
@@ -276,6 +400,7 @@ impl CasClient {
                 batch_bytes = 0;
             }
             batch_bytes += digest.size_bytes;
+            let data = data.into_bytes().await?;
             batch.push(batch_update_blobs_request::Request {
                 digest: Some(digest),
                 data,
@@ -313,7 +438,7 @@ impl CasClient {
         Ok(())
     }
 
-    async fn write_stream(&self, digest: &Digest, data: Vec<u8>) -> Result<(), Error> {
+    async fn write_stream(&self, digest: &Digest, blob: Blob) -> Result<(), Error> {
         static UPLOADS: AtomicU64 = AtomicU64::new(0);
         let mut bytestream = ByteStreamClient::new(self.channel.clone());
         // Unique per upload within this process, and across processes by
@@ -330,27 +455,52 @@ impl CasClient {
                 digest.hash, digest.size_bytes
             ),
         );
-        let total = data.len();
-        let mut requests = Vec::new();
-        let mut offset = 0;
-        for chunk in data.chunks(WRITE_CHUNK_BYTES) {
-            let end = offset + chunk.len();
-            requests.push(WriteRequest {
-                resource_name: if offset == 0 {
-                    resource_name.clone()
-                } else {
-                    String::new()
-                },
-                write_offset: offset as i64,
-                finish_write: end == total,
-                data: chunk.to_vec(),
-            });
-            offset = end;
+        let total = u64::try_from(digest.size_bytes).unwrap_or(0);
+        let chunks = Chunks::open(blob).await?;
+        // A read error cannot travel in the request stream: it ends the
+        // stream short (storage then refuses the write) and is kept here
+        // to be reported instead of storage's complaint.
+        let failed: Arc<Mutex<Option<Error>>> = Arc::default();
+        let read_failed = Arc::clone(&failed);
+        let requests = futures_util::stream::unfold((chunks, 0u64), move |(mut chunks, offset)| {
+            let resource_name = resource_name.clone();
+            let failed = Arc::clone(&read_failed);
+            async move {
+                if offset >= total {
+                    return None;
+                }
+                let want = (total - offset).min(WRITE_CHUNK_BYTES as u64) as usize;
+                let data = match chunks.next(want).await {
+                    Ok(data) if !data.is_empty() => data,
+                    Ok(_) => {
+                        *failed.lock().unwrap_or_else(PoisonError::into_inner) =
+                            Some(chunks.short(offset, total));
+                        return None;
+                    }
+                    Err(error) => {
+                        *failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+                        return None;
+                    }
+                };
+                let end = offset + data.len() as u64;
+                let request = WriteRequest {
+                    resource_name: if offset == 0 {
+                        resource_name
+                    } else {
+                        String::new()
+                    },
+                    write_offset: offset as i64,
+                    finish_write: end == total,
+                    data,
+                };
+                Some((request, (chunks, end)))
+            }
+        });
+        let written = bytestream.write(requests).await;
+        if let Some(error) = failed.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            return Err(error);
         }
-        bytestream
-            .write(futures_util::stream::iter(requests))
-            .await
-            .map_err(Error::Write)?;
+        written.map_err(Error::Write)?;
         Ok(())
     }
 

@@ -22,7 +22,7 @@ use prost::Message;
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
 
-use crate::cas_client::{self, digest_of, CasClient};
+use crate::cas_client::{self, CasClient};
 use crate::directory_cache::DirectoryCache;
 use crate::file_cache::FileCache;
 use crate::input_root;
@@ -66,6 +66,8 @@ pub enum Error {
     Runner(tonic::Status),
     #[error("failed to upload the outputs")]
     Upload(#[source] cas_client::Error),
+    #[error("a task of the worker failed")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// One action handed out by the scheduler.
@@ -111,17 +113,42 @@ pub fn timestamp(t: SystemTime) -> Timestamp {
     }
 }
 
-/// Removes the build directory when dropped: on success, on failure, and
-/// when the slot drops an abandoned action. remove_dir_all does not follow
+/// The build directory of one action, removed on every path: by
+/// [`remove`](Self::remove) when the action ends, and when dropped if the
+/// slot abandons the action midway. remove_dir_all does not follow
 /// symlinks, so links the action made are removed, not their targets.
 struct BuildDirectory(PathBuf);
 
+impl BuildDirectory {
+    /// Removes it on a blocking thread (a large tree is many thousands of
+    /// unlinks) and waits, so the next action starts on a clean disk.
+    async fn remove(mut self) {
+        let path = std::mem::take(&mut self.0);
+        if let Err(error) = tokio::task::spawn_blocking(move || remove_tree(&path)).await {
+            warn!(%error, "removing the build directory failed");
+        }
+    }
+}
+
 impl Drop for BuildDirectory {
     fn drop(&mut self) {
-        if let Err(error) = std::fs::remove_dir_all(&self.0) {
-            if error.kind() != std::io::ErrorKind::NotFound {
-                warn!(path = %self.0.display(), %error, "removing the build directory failed");
-            }
+        if self.0.as_os_str().is_empty() {
+            return;
+        }
+        // Abandoned: nobody waits for the removal, so it need not block
+        // the thread dropping the action.
+        let path = std::mem::take(&mut self.0);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || remove_tree(&path))),
+            Err(_) => remove_tree(&path),
+        }
+    }
+}
+
+fn remove_tree(path: &Path) {
+    if let Err(error) = std::fs::remove_dir_all(path) {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            warn!(path = %path.display(), %error, "removing the build directory failed");
         }
     }
 }
@@ -174,8 +201,11 @@ impl Executor {
         );
         let outcome = {
             let dir = BuildDirectory(self.build_dir.join(&id));
-            self.steps(job, &cas, &id, &dir.0, &mut result, &mut meta, stage)
-                .await
+            let outcome = self
+                .steps(job, &cas, &id, &dir.0, &mut result, &mut meta, stage)
+                .await;
+            dir.remove().await;
+            outcome
         };
         meta.worker_completed_timestamp = Some(now());
         result.execution_metadata = Some(meta);
@@ -291,48 +321,73 @@ impl Executor {
 
         stage.send_replace(Stage::UploadingOutputs);
         meta.output_upload_start_timestamp = Some(now());
-        let mut blobs = Vec::new();
-        for (name, digest_field, raw_field, asked) in [
-            (
-                "stdout",
-                &mut result.stdout_digest,
-                &mut result.stdout_raw,
-                job.inline_stdout,
-            ),
-            (
-                "stderr",
-                &mut result.stderr_digest,
-                &mut result.stderr_raw,
-                job.inline_stderr,
-            ),
-        ] {
-            // Absent when the runner failed before starting the command.
-            if let Ok(data) = std::fs::read(dir.join(name)) {
-                let digest = digest_of(&data);
-                *digest_field = Some(digest.clone());
-                // Uploaded all the same: the cache entry and a client that
-                // did not ask refer to it by digest.
-                if asked && data.len() as u64 <= corral_proto::MAX_INLINE_BYTES {
-                    raw_field.clone_from(&data);
-                }
-                blobs.push((digest, data));
-            }
-        }
-        let outcome = match ran {
+        let collect_outputs = match &ran {
             Ok(response) => {
                 result.exit_code = response.exit_code;
-                meta.auxiliary_metadata = response.resource_usage;
-                outputs::collect(&root, &command, result)
-                    .map(|outputs| blobs.extend(outputs))
-                    .map_err(Error::Outputs)
+                meta.auxiliary_metadata = response.resource_usage.clone();
+                true
             }
-            Err(status) => Err(Error::Runner(status)),
+            Err(_) => false,
         };
+        // Walking and hashing outputs is thousands of syscalls and reads
+        // of any size: a blocking thread's work.
+        let gather = {
+            let (dir, root, command) = (dir.to_owned(), root.clone(), command.clone());
+            let inline = [job.inline_stdout, job.inline_stderr];
+            let mut result = std::mem::take(result);
+            move || {
+                let gathered = gather(&dir, &root, &command, inline, collect_outputs, &mut result);
+                (result, gathered)
+            }
+        };
+        let (gathered_result, gathered) = tokio::task::spawn_blocking(gather)
+            .await
+            .map_err(Error::Task)?;
+        *result = gathered_result;
+        let (blobs, collected) = gathered;
         let uploaded = cas.upload(blobs).await.map_err(Error::Upload);
         meta.output_upload_completed_timestamp = Some(now());
-        outcome?;
+        ran.map_err(Error::Runner)?;
+        collected.map_err(Error::Outputs)?;
         uploaded
     }
+}
+
+/// Reads the run's stdout and stderr into `result` (they are uploaded
+/// whenever the runner made them, even if it failed), and its declared
+/// outputs if `collect_outputs`; returns the blobs to upload and whether
+/// collecting the outputs worked. Blocking.
+fn gather(
+    dir: &Path,
+    root: &Path,
+    command: &Command,
+    inline: [bool; 2],
+    collect_outputs: bool,
+    result: &mut ActionResult,
+) -> (outputs::Blobs, Result<(), outputs::Error>) {
+    let mut blobs = outputs::Blobs::new();
+    let logs = [
+        ("stdout", &mut result.stdout_digest, &mut result.stdout_raw),
+        ("stderr", &mut result.stderr_digest, &mut result.stderr_raw),
+    ];
+    for ((name, digest_field, raw_field), inline) in logs.into_iter().zip(inline) {
+        match outputs::log(&dir.join(name), inline) {
+            Ok(Some((digest, blob, raw))) => {
+                *digest_field = Some(digest.clone());
+                *raw_field = raw;
+                blobs.push((digest, blob));
+            }
+            Ok(None) => {}
+            // The result goes on without it; the status says what failed.
+            Err(error) => return (blobs, Err(error)),
+        }
+    }
+    let collected = if collect_outputs {
+        outputs::collect(root, command, result).map(|outputs| blobs.extend(outputs))
+    } else {
+        Ok(())
+    };
+    (blobs, collected)
 }
 
 /// The sandbox policy named by the action's platform, else the command's
@@ -420,6 +475,7 @@ mod tests {
     use corral_proto::reapi::platform::Property;
 
     use super::*;
+    use crate::cas_client::digest_of;
 
     #[test]
     fn the_action_platform_names_the_policy_first() {

@@ -6,6 +6,10 @@
 //! follows a symlink: every intermediate path component must be a real
 //! directory, files are opened with O_NOFOLLOW, and a symlink output is
 //! reported as a symlink, refused if its target leaves the input root.
+//!
+//! Files are hashed here and read again only if the CAS lacks them, as
+//! they are uploaded: outputs of any size never sit in memory. Blocking:
+//! call from a blocking thread.
 
 // The pre-2.1 fields (`output_files`, `output_directories`, and the
 // `output_*_symlinks` results) are deprecated in REAPI, but Bazel 4.2.3
@@ -13,7 +17,6 @@
 #![allow(deprecated)]
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -23,7 +26,7 @@ use corral_proto::reapi::{
 };
 use prost::Message;
 
-use crate::cas_client::digest_of;
+use crate::cas_client::{digest_of, Blob};
 
 /// What went wrong with the outputs.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +47,8 @@ pub enum Error {
     },
 }
 
-/// Blobs to upload: contents keyed by digest.
-pub type Blobs = Vec<(Digest, Vec<u8>)>;
+/// Blobs to upload, with their digests.
+pub type Blobs = Vec<(Digest, Blob)>;
 
 /// The relative path `rel` as components, if it stays where it is put:
 /// not absolute, no `..`, no `.` except alone.
@@ -189,14 +192,14 @@ fn read_link(path: &Path, at: &[String], rel: &str) -> Result<String, Error> {
     Ok(target.to_owned())
 }
 
-/// Reads a regular file without following a symlink; its digest, bytes
-/// and executable bit.
-fn read_file(path: &Path) -> Result<(Digest, Vec<u8>, bool), Error> {
+/// Hashes a regular file, opened without following a symlink; its
+/// digest, the blob to upload, and its executable bit.
+fn hash_file(path: &Path) -> Result<(Digest, Blob, bool), Error> {
     let fail = |source| Error::Read {
         path: path.to_owned(),
         source,
     };
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .read(true)
         // NONBLOCK: a FIFO swapped in must not hang the worker.
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -206,13 +209,34 @@ fn read_file(path: &Path) -> Result<(Digest, Vec<u8>, bool), Error> {
     if !meta.file_type().is_file() {
         return Err(fail(std::io::Error::other("not a regular file")));
     }
-    let mut data = Vec::with_capacity(meta.len() as usize);
-    file.read_to_end(&mut data).map_err(fail)?;
-    Ok((
-        digest_of(&data),
-        data,
-        meta.permissions().mode() & 0o111 != 0,
-    ))
+    let (digest, blob) = Blob::hash_file(file, path.to_owned()).map_err(fail)?;
+    Ok((digest, blob, meta.permissions().mode() & 0o111 != 0))
+}
+
+/// The action's stdout or stderr, written by the runner at `path`: its
+/// digest, the blob to upload, and its bytes to inline if `inline` and
+/// at most [`corral_proto::MAX_INLINE_BYTES`] (else empty). `None` if the
+/// runner never created it (it failed before starting the command).
+pub fn log(path: &Path, inline: bool) -> Result<Option<(Digest, Blob, Vec<u8>)>, Error> {
+    let size = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(Error::Read {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    if inline && size <= corral_proto::MAX_INLINE_BYTES {
+        let data = std::fs::read(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        return Ok(Some((digest_of(&data), Blob::Bytes(data.clone()), data)));
+    }
+    let (digest, blob, _) = hash_file(path)?;
+    Ok(Some((digest, blob, Vec::new())))
 }
 
 /// Walks the output directory at `path` into Directory messages: returns
@@ -258,14 +282,14 @@ fn walk(
             let data = sub.encode_to_vec();
             let digest = digest_of(&data);
             children.insert(digest.hash.clone(), sub);
-            blobs.push((digest.clone(), data));
+            blobs.push((digest.clone(), data.into()));
             dir.directories.push(DirectoryNode {
                 name,
                 digest: Some(digest),
             });
         } else if kind.is_file() {
-            let (digest, data, is_executable) = read_file(&child)?;
-            blobs.push((digest.clone(), data));
+            let (digest, blob, is_executable) = hash_file(&child)?;
+            blobs.push((digest.clone(), blob));
             dir.files.push(FileNode {
                 name,
                 digest: Some(digest),
@@ -345,8 +369,8 @@ pub fn collect(root: &Path, command: &Command, result: &mut ActionResult) -> Res
                     reason: "declared a directory, but is a file",
                 });
             }
-            let (digest, data, is_executable) = read_file(&path)?;
-            blobs.push((digest.clone(), data));
+            let (digest, blob, is_executable) = hash_file(&path)?;
+            blobs.push((digest.clone(), blob));
             result.output_files.push(OutputFile {
                 path: rel.clone(),
                 digest: Some(digest),
@@ -364,14 +388,14 @@ pub fn collect(root: &Path, command: &Command, result: &mut ActionResult) -> Res
             let root_dir = walk(&path, &at, rel, &mut children, &mut blobs)?;
             let root_data = root_dir.encode_to_vec();
             let root_digest = digest_of(&root_data);
-            blobs.push((root_digest.clone(), root_data));
+            blobs.push((root_digest.clone(), root_data.into()));
             let tree = Tree {
                 root: Some(root_dir),
                 children: children.into_values().collect(),
             };
             let tree_data = tree.encode_to_vec();
             let tree_digest = digest_of(&tree_data);
-            blobs.push((tree_digest.clone(), tree_data));
+            blobs.push((tree_digest.clone(), tree_data.into()));
             result.output_directories.push(OutputDirectory {
                 path: rel.clone(),
                 tree_digest: Some(tree_digest),

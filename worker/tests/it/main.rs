@@ -21,7 +21,7 @@ use corral_proto::remoteworker::operation_queue_server::{OperationQueue, Operati
 use corral_proto::remoteworker::{
     current_state, desired_state, DesiredState, SynchronizeRequest, SynchronizeResponse,
 };
-use corral_worker::cas_client::{digest_of, CasClient};
+use corral_worker::cas_client::{digest_of, Blob, CasClient};
 use corral_worker::directory_cache::DirectoryCache;
 use corral_worker::executor::{Executor, Job, Stage};
 use corral_worker::file_cache::FileCache;
@@ -465,6 +465,25 @@ async fn a_timeout_is_deadline_exceeded_with_the_output_so_far() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_large_output_is_uploaded_whole_from_disk() {
+    if !privileged("a_large_output_is_uploaded_whole_from_disk") {
+        return;
+    }
+    let farm = Farm::start().await;
+    let root = farm.put_message(&Directory::default()).await;
+    let mut command = shell("head -c 5000001 /dev/urandom > big.bin");
+    command.output_paths = vec!["big.bin".into()];
+    let job = farm.job(command, root, None).await;
+    let response = farm.execute(&job).await;
+    assert_eq!(code(&response), 0, "{:?}", response.status);
+    let output = &response.result.unwrap().output_files[0];
+    assert_eq!(output.digest.as_ref().unwrap().size_bytes, 5_000_001);
+    // Read back and verified against its digest by the client.
+    assert_eq!(farm.read(&output.digest).await.len(), 5_000_001);
+    assert!(farm.build_is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn output_is_inlined_only_when_asked_and_small() {
     if !privileged("output_is_inlined_only_when_asked_and_small") {
         return;
@@ -665,6 +684,59 @@ async fn large_blobs_travel_by_bytestream_and_small_ones_in_batches() {
     let mut lying = digest_of(b"something else");
     lying.size_bytes = 4;
     assert!(cas.read(&lying).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_are_read_only_when_the_cas_lacks_them_and_streamed_whole() {
+    let mut servers = JoinSet::new();
+    let cas = CasClient::new(&start_storage(&mut servers).await).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let hash =
+        |path: &Path| Blob::hash_file(std::fs::File::open(path).unwrap(), path.to_owned()).unwrap();
+
+    // Present already: the file is never opened, so its being gone does
+    // not matter.
+    let gone = dir.path().join("gone");
+    std::fs::write(&gone, b"present").unwrap();
+    let (present, blob) = hash(&gone);
+    assert_eq!(present, digest_of(b"present"));
+    std::fs::remove_file(&gone).unwrap();
+    put(&cas, b"present").await;
+    cas.upload(vec![(present, blob)]).await.unwrap();
+
+    // Large (ByteStream, in chunks) and small (a batch) files arrive
+    // whole.
+    let large: Vec<u8> = (0..(5 << 20) + 7).map(|i| (i % 253) as u8).collect();
+    let (large_path, small_path) = (dir.path().join("large"), dir.path().join("small"));
+    std::fs::write(&large_path, &large).unwrap();
+    std::fs::write(&small_path, b"small").unwrap();
+    let (large_digest, large_blob) = hash(&large_path);
+    let (small_digest, small_blob) = hash(&small_path);
+    assert_eq!(large_digest, digest_of(&large));
+    cas.upload(vec![
+        (large_digest.clone(), large_blob),
+        (small_digest.clone(), small_blob),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(cas.read(&large_digest).await.unwrap(), large);
+    assert_eq!(cas.read(&small_digest).await.unwrap(), b"small");
+
+    // A file cut short after hashing is an error, never a short blob.
+    let cut = dir.path().join("cut");
+    std::fs::write(&cut, &large[..(2 << 20) + 1]).unwrap();
+    let (cut_digest, cut_blob) = hash(&cut);
+    std::fs::write(&cut, &large[..1 << 20]).unwrap();
+    let err = cas
+        .upload(vec![(cut_digest.clone(), cut_blob)])
+        .await
+        .unwrap_err();
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert!(
+        source.contains("ended at byte 1048576 of 2097153"),
+        "{err}: {source}"
+    );
+    assert!(cas.read(&cut_digest).await.is_err(), "stored a short blob");
 }
 
 #[tokio::test(flavor = "multi_thread")]
