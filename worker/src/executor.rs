@@ -93,6 +93,8 @@ pub struct Executor {
     cas: CasClient,
     cache: Arc<FileCache>,
     directories: Arc<DirectoryCache>,
+    /// `input_root_max_entries`: most entries an input root expands to.
+    input_root_max_entries: u64,
     runner: RunnerClient,
     next_id: AtomicU64,
 }
@@ -127,6 +129,7 @@ impl Drop for BuildDirectory {
 }
 
 impl Executor {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         worker_name: String,
         build_dir: PathBuf,
@@ -134,6 +137,7 @@ impl Executor {
         cas: CasClient,
         cache: Arc<FileCache>,
         directories: Arc<DirectoryCache>,
+        input_root_max_entries: u64,
         runner: RunnerClient,
     ) -> Executor {
         Executor {
@@ -143,6 +147,7 @@ impl Executor {
             cas,
             cache,
             directories,
+            input_root_max_entries,
             runner,
             next_id: AtomicU64::new(0),
         }
@@ -262,6 +267,7 @@ impl Executor {
             &self.directories,
             input_root_digest,
             &root,
+            self.input_root_max_entries,
         )
         .await
         .map_err(Error::InputRoot)?;
@@ -399,7 +405,10 @@ pub fn status(err: &Error) -> rpc::Status {
         Error::InputRoot(
             input_root::Error::InvalidName { .. }
             | input_root::Error::DecodeDirectory { .. }
-            | input_root::Error::NoDigest { .. },
+            | input_root::Error::NoDigest { .. }
+            // The action's own tree: retrying it cannot help.
+            | input_root::Error::TooManyEntries { .. }
+            | input_root::Error::PathTooLong { .. },
         ) => Code::InvalidArgument,
         Error::Outputs(outputs::Error::Refused { .. }) => Code::InvalidArgument,
         Error::Runner(status) => match status.code() {
