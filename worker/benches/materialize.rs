@@ -156,7 +156,8 @@ async fn time(
     let dest = fresh(dest);
     std::fs::create_dir(&dest).expect("destination");
     let start = Instant::now();
-    input_root::materialize(cas, files, directories, root, &dest)
+    let max_entries = corral_worker::Config::default().input_root_max_entries;
+    input_root::materialize(cas, files, directories, root, &dest, max_entries)
         .await
         .expect("materialize");
     start.elapsed()

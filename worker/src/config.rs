@@ -29,6 +29,15 @@ pub struct Config {
     /// 400,000 files and directories; raise it when many large, distinct
     /// input roots alternate. 0 keeps nothing.
     pub directory_cache_max_size_bytes: u64,
+    /// Most entries an input root may expand to: its files, directories
+    /// and symlinks, each occurrence counted (a Directory named twice
+    /// counts twice). A few small Directory messages can name each other
+    /// into more entries than memory holds; an action past this fails
+    /// with INVALID_ARGUMENT before the rest of its tree is read or
+    /// anything is written. Default 1,000,000; raise it for actions with
+    /// larger input roots: each occurrence costs memory while the root is
+    /// laid out (a directory holds its full path).
+    pub input_root_max_entries: u64,
     /// Instance name prefix this worker serves. Default empty: all.
     pub instance_name_prefix: String,
     /// Build slots. Default: one slot group with a slot per core, on the
@@ -62,6 +71,7 @@ impl Default for Config {
             directory: PathBuf::from("corral-data/worker"),
             cache_max_size_bytes: 10 << 30,
             directory_cache_max_size_bytes: 64 << 20,
+            input_root_max_entries: 1_000_000,
             instance_name_prefix: String::new(),
             slots: vec![SlotGroup {
                 concurrency: 0,

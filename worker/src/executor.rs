@@ -95,6 +95,8 @@ pub struct Executor {
     cas: CasClient,
     cache: Arc<FileCache>,
     directories: Arc<DirectoryCache>,
+    /// `input_root_max_entries`: most entries an input root expands to.
+    input_root_max_entries: u64,
     runner: RunnerClient,
     next_id: AtomicU64,
 }
@@ -154,6 +156,7 @@ fn remove_tree(path: &Path) {
 }
 
 impl Executor {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         worker_name: String,
         build_dir: PathBuf,
@@ -161,6 +164,7 @@ impl Executor {
         cas: CasClient,
         cache: Arc<FileCache>,
         directories: Arc<DirectoryCache>,
+        input_root_max_entries: u64,
         runner: RunnerClient,
     ) -> Executor {
         Executor {
@@ -170,6 +174,7 @@ impl Executor {
             cas,
             cache,
             directories,
+            input_root_max_entries,
             runner,
             next_id: AtomicU64::new(0),
         }
@@ -292,6 +297,7 @@ impl Executor {
             &self.directories,
             input_root_digest,
             &root,
+            self.input_root_max_entries,
         )
         .await
         .map_err(Error::InputRoot)?;
@@ -454,7 +460,10 @@ pub fn status(err: &Error) -> rpc::Status {
         Error::InputRoot(
             input_root::Error::InvalidName { .. }
             | input_root::Error::DecodeDirectory { .. }
-            | input_root::Error::NoDigest { .. },
+            | input_root::Error::NoDigest { .. }
+            // The action's own tree: retrying it cannot help.
+            | input_root::Error::TooManyEntries { .. }
+            | input_root::Error::PathTooLong { .. },
         ) => Code::InvalidArgument,
         Error::Outputs(outputs::Error::Refused { .. }) => Code::InvalidArgument,
         Error::Runner(status) => match status.code() {

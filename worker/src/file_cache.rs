@@ -8,9 +8,11 @@
 //!
 //! Bounded by size; the least recently used entries are removed first,
 //! except those being linked right now. Removing an entry never breaks a
-//! build directory: its links keep the inode alive.
+//! build directory: its links keep the inode alive. Unpinned entries are
+//! kept in eviction order, so each eviction costs O(log n) under the
+//! lock, however large the cache.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -80,8 +82,46 @@ struct Entry {
 #[derive(Debug, Default)]
 struct State {
     entries: HashMap<Key, Entry>,
+    /// `last_used` to key of every entry with no pins, and only those,
+    /// oldest first: eviction order. Each `last_used` is a distinct tick
+    /// of `clock`, so none hides another.
+    unpinned: BTreeMap<u64, Key>,
     total: u64,
     clock: u64,
+}
+
+impl State {
+    /// Pins the entry of `key` and marks it used now; false if there is
+    /// none.
+    fn pin(&mut self, key: &Key) -> bool {
+        self.clock += 1;
+        let now = self.clock;
+        let Some(entry) = self.entries.get_mut(key) else {
+            return false;
+        };
+        if entry.pins == 0 {
+            self.unpinned.remove(&entry.last_used);
+        }
+        entry.pins += 1;
+        entry.last_used = now;
+        true
+    }
+
+    /// Releases one pin of `key`'s entry; once none is left, it may be
+    /// evicted, in the order it was last used.
+    fn unpin(&mut self, key: &Key) {
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
+        // Pins are only released by their owner: never below 0.
+        if entry.pins == 0 {
+            return;
+        }
+        entry.pins -= 1;
+        if entry.pins == 0 {
+            self.unpinned.insert(entry.last_used, key.clone());
+        }
+    }
 }
 
 /// The cache. One per worker, shared by its slots.
@@ -122,15 +162,14 @@ impl Drop for Pins {
         if self.keys.is_empty() {
             return;
         }
-        {
+        let evicted = {
             let mut state = self.cache.lock();
             for key in &self.keys {
-                if let Some(entry) = state.entries.get_mut(key) {
-                    entry.pins = entry.pins.saturating_sub(1);
-                }
+                state.unpin(key);
             }
-        }
-        self.cache.evict();
+            self.cache.evict_locked(&mut state)
+        };
+        remove_evicted(evicted);
     }
 }
 
@@ -193,15 +232,10 @@ impl FileCache {
                     continue;
                 }
                 let key = Key::new(digest, executable);
-                state.clock += 1;
-                let now = state.clock;
-                match state.entries.get_mut(&key) {
-                    Some(entry) => {
-                        entry.pins += 1;
-                        entry.last_used = now;
-                        pins.keys.push(key);
-                    }
-                    None => missing.push(key),
+                if state.pin(&key) {
+                    pins.keys.push(key);
+                } else {
+                    missing.push(key);
                 }
             }
         }
@@ -264,10 +298,7 @@ impl FileCache {
     /// once. Blocking.
     fn insert(&self, key: &Key, data: &[u8]) -> Result<(), Error> {
         let path = self.dir.join(key.file_name());
-        let temp = self.dir.join(format!(
-            "tmp-{}",
-            self.next_temp.fetch_add(1, Ordering::Relaxed)
-        ));
+        let temp = self.temp_path("tmp");
         let write = |source| Error::Write {
             path: path.clone(),
             source,
@@ -285,25 +316,22 @@ impl FileCache {
             file.set_permissions(std::fs::Permissions::from_mode(mode))
         })();
         let mut state = self.lock();
-        // Renamed under the lock: eviction removes files under it too, so
-        // it cannot delete this new file between the rename and the entry
-        // being recorded (when another slot fetched the same file and its
-        // entry is being evicted).
+        // Renamed under the lock: eviction moves files away from their
+        // cache names under it too, so it cannot take this new file
+        // between the rename and the entry being recorded (when another
+        // slot fetched the same file and its entry is being evicted).
         if let Err(source) = written.and_then(|()| std::fs::rename(&temp, &path)) {
             // Nothing else knows the temporary name.
             let _ = std::fs::remove_file(&temp);
             return Err(write(source));
         }
         self.downloads.fetch_add(1, Ordering::Relaxed);
-        state.clock += 1;
-        let now = state.clock;
-        if let Some(entry) = state.entries.get_mut(key) {
+        if state.pin(key) {
             // Another slot fetched it meanwhile; the rename replaced its
             // file with identical bytes, and its links keep the old inode.
-            entry.pins += 1;
-            entry.last_used = now;
             return Ok(());
         }
+        let now = state.clock;
         state.total += data.len() as u64;
         state.entries.insert(
             key.clone(),
@@ -316,37 +344,68 @@ impl FileCache {
         Ok(())
     }
 
+    /// A name in the cache directory no other file has: the counter is
+    /// the cache's own, and the directory is emptied when it opens.
+    fn temp_path(&self, prefix: &str) -> PathBuf {
+        let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
+        self.dir.join(format!("{prefix}-{n}"))
+    }
+
     /// Removes least recently used, unpinned entries until the cache fits.
+    #[cfg(test)]
     fn evict(&self) {
-        let mut state = self.lock();
+        let evicted = self.evict_locked(&mut self.lock());
+        remove_evicted(evicted);
+    }
+
+    /// Takes least recently used, unpinned entries out of `state` until
+    /// the cache fits, and moves their files to unique names; returns
+    /// those, to be removed once the lock is released. The move happens
+    /// under the lock: `insert` renames a new file to its cache name under
+    /// it, so a file removed later by its cache name could be one a slot
+    /// fetched again meanwhile, and linked from while pinned. A rename in
+    /// one directory is a metadata update; the unlink, which frees the
+    /// file's blocks, is what waits for the lock to be released.
+    fn evict_locked(&self, state: &mut State) -> Vec<PathBuf> {
+        let mut evicted = Vec::new();
         while state.total > self.max_size {
-            let Some(key) = state
-                .entries
-                .iter()
-                .filter(|(_, e)| e.pins == 0)
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(k, _)| k.clone())
-            else {
+            let Some((_, key)) = state.unpinned.pop_first() else {
                 break;
             };
             if let Some(entry) = state.entries.remove(&key) {
                 state.total -= entry.size;
             }
             let path = self.dir.join(key.file_name());
-            if let Err(error) = std::fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), %error, "evicting a cache file failed");
+            let doomed = self.temp_path("evicted");
+            match std::fs::rename(&path, &doomed) {
+                Ok(()) => evicted.push(doomed),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "evicting a cache file failed");
+                }
             }
         }
+        evicted
     }
 
     /// Entries pinned now: linked from by an input root being laid out.
     pub fn pinned(&self) -> usize {
-        self.lock().entries.values().filter(|e| e.pins > 0).count()
+        let state = self.lock();
+        state.entries.len() - state.unpinned.len()
     }
 
     /// The directory holding the cache files.
     pub fn directory(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// Removes the files [`FileCache::evict_locked`] moved away; no lock
+/// held.
+fn remove_evicted(evicted: Vec<PathBuf>) {
+    for path in evicted {
+        if let Err(error) = std::fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), %error, "removing an evicted cache file failed");
+        }
     }
 }
 
@@ -371,11 +430,9 @@ mod tests {
         }
         {
             let mut state = cache.lock();
-            for e in state.entries.values_mut() {
-                e.pins = 0;
-            }
-            // 0 is pinned: 1 is the oldest evictable one.
-            state.entries.get_mut(&key(0)).unwrap().pins = 1;
+            // 0 stays pinned: 1 is the oldest evictable one.
+            state.unpin(&key(1));
+            state.unpin(&key(2));
         }
         cache.evict();
         let state = cache.lock();
@@ -384,6 +441,91 @@ mod tests {
         assert!(state.entries.contains_key(&key(2)));
         assert_eq!(state.total, 20);
         assert!(!cache.directory().join(key(1).file_name()).exists());
+    }
+
+    /// Files in the cache directory, by name, sorted.
+    fn files_in(cache: &FileCache) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(cache.directory())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn names(keys: &[u8]) -> Vec<String> {
+        let mut names: Vec<String> = keys.iter().map(|&n| key(n).file_name()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn eviction_takes_the_least_recently_used_and_passes_pinned_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(FileCache::open(dir.path().join("cache"), 30).unwrap());
+        // Used in the order 0..6; 1 and 4 stay pinned, then 0 is used
+        // again: 2, 3, 5, 0 from least to most recently used.
+        for n in 0..6 {
+            cache.insert(&key(n), &[n; 10]).unwrap();
+        }
+        {
+            let mut state = cache.lock();
+            for n in [0, 2, 3, 5] {
+                state.unpin(&key(n));
+            }
+            assert!(state.pin(&key(0)));
+        }
+        assert_eq!(cache.pinned(), 3);
+        // Releasing 0 evicts down to 30 bytes: three of the four
+        // unpinned entries, least recently used first.
+        drop(Pins {
+            cache: Arc::clone(&cache),
+            keys: vec![key(0)],
+        });
+        assert_eq!(
+            files_in(&cache),
+            names(&[0, 1, 4]),
+            "moved-away files removed"
+        );
+        assert_eq!(cache.lock().total, 30);
+        assert_eq!(cache.pinned(), 2);
+
+        // A new entry past the bound: the least recently used of the
+        // others goes, 1, pinned until now though used before 0 and 4.
+        cache.insert(&key(6), &[6; 10]).unwrap();
+        drop(Pins {
+            cache: Arc::clone(&cache),
+            keys: vec![key(1), key(4), key(6)],
+        });
+        assert_eq!(files_in(&cache), names(&[0, 4, 6]));
+        assert_eq!(cache.pinned(), 0);
+
+        // Every entry unpinned again, in eviction order: by last use,
+        // not by release.
+        let state = cache.lock();
+        let order: Vec<&Key> = state.unpinned.values().collect();
+        assert_eq!(order, [&key(4), &key(0), &key(6)]);
+        assert_eq!(state.entries.len(), 3);
+    }
+
+    #[test]
+    fn a_file_fetched_again_while_its_evicted_copy_awaits_removal_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FileCache::open(dir.path().join("cache"), 10).unwrap();
+        cache.insert(&key(0), &[0; 10]).unwrap();
+        cache.lock().unpin(&key(0));
+        cache.insert(&key(1), &[1; 10]).unwrap();
+        // 0 is evicted; its file is removed only after the lock is let go.
+        let evicted = cache.evict_locked(&mut cache.lock());
+        assert_eq!(evicted.len(), 1);
+        assert!(!cache.lock().entries.contains_key(&key(0)));
+        // Meanwhile another slot fetches 0 again, and pins it.
+        cache.insert(&key(0), &[0; 10]).unwrap();
+        remove_evicted(evicted);
+        let path = cache.directory().join(key(0).file_name());
+        assert_eq!(std::fs::read(&path).unwrap(), [0; 10], "the new file stays");
+        assert_eq!(files_in(&cache), names(&[0, 1]));
+        assert_eq!(cache.pinned(), 2);
     }
 
     #[test]

@@ -4,7 +4,11 @@
 //! 1. The tree is resolved level by level: Directories come from the
 //!    [`DirectoryCache`], the others are read in one batch per level,
 //!    decoded and checked once (every name one path component, every node
-//!    with a digest), and cached.
+//!    with a digest), and cached. A Directory may be named many times, so
+//!    a tree of a few small messages can expand to more entries than any
+//!    worker's memory holds: the expansion is counted as it goes and
+//!    refused past `input_root_max_entries`, or past a path longer than
+//!    [`PATH_MAX_BYTES`].
 //! 2. Every file is pinned in the file cache, the missing ones fetched
 //!    together.
 //! 3. The tree is written level by level by a few blocking tasks, so the
@@ -34,6 +38,11 @@ const LAYOUT_TASKS: usize = 4;
 /// Entries a task gets at least: below that, another thread costs more
 /// than it saves.
 const ENTRIES_PER_TASK_MIN: usize = 512;
+/// Longest path of an entry, relative to the input root, in bytes:
+/// Linux's PATH_MAX less its NUL. No syscall takes a longer path, so the
+/// action could not name such an entry; refusing it also bounds the
+/// tree's depth, and the path each of its directories holds.
+pub const PATH_MAX_BYTES: usize = 4095;
 
 /// What went wrong laying out an input root.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +59,13 @@ pub enum Error {
     InvalidName { name: String, reason: &'static str },
     #[error("a node of {path} has no digest")]
     NoDigest { path: PathBuf },
+    #[error("the input root has more than {limit} entries (input_root_max_entries)")]
+    TooManyEntries { limit: u64 },
+    #[error(
+        "an entry {depth} levels deep in the input root has a path of {length} bytes, \
+         more than the {PATH_MAX_BYTES} a path may have (PATH_MAX)"
+    )]
+    PathTooLong { length: usize, depth: usize },
     #[error("failed to create {path}")]
     Create {
         path: PathBuf,
@@ -201,15 +217,18 @@ struct Node {
     directory: Arc<CheckedDirectory>,
 }
 
-/// Materializes the tree of `root` into the existing directory `dest`.
+/// Materializes the tree of `root` into the existing directory `dest`,
+/// refusing it, before anything is written, if it expands to more than
+/// `max_entries` files, directories and symlinks (each occurrence counts).
 pub async fn materialize(
     cas: &CasClient,
     files: &Arc<FileCache>,
     directories: &DirectoryCache,
     root: &Digest,
     dest: &Path,
+    max_entries: u64,
 ) -> Result<(), Error> {
-    let levels = resolve(cas, directories, root, dest).await?;
+    let levels = resolve(cas, directories, root, dest, max_entries).await?;
     let wanted: Vec<(&Digest, bool)> = levels
         .iter()
         .flatten()
@@ -233,23 +252,57 @@ pub async fn materialize(
     Ok(())
 }
 
-/// The tree under `root` (laid out at `dest`), level by level.
+/// A directory of the tree still to resolve.
+struct Wanted {
+    /// Where it goes.
+    path: PathBuf,
+    /// Its path relative to the input root, in bytes: 0 for the root.
+    relative: usize,
+    /// Levels below the root: 0 for the root.
+    depth: usize,
+    digest: Digest,
+}
+
+impl Wanted {
+    /// Bytes of the path of `name` in this directory, relative to the
+    /// root.
+    fn length_of(&self, name: &str) -> usize {
+        if self.relative == 0 {
+            name.len()
+        } else {
+            self.relative + 1 + name.len()
+        }
+    }
+}
+
+/// The tree under `root` (laid out at `dest`), level by level, refused
+/// past `max_entries` entries or a path longer than [`PATH_MAX_BYTES`].
+/// Each directory's entries are counted, and their paths measured, as
+/// soon as it is known, before its children are kept: the levels held
+/// never grow past the limit, and no level past it is read.
 async fn resolve(
     cas: &CasClient,
     cache: &DirectoryCache,
     root: &Digest,
     dest: &Path,
+    max_entries: u64,
 ) -> Result<Vec<Vec<Node>>, Error> {
     let mut levels = Vec::new();
-    let mut wanted: Vec<(PathBuf, Digest)> = vec![(dest.to_owned(), root.clone())];
+    let mut wanted = vec![Wanted {
+        path: dest.to_owned(),
+        relative: 0,
+        depth: 0,
+        digest: root.clone(),
+    }];
+    let mut entries = 0u64;
     let (mut cached, mut read) = (0usize, 0usize);
     while !wanted.is_empty() {
-        let mut found = cache.get_all(wanted.iter().map(|(_, d)| d));
+        let mut found = cache.get_all(wanted.iter().map(|w| &w.digest));
         let missing: Vec<Digest> = wanted
             .iter()
             .zip(&found)
             .filter(|(_, f)| f.is_none())
-            .map(|((_, d), _)| d.clone())
+            .map(|(w, _)| w.digest.clone())
             .collect();
         cached += wanted.len() - missing.len();
         if !missing.is_empty() {
@@ -260,7 +313,7 @@ async fn resolve(
             read += blobs.len();
             // One decode per digest, however often it occurs in the level.
             let mut decoded: HashMap<&str, Arc<CheckedDirectory>> = HashMap::new();
-            for ((path, digest), slot) in wanted.iter().zip(found.iter_mut()) {
+            for (Wanted { path, digest, .. }, slot) in wanted.iter().zip(found.iter_mut()) {
                 if slot.is_some() {
                     continue;
                 }
@@ -287,15 +340,47 @@ async fn resolve(
         }
         let mut level = Vec::with_capacity(wanted.len());
         let mut next = Vec::new();
-        for ((path, digest), directory) in wanted.into_iter().zip(found) {
+        for (parent, directory) in wanted.into_iter().zip(found) {
             // Filled above, from the cache or the read.
             let Some(directory) = directory else {
-                return Err(Error::FetchDirectory(cas_client::Error::Missing { digest }));
+                return Err(Error::FetchDirectory(cas_client::Error::Missing {
+                    digest: parent.digest,
+                }));
             };
-            for child in &directory.directories {
-                next.push((path.join(&child.name), child.digest.clone()));
+            // Counted before its children are kept: what a few small
+            // messages expand to is refused before it is held.
+            entries = entries.saturating_add(directory.entries() as u64);
+            if entries > max_entries {
+                return Err(Error::TooManyEntries { limit: max_entries });
             }
-            level.push(Node { path, directory });
+            // Every entry's path, not only the subdirectories': linking a
+            // file no syscall can name would fail later, looking like the
+            // worker's fault.
+            let names = directory.directories.iter().map(|d| &d.name);
+            let names = names
+                .chain(directory.files.iter().map(|f| &f.name))
+                .chain(directory.symlinks.iter().map(|s| &s.name));
+            if let Some(length) = names
+                .map(|name| parent.length_of(name))
+                .find(|&length| length > PATH_MAX_BYTES)
+            {
+                return Err(Error::PathTooLong {
+                    length,
+                    depth: parent.depth + 1,
+                });
+            }
+            for child in &directory.directories {
+                next.push(Wanted {
+                    path: parent.path.join(&child.name),
+                    relative: parent.length_of(&child.name),
+                    depth: parent.depth + 1,
+                    digest: child.digest.clone(),
+                });
+            }
+            level.push(Node {
+                path: parent.path,
+                directory,
+            });
         }
         levels.push(level);
         wanted = next;
@@ -556,6 +641,65 @@ mod tests {
             CheckedDirectory::check(no_digest, Path::new("/r")),
             Err(Error::NoDigest { .. })
         ));
+    }
+
+    /// A made-up digest: directories are put in the directory cache
+    /// under it, as if read before, and so never read from the CAS.
+    fn made_up(i: usize) -> Digest {
+        digest_of(format!("directory {i}").as_bytes())
+    }
+
+    /// Resolves a chain of directories named `names`, each the only child
+    /// of the one before, at `/r`.
+    async fn resolve_chain(names: &[String]) -> Result<Vec<Vec<Node>>, Error> {
+        let cache = DirectoryCache::new(1 << 30);
+        // Innermost first: directory i holds directory i - 1.
+        cache.insert(made_up(0), Arc::default());
+        for (i, name) in names.iter().rev().enumerate() {
+            let directory = CheckedDirectory {
+                directories: vec![CheckedChild {
+                    name: name.clone(),
+                    digest: made_up(i),
+                }],
+                ..Default::default()
+            };
+            cache.insert(made_up(i + 1), Arc::new(directory));
+        }
+        // No server: reading anything would fail the test.
+        let cas = CasClient::new("http://127.0.0.1:1").unwrap();
+        let root = made_up(names.len());
+        resolve(&cas, &cache, &root, Path::new("/r"), 1_000).await
+    }
+
+    #[tokio::test]
+    async fn a_path_of_path_max_bytes_is_kept_and_one_byte_more_refused() {
+        // 16 names of 255 bytes and 15 slashes: 4,095 bytes.
+        let mut names = vec!["n".repeat(255); 16];
+        let levels = resolve_chain(&names).await.unwrap();
+        assert_eq!(levels.len(), 17);
+        let deepest = &levels[16][0].path;
+        assert_eq!(deepest.as_os_str().len(), "/r/".len() + PATH_MAX_BYTES);
+
+        names[15].push('n');
+        let refused = resolve_chain(&names).await;
+        assert!(
+            matches!(
+                refused,
+                Err(Error::PathTooLong {
+                    length: 4096,
+                    depth: 16
+                })
+            ),
+            "{:?}",
+            refused.map(|levels| levels.len())
+        );
+        if let Err(error) = refused {
+            assert_eq!(
+                error.to_string(),
+                "an entry 16 levels deep in the input root has a path of 4096 bytes, \
+                 more than the 4095 a path may have (PATH_MAX)"
+            );
+        }
     }
 
     #[test]

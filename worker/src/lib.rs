@@ -133,6 +133,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 cas.clone(),
                 Arc::clone(&cache),
                 Arc::clone(&directories),
+                cfg.input_root_max_entries,
                 runner.clone(),
             );
             let slot = slot::Slot {

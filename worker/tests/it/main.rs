@@ -31,6 +31,10 @@ use prost::Message;
 use tokio::task::JoinSet;
 use tonic::Code;
 
+/// `input_root_max_entries` of the tests' layouts: the default, far past
+/// any tree here.
+const MAX_ENTRIES: u64 = 1_000_000;
+
 fn privileged(test: &str) -> bool {
     // The runner's sandbox maps ids and writes cgroups: root only.
     let root = std::fs::read_to_string("/proc/self/status")
@@ -113,6 +117,7 @@ impl Farm {
             cas.clone(),
             Arc::clone(&cache),
             Arc::new(DirectoryCache::new(64 << 20)),
+            MAX_ENTRIES,
             RunnerClient::new(&runner_socket),
         );
         Farm {
@@ -632,6 +637,7 @@ async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
         directory: worker_dir.to_owned(),
         cache_max_size_bytes: 1 << 20,
         directory_cache_max_size_bytes: 1 << 20,
+        input_root_max_entries: MAX_ENTRIES,
         instance_name_prefix: String::new(),
         slots: vec![corral_worker::config::SlotGroup {
             concurrency: 1,
@@ -751,7 +757,7 @@ async fn a_root_seen_before_is_laid_out_without_reading_its_directories_again() 
         std::fs::create_dir(&dest).unwrap();
         let (cas, root, directories) = (&cas, &root, &directories);
         async move {
-            materialize(cas, &cache, directories, root, &dest)
+            materialize(cas, &cache, directories, root, &dest, MAX_ENTRIES)
                 .await
                 .unwrap();
             dest
@@ -845,7 +851,7 @@ async fn an_abandoned_layout_stops_writing_and_releases_its_files() {
     let directories = DirectoryCache::new(1 << 20);
     let warm = dir.path().join("warm");
     std::fs::create_dir(&warm).unwrap();
-    materialize(&cas, &cache, &directories, &root, &warm)
+    materialize(&cas, &cache, &directories, &root, &warm, MAX_ENTRIES)
         .await
         .unwrap();
     assert_eq!(cache.pinned(), 0);
@@ -857,7 +863,7 @@ async fn an_abandoned_layout_stops_writing_and_releases_its_files() {
     for attempt in 0.. {
         let dest = dir.path().join(format!("abandoned-{attempt}"));
         std::fs::create_dir(&dest).unwrap();
-        let layout = materialize(&cas, &cache, &directories, &root, &dest);
+        let layout = materialize(&cas, &cache, &directories, &root, &dest, MAX_ENTRIES);
         let finished = tokio::time::timeout(after, layout).await.is_ok();
         // Dropped (or done): nothing writes into dest any more, so it
         // can be removed at once, and no file stays pinned.
@@ -894,4 +900,123 @@ fn entries_under(dir: &Path) -> usize {
             }
         })
         .sum()
+}
+
+/// Uploads `directories` in one batch; returns the digest of the last.
+async fn put_directories(cas: &CasClient, directories: &[Directory]) -> Digest {
+    let blobs: Vec<(Digest, Vec<u8>)> = directories
+        .iter()
+        .map(|d| {
+            let data = d.encode_to_vec();
+            (digest_of(&data), data)
+        })
+        .collect();
+    let last = blobs.last().unwrap().0.clone();
+    cas.upload(blobs).await.unwrap();
+    last
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_input_root_expanding_past_its_limit_is_refused_before_it_is_read_or_written() {
+    let mut servers = JoinSet::new();
+    let cas = CasClient::new(&start_storage(&mut servers).await).unwrap();
+    // Three small messages naming each other: 20 + 20×20 + 20×20×1 = 820
+    // entries.
+    let leaf = Directory {
+        files: vec![FileNode {
+            name: "f".into(),
+            digest: Some(put(&cas, b"leaf\n").await),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let twenty = |digest: &Digest| Directory {
+        directories: (0..20)
+            .map(|i| DirectoryNode {
+                name: format!("d{i}"),
+                digest: Some(digest.clone()),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let leaf_digest = put_message(&cas, &leaf).await;
+    let middle = twenty(&leaf_digest);
+    let root = twenty(&put_message(&cas, &middle).await);
+    let root = put_message(&cas, &root).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(FileCache::open(dir.path().join("cache"), 1 << 20).unwrap());
+    let dest = dir.path().join("refused");
+    std::fs::create_dir(&dest).unwrap();
+    let reads = cas.reads();
+    let directories = DirectoryCache::new(1 << 20);
+    let refused = materialize(&cas, &cache, &directories, &root, &dest, 100)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            corral_worker::input_root::Error::TooManyEntries { limit: 100 }
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        refused.to_string().contains("input_root_max_entries"),
+        "{refused}"
+    );
+    // Refused within the second level: the leaves were never read.
+    assert_eq!(cas.reads() - reads, 2, "the root and the middle only");
+    assert_eq!(entries_under(&dest), 0, "nothing written");
+    assert_eq!(cache.downloads(), 0, "no file fetched");
+    assert_eq!(cache.pinned(), 0);
+
+    // Every occurrence counts, and the limit itself is allowed.
+    let directories = DirectoryCache::new(1 << 20);
+    let refused = materialize(&cas, &cache, &directories, &root, &dest, 819).await;
+    assert!(
+        matches!(
+            refused,
+            Err(corral_worker::input_root::Error::TooManyEntries { limit: 819 })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(entries_under(&dest), 0, "nothing written");
+    materialize(&cas, &cache, &directories, &root, &dest, 820)
+        .await
+        .unwrap();
+    assert_eq!(entries_under(&dest), 820);
+    assert_eq!(std::fs::read(dest.join("d19/d19/f")).unwrap(), b"leaf\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_input_root_deeper_than_path_max_fails_the_action_as_invalid() {
+    if !privileged("an_input_root_deeper_than_path_max_fails_the_action_as_invalid") {
+        return;
+    }
+    let farm = Farm::start().await;
+    // "d/d/…/d": 3,000 levels, each path two bytes longer than its
+    // parent's; the one at depth 2,049 is 4,097 bytes long.
+    let mut chain = vec![Directory::default()];
+    for _ in 0..3000 {
+        let data = chain.last().unwrap().encode_to_vec();
+        chain.push(Directory {
+            directories: vec![DirectoryNode {
+                name: "d".into(),
+                digest: Some(digest_of(&data)),
+            }],
+            ..Default::default()
+        });
+    }
+    let root = put_directories(&farm.cas, &chain).await;
+    let job = farm.job(shell("true"), root, None).await;
+    let reads = farm.cas.reads();
+    let response = farm.execute(&job).await;
+    let status = response.status.unwrap();
+    assert_eq!(status.code, Code::InvalidArgument as i32, "{status:?}");
+    assert!(status.message.contains("4097 bytes"), "{}", status.message);
+    assert!(status.message.contains("PATH_MAX"), "{}", status.message);
+    // The Command, the root and the 2,048 levels under it whose paths
+    // fit: none deeper.
+    assert_eq!(farm.cas.reads() - reads, 1 + 1 + 2048);
+    assert!(farm.build_is_empty());
 }
