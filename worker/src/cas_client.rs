@@ -26,7 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Blobs up to this size are read and written in batches; larger ones
 /// through ByteStream.
-const BATCH_BLOB_MAX_BYTES: i64 = 1 << 20;
+pub const BATCH_BLOB_MAX_BYTES: i64 = 1 << 20;
 /// Total payload of one batch request: under gRPC's 4 MiB default with
 /// room for the framing.
 const BATCH_TOTAL_MAX_BYTES: i64 = 3 << 20;
@@ -55,6 +55,11 @@ pub enum Error {
     FindMissing(#[source] tonic::Status),
     #[error("failed to write blobs to the CAS")]
     Write(#[source] tonic::Status),
+    #[error("failed to write a blob read from the CAS to disk")]
+    WriteFile {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("failed to read {path} to upload it")]
     ReadFile {
         path: PathBuf,
@@ -324,32 +329,10 @@ impl CasClient {
     }
 
     async fn read_stream(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
-        let mut bytestream = ByteStreamClient::new(self.channel.clone());
-        let resource_name = join_instance(
-            &self.instance,
-            &format!("blobs/{}/{}", digest.hash, digest.size_bytes),
-        );
-        let missing = |status: tonic::Status| {
-            if status.code() == tonic::Code::NotFound {
-                Error::Missing {
-                    digest: digest.clone(),
-                }
-            } else {
-                Error::Read(status)
-            }
-        };
-        let mut stream = bytestream
-            .read(ReadRequest {
-                resource_name,
-                read_offset: 0,
-                read_limit: 0,
-            })
-            .await
-            .map_err(missing)?
-            .into_inner();
+        let mut stream = self.open_read(digest).await?;
         let mut data = Vec::with_capacity(usize::try_from(digest.size_bytes).unwrap_or(0));
-        while let Some(chunk) = stream.message().await.map_err(missing)? {
-            data.extend_from_slice(&chunk.data);
+        while let Some(chunk) = stream.next(digest).await? {
+            data.extend_from_slice(&chunk);
             if data.len() as i64 > digest.size_bytes {
                 break;
             }
@@ -357,6 +340,58 @@ impl CasClient {
         let data = verify(digest, data)?;
         self.reads.fetch_add(1, Ordering::Relaxed);
         Ok(data)
+    }
+
+    /// A ByteStream read of the whole of `digest`.
+    async fn open_read(&self, digest: &Digest) -> Result<ReadStream, Error> {
+        let resource_name = join_instance(
+            &self.instance,
+            &format!("blobs/{}/{}", digest.hash, digest.size_bytes),
+        );
+        let stream = ByteStreamClient::new(self.channel.clone())
+            .read(ReadRequest {
+                resource_name,
+                read_offset: 0,
+                read_limit: 0,
+            })
+            .await
+            .map_err(|status| read_error(digest, status))?
+            .into_inner();
+        Ok(ReadStream(stream))
+    }
+
+    /// Streams one blob into `file` through ByteStream, hashing as it
+    /// goes: a large file never sits in memory. Fails, with the file
+    /// holding junk the caller removes, if the bytes do not match the
+    /// digest.
+    pub async fn read_into(
+        &self,
+        digest: &Digest,
+        file: &mut tokio::fs::File,
+    ) -> Result<(), Error> {
+        use tokio::io::AsyncWriteExt as _;
+        let mut stream = self.open_read(digest).await?;
+        let mut hasher = Sha256::new();
+        let mut size = 0i64;
+        let local = |source| Error::WriteFile { source };
+        while let Some(chunk) = stream.next(digest).await? {
+            size += chunk.len() as i64;
+            if size > digest.size_bytes {
+                break;
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(local)?;
+        }
+        file.flush().await.map_err(local)?;
+        let got = hex::encode(hasher.finalize());
+        if got != digest.hash || size != digest.size_bytes {
+            return Err(Error::Corrupt {
+                digest: digest.clone(),
+                got: format!("{got}/{size}"),
+            });
+        }
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Writes `blobs` that the CAS does not already hold. Files are read
@@ -523,6 +558,32 @@ impl CasClient {
             source,
         })?;
         Ok(())
+    }
+}
+
+/// A ByteStream read in progress.
+struct ReadStream(tonic::Streaming<corral_proto::bytestream::ReadResponse>);
+
+impl ReadStream {
+    /// The next chunk of `digest`, `None` at the end.
+    async fn next(&mut self, digest: &Digest) -> Result<Option<Vec<u8>>, Error> {
+        let chunk = self
+            .0
+            .message()
+            .await
+            .map_err(|status| read_error(digest, status))?;
+        Ok(chunk.map(|c| c.data))
+    }
+}
+
+/// NOT_FOUND is a missing blob, the one error a client acts on.
+fn read_error(digest: &Digest, status: tonic::Status) -> Error {
+    if status.code() == tonic::Code::NotFound {
+        Error::Missing {
+            digest: digest.clone(),
+        }
+    } else {
+        Error::Read(status)
     }
 }
 

@@ -24,6 +24,42 @@ use tokio::task::JoinSet;
 
 use crate::cas_client::{self, CasClient};
 
+/// Bytes of small files read in one round before they are written: what
+/// a download holds in memory, twice (one round read while the last is
+/// written).
+const ROUND_BYTES: i64 = 64 << 20;
+/// Large files streamed from the CAS at once.
+const PARALLEL_STREAMS: usize = 4;
+
+/// `keys` in runs of at most [`ROUND_BYTES`] (or one key, if larger).
+fn rounds(keys: Vec<Key>) -> Vec<Vec<Key>> {
+    let mut rounds = Vec::new();
+    let mut round = Vec::new();
+    let mut bytes = 0;
+    for key in keys {
+        if !round.is_empty() && bytes + key.size > ROUND_BYTES {
+            rounds.push(std::mem::take(&mut round));
+            bytes = 0;
+        }
+        bytes += key.size;
+        round.push(key);
+    }
+    if !round.is_empty() {
+        rounds.push(round);
+    }
+    rounds
+}
+
+/// A temporary file in the cache directory, removed if the download
+/// writing it is dropped midway.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// What went wrong in the file cache.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -63,6 +99,22 @@ impl Key {
 
     fn file_name(&self) -> String {
         file_name(&self.hash, self.size, self.executable)
+    }
+
+    fn digest(&self) -> Digest {
+        Digest {
+            hash: self.hash.clone(),
+            size_bytes: self.size,
+        }
+    }
+
+    /// Read-only: an action can never change what the next one sees.
+    fn mode(&self) -> u32 {
+        if self.executable {
+            0o555
+        } else {
+            0o444
+        }
     }
 }
 
@@ -245,30 +297,82 @@ impl FileCache {
         Ok(pins)
     }
 
-    /// Downloads `missing` and writes it into the cache, pinned. The
-    /// writing happens on a blocking thread: thousands of file creations
-    /// would stall the runtime the slots' synchronization runs on. One
-    /// thread: creates and renames in one directory serialize on its lock
+    /// Downloads `missing` into the cache, pinned, holding little in
+    /// memory whatever the input root's size: small files in rounds of
+    /// [`ROUND_BYTES`], each written on a blocking thread while the next
+    /// is read; large ones streamed from ByteStream straight into their
+    /// files, [`PARALLEL_STREAMS`] at a time. One writer thread: creates
+    /// and renames in one directory serialize on its lock
     /// (benches/materialize.rs: two or four writers were no faster).
     async fn fetch(self: &Arc<Self>, cas: &CasClient, missing: Vec<Key>) -> Result<Pins, Error> {
-        let digests: Vec<Digest> = missing
-            .iter()
-            .map(|k| Digest {
-                hash: k.hash.clone(),
-                size_bytes: k.size,
-            })
-            .collect();
-        let blobs = cas.read_many(&digests).await?;
-        let cache = Arc::clone(self);
-        let mut writer = JoinSet::new();
-        writer.spawn_blocking(move || cache.write_all(&blobs, missing));
+        use futures_util::{StreamExt as _, TryStreamExt as _};
+        let (large, small): (Vec<Key>, Vec<Key>) = missing
+            .into_iter()
+            .partition(|k| k.size > cas_client::BATCH_BLOB_MAX_BYTES);
+        let streamed = futures_util::stream::iter(large)
+            .map(|key| self.stream_in(cas, key))
+            .buffer_unordered(PARALLEL_STREAMS)
+            .try_fold(Pins::new(self), |mut pins, more| async move {
+                pins.absorb(more);
+                Ok(pins)
+            });
+        let (batched, streamed) =
+            futures_util::future::try_join(self.fetch_small(cas, small), streamed).await?;
+        let mut pins = batched;
+        pins.absorb(streamed);
+        Ok(pins)
+    }
+
+    /// Small files, a round at a time: the next round is read while the
+    /// last one is written.
+    async fn fetch_small(self: &Arc<Self>, cas: &CasClient, keys: Vec<Key>) -> Result<Pins, Error> {
         let mut pins = Pins::new(self);
-        // Joined before returning, so nothing is still writing; if this
-        // future is dropped first, the writer's pins drop with its result.
+        let mut writer = JoinSet::new();
+        for round in rounds(keys) {
+            let digests: Vec<Digest> = round.iter().map(Key::digest).collect();
+            let blobs = cas.read_many(&digests).await?;
+            // Joined before the next write, and before returning, so
+            // nothing is still writing; if this future is dropped first,
+            // the writer's pins drop with its result.
+            while let Some(joined) = writer.join_next().await {
+                pins.absorb(joined.map_err(Error::WriteTask)??);
+            }
+            let cache = Arc::clone(self);
+            writer.spawn_blocking(move || cache.write_all(&blobs, round));
+        }
         while let Some(joined) = writer.join_next().await {
             pins.absorb(joined.map_err(Error::WriteTask)??);
         }
         Ok(pins)
+    }
+
+    /// Streams one large file from the CAS into a temporary file, then
+    /// into the cache, pinned once.
+    async fn stream_in(self: &Arc<Self>, cas: &CasClient, key: Key) -> Result<Pins, Error> {
+        let temp = TempFile(self.temp_path("tmp"));
+        let write = |source| Error::Write {
+            path: temp.0.clone(),
+            source,
+        };
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(key.mode())
+            .open(&temp.0)
+            .await
+            .map_err(write)?;
+        cas.read_into(&key.digest(), &mut file).await?;
+        drop(file);
+        let cache = Arc::clone(self);
+        // The pin travels in the task's result: if this future is dropped
+        // while the task runs, the result, and so the pin, drops with it.
+        let commit = tokio::task::spawn_blocking(move || {
+            cache.commit(&key, &temp.0, Ok(()))?;
+            let mut pins = Pins::new(&cache);
+            pins.keys.push(key);
+            Ok(pins)
+        });
+        commit.await.map_err(Error::WriteTask)?
     }
 
     /// Writes `keys` from `blobs` into the cache; blocking.
@@ -281,10 +385,7 @@ impl FileCache {
         for key in keys {
             let Some(data) = blobs.get(&key.hash) else {
                 return Err(Error::Fetch(cas_client::Error::Missing {
-                    digest: Digest {
-                        hash: key.hash,
-                        size_bytes: key.size,
-                    },
+                    digest: key.digest(),
                 }));
             };
             self.insert(&key, data)?;
@@ -297,33 +398,39 @@ impl FileCache {
     /// it in, so a half-written file is never linked; the entry is pinned
     /// once. Blocking.
     fn insert(&self, key: &Key, data: &[u8]) -> Result<(), Error> {
-        let path = self.dir.join(key.file_name());
         let temp = self.temp_path("tmp");
-        let write = |source| Error::Write {
-            path: path.clone(),
-            source,
-        };
-        let mode = if key.executable { 0o555 } else { 0o444 };
+        let mode = key.mode();
         let written = (|| {
-            // Created read-only: the open descriptor may still write. The
-            // explicit chmod makes the mode independent of the umask.
+            // Created read-only: the open descriptor may still write.
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(mode)
                 .open(&temp)?;
-            file.write_all(data)?;
-            file.set_permissions(std::fs::Permissions::from_mode(mode))
+            file.write_all(data)
         })();
+        self.commit(key, &temp, written)
+    }
+
+    /// Moves the file written at `temp` (if `written` says it was) to its
+    /// cache name and records the entry, pinned once; removes `temp` on
+    /// failure. Blocking.
+    fn commit(&self, key: &Key, temp: &Path, written: std::io::Result<()>) -> Result<(), Error> {
+        let path = self.dir.join(key.file_name());
+        let size = u64::try_from(key.size).unwrap_or(0);
+        // The explicit chmod makes the mode independent of the umask.
+        let written = written.and_then(|()| {
+            std::fs::set_permissions(temp, std::fs::Permissions::from_mode(key.mode()))
+        });
         let mut state = self.lock();
         // Renamed under the lock: eviction moves files away from their
         // cache names under it too, so it cannot take this new file
         // between the rename and the entry being recorded (when another
         // slot fetched the same file and its entry is being evicted).
-        if let Err(source) = written.and_then(|()| std::fs::rename(&temp, &path)) {
+        if let Err(source) = written.and_then(|()| std::fs::rename(temp, &path)) {
             // Nothing else knows the temporary name.
-            let _ = std::fs::remove_file(&temp);
-            return Err(write(source));
+            let _ = std::fs::remove_file(temp);
+            return Err(Error::Write { path, source });
         }
         self.downloads.fetch_add(1, Ordering::Relaxed);
         if state.pin(key) {
@@ -332,11 +439,11 @@ impl FileCache {
             return Ok(());
         }
         let now = state.clock;
-        state.total += data.len() as u64;
+        state.total += size;
         state.entries.insert(
             key.clone(),
             Entry {
-                size: data.len() as u64,
+                size,
                 last_used: now,
                 pins: 1,
             },
@@ -419,6 +526,30 @@ mod tests {
             size: 10,
             executable: false,
         }
+    }
+
+    #[test]
+    fn small_files_are_fetched_in_rounds_of_bounded_bytes() {
+        let sized = |size| Key { size, ..key(0) };
+        let quarter = ROUND_BYTES / 4;
+        let keys = vec![
+            sized(quarter),
+            sized(quarter),
+            sized(quarter),
+            sized(quarter),
+            sized(1),
+            sized(ROUND_BYTES * 2),
+            sized(1),
+        ];
+        let sizes: Vec<Vec<i64>> = rounds(keys)
+            .into_iter()
+            .map(|r| r.iter().map(|k| k.size).collect())
+            .collect();
+        assert_eq!(
+            sizes,
+            [vec![quarter; 4], vec![1], vec![ROUND_BYTES * 2], vec![1]]
+        );
+        assert!(rounds(Vec::new()).is_empty());
     }
 
     #[test]

@@ -43,6 +43,8 @@ const ENTRIES_PER_TASK_MIN: usize = 512;
 /// action could not name such an entry; refusing it also bounds the
 /// tree's depth, and the path each of its directories holds.
 pub const PATH_MAX_BYTES: usize = 4095;
+/// The longest name of one entry (NAME_MAX).
+const NAME_MAX_BYTES: usize = 255;
 
 /// What went wrong laying out an input root.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +110,10 @@ pub fn checked_name(name: &str) -> Result<&str, Error> {
         "contains a slash"
     } else if name.contains('\0') {
         "contains a NUL"
+    } else if name.len() > NAME_MAX_BYTES {
+        // No file system here can hold it: refused as the action's fault
+        // now, not as the worker's when the link fails.
+        "longer than 255 bytes (NAME_MAX)"
     } else {
         return Ok(name);
     };
@@ -706,7 +712,8 @@ mod tests {
     fn names_are_single_components() {
         assert!(checked_name("a.txt").is_ok());
         assert!(checked_name("..a").is_ok());
-        for bad in ["", ".", "..", "a/b", "/", "a\0"] {
+        assert!(checked_name(&"n".repeat(255)).is_ok());
+        for bad in ["", ".", "..", "a/b", "/", "a\0", &"n".repeat(256)] {
             assert!(checked_name(bad).is_err(), "{bad:?}");
         }
     }

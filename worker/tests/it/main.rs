@@ -788,6 +788,85 @@ async fn a_root_seen_before_is_laid_out_without_reading_its_directories_again() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn large_input_files_are_streamed_to_disk_and_verified() {
+    let mut servers = JoinSet::new();
+    let cas = CasClient::new(&start_storage(&mut servers).await).unwrap();
+    let big: Vec<u8> = (0..(3 << 20) + 5).map(|i| (i % 241) as u8).collect();
+    let other: Vec<u8> = big.iter().rev().copied().collect();
+    let small = b"small".to_vec();
+    let mut entries = Vec::new();
+    for (name, data, executable) in [
+        ("big", &big, true),
+        ("other", &other, false),
+        ("small", &small, false),
+    ] {
+        entries.push(FileNode {
+            name: name.into(),
+            digest: Some(put(&cas, data).await),
+            is_executable: executable,
+            ..Default::default()
+        });
+    }
+    let root = put_message(
+        &cas,
+        &Directory {
+            files: entries,
+            ..Default::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(FileCache::open(dir.path().join("cache"), 1 << 30).unwrap());
+    let dest = dir.path().join("root");
+    std::fs::create_dir(&dest).unwrap();
+    let directories = DirectoryCache::new(1 << 20);
+    materialize(&cas, &cache, &directories, &root, &dest, MAX_ENTRIES)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(dest.join("big")).unwrap(), big);
+    assert_eq!(std::fs::read(dest.join("other")).unwrap(), other);
+    assert_eq!(std::fs::read(dest.join("small")).unwrap(), small);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |name: &str| {
+        std::fs::metadata(dest.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("big"), 0o555);
+    assert_eq!(mode("other"), 0o444);
+    assert_eq!(cache.downloads(), 3);
+    let names: Vec<String> = std::fs::read_dir(cache.directory())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 3, "no temporary file left: {names:?}");
+
+    // A large file missing from the CAS fails as missing, naming it, and
+    // leaves nothing behind.
+    let mut absent_data = big.clone();
+    absent_data[0] ^= 1;
+    let lie = digest_of(&absent_data);
+    let liar = Directory {
+        files: vec![FileNode {
+            name: "absent".into(),
+            digest: Some(lie.clone()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let liar_root = put_message(&cas, &liar).await;
+    let dest = dir.path().join("absent");
+    std::fs::create_dir(&dest).unwrap();
+    let err = materialize(&cas, &cache, &directories, &liar_root, &dest, MAX_ENTRIES)
+        .await
+        .unwrap_err();
+    assert_eq!(err.missing_digest(), Some(&lie));
+    assert_eq!(std::fs::read_dir(cache.directory()).unwrap().count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_second_action_sharing_the_input_root_reads_only_its_command() {
     if !privileged("a_second_action_sharing_the_input_root_reads_only_its_command") {
         return;
