@@ -14,7 +14,7 @@ use corral_proto::protobuf::Timestamp;
 use corral_proto::reapi::action_cache_client::ActionCacheClient;
 use corral_proto::reapi::command::EnvironmentVariable;
 use corral_proto::reapi::{
-    Action, Command, Digest, Directory, DirectoryNode, ExecuteResponse, FileNode,
+    Action, ActionResult, Command, Digest, Directory, DirectoryNode, ExecuteResponse, FileNode,
     GetActionResultRequest, SymlinkNode, Tree,
 };
 use corral_proto::remoteworker::operation_queue_server::{OperationQueue, OperationQueueServer};
@@ -163,6 +163,20 @@ impl Farm {
             inline_stdout: false,
             inline_stderr: false,
         }
+    }
+
+    /// The Action Cache entry of `action`, as a client reads it.
+    async fn cached_result(&self, action: &Digest) -> ActionResult {
+        ActionCacheClient::connect(self.storage.clone())
+            .await
+            .unwrap()
+            .get_action_result(GetActionResultRequest {
+                action_digest: Some(action.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
     }
 
     async fn execute(&self, job: &Job) -> ExecuteResponse {
@@ -374,17 +388,7 @@ async fn an_action_runs_and_every_output_kind_is_reported() {
     assert!(!meta.auxiliary_metadata.is_empty(), "runner resource usage");
 
     // The Action Cache holds the result.
-    let mut ac = ActionCacheClient::connect(farm.storage.clone())
-        .await
-        .unwrap();
-    let cached = ac
-        .get_action_result(GetActionResultRequest {
-            action_digest: Some(job.action_digest.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let cached = farm.cached_result(&job.action_digest).await;
     assert_eq!(cached.output_files.len(), 3);
     assert!(farm.build_is_empty(), "the build directory is removed");
     assert_eq!(farm.cache.downloads(), files as u64);
@@ -511,17 +515,7 @@ async fn output_is_inlined_only_when_asked_and_small() {
 
     // The cache entry names output by digest only: a later client that
     // did not ask must not get it inline.
-    let mut ac = ActionCacheClient::connect(farm.storage.clone())
-        .await
-        .unwrap();
-    let cached = ac
-        .get_action_result(GetActionResultRequest {
-            action_digest: Some(job.action_digest.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let cached = farm.cached_result(&job.action_digest).await;
     assert!(cached.stdout_raw.is_empty());
     assert_eq!(cached.stdout_digest, result.stdout_digest);
 }
