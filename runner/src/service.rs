@@ -83,6 +83,7 @@ pub fn status(err: &Error) -> Status {
             Status::invalid_argument(message)
         }
         Error::TimedOut { .. } => Status::deadline_exceeded(message),
+        Error::DiskExceeded { .. } => Status::resource_exhausted(message),
         Error::Cancelled => Status::cancelled(message),
         Error::Run(Sandbox::Command(_)) => Status::invalid_argument(message),
         // The program is missing or not executable: the action's fault.
@@ -253,6 +254,7 @@ impl Runner for RunnerService {
             }))
         })?;
         let _kill_when_abandoned = CancelOnDrop(cancel.clone());
+        let disk_limit = sandbox.policy().limits.disk_max_bytes;
         let outcome = tokio::task::spawn_blocking(move || {
             open_directories(&command.input_root)?;
             sandbox
@@ -266,6 +268,9 @@ impl Runner for RunnerService {
         if outcome.timed_out {
             let seconds = timeout.unwrap_or_default().as_secs_f64();
             return Err(status(&Error::TimedOut { seconds }));
+        }
+        if outcome.disk_exceeded {
+            return Err(status(&Error::DiskExceeded { limit: disk_limit }));
         }
         Ok(Response::new(RunResponse {
             exit_code: outcome.exit_code(),

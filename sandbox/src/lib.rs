@@ -12,8 +12,8 @@
 //! - [`command`] — what to run; [`outcome`] — how it ended.
 //! - [`sandbox`] — the caller's side: prepare, fork, supervise, collect.
 //! - `child` — the sandbox's own processes, between fork and exec.
-//! - [`mounts`], [`cgroup`], [`seccomp`], `landlock`, `privileges` — one
-//!   protection each.
+//! - [`mounts`], [`cgroup`], [`seccomp`], `landlock`, `privileges`,
+//!   [`disk`] — one protection each.
 //! - `report` — the records the children send back; `sys` — the only
 //!   place with `unsafe`.
 //!
@@ -27,6 +27,7 @@ pub mod cancellation;
 pub mod cgroup;
 mod child;
 pub mod command;
+pub mod disk;
 pub mod error;
 mod landlock;
 pub mod mounts;

@@ -46,6 +46,9 @@ pub struct Outcome {
     pub timed_out: bool,
     /// The OOM killer killed a process of the action.
     pub oom_killed: bool,
+    /// It wrote more than `limits.disk_max_bytes` into its input root and
+    /// was killed for it.
+    pub disk_exceeded: bool,
     pub usage: Usage,
     /// stdout or stderr passed the policy's cap and was cut there.
     pub stdout_truncated: bool,

@@ -123,6 +123,11 @@ pub struct Limits {
     /// Bytes of stdout, and of stderr, kept; the rest is discarded and the
     /// outcome says so. Default 64 MiB.
     pub output_max_bytes: u64,
+    /// Bytes the action may write into its input root, on the worker's
+    /// disk: what it owns there, summed about once a second (see
+    /// `disk.rs`). Past it the action is killed and the outcome says so.
+    /// Default 16 GiB.
+    pub disk_max_bytes: u64,
 }
 
 /// seccomp and landlock settings.
@@ -154,6 +159,7 @@ impl Default for Limits {
             open_files: 8192,
             file_size_bytes: 8 << 30,
             output_max_bytes: 64 << 20,
+            disk_max_bytes: 16 << 30,
         }
     }
 }
@@ -227,6 +233,7 @@ impl Policy {
         positive("limits.pids_max", self.limits.pids_max)?;
         positive("limits.open_files", self.limits.open_files)?;
         positive("limits.file_size_bytes", self.limits.file_size_bytes)?;
+        positive("limits.disk_max_bytes", self.limits.disk_max_bytes)?;
         positive("filesystem.tmp_size_bytes", self.filesystem.tmp_size_bytes)?;
         Ok(())
     }

@@ -14,6 +14,7 @@ use crate::cancellation::Cancellation;
 use crate::cgroup::{Cgroup, CgroupRoot, CgroupUsage};
 use crate::child::{self, Fds, Plan};
 use crate::command::Command;
+use crate::disk::DiskWatch;
 use crate::error::Error;
 use crate::landlock::Rules;
 use crate::mounts::MountPlan;
@@ -241,12 +242,20 @@ impl Sandbox {
         let result = run
             .release(&report_r, go_w, self.host_uid, self.host_gid, &self.policy)
             .and_then(|()| {
+                let disk = DiskWatch::new(
+                    command.input_root.clone(),
+                    self.host_uid,
+                    self.policy.limits.disk_max_bytes,
+                    pid,
+                    start,
+                );
                 run.supervise(
                     report_r,
                     [(out_r, stdout, "stdout"), (err_r, stderr, "stderr")],
                     cancel,
                     command,
                     self.policy.limits.output_max_bytes,
+                    disk,
                     start,
                 )
             });
@@ -271,7 +280,7 @@ impl Sandbox {
                 source: std::io::Error::from_raw_os_error(errno),
             });
         }
-        let exit = match (run.exit, streams.timed_out) {
+        let exit = match (run.exit, streams.timed_out || streams.disk_exceeded) {
             (Some(exit), _) => exit,
             (None, true) => Exit::Signaled(libc::SIGKILL),
             (None, false) => return Err(Error::Lost),
@@ -280,6 +289,7 @@ impl Sandbox {
             exit,
             timed_out: streams.timed_out,
             oom_killed: cgroup_usage.is_some_and(|u| u.oom_killed),
+            disk_exceeded: streams.disk_exceeded,
             usage: usage(start.elapsed(), cgroup_usage, &rusage),
             stdout_truncated: streams.truncated[0],
             stderr_truncated: streams.truncated[1],
@@ -325,6 +335,7 @@ impl Drop for CgroupGuard {
 struct Streams {
     timed_out: bool,
     cancelled: bool,
+    disk_exceeded: bool,
     truncated: [bool; 2],
 }
 
@@ -433,7 +444,9 @@ impl Supervision<'_> {
     }
 
     /// Copies stdout and stderr to their files (up to the cap), reads
-    /// reports, and enforces the timeout, until every pipe is closed.
+    /// reports, and enforces the timeout and the disk limit, until every
+    /// pipe is closed.
+    #[allow(clippy::too_many_arguments)]
     fn supervise(
         &mut self,
         report: OwnedFd,
@@ -441,11 +454,13 @@ impl Supervision<'_> {
         cancel: Option<&Cancellation>,
         command: &Command,
         cap: u64,
+        mut disk: DiskWatch,
         start: Instant,
     ) -> Result<Streams, Error> {
         let mut deadline = command.timeout.map(|t| start + t);
         let mut timed_out = false;
         let mut cancelled = false;
+        let mut disk_exceeded = false;
         let mut report = Some(report);
         let mut outs: Vec<Option<(OwnedFd, File, &'static str)>> =
             outputs.into_iter().map(Some).collect();
@@ -454,9 +469,17 @@ impl Supervision<'_> {
         let mut buf = vec![0u8; 64 * 1024];
         while report.is_some() || outs.iter().any(Option::is_some) {
             let now = Instant::now();
+            // Watched until the action is being killed for any reason.
+            let watching_disk = !(timed_out || cancelled || disk_exceeded);
+            if watching_disk && disk.over_limit(now) {
+                disk_exceeded = true;
+                self.kill();
+                deadline = Some(now + KILL_GRACE);
+                continue;
+            }
             if let Some(d) = deadline {
                 if now >= d {
-                    if timed_out || cancelled {
+                    if timed_out || cancelled || disk_exceeded {
                         // Killed, yet something still holds a pipe open:
                         // stop waiting rather than hang the caller.
                         break;
@@ -467,7 +490,12 @@ impl Supervision<'_> {
                     continue;
                 }
             }
-            let wait_ms = deadline.map_or(-1, |d| {
+            let wake = match deadline {
+                Some(d) if watching_disk => Some(d.min(disk.due())),
+                Some(d) => Some(d),
+                None => watching_disk.then(|| disk.due()),
+            };
+            let wait_ms = wake.map_or(-1, |d| {
                 d.saturating_duration_since(now)
                     .as_millis()
                     .clamp(1, i32::MAX as u128) as i32
@@ -553,6 +581,7 @@ impl Supervision<'_> {
         Ok(Streams {
             timed_out,
             cancelled,
+            disk_exceeded,
             truncated,
         })
     }

@@ -417,9 +417,10 @@ fn policy(action: &Action, command: &Command) -> String {
 fn runner_message(status: &tonic::Status) -> String {
     use tonic::Code;
     match status.code() {
-        Code::DeadlineExceeded | Code::InvalidArgument | Code::Cancelled => {
-            status.message().to_owned()
-        }
+        Code::DeadlineExceeded
+        | Code::InvalidArgument
+        | Code::Cancelled
+        | Code::ResourceExhausted => status.message().to_owned(),
         _ => format!("the runner failed: {}", status.message()),
     }
 }

@@ -37,11 +37,25 @@ struct Runner {
 
 impl Runner {
     async fn start() -> Runner {
+        Runner::start_with_policies(&[]).await
+    }
+
+    /// A runner with `policies` (name, TOML) added to the built-in ones.
+    async fn start_with_policies(policies: &[(&str, &str)]) -> Runner {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("runner.sock");
+        let policies_directory = (!policies.is_empty()).then(|| {
+            let path = dir.path().join("policies");
+            std::fs::create_dir(&path).unwrap();
+            for (name, toml) in policies {
+                std::fs::write(path.join(format!("{name}.toml")), toml).unwrap();
+            }
+            path
+        });
         let cfg = Config {
             listen_path: socket.clone(),
             build_directory: dir.path().join("build"),
+            policies_directory,
             ..Config::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -271,5 +285,30 @@ async fn an_abandoned_request_kills_its_action() {
             .into_inner()
             .exit_code,
         0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn filling_the_disk_past_the_policy_limit_is_resource_exhausted() {
+    if !privileged("filling_the_disk_past_the_policy_limit_is_resource_exhausted") {
+        return;
+    }
+    let tight = include_str!("../../../policies/default.toml")
+        .replace("disk_max_bytes = 17179869184", "disk_max_bytes = 8388608");
+    assert!(tight.contains("disk_max_bytes = 8388608"), "{tight}");
+    let mut runner = Runner::start_with_policies(&[("tight", &tight)]).await;
+    let script = "i=0; while :; do head -c 1048576 /dev/zero > f$i; i=$((i+1)); sleep 0.02; done";
+    let mut request = runner.action("d1", &["/bin/sh", "-c", script]);
+    request.corral_policy = "tight".into();
+    // The action (host uid nobody) writes into its root.
+    use std::os::unix::fs::PermissionsExt;
+    let root = runner.build().join("d1/root");
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let status = runner.client.run(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("more than 8388608 bytes"),
+        "{}",
+        status.message()
     );
 }
