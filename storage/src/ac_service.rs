@@ -6,8 +6,9 @@
 //! were evicted would fail its build when fetching them; told NOT_FOUND,
 //! it simply runs the action again.
 //!
-//! Instance names are accepted and not used yet: every instance shares
-//! one cache (see `cas_service`).
+//! Each instance name has its own entries (see [`cache_key`]): a client
+//! of one instance can neither read nor overwrite another's results. The
+//! CAS they refer to is shared (see `cas_service`).
 
 use std::sync::Arc;
 
@@ -77,7 +78,7 @@ impl AcService {
         let store_err = |source| Error::Store { action, source };
         let encoded = self
             .cache
-            .get_action_result(&action)
+            .get_action_result(&cache_key(&req.instance_name, action))
             .await
             .map_err(store_err)?
             .ok_or(Error::NotCached { action })?;
@@ -169,7 +170,10 @@ impl AcService {
         // Refuse now what could never be served complete later.
         referenced(function, &result)?;
         self.cache
-            .put_action_result(&action, result.encode_to_vec())
+            .put_action_result(
+                &cache_key(&req.instance_name, action),
+                result.encode_to_vec(),
+            )
             .await
             .map_err(|source| Error::Store { action, source })?;
         // Touch every blob the entry names after the entry itself (a hit
@@ -183,6 +187,26 @@ impl AcService {
         }
         Ok(result)
     }
+}
+
+/// Where the Action Cache keeps `action`'s entry for `instance`: the
+/// action digest itself for the empty instance name, else a digest of
+/// both. Instances are tenants: a client of one can neither read nor
+/// overwrite another's results, even for the same action. (The CAS stays
+/// shared: a blob is its own name, and reading one needs its hash.)
+pub fn cache_key(instance: &str, action: Digest) -> Digest {
+    if instance.is_empty() {
+        return action;
+    }
+    let mut hasher = action.function().hasher();
+    // Unambiguous: the label and the instance name end in NUL, which no
+    // instance name holds, and the rest has a fixed length.
+    hasher.update(b"corral action cache\0");
+    hasher.update(instance.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(action.hash());
+    hasher.update(&action.size_bytes().to_le_bytes());
+    hasher.finish_with_size(action.size_bytes())
 }
 
 /// The digests an ActionResult names directly (trees are opened by the
@@ -260,7 +284,17 @@ mod tests {
         action: Digest,
         result: ActionResult,
     ) -> Result<ActionResult, Status> {
+        update_in(ac, "main", action, result).await
+    }
+
+    async fn update_in(
+        ac: &AcService,
+        instance: &str,
+        action: Digest,
+        result: ActionResult,
+    ) -> Result<ActionResult, Status> {
         ac.update_action_result(Request::new(UpdateActionResultRequest {
+            instance_name: instance.into(),
             action_digest: Some(action.to_proto()),
             action_result: Some(result),
             ..Default::default()
@@ -274,14 +308,53 @@ mod tests {
         action: Digest,
         inline_stdout: bool,
     ) -> Result<ActionResult, Status> {
+        get_in(ac, "main", action, inline_stdout).await
+    }
+
+    async fn get_in(
+        ac: &AcService,
+        instance: &str,
+        action: Digest,
+        inline_stdout: bool,
+    ) -> Result<ActionResult, Status> {
         ac.get_action_result(Request::new(GetActionResultRequest {
-            instance_name: "main".into(),
+            instance_name: instance.into(),
             action_digest: Some(action.to_proto()),
             inline_stdout,
             ..Default::default()
         }))
         .await
         .map(Response::into_inner)
+    }
+
+    #[tokio::test]
+    async fn each_instance_name_has_its_own_entries() {
+        let (ac, _) = service();
+        let action = sha(b"the same action everywhere");
+        let result = |exit_code| ActionResult {
+            exit_code,
+            ..Default::default()
+        };
+        update_in(&ac, "tenant-a", action, result(1)).await.unwrap();
+        // Another tenant's write of the same action does not replace it.
+        update_in(&ac, "tenant-b", action, result(2)).await.unwrap();
+        let exit = |instance| {
+            let ac = &ac;
+            async move {
+                get_in(ac, instance, action, false)
+                    .await
+                    .map(|r| r.exit_code)
+                    .map_err(|s| s.code())
+            }
+        };
+        assert_eq!(exit("tenant-a").await, Ok(1));
+        assert_eq!(exit("tenant-b").await, Ok(2));
+        for other in ["", "tenant-c", "tenant-a/x", "tenant"] {
+            assert_eq!(exit(other).await, Err(Code::NotFound), "{other:?}");
+        }
+        // The empty instance keys by the action digest alone, as before.
+        assert_eq!(cache_key("", action), action);
+        assert_ne!(cache_key("a", action), cache_key("b", action));
     }
 
     #[tokio::test]

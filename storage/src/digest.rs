@@ -255,7 +255,7 @@ impl Hasher {
 
     /// The digest of everything passed to `update`, whose total length
     /// the caller counted; see [`Verifier`] for the counting version.
-    fn finish_with_size(self, size_bytes: u64) -> Digest {
+    pub(crate) fn finish_with_size(self, size_bytes: u64) -> Digest {
         match self {
             Hasher::Sha256(h) => {
                 Digest::new(DigestFunction::Sha256, h.finalize().into(), size_bytes)

@@ -160,8 +160,14 @@ impl Farm {
 
     /// Writes an empty result for `digest` into the Action Cache.
     async fn cache_empty_result(&self, digest: &Digest) {
+        self.cache_empty_result_in("", digest).await;
+    }
+
+    /// Writes an empty result for `digest` into `instance`'s Action Cache.
+    async fn cache_empty_result_in(&self, instance: &str, digest: &Digest) {
         ActionCacheClient::new(self.storage.clone())
             .update_action_result(UpdateActionResultRequest {
+                instance_name: instance.into(),
                 action_digest: Some(digest.clone()),
                 action_result: Some(ActionResult::default()),
                 ..Default::default()
@@ -620,6 +626,27 @@ async fn stdout_is_inlined_for_the_clients_that_asked_only() {
     assert_eq!(hit.stdout_raw, stdout);
     let hit = got(rest(&mut farm.execute(&digest, 0).await).await);
     assert!(hit.stdout_raw.is_empty());
+}
+
+#[tokio::test]
+async fn one_instances_cached_result_is_not_anothers() {
+    let farm = farm().await;
+    let digest = farm.action(&["tenant"], LINUX).await;
+    farm.cache_empty_result_in("tenant-a", &digest).await;
+    let execute = |instance: &str| {
+        farm.execute_request(ExecuteRequest {
+            instance_name: instance.into(),
+            action_digest: Some(digest.clone()),
+            ..Default::default()
+        })
+    };
+    let hit = execute("tenant-a").await.next().await.unwrap().unwrap();
+    assert!(hit.done && response(&hit).cached_result);
+    let other = execute("tenant-b").await.next().await.unwrap().unwrap();
+    assert!(
+        !other.done,
+        "served tenant-a's result to tenant-b: {other:?}"
+    );
 }
 
 #[tokio::test]
