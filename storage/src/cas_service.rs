@@ -1,10 +1,10 @@
 //! The `ContentAddressableStorage` service: FindMissingBlobs,
 //! BatchUpdateBlobs, BatchReadBlobs and GetTree over a [`BlobStore`].
 //!
-//! Instance names are accepted and not used yet: every instance sees the
-//! same blobs. That is safe for a CAS (content is its own name) and is
-//! what a single-tenant farm wants; per-instance stores come with
-//! multi-tenancy.
+//! Every instance name sees the same blobs. That is safe for a CAS: a
+//! blob is named by its hash, so reading one needs the hash, and writing
+//! one cannot change what another tenant reads. What tenants must not
+//! share, the Action Cache, is kept per instance (`ac_service`).
 
 use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
