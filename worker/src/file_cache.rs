@@ -223,7 +223,16 @@ impl Drop for Pins {
             }
             self.cache.evict_locked(&mut state)
         };
-        remove_evicted(evicted);
+        if evicted.is_empty() {
+            return;
+        }
+        // Pins drop in async code (the end of a layout), and unlinking a
+        // large file frees its blocks, which takes a while: a blocking
+        // thread does it, nobody waits for it.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || remove_evicted(evicted))),
+            Err(_) => remove_evicted(evicted),
+        }
     }
 }
 
