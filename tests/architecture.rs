@@ -11,6 +11,7 @@ use serde_json::Value;
 
 const OURS: &[&str] = &[
     "corral-proto",
+    "corral-metrics",
     "corral-sandbox",
     "corral-runner",
     "corral-storage",
@@ -112,7 +113,7 @@ fn every_crate_of_ours_is_in_the_graph() {
 #[test]
 fn proto_and_sandbox_depend_on_nothing_of_ours() {
     let graph = graph();
-    for leaf in ["corral-proto", "corral-sandbox"] {
+    for leaf in ["corral-proto", "corral-metrics", "corral-sandbox"] {
         let reached = reaches(&graph, leaf);
         assert!(
             ours(&reached).is_empty(),
@@ -145,8 +146,11 @@ fn daemon_crates_depend_only_where_the_design_allows() {
     let allowed: &[(&str, &[&str])] = &[
         ("corral-runner", &["corral-proto", "corral-sandbox"]),
         ("corral-storage", &["corral-proto"]),
-        ("corral-worker", &["corral-proto"]),
-        ("corral-scheduler", &["corral-proto", "corral-storage"]),
+        ("corral-worker", &["corral-proto", "corral-metrics"]),
+        (
+            "corral-scheduler",
+            &["corral-proto", "corral-metrics", "corral-storage"],
+        ),
     ];
     for (krate, may) in allowed {
         let reached = reaches(&graph, krate);

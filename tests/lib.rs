@@ -45,6 +45,8 @@ const READY_LINE: &str = "corral up: ready";
 pub struct Farm {
     child: Child,
     pub port: u16,
+    /// Where `corral up --metrics` serves its page.
+    pub metrics_port: u16,
     pub data_dir: tempfile::TempDir,
     log: PathBuf,
 }
@@ -64,6 +66,7 @@ impl Farm {
 
     fn start_as(user: Option<u32>) -> Farm {
         let port = free_port();
+        let metrics_port = free_port();
         let data_dir = tempfile::tempdir().expect("temp dir");
         // Closed to other users, like /root or `mktemp -d`: the farm must
         // work from there (the sandbox's id cannot search it).
@@ -90,6 +93,7 @@ impl Farm {
         }
         let child = command
             .args(["up", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
             .arg("--data-dir")
             .arg(data_dir.path().join("data"))
             .stdin(Stdio::null())
@@ -100,6 +104,7 @@ impl Farm {
         let farm = Farm {
             child,
             port,
+            metrics_port,
             data_dir,
             log,
         };
@@ -125,6 +130,25 @@ impl Farm {
     /// The REAPI endpoint, as Bazel flags want it.
     pub fn grpc_url(&self) -> String {
         format!("grpc://127.0.0.1:{}", self.port)
+    }
+
+    /// The farm's Prometheus page (`GET /metrics`), body only.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            .expect("connect to the metrics page");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: farm\r\n\r\n")
+            .expect("ask for the metrics page");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("read the metrics page");
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_owned()
     }
 
     /// What `corral up` printed so far.

@@ -140,6 +140,21 @@ fn a_python_reapi_client_drives_the_farm() {
     );
     println!("{output}python client: {:?}", started.elapsed());
 
+    // One page has the scheduler's and the worker's metrics, and counts
+    // the actions the client ran.
+    let page = farm.metrics();
+    let ok_actions: u64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("corral_worker_actions_total{code=\"OK\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no successful action counted\n{page}"));
+    assert!(ok_actions >= 5, "{ok_actions} actions\n{page}");
+    assert!(
+        page.contains("# TYPE corral_scheduler_results_total counter"),
+        "{page}"
+    );
+    assert!(page.contains("corral_worker_file_cache_files "), "{page}");
+
     assert!(farm.stop().success(), "corral up did not exit cleanly");
     let leftovers = farm.leftover_processes();
     assert!(

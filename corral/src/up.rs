@@ -177,24 +177,23 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
         })
         .await
     });
+    let worker = corral_worker::Worker::new(farm.worker.clone()).context("preparing the worker")?;
     if let Some(metrics) = &farm.scheduler.metrics {
         let bound = tokio::net::TcpListener::bind(metrics.listen)
             .await
             .with_context(|| format!("listening for metrics on {}", metrics.listen))?;
         let metrics_stop = signal();
-        let page = scheduler.serve_metrics(bound, metrics_stop);
+        // One page for the whole farm: the scheduler's, then the worker's.
+        let scheduler_page = scheduler.metrics_page();
+        let worker_page = worker.metrics_page();
+        let page = move || scheduler_page() + &worker_page.render();
         parts.spawn(async move {
-            page.await;
+            corral_metrics::serve(bound, page, metrics_stop).await;
             Ok(())
         });
     }
     let worker_stop = signal();
-    let worker = farm.worker.clone();
-    parts.spawn(async move {
-        corral_worker::run(worker, worker_stop)
-            .await
-            .context("running the worker")
-    });
+    parts.spawn(async move { worker.run(worker_stop).await.context("running the worker") });
     let runner_stop = signal();
     parts.spawn(supervise_runner(runner, runner_stop));
 

@@ -236,18 +236,22 @@ impl Scheduler {
             .render(&self.assignments, &self.operations)
     }
 
-    /// Serves `GET /metrics` on `listener` until `shutdown`, for a daemon
-    /// that embeds the scheduler ([`serve`](Self::serve) does it when
-    /// `[metrics]` is configured).
+    /// The Prometheus page as a function to call when scraped, for a
+    /// daemon that serves it, alone or with other pages.
+    pub fn metrics_page(&self) -> impl Fn() -> String + Clone + Send + 'static {
+        let assignments = Arc::clone(&self.assignments);
+        let operations = Arc::clone(&self.operations);
+        move || assignments.metrics().render(&assignments, &operations)
+    }
+
+    /// Serves `GET /metrics` on `listener` until `shutdown`
+    /// ([`serve`](Self::serve) does it when `[metrics]` is configured).
     pub fn serve_metrics(
         &self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> impl Future<Output = ()> + Send + 'static {
-        let assignments = Arc::clone(&self.assignments);
-        let operations = Arc::clone(&self.operations);
-        let page = move || assignments.metrics().render(&assignments, &operations);
-        metrics::serve(listener, page, shutdown)
+        corral_metrics::serve(listener, self.metrics_page(), shutdown)
     }
 
     /// Serves the scheduler alone on `listener` until `shutdown`, and its
@@ -268,7 +272,7 @@ impl Scheduler {
                             source,
                         })?;
                 tracing::info!(addr = %m.listen, "scheduler metrics serving");
-                Some(self.serve_metrics(bound, std::future::pending()))
+                Some(bound)
             }
             None => None,
         };
@@ -276,15 +280,7 @@ impl Scheduler {
         let grpc = tonic::transport::Server::builder()
             .add_routes(self.routes())
             .serve_with_incoming_shutdown(corral_storage::no_delay(listener), shutdown);
-        let served = match metrics {
-            // The metrics server never ends by itself: it stops when the
-            // gRPC server has shut down and this select drops it.
-            Some(metrics) => tokio::select! {
-                served = grpc => served,
-                () = metrics => Ok(()),
-            },
-            None => grpc.await,
-        };
+        let served = corral_metrics::serving_while(metrics, self.metrics_page(), grpc).await;
         served.map_err(|source| Error::Serve { addr, source })?;
         tracing::info!(%addr, "scheduler stopped");
         Ok(())

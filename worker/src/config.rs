@@ -43,6 +43,18 @@ pub struct Config {
     /// Build slots. Default: one slot group with a slot per core, on the
     /// local runner.
     pub slots: Vec<SlotGroup>,
+    /// Prometheus metrics over HTTP (`GET /metrics`). Default: off; add
+    /// a `[metrics]` table to serve them.
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// The `[metrics]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP server for `GET /metrics`, e.g.
+    /// `127.0.0.1:9982`. Required in the table.
+    pub listen: std::net::SocketAddr,
 }
 
 /// Identical build slots that share a runner and a platform.
@@ -79,6 +91,7 @@ impl Default for Config {
                 platform: BTreeMap::new(),
                 size_class: 0,
             }],
+            metrics: None,
         }
     }
 }

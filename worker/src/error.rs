@@ -18,6 +18,12 @@ pub enum Error {
     FileCache(#[from] crate::file_cache::Error),
     #[error("failed to set up the storage client")]
     Storage(#[from] crate::cas_client::Error),
+    #[error("failed to listen for metrics on {addr}")]
+    BindMetrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("invalid scheduler endpoint {endpoint}")]
     Scheduler {
         endpoint: String,

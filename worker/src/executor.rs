@@ -26,6 +26,7 @@ use crate::cas_client::{self, CasClient};
 use crate::directory_cache::DirectoryCache;
 use crate::file_cache::FileCache;
 use crate::input_root;
+use crate::metrics::Metrics;
 use crate::outputs;
 use crate::runner_client::RunnerClient;
 
@@ -92,13 +93,20 @@ pub struct Executor {
     build_dir: PathBuf,
     /// Prefix of build directory names, unique among the worker's slots.
     slot: String,
-    cas: CasClient,
-    cache: Arc<FileCache>,
-    directories: Arc<DirectoryCache>,
-    /// `input_root_max_entries`: most entries an input root expands to.
-    input_root_max_entries: u64,
+    shared: Shared,
     runner: RunnerClient,
     next_id: AtomicU64,
+}
+
+/// What every slot of a worker shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub cas: CasClient,
+    pub cache: Arc<FileCache>,
+    pub directories: Arc<DirectoryCache>,
+    /// `input_root_max_entries`: most entries an input root expands to.
+    pub input_root_max_entries: u64,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Now, as a protobuf timestamp.
@@ -156,25 +164,18 @@ fn remove_tree(path: &Path) {
 }
 
 impl Executor {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         worker_name: String,
         build_dir: PathBuf,
         slot: String,
-        cas: CasClient,
-        cache: Arc<FileCache>,
-        directories: Arc<DirectoryCache>,
-        input_root_max_entries: u64,
+        shared: Shared,
         runner: RunnerClient,
     ) -> Executor {
         Executor {
             worker_name,
             build_dir,
             slot,
-            cas,
-            cache,
-            directories,
-            input_root_max_entries,
+            shared,
             runner,
             next_id: AtomicU64::new(0),
         }
@@ -191,7 +192,8 @@ impl Executor {
     }
 
     async fn execute_in_span(&self, job: &Job, stage: &watch::Sender<Stage>) -> ExecuteResponse {
-        let cas = self.cas.with_instance(&job.instance_name);
+        let _busy = self.shared.metrics.executing();
+        let cas = self.shared.cas.with_instance(&job.instance_name);
         let mut meta = ExecutedActionMetadata {
             worker: self.worker_name.clone(),
             queued_timestamp: job.queued,
@@ -213,7 +215,6 @@ impl Executor {
             outcome
         };
         meta.worker_completed_timestamp = Some(now());
-        result.execution_metadata = Some(meta);
         let status = match &outcome {
             Ok(()) => None,
             Err(err) => {
@@ -221,6 +222,10 @@ impl Executor {
                 Some(status(err))
             }
         };
+        self.shared
+            .metrics
+            .finished(status.as_ref().map_or(0, |s| s.code), &meta);
+        result.execution_metadata = Some(meta);
         if outcome.is_ok() && result.exit_code == 0 && !job.action.do_not_cache {
             // The client already gets the result from the response; a
             // failed cache write only costs a future cache miss.
@@ -293,11 +298,11 @@ impl Executor {
         }
         input_root::materialize(
             cas,
-            &self.cache,
-            &self.directories,
+            &self.shared.cache,
+            &self.shared.directories,
             input_root_digest,
             &root,
-            self.input_root_max_entries,
+            self.shared.input_root_max_entries,
         )
         .await
         .map_err(Error::InputRoot)?;

@@ -258,6 +258,12 @@ impl FileCache {
         })
     }
 
+    /// Bytes and files in the cache now.
+    pub fn usage(&self) -> (u64, usize) {
+        let state = self.lock();
+        (state.total, state.entries.len())
+    }
+
     /// Files downloaded into the cache since it opened.
     pub fn downloads(&self) -> u64 {
         self.downloads.load(Ordering::Relaxed)

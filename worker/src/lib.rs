@@ -16,10 +16,12 @@
 //! - [`runner_client`] — the runner over its Unix socket.
 //! - [`outputs`] — output parents before the run, outputs after it.
 //! - [`executor`] — one action, from Action to ExecuteResponse.
+//! - [`metrics`] — Prometheus metrics of the worker.
 //! - [`slot`] — one build slot synchronizing with the scheduler.
 //!
-//! [`run`] is the entry point: one slot per unit of concurrency, all
-//! sharing the file and directory caches and the storage connection.
+//! [`Worker`] (or [`run`]) is the entry point: one slot per unit of
+//! concurrency, all sharing the file and directory caches, the storage
+//! connection and the metrics.
 //!
 //! The worker writes executables and never forks: a child forked while
 //! another thread has an executable open for writing inherits that fd, and
@@ -36,6 +38,7 @@ pub mod error;
 pub mod executor;
 pub mod file_cache;
 pub mod input_root;
+pub mod metrics;
 pub mod outputs;
 pub mod runner_client;
 pub mod slot;
@@ -75,99 +78,153 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".to_owned())
 }
 
-/// Runs the worker's slots until `shutdown` completes. Actions running
-/// then are dropped; the scheduler queues them again when the slots stop
-/// reporting.
-///
-/// The runners named by the slot groups must use `<directory>/build` as
-/// their build directory: run requests name paths relative to it.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    cfg.validate()?;
-    let build_dir = cfg.directory.join("build");
-    fresh_directory(&build_dir)?;
-    let cache = Arc::new(file_cache::FileCache::open(
-        cfg.directory.join("cache"),
-        cfg.cache_max_size_bytes,
-    )?);
-    let directories = Arc::new(directory_cache::DirectoryCache::new(
-        cfg.directory_cache_max_size_bytes,
-    ));
-    let cas = cas_client::CasClient::new(&cfg.storage)?;
-    let scheduler = Endpoint::from_shared(cfg.scheduler.clone())
-        .map_err(|source| Error::Scheduler {
-            endpoint: cfg.scheduler.clone(),
-            source,
-        })?
-        .connect_lazy();
-    let host = hostname();
-    let mut slots = JoinSet::new();
-    let mut number = 0usize;
-    for group in &cfg.slots {
-        let concurrency = if group.concurrency == 0 {
-            std::thread::available_parallelism().map_or(1, usize::from)
-        } else {
-            group.concurrency
+/// The slots of one slot group: its concurrency, one per core when 0.
+fn concurrency(group: &config::SlotGroup) -> usize {
+    if group.concurrency == 0 {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    } else {
+        group.concurrency
+    }
+}
+
+/// A worker, prepared: directories emptied, caches open, metrics ready.
+pub struct Worker {
+    cfg: Config,
+    shared: executor::Shared,
+}
+
+impl Worker {
+    /// Checks `cfg`, empties the build directory and opens the caches.
+    pub fn new(cfg: Config) -> Result<Worker, Error> {
+        cfg.validate()?;
+        fresh_directory(&cfg.directory.join("build"))?;
+        let cache = Arc::new(file_cache::FileCache::open(
+            cfg.directory.join("cache"),
+            cfg.cache_max_size_bytes,
+        )?);
+        let slots = cfg.slots.iter().map(concurrency).sum();
+        let shared = executor::Shared {
+            cas: cas_client::CasClient::new(&cfg.storage)?,
+            cache,
+            directories: Arc::new(directory_cache::DirectoryCache::new(
+                cfg.directory_cache_max_size_bytes,
+            )),
+            input_root_max_entries: cfg.input_root_max_entries,
+            metrics: Arc::new(metrics::Metrics::new(slots)),
         };
-        let platform = Platform {
-            // BTreeMap order: sorted by name, as REAPI requires.
-            properties: group
-                .platform
-                .iter()
-                .map(|(name, value)| Property {
-                    name: name.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
+        Ok(Worker { cfg, shared })
+    }
+
+    /// The worker's Prometheus page, to render when scraped.
+    pub fn metrics_page(&self) -> metrics::Page {
+        metrics::Page {
+            metrics: Arc::clone(&self.shared.metrics),
+            cache: Arc::clone(&self.shared.cache),
+        }
+    }
+
+    /// Runs the slots until `shutdown` completes, and serves the metrics
+    /// when `[metrics]` is configured. Actions running then are dropped;
+    /// the scheduler queues them again when the slots stop reporting.
+    ///
+    /// The runners named by the slot groups must use `<directory>/build`
+    /// as their build directory: run requests name paths relative to it.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let metrics = match &self.cfg.metrics {
+            Some(m) => {
+                let bound = tokio::net::TcpListener::bind(m.listen)
+                    .await
+                    .map_err(|source| Error::BindMetrics {
+                        addr: m.listen,
+                        source,
+                    })?;
+                tracing::info!(addr = %m.listen, "worker metrics serving");
+                Some(bound)
+            }
+            None => None,
         };
-        let runner = runner_client::RunnerClient::new(&group.runner);
-        for _ in 0..concurrency {
-            let worker_id: BTreeMap<String, String> = [
-                ("hostname".to_owned(), host.clone()),
-                ("slot".to_owned(), number.to_string()),
-            ]
-            .into();
-            let executor = executor::Executor::new(
-                format!("{host}/slot-{number}"),
-                build_dir.clone(),
-                format!("s{number}"),
-                cas.clone(),
-                Arc::clone(&cache),
-                Arc::clone(&directories),
-                cfg.input_root_max_entries,
-                runner.clone(),
-            );
-            let slot = slot::Slot {
-                identity: slot::Identity {
-                    worker_id,
-                    instance_name_prefix: cfg.instance_name_prefix.clone(),
-                    platform: platform.clone(),
-                    size_class: group.size_class,
-                },
-                scheduler: OperationQueueClient::new(scheduler.clone()),
-                runner: runner.clone(),
-                executor,
+        let page = self.metrics_page();
+        corral_metrics::serving_while(metrics, move || page.render(), self.run_slots(shutdown))
+            .await
+    }
+
+    async fn run_slots(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let cfg = &self.cfg;
+        let build_dir = cfg.directory.join("build");
+        let scheduler = Endpoint::from_shared(cfg.scheduler.clone())
+            .map_err(|source| Error::Scheduler {
+                endpoint: cfg.scheduler.clone(),
+                source,
+            })?
+            .connect_lazy();
+        let host = hostname();
+        let mut slots = JoinSet::new();
+        let mut number = 0usize;
+        for group in &cfg.slots {
+            let platform = Platform {
+                // BTreeMap order: sorted by name, as REAPI requires.
+                properties: group
+                    .platform
+                    .iter()
+                    .map(|(name, value)| Property {
+                        name: name.clone(),
+                        value: value.clone(),
+                    })
+                    .collect(),
             };
-            let span = tracing::info_span!("slot", slot = number);
-            slots.spawn(tracing::Instrument::instrument(slot.run(), span));
-            number += 1;
+            let runner = runner_client::RunnerClient::new(&group.runner);
+            for _ in 0..concurrency(group) {
+                let worker_id: BTreeMap<String, String> = [
+                    ("hostname".to_owned(), host.clone()),
+                    ("slot".to_owned(), number.to_string()),
+                ]
+                .into();
+                let executor = executor::Executor::new(
+                    format!("{host}/slot-{number}"),
+                    build_dir.clone(),
+                    format!("s{number}"),
+                    self.shared.clone(),
+                    runner.clone(),
+                );
+                let slot = slot::Slot {
+                    identity: slot::Identity {
+                        worker_id,
+                        instance_name_prefix: cfg.instance_name_prefix.clone(),
+                        platform: platform.clone(),
+                        size_class: group.size_class,
+                    },
+                    scheduler: OperationQueueClient::new(scheduler.clone()),
+                    runner: runner.clone(),
+                    executor,
+                };
+                let span = tracing::info_span!("slot", slot = number);
+                slots.spawn(tracing::Instrument::instrument(slot.run(), span));
+                number += 1;
+            }
         }
-    }
-    tracing::info!(slots = number, scheduler = %cfg.scheduler, "worker running");
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            joined = slots.join_next() => match joined {
-                // Slots loop forever; one that ended panicked.
-                Some(Err(error)) => tracing::error!(%error, "a slot stopped"),
-                Some(Ok(())) => {}
-                None => break,
-            },
+        tracing::info!(slots = number, scheduler = %cfg.scheduler, "worker running");
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                joined = slots.join_next() => match joined {
+                    // Slots loop forever; one that ended panicked.
+                    Some(Err(error)) => tracing::error!(%error, "a slot stopped"),
+                    Some(Ok(())) => {}
+                    None => break,
+                },
+            }
         }
+        // Dropping the JoinSet aborts the slots; their build directories
+        // are removed as the executors' futures drop.
+        slots.shutdown().await;
+        tracing::info!("worker stopped");
+        Ok(())
     }
-    // Dropping the JoinSet aborts the slots; their build directories are
-    // removed as the executors' futures drop.
-    slots.shutdown().await;
-    tracing::info!("worker stopped");
-    Ok(())
+}
+
+/// Runs a worker from `cfg` until `shutdown` completes (see
+/// [`Worker::run`]).
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    Worker::new(cfg)?.run(shutdown).await
 }

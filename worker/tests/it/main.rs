@@ -23,9 +23,10 @@ use corral_proto::remoteworker::{
 };
 use corral_worker::cas_client::{digest_of, Blob, CasClient};
 use corral_worker::directory_cache::DirectoryCache;
-use corral_worker::executor::{Executor, Job, Stage};
+use corral_worker::executor::{Executor, Job, Shared, Stage};
 use corral_worker::file_cache::FileCache;
 use corral_worker::input_root::materialize;
+use corral_worker::metrics::Metrics;
 use corral_worker::runner_client::RunnerClient;
 use prost::Message;
 use tokio::task::JoinSet;
@@ -110,14 +111,18 @@ impl Farm {
         }
         let cas = CasClient::new(&storage).unwrap();
         let cache = Arc::new(FileCache::open(worker_dir.join("cache"), 1 << 30).unwrap());
+        let shared = Shared {
+            cas: cas.clone(),
+            cache: Arc::clone(&cache),
+            directories: Arc::new(DirectoryCache::new(64 << 20)),
+            input_root_max_entries: MAX_ENTRIES,
+            metrics: Arc::new(Metrics::new(1)),
+        };
         let executor = Executor::new(
             "test-worker".into(),
             build,
             "t".into(),
-            cas.clone(),
-            Arc::clone(&cache),
-            Arc::new(DirectoryCache::new(64 << 20)),
-            MAX_ENTRIES,
+            shared,
             RunnerClient::new(&runner_socket),
         );
         Farm {
@@ -639,14 +644,18 @@ async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
             platform: [("OSFamily".to_owned(), "linux".to_owned())].into(),
             size_class: 0,
         }],
+        metrics: None,
     };
+    let worker = corral_worker::Worker::new(cfg).unwrap();
+    let metrics = worker.metrics_page();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tasks.spawn(async move {
-        corral_worker::run(cfg, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
+        worker
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
     });
     let (worker_id, response) = tokio::time::timeout(Duration::from_secs(60), completed.recv())
         .await
@@ -660,6 +669,19 @@ async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
     // The scheduler asked for stdout inline, not for stderr.
     assert_eq!(result.stdout_raw, b"done\n");
     assert!(result.stderr_raw.is_empty());
+    // The worker's page counts the action and what it downloaded.
+    let page = metrics.render();
+    for line in [
+        "corral_worker_actions_total{code=\"OK\"} 1",
+        "corral_worker_execute_seconds_count 1",
+        "corral_worker_slots{state=\"idle\"} 1",
+    ] {
+        assert!(page.lines().any(|l| l == line), "{line} not in\n{page}");
+    }
+    assert!(
+        !page.contains("corral_worker_file_cache_downloads_total 0"),
+        "{page}"
+    );
     let _ = stop.send(());
 }
 

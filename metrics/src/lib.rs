@@ -1,0 +1,207 @@
+//! Prometheus text pages for Corral's daemons: histograms of durations,
+//! label escaping, status code names, and a deliberately tiny HTTP/1.1
+//! responder for `GET /metrics`, since one fixed page does not justify an
+//! HTTP stack. Each daemon keeps its own metrics and renders its own page
+//! with these; `corral up` serves several pages as one.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Bucket bounds, in seconds, of every histogram: from a cache-warm
+/// compile to the longest timeout allowed by default.
+const BUCKETS_S: [f64; 12] = [
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+/// A histogram of durations over [`BUCKETS_S`].
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per bucket of [`BUCKETS_S`], then +Inf; not cumulative.
+    counts: [u64; BUCKETS_S.len() + 1],
+    sum_s: f64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, value: Duration) {
+        let s = value.as_secs_f64();
+        let bucket = BUCKETS_S
+            .iter()
+            .position(|&bound| s <= bound)
+            .unwrap_or(BUCKETS_S.len());
+        self.counts[bucket] += 1;
+        self.sum_s += s;
+    }
+
+    /// Writes the series of `name` (buckets, sum, count) to `out`.
+    pub fn render(&self, out: &mut String, name: &str) {
+        let mut cumulative = 0;
+        for (bound, count) in BUCKETS_S.iter().zip(self.counts) {
+            cumulative += count;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.counts[BUCKETS_S.len()];
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_s);
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+/// A metric a page declares: name, type and help text. A daemon lists
+/// every metric it renders, so a test can check none is declared and
+/// never set.
+pub type Declared = (&'static str, &'static str, &'static str);
+
+/// Writes the `# HELP` and `# TYPE` lines of `metric`; returns its name.
+pub fn header(out: &mut String, metric: Declared) -> &'static str {
+    let (name, kind, help) = metric;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    name
+}
+
+/// `value` escaped for a label: backslash, quote and newline.
+pub fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The canonical name of the gRPC status `code`, as in
+/// google/rpc/code.proto.
+pub fn code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Largest request head read before answering; scrapers send a few
+/// hundred bytes.
+const MAX_REQUEST_BYTES: usize = 8 << 10;
+
+/// Answers one scrape: `GET /metrics` gets `page()`, anything else 404.
+async fn answer(mut stream: TcpStream, page: impl FnOnce() -> String) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_BYTES {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let (status, body) = if line.starts_with(b"GET /metrics ") {
+        ("200 OK", page())
+    } else {
+        ("404 Not Found", "try GET /metrics\n".to_owned())
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Serves `page()` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    page: impl Fn() -> String + Clone + Send + 'static,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut scrapes = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let page = page.clone();
+                // A scraper that stalls holds only its own connection;
+                // finished ones are reaped as others arrive.
+                scrapes.spawn(async move {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        answer(stream, page),
+                    )
+                    .await;
+                });
+                while scrapes.try_join_next().is_some() {}
+            }
+        }
+    }
+}
+
+/// Runs `work`, serving `page` on `listener` (when there is one) until
+/// `work` ends: for a daemon whose metrics live exactly as long as it.
+pub async fn serving_while<T>(
+    listener: Option<TcpListener>,
+    page: impl Fn() -> String + Clone + Send + 'static,
+    work: impl Future<Output = T>,
+) -> T {
+    let Some(listener) = listener else {
+        return work.await;
+    };
+    // The page never ends by itself: it stops when `work` has, and this
+    // select drops it.
+    tokio::pin!(work);
+    tokio::select! {
+        done = &mut work => done,
+        () = serve(listener, page, std::future::pending()) => work.await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_with_sum_and_count() {
+        let mut h = Histogram::default();
+        h.observe(Duration::from_millis(5));
+        h.observe(Duration::from_secs(2));
+        h.observe(Duration::from_secs(7200));
+        let mut out = String::new();
+        h.render(&mut out, "x");
+        assert!(out.contains("x_bucket{le=\"0.01\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"5\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"3600\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count 3\n"), "{out}");
+    }
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(label("a\"b\\c"), "a\\\"b\\\\c");
+    }
+
+    #[test]
+    fn codes_have_their_canonical_names() {
+        assert_eq!(code_name(0), "OK");
+        assert_eq!(code_name(8), "RESOURCE_EXHAUSTED");
+        assert_eq!(code_name(16), "UNAUTHENTICATED");
+        assert_eq!(code_name(99), "UNKNOWN");
+    }
+}
