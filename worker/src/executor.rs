@@ -469,7 +469,8 @@ pub fn status(err: &Error) -> rpc::Status {
             | input_root::Error::NoDigest { .. }
             // The action's own tree: retrying it cannot help.
             | input_root::Error::TooManyEntries { .. }
-            | input_root::Error::PathTooLong { .. },
+            | input_root::Error::PathTooLong { .. }
+            | input_root::Error::PathsTooLarge,
         ) => Code::InvalidArgument,
         Error::Outputs(outputs::Error::Refused { .. }) => Code::InvalidArgument,
         Error::Runner(status) => match status.code() {

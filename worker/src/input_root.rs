@@ -45,6 +45,11 @@ const ENTRIES_PER_TASK_MIN: usize = 512;
 pub const PATH_MAX_BYTES: usize = 4095;
 /// The longest name of one entry (NAME_MAX).
 const NAME_MAX_BYTES: usize = 255;
+/// Most bytes of directory paths one input root may hold while it is
+/// laid out. Within the entry limit and PATH_MAX, a chain 2,000 deep that
+/// then fans out into a million directories would hold 4 GB of paths;
+/// real trees hold a few MB (10,000 directories of 100-byte paths).
+pub const PATH_BYTES_MAX: usize = 256 << 20;
 
 /// What went wrong laying out an input root.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +73,12 @@ pub enum Error {
          more than the {PATH_MAX_BYTES} a path may have (PATH_MAX)"
     )]
     PathTooLong { length: usize, depth: usize },
+    #[error(
+        "the input root's directories have paths of more than {} MiB together: \
+         its tree is too deep and too wide at once",
+        PATH_BYTES_MAX >> 20
+    )]
+    PathsTooLarge,
     #[error("failed to create {path}")]
     Create {
         path: PathBuf,
@@ -301,6 +312,7 @@ async fn resolve(
         digest: root.clone(),
     }];
     let mut entries = 0u64;
+    let mut path_bytes = 0usize;
     let (mut cached, mut read) = (0usize, 0usize);
     while !wanted.is_empty() {
         let mut found = cache.get_all(wanted.iter().map(|w| &w.digest));
@@ -376,6 +388,11 @@ async fn resolve(
                 });
             }
             for child in &directory.directories {
+                // Each directory holds its whole path until laid out.
+                path_bytes += dest.as_os_str().len() + 1 + parent.length_of(&child.name);
+                if path_bytes > PATH_BYTES_MAX {
+                    return Err(Error::PathsTooLarge);
+                }
                 next.push(Wanted {
                     path: parent.path.join(&child.name),
                     relative: parent.length_of(&child.name),
@@ -658,9 +675,20 @@ mod tests {
     /// Resolves a chain of directories named `names`, each the only child
     /// of the one before, at `/r`.
     async fn resolve_chain(names: &[String]) -> Result<Vec<Vec<Node>>, Error> {
+        resolve_chain_to(names, Arc::default(), 1_000).await
+    }
+
+    /// [`resolve_chain`] with `bottom` as the innermost directory, up to
+    /// `max_entries`.
+    async fn resolve_chain_to(
+        names: &[String],
+        bottom: Arc<CheckedDirectory>,
+        max_entries: u64,
+    ) -> Result<Vec<Vec<Node>>, Error> {
         let cache = DirectoryCache::new(1 << 30);
+        cache.insert(made_up(usize::MAX), Arc::default());
         // Innermost first: directory i holds directory i - 1.
-        cache.insert(made_up(0), Arc::default());
+        cache.insert(made_up(0), bottom);
         for (i, name) in names.iter().rev().enumerate() {
             let directory = CheckedDirectory {
                 directories: vec![CheckedChild {
@@ -674,7 +702,43 @@ mod tests {
         // No server: reading anything would fail the test.
         let cas = CasClient::new("http://127.0.0.1:1").unwrap();
         let root = made_up(names.len());
-        resolve(&cas, &cache, &root, Path::new("/r"), 1_000).await
+        resolve(&cas, &cache, &root, Path::new("/r"), max_entries).await
+    }
+
+    #[tokio::test]
+    async fn a_tree_deep_and_wide_at_once_is_refused_for_its_paths() {
+        // 15 levels of 255-byte names, then 70,000 empty directories: far
+        // under the entry limit, but 70,000 paths of about 3,850 bytes.
+        let names = vec!["n".repeat(255); 15];
+        let wide = CheckedDirectory {
+            directories: (0..70_000)
+                .map(|i| CheckedChild {
+                    name: format!("d{i}"),
+                    digest: made_up(usize::MAX),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let refused = resolve_chain_to(&names, Arc::new(wide), 1_000_000).await;
+        assert!(
+            matches!(refused, Err(Error::PathsTooLarge)),
+            "{:?}",
+            refused.map(|levels| levels.len())
+        );
+        // The same width near the root is fine.
+        let wide = CheckedDirectory {
+            directories: (0..70_000)
+                .map(|i| CheckedChild {
+                    name: format!("d{i}"),
+                    digest: made_up(usize::MAX),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let levels = resolve_chain_to(&names[..1], Arc::new(wide), 1_000_000)
+            .await
+            .unwrap();
+        assert_eq!(levels[2].len(), 70_000);
     }
 
     #[tokio::test]
