@@ -705,37 +705,32 @@ mod tests {
         resolve(&cas, &cache, &root, Path::new("/r"), max_entries).await
     }
 
-    #[tokio::test]
-    async fn a_tree_deep_and_wide_at_once_is_refused_for_its_paths() {
-        // 15 levels of 255-byte names, then 70,000 empty directories: far
-        // under the entry limit, but 70,000 paths of about 3,850 bytes.
-        let names = vec!["n".repeat(255); 15];
-        let wide = CheckedDirectory {
-            directories: (0..70_000)
+    /// A directory of `n` empty subdirectories.
+    fn wide(n: usize) -> Arc<CheckedDirectory> {
+        Arc::new(CheckedDirectory {
+            directories: (0..n)
                 .map(|i| CheckedChild {
                     name: format!("d{i}"),
                     digest: made_up(usize::MAX),
                 })
                 .collect(),
             ..Default::default()
-        };
-        let refused = resolve_chain_to(&names, Arc::new(wide), 1_000_000).await;
+        })
+    }
+
+    #[tokio::test]
+    async fn a_tree_deep_and_wide_at_once_is_refused_for_its_paths() {
+        // 15 levels of 255-byte names, then 70,000 empty directories: far
+        // under the entry limit, but 70,000 paths of about 3,850 bytes.
+        let names = vec!["n".repeat(255); 15];
+        let refused = resolve_chain_to(&names, wide(70_000), 1_000_000).await;
         assert!(
             matches!(refused, Err(Error::PathsTooLarge)),
             "{:?}",
             refused.map(|levels| levels.len())
         );
         // The same width near the root is fine.
-        let wide = CheckedDirectory {
-            directories: (0..70_000)
-                .map(|i| CheckedChild {
-                    name: format!("d{i}"),
-                    digest: made_up(usize::MAX),
-                })
-                .collect(),
-            ..Default::default()
-        };
-        let levels = resolve_chain_to(&names[..1], Arc::new(wide), 1_000_000)
+        let levels = resolve_chain_to(&names[..1], wide(70_000), 1_000_000)
             .await
             .unwrap();
         assert_eq!(levels[2].len(), 70_000);

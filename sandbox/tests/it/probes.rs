@@ -632,24 +632,23 @@ fn landlock_stops_reads_outside_the_bound_paths() {
     assert_eq!(ran.stdout, "DENIED-ok\n", "{}", ran.output());
 }
 
+/// Runs `script` under the default policy with a disk limit of 8 MiB.
+fn with_8_mib_of_disk(script: &str, timeout: Duration) -> crate::Ran {
+    let mut policy = default_policy();
+    policy.limits.disk_max_bytes = 8 << 20;
+    run_with(policy, &["/bin/sh", "-c", script], Some(timeout), |_| {})
+}
+
 #[test]
 fn filling_the_input_root_past_the_disk_limit_kills_the_action() {
     if !privileged("filling_the_input_root_past_the_disk_limit_kills_the_action") {
         return;
     }
-    let mut policy = default_policy();
-    policy.limits.disk_max_bytes = 8 << 20;
     // 1 MiB every 20 ms: past the limit well before the first check, and
     // never done on its own.
-    let ran = run_with(
-        policy,
-        &[
-            "/bin/sh",
-            "-c",
-            "i=0; while :; do head -c 1048576 /dev/zero > f$i; i=$((i+1)); sleep 0.02; done",
-        ],
-        Some(Duration::from_secs(30)),
-        |_| {},
+    let ran = with_8_mib_of_disk(
+        "i=0; while :; do head -c 1048576 /dev/zero > f$i; i=$((i+1)); sleep 0.02; done",
+        Duration::from_secs(30),
     );
     assert!(ran.outcome.disk_exceeded, "{}", ran.output());
     assert!(!ran.outcome.timed_out);
@@ -664,18 +663,10 @@ fn writing_under_the_disk_limit_is_left_alone() {
     if !privileged("writing_under_the_disk_limit_is_left_alone") {
         return;
     }
-    let mut policy = default_policy();
-    policy.limits.disk_max_bytes = 8 << 20;
     // Long enough for a check to see the 2 MiB.
-    let ran = run_with(
-        policy,
-        &[
-            "/bin/sh",
-            "-c",
-            "head -c 2097152 /dev/zero > f; sleep 1.5; echo done",
-        ],
-        Some(Duration::from_secs(30)),
-        |_| {},
+    let ran = with_8_mib_of_disk(
+        "head -c 2097152 /dev/zero > f; sleep 1.5; echo done",
+        Duration::from_secs(30),
     );
     assert_eq!(ran.stdout, "done\n", "{}", ran.output());
     assert!(!ran.outcome.disk_exceeded);
@@ -687,19 +678,11 @@ fn an_unlinked_file_held_open_still_counts_against_the_disk_limit() {
     if !privileged("an_unlinked_file_held_open_still_counts_against_the_disk_limit") {
         return;
     }
-    let mut policy = default_policy();
-    policy.limits.disk_max_bytes = 8 << 20;
     // The file has no name once written to: only its open descriptor
     // shows it takes disk.
-    let ran = run_with(
-        policy,
-        &[
-            "/bin/sh",
-            "-c",
-            "exec 3>hidden; rm hidden; while :; do head -c 1048576 /dev/zero >&3; sleep 0.02; done",
-        ],
-        Some(Duration::from_secs(20)),
-        |_| {},
+    let ran = with_8_mib_of_disk(
+        "exec 3>hidden; rm hidden; while :; do head -c 1048576 /dev/zero >&3; sleep 0.02; done",
+        Duration::from_secs(20),
     );
     assert!(ran.outcome.disk_exceeded, "{}", ran.output());
     assert!(!ran.outcome.timed_out);
