@@ -38,15 +38,27 @@ impl Histogram {
 
     /// Writes the series of `name` (buckets, sum, count) to `out`.
     pub fn render(&self, out: &mut String, name: &str) {
+        self.render_labeled(out, name, "");
+    }
+
+    /// Like [`render`](Self::render), for one member of a labeled family:
+    /// `labels` (e.g. `stage="execute"`, already escaped) go on every
+    /// line, before `le`.
+    pub fn render_labeled(&self, out: &mut String, name: &str, labels: &str) {
+        let (with_le, alone) = if labels.is_empty() {
+            (String::new(), String::new())
+        } else {
+            (format!("{labels},"), format!("{{{labels}}}"))
+        };
         let mut cumulative = 0;
         for (bound, count) in BUCKETS_S.iter().zip(self.counts) {
             cumulative += count;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_bucket{{{with_le}le=\"{bound}\"}} {cumulative}");
         }
         cumulative += self.counts[BUCKETS_S.len()];
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_s);
-        let _ = writeln!(out, "{name}_count {cumulative}");
+        let _ = writeln!(out, "{name}_bucket{{{with_le}le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_sum{alone} {}", self.sum_s);
+        let _ = writeln!(out, "{name}_count{alone} {cumulative}");
     }
 }
 
@@ -54,6 +66,46 @@ impl Histogram {
 /// every metric it renders, so a test can check none is declared and
 /// never set.
 pub type Declared = (&'static str, &'static str, &'static str);
+
+/// Checks a rendered `page` against what it `declared`: every metric has
+/// its `# TYPE` line and at least one sample, and no sample belongs to a
+/// metric not declared. For the daemons' tests; the error says what is
+/// wrong.
+pub fn check_page(page: &str, declared: &[Declared]) -> Result<(), String> {
+    for (name, kind, _) in declared {
+        if !page.contains(&format!("# TYPE {name} {kind}\n")) {
+            return Err(format!("{name} is not declared as a {kind}"));
+        }
+    }
+    let samples = page
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    for line in samples {
+        // A sample is `name{labels} value`, `name value`, or a
+        // histogram's `name_bucket`, `_sum` or `_count`.
+        let family = line.split(['{', ' ']).next().unwrap_or_default();
+        let of = |name: &str| {
+            family == name
+                || ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|suffix| family.strip_suffix(suffix) == Some(name))
+        };
+        if !declared.iter().any(|(name, _, _)| of(name)) {
+            return Err(format!("undeclared sample: {line}"));
+        }
+    }
+    for (name, _, _) in declared {
+        let sampled = page.lines().any(|l| {
+            !l.starts_with('#')
+                && l.starts_with(name)
+                && l[name.len()..].starts_with(['{', ' ', '_'])
+        });
+        if !sampled {
+            return Err(format!("{name} has no sample"));
+        }
+    }
+    Ok(())
+}
 
 /// Writes the `# HELP` and `# TYPE` lines of `metric`; returns its name.
 pub fn header(out: &mut String, metric: Declared) -> &'static str {
@@ -190,6 +242,46 @@ mod tests {
         assert!(out.contains("x_bucket{le=\"3600\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_count 3\n"), "{out}");
+    }
+
+    #[test]
+    fn labels_go_before_le_and_on_sum_and_count() {
+        let mut h = Histogram::default();
+        h.observe(Duration::from_secs(2));
+        let mut out = String::new();
+        h.render_labeled(&mut out, "x", "stage=\"run\"");
+        assert!(
+            out.contains("x_bucket{stage=\"run\",le=\"5\"} 1\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_sum{stage=\"run\"} 2\n"), "{out}");
+        assert!(out.contains("x_count{stage=\"run\"} 1\n"), "{out}");
+    }
+
+    #[test]
+    fn a_page_is_checked_against_its_declarations() {
+        const DECLARED: [Declared; 2] = [
+            ("a_total", "counter", "A."),
+            ("b_seconds", "histogram", "B."),
+        ];
+        let mut page = String::new();
+        let name = header(&mut page, DECLARED[0]);
+        page.push_str(&format!("{name}{{code=\"OK\"}} 1\n"));
+        let name = header(&mut page, DECLARED[1]);
+        Histogram::default().render(&mut page, name);
+        assert_eq!(check_page(&page, &DECLARED), Ok(()));
+        let undeclared = format!("{page}c_total 1\n");
+        assert!(check_page(&undeclared, &DECLARED)
+            .unwrap_err()
+            .contains("c_total"));
+        let unsampled = page.replace("a_total{code=\"OK\"} 1\n", "");
+        assert!(check_page(&unsampled, &DECLARED)
+            .unwrap_err()
+            .contains("a_total"));
+        let untyped = page.replace("# TYPE b_seconds histogram\n", "");
+        assert!(check_page(&untyped, &DECLARED)
+            .unwrap_err()
+            .contains("b_seconds"));
     }
 
     #[test]

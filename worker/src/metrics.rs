@@ -17,26 +17,17 @@ use crate::file_cache::FileCache;
 
 /// Everything [`Page::render`] writes, with its help text: the list a
 /// test checks every metric against, so none is declared and never set.
-pub const DECLARED: [Declared; 8] = [
+pub const DECLARED: [Declared; 6] = [
     (
         "corral_worker_actions_total",
         "counter",
         "Actions finished, by the status code of their response.",
     ),
     (
-        "corral_worker_fetch_inputs_seconds",
+        "corral_worker_stage_seconds",
         "histogram",
-        "Time an action spent fetching its Command and laying out its input root.",
-    ),
-    (
-        "corral_worker_execute_seconds",
-        "histogram",
-        "Time an action spent running, from the request to the runner to its answer.",
-    ),
-    (
-        "corral_worker_upload_outputs_seconds",
-        "histogram",
-        "Time an action spent collecting and uploading its outputs.",
+        "Time actions spent in each stage: fetch_inputs (the Command and the input root), \
+         execute (the runner's run) and upload_outputs.",
     ),
     (
         "corral_worker_slots",
@@ -164,26 +155,26 @@ impl Page {
         for (code, n) in &recorded.actions {
             let _ = writeln!(out, "{name}{{code=\"{code}\"}} {n}");
         }
-        for (index, histogram) in [
-            (1, &recorded.fetch_inputs),
-            (2, &recorded.execute),
-            (3, &recorded.upload_outputs),
+        let name = header(&mut out, DECLARED[1]);
+        for (stage, histogram) in [
+            ("fetch_inputs", &recorded.fetch_inputs),
+            ("execute", &recorded.execute),
+            ("upload_outputs", &recorded.upload_outputs),
         ] {
-            let name = header(&mut out, DECLARED[index]);
-            histogram.render(&mut out, name);
+            histogram.render_labeled(&mut out, name, &format!("stage=\"{stage}\""));
         }
         drop(recorded);
         let executing = self.metrics.executing.load(Ordering::Relaxed);
-        let name = header(&mut out, DECLARED[4]);
+        let name = header(&mut out, DECLARED[2]);
         let idle = self.metrics.slots.saturating_sub(executing);
         let _ = writeln!(out, "{name}{{state=\"idle\"}} {idle}");
         let _ = writeln!(out, "{name}{{state=\"executing\"}} {executing}");
         let (bytes, files) = self.cache.usage();
-        let name = header(&mut out, DECLARED[5]);
+        let name = header(&mut out, DECLARED[3]);
         let _ = writeln!(out, "{name} {bytes}");
-        let name = header(&mut out, DECLARED[6]);
+        let name = header(&mut out, DECLARED[4]);
         let _ = writeln!(out, "{name} {files}");
-        let name = header(&mut out, DECLARED[7]);
+        let name = header(&mut out, DECLARED[5]);
         let _ = writeln!(out, "{name} {}", self.cache.downloads());
         out
     }
@@ -218,23 +209,19 @@ mod tests {
             cache,
         }
         .render();
-        for (name, kind, _) in DECLARED {
-            assert!(page.contains(&format!("# TYPE {name} {kind}\n")), "{name}");
-        }
+        assert_eq!(
+            corral_metrics::check_page(&page, &DECLARED),
+            Ok(()),
+            "{page}"
+        );
         let series: Vec<&str> = page.lines().filter(|l| !l.starts_with('#')).collect();
-        for line in &series {
-            assert!(
-                DECLARED.iter().any(|(name, _, _)| line.starts_with(name)),
-                "undeclared: {line}"
-            );
-        }
         for expected in [
             "corral_worker_actions_total{code=\"OK\"} 1",
             "corral_worker_actions_total{code=\"DEADLINE_EXCEEDED\"} 1",
-            "corral_worker_fetch_inputs_seconds_bucket{le=\"0.5\"} 1",
-            "corral_worker_fetch_inputs_seconds_sum 0.5",
-            "corral_worker_execute_seconds_sum 2",
-            "corral_worker_upload_outputs_seconds_count 0",
+            "corral_worker_stage_seconds_bucket{stage=\"fetch_inputs\",le=\"0.5\"} 1",
+            "corral_worker_stage_seconds_sum{stage=\"fetch_inputs\"} 0.5",
+            "corral_worker_stage_seconds_sum{stage=\"execute\"} 2",
+            "corral_worker_stage_seconds_count{stage=\"upload_outputs\"} 0",
             "corral_worker_slots{state=\"idle\"} 2",
             "corral_worker_slots{state=\"executing\"} 1",
             "corral_worker_file_cache_bytes 0",

@@ -835,16 +835,11 @@ async fn every_declared_metric_is_recorded_and_served() {
     let _waiting = farm.execute(&waiting, 0).await;
     let (status, page) = http_get(farm.metrics, "/metrics").await;
     assert_eq!(status, "HTTP/1.1 200 OK");
-    for (name, kind, _) in corral_scheduler::metrics::DECLARED {
-        assert!(
-            page.contains(&format!("# TYPE {name} {kind}\n")),
-            "{name} not declared in:\n{page}"
-        );
-        let sampled = page
-            .lines()
-            .any(|line| !line.starts_with('#') && line.starts_with(name));
-        assert!(sampled, "{name} has no sample in:\n{page}");
-    }
+    assert_eq!(
+        corral_metrics::check_page(&page, &corral_scheduler::metrics::DECLARED),
+        Ok(()),
+        "{page}"
+    );
     assert!(page.contains(
         "corral_scheduler_queued_actions{instance=\"\",platform=\"{OSFamily=macos}\"} 1\n"
     ));

@@ -673,7 +673,7 @@ async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
     let page = metrics.render();
     for line in [
         "corral_worker_actions_total{code=\"OK\"} 1",
-        "corral_worker_execute_seconds_count 1",
+        "corral_worker_stage_seconds_count{stage=\"execute\"} 1",
         "corral_worker_slots{state=\"idle\"} 1",
     ] {
         assert!(page.lines().any(|l| l == line), "{line} not in\n{page}");
