@@ -37,8 +37,9 @@ pub struct DiskWatch {
     /// The sandbox's setup process, whose children are the action's pid
     /// namespace.
     setup: libc::pid_t,
-    /// That namespace, as /proc names it (`pid:[inode]`), once known.
-    pid_namespace: Option<PathBuf>,
+    /// That namespace, as /proc names it (`pid:[inode]`), and the input
+    /// root's file system, once known.
+    unlinked_scope: Option<(PathBuf, u64)>,
 }
 
 impl DiskWatch {
@@ -58,7 +59,7 @@ impl DiskWatch {
             limit,
             next: start + MIN_INTERVAL,
             setup,
-            pid_namespace: None,
+            unlinked_scope: None,
         }
     }
 
@@ -74,13 +75,15 @@ impl DiskWatch {
             return false;
         }
         let walk = Instant::now();
-        if self.pid_namespace.is_none() {
+        if self.unlinked_scope.is_none() {
             let link = format!("/proc/{}/ns/pid_for_children", self.setup);
-            self.pid_namespace = std::fs::read_link(link).ok();
+            let namespace = std::fs::read_link(link).ok();
+            let dev = std::fs::metadata(&self.root).ok().map(|m| m.dev());
+            self.unlinked_scope = namespace.zip(dev);
         }
         let mut used = written_by(&self.root, self.uid);
-        if let (Some(namespace), Ok(root)) = (&self.pid_namespace, std::fs::metadata(&self.root)) {
-            used = used.saturating_add(held_unlinked(namespace, self.uid, root.dev()));
+        if let Some((namespace, dev)) = &self.unlinked_scope {
+            used = used.saturating_add(held_unlinked(namespace, self.uid, *dev));
         }
         let took = walk.elapsed();
         self.next = now.max(Instant::now()) + MIN_INTERVAL.max(took * INTERVAL_PER_WALK);

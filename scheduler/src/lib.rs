@@ -229,29 +229,13 @@ impl Scheduler {
             .add_service(BuildQueueStateServer::new(admin))
     }
 
-    /// The Prometheus page, now.
-    pub fn metrics_text(&self) -> String {
-        self.assignments
-            .metrics()
-            .render(&self.assignments, &self.operations)
-    }
-
     /// The Prometheus page as a function to call when scraped, for a
-    /// daemon that serves it, alone or with other pages.
+    /// daemon that serves it (`corral_metrics::serve`), alone or with
+    /// other pages.
     pub fn metrics_page(&self) -> impl Fn() -> String + Clone + Send + 'static {
         let assignments = Arc::clone(&self.assignments);
         let operations = Arc::clone(&self.operations);
         move || assignments.metrics().render(&assignments, &operations)
-    }
-
-    /// Serves `GET /metrics` on `listener` until `shutdown`
-    /// ([`serve`](Self::serve) does it when `[metrics]` is configured).
-    pub fn serve_metrics(
-        &self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> impl Future<Output = ()> + Send + 'static {
-        corral_metrics::serve(listener, self.metrics_page(), shutdown)
     }
 
     /// Serves the scheduler alone on `listener` until `shutdown`, and its

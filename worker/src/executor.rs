@@ -148,10 +148,7 @@ impl Drop for BuildDirectory {
         // Abandoned: nobody waits for the removal, so it need not block
         // the thread dropping the action.
         let path = std::mem::take(&mut self.0);
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(move || remove_tree(&path))),
-            Err(_) => remove_tree(&path),
-        }
+        crate::clean_up_detached(move || remove_tree(&path));
     }
 }
 

@@ -229,10 +229,7 @@ impl Drop for Pins {
         // Pins drop in async code (the end of a layout), and unlinking a
         // large file frees its blocks, which takes a while: a blocking
         // thread does it, nobody waits for it.
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(move || remove_evicted(evicted))),
-            Err(_) => remove_evicted(evicted),
-        }
+        crate::clean_up_detached(move || remove_evicted(evicted));
     }
 }
 
@@ -379,6 +376,10 @@ impl FileCache {
             .await
             .map_err(write)?;
         cas.read_into(&key.digest(), &mut file).await?;
+        // The explicit chmod makes the mode independent of the umask.
+        file.set_permissions(std::fs::Permissions::from_mode(key.mode()))
+            .await
+            .map_err(write)?;
         drop(file);
         let cache = Arc::clone(self);
         // The pin travels in the task's result: if this future is dropped
@@ -418,27 +419,25 @@ impl FileCache {
         let temp = self.temp_path("tmp");
         let mode = key.mode();
         let written = (|| {
-            // Created read-only: the open descriptor may still write.
+            // Created read-only: the open descriptor may still write. The
+            // explicit chmod makes the mode independent of the umask.
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(mode)
                 .open(&temp)?;
-            file.write_all(data)
+            file.write_all(data)?;
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
         })();
         self.commit(key, &temp, written)
     }
 
-    /// Moves the file written at `temp` (if `written` says it was) to its
-    /// cache name and records the entry, pinned once; removes `temp` on
+    /// Moves the file written at `temp` with its final mode (if `written`
+    /// says it was) to its cache name and records the entry, pinned once; removes `temp` on
     /// failure. Blocking.
     fn commit(&self, key: &Key, temp: &Path, written: std::io::Result<()>) -> Result<(), Error> {
         let path = self.dir.join(key.file_name());
         let size = u64::try_from(key.size).unwrap_or(0);
-        // The explicit chmod makes the mode independent of the umask.
-        let written = written.and_then(|()| {
-            std::fs::set_permissions(temp, std::fs::Permissions::from_mode(key.mode()))
-        });
         let mut state = self.lock();
         // Renamed under the lock: eviction moves files away from their
         // cache names under it too, so it cannot take this new file

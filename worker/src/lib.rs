@@ -70,6 +70,16 @@ fn fresh_directory(dir: &Path) -> Result<(), Error> {
     std::fs::create_dir_all(dir).map_err(prepare)
 }
 
+/// Runs `cleanup` (unlinks that may take a while) on a blocking thread
+/// without waiting for it, or here when no runtime is running. For drop
+/// guards: a drop cannot await, and runs on whatever thread dropped.
+pub(crate) fn clean_up_detached(cleanup: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(cleanup)),
+        Err(_) => cleanup(),
+    }
+}
+
 /// This machine's name, for the worker id.
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -94,7 +94,11 @@ async fn farm_with(timing: Timing) -> Farm {
     let scheduler = Scheduler::builder(cfg).timing(timing).build().unwrap();
     let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics = metrics_listener.local_addr().unwrap();
-    servers.spawn(scheduler.serve_metrics(metrics_listener, std::future::pending()));
+    servers.spawn(corral_metrics::serve(
+        metrics_listener,
+        scheduler.metrics_page(),
+        std::future::pending(),
+    ));
     servers.spawn(async move {
         scheduler
             .serve(listener, std::future::pending())
