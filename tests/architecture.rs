@@ -12,6 +12,7 @@ use serde_json::Value;
 const OURS: &[&str] = &[
     "corral-proto",
     "corral-metrics",
+    "corral-auth",
     "corral-sandbox",
     "corral-runner",
     "corral-storage",
@@ -113,7 +114,12 @@ fn every_crate_of_ours_is_in_the_graph() {
 #[test]
 fn proto_and_sandbox_depend_on_nothing_of_ours() {
     let graph = graph();
-    for leaf in ["corral-proto", "corral-metrics", "corral-sandbox"] {
+    for leaf in [
+        "corral-proto",
+        "corral-metrics",
+        "corral-auth",
+        "corral-sandbox",
+    ] {
         let reached = reaches(&graph, leaf);
         assert!(
             ours(&reached).is_empty(),

@@ -1,0 +1,10 @@
+//! Who is calling, and what they may do. Every daemon that serves or
+//! connects over the network goes through this crate, so that one farm
+//! can be shared by tenants who must not see or disturb each other.
+//!
+//! The crate holds no service of its own: the daemons wrap their gRPC
+//! routes in what it offers and ask it, per call, whether the caller holds
+//! a grant. It must never log a credential (a token, a key), and never tell
+//! a caller which keys or identities exist.
+
+#![forbid(unsafe_code)]
