@@ -7,4 +7,22 @@
 //! a grant. It must never log a credential (a token, a key), and never tell
 //! a caller which keys or identities exist.
 
+//!
+//! Modules:
+//! - [`caller`] — who made a call: certificate, token, or anonymous.
+//! - [`permission`] — the words a grant allows (`execute`, `ac-write`, …).
+//! - [`grants`] — the grants file: callers to instance names, permissions
+//!   and sandbox policies.
+//! - [`authorizer`] — the per-call question services ask.
+
 #![forbid(unsafe_code)]
+
+pub mod authorizer;
+pub mod caller;
+pub mod grants;
+pub mod permission;
+
+pub use authorizer::Authorizer;
+pub use caller::Caller;
+pub use grants::Grants;
+pub use permission::Permission;
