@@ -203,6 +203,19 @@ impl TokenVerifier {
     }
 }
 
+/// Signs `claims` with an HS256 secret: the tokens of a farm that issues
+/// its own (`corral up --secure`), and of tests.
+pub fn sign_hs256(secret: &[u8], claims: &serde_json::Value) -> Result<String, TokenSignError> {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret).map_err(TokenSignError)?;
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), claims, &key)
+        .map_err(TokenSignError)
+}
+
+/// A token could not be signed.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to sign a token")]
+pub struct TokenSignError(#[source] jsonwebtoken::errors::Error);
+
 fn claims_error(kind: &ErrorKind) -> TokenError {
     match kind {
         ErrorKind::ExpiredSignature => TokenError::Expired,
@@ -292,8 +305,6 @@ fn jwks_keys(path: &Path) -> Result<Vec<VerifyingKey>, TokenConfigError> {
 mod tests {
     use std::time::{SystemTime, UNIX_EPOCH};
 
-    use jsonwebtoken::{EncodingKey, Header};
-
     use super::*;
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -319,12 +330,7 @@ mod tests {
     }
 
     fn sign(claims: serde_json::Value, secret: &str) -> String {
-        jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(secret.as_bytes()).unwrap(),
-        )
-        .unwrap()
+        sign_hs256(secret.as_bytes(), &claims).unwrap()
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub struct Config {
     /// in bytes, advertised in GetCapabilities. Default 4 MiB, gRPC's
     /// default message size.
     pub max_batch_total_size_bytes: u64,
+    /// Who may call, and what each caller may do (`[auth]`, see
+    /// docs/config.md). Unset: every caller is anonymous and may do
+    /// everything, as a farm for one team on a trusted network.
+    pub auth: Option<corral_auth::AuthConfig>,
 }
 
 /// Where blobs are kept.
@@ -86,6 +90,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8980)),
             backend: Backend::default(),
             max_batch_total_size_bytes: 4 << 20,
+            auth: None,
         }
     }
 }

@@ -13,6 +13,8 @@ pub enum Error {
     OpenDisk(#[from] DiskError),
     #[error("failed to set up the remote backend")]
     Remote(#[source] crate::blob_store::Error),
+    #[error("failed to set up authentication")]
+    Auth(#[source] corral_auth::config::AuthConfigError),
     #[error("failed to read the listener's address")]
     ListenerAddress(#[source] std::io::Error),
     #[error("serving on {addr} failed")]
