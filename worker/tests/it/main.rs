@@ -645,6 +645,7 @@ async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
             size_class: 0,
         }],
         metrics: None,
+        client_tls: None,
     };
     let worker = corral_worker::Worker::new(cfg).unwrap();
     let metrics = worker.metrics_page();
