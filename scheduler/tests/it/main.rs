@@ -6,6 +6,8 @@
 // Test code: a failed setup step should stop the test loudly.
 #![allow(clippy::unwrap_used)]
 
+mod tls;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -5,6 +5,8 @@
 // Test code: a failed setup step should stop the test loudly.
 #![allow(clippy::unwrap_used)]
 
+mod tls;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
