@@ -6,6 +6,8 @@
 // Test code: a failed setup step should stop the test loudly.
 #![allow(clippy::unwrap_used)]
 
+mod tls;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -95,7 +97,7 @@ async fn farm_with(timing: Timing) -> Farm {
     let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics = metrics_listener.local_addr().unwrap();
     servers.spawn(corral_metrics::serve(
-        metrics_listener,
+        corral_metrics::Listener::plaintext(metrics_listener),
         scheduler.metrics_page(),
         std::future::pending(),
     ));
