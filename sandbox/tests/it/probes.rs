@@ -691,8 +691,8 @@ fn an_unlinked_file_held_open_still_counts_against_the_disk_limit() {
 /// The probe's per-run ids: far above any login user's.
 fn probe_ids(n: u32) -> corral_sandbox::HostIds {
     corral_sandbox::HostIds {
-        uid: 1_900_000_000 + n,
-        gid: 1_900_000_000 + n,
+        uid: 1_899_000_000 + n,
+        gid: 1_899_000_000 + n,
     }
 }
 
