@@ -133,6 +133,10 @@ fn run_one(
         timeout,
     };
     let outcome = sandbox.run(&command)?;
+    // With subordinate ids, what the action left is its uid's: give it
+    // back, so the caller can read and remove it.
+    let mapping = sandbox.mapping();
+    mapping.reclaim(&command.input_root, mapping.default_ids())?;
     std::io::stdout().write_all(&std::fs::read(&command.stdout)?)?;
     std::io::stderr().write_all(&std::fs::read(&command.stderr)?)?;
     if json {
