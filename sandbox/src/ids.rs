@@ -140,6 +140,11 @@ impl Mapping {
             .find(|path| path.is_file());
         let range = subordinate_range(uid, name.as_deref(), &read_or_empty("/etc/subuid"));
         match (helper, range) {
+            // newuidmap looks the caller up by name, and refuses without.
+            (Some(_), Some(_)) if name.is_none() => Mapping::Own {
+                caller,
+                why: format!("uid {uid} has no entry in /etc/passwd, which newuidmap needs"),
+            },
             (Some(newuidmap), Some((start, count))) => Mapping::Subordinate {
                 newuidmap,
                 uids: IdRange {
