@@ -813,6 +813,73 @@ mod tests {
         assert_eq!(cache.copies(CopyReason::Unprotected), 1);
     }
 
+    /// Unmounts a test file system when dropped.
+    struct Mounted(PathBuf);
+
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    #[test]
+    fn laying_out_past_ext4s_link_limit_copies_instead_of_failing() {
+        use std::os::unix::fs::MetadataExt as _;
+        let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+        if !root {
+            assert!(std::env::var_os("CI").is_none(), "CI must run as root");
+            eprintln!("skipped: needs root to mount an ext4 image");
+            return;
+        }
+        // ext4 allows 65,000 links to a file: the cache's own name and
+        // 64,999 more.
+        let dir = tempfile::tempdir().unwrap();
+        let (image, mnt) = (dir.path().join("ext4.img"), dir.path().join("mnt"));
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        let run = |program: &str, args: &[&std::ffi::OsStr]| {
+            let status = std::process::Command::new(program)
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(status.success(), "{program} {args:?}");
+        };
+        run("mkfs.ext4", &["-q".as_ref(), image.as_os_str()]);
+        run(
+            "mount",
+            &[
+                "-o".as_ref(),
+                "loop".as_ref(),
+                image.as_os_str(),
+                mnt.as_os_str(),
+            ],
+        );
+        let _mounted = Mounted(mnt.clone());
+        let cache = FileCache::open(mnt.join("cache"), 1 << 20).unwrap();
+        cache.insert(&key(7), &[7; 10]).unwrap();
+        let inputs = mnt.join("inputs");
+        std::fs::create_dir(&inputs).unwrap();
+        let digest = key(7).digest();
+        for n in 0..65_010 {
+            cache
+                .place(&digest, false, &inputs.join(n.to_string()))
+                .unwrap();
+        }
+        assert_eq!(cache.copies(CopyReason::LinkLimit), 11);
+        let last = std::fs::metadata(inputs.join("65009")).unwrap();
+        assert_eq!(last.nlink(), 1, "a copy");
+        assert_eq!(std::fs::read(inputs.join("65009")).unwrap(), [7; 10]);
+        assert_eq!(
+            std::fs::metadata(cache.path(&digest, false))
+                .unwrap()
+                .nlink(),
+            65_000
+        );
+    }
+
     #[test]
     fn executables_and_plain_files_are_separate_entries() {
         let mut x = key(1);
