@@ -437,10 +437,21 @@ fn run_helper(helper: &Path, pid: libc::pid_t, ranges: &[(u32, u32)]) -> Result<
 /// the caller's supplementary groups and takes `creator`'s ids, then
 /// re-arms the parent-death signal, which the kernel clears when the ids
 /// change.
+///
+/// Root's capabilities are kept across the change (SECBIT_NO_SETUID_FIXUP,
+/// then the bits are reset): a user namespace made without CAP_SYS_ADMIN
+/// is refused or confined where the host restricts unprivileged ones
+/// (Debian's `kernel.unprivileged_userns_clone=0`, Ubuntu's AppArmor
+/// `apparmor_restrict_unprivileged_userns`). The namespace's owner, and
+/// so the uid its counters are charged to, is the effective uid all the
+/// same; and creating it leaves no capability in the host's namespace.
 pub(crate) fn enter_as_creator(creator: HostIds) -> io::Result<()> {
+    const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
     sys::set_no_groups()?;
+    sys::prctl(libc::PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0)?;
     sys::setresgid(creator.gid)?;
     sys::setresuid(creator.uid)?;
+    sys::prctl(libc::PR_SET_SECUREBITS, 0, 0)?;
     sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0).map(drop)
 }
 
