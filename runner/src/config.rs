@@ -115,3 +115,29 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn action_ids_must_leave_out_root_nobody_and_minus_one() {
+        let with = |first_uid, count| Config {
+            action_ids: ActionIdsConfig {
+                first_uid,
+                count,
+                ..ActionIdsConfig::default()
+            },
+            ..Config::default()
+        };
+        assert!(Config::default().validate().is_ok());
+        assert!(with(1_000_000, 1).validate().is_ok());
+        for (first, count) in [(0, 1), (65_500, 100), (u32::MAX - 1, 2), (10_000, 0)] {
+            let err = with(first, count).validate().unwrap_err();
+            assert!(
+                err.to_string().contains("action_ids"),
+                "{first} {count}: {err}"
+            );
+        }
+    }
+}

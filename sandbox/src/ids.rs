@@ -50,9 +50,12 @@ pub struct IdRange {
 impl IdRange {
     /// The `n`th ids of the range, if it has that many.
     pub fn nth(&self, n: u32) -> Option<HostIds> {
-        (n < self.count).then(|| HostIds {
-            uid: self.uid + n,
-            gid: self.gid + n,
+        if n >= self.count {
+            return None;
+        }
+        Some(HostIds {
+            uid: self.uid.checked_add(n)?,
+            gid: self.gid.checked_add(n)?,
         })
     }
 }
@@ -537,6 +540,12 @@ mod tests {
             })
         );
         assert_eq!(configured.nth(8), None);
+        let top = IdRange {
+            uid: u32::MAX,
+            gid: 1,
+            count: 2,
+        };
+        assert_eq!(top.nth(1), None, "past the last id");
         let caller = HostIds {
             uid: 1000,
             gid: 1000,
