@@ -193,6 +193,7 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
         .await
     });
     let worker = corral_worker::Worker::new(farm.worker.clone()).context("preparing the worker")?;
+    crate::worker::protect_the_cache(&worker);
     if let Some(metrics) = &farm.scheduler.metrics {
         let bound = tokio::net::TcpListener::bind(metrics.listen)
             .await
