@@ -225,6 +225,41 @@ fn token_is_fresh(files: &SecureFiles) -> anyhow::Result<bool> {
     }))
 }
 
+/// `[tls]` of the farm's one port: the server certificate, and client
+/// certificates from the local CA accepted but not required (a client may
+/// show the token instead).
+pub fn server_tls(files: &SecureFiles) -> corral_auth::tls::ServerTls {
+    corral_auth::tls::ServerTls {
+        certificate: files.server_certificate(),
+        private_key: files.server_key(),
+        client_ca: Some(files.ca_certificate()),
+        client_certificate: Some(corral_auth::tls::ClientCertificate::Optional),
+    }
+}
+
+/// `[auth]` of the farm's one port: a certificate from the local CA or a
+/// token signed with `token.key`, nothing else; what each may do is in
+/// `grants.toml`.
+pub fn auth_config(files: &SecureFiles) -> corral_auth::AuthConfig {
+    corral_auth::AuthConfig {
+        allow_anonymous: false,
+        client_certificates: true,
+        tokens: Some(token_config(files)),
+        grants: Some(files.grants()),
+    }
+}
+
+/// `[client_tls]` of the farm's own worker: it trusts the local CA and
+/// shows `worker.crt`.
+pub fn worker_tls(files: &SecureFiles) -> corral_auth::tls::ClientTls {
+    corral_auth::tls::ClientTls {
+        ca: files.ca_certificate(),
+        certificate: Some(files.worker_certificate()),
+        private_key: Some(files.worker_key()),
+        token_file: None,
+    }
+}
+
 /// How the farm checks tokens made here.
 pub fn token_config(files: &SecureFiles) -> corral_auth::token::TokenConfig {
     corral_auth::token::TokenConfig {
