@@ -69,6 +69,15 @@ impl ExecutionService {
         self
     }
 
+    fn next_name(&self) -> Result<String, Status> {
+        self.ids
+            .next_name()
+            .map_err(|e| match std::error::Error::source(&e) {
+                Some(cause) => Status::unavailable(format!("{e}: {cause}")),
+                None => Status::unavailable(e.to_string()),
+            })
+    }
+
     fn operations(&self) -> std::sync::MutexGuard<'_, Operations> {
         self.operations
             .lock()
@@ -244,11 +253,7 @@ impl Execution for ExecutionService {
         // A do_not_cache action's result is never cached by us; an entry
         // another client wrote for it is not its result either.
         if let Some(result) = cached.filter(|_| !action.do_not_cache) {
-            let operation = Arc::new(Operation::new(
-                self.ids.next_name(),
-                action_digest,
-                function,
-            ));
+            let operation = Arc::new(Operation::new(self.next_name()?, action_digest, function));
             operation.complete(ExecuteResponse {
                 result: Some(result),
                 cached_result: true,
@@ -271,8 +276,11 @@ impl Execution for ExecutionService {
         let priority = req.execution_policy.map_or(0, |p| {
             p.priority.clamp(*PRIORITIES.start(), *PRIORITIES.end())
         });
+        // Drawn before the lock, and used only if no identical action is
+        // in flight.
+        let name = self.next_name()?;
         let (operation, new) = self.operations().join_or_create(key, || {
-            Operation::new(self.ids.next_name(), action_digest.clone(), function)
+            Operation::new(name, action_digest.clone(), function)
         });
         operation.ask_inline(inline);
         if new {
