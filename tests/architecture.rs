@@ -155,7 +155,12 @@ fn daemon_crates_depend_only_where_the_design_allows() {
         ("corral-worker", &["corral-proto", "corral-metrics"]),
         (
             "corral-scheduler",
-            &["corral-proto", "corral-metrics", "corral-storage"],
+            &[
+                "corral-proto",
+                "corral-metrics",
+                "corral-storage",
+                "corral-auth",
+            ],
         ),
     ];
     for (krate, may) in allowed {
