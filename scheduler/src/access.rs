@@ -17,6 +17,8 @@
 //!   name under `P/` (every name when `P` is empty): a permission over
 //!   its workers (admin for drains, worker to synchronize) is one over
 //!   all of those names.
+//! - GetCapabilities needs no permission: it says nothing about any
+//!   tenant, and clients call it before anything else.
 
 use corral_auth::{Authorizer, Caller, Permission};
 use tonic::Status;
