@@ -27,17 +27,13 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::access;
-use crate::action::{check_command, platform, timeout};
+use crate::action::{check_command, platform, policies, timeout};
 use crate::assignment::{Assignments, Queued};
 use crate::capabilities_service::PRIORITIES;
 use crate::operation::{DedupKey, Inline, Operation, Operations, Progress};
 use crate::operation_ids::OperationIds;
 use crate::storage_client::StorageClient;
 use crate::task::AbortOnDrop;
-
-/// The platform property naming the sandbox policy an action runs under
-/// (the worker's `default_policy` when absent).
-pub const POLICY_PROPERTY: &str = "corral-policy";
 
 /// The gRPC header carrying `RequestMetadata` (REAPI).
 const REQUEST_METADATA_HEADER: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
@@ -268,15 +264,11 @@ impl Execution for ExecutionService {
         check_command(&command).map_err(|e| Status::invalid_argument(e.to_string()))?;
         // Refused before a cached result is returned too: the policy is
         // part of the action, which this caller may not ask for.
-        let platform = platform(&action, &command);
-        for (_, policy) in platform
-            .properties()
-            .iter()
-            .filter(|(name, _)| name == POLICY_PROPERTY)
-        {
+        for policy in policies(&action, &command) {
             self.authorizer
                 .check_sandbox_policy(&caller, &instance, policy)?;
         }
+        let platform = platform(&action, &command);
         let run_for = timeout(
             action.timeout.as_ref(),
             self.default_timeout,

@@ -202,6 +202,39 @@ async fn a_sandbox_policy_not_granted_is_refused_before_it_is_queued() {
 }
 
 #[tokio::test]
+async fn a_policy_hidden_in_the_commands_platform_is_refused_too() {
+    // The scheduler queues on the Action's platform; a worker finding no
+    // policy there reads the Command's (older clients put it only
+    // there). A policy smuggled into the Command must be granted too.
+    let farm = tenant_farm().await;
+    #[allow(deprecated)] // Command.platform: what Bazel 4 still sends.
+    let command = Command {
+        arguments: vec!["curl".into(), "metadata".into()],
+        platform: Some(to_platform(&[("corral-policy", "network")])),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let action = Action {
+        command_digest: Some(digest_of(&command)),
+        input_root_digest: Some(digest_of(b"")),
+        platform: Some(to_platform(LINUX)),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    farm.upload(&[action.clone(), command]).await;
+    let digest = digest_of(&action);
+    assert_denied(
+        execute_as(&farm, "alice", "team-a", &digest).await,
+        "token:alice may not use sandbox policy \"network\" (corral-policy) on instance name \"team-a\"",
+    );
+    let mut worker = worker_as(&farm, "1", LINUX, "worker-1");
+    assert!(
+        worker.take().await.is_none(),
+        "the smuggled policy was queued"
+    );
+}
+
+#[tokio::test]
 async fn a_caller_without_ac_read_is_never_answered_from_the_action_cache() {
     let farm = tenant_farm().await;
     let digest = farm.action(&["cached"], LINUX).await;
