@@ -4,7 +4,7 @@
 //! remembers its instance name and who started it, for the access rules
 //! of [`crate::access`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -67,8 +67,10 @@ pub struct Operation {
     name: String,
     instance_name: String,
     /// The callers (`Caller::name`) that started it: with in-flight
-    /// deduplication, every client whose Execute joined it.
-    owners: Mutex<BTreeSet<String>>,
+    /// deduplication, every client whose Execute joined it. A Vec: most
+    /// operations have one owner, and a set's first node would cost more
+    /// than the rest of the operation.
+    owners: Mutex<Vec<String>>,
     action_digest: Digest,
     digest_function: i32,
     progress: watch::Sender<Progress>,
@@ -127,14 +129,15 @@ impl Operation {
     /// Records that `caller` (a `Caller::name`) started it, or joined it.
     pub fn add_owner(&self, caller: &str) {
         let mut owners = self.owners();
-        if !owners.contains(caller) {
-            owners.insert(caller.to_owned());
+        if !owners.iter().any(|o| o == caller) {
+            owners.reserve_exact(1);
+            owners.push(caller.to_owned());
         }
     }
 
     /// Whether `caller` started it, or joined it.
     pub fn is_owned_by(&self, caller: &str) -> bool {
-        self.owners().contains(caller)
+        self.owners().iter().any(|o| o == caller)
     }
 
     /// How many callers share it.
@@ -142,7 +145,7 @@ impl Operation {
         self.owners().len()
     }
 
-    fn owners(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+    fn owners(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
         // An insert is one step: a panic elsewhere cannot leave it half done.
         self.owners.lock().unwrap_or_else(PoisonError::into_inner)
     }
