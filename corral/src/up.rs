@@ -85,7 +85,7 @@ impl Farm {
             storage: local.clone(),
             metrics: args
                 .metrics
-                .map(|listen| corral_scheduler::config::MetricsConfig { listen }),
+                .map(|listen| corral_scheduler::config::MetricsConfig { listen, tls: None }),
             ..corral_scheduler::Config::default()
         };
         let worker = corral_worker::Config {
@@ -137,6 +137,19 @@ pub fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Result<()> {
+    // One port serves storage and the scheduler: the scheduler's `[tls]`
+    // covers both (plaintext unless a caller sets it).
+    let tls = farm
+        .scheduler
+        .tls
+        .as_ref()
+        .map(|tls| tls.load("tls"))
+        .transpose()?;
+    let metrics_tls = farm
+        .scheduler
+        .metrics_tls()
+        .map(|(tls, key)| tls.load(key))
+        .transpose()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -161,6 +174,7 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
     let routes = scheduler.add_routes(corral_storage::routes_without_capabilities(
         &farm.storage,
         &stores,
+        &corral_auth::Authorizer::open(),
     ));
 
     // Each part is a task; the first to stop (an error, or Ctrl-C) stops
@@ -169,7 +183,8 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
     let server_stop = signal();
     parts.spawn(async move {
         shutdown::with_grace("storage and scheduler", server_stop, |graceful| async {
-            corral_storage::server()
+            corral_auth::tls::server(corral_storage::server(), tls.as_ref())
+                .context("setting up TLS")?
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(corral_storage::no_delay(listener), graceful)
                 .await
@@ -178,6 +193,7 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
         .await
     });
     let worker = corral_worker::Worker::new(farm.worker.clone()).context("preparing the worker")?;
+    crate::worker::protect_the_cache(&worker);
     if let Some(metrics) = &farm.scheduler.metrics {
         let bound = tokio::net::TcpListener::bind(metrics.listen)
             .await
@@ -187,6 +203,10 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
         let scheduler_page = scheduler.metrics_page();
         let worker_page = worker.metrics_page();
         let page = move || scheduler_page() + &worker_page.render();
+        let bound = match &metrics_tls {
+            Some(tls) => corral_metrics::Listener::tls(bound, tls.rustls()),
+            None => corral_metrics::Listener::plaintext(bound),
+        };
         parts.spawn(async move {
             corral_metrics::serve(bound, page, metrics_stop).await;
             Ok(())

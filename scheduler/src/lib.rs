@@ -70,6 +70,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use corral_auth::channel::Connector;
 use corral_auth::Authorizer;
 use corral_proto::buildqueuestate::build_queue_state_server::BuildQueueStateServer;
 use corral_proto::longrunning::operations_server::OperationsServer;
@@ -157,10 +158,9 @@ impl Builder {
         let storage = match self.storage {
             Some(storage) => storage,
             None => {
-                StorageClient::new(&self.cfg.storage).map_err(|source| Error::StorageEndpoint {
-                    endpoint: self.cfg.storage.clone(),
-                    source,
-                })?
+                let connector =
+                    Connector::new(self.cfg.client_tls.as_ref()).map_err(Error::Client)?;
+                StorageClient::new(&connector, &self.cfg.storage).map_err(Error::Client)?
             }
         };
         let cache_capabilities = match self.cache_capabilities {
@@ -270,6 +270,17 @@ impl Scheduler {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
         let addr = listener.local_addr().map_err(Error::ListenerAddress)?;
+        let tls = self
+            .cfg
+            .tls
+            .as_ref()
+            .map(|tls| tls.load("tls"))
+            .transpose()
+            .map_err(Error::Tls)?;
+        let metrics_tls = match self.cfg.metrics_tls() {
+            Some((tls, key)) => Some(tls.load(key).map_err(Error::Tls)?),
+            None => None,
+        };
         let metrics = match &self.cfg.metrics {
             Some(m) => {
                 let bound =
@@ -279,13 +290,17 @@ impl Scheduler {
                             addr: m.listen,
                             source,
                         })?;
-                tracing::info!(addr = %m.listen, "scheduler metrics serving");
-                Some(bound)
+                tracing::info!(addr = %m.listen, tls = metrics_tls.is_some(), "scheduler metrics serving");
+                Some(match &metrics_tls {
+                    Some(tls) => corral_metrics::Listener::tls(bound, tls.rustls()),
+                    None => corral_metrics::Listener::plaintext(bound),
+                })
             }
             None => None,
         };
-        tracing::info!(%addr, storage = %self.cfg.storage, "scheduler serving");
-        let grpc = tonic::transport::Server::builder()
+        tracing::info!(%addr, storage = %self.cfg.storage, tls = tls.is_some(), "scheduler serving");
+        let grpc = corral_auth::tls::server(tonic::transport::Server::builder(), tls.as_ref())
+            .map_err(|source| Error::Serve { addr, source })?
             .add_routes(self.routes())
             .serve_with_incoming_shutdown(corral_storage::no_delay(listener), shutdown);
         let served = corral_metrics::serving_while(metrics, self.metrics_page(), grpc).await;

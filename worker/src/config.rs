@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use corral_auth::tls::{ClientTls, ServerTls};
 use serde::Deserialize;
 
 use crate::error::Error;
@@ -46,6 +47,11 @@ pub struct Config {
     /// Prometheus metrics over HTTP (`GET /metrics`). Default: off; add
     /// a `[metrics]` table to serve them.
     pub metrics: Option<MetricsConfig>,
+    /// TLS for the worker's connections to the scheduler and storage
+    /// (`[client_tls]`), and the bearer token it authenticates with.
+    /// Default: none, plaintext; `scheduler` and `storage` must then be
+    /// `http://`, and with it `https://`.
+    pub client_tls: Option<ClientTls>,
 }
 
 /// The `[metrics]` table.
@@ -55,6 +61,10 @@ pub struct MetricsConfig {
     /// Address of the HTTP server for `GET /metrics`, e.g.
     /// `127.0.0.1:9982`. Required in the table.
     pub listen: std::net::SocketAddr,
+    /// HTTPS for the page (`[metrics.tls]`). Default: none, plain HTTP
+    /// (the worker serves nothing else, so it has no `[tls]` to reuse).
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
 }
 
 /// Identical build slots that share a runner and a platform.
@@ -92,6 +102,7 @@ impl Default for Config {
                 size_class: 0,
             }],
             metrics: None,
+            client_tls: None,
         }
     }
 }
@@ -105,13 +116,15 @@ impl Config {
                 reason: "a worker needs at least one slot group".to_owned(),
             });
         }
-        for (field, url) in [("scheduler", &self.scheduler), ("storage", &self.storage)] {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(Error::InvalidConfig {
-                    field,
-                    reason: format!("{url:?} is not an http:// or https:// endpoint"),
-                });
-            }
+        for (key, url) in [("scheduler", &self.scheduler), ("storage", &self.storage)] {
+            corral_auth::channel::check_endpoint(key, url, self.client_tls.is_some())
+                .map_err(Error::Client)?;
+        }
+        if let Some(client_tls) = &self.client_tls {
+            client_tls.validate().map_err(Error::Tls)?;
+        }
+        if let Some(tls) = self.metrics.as_ref().and_then(|m| m.tls.as_ref()) {
+            tls.validate("metrics.tls").map_err(Error::Tls)?;
         }
         Ok(())
     }

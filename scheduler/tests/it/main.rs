@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod authz;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -112,7 +113,7 @@ async fn farm_built(timing: Timing, authorizer: Option<corral_auth::Authorizer>)
     let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics = metrics_listener.local_addr().unwrap();
     servers.spawn(corral_metrics::serve(
-        metrics_listener,
+        corral_metrics::Listener::plaintext(metrics_listener),
         scheduler.metrics_page(),
         std::future::pending(),
     ));
@@ -825,6 +826,7 @@ async fn one_port_serves_storage_and_the_scheduler_as_corral_up_will() {
     let routes = scheduler.add_routes(corral_storage::routes_without_capabilities(
         &storage_cfg,
         &stores,
+        &corral_auth::Authorizer::open(),
     ));
     // The routes keep the scheduler's state and sweep alive.
     drop(scheduler);
