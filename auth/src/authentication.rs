@@ -198,7 +198,9 @@ mod tests {
         assert!(err.message().contains("not \"Bearer <token>\""));
         // Without [auth], a token is not refused: nobody checks it.
         let open = Authenticator::anonymous();
-        let caller = open.authenticate(&headers, &http::Extensions::new()).unwrap();
+        let caller = open
+            .authenticate(&headers, &http::Extensions::new())
+            .unwrap();
         assert!(caller.is_anonymous());
     }
 }

@@ -205,6 +205,7 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
         .context("setting up authentication")?;
     let scheduler = corral_scheduler::Scheduler::builder(farm.scheduler.clone())
         .storage_in_process(&farm.storage, &stores)
+        .authorizer(auth.authorizer.clone())
         .build()
         .context("starting the scheduler")?;
     let routes = scheduler.add_routes(corral_storage::routes_without_capabilities(
@@ -335,7 +336,11 @@ async fn supervise_runner(
 }
 
 fn print_welcome(farm: &Farm, listen: SocketAddr, data_dir: &Path) {
-    let scheme = if farm.secure.is_some() { "grpcs" } else { "grpc" };
+    let scheme = if farm.secure.is_some() {
+        "grpcs"
+    } else {
+        "grpc"
+    };
     let url = format!("{scheme}://{}", reachable(listen));
     eprintln!(
         "corral up: serving on {listen}, data in {}",
@@ -349,7 +354,11 @@ fn print_welcome(farm: &Farm, listen: SocketAddr, data_dir: &Path) {
         farm.runner_socket.display()
     );
     if let Some(metrics) = &farm.scheduler.metrics {
-        let http = if farm.secure.is_some() { "https" } else { "http" };
+        let http = if farm.secure.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         eprintln!("  metrics: {http}://{}/metrics", metrics.listen);
     }
     match &farm.secure {
