@@ -79,18 +79,31 @@ impl Runner {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let path = socket.clone();
-        let channel = Endpoint::from_static("http://runner")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    tokio::net::UnixStream::connect(path)
-                        .await
-                        .map(TokioIo::new)
+        // The socket's file exists from bind(), a moment before listen():
+        // a connection in between is refused, so try again briefly.
+        let mut attempts = 0;
+        let channel = loop {
+            let path = socket.clone();
+            let connected = Endpoint::from_static("http://runner")
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let path = path.clone();
+                    async move {
+                        tokio::net::UnixStream::connect(path)
+                            .await
+                            .map(TokioIo::new)
+                    }
+                }))
+                .await;
+            match connected {
+                Ok(channel) => break channel,
+                Err(e) if attempts < 100 => {
+                    attempts += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-            }))
-            .await
-            .unwrap();
+                Err(e) => panic!("the runner does not accept connections: {e}"),
+            }
+        };
         Runner {
             dir,
             client: RunnerClient::new(channel),
