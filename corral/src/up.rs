@@ -59,8 +59,17 @@ struct Farm {
     slots: usize,
 }
 
+/// TLS for the whole farm: the port's `[tls]` and the `[client_tls]` the
+/// farm's own worker reaches it with.
+pub struct FarmTls {
+    pub server: corral_auth::tls::ServerTls,
+    pub client: corral_auth::tls::ClientTls,
+}
+
 impl Farm {
-    fn new(args: &UpArgs, data_dir: &Path) -> anyhow::Result<Farm> {
+    /// The farm the flags describe; over TLS with `tls` (the port, its
+    /// metrics page, and the worker's connections to it), else plaintext.
+    fn new(args: &UpArgs, data_dir: &Path, tls: Option<FarmTls>) -> anyhow::Result<Farm> {
         let slots = match args.workers {
             Some(0) => bail!("--workers must be at least 1"),
             Some(n) => n,
@@ -68,7 +77,12 @@ impl Farm {
         };
         // The farm's own clients of its port: loopback when it listens on
         // every address.
-        let local = format!("http://{}", reachable(args.listen));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let local = format!("{scheme}://{}", reachable(args.listen));
+        let (server_tls, client_tls) = match tls {
+            Some(FarmTls { server, client }) => (Some(server), Some(client)),
+            None => (None, None),
+        };
         let runner_socket = data_dir.join("runner.sock");
         let worker_directory = data_dir.join("worker");
         let storage = corral_storage::Config {
@@ -78,11 +92,14 @@ impl Farm {
                 max_size_bytes: args.storage_gib << 30,
                 fsync: false,
             },
+            tls: server_tls.clone(),
             ..corral_storage::Config::default()
         };
         let scheduler = corral_scheduler::Config {
             listen: args.listen,
-            storage: local.clone(),
+            // Read in this process (`storage_in_process`): never dialled.
+            storage: format!("http://{}", reachable(args.listen)),
+            tls: server_tls,
             metrics: args
                 .metrics
                 .map(|listen| corral_scheduler::config::MetricsConfig { listen, tls: None }),
@@ -98,6 +115,7 @@ impl Farm {
                 platform: BTreeMap::new(),
                 size_class: 0,
             }],
+            client_tls,
             ..corral_worker::Config::default()
         };
         storage.validate()?;
@@ -131,7 +149,7 @@ pub fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         .data_dir
         .canonicalize()
         .with_context(|| format!("resolving {}", args.data_dir.display()))?;
-    let farm = Farm::new(args, &data_dir)?;
+    let farm = Farm::new(args, &data_dir, None)?;
     shutdown::runtime()?.block_on(serve(farm, args.listen, &data_dir))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -295,7 +313,12 @@ async fn supervise_runner(
 }
 
 fn print_welcome(farm: &Farm, listen: SocketAddr, data_dir: &Path) {
-    let url = format!("grpc://{}", reachable(listen));
+    let scheme = if farm.scheduler.tls.is_some() {
+        "grpcs"
+    } else {
+        "grpc"
+    };
+    let url = format!("{scheme}://{}", reachable(listen));
     eprintln!(
         "corral up: serving on {listen}, data in {}",
         data_dir.display()
@@ -308,7 +331,12 @@ fn print_welcome(farm: &Farm, listen: SocketAddr, data_dir: &Path) {
         farm.runner_socket.display()
     );
     if let Some(metrics) = &farm.scheduler.metrics {
-        eprintln!("  metrics: http://{}/metrics", metrics.listen);
+        let scheme = if farm.scheduler.metrics_tls().is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        eprintln!("  metrics: {scheme}://{}/metrics", metrics.listen);
     }
     eprintln!("Build with it:");
     eprintln!("  bazel build --remote_executor={url} --spawn_strategy=remote //...");
@@ -320,4 +348,57 @@ fn print_welcome(farm: &Farm, listen: SocketAddr, data_dir: &Path) {
 /// A part's task result, a panic counted as an error.
 fn flatten(done: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
     done.context("a part of the farm panicked")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> UpArgs {
+        UpArgs {
+            listen: "0.0.0.0:8980".parse().unwrap_or_else(|_| unreachable!()),
+            data_dir: PathBuf::from("/data"),
+            workers: Some(2),
+            storage_gib: 1,
+            metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9981))),
+        }
+    }
+
+    #[test]
+    fn zero_config_is_plaintext_on_loopback() -> anyhow::Result<()> {
+        let farm = Farm::new(&args(), Path::new("/data"), None)?;
+        assert_eq!(farm.worker.scheduler, "http://127.0.0.1:8980");
+        assert_eq!(farm.worker.storage, "http://127.0.0.1:8980");
+        assert!(farm.scheduler.tls.is_none() && farm.worker.client_tls.is_none());
+        assert!(farm.scheduler.metrics_tls().is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn with_tls_the_port_its_page_and_the_worker_speak_tls() -> anyhow::Result<()> {
+        let tls = FarmTls {
+            server: corral_auth::tls::ServerTls {
+                certificate: "server.crt".into(),
+                private_key: "server.key".into(),
+                client_ca: Some("ca.crt".into()),
+                client_certificate: Some(corral_auth::tls::ClientCertificate::Optional),
+            },
+            client: corral_auth::tls::ClientTls {
+                ca: "ca.crt".into(),
+                certificate: Some("client.crt".into()),
+                private_key: Some("client.key".into()),
+                token_file: None,
+            },
+        };
+        let farm = Farm::new(&args(), Path::new("/data"), Some(tls))?;
+        assert_eq!(farm.worker.scheduler, "https://127.0.0.1:8980");
+        assert_eq!(farm.worker.storage, "https://127.0.0.1:8980");
+        assert!(farm.worker.client_tls.is_some());
+        assert!(farm.storage.tls.is_some());
+        assert_eq!(
+            farm.scheduler.metrics_tls().map(|(_, key)| key),
+            Some("tls")
+        );
+        Ok(())
+    }
 }
