@@ -1,5 +1,7 @@
 //! The worker over TLS: to a scheduler and a storage that both require a
 //! client certificate, authenticating to the scheduler with its token.
+//! The fake scheduler also shows that handlers see the client's
+//! certificate (`Request::peer_certs`).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -96,9 +98,14 @@ async fn over_mtls_the_worker_runs_an_action_and_shows_its_token_to_the_schedule
                 .metadata()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            shown.lock().unwrap().push(value);
+                .unwrap_or("");
+            // The client certificate reaches the server's handlers too:
+            // what identities from mTLS are read from.
+            let certs = request.peer_certs().map_or(0, |c| c.len());
+            shown
+                .lock()
+                .unwrap()
+                .push(format!("{value}; certs={certs}"));
             Ok(request)
         }
     };
@@ -149,7 +156,7 @@ async fn over_mtls_the_worker_runs_an_action_and_shows_its_token_to_the_schedule
     let shown = shown.lock().unwrap().clone();
     assert!(!shown.is_empty());
     assert!(
-        shown.iter().all(|v| v == "Bearer worker-token"),
+        shown.iter().all(|v| v == "Bearer worker-token; certs=1"),
         "{shown:?}"
     );
     let _ = stop.send(());
