@@ -128,13 +128,26 @@ async fn over_mtls_the_worker_runs_an_action_and_shows_its_token_to_the_schedule
         private_key: Some(files.client_key.clone()),
         token_file: Some(token),
     };
-    let cfg = worker_config(
+    let mut cfg = worker_config(
         farm.dir.path(),
         &farm.runner_socket,
         scheduler,
         storage,
         Some(client_tls),
     );
+    // The metrics page over HTTPS, without client certificates.
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    cfg.metrics = Some(corral_worker::config::MetricsConfig {
+        listen: metrics,
+        tls: Some(ServerTls {
+            client_ca: None,
+            client_certificate: None,
+            ..server_tls(&files)
+        }),
+    });
     let worker = corral_worker::Worker::new(cfg).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tasks.spawn(async move {
@@ -159,6 +172,12 @@ async fn over_mtls_the_worker_runs_an_action_and_shows_its_token_to_the_schedule
         shown.iter().all(|v| v == "Bearer worker-token; certs=1"),
         "{shown:?}"
     );
+    let page = https_get(metrics, &files.ca).await;
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    assert!(
+        page.contains("corral_worker_actions_total{code=\"OK\"} 1"),
+        "{page}"
+    );
     let _ = stop.send(());
 }
 
@@ -174,4 +193,29 @@ fn https_endpoints_without_client_tls_stop_the_worker_naming_the_key() {
     );
     let err = corral_worker::Worker::new(cfg).err().unwrap().to_string();
     assert_eq!(err, "scheduler: https://scheduler:8980 needs [client_tls]");
+}
+
+/// GET /metrics over HTTPS on `addr`, trusting `ca`: the whole response.
+async fn https_get(addr: std::net::SocketAddr, ca: &Path) -> String {
+    use rustls_pki_types::pem::PemObject as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = rustls_pki_types::CertificateDer::from_pem_file(ca).unwrap();
+    roots.add(ca).unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut stream = connector.connect(name, tcp).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    // The page closes the connection after the body; a close without
+    // close_notify is no error here.
+    let _ = stream.read_to_end(&mut response).await;
+    String::from_utf8(response).unwrap()
 }
