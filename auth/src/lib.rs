@@ -14,9 +14,34 @@
 //!   bearer token on each call.
 //! - [`certs`] — a CA, server and client certificates made here, for
 //!   `corral up --secure` and tests.
+//! - [`caller`] — who made a call: certificate, token, or anonymous.
+//! - [`permission`] — the words a grant allows (`execute`, `ac-write`, …).
+//! - [`grants`] — the grants file: callers to instance names, permissions
+//!   and sandbox policies.
+//! - [`certificate`] — the identity a verified client certificate proves.
+//! - [`authentication`] — the tower layer that establishes each call's
+//!   caller, or answers UNAUTHENTICATED.
+//! - [`token`] — bearer tokens (JWT): keys, verification, what was wrong.
+//! - [`config`] — the `[auth]` table of a serving daemon.
+//! - [`authorizer`] — the per-call question services ask.
 
 #![forbid(unsafe_code)]
 
+pub mod authentication;
+pub mod authorizer;
+pub mod caller;
+pub mod certificate;
 pub mod certs;
 pub mod channel;
+pub mod config;
+pub mod grants;
+pub mod permission;
 pub mod tls;
+pub mod token;
+
+pub use authentication::{AuthenticationLayer, Authenticator};
+pub use authorizer::Authorizer;
+pub use caller::Caller;
+pub use config::{Auth, AuthConfig};
+pub use grants::Grants;
+pub use permission::Permission;

@@ -192,6 +192,7 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
     let routes = scheduler.add_routes(corral_storage::routes_without_capabilities(
         &farm.storage,
         &stores,
+        &corral_auth::Authorizer::open(),
     ));
 
     // Each part is a task; the first to stop (an error, or Ctrl-C) stops

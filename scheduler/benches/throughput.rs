@@ -229,7 +229,7 @@ async fn measure(access: StorageAccess) {
         ..corral_storage::Config::default()
     };
     let stores = corral_storage::open(&storage_cfg).await.expect("stores");
-    let routes = corral_storage::routes(&storage_cfg, &stores);
+    let routes = corral_storage::routes(&storage_cfg, &stores, &corral_auth::Authorizer::open());
     servers.spawn(async move {
         corral_storage::server()
             .add_routes(routes)

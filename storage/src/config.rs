@@ -30,6 +30,10 @@ pub struct Config {
     /// the remote backend. Default: none, plaintext; `backend.endpoint`
     /// must then be `http://`, and with it `https://`.
     pub client_tls: Option<ClientTls>,
+    /// Who may call, and what each caller may do (`[auth]`, see
+    /// docs/config.md). Unset: every caller is anonymous and may do
+    /// everything, as a farm for one team on a trusted network.
+    pub auth: Option<corral_auth::AuthConfig>,
 }
 
 /// Where blobs are kept.
@@ -96,6 +100,7 @@ impl Default for Config {
             max_batch_total_size_bytes: 4 << 20,
             tls: None,
             client_tls: None,
+            auth: None,
         }
     }
 }

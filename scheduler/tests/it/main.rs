@@ -786,6 +786,7 @@ async fn one_port_serves_storage_and_the_scheduler_as_corral_up_will() {
     let routes = scheduler.add_routes(corral_storage::routes_without_capabilities(
         &storage_cfg,
         &stores,
+        &corral_auth::Authorizer::open(),
     ));
     // The routes keep the scheduler's state and sweep alive.
     drop(scheduler);
