@@ -58,8 +58,21 @@ async fn over_mtls_the_worker_runs_an_action_and_shows_its_token_to_the_schedule
     }
     let farm = Farm::start().await;
     let files = TestPki::new().write(farm.dir.path()).unwrap();
+    // The worker's token: a JWT that storage verifies (a daemon with no
+    // token keys refuses a call that shows a token).
+    let secret = farm.dir.path().join("token.key");
+    std::fs::write(&secret, "a secret of at least thirty-two bytes\n").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "sub": "worker", "iss": "test", "aud": "corral", "exp": now + 3600,
+    });
+    let jwt =
+        corral_auth::token::sign_hs256(b"a secret of at least thirty-two bytes", &claims).unwrap();
     let token = farm.dir.path().join("worker.token");
-    std::fs::write(&token, "worker-token\n").unwrap();
+    std::fs::write(&token, format!("{jwt}\n")).unwrap();
     let mut tasks = JoinSet::new();
 
     // Storage over mTLS: a front whose backend is the farm's storage.
@@ -72,6 +85,19 @@ async fn over_mtls_the_worker_runs_an_action_and_shows_its_token_to_the_schedule
             cache: None,
         },
         tls: Some(server_tls(&files)),
+        auth: Some(corral_auth::AuthConfig {
+            allow_anonymous: false,
+            client_certificates: true,
+            tokens: Some(corral_auth::token::TokenConfig {
+                jwks_file: None,
+                public_key_files: Vec::new(),
+                hs256_secret_file: Some(secret),
+                issuers: vec!["test".into()],
+                audiences: vec!["corral".into()],
+                leeway_s: 30,
+            }),
+            grants: None,
+        }),
         ..corral_storage::Config::default()
     };
     tasks.spawn(async move {
@@ -169,7 +195,7 @@ async fn over_mtls_the_worker_runs_an_action_and_shows_its_token_to_the_schedule
     let shown = shown.lock().unwrap().clone();
     assert!(!shown.is_empty());
     assert!(
-        shown.iter().all(|v| v == "Bearer worker-token; certs=1"),
+        shown.iter().all(|v| *v == format!("Bearer {jwt}; certs=1")),
         "{shown:?}"
     );
     let page = https_get(metrics, &files.ca).await;
