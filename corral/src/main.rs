@@ -12,7 +12,6 @@ mod observability;
 mod runner;
 mod sandbox;
 mod scheduler;
-#[allow(dead_code)] // `corral up --secure` uses it once TLS is wired into `up`.
 mod secure;
 mod shutdown;
 mod storage;

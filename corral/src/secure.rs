@@ -20,16 +20,13 @@
 
 use std::fs::OpenOptions;
 use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
+use corral_auth::certs::{Authority, Issued};
 
 /// The token's issuer and audience: the farm checks both.
 pub const TOKEN_ISSUER: &str = "corral-up";
@@ -103,11 +100,9 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<SecureFile
     let ca = certificate_authority(&files)?;
     let names = server_names(listen);
     if !covers(&files.server_certificate(), &names) || !files.server_key().exists() {
-        issue(
-            &ca,
-            "corral up",
-            &names,
-            ExtendedKeyUsagePurpose::ServerAuth,
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        write_issued(
+            &ca.server(&names)?,
             &files.server_certificate(),
             &files.server_key(),
         )?;
@@ -117,14 +112,7 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<SecureFile
         (WORKER_NAME, files.worker_certificate(), files.worker_key()),
     ] {
         if !(cert.exists() && key.exists()) {
-            issue(
-                &ca,
-                name,
-                &[],
-                ExtendedKeyUsagePurpose::ClientAuth,
-                &cert,
-                &key,
-            )?;
+            write_issued(&ca.client(name)?, &cert, &key)?;
         }
     }
     if !files.token_key().exists() {
@@ -176,71 +164,32 @@ permissions = ["worker", "cas-read", "cas-write", "ac-read", "ac-write"]
     )
 }
 
+/// The name of the CA made here; [`Authority::from_pem`] needs it again.
+const CA_NAME: &str = "corral up local CA";
+
 /// The CA, loaded or made.
-fn certificate_authority(files: &SecureFiles) -> anyhow::Result<Issuer<'static, KeyPair>> {
+fn certificate_authority(files: &SecureFiles) -> anyhow::Result<Authority> {
     let (cert_path, key_path) = (files.ca_certificate(), files.path("ca.key"));
     if cert_path.exists() && key_path.exists() {
-        let key = KeyPair::from_pem(&read_text(&key_path)?)
-            .with_context(|| format!("reading the CA key {}", key_path.display()))?;
-        return Issuer::from_ca_cert_pem(&read_text(&cert_path)?, key)
-            .with_context(|| format!("reading the CA certificate {}", cert_path.display()));
+        return Authority::from_pem(CA_NAME, &read_text(&cert_path)?, &read_text(&key_path)?)
+            .with_context(|| format!("reading the CA in {}", files.dir.display()));
     }
-    let key = KeyPair::generate().context("making the CA key")?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(
-        DnType::CommonName,
-        format!("corral up local CA ({})", host_name()),
-    );
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params.not_after = rcgen::date_time_ymd(2036, 1, 1);
-    let cert = params
-        .self_signed(&key)
-        .context("signing the CA certificate")?;
-    write_private(&key_path, key.serialize_pem().as_bytes())?;
-    write_private(&cert_path, cert.pem().as_bytes())?;
-    Ok(Issuer::new(params, key))
+    let ca = Authority::new(CA_NAME)?;
+    write_private(&key_path, ca.key_pem().as_bytes())?;
+    write_private(&cert_path, ca.certificate_pem().as_bytes())?;
+    Ok(ca)
 }
 
-/// Signs a leaf certificate for `common_name` and writes it and its key.
-fn issue(
-    ca: &Issuer<'_, KeyPair>,
-    common_name: &str,
-    names: &[String],
-    usage: ExtendedKeyUsagePurpose,
-    cert_path: &Path,
-    key_path: &Path,
-) -> anyhow::Result<()> {
-    let key = KeyPair::generate().context("making a key")?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
-    params.subject_alt_names = names
-        .iter()
-        .map(|name| match name.parse::<IpAddr>() {
-            Ok(ip) => Ok(SanType::IpAddress(ip)),
-            Err(_) => name
-                .clone()
-                .try_into()
-                .map(SanType::DnsName)
-                .with_context(|| format!("{name:?} is not a DNS name")),
-        })
-        .collect::<anyhow::Result<_>>()?;
-    params.extended_key_usages = vec![usage];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.not_after = rcgen::date_time_ymd(2035, 1, 1);
-    let cert = params
-        .signed_by(&key, ca)
-        .with_context(|| format!("signing the certificate for {common_name}"))?;
-    write_private(key_path, key.serialize_pem().as_bytes())?;
-    write_private(cert_path, cert.pem().as_bytes())?;
-    Ok(())
+/// Writes a certificate and its key.
+fn write_issued(issued: &Issued, cert_path: &Path, key_path: &Path) -> anyhow::Result<()> {
+    write_private(key_path, issued.key_pem.as_bytes())?;
+    write_private(cert_path, issued.certificate_pem.as_bytes())
 }
 
 /// The names the server certificate must hold for `listen`, as
 /// certificates print them.
 fn server_names(listen: SocketAddr) -> Vec<String> {
+    // The first name is the certificate's subject.
     let mut names = vec![
         Ipv4Addr::LOCALHOST.to_string(),
         Ipv6Addr::LOCALHOST.to_string(),
@@ -274,6 +223,41 @@ fn token_is_fresh(files: &SecureFiles) -> anyhow::Result<bool> {
             .and_then(serde_json::Value::as_u64)
             .is_some_and(|exp| exp > unix_now() + TOKEN_RENEW_BEFORE.as_secs())
     }))
+}
+
+/// `[tls]` of the farm's one port: the server certificate, and client
+/// certificates from the local CA accepted but not required (a client may
+/// show the token instead).
+pub fn server_tls(files: &SecureFiles) -> corral_auth::tls::ServerTls {
+    corral_auth::tls::ServerTls {
+        certificate: files.server_certificate(),
+        private_key: files.server_key(),
+        client_ca: Some(files.ca_certificate()),
+        client_certificate: Some(corral_auth::tls::ClientCertificate::Optional),
+    }
+}
+
+/// `[auth]` of the farm's one port: a certificate from the local CA or a
+/// token signed with `token.key`, nothing else; what each may do is in
+/// `grants.toml`.
+pub fn auth_config(files: &SecureFiles) -> corral_auth::AuthConfig {
+    corral_auth::AuthConfig {
+        allow_anonymous: false,
+        client_certificates: true,
+        tokens: Some(token_config(files)),
+        grants: Some(files.grants()),
+    }
+}
+
+/// `[client_tls]` of the farm's own worker: it trusts the local CA and
+/// shows `worker.crt`.
+pub fn worker_tls(files: &SecureFiles) -> corral_auth::tls::ClientTls {
+    corral_auth::tls::ClientTls {
+        ca: files.ca_certificate(),
+        certificate: Some(files.worker_certificate()),
+        private_key: Some(files.worker_key()),
+        token_file: None,
+    }
 }
 
 /// How the farm checks tokens made here.

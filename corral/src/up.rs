@@ -22,6 +22,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::secure::{self, SecureFiles};
 use crate::shutdown;
 
 /// How long the runner has to start serving, and to stop.
@@ -47,10 +48,22 @@ pub struct UpArgs {
     /// Serve Prometheus metrics (`GET /metrics`) on this address.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// TLS and authentication: make (or reuse) a local CA, certificates,
+    /// a token and a grants file under `<data dir>/secure/`, and accept
+    /// only a client that shows that certificate or that token.
+    #[arg(long)]
+    pub secure: bool,
+    /// Serve plaintext without authentication on an address other hosts
+    /// can reach. Anyone who reaches it may then run anything it allows.
+    #[arg(long, conflicts_with = "secure")]
+    pub insecure: bool,
 }
 
 /// Every daemon's configuration, derived from the flags.
 struct Farm {
+    /// `--secure`'s files; `None`: plaintext, no authentication.
+    secure: Option<SecureFiles>,
+    /// The one port's storage and scheduler; its `auth` is the port's.
     storage: corral_storage::Config,
     scheduler: corral_scheduler::Config,
     worker: corral_worker::Config,
@@ -59,30 +72,21 @@ struct Farm {
     slots: usize,
 }
 
-/// TLS for the whole farm: the port's `[tls]` and the `[client_tls]` the
-/// farm's own worker reaches it with.
-pub struct FarmTls {
-    pub server: corral_auth::tls::ServerTls,
-    pub client: corral_auth::tls::ClientTls,
-}
-
 impl Farm {
-    /// The farm the flags describe; over TLS with `tls` (the port, its
-    /// metrics page, and the worker's connections to it), else plaintext.
-    fn new(args: &UpArgs, data_dir: &Path, tls: Option<FarmTls>) -> anyhow::Result<Farm> {
+    fn new(args: &UpArgs, data_dir: &Path) -> anyhow::Result<Farm> {
         let slots = match args.workers {
             Some(0) => bail!("--workers must be at least 1"),
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        let secure = args
+            .secure
+            .then(|| secure::prepare(data_dir, args.listen))
+            .transpose()?;
         // The farm's own clients of its port: loopback when it listens on
         // every address.
-        let scheme = if tls.is_some() { "https" } else { "http" };
+        let scheme = if secure.is_some() { "https" } else { "http" };
         let local = format!("{scheme}://{}", reachable(args.listen));
-        let (server_tls, client_tls) = match tls {
-            Some(FarmTls { server, client }) => (Some(server), Some(client)),
-            None => (None, None),
-        };
         let runner_socket = data_dir.join("runner.sock");
         let worker_directory = data_dir.join("worker");
         let storage = corral_storage::Config {
@@ -92,17 +96,19 @@ impl Farm {
                 max_size_bytes: args.storage_gib << 30,
                 fsync: false,
             },
-            tls: server_tls.clone(),
+            auth: secure.as_ref().map(secure::auth_config),
             ..corral_storage::Config::default()
         };
         let scheduler = corral_scheduler::Config {
             listen: args.listen,
-            // Read in this process (`storage_in_process`): never dialled.
-            storage: format!("http://{}", reachable(args.listen)),
-            tls: server_tls,
+            storage: local.clone(),
             metrics: args
                 .metrics
                 .map(|listen| corral_scheduler::config::MetricsConfig { listen, tls: None }),
+            tls: secure.as_ref().map(secure::server_tls),
+            // Storage is read in process; this only keeps `storage` and
+            // its TLS in agreement.
+            client_tls: secure.as_ref().map(secure::worker_tls),
             ..corral_scheduler::Config::default()
         };
         let worker = corral_worker::Config {
@@ -115,13 +121,14 @@ impl Farm {
                 platform: BTreeMap::new(),
                 size_class: 0,
             }],
-            client_tls,
+            client_tls: secure.as_ref().map(secure::worker_tls),
             ..corral_worker::Config::default()
         };
         storage.validate()?;
         scheduler.validate()?;
         worker.validate()?;
         Ok(Farm {
+            secure,
             build_directory: worker_directory.join("build"),
             storage,
             scheduler,
@@ -142,6 +149,15 @@ fn reachable(listen: SocketAddr) -> SocketAddr {
 }
 
 pub fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
+    if !args.listen.ip().is_loopback() && !args.secure && !args.insecure {
+        bail!(
+            "--listen {} can be reached from other hosts, and without --secure the farm serves \
+             plaintext with no authentication: anyone who reaches it could run actions and read \
+             or overwrite its cache. Add --secure (TLS, and a client certificate or token made \
+             under the data directory), or --insecure to serve it open anyway",
+            args.listen
+        );
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     // Absolute, because the runner child and the printed paths use it.
@@ -149,7 +165,7 @@ pub fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
         .data_dir
         .canonicalize()
         .with_context(|| format!("resolving {}", args.data_dir.display()))?;
-    let farm = Farm::new(args, &data_dir, None)?;
+    let farm = Farm::new(args, &data_dir)?;
     shutdown::runtime()?.block_on(serve(farm, args.listen, &data_dir))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -185,6 +201,8 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
         .context("opening storage")?;
     // The scheduler reads storage in this process: no loopback round
     // trips before an action is queued.
+    let auth = corral_auth::Auth::from_config(farm.storage.auth.as_ref())
+        .context("setting up authentication")?;
     let scheduler = corral_scheduler::Scheduler::builder(farm.scheduler.clone())
         .storage_in_process(&farm.storage, &stores)
         .build()
@@ -192,8 +210,9 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
     let routes = scheduler.add_routes(corral_storage::routes_without_capabilities(
         &farm.storage,
         &stores,
-        &corral_auth::Authorizer::open(),
+        &auth.authorizer,
     ));
+    let authentication = corral_auth::AuthenticationLayer::new(auth.authenticator);
 
     // Each part is a task; the first to stop (an error, or Ctrl-C) stops
     // them all, and the first error is what `up` reports.
@@ -203,6 +222,7 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
         shutdown::with_grace("storage and scheduler", server_stop, |graceful| async {
             corral_auth::tls::server(corral_storage::server(), tls.as_ref())
                 .context("setting up TLS")?
+                .layer(authentication)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(corral_storage::no_delay(listener), graceful)
                 .await
@@ -211,6 +231,7 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
         .await
     });
     let worker = corral_worker::Worker::new(farm.worker.clone()).context("preparing the worker")?;
+    crate::worker::protect_the_cache(&worker);
     if let Some(metrics) = &farm.scheduler.metrics {
         let bound = tokio::net::TcpListener::bind(metrics.listen)
             .await
@@ -314,7 +335,7 @@ async fn supervise_runner(
 }
 
 fn print_welcome(farm: &Farm, listen: SocketAddr, data_dir: &Path) {
-    let scheme = if farm.scheduler.tls.is_some() {
+    let scheme = if farm.secure.is_some() {
         "grpcs"
     } else {
         "grpc"
@@ -332,74 +353,53 @@ fn print_welcome(farm: &Farm, listen: SocketAddr, data_dir: &Path) {
         farm.runner_socket.display()
     );
     if let Some(metrics) = &farm.scheduler.metrics {
-        let scheme = if farm.scheduler.metrics_tls().is_some() {
+        let http = if farm.secure.is_some() {
             "https"
         } else {
             "http"
         };
-        eprintln!("  metrics: {scheme}://{}/metrics", metrics.listen);
+        eprintln!("  metrics: {http}://{}/metrics", metrics.listen);
     }
-    eprintln!("Build with it:");
-    eprintln!("  bazel build --remote_executor={url} --spawn_strategy=remote //...");
-    eprintln!("or use it as a remote cache only:");
-    eprintln!("  bazel build --remote_cache={url} //...");
+    match &farm.secure {
+        None => {
+            eprintln!(
+                "  security: plaintext, no authentication: anyone who can reach {listen} may use \
+                 this farm (--secure requires a certificate or token)"
+            );
+            eprintln!("Build with it:");
+            eprintln!("  bazel build --remote_executor={url} --spawn_strategy=remote //...");
+            eprintln!("or use it as a remote cache only:");
+            eprintln!("  bazel build --remote_cache={url} //...");
+        }
+        Some(files) => {
+            let ca = files.ca_certificate();
+            eprintln!(
+                "  security: TLS; clients show {} or the token in {}; grants in {}",
+                files.client_certificate().display(),
+                files.token().display(),
+                files.grants().display()
+            );
+            eprintln!("Build with it, showing the client certificate:");
+            eprintln!(
+                "  bazel build --remote_executor={url} --tls_certificate={} \\\n      \
+                 --tls_client_certificate={} --tls_client_key={} --spawn_strategy=remote //...",
+                ca.display(),
+                files.client_certificate().display(),
+                files.client_key().display()
+            );
+            eprintln!("or the token:");
+            eprintln!(
+                "  bazel build --remote_executor={url} --tls_certificate={} \\\n      \
+                 --remote_header=\"Authorization=Bearer $(cat {})\" --spawn_strategy=remote //...",
+                ca.display(),
+                files.token().display()
+            );
+        }
+    }
     eprintln!("corral up: ready (Ctrl-C stops the farm)");
 }
 
 /// A part's task result, a panic counted as an error.
 fn flatten(done: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
     done.context("a part of the farm panicked")?
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args() -> UpArgs {
-        UpArgs {
-            listen: "0.0.0.0:8980".parse().unwrap_or_else(|_| unreachable!()),
-            data_dir: PathBuf::from("/data"),
-            workers: Some(2),
-            storage_gib: 1,
-            metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9981))),
-        }
-    }
-
-    #[test]
-    fn zero_config_is_plaintext_on_loopback() -> anyhow::Result<()> {
-        let farm = Farm::new(&args(), Path::new("/data"), None)?;
-        assert_eq!(farm.worker.scheduler, "http://127.0.0.1:8980");
-        assert_eq!(farm.worker.storage, "http://127.0.0.1:8980");
-        assert!(farm.scheduler.tls.is_none() && farm.worker.client_tls.is_none());
-        assert!(farm.scheduler.metrics_tls().is_none());
-        Ok(())
-    }
-
-    #[test]
-    fn with_tls_the_port_its_page_and_the_worker_speak_tls() -> anyhow::Result<()> {
-        let tls = FarmTls {
-            server: corral_auth::tls::ServerTls {
-                certificate: "server.crt".into(),
-                private_key: "server.key".into(),
-                client_ca: Some("ca.crt".into()),
-                client_certificate: Some(corral_auth::tls::ClientCertificate::Optional),
-            },
-            client: corral_auth::tls::ClientTls {
-                ca: "ca.crt".into(),
-                certificate: Some("client.crt".into()),
-                private_key: Some("client.key".into()),
-                token_file: None,
-            },
-        };
-        let farm = Farm::new(&args(), Path::new("/data"), Some(tls))?;
-        assert_eq!(farm.worker.scheduler, "https://127.0.0.1:8980");
-        assert_eq!(farm.worker.storage, "https://127.0.0.1:8980");
-        assert!(farm.worker.client_tls.is_some());
-        assert!(farm.storage.tls.is_some());
-        assert_eq!(
-            farm.scheduler.metrics_tls().map(|(_, key)| key),
-            Some("tls")
-        );
-        Ok(())
-    }
 }

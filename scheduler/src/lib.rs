@@ -6,7 +6,13 @@
 //! platform, merges identical in-flight actions, and hands them to workers
 //! that synchronize with it.
 //!
+//! Every service asks the scheduler's [`corral_auth::Authorizer`] before
+//! it acts ([`access`] holds the rules beyond a single grant); the
+//! default one allows everything.
+//!
 //! Modules:
+//! - [`access`] — who may watch or cancel an operation, and permissions
+//!   over a worker's instance name prefix.
 //! - [`action`] — checking an Action and Command before queueing.
 //! - [`assignment`] — queued actions to workers; silent workers' actions
 //!   queued again; completions only from the assigned worker; platforms
@@ -33,6 +39,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod action;
 pub mod assignment;
 pub mod build_queue_state_service;
@@ -64,6 +71,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_auth::channel::Connector;
+use corral_auth::Authorizer;
 use corral_proto::buildqueuestate::build_queue_state_server::BuildQueueStateServer;
 use corral_proto::longrunning::operations_server::OperationsServer;
 use corral_proto::reapi::capabilities_server::CapabilitiesServer;
@@ -89,6 +97,7 @@ pub struct Scheduler {
     ids: Arc<dyn OperationIds>,
     assignments: Arc<Assignments>,
     operations: Arc<Mutex<Operations>>,
+    authorizer: Authorizer,
     sweeper: Arc<AbortOnDrop>,
 }
 
@@ -99,6 +108,7 @@ pub struct Builder {
     ids: Arc<dyn OperationIds>,
     cache_capabilities: Option<CacheCapabilities>,
     storage: Option<StorageClient>,
+    authorizer: Authorizer,
 }
 
 impl Builder {
@@ -122,6 +132,13 @@ impl Builder {
     /// Another source of operation names (tests predict them).
     pub fn ids(mut self, ids: Arc<dyn OperationIds>) -> Self {
         self.ids = ids;
+        self
+    }
+
+    /// Who may do what, asked by every service before it acts. Without
+    /// this every caller may do everything (`Authorizer::open`).
+    pub fn authorizer(mut self, authorizer: Authorizer) -> Self {
+        self.authorizer = authorizer;
         self
     }
 
@@ -165,6 +182,7 @@ impl Builder {
             ids: self.ids,
             assignments,
             operations,
+            authorizer: self.authorizer,
             sweeper,
         })
     }
@@ -184,6 +202,7 @@ impl Scheduler {
             ids: Arc::new(random_operation_ids::RandomOperationIds::new()),
             cache_capabilities: None,
             storage: None,
+            authorizer: Authorizer::open(),
         }
     }
 
@@ -206,21 +225,26 @@ impl Scheduler {
             Arc::clone(&self.ids),
             Duration::from_secs(self.cfg.default_timeout_s),
             Duration::from_secs(self.cfg.max_timeout_s),
+            self.authorizer.clone(),
         )
         .with_sweeper(Arc::clone(&self.sweeper));
         let operations = operations_service::OperationsService::new(
             Arc::clone(&self.operations),
             Arc::clone(&self.assignments),
+            self.authorizer.clone(),
         );
         let queue = operation_queue_service::OperationQueueService::new(
             Arc::clone(&self.assignments),
             self.timing.long_poll,
+            self.authorizer.clone(),
         )
         .with_sweeper(Arc::clone(&self.sweeper));
         let capabilities =
             capabilities_service::CapabilitiesService::new(self.cache_capabilities.clone());
-        let admin =
-            build_queue_state_service::BuildQueueStateService::new(Arc::clone(&self.assignments));
+        let admin = build_queue_state_service::BuildQueueStateService::new(
+            Arc::clone(&self.assignments),
+            self.authorizer.clone(),
+        );
         routes
             .add_service(ExecutionServer::new(execution))
             .add_service(OperationsServer::new(operations))

@@ -132,6 +132,20 @@ impl Worker {
         })
     }
 
+    /// Lays every input out as a copy (a reflink where the file system has
+    /// them) rather than a hardlink: for a host where the actions run as
+    /// the worker's own uid (`why`), which owns the file cache, so an
+    /// action could chmod a hardlinked input and rewrite what every later
+    /// action gets.
+    pub fn copy_inputs(&self, why: &str) {
+        tracing::warn!(
+            reason = why,
+            "input files are laid out as copies, not hardlinks: the actions run as the \
+             worker's own uid, which owns the file cache"
+        );
+        self.shared.cache.copy_inputs();
+    }
+
     /// The worker's Prometheus page, to render when scraped.
     pub fn metrics_page(&self) -> metrics::Page {
         metrics::Page {
