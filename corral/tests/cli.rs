@@ -108,6 +108,42 @@ fn sandbox_run_without_root_works_and_says_what_it_left_out() {
     );
 }
 
+#[test]
+fn a_tls_mistake_in_a_config_stops_the_daemon_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("corral-tls-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |daemon: &str, toml: &str| {
+        let file = dir.join(format!("{daemon}.toml"));
+        std::fs::write(&file, toml).unwrap();
+        let out = corral()
+            .arg(daemon)
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let stderr = run(
+        "storage",
+        "[backend]\nkind = \"remote\"\nendpoint = \"https://s:8980\"\n",
+    );
+    assert!(
+        stderr.contains("backend.endpoint: https://s:8980 needs [client_tls]"),
+        "{stderr}"
+    );
+    let stderr = run(
+        "scheduler",
+        "listen = \"127.0.0.1:0\"\n[tls]\ncertificate = \"/nonexistent/s.crt\"\n\
+         private_key = \"/nonexistent/s.key\"\n",
+    );
+    assert!(
+        stderr.contains("tls.certificate: failed to read /nonexistent/s.crt"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The test user for rootless runs with subordinate ids, made (as root) if
 /// missing, with a subordinate uid and gid range: its uid and gid.
 #[allow(clippy::unwrap_used)] // test code: a failed step stops the test
