@@ -4,6 +4,8 @@
 // Test code: a failed setup step should stop the test loudly.
 #![allow(clippy::unwrap_used)]
 
+mod isolation;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
