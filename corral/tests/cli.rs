@@ -207,10 +207,12 @@ fn killing_sandbox_run_ends_the_action_and_its_cgroup() {
             .collect()
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !dir.path().join("started").exists() && Instant::now() < deadline {
+    // The marker is written just before the shell execs sleep.
+    let sleeping = || dir.path().join("started").exists() && !running().is_empty();
+    while !sleeping() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!running().is_empty(), "the action never started");
+    assert!(!running().is_empty(), "the action's sleep never started");
     let prefix = format!("run-{}-", cli.id());
     let cgroups = corral_sandbox::cgroup::CgroupRoot::detect().unwrap();
     let left = || cgroups.as_ref().map_or(0, |c| c.leftovers(&prefix).len());

@@ -83,7 +83,8 @@ fn watch(pipe: &OwnedFd, root: &CgroupRoot, prefix: &str) -> ! {
         .write(true)
         .open("/dev/null")
     {
-        for fd in 0..3 {
+        // A caller with closed stdio may have got the pipe as 0, 1 or 2.
+        for fd in (0..3).filter(|&fd| fd != pipe.as_raw_fd()) {
             let _ = sys::dup2(null.as_raw_fd(), fd);
         }
     }

@@ -154,12 +154,11 @@ fn killing_the_supervisor_ends_the_action_and_its_cgroup() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // The marker is written just before the shell execs sleep.
     let started = wait_until(Duration::from_secs(30), || {
-        root.path().join("started").exists()
+        root.path().join("started").exists() && !processes_running("4242.4242").is_empty()
     });
-    assert!(started.is_some(), "the action never started");
-    let action = processes_running("4242.4242");
-    assert!(!action.is_empty(), "the action's sleep is not running");
+    assert!(started.is_some(), "the action's sleep never started");
     let prefix = format!("run-{}-", supervisor.id());
     let cgroups = CgroupRoot::detect().unwrap();
     if let Some(cgroups) = &cgroups {
