@@ -334,12 +334,6 @@ impl Sandbox {
         })
     }
 
-    /// The pid of the watchdog process, if there is one (tests).
-    #[doc(hidden)]
-    pub fn watchdog_pid(&self) -> Option<libc::pid_t> {
-        self._watchdog.as_ref().map(Watchdog::pid)
-    }
-
     fn namespace_flags(&self) -> libc::c_int {
         let mut flags = libc::CLONE_NEWUSER
             | libc::CLONE_NEWNS

@@ -56,11 +56,6 @@ impl Watchdog {
             }
         }
     }
-
-    /// The watchdog's pid, for tests.
-    pub fn pid(&self) -> libc::pid_t {
-        self.pid
-    }
 }
 
 impl Drop for Watchdog {
