@@ -4,13 +4,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use corral_proto::runner::runner_client::RunnerClient;
 use corral_proto::runner::{CheckReadinessRequest, RunRequest};
 use corral_runner::Config;
 use corral_sandbox::cgroup::CgroupRoot;
-use hyper_util::rt::TokioIo;
 use std::os::unix::fs::PermissionsExt;
-use tonic::transport::Endpoint;
 
 use crate::{privileged, Runner};
 
@@ -106,17 +103,6 @@ async fn killing_the_runner_ends_the_action_and_its_cgroup() {
     while !socket.exists() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let channel = Endpoint::from_static("http://runner")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = socket.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
-        .await
-        .unwrap();
     std::fs::create_dir_all(build.join("k1/root")).unwrap();
     std::fs::set_permissions(
         build.join("k1/root"),
@@ -138,7 +124,7 @@ async fn killing_the_runner_ends_the_action_and_its_cgroup() {
         input_root_directory: "k1/root".into(),
         ..Default::default()
     };
-    let mut client = RunnerClient::new(channel);
+    let mut client = crate::connect(socket).await;
     #[allow(clippy::disallowed_methods)] // awaited below, within the test
     let call = tokio::spawn(async move { client.run(request).await });
     let started = build.join("k1/root/started");
