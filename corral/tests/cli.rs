@@ -234,3 +234,25 @@ fn killing_sandbox_run_ends_the_action_and_its_cgroup() {
         "2 s after SIGKILL of corral sandbox run: action {pids:?}, {groups} cgroups left"
     );
 }
+
+#[test]
+fn sandbox_run_without_root_says_the_groups_stay() {
+    if !root("sandbox_run_without_root_says_the_groups_stay") {
+        return;
+    }
+    // Without CAP_SETGID the groups cannot be dropped: the log must say
+    // so rather than let an operator believe they were.
+    let out = Command::new("setpriv")
+        .args(["--reuid", "4242", "--regid", "4242", "--groups", "4"])
+        .arg(env!("CARGO_BIN_EXE_corral"))
+        .args(["sandbox", "run", "--", "/bin/true"])
+        .env("CORRAL_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("supplementary groups [4] cannot be dropped"),
+        "{stderr}"
+    );
+}
