@@ -16,13 +16,13 @@ async fn the_readiness_probe_does_not_follow_a_planted_symlink() {
     if !privileged("the_readiness_probe_does_not_follow_a_planted_symlink") {
         return;
     }
-    // The name the probe used to write to, as root, in the shared /tmp.
+    let mut runner = Runner::start().await;
+    // The name the probe used to write to, as root, in the shared /tmp;
+    // planted after the runner is up, and removed before any assertion.
     let predictable = std::env::temp_dir().join(format!("corral-readiness-{}", std::process::id()));
     let victim = tempfile::tempdir().unwrap();
     let _ = std::fs::remove_file(&predictable);
     std::os::unix::fs::symlink(victim.path(), &predictable).unwrap();
-
-    let mut runner = Runner::start().await;
     let ready = runner
         .client
         .check_readiness(CheckReadinessRequest {
