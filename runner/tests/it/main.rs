@@ -4,6 +4,8 @@
 // Test code: a failed setup step should stop the test loudly.
 #![allow(clippy::unwrap_used)]
 
+mod isolation;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -79,34 +81,9 @@ impl Runner {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // The socket's file exists from bind(), a moment before listen():
-        // a connection in between is refused, so try again briefly.
-        let mut attempts = 0;
-        let channel = loop {
-            let path = socket.clone();
-            let connected = Endpoint::from_static("http://runner")
-                .connect_with_connector(tower::service_fn(move |_| {
-                    let path = path.clone();
-                    async move {
-                        tokio::net::UnixStream::connect(path)
-                            .await
-                            .map(TokioIo::new)
-                    }
-                }))
-                .await;
-            match connected {
-                Ok(channel) => break channel,
-                Err(e) if attempts < 100 => {
-                    attempts += 1;
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("the runner does not accept connections: {e}"),
-            }
-        };
         Runner {
             dir,
-            client: RunnerClient::new(channel),
+            client: connect(socket).await,
             _stop: stop,
         }
     }
@@ -133,6 +110,32 @@ impl Runner {
 
     fn read(&self, relative: &str) -> String {
         std::fs::read_to_string(self.build().join(relative)).unwrap()
+    }
+}
+
+/// A client of the runner listening on `socket`. The socket file appears
+/// at bind(), a moment before listen(): retry a refused connection.
+async fn connect(socket: PathBuf) -> RunnerClient<Channel> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let path = socket.clone();
+        let result = Endpoint::from_static("http://runner")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map(TokioIo::new)
+                }
+            }))
+            .await;
+        match result {
+            Ok(channel) => return RunnerClient::new(channel),
+            Err(e) if std::time::Instant::now() >= deadline => {
+                panic!("connecting to the runner at {}: {e:?}", socket.display())
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
     }
 }
 
