@@ -263,7 +263,7 @@ fn a_python_client_is_held_to_each_tenants_grants() {
     let other_audience = token(secret, "tenant-a", "another-farm", now, now + day);
     let other_key = token(&[7u8; 32], "tenant-a", AUDIENCE, now, now + day);
 
-    // A client certificate that no CA the farm trusts has signed.
+    // A CA the farm does not trust, and a client certificate it signed.
     let other_ca = tempfile::tempdir().unwrap();
     let other = corral_auth::certs::TestPki::named("other CA")
         .write(other_ca.path())
@@ -279,6 +279,7 @@ fn a_python_client_is_held_to_each_tenants_grants() {
             "CORRAL_TEST_CLIENT_KEY",
             path(farm.secure_file("client.key")),
         ),
+        ("CORRAL_TEST_OTHER_CA", path(other.ca)),
         ("CORRAL_TEST_OTHER_CA_CERT", path(other.client_certificate)),
         ("CORRAL_TEST_OTHER_CA_KEY", path(other.client_key)),
         ("CORRAL_TEST_TOKEN_TENANT_A", valid("tenant-a")),
@@ -296,7 +297,7 @@ fn a_python_client_is_held_to_each_tenants_grants() {
         ("GRPC_VERBOSITY", "ERROR".to_owned()),
     ];
     let output = run_suite(&python, &farm, stubs.path(), "test_tenants", &env);
-    assert!(tests_ran(&output) >= 9, "{output}");
+    assert!(tests_ran(&output) >= 10, "{output}");
     // The certificate from another CA was refused by the farm, for that
     // reason: its TLS alert reached the client.
     assert!(

@@ -369,6 +369,15 @@ class Authentication(SecureFarmTest):
         self.assertEqual(caught.exception.code(), grpc.StatusCode.PERMISSION_DENIED, caught.exception.details())
         self.assertIn("corral-up-client lacks cas-read", caught.exception.details())
 
+    def test_a_client_trusting_another_ca_refuses_the_farm(self):
+        credentials = grpc.ssl_channel_credentials(root_certificates=read(variable("CORRAL_TEST_OTHER_CA")))
+        client = self.client(TENANT_A, instance_name=TENANT_A, credentials=credentials)
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.find_missing(client)()
+        error = caught.exception
+        self.assertEqual(error.code(), grpc.StatusCode.UNAVAILABLE, error.details())
+        self.assert_handshake_failure(error.details())
+
     def assert_handshake_failure(self, details):
         """The failure is the TLS layer's. With TLS 1.3 the client's side
         of the handshake is over before the server checks its certificate,
