@@ -133,6 +133,9 @@ fn run_one(
         timeout,
     };
     let outcome = sandbox.run(&command)?;
+    if let Some(excess) = &outcome.disk_excess {
+        tracing::warn!("the action {excess} and was killed");
+    }
     std::io::stdout().write_all(&std::fs::read(&command.stdout)?)?;
     std::io::stderr().write_all(&std::fs::read(&command.stderr)?)?;
     if json {

@@ -254,7 +254,6 @@ impl Runner for RunnerService {
             }))
         })?;
         let _kill_when_abandoned = CancelOnDrop(cancel.clone());
-        let disk_limit = sandbox.policy().limits.disk_max_bytes;
         let outcome = tokio::task::spawn_blocking(move || {
             open_directories(&command.input_root)?;
             sandbox
@@ -269,8 +268,8 @@ impl Runner for RunnerService {
             let seconds = timeout.unwrap_or_default().as_secs_f64();
             return Err(status(&Error::TimedOut { seconds }));
         }
-        if outcome.disk_exceeded {
-            return Err(status(&Error::DiskExceeded { limit: disk_limit }));
+        if let Some(excess) = outcome.disk_excess.clone() {
+            return Err(status(&Error::DiskExceeded { excess }));
         }
         Ok(Response::new(RunResponse {
             exit_code: outcome.exit_code(),

@@ -14,7 +14,7 @@ use crate::cancellation::Cancellation;
 use crate::cgroup::{Cgroup, CgroupRoot, CgroupUsage};
 use crate::child::{self, Fds, Plan};
 use crate::command::Command;
-use crate::disk::DiskWatch;
+use crate::disk::{DiskLimit, DiskWatch, Excess};
 use crate::error::Error;
 use crate::landlock::Rules;
 use crate::mounts::MountPlan;
@@ -245,7 +245,10 @@ impl Sandbox {
                 let disk = DiskWatch::new(
                     command.input_root.clone(),
                     self.host_uid,
-                    self.policy.limits.disk_max_bytes,
+                    DiskLimit {
+                        bytes: self.policy.limits.disk_max_bytes,
+                        entries: self.policy.limits.disk_max_entries,
+                    },
                     pid,
                     start,
                 );
@@ -280,7 +283,7 @@ impl Sandbox {
                 source: std::io::Error::from_raw_os_error(errno),
             });
         }
-        let exit = match (run.exit, streams.timed_out || streams.disk_exceeded) {
+        let exit = match (run.exit, streams.timed_out || streams.disk_excess.is_some()) {
             (Some(exit), _) => exit,
             (None, true) => Exit::Signaled(libc::SIGKILL),
             (None, false) => return Err(Error::Lost),
@@ -289,7 +292,8 @@ impl Sandbox {
             exit,
             timed_out: streams.timed_out,
             oom_killed: cgroup_usage.is_some_and(|u| u.oom_killed),
-            disk_exceeded: streams.disk_exceeded,
+            disk_exceeded: streams.disk_excess.is_some(),
+            disk_excess: streams.disk_excess,
             usage: usage(start.elapsed(), cgroup_usage, &rusage),
             stdout_truncated: streams.truncated[0],
             stderr_truncated: streams.truncated[1],
@@ -335,7 +339,7 @@ impl Drop for CgroupGuard {
 struct Streams {
     timed_out: bool,
     cancelled: bool,
-    disk_exceeded: bool,
+    disk_excess: Option<Excess>,
     truncated: [bool; 2],
 }
 
@@ -460,7 +464,7 @@ impl Supervision<'_> {
         let mut deadline = command.timeout.map(|t| start + t);
         let mut timed_out = false;
         let mut cancelled = false;
-        let mut disk_exceeded = false;
+        let mut disk_excess = None;
         let mut report = Some(report);
         let mut outs: Vec<Option<(OwnedFd, File, &'static str)>> =
             outputs.into_iter().map(Some).collect();
@@ -470,16 +474,16 @@ impl Supervision<'_> {
         while report.is_some() || outs.iter().any(Option::is_some) {
             let now = Instant::now();
             // Watched until the action is being killed for any reason.
-            let watching_disk = !(timed_out || cancelled || disk_exceeded);
-            if watching_disk && disk.over_limit(now) {
-                disk_exceeded = true;
+            let watching_disk = !(timed_out || cancelled || disk_excess.is_some());
+            if let Some(excess) = watching_disk.then(|| disk.over_limit(now)).flatten() {
+                disk_excess = Some(excess);
                 self.kill();
                 deadline = Some(now + KILL_GRACE);
                 continue;
             }
             if let Some(d) = deadline {
                 if now >= d {
-                    if timed_out || cancelled || disk_exceeded {
+                    if timed_out || cancelled || disk_excess.is_some() {
                         // Killed, yet something still holds a pipe open:
                         // stop waiting rather than hang the caller.
                         break;
@@ -581,7 +585,7 @@ impl Supervision<'_> {
         Ok(Streams {
             timed_out,
             cancelled,
-            disk_exceeded,
+            disk_excess,
             truncated,
         })
     }
