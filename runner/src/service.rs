@@ -263,7 +263,7 @@ impl Runner for RunnerService {
         .await
         .map_err(|_| status(&Error::Cancelled))?
         .map_err(|e| status(&e))?;
-        debug!(exit = ?outcome.exit, timed_out = outcome.timed_out, oom = outcome.oom_killed, "action ended");
+        debug!(exit = ?outcome.exit, timed_out = outcome.timed_out, oom = outcome.oom_killed, disk_bound = ?outcome.disk_bound, "action ended");
         if outcome.timed_out {
             let seconds = timeout.unwrap_or_default().as_secs_f64();
             return Err(status(&Error::TimedOut { seconds }));

@@ -7,6 +7,13 @@
 //! - The kernel, for one file: RLIMIT_FSIZE is lowered to the disk limit
 //!   (`privileges.rs`), so a single write, `truncate` or `fallocate` past
 //!   it fails at once with EFBIG.
+//! - The kernel, for the sum, where the file system offers it: an input
+//!   root that is a btrfs subvolume on a file system with quotas gets a
+//!   qgroup limit on its exclusive bytes ([`bound_by_kernel`]), so writes
+//!   past the limit fail at once with EDQUOT. Elsewhere (ext4 and XFS
+//!   without quota support in the kernel, or a plain directory) the walk
+//!   below is all there is; it runs in both cases, for entries and
+//!   unlinked files.
 //! - The supervisor, for the sum: it walks the tree from time to time and
 //!   adds up the blocks, and counts the entries, of what the action owns
 //!   there: the host uid the sandbox maps the action to. The worker's
@@ -320,6 +327,46 @@ fn read_entries(
     Ok(())
 }
 
+/// What bounds the sum of an input root in the kernel, beyond the
+/// per-file rlimit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelBound {
+    /// Nothing: the walk alone bounds the sum, about a second late.
+    #[default]
+    None,
+    /// The input root is a btrfs subvolume on a file system with quotas:
+    /// its qgroup's exclusive bytes are limited to `limits.disk_max_bytes`.
+    BtrfsQgroup,
+}
+
+/// `f_type` of btrfs.
+const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
+/// The inode number of every btrfs subvolume's root directory.
+const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
+
+/// Has the kernel bound what may be written under `root` to `bytes`, where
+/// its file system offers a way: a btrfs subvolume on a file system with
+/// quotas gets a limit on its qgroup's exclusive bytes (inputs reflinked
+/// from the worker's cache share their extents, so they do not count).
+/// Anything else, or a failure (quotas off, no CAP_SYS_ADMIN), leaves the
+/// walk alone in charge: [`KernelBound::None`].
+pub fn bound_by_kernel(root: &Path, bytes: u64) -> KernelBound {
+    let Ok(path) = CString::new(root.as_os_str().as_bytes()) else {
+        return KernelBound::None;
+    };
+    let Ok(dir) = Dir::open(&path) else {
+        return KernelBound::None;
+    };
+    let subvolume = dir.fs_type().ok() == Some(BTRFS_SUPER_MAGIC)
+        && dir.inode().ok() == Some(BTRFS_FIRST_FREE_OBJECTID);
+    if subvolume && dir.limit_btrfs_subvolume(bytes).is_ok() {
+        KernelBound::BtrfsQgroup
+    } else {
+        KernelBound::None
+    }
+}
+
 /// How the disk limit is enforced for input roots on the file system of
 /// `build_directory`, for the daemon's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -337,7 +384,7 @@ impl Enforcement {
         let file_system = match magic {
             0xEF53 => "ext4".to_owned(),
             0x5846_5342 => "xfs".to_owned(),
-            0x9123_683E => "btrfs".to_owned(),
+            BTRFS_SUPER_MAGIC => "btrfs".to_owned(),
             0x0102_1994 => "tmpfs".to_owned(),
             0x794C_7630 => "overlay".to_owned(),
             other => format!("{other:#x}"),
@@ -352,11 +399,23 @@ impl fmt::Display for Enforcement {
             f,
             "disk limit: each file capped at limits.disk_max_bytes by RLIMIT_FSIZE; the sum \
              (limits.disk_max_bytes) and entries (limits.disk_max_entries) checked by walking \
-             the input root at least {} s apart; no file-system quota on the build directory \
-             ({}), see docs/decisions/0007",
+             the input root at least {} s apart; ",
             MIN_INTERVAL.as_secs(),
-            self.file_system
-        )
+        )?;
+        if self.file_system == "btrfs" {
+            write!(
+                f,
+                "the build directory is on btrfs: an input root that is a subvolume, on a file \
+                 system with quotas enabled, also gets a qgroup limit (EDQUOT at once)"
+            )?;
+        } else {
+            write!(
+                f,
+                "no kernel quota bounds the sum on the build directory's file system ({})",
+                self.file_system
+            )?;
+        }
+        write!(f, " (docs/decisions/0007)")
     }
 }
 

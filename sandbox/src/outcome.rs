@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::disk::Excess;
+use crate::disk::{Excess, KernelBound};
 use crate::report::LandlockState;
 
 /// How the command's process ended.
@@ -52,6 +52,8 @@ pub struct Outcome {
     pub disk_exceeded: bool,
     /// Which disk limit, when `disk_exceeded`.
     pub disk_excess: Option<Excess>,
+    /// What bounded the input root's sum in the kernel, besides the walk.
+    pub disk_bound: KernelBound,
     pub usage: Usage,
     /// stdout or stderr passed the policy's cap and was cut there.
     pub stdout_truncated: bool,

@@ -128,8 +128,10 @@ pub struct Limits {
     /// Bytes the action may write into its input root, on the worker's
     /// disk: what it owns there, summed about once a second (see
     /// `disk.rs`), and the most any one file may take at once (RLIMIT_FSIZE
-    /// is lowered to it). Past it the action is killed and the outcome says
-    /// so. Default 16 GiB.
+    /// is lowered to it). Where the input root is a btrfs subvolume with
+    /// quotas, also its qgroup's limit: writes past it fail with EDQUOT.
+    /// Past it the action is killed and the outcome says so. Default
+    /// 16 GiB.
     pub disk_max_bytes: u64,
     /// Files, directories and symlinks the action may make in its input
     /// root (inodes: empty ones cost no blocks, yet the file system has a

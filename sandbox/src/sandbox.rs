@@ -14,7 +14,7 @@ use crate::cancellation::Cancellation;
 use crate::cgroup::{Cgroup, CgroupRoot, CgroupUsage};
 use crate::child::{self, Fds, Plan};
 use crate::command::Command;
-use crate::disk::{DiskLimit, DiskWatch, Excess};
+use crate::disk::{self, DiskLimit, DiskWatch, Excess};
 use crate::error::Error;
 use crate::landlock::Rules;
 use crate::mounts::MountPlan;
@@ -197,6 +197,10 @@ impl Sandbox {
         };
         let stdout = create_output("stdout", &command.stdout)?;
         let stderr = create_output("stderr", &command.stderr)?;
+        // Before the action starts: where the file system can bound the
+        // input root's sum itself, it does so from the first write.
+        let disk_bound =
+            disk::bound_by_kernel(&command.input_root, self.policy.limits.disk_max_bytes);
 
         let cgroup = match &self.cgroups {
             Some(root) => {
@@ -294,6 +298,7 @@ impl Sandbox {
             oom_killed: cgroup_usage.is_some_and(|u| u.oom_killed),
             disk_exceeded: streams.disk_excess.is_some(),
             disk_excess: streams.disk_excess,
+            disk_bound,
             usage: usage(start.elapsed(), cgroup_usage, &rusage),
             stdout_truncated: streams.truncated[0],
             stderr_truncated: streams.truncated[1],

@@ -13,6 +13,23 @@ use std::ptr::NonNull;
 
 use super::check;
 
+/// `struct btrfs_ioctl_qgroup_limit_args` of <linux/btrfs.h>: a qgroup id
+/// and its `struct btrfs_qgroup_limit`.
+#[repr(C)]
+struct QgroupLimitArgs {
+    qgroupid: u64,
+    flags: u64,
+    max_rfer: u64,
+    max_excl: u64,
+    rsv_rfer: u64,
+    rsv_excl: u64,
+}
+
+/// `_IOR(BTRFS_IOCTL_MAGIC, 43, struct btrfs_ioctl_qgroup_limit_args)`.
+const BTRFS_IOC_QGROUP_LIMIT: libc::c_ulong = 0x8030_942B;
+const BTRFS_QGROUP_LIMIT_MAX_EXCL: u64 = 1 << 1;
+const _: () = assert!(std::mem::size_of::<QgroupLimitArgs>() == 48);
+
 /// An open directory stream (`DIR *`), closed on drop.
 #[derive(Debug)]
 pub struct Dir {
@@ -120,6 +137,41 @@ impl Dir {
     pub fn raw_fd(&self) -> libc::c_int {
         // SAFETY: the stream is open.
         unsafe { libc::dirfd(self.stream.as_ptr()) }
+    }
+
+    /// The inode number of this directory.
+    pub fn inode(&self) -> io::Result<u64> {
+        // SAFETY: stat is plain old data; zeroed is valid.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: the descriptor is open; st is valid for writes.
+        check(unsafe { libc::fstat(libc::dirfd(self.stream.as_ptr()), &mut st) })?;
+        Ok(st.st_ino)
+    }
+
+    /// Limits the exclusive bytes of the btrfs subvolume this directory
+    /// is the root of (its qgroup `0/<id>`): past it, writes and
+    /// allocations in it fail with EDQUOT. ENOTCONN if the file system
+    /// has quotas off; EPERM without CAP_SYS_ADMIN.
+    pub fn limit_btrfs_subvolume(&self, max_exclusive_bytes: u64) -> io::Result<()> {
+        let mut args = QgroupLimitArgs {
+            // 0: the qgroup of the subvolume the descriptor is in.
+            qgroupid: 0,
+            flags: BTRFS_QGROUP_LIMIT_MAX_EXCL,
+            max_rfer: 0,
+            max_excl: max_exclusive_bytes,
+            rsv_rfer: 0,
+            rsv_excl: 0,
+        };
+        // SAFETY: the descriptor is open; args is the struct this ioctl
+        // number encodes (48 bytes), valid for reads and writes.
+        check(unsafe {
+            libc::ioctl(
+                libc::dirfd(self.stream.as_ptr()),
+                BTRFS_IOC_QGROUP_LIMIT,
+                &mut args,
+            )
+        })
+        .map(drop)
     }
 
     /// The next entry's name, `.` and `..` left out; `None` at the end.

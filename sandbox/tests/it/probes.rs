@@ -785,3 +785,125 @@ fn empty_files_past_the_entry_limit_kill_the_action() {
         Some(corral_sandbox::disk::Excess::Entries { limit: 1000 })
     );
 }
+
+/// A loop-mounted btrfs image with quotas enabled and one subvolume,
+/// `root`; unmounted (with whatever mount of it the test added) on drop.
+struct BtrfsImage {
+    dir: tempfile::TempDir,
+    mounted_at: std::cell::RefCell<Option<std::path::PathBuf>>,
+}
+
+impl BtrfsImage {
+    /// Makes the image, or says why it cannot (missing tools, no loop
+    /// devices).
+    fn make() -> Result<BtrfsImage, String> {
+        let run = |argv: &[&str]| {
+            let out = std::process::Command::new(argv[0])
+                .args(&argv[1..])
+                .output()
+                .map_err(|e| format!("{}: {e}", argv[0]))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{argv:?}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("btrfs.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(512 << 20)
+            .unwrap();
+        let (image, mnt) = (
+            image.to_str().unwrap().to_owned(),
+            dir.path().join("mnt").to_str().unwrap().to_owned(),
+        );
+        std::fs::create_dir(&mnt).unwrap();
+        run(&["mkfs.btrfs", "-q", "-f", &image])?;
+        run(&["mount", "-o", "loop", &image, &mnt])?;
+        let made = run(&["btrfs", "quota", "enable", &mnt])
+            .and_then(|()| run(&["btrfs", "-q", "subvolume", "create", &format!("{mnt}/root")]))
+            .and_then(|()| run(&["chmod", "0777", &format!("{mnt}/root")]));
+        run(&["umount", &mnt])?;
+        made?;
+        Ok(BtrfsImage {
+            dir,
+            mounted_at: std::cell::RefCell::new(None),
+        })
+    }
+
+    /// Mounts the subvolume `root` at `target`.
+    fn mount_root_at(&self, target: &std::path::Path) {
+        let image = self.dir.path().join("btrfs.img");
+        let status = std::process::Command::new("mount")
+            .args(["-o", "loop,subvol=root"])
+            .arg(&image)
+            .arg(target)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount the subvolume at {target:?}");
+        *self.mounted_at.borrow_mut() = Some(target.to_owned());
+    }
+}
+
+impl Drop for BtrfsImage {
+    fn drop(&mut self) {
+        if let Some(target) = self.mounted_at.borrow_mut().take() {
+            let _ = std::process::Command::new("umount").arg(&target).status();
+            let _ = std::fs::remove_dir(&target);
+        }
+    }
+}
+
+#[test]
+fn on_a_btrfs_subvolume_writes_past_the_disk_limit_fail_at_once() {
+    let test = "on_a_btrfs_subvolume_writes_past_the_disk_limit_fail_at_once";
+    if !privileged(test) {
+        return;
+    }
+    let image = match BtrfsImage::make() {
+        Ok(image) => image,
+        Err(why) => {
+            assert!(std::env::var_os("CI").is_none(), "{test}: {why}");
+            eprintln!("skipped {test}: no btrfs image: {why}");
+            return;
+        }
+    };
+    // Many files, each under the limit, written as fast as they can be:
+    // the walk would see them a second late; the qgroup stops the write
+    // that passes 8 MiB.
+    let script = r#"
+import errno, os
+done = 0
+try:
+    for i in range(32):
+        fd = os.open('f%d' % i, os.O_WRONLY | os.O_CREAT)
+        try:
+            left = 1 << 20
+            while left:
+                left -= os.write(fd, bytes(left))
+                done += 1 << 20 if not left else 0
+        finally:
+            os.close(fd)
+    print('ESCAPED wrote', done >> 20, 'MiB')
+except OSError as e:
+    print('DENIED' if e.errno == errno.EDQUOT else 'ESCAPED', 'after', done >> 20, 'MiB', errno.errorcode[e.errno])
+"#;
+    let mut policy = default_policy();
+    policy.limits.disk_max_bytes = 8 << 20;
+    let ran = run_with(
+        policy,
+        &["/usr/bin/python3", "-c", script],
+        Some(Duration::from_secs(30)),
+        |root| image.mount_root_at(root),
+    );
+    all_denied(&ran);
+    assert_eq!(
+        ran.outcome.disk_bound,
+        corral_sandbox::disk::KernelBound::BtrfsQgroup
+    );
+    assert_eq!(ran.outcome.exit, Exit::Exited(0), "{}", ran.output());
+}
