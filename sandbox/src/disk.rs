@@ -480,6 +480,13 @@ mod tests {
         std::fs::write(deep.join("f"), vec![1u8; 256 << 10]).unwrap();
         std::os::unix::fs::symlink("/usr", dir.path().join("usr")).unwrap();
         let used = written_by(dir.path(), own_uid(), NO_LIMIT).unwrap();
+        // The root itself may be named through a symlink.
+        let alias = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(dir.path(), alias.path().join("root")).unwrap();
+        assert_eq!(
+            written_by(&alias.path().join("root"), own_uid(), NO_LIMIT).unwrap(),
+            used
+        );
         // The file's 256 KiB, plus a few blocks of directories; /usr,
         // behind the symlink, not at all.
         assert!((256 << 10..1 << 20).contains(&used.bytes), "{used:?}");

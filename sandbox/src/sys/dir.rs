@@ -56,13 +56,14 @@ impl Stat {
 }
 
 impl Dir {
-    /// Opens the directory `path` (not following a final symlink).
+    /// Opens the directory `path`, a path the caller chose (symlinks in it
+    /// are followed, as the sandbox's bind of it does).
     pub fn open(path: &CStr) -> io::Result<Dir> {
         // SAFETY: path is NUL-terminated; the flags create nothing.
         let fd = check(unsafe {
             libc::open(
                 path.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
             )
         })?;
         // SAFETY: open succeeded, the descriptor is ours.
