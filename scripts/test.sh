@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
     bazel-bootstrap # tests/bazel.rs: Debian's Bazel 4.2.3, works offline
     python3-venv    # tests/python.rs: the venv below, with Debian's python3
+    uidmap          # corral/tests/cli.rs: newuidmap for rootless runs with subordinate ids
     btrfs-progs     # sandbox probes: a loop-mounted btrfs image with qgroups (disk limit)
 )
 

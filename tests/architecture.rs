@@ -151,11 +151,19 @@ fn daemon_crates_depend_only_where_the_design_allows() {
     let graph = graph();
     let allowed: &[(&str, &[&str])] = &[
         ("corral-runner", &["corral-proto", "corral-sandbox"]),
-        ("corral-storage", &["corral-proto"]),
-        ("corral-worker", &["corral-proto", "corral-metrics"]),
+        ("corral-storage", &["corral-proto", "corral-auth"]),
+        (
+            "corral-worker",
+            &["corral-proto", "corral-metrics", "corral-auth"],
+        ),
         (
             "corral-scheduler",
-            &["corral-proto", "corral-metrics", "corral-storage"],
+            &[
+                "corral-proto",
+                "corral-metrics",
+                "corral-auth",
+                "corral-storage",
+            ],
         ),
     ];
     for (krate, may) in allowed {

@@ -107,3 +107,126 @@ fn sandbox_run_without_root_works_and_says_what_it_left_out() {
         "{stderr}"
     );
 }
+
+/// The test user for rootless runs with subordinate ids, made (as root) if
+/// missing, with a subordinate uid and gid range: its uid and gid.
+#[allow(clippy::unwrap_used)] // test code: a failed step stops the test
+fn rootless_user() -> (u32, u32) {
+    const USER: &str = "corral-rootless";
+    let exists = Command::new("id").args(["-u", USER]).output().unwrap();
+    if !exists.status.success() {
+        let made = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
+            .arg(USER)
+            .status()
+            .unwrap();
+        assert!(made.success(), "useradd {USER}");
+    }
+    // Far from the ranges useradd hands out (100000 up) and from the
+    // runner's action_ids default.
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if !text.lines().any(|l| l.starts_with(&format!("{USER}:"))) {
+            let line = format!("{USER}:1800000000:65536\n");
+            std::fs::write(file, text + &line).unwrap();
+        }
+    }
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id").args([flag, USER]).output().unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    (id("-u"), id("-g"))
+}
+
+#[test]
+fn rootless_actions_run_as_a_subordinate_id_and_cannot_rewrite_the_cache() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "CI must run as root");
+        eprintln!("skipped: needs root to make a test user and drop to it");
+        return;
+    }
+    if !std::path::Path::new("/usr/bin/newuidmap").exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install newuidmap (apt package uidmap, scripts/test.sh)"
+        );
+        eprintln!("skipped: newuidmap is not installed (apt package uidmap)");
+        return;
+    }
+    let (uid, gid) = rootless_user();
+    // A rootless worker's layout: the cache file and the input root are
+    // the user's own; the input is a hardlink of the cache file.
+    let dir = std::env::temp_dir().join(format!("corral-rootless-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (cache, root) = (dir.join("cache"), dir.join("root"));
+    for d in [&dir, &cache, &root] {
+        std::fs::create_dir_all(d).unwrap();
+        std::os::unix::fs::chown(d, Some(uid), Some(gid)).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // As the runner hands it over: writable by the action's gid, which
+    // is the user's.
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o775)).unwrap();
+    let blob = cache.join("blob");
+    std::fs::write(&blob, "cached\n").unwrap();
+    std::os::unix::fs::chown(&blob, Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::hard_link(&blob, root.join("input")).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid", &uid.to_string(), "--regid", &gid.to_string()])
+        .args(["--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_corral"))
+        .args(["sandbox", "run", "--root"])
+        .arg(&root)
+        .args(["--", "/bin/sh", "-c"])
+        .arg(
+            "cat /proc/self/uid_map; chmod u+w input; echo x > input; \
+             mkdir out && echo o > out/f && chmod 000 out/f out",
+        )
+        .env("CORRAL_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let cached = std::fs::read_to_string(&blob).unwrap();
+    let meta = std::fs::metadata(&blob).unwrap();
+    // Given back to the user after the run, though the action locked it.
+    let left: Vec<(u32, u32)> = [root.join("out"), root.join("out/f")]
+        .iter()
+        .map(|p| std::fs::symlink_metadata(p).map_or((0, 0), |m| (m.uid(), m.mode() & 0o700)))
+        .collect();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(left, [(uid, 0o700), (uid, 0)], "{stdout}\n{stderr}");
+    assert_eq!(
+        cached, "cached\n",
+        "the cache was rewritten\n{stdout}\n{stderr}"
+    );
+    assert_eq!(meta.mode() & 0o777, 0o444, "{stdout}\n{stderr}");
+    // The action's uid 0 is a subordinate id, not the user's.
+    let map: Vec<u64> = stdout
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        map.len() == 3 && map[0] == 0 && (1_800_000_000..1_800_065_536).contains(&map[1]),
+        "uid_map {map:?}\n{stdout}\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("not running as root"),
+        "subordinate ids were not used\n{stderr}"
+    );
+}

@@ -50,6 +50,13 @@ pub enum Error {
     DiskExceeded {
         excess: corral_sandbox::disk::Excess,
     },
+    #[error(
+        "every one of the {count} host ids is in use by a running action \
+         (action_ids.count in runner.toml)"
+    )]
+    NoFreeIds { count: usize },
+    #[error("failed to give the input root to the action's host ids or take it back")]
+    Ids(#[source] corral_sandbox::ids::IdError),
     #[error("the runner stopped while the action ran")]
     Cancelled,
 }

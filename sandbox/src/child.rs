@@ -32,6 +32,9 @@ use crate::sys::{self, Fork, WaitStatus};
 /// Everything the sandbox's processes need, prepared by the caller.
 pub struct Plan<'a> {
     pub namespaces: libc::c_int,
+    /// The host ids to take before creating the user namespace (as
+    /// root), so that it is owned, and its counters charged, per run.
+    pub creator: Option<crate::ids::HostIds>,
     pub uid: libc::uid_t,
     pub gid: libc::gid_t,
     pub mounts: MountPlan,
@@ -77,6 +80,11 @@ pub fn setup(plan: &Plan<'_>, fds: &Fds) -> ! {
     if let Some(input_root) = plan.mounts.input_root() {
         if let Err(e) = sys::chdir(input_root) {
             fail(report, Stage::OpenBindSource, &e);
+        }
+    }
+    if let Some(creator) = plan.creator {
+        if let Err(e) = crate::ids::enter_as_creator(creator) {
+            fail(report, Stage::SetIds, &e);
         }
     }
     if let Err(e) = sys::unshare(plan.namespaces) {

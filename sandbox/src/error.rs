@@ -20,6 +20,8 @@ pub enum Error {
     Cgroup(#[from] crate::cgroup::CgroupError),
     #[error(transparent)]
     MountPlan(#[from] crate::mounts::MountPlanError),
+    #[error(transparent)]
+    Ids(#[from] crate::ids::IdError),
     #[error("failed to open {path} for the command's {stream}")]
     OpenOutput {
         stream: &'static str,
@@ -37,12 +39,6 @@ pub enum Error {
     #[error("failed to {step}")]
     Spawn {
         step: &'static str,
-        #[source]
-        source: io::Error,
-    },
-    #[error("failed to write the id map {path}")]
-    IdMap {
-        path: PathBuf,
         #[source]
         source: io::Error,
     },

@@ -13,7 +13,7 @@
 //! - [`sandbox`] — the caller's side: prepare, fork, supervise, collect.
 //! - `child` — the sandbox's own processes, between fork and exec.
 //! - [`mounts`], [`cgroup`], [`seccomp`], `landlock`, `privileges`,
-//!   [`disk`] — one protection each.
+//!   [`disk`], [`ids`] — one protection each.
 //! - `report` — the records the children send back; `sys` — the only
 //!   place with `unsafe`.
 //!
@@ -29,6 +29,7 @@ mod child;
 pub mod command;
 pub mod disk;
 pub mod error;
+pub mod ids;
 mod landlock;
 pub mod mounts;
 pub mod outcome;
@@ -42,6 +43,7 @@ mod sys;
 pub use cancellation::Cancellation;
 pub use command::Command;
 pub use error::Error;
+pub use ids::{HostIds, IdRange, Mapping};
 pub use outcome::{Exit, Outcome, Usage};
 pub use policy::{Policy, PolicyError};
 pub use report::{LandlockState, Stage};

@@ -16,6 +16,7 @@ use crate::child::{self, Fds, Plan};
 use crate::command::Command;
 use crate::disk::{self, DiskLimit, DiskWatch, Excess};
 use crate::error::Error;
+use crate::ids::{HostIds, Mapping};
 use crate::landlock::Rules;
 use crate::mounts::MountPlan;
 use crate::outcome::{Exit, Outcome, Usage};
@@ -24,11 +25,6 @@ use crate::privileges::last_capability;
 use crate::report::{LandlockState, Record, RecordReader, Stage};
 use crate::seccomp::Filters;
 use crate::sys::{self, Fork};
-
-/// The host uid and gid the action's ids map to when the caller is root:
-/// "nobody", which owns no files, so the action can neither write nor
-/// chmod the worker's cached input files it can read.
-const NOBODY: u32 = 65534;
 
 /// How long setup may take before the caller gives up on it.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,8 +43,8 @@ pub struct Sandbox {
     filters: Filters,
     mounts: MountPlan,
     cgroups: Option<CgroupRoot>,
-    host_uid: u32,
-    host_gid: u32,
+    mapping: Mapping,
+    host: HostIds,
     last_capability: u32,
     warnings: Vec<String>,
 }
@@ -65,16 +61,13 @@ impl Sandbox {
             !policy.network.allow_host_network,
         )?;
         let mut warnings = Vec::new();
-        let (euid, egid) = sys::effective_ids();
-        let (host_uid, host_gid) = if euid == 0 {
-            (NOBODY, NOBODY)
-        } else {
-            warnings.push(format!(
-                "not running as root: actions run as host uid {euid}, the caller's own, so \
-                 files the caller owns (such as a worker's cache) are not protected from them"
-            ));
-            (euid, egid)
-        };
+        let (euid, _) = sys::effective_ids();
+        // As root: "nobody" unless the caller gives ids per run, which owns
+        // no files, so the action can neither write nor chmod the worker's
+        // cached input files it can read.
+        let mapping = Mapping::detect();
+        let host = mapping.default_ids();
+        warnings.extend(mapping.warning());
         // Detect, then prove a group can really be made here: a parent that
         // exists but is not writable (made by root, used without root)
         // would otherwise fail every action.
@@ -113,8 +106,8 @@ impl Sandbox {
             filters,
             mounts,
             cgroups,
-            host_uid,
-            host_gid,
+            mapping,
+            host,
             last_capability: last_capability(),
             warnings,
         })
@@ -123,9 +116,14 @@ impl Sandbox {
     /// Maps the action to another host uid and gid (e.g. one per build
     /// slot). They must own no files the action should not touch.
     pub fn with_host_ids(mut self, uid: u32, gid: u32) -> Sandbox {
-        self.host_uid = uid;
-        self.host_gid = gid;
+        self.host = HostIds { uid, gid };
         self
+    }
+
+    /// How this sandbox maps actions to host ids (root, subordinate ids,
+    /// or the caller's own).
+    pub fn mapping(&self) -> &Mapping {
+        &self.mapping
     }
 
     /// Protections this host could not provide, in words for operators.
@@ -156,6 +154,19 @@ impl Sandbox {
         command: &Command,
         cancel: Option<&Cancellation>,
     ) -> Result<Outcome, Error> {
+        self.run_as(command, cancel, self.host)
+    }
+
+    /// Like [`run_cancellable`](Self::run_cancellable), as `host` (e.g.
+    /// the ids a runner leased for this run, see [`Mapping::per_run_ids`]):
+    /// no other run may use them at the same time, or the two share
+    /// per-user kernel counters.
+    pub fn run_as(
+        &self,
+        command: &Command,
+        cancel: Option<&Cancellation>,
+        host: HostIds,
+    ) -> Result<Outcome, Error> {
         if cancel.is_some_and(Cancellation::is_cancelled) {
             return Err(Error::Cancelled);
         }
@@ -169,6 +180,7 @@ impl Sandbox {
         };
         let plan = Plan {
             namespaces: self.namespace_flags(),
+            creator: self.mapping.creator(host),
             uid: self.policy.identity.uid,
             gid: self.policy.identity.gid,
             mounts,
@@ -244,11 +256,11 @@ impl Sandbox {
             landlock: LandlockState::NotEnforced,
         };
         let result = run
-            .release(&report_r, go_w, self.host_uid, self.host_gid, &self.policy)
+            .release(&report_r, go_w, &self.mapping, host, &self.policy)
             .and_then(|()| {
                 let disk = DiskWatch::new(
                     command.input_root.clone(),
-                    self.host_uid,
+                    host.uid,
                     DiskLimit {
                         bytes: self.policy.limits.disk_max_bytes,
                         entries: self.policy.limits.disk_max_entries,
@@ -387,8 +399,8 @@ impl Supervision<'_> {
         &mut self,
         report: &OwnedFd,
         go: OwnedFd,
-        host_uid: u32,
-        host_gid: u32,
+        mapping: &Mapping,
+        host: HostIds,
         policy: &Policy,
     ) -> Result<(), Error> {
         let deadline = Instant::now() + SETUP_TIMEOUT;
@@ -433,16 +445,11 @@ impl Supervision<'_> {
                 source: std::io::Error::from_raw_os_error(errno),
             });
         }
-        let proc = format!("/proc/{}", self.pid);
-        let write = |file: &str, text: String| {
-            let path = Path::new(&proc).join(file);
-            std::fs::write(&path, text).map_err(|source| Error::IdMap { path, source })
+        let inside = HostIds {
+            uid: policy.identity.uid,
+            gid: policy.identity.gid,
         };
-        // setgroups must be denied before an unprivileged gid_map write,
-        // and keeps the action from dropping into supplementary groups.
-        write("setgroups", "deny".to_owned())?;
-        write("uid_map", format!("{} {host_uid} 1\n", policy.identity.uid))?;
-        write("gid_map", format!("{} {host_gid} 1\n", policy.identity.gid))?;
+        mapping.write_maps(self.pid, inside, host)?;
         if let Some(group) = &self.cgroup.0 {
             group.add_process(self.pid)?;
         }

@@ -186,8 +186,10 @@ fn memory_per_queued() -> f64 {
             action_size: digest.size_bytes,
         };
         let name = format!("operations/{n:032x}");
-        let (operation, _) =
-            operations.join_or_create(Some(key), || Operation::new(name, digest.clone(), 1));
+        let (operation, _) = operations.join_or_create(Some(key), || {
+            Operation::new(name, String::new(), digest.clone(), 1)
+        });
+        operation.add_owner("anonymous");
         assignments.enqueue(
             Queued {
                 operation,
@@ -229,7 +231,7 @@ async fn measure(access: StorageAccess) {
         ..corral_storage::Config::default()
     };
     let stores = corral_storage::open(&storage_cfg).await.expect("stores");
-    let routes = corral_storage::routes(&storage_cfg, &stores);
+    let routes = corral_storage::routes(&storage_cfg, &stores, &corral_auth::Authorizer::open());
     servers.spawn(async move {
         corral_storage::server()
             .add_routes(routes)

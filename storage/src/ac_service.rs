@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use corral_auth::{Authorizer, Permission};
 use corral_proto::reapi::action_cache_server::ActionCache as ActionCacheRpc;
 use corral_proto::reapi::{ActionResult, GetActionResultRequest, Tree, UpdateActionResultRequest};
 use prost::Message as _;
@@ -64,11 +65,25 @@ pub fn status(err: &Error) -> Status {
 pub struct AcService {
     blobs: Arc<dyn BlobStore>,
     cache: Arc<dyn ActionCache>,
+    authorizer: Authorizer,
 }
 
 impl AcService {
     pub fn new(blobs: Arc<dyn BlobStore>, cache: Arc<dyn ActionCache>) -> Self {
-        Self { blobs, cache }
+        Self {
+            blobs,
+            cache,
+            authorizer: Authorizer::open(),
+        }
+    }
+
+    /// Checks every call's caller against `authorizer` (open by default).
+    /// With grants, only callers granted `ac-write` (workers) write entries:
+    /// a client that may write results can poison what every other client
+    /// of the instance name gets.
+    pub fn with_authorizer(mut self, authorizer: Authorizer) -> Self {
+        self.authorizer = authorizer;
+        self
     }
 
     #[tracing::instrument(skip_all, fields(instance = %req.instance_name))]
@@ -245,6 +260,11 @@ impl ActionCacheRpc for AcService {
         &self,
         request: Request<GetActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
+        self.authorizer.check_request(
+            &request,
+            Permission::AcRead,
+            &request.get_ref().instance_name,
+        )?;
         self.get(request.into_inner())
             .await
             .map(Response::new)
@@ -255,6 +275,11 @@ impl ActionCacheRpc for AcService {
         &self,
         request: Request<UpdateActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
+        self.authorizer.check_request(
+            &request,
+            Permission::AcWrite,
+            &request.get_ref().instance_name,
+        )?;
         self.update(request.into_inner())
             .await
             .map(Response::new)

@@ -13,12 +13,14 @@
 //! compressed bytes cannot be recovered from the uncompressed data kept,
 //! so the client starts it again.
 //!
-//! Instance names are accepted and not used yet (see `cas_service`).
+//! Instance names decide only who may read and write (the CAS is shared:
+//! see `cas_service`).
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use corral_auth::{Authorizer, Caller, Permission};
 use corral_proto::bytestream::byte_stream_server::ByteStream;
 use corral_proto::bytestream::{
     QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest,
@@ -87,6 +89,12 @@ pub enum Error {
         #[source]
         source: blob_store::Error,
     },
+    #[error("{resource:?} is refused")]
+    Denied {
+        resource: String,
+        #[source]
+        source: Status,
+    },
 }
 
 /// The gRPC status for a ByteStream error.
@@ -103,7 +111,7 @@ pub fn status(err: &Error) -> Status {
         // ByteStream's own rule for offsets past the end.
         Error::OffsetOutOfRange { .. } => Code::OutOfRange,
         Error::NotFound { .. } | Error::UnknownUpload { .. } => Code::NotFound,
-        Error::Client { source, .. } => source.code(),
+        Error::Client { source, .. } | Error::Denied { source, .. } => source.code(),
         Error::Store { source, .. } => status::store_code(source),
     };
     Status::new(code, status::message(err))
@@ -163,6 +171,7 @@ impl Parked {
 pub struct ByteStreamService {
     blobs: Arc<dyn BlobStore>,
     parked: Mutex<Parked>,
+    authorizer: Authorizer,
 }
 
 impl ByteStreamService {
@@ -170,7 +179,31 @@ impl ByteStreamService {
         Self {
             blobs,
             parked: Mutex::new(Parked::default()),
+            authorizer: Authorizer::open(),
         }
+    }
+
+    /// Checks every call's caller against `authorizer` (open by default).
+    pub fn with_authorizer(mut self, authorizer: Authorizer) -> Self {
+        self.authorizer = authorizer;
+        self
+    }
+
+    /// Refuses `caller` unless it holds `permission` on the instance name
+    /// of `resource`.
+    fn authorize(
+        &self,
+        caller: &Caller,
+        permission: Permission,
+        resource: &str,
+        instance_name: &str,
+    ) -> Result<(), Error> {
+        self.authorizer
+            .check(caller, permission, instance_name)
+            .map_err(|source| Error::Denied {
+                resource: resource.to_owned(),
+                source,
+            })
     }
 
     fn parked(&self) -> std::sync::MutexGuard<'_, Parked> {
@@ -191,8 +224,14 @@ impl ByteStreamService {
     }
 
     #[tracing::instrument(skip_all, fields(resource = %req.resource_name))]
-    async fn read_blob(&self, req: ReadRequest) -> Result<ReadStream, Error> {
+    async fn read_blob(&self, caller: &Caller, req: ReadRequest) -> Result<ReadStream, Error> {
         let resource = resource_name::parse_read(&req.resource_name)?;
+        self.authorize(
+            caller,
+            Permission::CasRead,
+            &req.resource_name,
+            &resource.instance_name,
+        )?;
         if resource.compressor == Compressor::Zstd {
             return self.read_compressed(resource.digest, &req).await;
         }
@@ -359,7 +398,11 @@ impl ByteStreamService {
     /// Runs one Write call. Generic over the request stream so tests can
     /// drive it without a transport.
     #[tracing::instrument(skip_all, fields(resource = tracing::field::Empty))]
-    pub async fn write_blob<S>(&self, mut requests: S) -> Result<WriteResponse, Error>
+    pub async fn write_blob<S>(
+        &self,
+        caller: &Caller,
+        mut requests: S,
+    ) -> Result<WriteResponse, Error>
     where
         S: Stream<Item = Result<WriteRequest, Status>> + Unpin + Send,
     {
@@ -376,6 +419,7 @@ impl ByteStreamService {
         let name = first.resource_name.clone();
         tracing::Span::current().record("resource", name.as_str());
         let resource = resource_name::parse_write(&name)?;
+        self.authorize(caller, Permission::CasWrite, &name, &resource.instance_name)?;
         if resource.compressor == Compressor::Zstd {
             return self
                 .write_compressed(name, resource.digest, first, requests)
@@ -445,9 +489,16 @@ impl ByteStreamService {
     #[tracing::instrument(skip_all, fields(resource = %req.resource_name))]
     async fn query_write(
         &self,
+        caller: &Caller,
         req: QueryWriteStatusRequest,
     ) -> Result<QueryWriteStatusResponse, Error> {
         let resource = resource_name::parse_write(&req.resource_name)?;
+        self.authorize(
+            caller,
+            Permission::CasWrite,
+            &req.resource_name,
+            &resource.instance_name,
+        )?;
         let digest = resource.digest;
         if self.is_present(&digest).await? {
             return Ok(QueryWriteStatusResponse {
@@ -473,7 +524,8 @@ impl ByteStream for ByteStreamService {
     type ReadStream = ReadStream;
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {
-        self.read_blob(request.into_inner())
+        let caller = Caller::of(&request);
+        self.read_blob(&caller, request.into_inner())
             .await
             .map(Response::new)
             .map_err(|e| status(&e))
@@ -483,7 +535,8 @@ impl ByteStream for ByteStreamService {
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
-        self.write_blob(request.into_inner())
+        let caller = Caller::of(&request);
+        self.write_blob(&caller, request.into_inner())
             .await
             .map(Response::new)
             .map_err(|e| status(&e))
@@ -493,7 +546,8 @@ impl ByteStream for ByteStreamService {
         &self,
         request: Request<QueryWriteStatusRequest>,
     ) -> Result<Response<QueryWriteStatusResponse>, Status> {
-        self.query_write(request.into_inner())
+        let caller = Caller::of(&request);
+        self.query_write(&caller, request.into_inner())
             .await
             .map(Response::new)
             .map_err(|e| status(&e))
@@ -599,14 +653,10 @@ mod tests {
             let d = function.digest_of(&data);
             let name = upload_name(&d, "u1");
             let resp = bs
-                .write_blob(stream::iter(requests(
-                    &name,
-                    &data,
-                    0,
-                    data.len(),
-                    50_000,
-                    true,
-                )))
+                .write_blob(
+                    &Caller::anonymous(),
+                    stream::iter(requests(&name, &data, 0, data.len(), 50_000, true)),
+                )
                 .await
                 .unwrap();
             assert_eq!(resp.committed_size, data.len() as i64);
@@ -636,27 +686,33 @@ mod tests {
         let mut wrong = data.clone();
         wrong[0] ^= 1;
         let err = bs
-            .write_blob(stream::iter(requests(
-                &upload_name(&d, "u"),
-                &wrong,
-                0,
-                wrong.len(),
-                300,
-                true,
-            )))
+            .write_blob(
+                &Caller::anonymous(),
+                stream::iter(requests(
+                    &upload_name(&d, "u"),
+                    &wrong,
+                    0,
+                    wrong.len(),
+                    300,
+                    true,
+                )),
+            )
             .await
             .unwrap_err();
         assert_eq!(status(&err).code(), Code::InvalidArgument);
         let longer = [data.as_slice(), b"!"].concat();
         let err = bs
-            .write_blob(stream::iter(requests(
-                &upload_name(&d, "u"),
-                &longer,
-                0,
-                longer.len(),
-                300,
-                true,
-            )))
+            .write_blob(
+                &Caller::anonymous(),
+                stream::iter(requests(
+                    &upload_name(&d, "u"),
+                    &longer,
+                    0,
+                    longer.len(),
+                    300,
+                    true,
+                )),
+            )
             .await
             .unwrap_err();
         assert_eq!(status(&err).code(), Code::InvalidArgument);
@@ -675,7 +731,10 @@ mod tests {
         let name = upload_name(&d, "resume-me");
         // The stream ends (or breaks) after 4000 bytes.
         let err = bs
-            .write_blob(stream::iter(requests(&name, &data, 0, 4000, 1000, false)))
+            .write_blob(
+                &Caller::anonymous(),
+                stream::iter(requests(&name, &data, 0, 4000, 1000, false)),
+            )
             .await
             .unwrap_err();
         assert_eq!(status(&err).code(), Code::InvalidArgument);
@@ -686,20 +745,19 @@ mod tests {
             (status_now.committed_size, status_now.complete),
             (4000, false)
         );
-        let err = bs.write_blob(stream::iter(broken)).await.unwrap_err();
+        let err = bs
+            .write_blob(&Caller::anonymous(), stream::iter(broken))
+            .await
+            .unwrap_err();
         assert_eq!(status(&err).code(), Code::Cancelled);
         assert_eq!(query(&bs, &name).await.unwrap().committed_size, 6000);
 
         // A write at the wrong offset is refused and keeps what was there.
         let err = bs
-            .write_blob(stream::iter(requests(
-                &name,
-                &data,
-                5000,
-                data.len(),
-                1000,
-                true,
-            )))
+            .write_blob(
+                &Caller::anonymous(),
+                stream::iter(requests(&name, &data, 5000, data.len(), 1000, true)),
+            )
             .await
             .unwrap_err();
         assert_eq!(status(&err).code(), Code::InvalidArgument);
@@ -710,14 +768,10 @@ mod tests {
         );
 
         let resp = bs
-            .write_blob(stream::iter(requests(
-                &name,
-                &data,
-                6000,
-                data.len(),
-                1000,
-                true,
-            )))
+            .write_blob(
+                &Caller::anonymous(),
+                stream::iter(requests(&name, &data, 6000, data.len(), 1000, true)),
+            )
             .await
             .unwrap();
         assert_eq!(resp.committed_size, 10_000);
@@ -734,14 +788,10 @@ mod tests {
         store.put(&d, data.clone()).await.unwrap();
         // Only the first 1000 bytes are ever sent.
         let resp = bs
-            .write_blob(stream::iter(requests(
-                &upload_name(&d, "u"),
-                &data,
-                0,
-                1000,
-                1000,
-                false,
-            )))
+            .write_blob(
+                &Caller::anonymous(),
+                stream::iter(requests(&upload_name(&d, "u"), &data, 0, 1000, 1000, false)),
+            )
             .await
             .unwrap();
         assert_eq!(resp.committed_size, 5000);
@@ -809,14 +859,10 @@ mod tests {
         let packed = zstd::stream::encode_all(data.as_slice(), 3).unwrap();
         let name = zstd_upload_name(&d, "z1");
         let response = bs
-            .write_blob(stream::iter(requests(
-                &name,
-                &packed,
-                0,
-                packed.len(),
-                1000,
-                true,
-            )))
+            .write_blob(
+                &Caller::anonymous(),
+                stream::iter(requests(&name, &packed, 0, packed.len(), 1000, true)),
+            )
             .await
             .unwrap();
         assert_eq!(response.committed_size, packed.len() as i64);
@@ -838,14 +884,17 @@ mod tests {
 
         // A second compressed upload of a present blob ends at once with -1.
         let again = bs
-            .write_blob(stream::iter(requests(
-                &zstd_upload_name(&d, "z2"),
-                &packed,
-                0,
-                10,
-                10,
-                false,
-            )))
+            .write_blob(
+                &Caller::anonymous(),
+                stream::iter(requests(
+                    &zstd_upload_name(&d, "z2"),
+                    &packed,
+                    0,
+                    10,
+                    10,
+                    false,
+                )),
+            )
             .await
             .unwrap();
         assert_eq!(again.committed_size, -1);
@@ -862,7 +911,10 @@ mod tests {
         let name = zstd_upload_name(&d, "t");
         let half = packed.len() / 2;
         let err = bs
-            .write_blob(stream::iter(requests(&name, &packed, 0, half, 1000, true)))
+            .write_blob(
+                &Caller::anonymous(),
+                stream::iter(requests(&name, &packed, 0, half, 1000, true)),
+            )
             .await
             .unwrap_err();
         assert_eq!(status(&err).code(), Code::InvalidArgument, "{err}");
@@ -872,14 +924,17 @@ mod tests {
         let bomb = zstd::stream::encode_all(zeros.as_slice(), 3).unwrap();
         let small = DigestFunction::Sha256.digest_of(b"small");
         let err = bs
-            .write_blob(stream::iter(requests(
-                &zstd_upload_name(&small, "b"),
-                &bomb,
-                0,
-                bomb.len(),
-                bomb.len(),
-                true,
-            )))
+            .write_blob(
+                &Caller::anonymous(),
+                stream::iter(requests(
+                    &zstd_upload_name(&small, "b"),
+                    &bomb,
+                    0,
+                    bomb.len(),
+                    bomb.len(),
+                    true,
+                )),
+            )
             .await
             .unwrap_err();
         assert_eq!(status(&err).code(), Code::InvalidArgument, "{err}");
@@ -889,14 +944,17 @@ mod tests {
         let other = zstd::stream::encode_all(&b"other content"[..], 3).unwrap();
         let wrong = DigestFunction::Sha256.digest_of(b"other contenT");
         let err = bs
-            .write_blob(stream::iter(requests(
-                &zstd_upload_name(&wrong, "w"),
-                &other,
-                0,
-                other.len(),
-                other.len(),
-                true,
-            )))
+            .write_blob(
+                &Caller::anonymous(),
+                stream::iter(requests(
+                    &zstd_upload_name(&wrong, "w"),
+                    &other,
+                    0,
+                    other.len(),
+                    other.len(),
+                    true,
+                )),
+            )
             .await
             .unwrap_err();
         assert_eq!(status(&err).code(), Code::InvalidArgument, "{err}");
@@ -910,17 +968,16 @@ mod tests {
         let (bs, _) = service();
         let data = blob(6, 100);
         let d = DigestFunction::Sha256.digest_of(&data);
-        let err = bs.write_blob(stream::iter(Vec::new())).await.unwrap_err();
+        let err = bs
+            .write_blob(&Caller::anonymous(), stream::iter(Vec::new()))
+            .await
+            .unwrap_err();
         assert_eq!(status(&err).code(), Code::InvalidArgument);
         let err = bs
-            .write_blob(stream::iter(requests(
-                &read_name(&d),
-                &data,
-                0,
-                100,
-                100,
-                true,
-            )))
+            .write_blob(
+                &Caller::anonymous(),
+                stream::iter(requests(&read_name(&d), &data, 0, 100, 100, true)),
+            )
             .await
             .unwrap_err();
         assert_eq!(status(&err).code(), Code::InvalidArgument);
@@ -929,18 +986,17 @@ mod tests {
         if let Some(Ok(second)) = changed.get_mut(1) {
             second.resource_name = upload_name(&d, "b");
         }
-        let err = bs.write_blob(stream::iter(changed)).await.unwrap_err();
+        let err = bs
+            .write_blob(&Caller::anonymous(), stream::iter(changed))
+            .await
+            .unwrap_err();
         assert_eq!(status(&err).code(), Code::InvalidArgument);
         // Starting mid-blob with nothing committed.
         let err = bs
-            .write_blob(stream::iter(requests(
-                &upload_name(&d, "c"),
-                &data,
-                50,
-                100,
-                50,
-                true,
-            )))
+            .write_blob(
+                &Caller::anonymous(),
+                stream::iter(requests(&upload_name(&d, "c"), &data, 50, 100, 50, true)),
+            )
             .await
             .unwrap_err();
         assert_eq!(status(&err).code(), Code::InvalidArgument);

@@ -10,6 +10,7 @@ use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 
+use corral_auth::{Authorizer, Permission};
 use corral_proto::reapi::compressor::Value as CompressorValue;
 use corral_proto::reapi::content_addressable_storage_server::ContentAddressableStorage;
 use corral_proto::reapi::{
@@ -91,6 +92,7 @@ pub fn status(err: &Error) -> Status {
 pub struct CasService {
     blobs: Arc<dyn BlobStore>,
     max_batch_total_size_bytes: u64,
+    authorizer: Authorizer,
 }
 
 type TreeStream = Pin<Box<dyn Stream<Item = Result<GetTreeResponse, Status>> + Send>>;
@@ -102,7 +104,14 @@ impl CasService {
         Self {
             blobs,
             max_batch_total_size_bytes,
+            authorizer: Authorizer::open(),
         }
+    }
+
+    /// Checks every call's caller against `authorizer` (open by default).
+    pub fn with_authorizer(mut self, authorizer: Authorizer) -> Self {
+        self.authorizer = authorizer;
+        self
     }
 
     fn check_batch(&self, total_bytes: u64) -> Result<(), Error> {
@@ -359,6 +368,11 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<FindMissingBlobsRequest>,
     ) -> Result<Response<FindMissingBlobsResponse>, Status> {
+        self.authorizer.check_request(
+            &request,
+            Permission::CasRead,
+            &request.get_ref().instance_name,
+        )?;
         self.find_missing(request.into_inner())
             .await
             .map(Response::new)
@@ -369,6 +383,11 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<BatchUpdateBlobsRequest>,
     ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
+        self.authorizer.check_request(
+            &request,
+            Permission::CasWrite,
+            &request.get_ref().instance_name,
+        )?;
         self.batch_update(request.into_inner())
             .await
             .map(Response::new)
@@ -379,6 +398,11 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<BatchReadBlobsRequest>,
     ) -> Result<Response<BatchReadBlobsResponse>, Status> {
+        self.authorizer.check_request(
+            &request,
+            Permission::CasRead,
+            &request.get_ref().instance_name,
+        )?;
         self.batch_read(request.into_inner())
             .await
             .map(Response::new)
@@ -391,6 +415,11 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<GetTreeRequest>,
     ) -> Result<Response<TreeStream>, Status> {
+        self.authorizer.check_request(
+            &request,
+            Permission::CasRead,
+            &request.get_ref().instance_name,
+        )?;
         self.tree(request.into_inner())
             .await
             .map(Response::new)

@@ -50,6 +50,8 @@ pub mod zstd_codec;
 use std::future::Future;
 use std::sync::Arc;
 
+use corral_auth::channel::Connector;
+use corral_auth::{Auth, AuthenticationLayer, Authorizer};
 use corral_proto::bytestream::byte_stream_server::ByteStreamServer;
 use corral_proto::reapi::action_cache_server::ActionCacheServer;
 use corral_proto::reapi::capabilities_server::CapabilitiesServer;
@@ -113,9 +115,10 @@ pub async fn open(cfg: &Config) -> Result<Stores, Error> {
             instance_name,
             cache,
         } => {
+            let connector = Connector::new(cfg.client_tls.as_ref()).map_err(Error::Client)?;
             let remote = Arc::new(
-                remote_blob_store::RemoteBlobStore::new(endpoint, instance_name)
-                    .map_err(Error::Remote)?,
+                remote_blob_store::RemoteBlobStore::new(&connector, endpoint, instance_name)
+                    .map_err(Error::Client)?,
             );
             let Some(cache) = cache else {
                 return Ok(Stores {
@@ -141,38 +144,46 @@ pub async fn open(cfg: &Config) -> Result<Stores, Error> {
 
 /// The four storage services over `stores`, ready to be served alone or
 /// added to another daemon's server.
-pub fn routes(cfg: &Config, stores: &Stores) -> Routes {
+pub fn routes(cfg: &Config, stores: &Stores, authorizer: &Authorizer) -> Routes {
     let capabilities = CapabilitiesServer::new(capabilities_service::CapabilitiesService::new(
         cfg.max_batch_total_size_bytes,
         stores.max_size_bytes,
     ));
-    routes_without_capabilities(cfg, stores).add_service(capabilities)
+    routes_without_capabilities(cfg, stores, authorizer).add_service(capabilities)
 }
 
 /// CAS, Action Cache and ByteStream without `Capabilities`, for a daemon
 /// that serves its own Capabilities next to them: a server can route
 /// each service to one handler only, and the scheduler's must add
 /// execution capabilities to storage's.
-pub fn routes_without_capabilities(cfg: &Config, stores: &Stores) -> Routes {
+///
+/// Every call is checked against `authorizer`; the callers come from the
+/// authentication layer the server runs ([`corral_auth::AuthenticationLayer`]).
+pub fn routes_without_capabilities(
+    cfg: &Config,
+    stores: &Stores,
+    authorizer: &Authorizer,
+) -> Routes {
     let max_batch = usize::try_from(cfg.max_batch_total_size_bytes).unwrap_or(usize::MAX);
     // A batch a little over the limit must reach our check and get
     // INVALID_ARGUMENT naming the limit, not tonic's bare
     // RESOURCE_EXHAUSTED, so decoding allows twice the limit plus room
     // for the framing of many small blobs.
     let max_cas_message = max_batch.saturating_mul(2).saturating_add(1 << 20);
-    let cas = ContentAddressableStorageServer::new(cas_service::CasService::new(
-        Arc::clone(&stores.blobs),
-        cfg.max_batch_total_size_bytes,
-    ))
+    let cas = ContentAddressableStorageServer::new(
+        cas_service::CasService::new(Arc::clone(&stores.blobs), cfg.max_batch_total_size_bytes)
+            .with_authorizer(authorizer.clone()),
+    )
     .max_decoding_message_size(max_cas_message)
     .max_encoding_message_size(max_cas_message);
-    let ac = ActionCacheServer::new(ac_service::AcService::new(
-        Arc::clone(&stores.blobs),
-        Arc::clone(&stores.action_cache),
-    ));
-    let bytestream = ByteStreamServer::new(bytestream_service::ByteStreamService::new(Arc::clone(
-        &stores.blobs,
-    )))
+    let ac = ActionCacheServer::new(
+        ac_service::AcService::new(Arc::clone(&stores.blobs), Arc::clone(&stores.action_cache))
+            .with_authorizer(authorizer.clone()),
+    );
+    let bytestream = ByteStreamServer::new(
+        bytestream_service::ByteStreamService::new(Arc::clone(&stores.blobs))
+            .with_authorizer(authorizer.clone()),
+    )
     .max_decoding_message_size(MAX_BYTESTREAM_MESSAGE_BYTES);
     Routes::new(cas).add_service(ac).add_service(bytestream)
 }
@@ -185,11 +196,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     cfg.validate()?;
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(|tls| tls.load("tls"))
+        .transpose()
+        .map_err(Error::Tls)?;
+    let auth = Auth::from_config(cfg.auth.as_ref()).map_err(Error::Auth)?;
     let stores = open(&cfg).await?;
     let addr = listener.local_addr().map_err(Error::ListenerAddress)?;
-    tracing::info!(%addr, "storage serving");
-    server()
-        .add_routes(routes(&cfg, &stores))
+    tracing::info!(%addr, tls = tls.is_some(), "storage serving");
+    corral_auth::tls::server(server(), tls.as_ref())
+        .map_err(|source| Error::Serve { addr, source })?
+        .layer(AuthenticationLayer::new(auth.authenticator))
+        .add_routes(routes(&cfg, &stores, &auth.authorizer))
         .serve_with_incoming_shutdown(no_delay(listener), shutdown)
         .await
         .map_err(|source| Error::Serve { addr, source })?;
@@ -252,7 +272,12 @@ mod tests {
         let data = blob(7, 2000);
         let digest = DigestFunction::Sha256.digest_of(&data);
         stores.blobs.put(&digest, data.clone()).await.unwrap();
-        let remote = crate::remote_blob_store::RemoteBlobStore::new(&url, "").unwrap();
+        let remote = crate::remote_blob_store::RemoteBlobStore::new(
+            &corral_auth::channel::Connector::plaintext(),
+            &url,
+            "",
+        )
+        .unwrap();
         assert_eq!(remote.get(&digest).await.unwrap(), Some(data));
         assert!(dir.path().join("cache").exists());
 
@@ -411,6 +436,264 @@ mod tests {
         server.join_next().await.unwrap().unwrap().unwrap();
     }
 
+    /// Storage over TLS with `tls` on 127.0.0.1:0 (memory backend); its
+    /// `https://` URL.
+    async fn serve_tls(
+        tls: corral_auth::tls::ServerTls,
+        server: &mut tokio::task::JoinSet<Result<(), Error>>,
+    ) -> String {
+        let cfg = Config {
+            backend: config::Backend::Memory {
+                max_size_bytes: 1 << 20,
+            },
+            tls: Some(tls),
+            ..Config::default()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        server.spawn(run(cfg, listener, std::future::pending()));
+        url
+    }
+
+    fn server_tls(
+        files: &corral_auth::certs::Files,
+        client_certificate: Option<corral_auth::tls::ClientCertificate>,
+    ) -> corral_auth::tls::ServerTls {
+        corral_auth::tls::ServerTls {
+            certificate: files.server_certificate.clone(),
+            private_key: files.server_key.clone(),
+            client_ca: client_certificate.map(|_| files.ca.clone()),
+            client_certificate,
+        }
+    }
+
+    /// A client trusting `ca`, showing `identity` (certificate, key).
+    fn client_tls(ca: &std::path::Path, identity: Option<&corral_auth::certs::Files>) -> Connector {
+        Connector::new(Some(&corral_auth::tls::ClientTls {
+            ca: ca.to_owned(),
+            certificate: identity.map(|f| f.client_certificate.clone()),
+            private_key: identity.map(|f| f.client_key.clone()),
+            token_file: None,
+        }))
+        .unwrap()
+    }
+
+    /// Asserts `status` is a failed connection (not a refusal by a
+    /// service), its causes mentioning `why`.
+    fn refused(status: &tonic::Status, why: &str) {
+        let text = format!("{status:?}");
+        assert!(
+            matches!(
+                status.code(),
+                tonic::Code::Unknown | tonic::Code::Unavailable
+            ),
+            "{text}"
+        );
+        assert!(text.contains(why), "{text}");
+    }
+
+    /// GetCapabilities through `connector`: the status if refused.
+    async fn capabilities(connector: &Connector, url: &str) -> Result<(), tonic::Status> {
+        let channel = connector.connect_lazy("storage", url).unwrap();
+        CapabilitiesClient::new(channel)
+            .get_capabilities(GetCapabilitiesRequest::default())
+            .await
+            .map(drop)
+    }
+
+    #[tokio::test]
+    async fn served_over_tls_a_client_over_tls_works_and_plaintext_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = corral_auth::certs::TestPki::new()
+            .write(dir.path())
+            .unwrap();
+        let mut server = tokio::task::JoinSet::new();
+        let url = serve_tls(server_tls(&files, None), &mut server).await;
+        capabilities(&client_tls(&files.ca, None), &url)
+            .await
+            .unwrap();
+
+        // Plaintext HTTP/2 to the TLS port: the server reads garbage as a
+        // ClientHello and hangs up.
+        let plain = url.replace("https://", "http://");
+        let status = capabilities(&Connector::plaintext(), &plain)
+            .await
+            .unwrap_err();
+        refused(&status, "");
+
+        // A client trusting another CA refuses the server's certificate.
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = corral_auth::certs::TestPki::named("another CA")
+            .write(other_dir.path())
+            .unwrap();
+        let status = capabilities(&client_tls(&other.ca, None), &url)
+            .await
+            .unwrap_err();
+        refused(&status, "UnknownIssuer");
+    }
+
+    #[tokio::test]
+    async fn with_a_required_client_certificate_only_clients_of_the_ca_get_in() {
+        use corral_auth::tls::ClientCertificate;
+        let dir = tempfile::tempdir().unwrap();
+        let files = corral_auth::certs::TestPki::new()
+            .write(dir.path())
+            .unwrap();
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = corral_auth::certs::TestPki::named("another CA")
+            .write(other_dir.path())
+            .unwrap();
+        let mut server = tokio::task::JoinSet::new();
+        let url = serve_tls(
+            server_tls(&files, Some(ClientCertificate::Required)),
+            &mut server,
+        )
+        .await;
+        capabilities(&client_tls(&files.ca, Some(&files)), &url)
+            .await
+            .unwrap();
+        for (client, alert) in [
+            (client_tls(&files.ca, None), "CertificateRequired"),
+            (client_tls(&files.ca, Some(&other)), "UnknownCA"),
+        ] {
+            let status = capabilities(&client, &url).await.unwrap_err();
+            refused(&status, alert);
+        }
+
+        // "optional": a client without a certificate gets in (to show a
+        // token instead); one with a certificate of another CA does not.
+        let url = serve_tls(
+            server_tls(&files, Some(ClientCertificate::Optional)),
+            &mut server,
+        )
+        .await;
+        capabilities(&client_tls(&files.ca, None), &url)
+            .await
+            .unwrap();
+        capabilities(&client_tls(&files.ca, Some(&files)), &url)
+            .await
+            .unwrap();
+        let status = capabilities(&client_tls(&files.ca, Some(&other)), &url)
+            .await
+            .unwrap_err();
+        refused(&status, "UnknownCA");
+    }
+
+    #[tokio::test]
+    async fn a_remote_backend_over_tls_sends_its_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = corral_auth::certs::TestPki::new()
+            .write(dir.path())
+            .unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        // The remote: TLS, and an interceptor that wants the token.
+        let remote_cfg = Config {
+            backend: config::Backend::Memory {
+                max_size_bytes: 1 << 20,
+            },
+            ..Config::default()
+        };
+        let stores = open(&remote_cfg).await.unwrap();
+        let tls = server_tls(&files, None).load("tls").unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let wants_token =
+            |request: tonic::Request<()>| match request.metadata().get("authorization") {
+                Some(value) if value == "Bearer s3cret" => Ok(request),
+                _ => Err(tonic::Status::unauthenticated("no token")),
+            };
+        let served = corral_auth::tls::server(server(), Some(&tls))
+            .unwrap()
+            .layer(tonic::service::InterceptorLayer::new(wants_token))
+            .add_routes(routes(&remote_cfg, &stores, &Authorizer::open()))
+            .serve_with_incoming(no_delay(listener));
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(served);
+
+        let front = |token_file: Option<std::path::PathBuf>| Config {
+            backend: config::Backend::Remote {
+                endpoint: url.clone(),
+                instance_name: String::new(),
+                cache: None,
+            },
+            client_tls: Some(corral_auth::tls::ClientTls {
+                ca: files.ca.clone(),
+                certificate: None,
+                private_key: None,
+                token_file,
+            }),
+            ..Config::default()
+        };
+        let data = blob(3, 100);
+        let digest = DigestFunction::Sha256.digest_of(&data);
+        let with_token = front(Some(token.clone()));
+        with_token.validate().unwrap();
+        let stores = open(&with_token).await.unwrap();
+        stores.blobs.put(&digest, data.clone()).await.unwrap();
+        assert_eq!(stores.blobs.get(&digest).await.unwrap(), Some(data));
+
+        let without = open(&front(None)).await.unwrap();
+        let err = without.blobs.get(&digest).await.unwrap_err();
+        assert_eq!(
+            crate::status::store_code(&err),
+            tonic::Code::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn a_remote_endpoint_must_agree_with_client_tls_naming_the_key() {
+        let remote = |endpoint: &str, client_tls: bool| Config {
+            backend: config::Backend::Remote {
+                endpoint: endpoint.to_owned(),
+                instance_name: String::new(),
+                cache: None,
+            },
+            client_tls: client_tls.then(|| corral_auth::tls::ClientTls {
+                ca: "ca.crt".into(),
+                certificate: None,
+                private_key: None,
+                token_file: None,
+            }),
+            ..Config::default()
+        };
+        let text = remote("https://s:1", false)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(text, "backend.endpoint: https://s:1 needs [client_tls]");
+        let text = remote("http://s:1", true)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.starts_with("backend.endpoint: http://s:1 is plaintext"),
+            "{text}"
+        );
+        remote("https://s:1", true).validate().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_certificate_not_matching_its_key_stops_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = corral_auth::certs::TestPki::new()
+            .write(dir.path())
+            .unwrap();
+        let mut tls = server_tls(&files, None);
+        tls.private_key = files.client_key.clone();
+        let cfg = Config {
+            tls: Some(tls),
+            ..Config::default()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let err = run(cfg, listener, std::future::pending())
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("tls.private_key"), "{text}");
+        assert!(text.contains("does not match"), "{text}");
+    }
+
     #[tokio::test]
     async fn invalid_config_is_refused_before_serving() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -422,5 +705,222 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+    }
+}
+
+#[cfg(test)]
+mod tenant_tests {
+    //! Storage served with `[auth]`: each caller reaches only what its
+    //! grants allow, over a real connection through the layer.
+
+    use corral_proto::bytestream::byte_stream_client::ByteStreamClient;
+    use corral_proto::bytestream::{ReadRequest, WriteRequest};
+    use corral_proto::reapi::action_cache_client::ActionCacheClient;
+    use corral_proto::reapi::capabilities_client::CapabilitiesClient;
+    use corral_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+    use corral_proto::reapi::{
+        batch_update_blobs_request, ActionResult, BatchUpdateBlobsRequest, GetActionResultRequest,
+        GetCapabilitiesRequest, UpdateActionResultRequest,
+    };
+    use futures_util::stream;
+    use tonic::service::interceptor::InterceptedService;
+    use tonic::transport::Channel;
+    use tonic::Code;
+
+    use super::*;
+    use crate::digest::DigestFunction;
+
+    const SECRET: &str = "a secret of at least thirty-two bytes";
+
+    fn token(sub: &str, groups: &[&str], exp_from_now: i64) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let claims = serde_json::json!({
+            "sub": sub, "groups": groups, "iss": "test-idp", "aud": "corral",
+            "exp": now + exp_from_now,
+        });
+        corral_auth::token::sign_hs256(SECRET.as_bytes(), &claims).unwrap()
+    }
+
+    type Authed = InterceptedService<
+        Channel,
+        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
+    >;
+
+    fn with_token(channel: &Channel, token: Option<String>) -> Authed {
+        let header: Option<tonic::metadata::MetadataValue<_>> =
+            token.map(|t| format!("Bearer {t}").parse().unwrap());
+        InterceptedService::new(
+            channel.clone(),
+            Box::new(move |mut req: tonic::Request<()>| {
+                if let Some(h) = &header {
+                    req.metadata_mut().insert("authorization", h.clone());
+                }
+                Ok(req)
+            }),
+        )
+    }
+
+    fn put(instance: &str, data: &[u8]) -> BatchUpdateBlobsRequest {
+        BatchUpdateBlobsRequest {
+            instance_name: instance.into(),
+            requests: vec![batch_update_blobs_request::Request {
+                digest: Some(DigestFunction::Sha256.digest_of(data).to_proto()),
+                data: data.to_vec(),
+                compressor: 0,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn each_caller_reaches_only_what_its_grants_allow() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, SECRET).unwrap();
+        let grants = dir.path().join("grants.toml");
+        std::fs::write(
+            &grants,
+            r#"
+            [[grant]]
+            who = ["claim:groups=team-a"]
+            instance_names = ["team-a"]
+            permissions = ["cas-read", "cas-write", "ac-read"]
+
+            [[grant]]
+            who = ["claim:sub=worker-1"]
+            instance_names = ["*"]
+            permissions = ["cas-read", "cas-write", "ac-write"]
+            "#,
+        )
+        .unwrap();
+        let cfg: Config = toml::from_str(&format!(
+            r#"
+            [backend]
+            kind = "memory"
+            max_size_bytes = 1048576
+
+            [auth]
+            grants = "{}"
+            [auth.tokens]
+            hs256_secret_file = "{}"
+            issuers = ["test-idp"]
+            audiences = ["corral"]
+            "#,
+            grants.display(),
+            secret.display()
+        ))
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut server = tokio::task::JoinSet::new();
+        server.spawn(run(cfg, listener, async {
+            let _ = stopped.await;
+        }));
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let alice = Some(token("alice", &["team-a"], 600));
+        let worker = Some(token("worker-1", &[], 600));
+
+        // No credential, an expired one, one signed with another key.
+        let refused = CapabilitiesClient::new(with_token(&channel, None))
+            .get_capabilities(GetCapabilitiesRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated);
+        assert!(refused.message().contains("bearer token"), "{refused:?}");
+        let refused = CapabilitiesClient::new(with_token(
+            &channel,
+            Some(token("alice", &["team-a"], -600)),
+        ))
+        .get_capabilities(GetCapabilitiesRequest::default())
+        .await
+        .unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated);
+        assert!(refused.message().contains("expired"), "{refused:?}");
+
+        // A tenant writes its own instance name's CAS, not another's.
+        let mut cas = ContentAddressableStorageClient::new(with_token(&channel, alice.clone()));
+        cas.batch_update_blobs(put("team-a", b"out")).await.unwrap();
+        let refused = cas
+            .batch_update_blobs(put("team-b", b"x"))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert_eq!(
+            refused.message(),
+            "token:alice lacks cas-write on instance name \"team-b\""
+        );
+        let data = b"streamed".to_vec();
+        let d = DigestFunction::Sha256.digest_of(&data);
+        let write = |instance: &str| {
+            stream::iter(vec![WriteRequest {
+                resource_name: format!(
+                    "{instance}/uploads/1/blobs/{}/{}",
+                    d.hash_hex(),
+                    d.size_bytes()
+                ),
+                write_offset: 0,
+                finish_write: true,
+                data: data.clone(),
+            }])
+        };
+        let mut bytestream = ByteStreamClient::new(with_token(&channel, alice.clone()));
+        let refused = bytestream.write(write("team-b")).await.unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert!(refused.message().contains("cas-write"), "{refused:?}");
+        bytestream.write(write("team-a")).await.unwrap();
+        let refused = bytestream
+            .read(ReadRequest {
+                resource_name: format!("team-b/blobs/{}/{}", d.hash_hex(), d.size_bytes()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied);
+
+        // Only the worker writes the Action Cache; the tenant reads it.
+        let action = DigestFunction::Sha256.digest_of(b"action");
+        let entry = UpdateActionResultRequest {
+            instance_name: "team-a".into(),
+            action_digest: Some(action.to_proto()),
+            action_result: Some(ActionResult {
+                exit_code: 3,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let refused = ActionCacheClient::new(with_token(&channel, alice.clone()))
+            .update_action_result(entry.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert_eq!(
+            refused.message(),
+            "token:alice lacks ac-write on instance name \"team-a\""
+        );
+        ActionCacheClient::new(with_token(&channel, worker))
+            .update_action_result(entry)
+            .await
+            .unwrap();
+        let got = ActionCacheClient::new(with_token(&channel, alice))
+            .get_action_result(GetActionResultRequest {
+                instance_name: "team-a".into(),
+                action_digest: Some(action.to_proto()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.exit_code, 3);
+
+        stop.send(()).unwrap();
+        server.join_next().await.unwrap().unwrap().unwrap();
     }
 }

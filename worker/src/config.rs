@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use corral_auth::tls::{ClientTls, ServerTls};
 use serde::Deserialize;
 
 use crate::error::Error;
@@ -48,6 +49,11 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     /// What one action's outputs may take: the `[limits]` table.
     pub limits: Limits,
+    /// TLS for the worker's connections to the scheduler and storage
+    /// (`[client_tls]`), and the bearer token it authenticates with.
+    /// Default: none, plaintext; `scheduler` and `storage` must then be
+    /// `http://`, and with it `https://`.
+    pub client_tls: Option<ClientTls>,
 }
 
 /// The `[limits]` table: bounds on an action's outputs, checked before
@@ -87,6 +93,10 @@ pub struct MetricsConfig {
     /// Address of the HTTP server for `GET /metrics`, e.g.
     /// `127.0.0.1:9982`. Required in the table.
     pub listen: std::net::SocketAddr,
+    /// HTTPS for the page (`[metrics.tls]`). Default: none, plain HTTP
+    /// (the worker serves nothing else, so it has no `[tls]` to reuse).
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
 }
 
 /// Identical build slots that share a runner and a platform.
@@ -125,6 +135,7 @@ impl Default for Config {
             }],
             metrics: None,
             limits: Limits::default(),
+            client_tls: None,
         }
     }
 }
@@ -138,13 +149,15 @@ impl Config {
                 reason: "a worker needs at least one slot group".to_owned(),
             });
         }
-        for (field, url) in [("scheduler", &self.scheduler), ("storage", &self.storage)] {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(Error::InvalidConfig {
-                    field,
-                    reason: format!("{url:?} is not an http:// or https:// endpoint"),
-                });
-            }
+        for (key, url) in [("scheduler", &self.scheduler), ("storage", &self.storage)] {
+            corral_auth::channel::check_endpoint(key, url, self.client_tls.is_some())
+                .map_err(Error::Client)?;
+        }
+        if let Some(client_tls) = &self.client_tls {
+            client_tls.validate().map_err(Error::Tls)?;
+        }
+        if let Some(tls) = self.metrics.as_ref().and_then(|m| m.tls.as_ref()) {
+            tls.validate("metrics.tls").map_err(Error::Tls)?;
         }
         Ok(())
     }

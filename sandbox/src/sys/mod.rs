@@ -402,3 +402,9 @@ pub fn effective_ids() -> (libc::uid_t, libc::gid_t) {
     // SAFETY: getters with no failure mode.
     unsafe { (libc::geteuid(), libc::getegid()) }
 }
+
+/// `setgroups(0, NULL)`: no supplementary groups (needs CAP_SETGID).
+pub fn set_no_groups() -> io::Result<()> {
+    // SAFETY: a zero-length list; the pointer is never read.
+    check(unsafe { libc::setgroups(0, std::ptr::null()) }).map(drop)
+}

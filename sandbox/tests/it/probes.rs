@@ -907,3 +907,109 @@ except OSError as e:
     );
     assert_eq!(ran.outcome.exit, Exit::Exited(0), "{}", ran.output());
 }
+
+/// The probe's per-run ids: far above any login user's.
+fn probe_ids(n: u32) -> corral_sandbox::HostIds {
+    corral_sandbox::HostIds {
+        uid: 1_899_000_000 + n,
+        gid: 1_899_000_000 + n,
+    }
+}
+
+/// Runs `script` (Python) as `ids` in `root`, writing stdout to
+/// `root/../stdout`.
+fn python_as(ids: corral_sandbox::HostIds, root: &std::path::Path, script: &str) -> Ran0 {
+    let out = root.with_extension("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let command = corral_sandbox::Command {
+        argv: vec!["/usr/bin/python3".into(), "-c".into(), script.into()],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        input_root: root.to_owned(),
+        working_dir: std::path::PathBuf::new(),
+        stdout: out.join("stdout"),
+        stderr: out.join("stderr"),
+        timeout: Some(Duration::from_secs(60)),
+    };
+    let sandbox = corral_sandbox::Sandbox::new(default_policy()).unwrap();
+    let outcome = sandbox.run_as(&command, None, ids).unwrap();
+    Ran0 {
+        exit: outcome.exit,
+        stdout: std::fs::read_to_string(&command.stdout).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&command.stderr).unwrap_or_default(),
+    }
+}
+
+/// What [`python_as`] reports.
+struct Ran0 {
+    exit: Exit,
+    stdout: String,
+    stderr: String,
+}
+
+#[test]
+fn an_action_exhausting_inotify_leaves_other_slots_and_the_host_theirs() {
+    if !privileged("an_action_exhausting_inotify_leaves_other_slots_and_the_host_theirs") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (hog_root, other_root) = (dir.path().join("hog"), dir.path().join("other"));
+    for root in [&hog_root, &other_root] {
+        std::fs::create_dir(root).unwrap();
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    // Takes inotify instances until the kernel refuses one
+    // (fs.inotify.max_user_instances), and holds them until released.
+    let hog = "import ctypes, os, time\n\
+               libc = ctypes.CDLL(None, use_errno=True)\n\
+               n = 0\n\
+               while libc.inotify_init() >= 0: n += 1\n\
+               print('held', n, ctypes.get_errno(), flush=True)\n\
+               t = time.time()\n\
+               while not os.path.exists('release') and time.time() - t < 30: time.sleep(0.02)\n";
+    std::thread::scope(|s| {
+        let hogging = s.spawn(|| python_as(probe_ids(1), &hog_root, hog));
+        let stdout = hog_root.with_extension("out").join("stdout");
+        let started = Instant::now();
+        while !std::fs::read_to_string(&stdout).is_ok_and(|s| s.contains("held")) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the hog never filled up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Another slot, while the hog holds every instance it could get.
+        let other = python_as(
+            probe_ids(2),
+            &other_root,
+            "import ctypes\n\
+             libc = ctypes.CDLL(None, use_errno=True)\n\
+             fd = libc.inotify_init()\n\
+             print('DENIED' if fd >= 0 else 'ESCAPED', 'inotify_init', fd, ctypes.get_errno())\n",
+        );
+        // And the host's root, whose own counter a namespace created by
+        // root would have been charged.
+        // SAFETY: inotify_init has no preconditions; the fd is closed below.
+        let host_fd = unsafe { libc::inotify_init() };
+        let host_errno = std::io::Error::last_os_error();
+        if host_fd >= 0 {
+            // SAFETY: our own descriptor, closed once.
+            unsafe { libc::close(host_fd) };
+        }
+        std::fs::write(hog_root.join("release"), "").unwrap();
+        let hog = hogging.join().unwrap();
+        assert!(
+            hog.stdout.starts_with("held") && hog.stdout.trim_end().ends_with(" 24"),
+            "the hog must have been stopped by EMFILE: {} {}",
+            hog.stdout,
+            hog.stderr
+        );
+        assert_eq!(hog.exit, Exit::Exited(0), "{}", hog.stderr);
+        assert!(
+            other.stdout.starts_with("DENIED"),
+            "another slot lost inotify: {}{}",
+            other.stdout,
+            other.stderr
+        );
+        assert!(host_fd >= 0, "the host lost inotify: {host_errno}");
+    });
+}

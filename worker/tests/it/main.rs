@@ -5,6 +5,8 @@
 // Test code: a failed setup step should stop the test loudly.
 #![allow(clippy::unwrap_used)]
 
+mod tls;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -652,6 +654,7 @@ async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
         }],
         metrics: None,
         limits: Default::default(),
+        client_tls: None,
     };
     let worker = corral_worker::Worker::new(cfg).unwrap();
     let metrics = worker.metrics_page();

@@ -1,0 +1,413 @@
+//! Bearer tokens: JWTs in the `authorization` metadata, as Bazel sends them
+//! with `--remote_header=Authorization=Bearer …` or a credential helper.
+//!
+//! A token is accepted only when a configured key verifies its signature
+//! with that key's own algorithm (so a token cannot pick a weaker one: an
+//! RSA public key is never used as an HS256 secret), its `exp` is in the
+//! future, its `nbf` (if any) in the past, and its `iss` and `aud` are
+//! among the configured ones. Refusals say what was wrong with the token,
+//! never which keys exist.
+
+use std::path::{Path, PathBuf};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::caller::TokenIdentity;
+
+/// `[auth.tokens]`: which bearer tokens a listener accepts.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// A JWKS file (RFC 7517) with the public keys of the identity
+    /// provider: RSA (RS256), EC P-256 (ES256) and Ed25519 (EdDSA) keys.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// PEM public keys (`-----BEGIN PUBLIC KEY-----`): RSA keys verify
+    /// RS256, P-256 keys ES256, Ed25519 keys EdDSA.
+    #[serde(default)]
+    pub public_key_files: Vec<PathBuf>,
+    /// A file whose content (whitespace trimmed) is an HS256 secret, for
+    /// small farms that sign their own tokens (`corral up --secure`).
+    /// Anyone who can read it can mint tokens: keep it 0600.
+    #[serde(default)]
+    pub hs256_secret_file: Option<PathBuf>,
+    /// Accepted `iss` values. At least one.
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values (a token naming any of them is accepted). At
+    /// least one.
+    pub audiences: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds. Default 30.
+    #[serde(default = "default_leeway_s")]
+    pub leeway_s: u64,
+}
+
+fn default_leeway_s() -> u64 {
+    30
+}
+
+/// A key and the one algorithm it verifies.
+struct VerifyingKey {
+    id: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+/// Verifies bearer tokens against the configured keys.
+pub struct TokenVerifier {
+    keys: Vec<VerifyingKey>,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the token configuration was refused at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenConfigError {
+    #[error("failed to read {key} file {path}")]
+    Read {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{key} file {path} holds no key this farm can use: {reason}")]
+    Key {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("[auth.tokens] names no key: set jwks_file, public_key_files or hs256_secret_file")]
+    NoKeys,
+    #[error("[auth.tokens] {0} is empty: tokens must be checked for it")]
+    Empty(&'static str),
+}
+
+/// Why a presented token was refused. The text goes back to the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the bearer token has expired")]
+    Expired,
+    #[error("the bearer token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("the bearer token is for another audience")]
+    WrongAudience,
+    #[error("the bearer token's issuer is not trusted here")]
+    UnknownIssuer,
+    #[error("the bearer token's signature does not verify")]
+    BadSignature,
+    #[error("the bearer token has no {0} claim")]
+    MissingClaim(String),
+    #[error("the bearer token is not a well-formed JWT")]
+    Malformed,
+}
+
+impl TokenVerifier {
+    /// Loads every key the configuration names.
+    pub fn new(cfg: &TokenConfig) -> Result<TokenVerifier, TokenConfigError> {
+        if cfg.issuers.is_empty() {
+            return Err(TokenConfigError::Empty("issuers"));
+        }
+        if cfg.audiences.is_empty() {
+            return Err(TokenConfigError::Empty("audiences"));
+        }
+        let mut keys = Vec::new();
+        if let Some(path) = &cfg.jwks_file {
+            keys.extend(jwks_keys(path)?);
+        }
+        for path in &cfg.public_key_files {
+            keys.push(pem_key(path)?);
+        }
+        if let Some(path) = &cfg.hs256_secret_file {
+            let secret = read("hs256_secret_file", path)?;
+            let secret = secret.trim_ascii();
+            if secret.len() < 32 {
+                return Err(TokenConfigError::Key {
+                    key: "hs256_secret_file",
+                    path: path.clone(),
+                    reason: "an HS256 secret must be at least 32 bytes".to_owned(),
+                });
+            }
+            let key = DecodingKey::from_secret(secret).map_err(|e| TokenConfigError::Key {
+                key: "hs256_secret_file",
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            keys.push(VerifyingKey {
+                id: None,
+                algorithm: Algorithm::HS256,
+                key,
+            });
+        }
+        if keys.is_empty() {
+            return Err(TokenConfigError::NoKeys);
+        }
+        // The algorithm is set per key at verification; this is a
+        // placeholder the loop replaces.
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&cfg.issuers);
+        validation.set_audience(&cfg.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.validate_nbf = true;
+        validation.leeway = cfg.leeway_s;
+        Ok(TokenVerifier { keys, validation })
+    }
+
+    /// The identity a token proves, or why it proves none.
+    pub fn verify(&self, token: &str) -> Result<TokenIdentity, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        // Keys with the token's algorithm; the one its `kid` names first.
+        let mut candidates: Vec<&VerifyingKey> = self
+            .keys
+            .iter()
+            .filter(|k| k.algorithm == header.alg)
+            .collect();
+        if let Some(kid) = &header.kid {
+            candidates.sort_by_key(|k| k.id.as_deref() != Some(kid.as_str()));
+        }
+        let mut error = TokenError::BadSignature;
+        for key in candidates {
+            let mut validation = self.validation.clone();
+            validation.algorithms = vec![key.algorithm];
+            match jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+                token,
+                &key.key,
+                &validation,
+            ) {
+                Ok(data) => return Ok(identity(data.claims)),
+                Err(e) => match e.kind() {
+                    // Another key may verify it.
+                    ErrorKind::InvalidSignature
+                    | ErrorKind::InvalidAlgorithm
+                    | ErrorKind::InvalidEcdsaKey
+                    | ErrorKind::InvalidEddsaKey
+                    | ErrorKind::InvalidRsaKey(_)
+                    | ErrorKind::InvalidKeyFormat => {}
+                    // The signature verified: the claims are what is wrong.
+                    kind => {
+                        error = claims_error(kind);
+                        break;
+                    }
+                },
+            }
+        }
+        Err(error)
+    }
+}
+
+/// Signs `claims` with an HS256 secret: the tokens of a farm that issues
+/// its own (`corral up --secure`), and of tests.
+pub fn sign_hs256(secret: &[u8], claims: &serde_json::Value) -> Result<String, TokenSignError> {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret).map_err(TokenSignError)?;
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), claims, &key)
+        .map_err(TokenSignError)
+}
+
+/// A token could not be signed.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to sign a token")]
+pub struct TokenSignError(#[source] jsonwebtoken::errors::Error);
+
+fn claims_error(kind: &ErrorKind) -> TokenError {
+    match kind {
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidAudience => TokenError::WrongAudience,
+        ErrorKind::InvalidIssuer => TokenError::UnknownIssuer,
+        ErrorKind::MissingRequiredClaim(claim) => TokenError::MissingClaim(claim.clone()),
+        _ => TokenError::Malformed,
+    }
+}
+
+fn identity(claims: serde_json::Map<String, serde_json::Value>) -> TokenIdentity {
+    let text = |name: &str| claims.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+    TokenIdentity {
+        subject: text("sub"),
+        issuer: text("iss").unwrap_or_default(),
+        claims,
+    }
+}
+
+fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TokenConfigError> {
+    std::fs::read(path).map_err(|source| TokenConfigError::Read {
+        key,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A PEM public key, its algorithm from its kind.
+fn pem_key(path: &Path) -> Result<VerifyingKey, TokenConfigError> {
+    let pem = read("public_key_files", path)?;
+    let (algorithm, key) = if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+        (Algorithm::RS256, key)
+    } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+        (Algorithm::ES256, key)
+    } else if let Ok(key) = DecodingKey::from_ed_pem(&pem) {
+        (Algorithm::EdDSA, key)
+    } else {
+        return Err(TokenConfigError::Key {
+            key: "public_key_files",
+            path: path.to_owned(),
+            reason: "not an RSA, P-256 or Ed25519 public key in PEM".to_owned(),
+        });
+    };
+    Ok(VerifyingKey {
+        id: None,
+        algorithm,
+        key,
+    })
+}
+
+/// Every usable key of a JWKS file.
+fn jwks_keys(path: &Path) -> Result<Vec<VerifyingKey>, TokenConfigError> {
+    let text = read("jwks_file", path)?;
+    let bad = |reason: String| TokenConfigError::Key {
+        key: "jwks_file",
+        path: path.to_owned(),
+        reason,
+    };
+    let set: JwkSet = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let algorithm = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+                Algorithm::ES256
+            }
+            AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+            // Symmetric keys do not belong in a published key set, and
+            // other curves are not offered.
+            _ => continue,
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(e.to_string()))?;
+        keys.push(VerifyingKey {
+            id: jwk.common.key_id.clone(),
+            algorithm,
+            key,
+        });
+    }
+    if keys.is_empty() {
+        return Err(bad("no RSA, P-256 or Ed25519 key in the set".to_owned()));
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    fn verifier(dir: &Path) -> TokenVerifier {
+        let secret = dir.join("secret");
+        std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+        TokenVerifier::new(&TokenConfig {
+            jwks_file: None,
+            public_key_files: vec![],
+            hs256_secret_file: Some(secret),
+            issuers: vec!["corral".to_owned()],
+            audiences: vec!["farm".to_owned()],
+            leeway_s: 0,
+        })
+        .unwrap()
+    }
+
+    fn sign(claims: serde_json::Value, secret: &str) -> String {
+        sign_hs256(secret.as_bytes(), &claims).unwrap()
+    }
+
+    #[test]
+    fn a_good_token_proves_its_subject_and_each_fault_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = verifier(dir.path());
+        let t = now();
+        let good = serde_json::json!({"sub": "ci", "iss": "corral", "aud": "farm", "exp": t + 60, "groups": ["a"]});
+        let id = v.verify(&sign(good.clone(), SECRET)).unwrap();
+        assert_eq!(id.subject.as_deref(), Some("ci"));
+        assert_eq!(id.claims["groups"], serde_json::json!(["a"]));
+
+        let with = |field: &str, value: serde_json::Value| {
+            let mut c = good.clone();
+            c[field] = value;
+            sign(c, SECRET)
+        };
+        assert_eq!(
+            v.verify(&with("exp", (t - 120).into())),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            v.verify(&with("nbf", (t + 120).into())),
+            Err(TokenError::NotYetValid)
+        );
+        assert_eq!(
+            v.verify(&with("aud", "other".into())),
+            Err(TokenError::WrongAudience)
+        );
+        assert_eq!(
+            v.verify(&with("iss", "evil".into())),
+            Err(TokenError::UnknownIssuer)
+        );
+        assert_eq!(
+            v.verify(&sign(good.clone(), "another secret of at least 32 bytes!")),
+            Err(TokenError::BadSignature)
+        );
+        let mut no_exp = good.clone();
+        no_exp.as_object_mut().unwrap().remove("exp");
+        assert_eq!(
+            v.verify(&sign(no_exp, SECRET)),
+            Err(TokenError::MissingClaim("exp".to_owned()))
+        );
+        assert_eq!(v.verify("not.a.jwt"), Err(TokenError::Malformed));
+        // alg "none" is never accepted.
+        let unsigned = format!(
+            "{}.{}.",
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0",
+            sign(good, SECRET).split('.').nth(1).unwrap()
+        );
+        assert!(v.verify(&unsigned).is_err());
+    }
+
+    #[test]
+    fn configuration_mistakes_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "too short").unwrap();
+        let cfg = |secret: Option<PathBuf>, issuers: Vec<String>| TokenConfig {
+            jwks_file: None,
+            public_key_files: vec![],
+            hs256_secret_file: secret,
+            issuers,
+            audiences: vec!["farm".to_owned()],
+            leeway_s: 30,
+        };
+        let err = TokenVerifier::new(&cfg(Some(short), vec!["i".to_owned()])).unwrap_err();
+        assert!(err.to_string().contains("hs256_secret_file"), "{err}");
+        let err = TokenVerifier::new(&cfg(None, vec!["i".to_owned()])).unwrap_err();
+        assert!(err.to_string().contains("names no key"), "{err}");
+        let err = TokenVerifier::new(&cfg(None, vec![])).unwrap_err();
+        assert!(err.to_string().contains("issuers"), "{err}");
+        let missing = dir.path().join("missing.pem");
+        let mut c = cfg(None, vec!["i".to_owned()]);
+        c.public_key_files = vec![missing.clone()];
+        let err = TokenVerifier::new(&c).unwrap_err();
+        assert!(err.to_string().contains("public_key_files"), "{err}");
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+    }
+}
