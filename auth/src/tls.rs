@@ -58,6 +58,13 @@ pub enum Error {
         key_path: PathBuf,
         certificate_path: PathBuf,
     },
+    #[error("{key}: {} cannot verify client certificates", .path.display())]
+    ClientCa {
+        key: String,
+        path: PathBuf,
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
     #[error("{table}: {reason}")]
     Invalid { table: String, reason: &'static str },
     #[error("{key}: the token in {} is empty or not printable ASCII", .path.display())]
@@ -293,10 +300,10 @@ impl ServerTls {
                 } else {
                     verifier
                 };
-                let verifier = verifier.build().map_err(|e| Error::BadCertificate {
+                let verifier = verifier.build().map_err(|source| Error::ClientCa {
                     key: key.clone(),
                     path: path.to_path_buf(),
-                    source: rustls::Error::General(e.to_string()),
+                    source,
                 })?;
                 builder.with_client_cert_verifier(verifier)
             }

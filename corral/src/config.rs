@@ -51,6 +51,20 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap();
+        // A farm across machines over TLS: every table present.
+        let storage = load::<corral_storage::Config>(Some(&path("storage-tls.toml"))).unwrap();
+        storage.validate().unwrap();
+        assert!(storage.tls.is_some() && storage.client_tls.is_some());
+        let scheduler =
+            load::<corral_scheduler::Config>(Some(&path("scheduler-tls.toml"))).unwrap();
+        scheduler.validate().unwrap();
+        assert_eq!(
+            scheduler.metrics_tls().map(|(_, key)| key),
+            Some("metrics.tls")
+        );
+        let worker = load::<corral_worker::Config>(Some(&path("worker-tls.toml"))).unwrap();
+        worker.validate().unwrap();
+        assert!(worker.client_tls.is_some_and(|t| t.token_file.is_some()));
         // Every file in the folder is covered above.
         let count = std::fs::read_dir(&dir)
             .unwrap()
@@ -64,7 +78,7 @@ mod tests {
             .count();
         assert_eq!(
             count,
-            4,
+            7,
             "a new example in {} needs a line here",
             dir.display()
         );

@@ -140,4 +140,24 @@ mod tests {
         assert!(parse_pattern(&["nokey".into()]).is_err());
         assert!(parse_pattern(&["=v".into()]).is_err());
     }
+
+    #[test]
+    fn the_scheduler_endpoint_must_agree_with_ca() {
+        let args = |scheduler: &str, ca: Option<&str>| DrainArgs {
+            scheduler: scheduler.to_owned(),
+            ca: ca.map(PathBuf::from),
+            certificate: None,
+            private_key: None,
+            token_file: None,
+            remove: false,
+            list: false,
+            pattern: Vec::new(),
+        };
+        let err = client_tls(&args("https://s:1", None)).unwrap_err();
+        assert_eq!(err.to_string(), "--scheduler https://s:1 needs --ca");
+        assert!(client_tls(&args("http://s:1", Some("ca.crt"))).is_err());
+        assert!(client_tls(&args("http://s:1", None)).unwrap().is_none());
+        let tls = client_tls(&args("https://s:1", Some("ca.crt"))).unwrap();
+        assert_eq!(tls.unwrap().ca, PathBuf::from("ca.crt"));
+    }
 }

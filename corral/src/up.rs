@@ -205,6 +205,7 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
         .context("setting up authentication")?;
     let scheduler = corral_scheduler::Scheduler::builder(farm.scheduler.clone())
         .storage_in_process(&farm.storage, &stores)
+        .authorizer(auth.authorizer.clone())
         .build()
         .context("starting the scheduler")?;
     let routes = scheduler.add_routes(corral_storage::routes_without_capabilities(

@@ -1,5 +1,6 @@
 //! The `buildbarn.runner.Runner` service over the sandbox.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -284,21 +285,41 @@ impl Runner for RunnerService {
 
 /// Runs `true` in a scratch input root: proves namespaces, mounts,
 /// cgroups, landlock and seccomp all work on this host.
+///
+/// The runner is root: everything it makes on the host goes in a fresh
+/// private directory (0700, a random name made with `mkdir`, which never
+/// follows a symlink), so nothing planted at a guessable path in a shared
+/// /tmp can redirect its writes.
 fn probe_sandbox(sandbox: &corral_sandbox::Sandbox) -> Result<(), corral_sandbox::Error> {
-    let scratch = std::env::temp_dir().join(format!("corral-readiness-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(&scratch);
+    let spawn = |step, source| corral_sandbox::Error::Spawn { step, source };
+    let scratch = tempfile::Builder::new()
+        .prefix("corral-readiness-")
+        .tempdir()
+        .map_err(|e| spawn("create the readiness probe's private directory", e))?;
+    // The action's uid needs only to enter its root, not to write it.
+    let input_root = scratch.path().join("root");
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&input_root)
+        .map_err(|e| spawn("create the readiness probe's input root", e))?;
+    for name in ["stdout", "stderr"] {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(scratch.path().join(name))
+            .map_err(|e| spawn("create the readiness probe's output files", e))?;
+    }
     let command = Command {
         argv: vec!["true".into()],
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-        input_root: scratch.clone(),
+        input_root,
         working_dir: PathBuf::new(),
-        stdout: scratch.join("stdout"),
-        stderr: scratch.join("stderr"),
+        stdout: scratch.path().join("stdout"),
+        stderr: scratch.path().join("stderr"),
         timeout: Some(Duration::from_secs(30)),
     };
-    let result = sandbox.run(&command);
-    let _ = std::fs::remove_dir_all(&scratch);
-    match result {
+    match sandbox.run(&command) {
         Ok(outcome) if outcome.exit_code() == 0 => Ok(()),
         Ok(_) => Err(corral_sandbox::Error::Lost),
         Err(e) => Err(e),

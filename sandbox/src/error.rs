@@ -48,6 +48,16 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "the sandbox's host uid {uid} cannot enter {path}: the action runs as that uid; let \
+         it in with `chmod o+rwx {path}` (or `chown {uid} {path}`), or use another directory"
+    )]
+    InputRootAccess {
+        path: PathBuf,
+        uid: u32,
+        #[source]
+        source: io::Error,
+    },
     #[error("the policy requires landlock, and this kernel does not enforce it")]
     LandlockRequired,
     #[error("the sandbox ended without reporting how the command ended")]

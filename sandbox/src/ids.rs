@@ -450,7 +450,7 @@ fn run_helper(helper: &Path, pid: libc::pid_t, ranges: &[(u32, u32)]) -> Result<
 /// same; and creating it leaves no capability in the host's namespace.
 pub(crate) fn enter_as_creator(creator: HostIds) -> io::Result<()> {
     const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
-    sys::set_no_groups()?;
+    sys::drop_supplementary_groups()?;
     sys::prctl(libc::PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0)?;
     sys::setresgid(creator.gid)?;
     sys::setresuid(creator.uid)?;

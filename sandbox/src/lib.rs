@@ -16,6 +16,7 @@
 //!   [`disk`], [`ids`] — one protection each.
 //! - `report` — the records the children send back; `sys` — the only
 //!   place with `unsafe`.
+//! - `watchdog` — removes the cgroups of a caller that died.
 //!
 //! This crate must never depend on tokio, tonic or any other crate of
 //! ours (tests/architecture.rs checks): it is synchronous Linux code. Call
@@ -39,6 +40,7 @@ mod report;
 pub mod sandbox;
 pub mod seccomp;
 mod sys;
+mod watchdog;
 
 pub use cancellation::Cancellation;
 pub use command::Command;

@@ -25,6 +25,7 @@ use crate::privileges::last_capability;
 use crate::report::{LandlockState, Record, RecordReader, Stage};
 use crate::seccomp::Filters;
 use crate::sys::{self, Fork};
+use crate::watchdog::{self, Watchdog};
 
 /// How long setup may take before the caller gives up on it.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,6 +47,11 @@ pub struct Sandbox {
     mapping: Mapping,
     host: HostIds,
     last_capability: u32,
+    /// The caller has CAP_SETGID: the action's supplementary groups are
+    /// dropped.
+    drop_groups: bool,
+    /// Removes this process's action cgroups if it dies mid-run.
+    _watchdog: Option<Watchdog>,
     warnings: Vec<String>,
 }
 
@@ -61,7 +67,7 @@ impl Sandbox {
             !policy.network.allow_host_network,
         )?;
         let mut warnings = Vec::new();
-        let (euid, _) = sys::effective_ids();
+        let (euid, egid) = sys::effective_ids();
         // As root: "nobody" unless the caller gives ids per run, which owns
         // no files, so the action can neither write nor chmod the worker's
         // cached input files it can read.
@@ -101,6 +107,27 @@ impl Sandbox {
             }
             Err(e) => return Err(e.into()),
         };
+        let drop_groups = euid == 0;
+        if !drop_groups {
+            match sys::supplementary_groups() {
+                Ok(groups) if groups.iter().any(|&g| g != egid) => warnings.push(format!(
+                    "not running as root: the supplementary groups {groups:?} cannot be \
+                     dropped, and actions keep their access to files of those groups"
+                )),
+                Ok(_) => {}
+                Err(e) => warnings.push(format!(
+                    "could not list the supplementary groups ({e}); actions keep any the \
+                     caller has"
+                )),
+            }
+        }
+        let watchdog = match &cgroups {
+            Some(root) => Some(Watchdog::start(root).map_err(|source| Error::Spawn {
+                step: "start the cgroup watchdog",
+                source,
+            })?),
+            None => None,
+        };
         Ok(Sandbox {
             policy,
             filters,
@@ -109,6 +136,8 @@ impl Sandbox {
             mapping,
             host,
             last_capability: last_capability(),
+            drop_groups,
+            _watchdog: watchdog,
             warnings,
         })
     }
@@ -181,6 +210,8 @@ impl Sandbox {
         let plan = Plan {
             namespaces: self.namespace_flags(),
             creator: self.mapping.creator(host),
+            caller: std::process::id() as libc::pid_t,
+            drop_groups: self.drop_groups,
             uid: self.policy.identity.uid,
             gid: self.policy.identity.gid,
             mounts,
@@ -216,9 +247,10 @@ impl Sandbox {
 
         let cgroup = match &self.cgroups {
             Some(root) => {
+                // The watchdog finds a dead caller's groups by this prefix.
                 let name = format!(
-                    "run-{}-{}",
-                    std::process::id(),
+                    "{}{}",
+                    watchdog::group_prefix(std::process::id()),
                     RUNS.fetch_add(1, Ordering::Relaxed)
                 );
                 Some(root.create(&name, &self.policy.limits)?)
@@ -285,7 +317,10 @@ impl Sandbox {
             step: "wait for the sandbox",
             source,
         })?;
-        let streams = result?;
+        let streams = result.map_err(|e| match e {
+            Error::Setup { stage, source } => setup_error(stage, source, command, host.uid),
+            other => other,
+        })?;
         let cgroup_usage = match &cgroup.0 {
             Some(group) => Some(group.usage()?),
             None => None,
@@ -294,10 +329,12 @@ impl Sandbox {
             return Err(Error::Cancelled);
         }
         if let Some((stage, errno)) = run.failure {
-            return Err(Error::Setup {
+            return Err(setup_error(
                 stage,
-                source: std::io::Error::from_raw_os_error(errno),
-            });
+                std::io::Error::from_raw_os_error(errno),
+                command,
+                host.uid,
+            ));
         }
         let exit = match (run.exit, streams.timed_out || streams.disk_excess.is_some()) {
             (Some(exit), _) => exit,
@@ -328,6 +365,26 @@ impl Sandbox {
             flags |= libc::CLONE_NEWNET;
         }
         flags
+    }
+}
+
+/// The error for a failed setup stage. The sandbox's uid failing to
+/// enter the input root is the caller's to fix, so it names the path, the
+/// host uid and the fix.
+fn setup_error(stage: Stage, source: std::io::Error, command: &Command, host_uid: u32) -> Error {
+    match stage {
+        Stage::OpenInputRoot | Stage::Chdir if source.raw_os_error() == Some(libc::EACCES) => {
+            Error::InputRootAccess {
+                path: if stage == Stage::Chdir {
+                    command.input_root.join(&command.working_dir)
+                } else {
+                    command.input_root.clone()
+                },
+                uid: host_uid,
+                source,
+            }
+        }
+        _ => Error::Setup { stage, source },
     }
 }
 

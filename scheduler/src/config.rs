@@ -51,6 +51,10 @@ pub struct Config {
     /// Default: none, plaintext; `storage` must then be `http://`, and
     /// with it `https://`.
     pub client_tls: Option<ClientTls>,
+    /// Who may call, and what each caller may do (`[auth]`, see
+    /// docs/config.md and docs/shared-farm.md). Unset: every caller is
+    /// anonymous and may do everything.
+    pub auth: Option<corral_auth::AuthConfig>,
 }
 
 /// The `[metrics]` table.
@@ -81,6 +85,7 @@ impl Default for Config {
             metrics: None,
             tls: None,
             client_tls: None,
+            auth: None,
         }
     }
 }

@@ -14,6 +14,8 @@ pub enum Error {
     /// key and file.
     #[error(transparent)]
     Tls(corral_auth::tls::Error),
+    #[error("failed to set up authentication")]
+    Auth(#[source] corral_auth::config::AuthConfigError),
     #[error("the scheduler must be built inside a tokio runtime")]
     NoRuntime(#[source] tokio::runtime::TryCurrentError),
     #[error("failed to read the listener's address")]

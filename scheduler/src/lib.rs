@@ -72,6 +72,7 @@ use std::time::Duration;
 
 use corral_auth::channel::Connector;
 use corral_auth::Authorizer;
+use corral_auth::{Auth, AuthenticationLayer};
 use corral_proto::buildqueuestate::build_queue_state_server::BuildQueueStateServer;
 use corral_proto::longrunning::operations_server::OperationsServer;
 use corral_proto::reapi::capabilities_server::CapabilitiesServer;
@@ -98,6 +99,8 @@ pub struct Scheduler {
     assignments: Arc<Assignments>,
     operations: Arc<Mutex<Operations>>,
     authorizer: Authorizer,
+    /// Establishes each caller when the scheduler serves alone ([`serve`]).
+    authentication: AuthenticationLayer,
     sweeper: Arc<AbortOnDrop>,
 }
 
@@ -108,7 +111,7 @@ pub struct Builder {
     ids: Arc<dyn OperationIds>,
     cache_capabilities: Option<CacheCapabilities>,
     storage: Option<StorageClient>,
-    authorizer: Authorizer,
+    authorizer: Option<Authorizer>,
 }
 
 impl Builder {
@@ -135,10 +138,12 @@ impl Builder {
         self
     }
 
-    /// Who may do what, asked by every service before it acts. Without
-    /// this every caller may do everything (`Authorizer::open`).
+    /// Who may do what, asked by every service before it acts, instead
+    /// of what `cfg.auth` says (without `[auth]` every caller may do
+    /// everything). For a daemon that serves the scheduler next to its
+    /// own authentication (`corral up`), and tests.
     pub fn authorizer(mut self, authorizer: Authorizer) -> Self {
-        self.authorizer = authorizer;
+        self.authorizer = Some(authorizer);
         self
     }
 
@@ -167,6 +172,7 @@ impl Builder {
             Some(cache) => CacheCapabilitiesSource::Fixed(cache),
             None => CacheCapabilitiesSource::Storage(storage.clone()),
         };
+        let auth = Auth::from_config(self.cfg.auth.as_ref()).map_err(Error::Auth)?;
         let assignments = Arc::new(Assignments::new(&self.timing, self.cfg.max_retries));
         let operations = Arc::new(Mutex::new(Operations::default()));
         let sweeper = Arc::new(task::spawn(sweeper::sweep_forever(
@@ -182,7 +188,8 @@ impl Builder {
             ids: self.ids,
             assignments,
             operations,
-            authorizer: self.authorizer,
+            authorizer: self.authorizer.unwrap_or(auth.authorizer),
+            authentication: AuthenticationLayer::new(auth.authenticator),
             sweeper,
         })
     }
@@ -202,7 +209,7 @@ impl Scheduler {
             ids: Arc::new(random_operation_ids::RandomOperationIds::new()),
             cache_capabilities: None,
             storage: None,
-            authorizer: Authorizer::open(),
+            authorizer: None,
         }
     }
 
@@ -301,6 +308,7 @@ impl Scheduler {
         tracing::info!(%addr, storage = %self.cfg.storage, tls = tls.is_some(), "scheduler serving");
         let grpc = corral_auth::tls::server(tonic::transport::Server::builder(), tls.as_ref())
             .map_err(|source| Error::Serve { addr, source })?
+            .layer(self.authentication.clone())
             .add_routes(self.routes())
             .serve_with_incoming_shutdown(corral_storage::no_delay(listener), shutdown);
         let served = corral_metrics::serving_while(metrics, self.metrics_page(), grpc).await;

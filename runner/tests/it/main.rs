@@ -4,6 +4,8 @@
 // Test code: a failed setup step should stop the test loudly.
 #![allow(clippy::unwrap_used)]
 
+mod isolation;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -79,21 +81,9 @@ impl Runner {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let path = socket.clone();
-        let channel = Endpoint::from_static("http://runner")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    tokio::net::UnixStream::connect(path)
-                        .await
-                        .map(TokioIo::new)
-                }
-            }))
-            .await
-            .unwrap();
         Runner {
             dir,
-            client: RunnerClient::new(channel),
+            client: connect(socket).await,
             _stop: stop,
         }
     }
@@ -120,6 +110,32 @@ impl Runner {
 
     fn read(&self, relative: &str) -> String {
         std::fs::read_to_string(self.build().join(relative)).unwrap()
+    }
+}
+
+/// A client of the runner listening on `socket`. The socket file appears
+/// at bind(), a moment before listen(): retry a refused connection.
+async fn connect(socket: PathBuf) -> RunnerClient<Channel> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let path = socket.clone();
+        let result = Endpoint::from_static("http://runner")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map(TokioIo::new)
+                }
+            }))
+            .await;
+        match result {
+            Ok(channel) => return RunnerClient::new(channel),
+            Err(e) if std::time::Instant::now() >= deadline => {
+                panic!("connecting to the runner at {}: {e:?}", socket.display())
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
     }
 }
 

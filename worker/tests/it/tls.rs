@@ -1,5 +1,7 @@
 //! The worker over TLS: to a scheduler and a storage that both require a
 //! client certificate, authenticating to the scheduler with its token.
+//! The fake scheduler also shows that handlers see the client's
+//! certificate (`Request::peer_certs`).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -57,8 +59,21 @@ async fn over_mtls_the_worker_runs_an_action_and_shows_its_token_to_the_schedule
     }
     let farm = Farm::start().await;
     let files = TestPki::new().write(farm.dir.path()).unwrap();
+    // The worker's token: a JWT that storage verifies (a daemon with no
+    // token keys refuses a call that shows a token).
+    let secret = farm.dir.path().join("token.key");
+    std::fs::write(&secret, "a secret of at least thirty-two bytes\n").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "sub": "worker", "iss": "test", "aud": "corral", "exp": now + 3600,
+    });
+    let jwt =
+        corral_auth::token::sign_hs256(b"a secret of at least thirty-two bytes", &claims).unwrap();
     let token = farm.dir.path().join("worker.token");
-    std::fs::write(&token, "worker-token\n").unwrap();
+    std::fs::write(&token, format!("{jwt}\n")).unwrap();
     let mut tasks = JoinSet::new();
 
     // Storage over mTLS: a front whose backend is the farm's storage.
@@ -71,6 +86,19 @@ async fn over_mtls_the_worker_runs_an_action_and_shows_its_token_to_the_schedule
             cache: None,
         },
         tls: Some(server_tls(&files)),
+        auth: Some(corral_auth::AuthConfig {
+            allow_anonymous: false,
+            client_certificates: true,
+            tokens: Some(corral_auth::token::TokenConfig {
+                jwks_file: None,
+                public_key_files: Vec::new(),
+                hs256_secret_file: Some(secret),
+                issuers: vec!["test".into()],
+                audiences: vec!["corral".into()],
+                leeway_s: 30,
+            }),
+            grants: None,
+        }),
         ..corral_storage::Config::default()
     };
     tasks.spawn(async move {
@@ -97,9 +125,14 @@ async fn over_mtls_the_worker_runs_an_action_and_shows_its_token_to_the_schedule
                 .metadata()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            shown.lock().unwrap().push(value);
+                .unwrap_or("");
+            // The client certificate reaches the server's handlers too:
+            // what identities from mTLS are read from.
+            let certs = request.peer_certs().map_or(0, |c| c.len());
+            shown
+                .lock()
+                .unwrap()
+                .push(format!("{value}; certs={certs}"));
             Ok(request)
         }
     };
@@ -122,13 +155,26 @@ async fn over_mtls_the_worker_runs_an_action_and_shows_its_token_to_the_schedule
         private_key: Some(files.client_key.clone()),
         token_file: Some(token),
     };
-    let cfg = worker_config(
+    let mut cfg = worker_config(
         farm.dir.path(),
         &farm.runner_socket,
         scheduler,
         storage,
         Some(client_tls),
     );
+    // The metrics page over HTTPS, without client certificates.
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    cfg.metrics = Some(corral_worker::config::MetricsConfig {
+        listen: metrics,
+        tls: Some(ServerTls {
+            client_ca: None,
+            client_certificate: None,
+            ..server_tls(&files)
+        }),
+    });
     let worker = corral_worker::Worker::new(cfg).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tasks.spawn(async move {
@@ -150,8 +196,14 @@ async fn over_mtls_the_worker_runs_an_action_and_shows_its_token_to_the_schedule
     let shown = shown.lock().unwrap().clone();
     assert!(!shown.is_empty());
     assert!(
-        shown.iter().all(|v| v == "Bearer worker-token"),
+        shown.iter().all(|v| *v == format!("Bearer {jwt}; certs=1")),
         "{shown:?}"
+    );
+    let page = https_get(metrics, &files.ca).await;
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    assert!(
+        page.contains("corral_worker_actions_total{code=\"OK\"} 1"),
+        "{page}"
     );
     let _ = stop.send(());
 }
@@ -168,4 +220,29 @@ fn https_endpoints_without_client_tls_stop_the_worker_naming_the_key() {
     );
     let err = corral_worker::Worker::new(cfg).err().unwrap().to_string();
     assert_eq!(err, "scheduler: https://scheduler:8980 needs [client_tls]");
+}
+
+/// GET /metrics over HTTPS on `addr`, trusting `ca`: the whole response.
+async fn https_get(addr: std::net::SocketAddr, ca: &Path) -> String {
+    use rustls_pki_types::pem::PemObject as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = rustls_pki_types::CertificateDer::from_pem_file(ca).unwrap();
+    roots.add(ca).unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut stream = connector.connect(name, tcp).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    // The page closes the connection after the body; a close without
+    // close_notify is no error here.
+    let _ = stream.read_to_end(&mut response).await;
+    String::from_utf8(response).unwrap()
 }
