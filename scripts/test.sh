@@ -14,6 +14,7 @@ APT_PACKAGES=(
     libnetty-tcnative-jni # tests/bazel.rs: Bazel's gRPC over TLS (its netty lacks the JDK's ALPN)
     python3-venv    # tests/python.rs: the venv below, with Debian's python3
     uidmap          # corral/tests/cli.rs: newuidmap for rootless runs with subordinate ids
+    btrfs-progs     # sandbox probes: a loop-mounted btrfs image with qgroups (disk limit)
 )
 
 missing=()

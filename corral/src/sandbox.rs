@@ -134,6 +134,9 @@ fn run_one(
         timeout,
     };
     let outcome = sandbox.run(&command)?;
+    if let Some(excess) = &outcome.disk_excess {
+        tracing::warn!("the action {excess} and was killed");
+    }
     // With subordinate ids, what the action left is its uid's: give it
     // back, so the caller can read and remove it.
     let mapping = sandbox.mapping();

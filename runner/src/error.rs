@@ -46,11 +46,10 @@ pub enum Error {
     Run(#[source] corral_sandbox::Error),
     #[error("the action timed out after {seconds:.1} s")]
     TimedOut { seconds: f64 },
-    #[error(
-        "the action wrote more than {limit} bytes into its input root and was killed \
-         (limits.disk_max_bytes of its policy)"
-    )]
-    DiskExceeded { limit: u64 },
+    #[error("the action {excess} and was killed (a limit of its policy)")]
+    DiskExceeded {
+        excess: corral_sandbox::disk::Excess,
+    },
     #[error(
         "every one of the {count} host ids is in use by a running action \
          (action_ids.count in runner.toml)"

@@ -56,6 +56,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             path: cfg.build_directory.clone(),
             source,
         })?;
+    match corral_sandbox::disk::Enforcement::of(&build_directory) {
+        Ok(enforcement) => info!("{enforcement}"),
+        Err(e) => warn!(
+            "cannot tell the file system of {}: {e}",
+            build_directory.display()
+        ),
+    }
     let listener = bind(&cfg.listen_path)?;
     info!(
         socket = %cfg.listen_path.display(),

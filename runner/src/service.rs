@@ -246,7 +246,6 @@ impl Runner for RunnerService {
             }))
         })?;
         let _kill_when_abandoned = CancelOnDrop(cancel.clone());
-        let disk_limit = sandbox.policy().limits.disk_max_bytes;
         let lease = self.ids.lease().map_err(|e| status(&e))?;
         let mapping = Arc::clone(&self.mapping);
         let outcome = tokio::task::spawn_blocking(move || {
@@ -269,13 +268,13 @@ impl Runner for RunnerService {
         .await
         .map_err(|_| status(&Error::Cancelled))?
         .map_err(|e| status(&e))?;
-        debug!(exit = ?outcome.exit, timed_out = outcome.timed_out, oom = outcome.oom_killed, "action ended");
+        debug!(exit = ?outcome.exit, timed_out = outcome.timed_out, oom = outcome.oom_killed, disk_bound = ?outcome.disk_bound, "action ended");
         if outcome.timed_out {
             let seconds = timeout.unwrap_or_default().as_secs_f64();
             return Err(status(&Error::TimedOut { seconds }));
         }
-        if outcome.disk_exceeded {
-            return Err(status(&Error::DiskExceeded { limit: disk_limit }));
+        if let Some(excess) = outcome.disk_excess.clone() {
+            return Err(status(&Error::DiskExceeded { excess }));
         }
         Ok(Response::new(RunResponse {
             exit_code: outcome.exit_code(),

@@ -14,7 +14,7 @@ use crate::cancellation::Cancellation;
 use crate::cgroup::{Cgroup, CgroupRoot, CgroupUsage};
 use crate::child::{self, Fds, Plan};
 use crate::command::Command;
-use crate::disk::DiskWatch;
+use crate::disk::{self, DiskLimit, DiskWatch, Excess};
 use crate::error::Error;
 use crate::ids::{HostIds, Mapping};
 use crate::landlock::Rules;
@@ -240,6 +240,10 @@ impl Sandbox {
         };
         let stdout = create_output("stdout", &command.stdout)?;
         let stderr = create_output("stderr", &command.stderr)?;
+        // Before the action starts: where the file system can bound the
+        // input root's sum itself, it does so from the first write.
+        let disk_bound =
+            disk::bound_by_kernel(&command.input_root, self.policy.limits.disk_max_bytes);
 
         let cgroup = match &self.cgroups {
             Some(root) => {
@@ -289,7 +293,10 @@ impl Sandbox {
                 let disk = DiskWatch::new(
                     command.input_root.clone(),
                     host.uid,
-                    self.policy.limits.disk_max_bytes,
+                    DiskLimit {
+                        bytes: self.policy.limits.disk_max_bytes,
+                        entries: self.policy.limits.disk_max_entries,
+                    },
                     pid,
                     start,
                 );
@@ -329,7 +336,7 @@ impl Sandbox {
                 host.uid,
             ));
         }
-        let exit = match (run.exit, streams.timed_out || streams.disk_exceeded) {
+        let exit = match (run.exit, streams.timed_out || streams.disk_excess.is_some()) {
             (Some(exit), _) => exit,
             (None, true) => Exit::Signaled(libc::SIGKILL),
             (None, false) => return Err(Error::Lost),
@@ -338,7 +345,9 @@ impl Sandbox {
             exit,
             timed_out: streams.timed_out,
             oom_killed: cgroup_usage.is_some_and(|u| u.oom_killed),
-            disk_exceeded: streams.disk_exceeded,
+            disk_exceeded: streams.disk_excess.is_some(),
+            disk_excess: streams.disk_excess,
+            disk_bound,
             usage: usage(start.elapsed(), cgroup_usage, &rusage),
             stdout_truncated: streams.truncated[0],
             stderr_truncated: streams.truncated[1],
@@ -404,7 +413,7 @@ impl Drop for CgroupGuard {
 struct Streams {
     timed_out: bool,
     cancelled: bool,
-    disk_exceeded: bool,
+    disk_excess: Option<Excess>,
     truncated: [bool; 2],
 }
 
@@ -524,7 +533,7 @@ impl Supervision<'_> {
         let mut deadline = command.timeout.map(|t| start + t);
         let mut timed_out = false;
         let mut cancelled = false;
-        let mut disk_exceeded = false;
+        let mut disk_excess = None;
         let mut report = Some(report);
         let mut outs: Vec<Option<(OwnedFd, File, &'static str)>> =
             outputs.into_iter().map(Some).collect();
@@ -534,16 +543,16 @@ impl Supervision<'_> {
         while report.is_some() || outs.iter().any(Option::is_some) {
             let now = Instant::now();
             // Watched until the action is being killed for any reason.
-            let watching_disk = !(timed_out || cancelled || disk_exceeded);
-            if watching_disk && disk.over_limit(now) {
-                disk_exceeded = true;
+            let watching_disk = !(timed_out || cancelled || disk_excess.is_some());
+            if let Some(excess) = watching_disk.then(|| disk.over_limit(now)).flatten() {
+                disk_excess = Some(excess);
                 self.kill();
                 deadline = Some(now + KILL_GRACE);
                 continue;
             }
             if let Some(d) = deadline {
                 if now >= d {
-                    if timed_out || cancelled || disk_exceeded {
+                    if timed_out || cancelled || disk_excess.is_some() {
                         // Killed, yet something still holds a pipe open:
                         // stop waiting rather than hang the caller.
                         break;
@@ -645,7 +654,7 @@ impl Supervision<'_> {
         Ok(Streams {
             timed_out,
             cancelled,
-            disk_exceeded,
+            disk_excess,
             truncated,
         })
     }

@@ -123,6 +123,7 @@ impl Worker {
                 cfg.directory_cache_max_size_bytes,
             )),
             input_root_max_entries: cfg.input_root_max_entries,
+            output_limits: cfg.limits,
             metrics: Arc::new(metrics::Metrics::new(slots)),
         };
         Ok(Worker {

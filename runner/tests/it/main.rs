@@ -336,6 +336,32 @@ async fn filling_the_disk_past_the_policy_limit_is_resource_exhausted() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn too_many_entries_in_the_input_root_is_resource_exhausted_naming_the_limit() {
+    let test = "too_many_entries_in_the_input_root_is_resource_exhausted_naming_the_limit";
+    if !privileged(test) {
+        return;
+    }
+    let tight = include_str!("../../../policies/default.toml")
+        .replace("disk_max_entries = 1048576", "disk_max_entries = 1000");
+    assert!(tight.contains("disk_max_entries = 1000"), "{tight}");
+    let mut runner = Runner::start_with_policies(&[("tight", &tight)]).await;
+    // Empty files: no blocks, only entries.
+    let script = "i=0; while :; do : > e$i; i=$((i+1)); done";
+    let mut request = runner.action("e1", &["/bin/sh", "-c", script]);
+    request.corral_policy = "tight".into();
+    use std::os::unix::fs::PermissionsExt;
+    let root = runner.build().join("e1/root");
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let status = runner.client.run(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("limits.disk_max_entries"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn concurrent_actions_get_their_own_host_ids_and_roots_no_world_write() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     if !privileged("concurrent_actions_get_their_own_host_ids_and_roots_no_world_write") {

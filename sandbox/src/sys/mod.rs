@@ -10,6 +10,8 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 
+pub mod dir;
+
 /// Converts a libc return value into a `Result`.
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret == -1 {

@@ -47,6 +47,7 @@ fn worker_config(
             size_class: 0,
         }],
         metrics: None,
+        limits: Default::default(),
         client_tls,
     }
 }
