@@ -773,7 +773,10 @@ fn empty_files_past_the_entry_limit_kill_the_action() {
         &[
             "/bin/sh",
             "-c",
-            "i=0; while :; do : > e$i; mkdir d$i; i=$((i+1)); done",
+            // A fixed count, then a wait: on a slow kernel (the VM tests)
+            // an endless loop could outrun the walk until the timeout.
+            // Builtins only: `: >` makes an empty file without a fork.
+            "mkdir d; i=0; while [ $i -lt 1500 ]; do : > e$i; : > d/e$i; i=$((i+1)); done; exec sleep 60",
         ],
         Some(Duration::from_secs(20)),
         |_| {},
