@@ -317,6 +317,31 @@ async fn storage_killed_mid_action_and_restarted_the_client_gets_the_result() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_down_when_the_outputs_go_up_is_unavailable_and_a_retry_gets_the_result() {
+    let mut farm = SplitFarm::start();
+    let client = Client::new(&farm);
+    let (script, stdout) = script("storage-down", 7);
+    let action = client.action(&script).await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let down = async {
+        rx.await.expect("the action never ran");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::task::block_in_place(|| farm.kill(Daemon::Storage));
+    };
+    let (first, ()) = tokio::join!(client.execute(&action, Some(tx)), down);
+    // The worker could not upload stdout: the farm's failure, which the
+    // client may retry, not the action's.
+    let Outcome::Done(response) = &first else {
+        panic!("{first:?}\n{}", farm.logs());
+    };
+    let status = response.status.clone().unwrap_or_default();
+    assert_eq!(status.code, Code::Unavailable as i32, "{status:?}");
+    tokio::task::block_in_place(|| farm.restart(Daemon::Storage));
+    let again = client.execute(&action, None).await;
+    assert_result(&client, &farm, &again, 7, &stdout).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_mid_action_and_restarted_the_action_runs_again_and_completes() {
     killed_mid_action_the_action_still_completes(Daemon::Worker, "worker").await;
 }
