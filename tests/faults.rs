@@ -369,11 +369,15 @@ async fn scheduler_killed_mid_action_one_retried_execute_gets_the_result() {
     assert_result(&client, &farm, &retry, 0, &stdout).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_action_outliving_its_scheduler_is_a_cache_hit_for_the_retried_execute() {
+/// Runs a cacheable action, kills the scheduler one second into it and
+/// restarts it: before the action ends when `back_before_the_end`, else
+/// only once the result is in the Action Cache (written while no
+/// scheduler could take the report). Then the client does what Bazel
+/// does: WaitExecution, NOT_FOUND, Execute again, a cache hit.
+async fn the_retried_execute_is_a_cache_hit(back_before_the_end: bool, salt: &str) {
     let mut farm = SplitFarm::start();
     let client = Client::new(&farm);
-    let (script, stdout) = script("cache", 0);
+    let (script, stdout) = script(salt, 0);
     let action = client.action(&script).await;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let killed = async {
@@ -387,15 +391,12 @@ async fn an_action_outliving_its_scheduler_is_a_cache_hit_for_the_retried_execut
         matches!(&first, Outcome::Broken(_, s) if connection_lost(s)),
         "{first:?}"
     );
-    // Back while the action still runs: the worker reports it to a
-    // scheduler that never handed it out.
-    tokio::task::block_in_place(|| farm.restart(Daemon::Scheduler));
-    let waited = client.wait_execution(&name).await;
-    assert!(
-        matches!(&waited, Outcome::Broken(_, s) if s.code() == Code::NotFound),
-        "a restarted scheduler does not know the operation: {waited:?}"
-    );
-    // The worker finishes it anyway and writes the Action Cache entry.
+    if back_before_the_end {
+        // The worker then reports the action to a scheduler that never
+        // handed it out.
+        tokio::task::block_in_place(|| farm.restart(Daemon::Scheduler));
+    }
+    // The worker finishes it and writes the Action Cache entry.
     let deadline = Instant::now() + Duration::from_secs(3 * u64::from(ACTION_SECONDS));
     while client.cached(&action).await.is_none() {
         assert!(
@@ -405,13 +406,37 @@ async fn an_action_outliving_its_scheduler_is_a_cache_hit_for_the_retried_execut
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // What Bazel does after NOT_FOUND: Execute again, answered from it.
+    if !back_before_the_end {
+        tokio::task::block_in_place(|| farm.restart(Daemon::Scheduler));
+    }
+    let waited = client.wait_execution(&name).await;
+    assert!(
+        matches!(&waited, Outcome::Broken(_, s) if s.code() == Code::NotFound),
+        "a restarted scheduler does not know the operation: {waited:?}"
+    );
     let again = client.execute(&action, None).await;
     assert_result(&client, &farm, &again, 0, &stdout).await;
     let Outcome::Done(response) = again else {
         unreachable!()
     };
     assert!(response.cached_result, "{response:?}");
+    // The worker's slot, whose completion the new scheduler refused,
+    // takes new work.
+    let next = client.action(&format!("echo 'next ({salt})'")).await;
+    let done = tokio::time::timeout(Duration::from_secs(60), client.execute(&next, None))
+        .await
+        .expect("the worker took no new work");
+    assert_result(&client, &farm, &done, 0, &format!("next ({salt})\n")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_outliving_its_scheduler_is_a_cache_hit_for_the_retried_execute() {
+    the_retried_execute_is_a_cache_hit(true, "cache, back before the end").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_ending_while_no_scheduler_runs_is_a_cache_hit_for_the_retried_execute() {
+    the_retried_execute_is_a_cache_hit(false, "cache, back after the end").await;
 }
 
 fn bazel_available(test: &str) -> bool {
