@@ -4,7 +4,9 @@
 //!   and read of the same bytes to a file in the same directory;
 //! - BatchUpdateBlobs and BatchReadBlobs of 10,000 4 KiB blobs vs writing
 //!   and reading them as 10,000 plain files;
-//! - FindMissingBlobs of 10,000 digests (target: under 20 ms).
+//! - FindMissingBlobs of 10,000 digests (target: under 20 ms);
+//! - the batches and FindMissingBlobs again on a store with
+//!   `isolate_instances`, against the figures without it.
 //!
 //! `cargo bench -p corral-storage --bench throughput` (set
 //! CORRAL_BENCH_DIR to measure another file system; default: the system
@@ -103,31 +105,8 @@ async fn bench(dir: &Path) {
         .collect();
     let (raw_small_write, raw_small_read) = raw_small_files(dir, &small);
 
-    let cfg = Config {
-        backend: Backend::Disk {
-            dir: dir.join("storage"),
-            max_size_bytes: 2 << 30,
-            fsync: false,
-        },
-        ..Config::default()
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::task::JoinSet::new();
-    server.spawn(corral_storage::run(cfg, listener, async {
-        let _ = stopped.await;
-    }));
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .expect("url")
-        .initial_stream_window_size(8 << 20)
-        .initial_connection_window_size(16 << 20)
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .expect("connect");
+    let server = Server::start(dir.join("storage"), false).await;
+    let channel = server.channel.clone();
 
     // ByteStream, 256 MiB.
     let digest = DigestFunction::Sha256.digest_of(&big);
@@ -168,11 +147,141 @@ async fn bench(dir: &Path) {
     let bs_read = start.elapsed();
     assert_eq!(received, BIG_BYTES);
 
-    // Batches of 10,000 x 4 KiB.
     let digests: Vec<Digest> = small
         .iter()
         .map(|b| DigestFunction::Sha256.digest_of(b))
         .collect();
+    let shared = small_blobs(&channel, "", &small, &digests).await;
+    server.stop().await;
+    // The same on a fresh store isolating instance names: each blob is
+    // written under the instance name, then read and found under it.
+    let server = Server::start(dir.join("isolated"), true).await;
+    let isolated = small_blobs(&server.channel, "team-a", &small, &digests).await;
+    server.stop().await;
+
+    let row = |what: &str, bytes: usize, took: Duration, raw: Duration| {
+        println!(
+            "{what:<38} {:>8.1} MiB/s  {:>8.1} ms   raw {:>8.1} MiB/s  ratio {:>5.2}",
+            mib_per_s(bytes, took),
+            took.as_secs_f64() * 1e3,
+            mib_per_s(bytes, raw),
+            raw.as_secs_f64() / took.as_secs_f64(),
+        );
+    };
+    let small_total = SMALL_COUNT * SMALL_BYTES;
+    row("ByteStream Write 256 MiB", BIG_BYTES, bs_write, raw_write);
+    row("ByteStream Read 256 MiB", BIG_BYTES, bs_read, raw_read);
+    row(
+        "BatchUpdateBlobs 10,000 x 4 KiB",
+        small_total,
+        shared.update,
+        raw_small_write,
+    );
+    row(
+        "BatchReadBlobs 10,000 x 4 KiB",
+        small_total,
+        shared.read,
+        raw_small_read,
+    );
+    println!(
+        "{:<38} {:>8.2} ms (best of 5; target < 20 ms)",
+        "FindMissingBlobs 10,000 digests",
+        shared.find_missing.as_secs_f64() * 1e3
+    );
+    // Ratio: time with isolation over time without (1.00 = no cost).
+    let isolated_row = |what: &str, took: Duration, without: Duration| {
+        println!(
+            "{what:<38} {:>8.2} ms   without {:>8.2} ms  cost ratio {:>5.2}",
+            took.as_secs_f64() * 1e3,
+            without.as_secs_f64() * 1e3,
+            took.as_secs_f64() / without.as_secs_f64(),
+        );
+    };
+    isolated_row(
+        "isolated BatchUpdateBlobs 10,000 x 4 KiB",
+        isolated.update,
+        shared.update,
+    );
+    isolated_row(
+        "isolated BatchReadBlobs 10,000 x 4 KiB",
+        isolated.read,
+        shared.read,
+    );
+    isolated_row(
+        "isolated FindMissingBlobs 10,000",
+        isolated.find_missing,
+        shared.find_missing,
+    );
+}
+
+/// A storage server on a disk store in `dir`, and a client channel to it.
+struct Server {
+    channel: tonic::transport::Channel,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinSet<Result<(), corral_storage::Error>>,
+}
+
+impl Server {
+    async fn start(dir: std::path::PathBuf, isolate_instances: bool) -> Self {
+        let cfg = Config {
+            backend: Backend::Disk {
+                dir,
+                max_size_bytes: 2 << 30,
+                fsync: false,
+            },
+            isolate_instances,
+            ..Config::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut task = tokio::task::JoinSet::new();
+        task.spawn(corral_storage::run(cfg, listener, async {
+            let _ = stopped.await;
+        }));
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .expect("url")
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(16 << 20)
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .expect("connect");
+        Self {
+            channel,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        self.stop.send(()).expect("stop server");
+        self.task
+            .join_next()
+            .await
+            .expect("server task")
+            .expect("server joined")
+            .expect("server ran");
+    }
+}
+
+/// How long the small-blob calls took.
+struct SmallBlobs {
+    update: Duration,
+    read: Duration,
+    find_missing: Duration,
+}
+
+/// Batches of 10,000 x 4 KiB written and read under `instance`, then
+/// FindMissingBlobs of 10,000 digests, half present: best of 5.
+async fn small_blobs(
+    channel: &tonic::transport::Channel,
+    instance: &str,
+    small: &[Vec<u8>],
+    digests: &[Digest],
+) -> SmallBlobs {
     let mut cas = ContentAddressableStorageClient::new(channel.clone());
     let start = Instant::now();
     for (blobs, digests) in small.chunks(PER_BATCH).zip(digests.chunks(PER_BATCH)) {
@@ -187,6 +296,7 @@ async fn bench(dir: &Path) {
             .collect();
         let resp = cas
             .batch_update_blobs(BatchUpdateBlobsRequest {
+                instance_name: instance.to_owned(),
                 requests,
                 ..Default::default()
             })
@@ -203,6 +313,7 @@ async fn bench(dir: &Path) {
     for digests in digests.chunks(PER_BATCH) {
         let resp = cas
             .batch_read_blobs(BatchReadBlobsRequest {
+                instance_name: instance.to_owned(),
                 digests: digests.iter().map(Digest::to_proto).collect(),
                 ..Default::default()
             })
@@ -226,6 +337,7 @@ async fn bench(dir: &Path) {
         let start = Instant::now();
         let resp = cas
             .find_missing_blobs(FindMissingBlobsRequest {
+                instance_name: instance.to_owned(),
                 blob_digests: query.clone(),
                 ..Default::default()
             })
@@ -236,41 +348,9 @@ async fn bench(dir: &Path) {
         assert_eq!(resp.missing_blob_digests.len(), SMALL_COUNT / 2);
     }
 
-    stop.send(()).expect("stop server");
-    server
-        .join_next()
-        .await
-        .expect("server task")
-        .expect("server joined")
-        .expect("server ran");
-
-    let row = |what: &str, bytes: usize, took: Duration, raw: Duration| {
-        println!(
-            "{what:<38} {:>8.1} MiB/s  {:>8.1} ms   raw {:>8.1} MiB/s  ratio {:>5.2}",
-            mib_per_s(bytes, took),
-            took.as_secs_f64() * 1e3,
-            mib_per_s(bytes, raw),
-            raw.as_secs_f64() / took.as_secs_f64(),
-        );
-    };
-    let small_total = SMALL_COUNT * SMALL_BYTES;
-    row("ByteStream Write 256 MiB", BIG_BYTES, bs_write, raw_write);
-    row("ByteStream Read 256 MiB", BIG_BYTES, bs_read, raw_read);
-    row(
-        "BatchUpdateBlobs 10,000 x 4 KiB",
-        small_total,
-        batch_update,
-        raw_small_write,
-    );
-    row(
-        "BatchReadBlobs 10,000 x 4 KiB",
-        small_total,
-        batch_read,
-        raw_small_read,
-    );
-    println!(
-        "{:<38} {:>8.2} ms (best of 5; target < 20 ms)",
-        "FindMissingBlobs 10,000 digests",
-        find_missing.as_secs_f64() * 1e3
-    );
+    SmallBlobs {
+        update: batch_update,
+        read: batch_read,
+        find_missing,
+    }
 }

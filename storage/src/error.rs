@@ -11,6 +11,8 @@ pub enum Error {
     InvalidConfig { field: &'static str, reason: String },
     #[error("failed to open the disk store")]
     OpenDisk(#[from] DiskError),
+    #[error("failed to open the membership index of isolate_instances")]
+    OpenMembership(#[source] crate::membership::MembershipError),
     #[error("failed to set up the remote backend")]
     Remote(#[source] crate::blob_store::Error),
     #[error("failed to set up authentication")]
