@@ -89,7 +89,12 @@ impl BlobStore for IsolatedBlobStore {
             .map(|(d, _)| *d)
             .collect();
         // Members may have been evicted since they were written.
-        let gone = self.shared.find_missing(&asked).await?;
+        let gone: std::collections::HashSet<Digest> = self
+            .shared
+            .find_missing(&asked)
+            .await?
+            .into_iter()
+            .collect();
         Ok(digests
             .iter()
             .zip(&members)

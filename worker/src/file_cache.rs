@@ -23,6 +23,7 @@ use corral_proto::reapi::Digest;
 use tokio::task::JoinSet;
 
 use crate::cas_client::{self, CasClient};
+use crate::confirmed::Confirmed;
 
 /// Bytes of small files read in one round before they are written: what
 /// a download holds in memory, twice (one round read while the last is
@@ -186,6 +187,8 @@ pub struct FileCache {
     state: Mutex<State>,
     downloads: AtomicU64,
     next_temp: AtomicU64,
+    /// Which instance names storage showed the cached blobs to.
+    confirmed: Confirmed,
 }
 
 /// Files kept in the cache while an input root links them: not evicted
@@ -252,6 +255,7 @@ impl FileCache {
             state: Mutex::default(),
             downloads: AtomicU64::new(0),
             next_temp: AtomicU64::new(0),
+            confirmed: Confirmed::default(),
         })
     }
 
@@ -259,6 +263,12 @@ impl FileCache {
     pub fn usage(&self) -> (u64, usize) {
         let state = self.lock();
         (state.total, state.entries.len())
+    }
+
+    /// Which instance names storage showed which cached blobs to: for the
+    /// directory cache too, which is keyed by digest alike.
+    pub fn confirmed(&self) -> &Confirmed {
+        &self.confirmed
     }
 
     /// Files downloaded into the cache since it opened.
@@ -305,8 +315,15 @@ impl FileCache {
                 }
             }
         }
+        // A hit counts only if storage would serve the blob under this
+        // instance name (crate::confirmed); the pins taken so far drop
+        // with the error.
+        let hits: Vec<Digest> = pins.keys.iter().map(Key::digest).collect();
+        self.confirmed.check(cas, &hits).await?;
         if !missing.is_empty() {
+            let fetched: Vec<Digest> = missing.iter().map(Key::digest).collect();
             pins.absorb(self.fetch(cas, missing).await?);
+            self.confirmed.confirm(cas.instance(), &fetched);
         }
         Ok(pins)
     }
