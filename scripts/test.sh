@@ -11,7 +11,10 @@ cd "$(dirname "$0")/.."
 # (CI runs as root; without root, tests that need them say why they skip).
 APT_PACKAGES=(
     bazel-bootstrap # tests/bazel.rs: Debian's Bazel 4.2.3, works offline
+    libnetty-tcnative-jni # tests/bazel.rs: Bazel's gRPC over TLS (its netty lacks the JDK's ALPN)
     python3-venv    # tests/python.rs: the venv below, with Debian's python3
+    uidmap          # corral/tests/cli.rs: newuidmap for rootless runs with subordinate ids
+    btrfs-progs     # sandbox probes: a loop-mounted btrfs image with qgroups (disk limit)
 )
 
 missing=()

@@ -152,7 +152,10 @@ fn daemon_crates_depend_only_where_the_design_allows() {
     let allowed: &[(&str, &[&str])] = &[
         ("corral-runner", &["corral-proto", "corral-sandbox"]),
         ("corral-storage", &["corral-proto", "corral-auth"]),
-        ("corral-worker", &["corral-proto", "corral-metrics"]),
+        (
+            "corral-worker",
+            &["corral-proto", "corral-metrics", "corral-auth"],
+        ),
         (
             "corral-scheduler",
             &[

@@ -54,6 +54,8 @@ fn copy_tree(from: &Path, to: &Path) {
 struct Bazel {
     workspace: tempfile::TempDir,
     output_root: tempfile::TempDir,
+    /// Startup options before the command (`--host_jvm_args=…`).
+    startup: Vec<String>,
 }
 
 impl Bazel {
@@ -61,7 +63,35 @@ impl Bazel {
         Bazel {
             workspace: scratch_workspace(),
             output_root: tempfile::tempdir().unwrap(),
+            startup: Vec::new(),
         }
+    }
+
+    /// A Bazel that can speak TLS to a gRPC server. Debian's Bazel 4.2.3
+    /// links a netty built without the JDK's ALPN, so gRPC over TLS fails
+    /// with "JDK provider does not support ALPN protocol"; netty's OpenSSL
+    /// provider works, from Debian's libnetty-tcnative-jni, once the
+    /// library is found under the name netty looks for. The library checks
+    /// the name it was loaded by, so it is copied, not linked.
+    fn scratch_with_tls() -> Bazel {
+        let mut bazel = Bazel::scratch();
+        let library = [
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/lib/aarch64-linux-gnu",
+            "/usr/lib",
+        ]
+        .iter()
+        .map(|dir| Path::new(dir).join("jni/libnetty-tcnative.so"))
+        .find(|path| path.exists())
+        .expect("libnetty-tcnative-jni is installed (scripts/test.sh installs it)");
+        let dir = bazel.output_root.path().join("tcnative");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(library, dir.join("libnetty_tcnative.so")).unwrap();
+        bazel.startup.push(format!(
+            "--host_jvm_args=-Djava.library.path={}",
+            dir.display()
+        ));
+        bazel
     }
 
     fn run(&self, args: &[&str]) -> (bool, String) {
@@ -71,6 +101,7 @@ impl Bazel {
                 "--output_user_root={}",
                 self.output_root.path().display()
             ))
+            .args(&self.startup)
             .args(args)
             // The system bazelrc turns on --sandbox_debug; offline, any
             // download must fail at once instead of hanging.
@@ -93,6 +124,17 @@ impl Bazel {
     /// spawn that cannot run remotely fails the build. FARM_PORT is the
     /// farm's port, for the probes.
     fn remote(&self, farm: &Farm, command: &str, targets: &[&str]) -> (bool, String) {
+        self.remote_with(farm, command, &[], targets)
+    }
+
+    /// [`remote`](Self::remote) with more flags (credentials).
+    fn remote_with(
+        &self,
+        farm: &Farm,
+        command: &str,
+        flags: &[String],
+        targets: &[&str],
+    ) -> (bool, String) {
         let executor = format!("--remote_executor={}", farm.grpc_url());
         let port = format!("--define=FARM_PORT={}", farm.port);
         let mut args = vec![
@@ -102,6 +144,7 @@ impl Bazel {
             "--remote_local_fallback=false",
             &port,
         ];
+        args.extend(flags.iter().map(String::as_str));
         args.extend(targets);
         self.run(&args)
     }
@@ -269,4 +312,57 @@ fn the_process_summary_is_parsed() {
     assert_eq!(processes(line, "internal"), 10);
     assert_eq!(processes(line, "remote"), 0);
     assert_eq!(processes("INFO: 1 process: 1 remote.", "remote"), 1);
+}
+
+#[test]
+fn bazel_builds_over_tls_with_the_certificate_or_the_token_and_not_without() {
+    if !bazel_available("bazel_builds_over_tls_with_the_certificate_or_the_token_and_not_without") {
+        return;
+    }
+    let mut farm = Farm::start_secure(None);
+    let bazel = Bazel::scratch_with_tls();
+    let ca = format!("--tls_certificate={}", farm.secure_file("ca.crt").display());
+    let certificate = [
+        ca.clone(),
+        format!(
+            "--tls_client_certificate={}",
+            farm.secure_file("client.crt").display()
+        ),
+        format!(
+            "--tls_client_key={}",
+            farm.secure_file("client.key").display()
+        ),
+    ];
+    let (ok, first) = bazel.remote_with(&farm, "build", &certificate, &["//..."]);
+    assert!(ok, "build over mTLS failed\n{first}\n{}", farm.logs());
+    assert!(
+        processes(&first, "remote") >= 6,
+        "expected remote executions\n{first}"
+    );
+
+    // The token alone (no client certificate), executing again.
+    let token = std::fs::read_to_string(farm.secure_file("token")).unwrap();
+    let bearer = [
+        ca.clone(),
+        format!("--remote_header=Authorization=Bearer {}", token.trim()),
+        "--noremote_accept_cached".to_owned(),
+    ];
+    let (ok, test) = bazel.remote_with(&farm, "test", &bearer, &["//:greet_test"]);
+    assert!(
+        ok,
+        "bazel test with the token failed\n{test}\n{}",
+        farm.logs()
+    );
+    assert!(processes(&test, "remote") >= 1, "{test}");
+
+    // Neither: the farm refuses before anything runs, and says why.
+    let (ok, text) = bazel.run(&["clean"]);
+    assert!(ok, "{text}");
+    let (ok, refused) = bazel.remote_with(&farm, "build", &[ca], &["//:hello"]);
+    assert!(!ok, "a build without credentials succeeded\n{refused}");
+    assert!(
+        refused.contains("UNAUTHENTICATED"),
+        "Bazel shows UNAUTHENTICATED\n{refused}"
+    );
+    assert_stops_cleanly(&mut farm);
 }

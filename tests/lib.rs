@@ -49,25 +49,45 @@ pub struct Farm {
     pub metrics_port: u16,
     pub data_dir: tempfile::TempDir,
     log: PathBuf,
+    /// Started with `--secure`: TLS, and a certificate or token required.
+    secure: bool,
 }
 
 impl Farm {
     /// Starts `corral up` on a free port with a fresh data directory and
     /// waits until it is ready.
     pub fn start() -> Farm {
-        Self::start_as(None)
+        Self::start_as(None, None)
     }
 
     /// Like [`start`](Self::start), run by the unprivileged user `nobody`
     /// (the caller must be root to switch to it).
     pub fn start_unprivileged() -> Farm {
-        Self::start_as(Some(NOBODY))
+        Self::start_as(None, Some(NOBODY))
     }
 
-    fn start_as(user: Option<u32>) -> Farm {
+    /// `corral up --secure`; with `grants`, that grants file instead of the
+    /// one it makes. Its files are at [`secure_file`](Self::secure_file).
+    pub fn start_secure(grants: Option<&str>) -> Farm {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        if let Some(grants) = grants {
+            let secure = data_dir.path().join("data/secure");
+            std::fs::create_dir_all(&secure).expect("create the secure dir");
+            std::fs::write(secure.join("grants.toml"), grants).expect("write grants");
+        }
+        Self::start_as(Some(data_dir), None)
+    }
+
+    /// A file `corral up --secure` made: `ca.crt`, `client.crt`, `token`, ….
+    pub fn secure_file(&self, name: &str) -> PathBuf {
+        self.data_dir.path().join("data/secure").join(name)
+    }
+
+    fn start_as(secure: Option<tempfile::TempDir>, user: Option<u32>) -> Farm {
         let port = free_port();
         let metrics_port = free_port();
-        let data_dir = tempfile::tempdir().expect("temp dir");
+        let is_secure = secure.is_some();
+        let data_dir = secure.unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
         // Closed to other users, like /root or `mktemp -d`: the farm must
         // work from there (the sandbox's id cannot search it).
         std::fs::set_permissions(
@@ -93,6 +113,7 @@ impl Farm {
         }
         let child = command
             .args(["up", "--listen", &format!("127.0.0.1:{port}")])
+            .args(is_secure.then_some("--secure"))
             .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
             .arg("--data-dir")
             .arg(data_dir.path().join("data"))
@@ -107,6 +128,7 @@ impl Farm {
             metrics_port,
             data_dir,
             log,
+            secure: is_secure,
         };
         // Ready means every part runs, the runner included: it prints
         // its ready line last.
@@ -129,7 +151,8 @@ impl Farm {
 
     /// The REAPI endpoint, as Bazel flags want it.
     pub fn grpc_url(&self) -> String {
-        format!("grpc://127.0.0.1:{}", self.port)
+        let scheme = if self.secure { "grpcs" } else { "grpc" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The farm's Prometheus page (`GET /metrics`), body only.

@@ -23,13 +23,18 @@ const PYTHON_VARIABLE: &str = "CORRAL_TEST_PYTHON";
 const ENDPOINT_VARIABLE: &str = "CORRAL_TEST_ENDPOINT";
 
 /// The protos the stubs are generated from, relative to the include
-/// directories below. PreconditionFailure is the one Corral's own proto
-/// crate declares; the rest are the client's subset of REAPI.
+/// directories below. PreconditionFailure and the Buildbarn protos (the
+/// worker protocol and the admin calls the tenant tests try) are the ones
+/// Corral's own proto crate declares; the rest are the client's subset of
+/// REAPI, and the shim that makes the Buildbarn protos import it.
 const PROTOS: &[&str] = &[
     "build/bazel/remote/execution/v2/remote_execution_subset.proto",
+    "build/bazel/remote/execution/v2/remote_execution.proto",
     "google/longrunning/operations.proto",
     "google/rpc/status.proto",
     "google/rpc/precondition_failure.proto",
+    "buildbarn/remoteworker.proto",
+    "buildbarn/buildqueuestate.proto",
 ];
 
 /// Every call the client makes has its own 60 s deadline and the whole
@@ -109,25 +114,26 @@ fn tests_ran(output: &str) -> usize {
         .unwrap_or(0)
 }
 
-#[test]
-fn a_python_reapi_client_drives_the_farm() {
-    let test = "a_python_reapi_client_drives_the_farm";
-    let Some(python) = python(test) else {
-        return;
-    };
-    let mut farm = Farm::start();
-    let stubs = tempfile::tempdir().unwrap();
-    generate_stubs(&python, stubs.path());
-
+/// Runs the unittest module `module` of tests/python against `farm`,
+/// with the stubs in `stubs` and `env` set; asserts that every test ran
+/// and passed, and returns what it printed.
+fn run_suite(
+    python: &Path,
+    farm: &Farm,
+    stubs: &Path,
+    module: &str,
+    env: &[(&str, String)],
+) -> String {
     let started = Instant::now();
-    let mut unittest = Command::new(&python);
+    let mut unittest = Command::new(python);
     unittest
-        .args(["-m", "unittest", "-v", "test_reapi"])
+        .args(["-m", "unittest", "-v", module])
         .current_dir(manifest_dir().join("python"))
-        .env("PYTHONPATH", stubs.path())
+        .env("PYTHONPATH", stubs)
         .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env(ENDPOINT_VARIABLE, format!("127.0.0.1:{}", farm.port));
-    let (ok, output) = run(unittest, SUITE_LIMIT, stubs.path());
+        .env(ENDPOINT_VARIABLE, format!("127.0.0.1:{}", farm.port))
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    let (ok, output) = run(unittest, SUITE_LIMIT, stubs);
     assert!(
         ok,
         "the Python client's tests failed\n{output}\n{}",
@@ -138,7 +144,20 @@ fn a_python_reapi_client_drives_the_farm() {
         !output.contains("skipped="),
         "no Python test may skip\n{output}"
     );
-    println!("{output}python client: {:?}", started.elapsed());
+    println!("{output}python client ({module}): {:?}", started.elapsed());
+    output
+}
+
+#[test]
+fn a_python_reapi_client_drives_the_farm() {
+    let test = "a_python_reapi_client_drives_the_farm";
+    let Some(python) = python(test) else {
+        return;
+    };
+    let mut farm = Farm::start();
+    let stubs = tempfile::tempdir().unwrap();
+    generate_stubs(&python, stubs.path());
+    run_suite(&python, &farm, stubs.path(), "test_reapi", &[]);
 
     // One page has the scheduler's and the worker's metrics, and counts
     // the actions the client ran.
@@ -160,6 +179,145 @@ fn a_python_reapi_client_drives_the_farm() {
     assert!(
         leftovers.is_empty(),
         "processes outlived corral up: {leftovers:?}"
+    );
+}
+
+/// Two tenants known by their tokens' `sub`, each on its own instance
+/// name; the farm's own worker by its certificate (the grant `corral up
+/// --secure` writes for it); and a token holding the worker permission,
+/// to forge the farm's worker with.
+const TENANT_GRANTS: &str = r#"
+[[grant]]
+who = ["claim:sub=tenant-a"]
+instance_names = ["tenant-a"]
+permissions = ["execute", "cas-read", "cas-write", "ac-read", "operations-own"]
+sandbox_policies = ["default"]
+
+[[grant]]
+who = ["claim:sub=tenant-b"]
+instance_names = ["tenant-b"]
+permissions = ["execute", "cas-read", "cas-write", "ac-read", "operations-own"]
+sandbox_policies = ["default"]
+
+[[grant]]
+who = ["cert:cn=corral-up-worker"]
+instance_names = ["*"]
+permissions = ["worker", "cas-read", "cas-write", "ac-read", "ac-write"]
+
+[[grant]]
+who = ["claim:sub=rogue-worker"]
+instance_names = ["*"]
+permissions = ["worker"]
+"#;
+
+/// What `corral up --secure` checks a token's `iss` and `aud` against.
+const ISSUER: &str = "corral-up";
+const AUDIENCE: &str = "corral";
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token for `sub` signed with `secret`, valid from `iat` to `exp`.
+fn token(secret: &[u8], sub: &str, aud: &str, iat: u64, exp: u64) -> String {
+    let claims = serde_json::json!({
+        "sub": sub, "iss": ISSUER, "aud": aud, "iat": iat, "exp": exp,
+    });
+    corral_auth::token::sign_hs256(secret, &claims).unwrap()
+}
+
+/// The `N` of corral up's "worker: N slot(s)" line.
+fn worker_slots(logs: &str) -> usize {
+    logs.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("worker: ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("corral up did not say how many slots it runs\n{logs}"))
+}
+
+#[test]
+fn a_python_client_is_held_to_each_tenants_grants() {
+    let test = "a_python_client_is_held_to_each_tenants_grants";
+    let Some(python) = python(test) else {
+        return;
+    };
+    let mut farm = Farm::start_secure(Some(TENANT_GRANTS));
+    let stubs = tempfile::tempdir().unwrap();
+    generate_stubs(&python, stubs.path());
+
+    let secret = std::fs::read(farm.secure_file("token.key")).unwrap();
+    let secret = secret.trim_ascii();
+    let now = unix_now();
+    let day = 24 * 3600;
+    let valid = |sub: &str| token(secret, sub, AUDIENCE, now, now + day);
+    // Expired an hour ago: well past the verifier's leeway (30 s).
+    let expired = token(secret, "tenant-a", AUDIENCE, now - day, now - 3600);
+    let other_audience = token(secret, "tenant-a", "another-farm", now, now + day);
+    let other_key = token(&[7u8; 32], "tenant-a", AUDIENCE, now, now + day);
+
+    // A CA the farm does not trust, and a client certificate it signed.
+    let other_ca = tempfile::tempdir().unwrap();
+    let other = corral_auth::certs::TestPki::named("other CA")
+        .write(other_ca.path())
+        .unwrap();
+    let path = |p: PathBuf| p.display().to_string();
+    let env = [
+        ("CORRAL_TEST_CA", path(farm.secure_file("ca.crt"))),
+        (
+            "CORRAL_TEST_CLIENT_CERT",
+            path(farm.secure_file("client.crt")),
+        ),
+        (
+            "CORRAL_TEST_CLIENT_KEY",
+            path(farm.secure_file("client.key")),
+        ),
+        ("CORRAL_TEST_OTHER_CA", path(other.ca)),
+        ("CORRAL_TEST_OTHER_CA_CERT", path(other.client_certificate)),
+        ("CORRAL_TEST_OTHER_CA_KEY", path(other.client_key)),
+        ("CORRAL_TEST_TOKEN_TENANT_A", valid("tenant-a")),
+        ("CORRAL_TEST_TOKEN_TENANT_B", valid("tenant-b")),
+        ("CORRAL_TEST_TOKEN_ROGUE_WORKER", valid("rogue-worker")),
+        ("CORRAL_TEST_TOKEN_EXPIRED", expired),
+        ("CORRAL_TEST_TOKEN_OTHER_AUDIENCE", other_audience),
+        ("CORRAL_TEST_TOKEN_OTHER_KEY", other_key),
+        (
+            "CORRAL_TEST_WORKER_SLOTS",
+            worker_slots(&farm.logs()).to_string(),
+        ),
+        // gRPC's core logs TLS alerts at ERROR: kept on, whatever the
+        // caller's environment says, for the check below.
+        ("GRPC_VERBOSITY", "ERROR".to_owned()),
+    ];
+    let output = run_suite(&python, &farm, stubs.path(), "test_tenants", &env);
+    assert!(tests_ran(&output) >= 10, "{output}");
+    // The certificate from another CA was refused by the farm, for that
+    // reason: its TLS alert reached the client.
+    assert!(
+        output.contains("TLSV1_ALERT_UNKNOWN_CA"),
+        "the farm did not send unknown_ca for the other CA's certificate\n{output}"
+    );
+
+    assert!(farm.stop().success(), "corral up did not exit cleanly");
+    let leftovers = farm.leftover_processes();
+    assert!(
+        leftovers.is_empty(),
+        "processes outlived corral up: {leftovers:?}"
+    );
+}
+
+#[test]
+fn slot_counts_are_read_from_the_banner() {
+    assert_eq!(
+        worker_slots("corral up: serving\n  worker: 2 slot(s), runner at /x\n"),
+        2
     );
 }
 

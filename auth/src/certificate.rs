@@ -44,6 +44,12 @@ pub fn identity(der: &[u8]) -> Result<CertificateIdentity, UnreadableCertificate
     })
 }
 
+/// [`identity`] of the first certificate in a PEM file's text.
+pub fn identity_from_pem(pem: &[u8]) -> Result<CertificateIdentity, UnreadableCertificate> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|_| UnreadableCertificate)?;
+    identity(&pem.contents)
+}
+
 fn ip_text(bytes: &[u8]) -> Option<String> {
     match bytes.len() {
         4 => <[u8; 4]>::try_from(bytes)

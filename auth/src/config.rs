@@ -90,6 +90,7 @@ impl Auth {
                 tokens,
                 certificates: cfg.client_certificates,
                 allow_anonymous: cfg.allow_anonymous,
+                ignore_credentials: false,
             },
             authorizer,
         })

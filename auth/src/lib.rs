@@ -6,9 +6,14 @@
 //! routes in what it offers and ask it, per call, whether the caller holds
 //! a grant. It must never log a credential (a token, a key), and never tell
 //! a caller which keys or identities exist.
-
 //!
 //! Modules:
+//! - [`tls`] — the `[tls]` and `[client_tls]` tables, read and checked
+//!   into rustls material at start-up.
+//! - [`channel`] — every client channel to another daemon: TLS, and the
+//!   bearer token on each call.
+//! - [`certs`] — a CA, server and client certificates made here, for
+//!   `corral up --secure` and tests.
 //! - [`caller`] — who made a call: certificate, token, or anonymous.
 //! - [`permission`] — the words a grant allows (`execute`, `ac-write`, …).
 //! - [`grants`] — the grants file: callers to instance names, permissions
@@ -26,9 +31,12 @@ pub mod authentication;
 pub mod authorizer;
 pub mod caller;
 pub mod certificate;
+pub mod certs;
+pub mod channel;
 pub mod config;
 pub mod grants;
 pub mod permission;
+pub mod tls;
 pub mod token;
 
 pub use authentication::{AuthenticationLayer, Authenticator};

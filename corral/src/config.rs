@@ -51,6 +51,25 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap();
+        // A farm across machines over TLS: every table present.
+        let storage = load::<corral_storage::Config>(Some(&path("storage-tls.toml"))).unwrap();
+        storage.validate().unwrap();
+        assert!(storage.tls.is_some() && storage.client_tls.is_some());
+        assert!(storage.auth.as_ref().is_some_and(|a| a.tokens.is_some()));
+        let scheduler =
+            load::<corral_scheduler::Config>(Some(&path("scheduler-tls.toml"))).unwrap();
+        scheduler.validate().unwrap();
+        assert!(scheduler.auth.is_some());
+        assert_eq!(
+            scheduler.metrics_tls().map(|(_, key)| key),
+            Some("metrics.tls")
+        );
+        let worker = load::<corral_worker::Config>(Some(&path("worker-tls.toml"))).unwrap();
+        worker.validate().unwrap();
+        assert!(worker.client_tls.is_some_and(|t| t.token_file.is_some()));
+        // The grants file of a shared farm (docs/shared-farm.md).
+        let grants = std::fs::read_to_string(path("grants.toml")).unwrap();
+        corral_auth::Grants::parse(&grants).unwrap();
         // Every file in the folder is covered above.
         let count = std::fs::read_dir(&dir)
             .unwrap()
@@ -64,7 +83,7 @@ mod tests {
             .count();
         assert_eq!(
             count,
-            4,
+            8,
             "a new example in {} needs a line here",
             dir.display()
         );

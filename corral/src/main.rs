@@ -12,6 +12,7 @@ mod observability;
 mod runner;
 mod sandbox;
 mod scheduler;
+mod secure;
 mod shutdown;
 mod storage;
 mod up;

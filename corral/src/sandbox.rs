@@ -80,11 +80,8 @@ impl Drop for TempDir {
 }
 
 fn temp_dir(what: &str) -> anyhow::Result<TempDir> {
-    use std::os::unix::fs::PermissionsExt;
     let dir = std::env::temp_dir().join(format!("corral-sandbox-{what}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    // The action runs as an unprivileged host uid: let it write its root.
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
     Ok(TempDir(dir))
 }
 
@@ -119,6 +116,10 @@ fn run_one(
         Some(root) => root,
         None => {
             scratch_root = temp_dir("root")?;
+            // The action runs as another host uid: the root becomes its
+            // (never world-writable).
+            let mapping = sandbox.mapping();
+            mapping.hand_over(&scratch_root.0, mapping.default_ids())?;
             scratch_root.0.clone()
         }
     };
@@ -133,6 +134,13 @@ fn run_one(
         timeout,
     };
     let outcome = sandbox.run(&command)?;
+    if let Some(excess) = &outcome.disk_excess {
+        tracing::warn!("the action {excess} and was killed");
+    }
+    // With subordinate ids, what the action left is its uid's: give it
+    // back, so the caller can read and remove it.
+    let mapping = sandbox.mapping();
+    mapping.reclaim(&command.input_root, mapping.default_ids())?;
     std::io::stdout().write_all(&std::fs::read(&command.stdout)?)?;
     std::io::stderr().write_all(&std::fs::read(&command.stderr)?)?;
     if json {

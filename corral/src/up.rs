@@ -22,6 +22,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::secure::{self, SecureFiles};
 use crate::shutdown;
 
 /// How long the runner has to start serving, and to stop.
@@ -47,10 +48,22 @@ pub struct UpArgs {
     /// Serve Prometheus metrics (`GET /metrics`) on this address.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// TLS and authentication: make (or reuse) a local CA, certificates,
+    /// a token and a grants file under `<data dir>/secure/`, and accept
+    /// only a client that shows that certificate or that token.
+    #[arg(long)]
+    pub secure: bool,
+    /// Serve plaintext without authentication on an address other hosts
+    /// can reach. Anyone who reaches it may then run anything it allows.
+    #[arg(long, conflicts_with = "secure")]
+    pub insecure: bool,
 }
 
 /// Every daemon's configuration, derived from the flags.
 struct Farm {
+    /// `--secure`'s files; `None`: plaintext, no authentication.
+    secure: Option<SecureFiles>,
+    /// The one port's storage and scheduler; its `auth` is the port's.
     storage: corral_storage::Config,
     scheduler: corral_scheduler::Config,
     worker: corral_worker::Config,
@@ -66,9 +79,14 @@ impl Farm {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        let secure = args
+            .secure
+            .then(|| secure::prepare(data_dir, args.listen))
+            .transpose()?;
         // The farm's own clients of its port: loopback when it listens on
         // every address.
-        let local = format!("http://{}", reachable(args.listen));
+        let scheme = if secure.is_some() { "https" } else { "http" };
+        let local = format!("{scheme}://{}", reachable(args.listen));
         let runner_socket = data_dir.join("runner.sock");
         let worker_directory = data_dir.join("worker");
         let storage = corral_storage::Config {
@@ -78,6 +96,7 @@ impl Farm {
                 max_size_bytes: args.storage_gib << 30,
                 fsync: false,
             },
+            auth: secure.as_ref().map(secure::auth_config),
             ..corral_storage::Config::default()
         };
         let scheduler = corral_scheduler::Config {
@@ -85,7 +104,11 @@ impl Farm {
             storage: local.clone(),
             metrics: args
                 .metrics
-                .map(|listen| corral_scheduler::config::MetricsConfig { listen }),
+                .map(|listen| corral_scheduler::config::MetricsConfig { listen, tls: None }),
+            tls: secure.as_ref().map(secure::server_tls),
+            // Storage is read in process; this only keeps `storage` and
+            // its TLS in agreement.
+            client_tls: secure.as_ref().map(secure::worker_tls),
             ..corral_scheduler::Config::default()
         };
         let worker = corral_worker::Config {
@@ -98,12 +121,14 @@ impl Farm {
                 platform: BTreeMap::new(),
                 size_class: 0,
             }],
+            client_tls: secure.as_ref().map(secure::worker_tls),
             ..corral_worker::Config::default()
         };
         storage.validate()?;
         scheduler.validate()?;
         worker.validate()?;
         Ok(Farm {
+            secure,
             build_directory: worker_directory.join("build"),
             storage,
             scheduler,
@@ -124,6 +149,15 @@ fn reachable(listen: SocketAddr) -> SocketAddr {
 }
 
 pub fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
+    if !args.listen.ip().is_loopback() && !args.secure && !args.insecure {
+        bail!(
+            "--listen {} can be reached from other hosts, and without --secure the farm serves \
+             plaintext with no authentication: anyone who reaches it could run actions and read \
+             or overwrite its cache. Add --secure (TLS, and a client certificate or token made \
+             under the data directory), or --insecure to serve it open anyway",
+            args.listen
+        );
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     // Absolute, because the runner child and the printed paths use it.
@@ -137,6 +171,19 @@ pub fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Result<()> {
+    // One port serves storage and the scheduler: the scheduler's `[tls]`
+    // covers both (plaintext unless a caller sets it).
+    let tls = farm
+        .scheduler
+        .tls
+        .as_ref()
+        .map(|tls| tls.load("tls"))
+        .transpose()?;
+    let metrics_tls = farm
+        .scheduler
+        .metrics_tls()
+        .map(|(tls, key)| tls.load(key))
+        .transpose()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -154,15 +201,19 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
         .context("opening storage")?;
     // The scheduler reads storage in this process: no loopback round
     // trips before an action is queued.
+    let auth = corral_auth::Auth::from_config(farm.storage.auth.as_ref())
+        .context("setting up authentication")?;
     let scheduler = corral_scheduler::Scheduler::builder(farm.scheduler.clone())
         .storage_in_process(&farm.storage, &stores)
+        .authorizer(auth.authorizer.clone())
         .build()
         .context("starting the scheduler")?;
     let routes = scheduler.add_routes(corral_storage::routes_without_capabilities(
         &farm.storage,
         &stores,
-        &corral_auth::Authorizer::open(),
+        &auth.authorizer,
     ));
+    let authentication = corral_auth::AuthenticationLayer::new(auth.authenticator);
 
     // Each part is a task; the first to stop (an error, or Ctrl-C) stops
     // them all, and the first error is what `up` reports.
@@ -170,7 +221,9 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
     let server_stop = signal();
     parts.spawn(async move {
         shutdown::with_grace("storage and scheduler", server_stop, |graceful| async {
-            corral_storage::server()
+            corral_auth::tls::server(corral_storage::server(), tls.as_ref())
+                .context("setting up TLS")?
+                .layer(authentication)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(corral_storage::no_delay(listener), graceful)
                 .await
@@ -179,6 +232,7 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
         .await
     });
     let worker = corral_worker::Worker::new(farm.worker.clone()).context("preparing the worker")?;
+    crate::worker::protect_the_cache(&worker);
     if let Some(metrics) = &farm.scheduler.metrics {
         let bound = tokio::net::TcpListener::bind(metrics.listen)
             .await
@@ -188,6 +242,10 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
         let scheduler_page = scheduler.metrics_page();
         let worker_page = worker.metrics_page();
         let page = move || scheduler_page() + &worker_page.render();
+        let bound = match &metrics_tls {
+            Some(tls) => corral_metrics::Listener::tls(bound, tls.rustls()),
+            None => corral_metrics::Listener::plaintext(bound),
+        };
         parts.spawn(async move {
             corral_metrics::serve(bound, page, metrics_stop).await;
             Ok(())
@@ -278,7 +336,12 @@ async fn supervise_runner(
 }
 
 fn print_welcome(farm: &Farm, listen: SocketAddr, data_dir: &Path) {
-    let url = format!("grpc://{}", reachable(listen));
+    let scheme = if farm.secure.is_some() {
+        "grpcs"
+    } else {
+        "grpc"
+    };
+    let url = format!("{scheme}://{}", reachable(listen));
     eprintln!(
         "corral up: serving on {listen}, data in {}",
         data_dir.display()
@@ -291,12 +354,49 @@ fn print_welcome(farm: &Farm, listen: SocketAddr, data_dir: &Path) {
         farm.runner_socket.display()
     );
     if let Some(metrics) = &farm.scheduler.metrics {
-        eprintln!("  metrics: http://{}/metrics", metrics.listen);
+        let http = if farm.secure.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        eprintln!("  metrics: {http}://{}/metrics", metrics.listen);
     }
-    eprintln!("Build with it:");
-    eprintln!("  bazel build --remote_executor={url} --spawn_strategy=remote //...");
-    eprintln!("or use it as a remote cache only:");
-    eprintln!("  bazel build --remote_cache={url} //...");
+    match &farm.secure {
+        None => {
+            eprintln!(
+                "  security: plaintext, no authentication: anyone who can reach {listen} may use \
+                 this farm (--secure requires a certificate or token)"
+            );
+            eprintln!("Build with it:");
+            eprintln!("  bazel build --remote_executor={url} --spawn_strategy=remote //...");
+            eprintln!("or use it as a remote cache only:");
+            eprintln!("  bazel build --remote_cache={url} //...");
+        }
+        Some(files) => {
+            let ca = files.ca_certificate();
+            eprintln!(
+                "  security: TLS; clients show {} or the token in {}; grants in {}",
+                files.client_certificate().display(),
+                files.token().display(),
+                files.grants().display()
+            );
+            eprintln!("Build with it, showing the client certificate:");
+            eprintln!(
+                "  bazel build --remote_executor={url} --tls_certificate={} \\\n      \
+                 --tls_client_certificate={} --tls_client_key={} --spawn_strategy=remote //...",
+                ca.display(),
+                files.client_certificate().display(),
+                files.client_key().display()
+            );
+            eprintln!("or the token:");
+            eprintln!(
+                "  bazel build --remote_executor={url} --tls_certificate={} \\\n      \
+                 --remote_header=\"Authorization=Bearer $(cat {})\" --spawn_strategy=remote //...",
+                ca.display(),
+                files.token().display()
+            );
+        }
+    }
     eprintln!("corral up: ready (Ctrl-C stops the farm)");
 }
 

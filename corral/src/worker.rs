@@ -15,8 +15,19 @@ use crate::{config, shutdown};
 pub fn run(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let cfg: corral_worker::Config = config::load(config)?;
     cfg.validate()?;
+    let worker = corral_worker::Worker::new(cfg).context("preparing the worker")?;
+    protect_the_cache(&worker);
     shutdown::runtime()?
-        .block_on(corral_worker::run(cfg, shutdown::stop_signal("worker")))
+        .block_on(worker.run(shutdown::stop_signal("worker")))
         .context("running the worker")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Without root and without subordinate ids, this host's runner runs
+/// actions as the worker's own uid, which owns the file cache: the worker
+/// then lays inputs out as copies (docs/decisions/0009).
+pub fn protect_the_cache(worker: &corral_worker::Worker) {
+    if let corral_sandbox::Mapping::Own { why, .. } = corral_sandbox::Mapping::detect() {
+        worker.copy_inputs(&why);
+    }
 }

@@ -107,3 +107,311 @@ fn sandbox_run_without_root_works_and_says_what_it_left_out() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_tls_mistake_in_a_config_stops_the_daemon_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("corral-tls-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |daemon: &str, toml: &str| {
+        let file = dir.join(format!("{daemon}.toml"));
+        std::fs::write(&file, toml).unwrap();
+        let out = corral()
+            .arg(daemon)
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let stderr = run(
+        "storage",
+        "[backend]\nkind = \"remote\"\nendpoint = \"https://s:8980\"\n",
+    );
+    assert!(
+        stderr.contains("backend.endpoint: https://s:8980 needs [client_tls]"),
+        "{stderr}"
+    );
+    let stderr = run(
+        "scheduler",
+        "listen = \"127.0.0.1:0\"\n[tls]\ncertificate = \"/nonexistent/s.crt\"\n\
+         private_key = \"/nonexistent/s.key\"\n",
+    );
+    assert!(
+        stderr.contains("tls.certificate: failed to read /nonexistent/s.crt"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The test user for rootless runs with subordinate ids, made (as root) if
+/// missing, with a subordinate uid and gid range: its uid and gid.
+#[allow(clippy::unwrap_used)] // test code: a failed step stops the test
+fn rootless_user() -> (u32, u32) {
+    const USER: &str = "corral-rootless";
+    let exists = Command::new("id").args(["-u", USER]).output().unwrap();
+    if !exists.status.success() {
+        let made = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
+            .arg(USER)
+            .status()
+            .unwrap();
+        assert!(made.success(), "useradd {USER}");
+    }
+    // Far from the ranges useradd hands out (100000 up) and from the
+    // runner's action_ids default.
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if !text.lines().any(|l| l.starts_with(&format!("{USER}:"))) {
+            let line = format!("{USER}:1800000000:65536\n");
+            std::fs::write(file, text + &line).unwrap();
+        }
+    }
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id").args([flag, USER]).output().unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    (id("-u"), id("-g"))
+}
+
+#[test]
+fn rootless_actions_run_as_a_subordinate_id_and_cannot_rewrite_the_cache() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "CI must run as root");
+        eprintln!("skipped: needs root to make a test user and drop to it");
+        return;
+    }
+    if !std::path::Path::new("/usr/bin/newuidmap").exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install newuidmap (apt package uidmap, scripts/test.sh)"
+        );
+        eprintln!("skipped: newuidmap is not installed (apt package uidmap)");
+        return;
+    }
+    let (uid, gid) = rootless_user();
+    // A rootless worker's layout: the cache file and the input root are
+    // the user's own; the input is a hardlink of the cache file.
+    let dir = std::env::temp_dir().join(format!("corral-rootless-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (cache, root) = (dir.join("cache"), dir.join("root"));
+    for d in [&dir, &cache, &root] {
+        std::fs::create_dir_all(d).unwrap();
+        std::os::unix::fs::chown(d, Some(uid), Some(gid)).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // As the runner hands it over: writable by the action's gid, which
+    // is the user's.
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o775)).unwrap();
+    let blob = cache.join("blob");
+    std::fs::write(&blob, "cached\n").unwrap();
+    std::os::unix::fs::chown(&blob, Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::hard_link(&blob, root.join("input")).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid", &uid.to_string(), "--regid", &gid.to_string()])
+        .args(["--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_corral"))
+        .args(["sandbox", "run", "--root"])
+        .arg(&root)
+        .args(["--", "/bin/sh", "-c"])
+        .arg(
+            "cat /proc/self/uid_map; chmod u+w input; echo x > input; \
+             mkdir out && echo o > out/f && chmod 000 out/f out",
+        )
+        .env("CORRAL_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let cached = std::fs::read_to_string(&blob).unwrap();
+    let meta = std::fs::metadata(&blob).unwrap();
+    // Given back to the user after the run, though the action locked it.
+    let left: Vec<(u32, u32)> = [root.join("out"), root.join("out/f")]
+        .iter()
+        .map(|p| std::fs::symlink_metadata(p).map_or((0, 0), |m| (m.uid(), m.mode() & 0o700)))
+        .collect();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(left, [(uid, 0o700), (uid, 0)], "{stdout}\n{stderr}");
+    assert_eq!(
+        cached, "cached\n",
+        "the cache was rewritten\n{stdout}\n{stderr}"
+    );
+    assert_eq!(meta.mode() & 0o777, 0o444, "{stdout}\n{stderr}");
+    // The action's uid 0 is a subordinate id, not the user's.
+    let map: Vec<u64> = stdout
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        map.len() == 3 && map[0] == 0 && (1_800_000_000..1_800_065_536).contains(&map[1]),
+        "uid_map {map:?}\n{stdout}\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("not running as root"),
+        "subordinate ids were not used\n{stderr}"
+    );
+}
+
+/// True when `corral sandbox run` can run here; says why not otherwise.
+fn root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "CI must run as root");
+        eprintln!("skipped {test}: corral sandbox run needs root (id maps, cgroups)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn sandbox_run_drops_the_callers_supplementary_groups() {
+    if !root("sandbox_run_drops_the_callers_supplementary_groups") {
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args(["--groups", "4,24"])
+        .arg(env!("CARGO_BIN_EXE_corral"))
+        .args([
+            "sandbox",
+            "run",
+            "--",
+            "/bin/grep",
+            "^Groups:",
+            "/proc/self/status",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim_end(), "Groups:", "{stdout:?}");
+}
+
+#[test]
+fn sandbox_run_names_a_root_its_uid_cannot_enter_and_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    if !root("sandbox_run_names_a_root_its_uid_cannot_enter_and_the_fix") {
+        return;
+    }
+    // What `mktemp -d` makes: 0700, owned by root.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = corral()
+        .args(["sandbox", "run", "--root"])
+        .arg(dir.path())
+        .args(["--", "/bin/true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&dir.path().display().to_string()),
+        "{stderr}"
+    );
+    assert!(stderr.contains("uid 65534"), "{stderr}");
+    assert!(stderr.contains("chmod"), "{stderr}");
+}
+
+#[test]
+fn killing_sandbox_run_ends_the_action_and_its_cgroup() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, Instant};
+    if !root("killing_sandbox_run_ends_the_action_and_its_cgroup") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut cli = corral()
+        .args(["sandbox", "run", "--root"])
+        .arg(dir.path())
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo > started; exec sleep 4444.4444",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = || -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let pid = e.file_name().to_string_lossy().parse().ok()?;
+                let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+                String::from_utf8_lossy(&cmdline)
+                    .contains("4444.4444")
+                    .then_some(pid)
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // The marker is written just before the shell execs sleep.
+    let sleeping = || dir.path().join("started").exists() && !running().is_empty();
+    while !sleeping() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!running().is_empty(), "the action's sleep never started");
+    let prefix = format!("run-{}-", cli.id());
+    let cgroups = corral_sandbox::cgroup::CgroupRoot::detect().unwrap();
+    let left = || cgroups.as_ref().map_or(0, |c| c.leftovers(&prefix).len());
+    assert!(cgroups.is_none() || left() == 1, "the action's cgroup");
+
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    let killed = Instant::now();
+    while (!running().is_empty() || left() > 0) && killed.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (pids, groups) = (running(), left());
+    for pid in &pids {
+        // SAFETY: kill takes plain integers.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    assert!(
+        pids.is_empty() && groups == 0,
+        "2 s after SIGKILL of corral sandbox run: action {pids:?}, {groups} cgroups left"
+    );
+}
+
+#[test]
+fn sandbox_run_without_root_says_the_groups_stay() {
+    if !root("sandbox_run_without_root_says_the_groups_stay") {
+        return;
+    }
+    // Without CAP_SETGID the groups cannot be dropped: the log must say
+    // so rather than let an operator believe they were.
+    let out = Command::new("setpriv")
+        .args(["--reuid", "4242", "--regid", "4242", "--groups", "4"])
+        .arg(env!("CARGO_BIN_EXE_corral"))
+        .args(["sandbox", "run", "--", "/bin/true"])
+        .env("CORRAL_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("supplementary groups [4] cannot be dropped"),
+        "{stderr}"
+    );
+}

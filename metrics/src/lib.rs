@@ -2,14 +2,19 @@
 //! label escaping, status code names, and a deliberately tiny HTTP/1.1
 //! responder for `GET /metrics`, since one fixed page does not justify an
 //! HTTP stack. Each daemon keeps its own metrics and renders its own page
-//! with these; `corral up` serves several pages as one.
+//! with these; `corral up` serves several pages as one. The page is served
+//! over TLS when the daemon hands a rustls config in ([`Listener::tls`]):
+//! this crate builds none itself, so it stays free of our other crates.
 
 use std::fmt::Write as _;
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+pub use tokio_rustls::rustls;
 
 /// Bucket bounds, in seconds, of every histogram: from a cache-warm
 /// compile to the longest timeout allowed by default.
@@ -151,8 +156,46 @@ pub fn code_name(code: i32) -> &'static str {
 /// hundred bytes.
 const MAX_REQUEST_BYTES: usize = 8 << 10;
 
+/// Where the page is served: a bound socket, and TLS when configured.
+pub struct Listener {
+    tcp: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Listener {
+    /// Plain HTTP on `tcp`.
+    pub fn plaintext(tcp: TcpListener) -> Listener {
+        Listener { tcp, tls: None }
+    }
+
+    /// HTTPS on `tcp` with `config` (which may ask for client
+    /// certificates).
+    pub fn tls(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> Listener {
+        Listener {
+            tcp,
+            tls: Some(tokio_rustls::TlsAcceptor::from(config)),
+        }
+    }
+}
+
+/// Answers one connection: the TLS handshake when `tls` is set, then the
+/// scrape.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    page: impl FnOnce() -> String,
+) -> std::io::Result<()> {
+    match tls {
+        Some(tls) => answer(tls.accept(stream).await?, page).await,
+        None => answer(stream, page).await,
+    }
+}
+
 /// Answers one scrape: `GET /metrics` gets `page()`, anything else 404.
-async fn answer(mut stream: TcpStream, page: impl FnOnce() -> String) -> std::io::Result<()> {
+async fn answer(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    page: impl FnOnce() -> String,
+) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_BYTES {
@@ -179,7 +222,7 @@ async fn answer(mut stream: TcpStream, page: impl FnOnce() -> String) -> std::io
 
 /// Serves `page()` on `listener` until `shutdown`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     page: impl Fn() -> String + Clone + Send + 'static,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -188,15 +231,16 @@ pub async fn serve(
     loop {
         tokio::select! {
             () = &mut shutdown => return,
-            accepted = listener.accept() => {
+            accepted = listener.tcp.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let page = page.clone();
+                let tls = listener.tls.clone();
                 // A scraper that stalls holds only its own connection;
                 // finished ones are reaped as others arrive.
                 scrapes.spawn(async move {
                     let _ = tokio::time::timeout(
                         Duration::from_secs(10),
-                        answer(stream, page),
+                        connection(stream, tls, page),
                     )
                     .await;
                 });
@@ -209,7 +253,7 @@ pub async fn serve(
 /// Runs `work`, serving `page` on `listener` (when there is one) until
 /// `work` ends: for a daemon whose metrics live exactly as long as it.
 pub async fn serving_while<T>(
-    listener: Option<TcpListener>,
+    listener: Option<Listener>,
     page: impl Fn() -> String + Clone + Send + 'static,
     work: impl Future<Output = T>,
 ) -> T {

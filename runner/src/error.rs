@@ -46,11 +46,17 @@ pub enum Error {
     Run(#[source] corral_sandbox::Error),
     #[error("the action timed out after {seconds:.1} s")]
     TimedOut { seconds: f64 },
+    #[error("the action {excess} and was killed (a limit of its policy)")]
+    DiskExceeded {
+        excess: corral_sandbox::disk::Excess,
+    },
     #[error(
-        "the action wrote more than {limit} bytes into its input root and was killed \
-         (limits.disk_max_bytes of its policy)"
+        "every one of the {count} host ids is in use by a running action \
+         (action_ids.count in runner.toml)"
     )]
-    DiskExceeded { limit: u64 },
+    NoFreeIds { count: usize },
+    #[error("failed to give the input root to the action's host ids or take it back")]
+    Ids(#[source] corral_sandbox::ids::IdError),
     #[error("the runner stopped while the action ran")]
     Cancelled,
 }

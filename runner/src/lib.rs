@@ -8,6 +8,7 @@
 //! Modules:
 //! - [`config`] — `runner.toml`.
 //! - [`policies`] — one prepared sandbox per policy.
+//! - [`action_ids`] — host ids leased to runs, one per concurrent run.
 //! - [`service`] — the gRPC service: paths, timeouts, outcomes.
 //! - [`error`] — the crate's error type.
 //!
@@ -18,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod action_ids;
 pub mod config;
 pub mod error;
 pub mod policies;
@@ -54,6 +56,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             path: cfg.build_directory.clone(),
             source,
         })?;
+    match corral_sandbox::disk::Enforcement::of(&build_directory) {
+        Ok(enforcement) => info!("{enforcement}"),
+        Err(e) => warn!(
+            "cannot tell the file system of {}: {e}",
+            build_directory.display()
+        ),
+    }
     let listener = bind(&cfg.listen_path)?;
     info!(
         socket = %cfg.listen_path.display(),
@@ -61,7 +70,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         policies = %policies.names().join(","),
         "runner ready"
     );
-    let service = RunnerService::new(build_directory, policies);
+    let mapping = policies.default_sandbox().mapping().clone();
+    let ids = action_ids::ActionIds::new(&mapping, cfg.action_ids.range());
+    let service = RunnerService::new(build_directory, policies, mapping, ids);
     let result = tonic::transport::Server::builder()
         .add_service(RunnerServer::new(service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)

@@ -1,7 +1,8 @@
 //! The `buildbarn.runner.Runner` service over the sandbox.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_proto::any::Packable;
@@ -10,11 +11,12 @@ use corral_proto::resourceusage::PosixResourceUsage;
 use corral_proto::runner::runner_server::Runner;
 use corral_proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 use corral_sandbox::command::stays_inside;
-use corral_sandbox::{Cancellation, Command, Outcome, Stage};
+use corral_sandbox::{Cancellation, Command, Mapping, Outcome, Stage};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::{debug, instrument};
 
+use crate::action_ids::ActionIds;
 use crate::error::Error;
 use crate::policies::Policies;
 
@@ -26,14 +28,25 @@ const READINESS_TTL: Duration = Duration::from_secs(10);
 pub struct RunnerService {
     build_directory: PathBuf,
     policies: Policies,
+    mapping: Arc<Mapping>,
+    ids: Arc<ActionIds>,
     last_ready: Mutex<Option<Instant>>,
 }
 
 impl RunnerService {
-    pub fn new(build_directory: PathBuf, policies: Policies) -> RunnerService {
+    /// Runs requests under `build_directory` with `policies`, each as ids
+    /// leased from `ids`, mapped the way `mapping` says.
+    pub fn new(
+        build_directory: PathBuf,
+        policies: Policies,
+        mapping: Mapping,
+        ids: ActionIds,
+    ) -> RunnerService {
         RunnerService {
             build_directory,
             policies,
+            mapping: Arc::new(mapping),
+            ids: Arc::new(ids),
             last_ready: Mutex::new(None),
         }
     }
@@ -83,6 +96,7 @@ pub fn status(err: &Error) -> Status {
             Status::invalid_argument(message)
         }
         Error::TimedOut { .. } => Status::deadline_exceeded(message),
+        Error::NoFreeIds { .. } => Status::unavailable(message),
         Error::DiskExceeded { .. } => Status::resource_exhausted(message),
         Error::Cancelled => Status::cancelled(message),
         Error::Run(Sandbox::Command(_)) => Status::invalid_argument(message),
@@ -145,28 +159,6 @@ fn effective_timeout(req: &Request<RunRequest>) -> Option<Duration> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
-}
-
-/// Lets the action (an unprivileged host uid) create outputs anywhere in
-/// its input root: directories become 0777. Files keep their modes, so
-/// hardlinked inputs stay read-only; symlinks are never followed.
-fn open_directories(root: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut todo = vec![root.to_owned()];
-    while let Some(dir) = todo.pop() {
-        let prepare = |source| Error::Prepare {
-            path: dir.clone(),
-            source,
-        };
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(prepare)?;
-        for entry in std::fs::read_dir(&dir).map_err(prepare)? {
-            let entry = entry.map_err(prepare)?;
-            if entry.file_type().map_err(prepare)?.is_dir() {
-                todo.push(entry.path());
-            }
-        }
-    }
-    Ok(())
 }
 
 fn duration(d: Duration) -> protobuf::Duration {
@@ -254,23 +246,35 @@ impl Runner for RunnerService {
             }))
         })?;
         let _kill_when_abandoned = CancelOnDrop(cancel.clone());
-        let disk_limit = sandbox.policy().limits.disk_max_bytes;
+        let lease = self.ids.lease().map_err(|e| status(&e))?;
+        let mapping = Arc::clone(&self.mapping);
         let outcome = tokio::task::spawn_blocking(move || {
-            open_directories(&command.input_root)?;
-            sandbox
-                .run_cancellable(&command, Some(&cancel))
-                .map_err(Error::Run)
+            // The directories become the run's (never world-writable), so
+            // it can write outputs anywhere in its input root; files keep
+            // their owner and mode: hardlinked inputs stay read-only.
+            mapping
+                .hand_over(&command.input_root, lease.ids)
+                .map_err(Error::Ids)?;
+            let ran = sandbox.run_as(&command, Some(&cancel), lease.ids);
+            // Whatever the outcome, the worker must be able to read and
+            // remove what the action left.
+            let reclaimed = mapping.reclaim(&command.input_root, lease.ids);
+            // The ids go back only now: the run's processes are gone.
+            drop(lease);
+            let outcome = ran.map_err(Error::Run)?;
+            reclaimed.map_err(Error::Ids)?;
+            Ok(outcome)
         })
         .await
         .map_err(|_| status(&Error::Cancelled))?
         .map_err(|e| status(&e))?;
-        debug!(exit = ?outcome.exit, timed_out = outcome.timed_out, oom = outcome.oom_killed, "action ended");
+        debug!(exit = ?outcome.exit, timed_out = outcome.timed_out, oom = outcome.oom_killed, disk_bound = ?outcome.disk_bound, "action ended");
         if outcome.timed_out {
             let seconds = timeout.unwrap_or_default().as_secs_f64();
             return Err(status(&Error::TimedOut { seconds }));
         }
-        if outcome.disk_exceeded {
-            return Err(status(&Error::DiskExceeded { limit: disk_limit }));
+        if let Some(excess) = outcome.disk_excess.clone() {
+            return Err(status(&Error::DiskExceeded { excess }));
         }
         Ok(Response::new(RunResponse {
             exit_code: outcome.exit_code(),
@@ -281,21 +285,41 @@ impl Runner for RunnerService {
 
 /// Runs `true` in a scratch input root: proves namespaces, mounts,
 /// cgroups, landlock and seccomp all work on this host.
+///
+/// The runner is root: everything it makes on the host goes in a fresh
+/// private directory (0700, a random name made with `mkdir`, which never
+/// follows a symlink), so nothing planted at a guessable path in a shared
+/// /tmp can redirect its writes.
 fn probe_sandbox(sandbox: &corral_sandbox::Sandbox) -> Result<(), corral_sandbox::Error> {
-    let scratch = std::env::temp_dir().join(format!("corral-readiness-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(&scratch);
+    let spawn = |step, source| corral_sandbox::Error::Spawn { step, source };
+    let scratch = tempfile::Builder::new()
+        .prefix("corral-readiness-")
+        .tempdir()
+        .map_err(|e| spawn("create the readiness probe's private directory", e))?;
+    // The action's uid needs only to enter its root, not to write it.
+    let input_root = scratch.path().join("root");
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&input_root)
+        .map_err(|e| spawn("create the readiness probe's input root", e))?;
+    for name in ["stdout", "stderr"] {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(scratch.path().join(name))
+            .map_err(|e| spawn("create the readiness probe's output files", e))?;
+    }
     let command = Command {
         argv: vec!["true".into()],
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-        input_root: scratch.clone(),
+        input_root,
         working_dir: PathBuf::new(),
-        stdout: scratch.join("stdout"),
-        stderr: scratch.join("stderr"),
+        stdout: scratch.path().join("stdout"),
+        stderr: scratch.path().join("stderr"),
         timeout: Some(Duration::from_secs(30)),
     };
-    let result = sandbox.run(&command);
-    let _ = std::fs::remove_dir_all(&scratch);
-    match result {
+    match sandbox.run(&command) {
         Ok(outcome) if outcome.exit_code() == 0 => Ok(()),
         Ok(_) => Err(corral_sandbox::Error::Lost),
         Err(e) => Err(e),
@@ -319,7 +343,9 @@ mod tests {
     #[test]
     fn escaping_paths_are_invalid_arguments() {
         let policies = Policies::load(None, "default").unwrap();
-        let service = RunnerService::new(PathBuf::from("/build"), policies);
+        let mapping = Mapping::detect();
+        let ids = ActionIds::new(&mapping, crate::config::ActionIdsConfig::default().range());
+        let service = RunnerService::new(PathBuf::from("/build"), policies, mapping, ids);
         for bad in ["/etc", "../x", "a/../../b"] {
             let err = service.resolve("stdout_path", bad).unwrap_err();
             assert_eq!(status(&err).code(), tonic::Code::InvalidArgument, "{bad}");

@@ -32,6 +32,14 @@ use crate::sys::{self, Fork, WaitStatus};
 /// Everything the sandbox's processes need, prepared by the caller.
 pub struct Plan<'a> {
     pub namespaces: libc::c_int,
+    /// The host ids to take before creating the user namespace (as
+    /// root), so that it is owned, and its counters charged, per run.
+    pub creator: Option<crate::ids::HostIds>,
+    /// The caller's pid: the setup process's parent while the caller lives.
+    pub caller: libc::pid_t,
+    /// Whether to drop the caller's supplementary groups (the caller has
+    /// CAP_SETGID); when it cannot, `Sandbox::warnings` says so.
+    pub drop_groups: bool,
     pub uid: libc::uid_t,
     pub gid: libc::gid_t,
     pub mounts: MountPlan,
@@ -70,14 +78,28 @@ pub fn setup(plan: &Plan<'_>, fds: &Fds) -> ! {
     sys::close_fds_except(3, &[fds.report, fds.go, fds.stdout, fds.stderr]);
     let report = borrow(fds.report);
     // If the caller dies, so does the sandbox.
-    if let Err(e) = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0) {
-        fail(report, Stage::Unshare, &e);
+    tie_to_caller(report, plan.caller);
+    // setgroups=deny (written by the caller with the id maps) freezes the
+    // groups this process has when it enters the user namespace: a 0440
+    // file of one of the caller's groups would stay readable. Drop them
+    // while the caller's privilege is still ours.
+    if plan.drop_groups {
+        if let Err(e) = sys::drop_supplementary_groups() {
+            fail(report, Stage::DropGroups, &e);
+        }
     }
     // With the caller's credentials still: see MountPlan::input_root.
     if let Some(input_root) = plan.mounts.input_root() {
         if let Err(e) = sys::chdir(input_root) {
-            fail(report, Stage::OpenBindSource, &e);
+            fail(report, Stage::OpenInputRoot, &e);
         }
+    }
+    if let Some(creator) = plan.creator {
+        if let Err(e) = crate::ids::enter_as_creator(creator) {
+            fail(report, Stage::SetIds, &e);
+        }
+        // The id change cleared the parent-death signal.
+        tie_to_caller(report, plan.caller);
     }
     if let Err(e) = sys::unshare(plan.namespaces) {
         fail(report, Stage::Unshare, &e);
@@ -95,6 +117,8 @@ pub fn setup(plan: &Plan<'_>, fds: &Fds) -> ! {
     if let Err(e) = sys::setresgid(plan.gid).and_then(|()| sys::setresuid(plan.uid)) {
         fail(report, Stage::SetIds, &e);
     }
+    // The kernel cleared the parent-death signal when the ids changed.
+    tie_to_caller(report, plan.caller);
     // Entered after the caller moved us into the action's cgroup, so that
     // group is the root of the action's view.
     if let Err(e) = sys::unshare(libc::CLONE_NEWCGROUP) {
@@ -110,11 +134,25 @@ pub fn setup(plan: &Plan<'_>, fds: &Fds) -> ! {
     }
 }
 
+/// Arms the parent-death signal, then checks that the caller did not die
+/// before it was armed (the signal would never come): exits if it did.
+fn tie_to_caller(report: BorrowedFd<'_>, caller: libc::pid_t) {
+    if let Err(e) = sys::kill_me_with_parent() {
+        fail(report, Stage::ParentDeath, &e);
+    }
+    if sys::parent_pid() != caller {
+        sys::exit_now(1);
+    }
+}
+
 /// Process 2: pid 1 of the sandbox.
 fn init(plan: &Plan<'_>, fds: &Fds) -> ! {
     let report = borrow(fds.report);
-    if let Err(e) = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0) {
-        fail(report, Stage::ForkInit, &e);
+    // Its parent (setup) is outside this pid namespace, so getppid() says
+    // 0 and cannot tell whether setup died before this was armed; the
+    // caller's watchdog kills the cgroup in that case.
+    if let Err(e) = sys::kill_me_with_parent() {
+        fail(report, Stage::ParentDeath, &e);
     }
     if let Err((stage, e)) = plan.mounts.apply() {
         fail(report, stage, &e);

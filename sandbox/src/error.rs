@@ -20,6 +20,8 @@ pub enum Error {
     Cgroup(#[from] crate::cgroup::CgroupError),
     #[error(transparent)]
     MountPlan(#[from] crate::mounts::MountPlanError),
+    #[error(transparent)]
+    Ids(#[from] crate::ids::IdError),
     #[error("failed to open {path} for the command's {stream}")]
     OpenOutput {
         stream: &'static str,
@@ -40,15 +42,19 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("failed to write the id map {path}")]
-    IdMap {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
     #[error("sandbox setup failed while {stage}")]
     Setup {
         stage: Stage,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the sandbox's host uid {uid} cannot enter {path}: the action runs as that uid; let \
+         it in with `chmod o+rwx {path}` (or `chown {uid} {path}`), or use another directory"
+    )]
+    InputRootAccess {
+        path: PathBuf,
+        uid: u32,
         #[source]
         source: io::Error,
     },

@@ -13,9 +13,10 @@
 //! - [`sandbox`] — the caller's side: prepare, fork, supervise, collect.
 //! - `child` — the sandbox's own processes, between fork and exec.
 //! - [`mounts`], [`cgroup`], [`seccomp`], `landlock`, `privileges`,
-//!   [`disk`] — one protection each.
+//!   [`disk`], [`ids`] — one protection each.
 //! - `report` — the records the children send back; `sys` — the only
 //!   place with `unsafe`.
+//! - `watchdog` — removes the cgroups of a caller that died.
 //!
 //! This crate must never depend on tokio, tonic or any other crate of
 //! ours (tests/architecture.rs checks): it is synchronous Linux code. Call
@@ -29,6 +30,7 @@ mod child;
 pub mod command;
 pub mod disk;
 pub mod error;
+pub mod ids;
 mod landlock;
 pub mod mounts;
 pub mod outcome;
@@ -38,10 +40,12 @@ mod report;
 pub mod sandbox;
 pub mod seccomp;
 mod sys;
+mod watchdog;
 
 pub use cancellation::Cancellation;
 pub use command::Command;
 pub use error::Error;
+pub use ids::{HostIds, IdRange, Mapping};
 pub use outcome::{Exit, Outcome, Usage};
 pub use policy::{Policy, PolicyError};
 pub use report::{LandlockState, Stage};

@@ -201,12 +201,14 @@ impl MountPlan {
                     from_working_directory,
                     ..
                 } => {
-                    let path = if *from_working_directory {
-                        c"."
+                    // The input root's own failure has its own stage, so
+                    // the caller can name the path and the id.
+                    let (path, stage) = if *from_working_directory {
+                        (c".", Stage::OpenInputRoot)
                     } else {
-                        source.as_c_str()
+                        (source.as_c_str(), Stage::OpenBindSource)
                     };
-                    Some(sys::open_path(path).map_err(at(Stage::OpenBindSource))?)
+                    Some(sys::open_path(path).map_err(at(stage))?)
                 }
                 Entry::Symlink { .. } => None,
             });
@@ -333,7 +335,85 @@ fn bind(
             flags |= ms;
         }
     }
-    sys::mount(None, &to, None, flags, None).map_err(at(Stage::RemountReadOnly))
+    sys::mount(None, &to, None, flags, None).map_err(at(Stage::RemountReadOnly))?;
+    if !writable {
+        read_only_submounts(&to).map_err(at(Stage::RemountReadOnly))?;
+    }
+    Ok(())
+}
+
+/// A remount changes one mount: the host's submounts under a read-only
+/// path (a tmpfs under /usr/local, say) came along with `MS_REC` and would
+/// stay writable. `mount_setattr` makes the whole tree read-only; kernels
+/// before 5.12 lack it, and there each submount is remounted.
+fn read_only_submounts(target: &CStr) -> io::Result<()> {
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const MOUNT_ATTR_NOSUID: u64 = 0x2;
+    const MOUNT_ATTR_NODEV: u64 = 0x4;
+    match sys::set_mount_attributes_recursively(
+        target,
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+    ) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+        other => return other,
+    }
+    let target = Path::new(std::ffi::OsStr::from_bytes(target.to_bytes()));
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    for mount_point in submounts(&mountinfo, target) {
+        let path = c(&mount_point)?;
+        let locked = {
+            let fd = sys::open_path(&path)?;
+            sys::mount_flags(fd.as_fd())?
+        };
+        let mut flags =
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+        for (st, ms) in [
+            (libc::ST_NOEXEC, libc::MS_NOEXEC),
+            (libc::ST_NOATIME, libc::MS_NOATIME),
+            (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+            (libc::ST_RELATIME, libc::MS_RELATIME),
+        ] {
+            if locked & st != 0 {
+                flags |= ms;
+            }
+        }
+        sys::mount(None, &path, None, flags, None)?;
+    }
+    Ok(())
+}
+
+/// Mount points strictly below `target` in a mountinfo text (field 5,
+/// with the kernel's octal escapes for space, tab, newline and backslash).
+fn submounts(mountinfo: &str, target: &Path) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape_mountinfo(field)))
+        .filter(|p| p != target && p.starts_with(target))
+        .collect()
+}
+
+fn unescape_mountinfo(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut rest = field;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let code = rest
+            .get(i + 1..i + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(b) => {
+                out.push(b as char);
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn mkdir(path: &Path, mode: u32) -> io::Result<()> {
@@ -439,6 +519,18 @@ mod tests {
         assert_eq!(
             plan.read_only_targets().collect::<Vec<_>>(),
             [real.as_path()]
+        );
+    }
+
+    #[test]
+    fn submounts_are_found_below_the_target_only() {
+        let mountinfo = "1 0 0:1 / / rw - ext4 /dev/root rw\n\
+            2 1 0:2 / /tmp/usr rw - tmpfs x rw\n\
+            3 2 0:3 / /tmp/usr/local/my\\040dir rw - tmpfs x rw\n\
+            4 1 0:4 / /tmp/usrx rw - tmpfs x rw\n";
+        assert_eq!(
+            submounts(mountinfo, Path::new("/tmp/usr")),
+            [PathBuf::from("/tmp/usr/local/my dir")]
         );
     }
 

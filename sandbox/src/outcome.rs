@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::disk::{Excess, KernelBound};
 use crate::report::LandlockState;
 
 /// How the command's process ended.
@@ -46,9 +47,13 @@ pub struct Outcome {
     pub timed_out: bool,
     /// The OOM killer killed a process of the action.
     pub oom_killed: bool,
-    /// It wrote more than `limits.disk_max_bytes` into its input root and
-    /// was killed for it.
+    /// It wrote more than `limits.disk_max_bytes` (or made more than
+    /// `limits.disk_max_entries`) into its input root and was killed for it.
     pub disk_exceeded: bool,
+    /// Which disk limit, when `disk_exceeded`.
+    pub disk_excess: Option<Excess>,
+    /// What bounded the input root's sum in the kernel, besides the walk.
+    pub disk_bound: KernelBound,
     pub usage: Usage,
     /// stdout or stderr passed the policy's cap and was cut there.
     pub stdout_truncated: bool,

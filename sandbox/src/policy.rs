@@ -118,16 +118,25 @@ pub struct Limits {
     /// Most open file descriptors per process (RLIMIT_NOFILE). Default 8192.
     pub open_files: u64,
     /// Largest file a process may write (RLIMIT_FSIZE), in bytes. Default
-    /// 8 GiB: stops a runaway write from filling the worker's disk.
+    /// 8 GiB: stops a runaway write from filling the worker's disk. The
+    /// sandbox lowers it to `disk_max_bytes` when that is smaller, so one
+    /// allocation past the disk limit fails at once (EFBIG).
     pub file_size_bytes: u64,
     /// Bytes of stdout, and of stderr, kept; the rest is discarded and the
     /// outcome says so. Default 64 MiB.
     pub output_max_bytes: u64,
     /// Bytes the action may write into its input root, on the worker's
     /// disk: what it owns there, summed about once a second (see
-    /// `disk.rs`). Past it the action is killed and the outcome says so.
-    /// Default 16 GiB.
+    /// `disk.rs`), and the most any one file may take at once (RLIMIT_FSIZE
+    /// is lowered to it). Where the input root is a btrfs subvolume with
+    /// quotas, also its qgroup's limit: writes past it fail with EDQUOT.
+    /// Past it the action is killed and the outcome says so. Default
+    /// 16 GiB.
     pub disk_max_bytes: u64,
+    /// Files, directories and symlinks the action may make in its input
+    /// root (inodes: empty ones cost no blocks, yet the file system has a
+    /// fixed number), counted with `disk_max_bytes`. Default 1,048,576.
+    pub disk_max_entries: u64,
 }
 
 /// seccomp and landlock settings.
@@ -160,6 +169,7 @@ impl Default for Limits {
             file_size_bytes: 8 << 30,
             output_max_bytes: 64 << 20,
             disk_max_bytes: 16 << 30,
+            disk_max_entries: 1 << 20,
         }
     }
 }
@@ -234,6 +244,7 @@ impl Policy {
         positive("limits.open_files", self.limits.open_files)?;
         positive("limits.file_size_bytes", self.limits.file_size_bytes)?;
         positive("limits.disk_max_bytes", self.limits.disk_max_bytes)?;
+        positive("limits.disk_max_entries", self.limits.disk_max_entries)?;
         positive("filesystem.tmp_size_bytes", self.filesystem.tmp_size_bytes)?;
         Ok(())
     }

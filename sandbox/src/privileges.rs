@@ -38,7 +38,11 @@ pub fn set_rlimits(limits: &Limits) -> Result<(), (Stage, io::Error)> {
     // No core dumps: they would land in the input root and fill disks.
     sys::lower_rlimit(libc::RLIMIT_CORE, 0).map_err(at)?;
     sys::lower_rlimit(libc::RLIMIT_NOFILE, limits.open_files).map_err(at)?;
-    sys::lower_rlimit(libc::RLIMIT_FSIZE, limits.file_size_bytes).map_err(at)
+    // One file can never take more than the whole disk limit: a single
+    // write, truncate or fallocate past it fails at once with EFBIG,
+    // rather than being seen by the next walk (disk.rs).
+    let file_size = limits.file_size_bytes.min(limits.disk_max_bytes);
+    sys::lower_rlimit(libc::RLIMIT_FSIZE, file_size).map_err(at)
 }
 
 /// Drops every capability and sets no_new_privs.

@@ -44,10 +44,13 @@ pub enum Stage {
     Seccomp,
     Exec,
     Reap,
+    DropGroups,
+    ParentDeath,
+    OpenInputRoot,
 }
 
 impl Stage {
-    const ALL: [Stage; 30] = [
+    const ALL: [Stage; 33] = [
         Stage::Unshare,
         Stage::WaitForMaps,
         Stage::SetIds,
@@ -78,6 +81,9 @@ impl Stage {
         Stage::Seccomp,
         Stage::Exec,
         Stage::Reap,
+        Stage::DropGroups,
+        Stage::ParentDeath,
+        Stage::OpenInputRoot,
     ];
 
     fn from_i32(value: i32) -> Option<Stage> {
@@ -118,6 +124,9 @@ impl fmt::Display for Stage {
             Stage::Seccomp => "installing the seccomp filter",
             Stage::Exec => "executing the command",
             Stage::Reap => "waiting for the action",
+            Stage::DropGroups => "dropping the supplementary groups",
+            Stage::ParentDeath => "tying the sandbox's life to its caller's",
+            Stage::OpenInputRoot => "opening the input root",
         };
         f.write_str(text)
     }

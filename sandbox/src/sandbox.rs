@@ -14,8 +14,9 @@ use crate::cancellation::Cancellation;
 use crate::cgroup::{Cgroup, CgroupRoot, CgroupUsage};
 use crate::child::{self, Fds, Plan};
 use crate::command::Command;
-use crate::disk::DiskWatch;
+use crate::disk::{self, DiskLimit, DiskWatch, Excess};
 use crate::error::Error;
+use crate::ids::{HostIds, Mapping};
 use crate::landlock::Rules;
 use crate::mounts::MountPlan;
 use crate::outcome::{Exit, Outcome, Usage};
@@ -24,11 +25,7 @@ use crate::privileges::last_capability;
 use crate::report::{LandlockState, Record, RecordReader, Stage};
 use crate::seccomp::Filters;
 use crate::sys::{self, Fork};
-
-/// The host uid and gid the action's ids map to when the caller is root:
-/// "nobody", which owns no files, so the action can neither write nor
-/// chmod the worker's cached input files it can read.
-const NOBODY: u32 = 65534;
+use crate::watchdog::{self, Watchdog};
 
 /// How long setup may take before the caller gives up on it.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,9 +44,14 @@ pub struct Sandbox {
     filters: Filters,
     mounts: MountPlan,
     cgroups: Option<CgroupRoot>,
-    host_uid: u32,
-    host_gid: u32,
+    mapping: Mapping,
+    host: HostIds,
     last_capability: u32,
+    /// The caller has CAP_SETGID: the action's supplementary groups are
+    /// dropped.
+    drop_groups: bool,
+    /// Removes this process's action cgroups if it dies mid-run.
+    _watchdog: Option<Watchdog>,
     warnings: Vec<String>,
 }
 
@@ -66,15 +68,12 @@ impl Sandbox {
         )?;
         let mut warnings = Vec::new();
         let (euid, egid) = sys::effective_ids();
-        let (host_uid, host_gid) = if euid == 0 {
-            (NOBODY, NOBODY)
-        } else {
-            warnings.push(format!(
-                "not running as root: actions run as host uid {euid}, the caller's own, so \
-                 files the caller owns (such as a worker's cache) are not protected from them"
-            ));
-            (euid, egid)
-        };
+        // As root: "nobody" unless the caller gives ids per run, which owns
+        // no files, so the action can neither write nor chmod the worker's
+        // cached input files it can read.
+        let mapping = Mapping::detect();
+        let host = mapping.default_ids();
+        warnings.extend(mapping.warning());
         // Detect, then prove a group can really be made here: a parent that
         // exists but is not writable (made by root, used without root)
         // would otherwise fail every action.
@@ -108,14 +107,37 @@ impl Sandbox {
             }
             Err(e) => return Err(e.into()),
         };
+        let drop_groups = euid == 0;
+        if !drop_groups {
+            match sys::supplementary_groups() {
+                Ok(groups) if groups.iter().any(|&g| g != egid) => warnings.push(format!(
+                    "not running as root: the supplementary groups {groups:?} cannot be \
+                     dropped, and actions keep their access to files of those groups"
+                )),
+                Ok(_) => {}
+                Err(e) => warnings.push(format!(
+                    "could not list the supplementary groups ({e}); actions keep any the \
+                     caller has"
+                )),
+            }
+        }
+        let watchdog = match &cgroups {
+            Some(root) => Some(Watchdog::start(root).map_err(|source| Error::Spawn {
+                step: "start the cgroup watchdog",
+                source,
+            })?),
+            None => None,
+        };
         Ok(Sandbox {
             policy,
             filters,
             mounts,
             cgroups,
-            host_uid,
-            host_gid,
+            mapping,
+            host,
             last_capability: last_capability(),
+            drop_groups,
+            _watchdog: watchdog,
             warnings,
         })
     }
@@ -123,9 +145,14 @@ impl Sandbox {
     /// Maps the action to another host uid and gid (e.g. one per build
     /// slot). They must own no files the action should not touch.
     pub fn with_host_ids(mut self, uid: u32, gid: u32) -> Sandbox {
-        self.host_uid = uid;
-        self.host_gid = gid;
+        self.host = HostIds { uid, gid };
         self
+    }
+
+    /// How this sandbox maps actions to host ids (root, subordinate ids,
+    /// or the caller's own).
+    pub fn mapping(&self) -> &Mapping {
+        &self.mapping
     }
 
     /// Protections this host could not provide, in words for operators.
@@ -156,6 +183,19 @@ impl Sandbox {
         command: &Command,
         cancel: Option<&Cancellation>,
     ) -> Result<Outcome, Error> {
+        self.run_as(command, cancel, self.host)
+    }
+
+    /// Like [`run_cancellable`](Self::run_cancellable), as `host` (e.g.
+    /// the ids a runner leased for this run, see [`Mapping::per_run_ids`]):
+    /// no other run may use them at the same time, or the two share
+    /// per-user kernel counters.
+    pub fn run_as(
+        &self,
+        command: &Command,
+        cancel: Option<&Cancellation>,
+        host: HostIds,
+    ) -> Result<Outcome, Error> {
         if cancel.is_some_and(Cancellation::is_cancelled) {
             return Err(Error::Cancelled);
         }
@@ -169,6 +209,9 @@ impl Sandbox {
         };
         let plan = Plan {
             namespaces: self.namespace_flags(),
+            creator: self.mapping.creator(host),
+            caller: std::process::id() as libc::pid_t,
+            drop_groups: self.drop_groups,
             uid: self.policy.identity.uid,
             gid: self.policy.identity.gid,
             mounts,
@@ -197,12 +240,17 @@ impl Sandbox {
         };
         let stdout = create_output("stdout", &command.stdout)?;
         let stderr = create_output("stderr", &command.stderr)?;
+        // Before the action starts: where the file system can bound the
+        // input root's sum itself, it does so from the first write.
+        let disk_bound =
+            disk::bound_by_kernel(&command.input_root, self.policy.limits.disk_max_bytes);
 
         let cgroup = match &self.cgroups {
             Some(root) => {
+                // The watchdog finds a dead caller's groups by this prefix.
                 let name = format!(
-                    "run-{}-{}",
-                    std::process::id(),
+                    "{}{}",
+                    watchdog::group_prefix(std::process::id()),
                     RUNS.fetch_add(1, Ordering::Relaxed)
                 );
                 Some(root.create(&name, &self.policy.limits)?)
@@ -240,12 +288,15 @@ impl Sandbox {
             landlock: LandlockState::NotEnforced,
         };
         let result = run
-            .release(&report_r, go_w, self.host_uid, self.host_gid, &self.policy)
+            .release(&report_r, go_w, &self.mapping, host, &self.policy)
             .and_then(|()| {
                 let disk = DiskWatch::new(
                     command.input_root.clone(),
-                    self.host_uid,
-                    self.policy.limits.disk_max_bytes,
+                    host.uid,
+                    DiskLimit {
+                        bytes: self.policy.limits.disk_max_bytes,
+                        entries: self.policy.limits.disk_max_entries,
+                    },
                     pid,
                     start,
                 );
@@ -266,7 +317,10 @@ impl Sandbox {
             step: "wait for the sandbox",
             source,
         })?;
-        let streams = result?;
+        let streams = result.map_err(|e| match e {
+            Error::Setup { stage, source } => setup_error(stage, source, command, host.uid),
+            other => other,
+        })?;
         let cgroup_usage = match &cgroup.0 {
             Some(group) => Some(group.usage()?),
             None => None,
@@ -275,12 +329,14 @@ impl Sandbox {
             return Err(Error::Cancelled);
         }
         if let Some((stage, errno)) = run.failure {
-            return Err(Error::Setup {
+            return Err(setup_error(
                 stage,
-                source: std::io::Error::from_raw_os_error(errno),
-            });
+                std::io::Error::from_raw_os_error(errno),
+                command,
+                host.uid,
+            ));
         }
-        let exit = match (run.exit, streams.timed_out || streams.disk_exceeded) {
+        let exit = match (run.exit, streams.timed_out || streams.disk_excess.is_some()) {
             (Some(exit), _) => exit,
             (None, true) => Exit::Signaled(libc::SIGKILL),
             (None, false) => return Err(Error::Lost),
@@ -289,7 +345,9 @@ impl Sandbox {
             exit,
             timed_out: streams.timed_out,
             oom_killed: cgroup_usage.is_some_and(|u| u.oom_killed),
-            disk_exceeded: streams.disk_exceeded,
+            disk_exceeded: streams.disk_excess.is_some(),
+            disk_excess: streams.disk_excess,
+            disk_bound,
             usage: usage(start.elapsed(), cgroup_usage, &rusage),
             stdout_truncated: streams.truncated[0],
             stderr_truncated: streams.truncated[1],
@@ -307,6 +365,26 @@ impl Sandbox {
             flags |= libc::CLONE_NEWNET;
         }
         flags
+    }
+}
+
+/// The error for a failed setup stage. The sandbox's uid failing to
+/// enter the input root is the caller's to fix, so it names the path, the
+/// host uid and the fix.
+fn setup_error(stage: Stage, source: std::io::Error, command: &Command, host_uid: u32) -> Error {
+    match stage {
+        Stage::OpenInputRoot | Stage::Chdir if source.raw_os_error() == Some(libc::EACCES) => {
+            Error::InputRootAccess {
+                path: if stage == Stage::Chdir {
+                    command.input_root.join(&command.working_dir)
+                } else {
+                    command.input_root.clone()
+                },
+                uid: host_uid,
+                source,
+            }
+        }
+        _ => Error::Setup { stage, source },
     }
 }
 
@@ -335,7 +413,7 @@ impl Drop for CgroupGuard {
 struct Streams {
     timed_out: bool,
     cancelled: bool,
-    disk_exceeded: bool,
+    disk_excess: Option<Excess>,
     truncated: [bool; 2],
 }
 
@@ -378,8 +456,8 @@ impl Supervision<'_> {
         &mut self,
         report: &OwnedFd,
         go: OwnedFd,
-        host_uid: u32,
-        host_gid: u32,
+        mapping: &Mapping,
+        host: HostIds,
         policy: &Policy,
     ) -> Result<(), Error> {
         let deadline = Instant::now() + SETUP_TIMEOUT;
@@ -424,16 +502,11 @@ impl Supervision<'_> {
                 source: std::io::Error::from_raw_os_error(errno),
             });
         }
-        let proc = format!("/proc/{}", self.pid);
-        let write = |file: &str, text: String| {
-            let path = Path::new(&proc).join(file);
-            std::fs::write(&path, text).map_err(|source| Error::IdMap { path, source })
+        let inside = HostIds {
+            uid: policy.identity.uid,
+            gid: policy.identity.gid,
         };
-        // setgroups must be denied before an unprivileged gid_map write,
-        // and keeps the action from dropping into supplementary groups.
-        write("setgroups", "deny".to_owned())?;
-        write("uid_map", format!("{} {host_uid} 1\n", policy.identity.uid))?;
-        write("gid_map", format!("{} {host_gid} 1\n", policy.identity.gid))?;
+        mapping.write_maps(self.pid, inside, host)?;
         if let Some(group) = &self.cgroup.0 {
             group.add_process(self.pid)?;
         }
@@ -460,7 +533,7 @@ impl Supervision<'_> {
         let mut deadline = command.timeout.map(|t| start + t);
         let mut timed_out = false;
         let mut cancelled = false;
-        let mut disk_exceeded = false;
+        let mut disk_excess = None;
         let mut report = Some(report);
         let mut outs: Vec<Option<(OwnedFd, File, &'static str)>> =
             outputs.into_iter().map(Some).collect();
@@ -470,16 +543,16 @@ impl Supervision<'_> {
         while report.is_some() || outs.iter().any(Option::is_some) {
             let now = Instant::now();
             // Watched until the action is being killed for any reason.
-            let watching_disk = !(timed_out || cancelled || disk_exceeded);
-            if watching_disk && disk.over_limit(now) {
-                disk_exceeded = true;
+            let watching_disk = !(timed_out || cancelled || disk_excess.is_some());
+            if let Some(excess) = watching_disk.then(|| disk.over_limit(now)).flatten() {
+                disk_excess = Some(excess);
                 self.kill();
                 deadline = Some(now + KILL_GRACE);
                 continue;
             }
             if let Some(d) = deadline {
                 if now >= d {
-                    if timed_out || cancelled || disk_exceeded {
+                    if timed_out || cancelled || disk_excess.is_some() {
                         // Killed, yet something still holds a pipe open:
                         // stop waiting rather than hang the caller.
                         break;
@@ -581,7 +654,7 @@ impl Supervision<'_> {
         Ok(Streams {
             timed_out,
             cancelled,
-            disk_exceeded,
+            disk_excess,
             truncated,
         })
     }

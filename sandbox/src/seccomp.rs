@@ -111,6 +111,9 @@ const DEFAULT_DENY: &[&str] = &[
 /// x86_64-only entries of the deny list.
 #[cfg(target_arch = "x86_64")]
 const ARCH_DENY: &[&str] = &[
+    // Per-process segment descriptors: only 16-bit and Wine-like programs
+    // need them, and the LDT code has had privilege-escalation bugs.
+    "modify_ldt",
     "ioperm",
     "iopl",
     "nfsservctl",
@@ -136,13 +139,22 @@ const NAMESPACE_FLAGS: [u64; 8] = [
     0x80, // CLONE_NEWTIME
 ];
 
-/// Socket families refused: vsock reaches the hypervisor, AF_ALG is the
-/// kernel crypto API (a frequent source of kernel bugs), AF_PACKET sniffs.
-const DENIED_SOCKET_FAMILIES: [u64; 3] = [
-    libc::AF_VSOCK as u64,
-    libc::AF_ALG as u64,
-    libc::AF_PACKET as u64,
+/// Socket families allowed; every other one is refused. The kernel
+/// autoloads the modules of families nobody uses (RDS, TIPC, CAN, X25,
+/// KCM, SMC...), which have been a steady source of exploitable bugs;
+/// vsock reaches the hypervisor, AF_ALG is the kernel crypto API,
+/// AF_PACKET sniffs.
+const ALLOWED_SOCKET_FAMILIES: [u64; 4] = [
+    libc::AF_UNIX as u64,
+    libc::AF_INET as u64,
+    libc::AF_INET6 as u64,
+    libc::AF_NETLINK as u64,
 ];
+
+/// The one netlink protocol allowed: NETLINK_ROUTE (addresses, routes,
+/// what `getaddrinfo` and `ip` read). Audit, netfilter, generic netlink
+/// and the rest are refused.
+const NETLINK_ROUTE: u64 = 0;
 
 /// personality() values allowed (Docker's set): the default, the query,
 /// and the 32-bit variants used by `setarch`/`linux32`.
@@ -181,7 +193,7 @@ syscall_table!(common_number:
 
 #[cfg(target_arch = "x86_64")]
 syscall_table!(arch_number:
-    SYS_ioperm, SYS_iopl,
+    SYS_modify_ldt, SYS_ioperm, SYS_iopl,
     SYS_nfsservctl, SYS_uselib, SYS__sysctl, SYS_sysfs, SYS_ustat,
 );
 
@@ -226,6 +238,26 @@ fn namespace_flag_rules() -> Vec<SeccompRule> {
         .collect()
 }
 
+/// Refuses `socket()` for a family outside the allow list (the conditions
+/// of one rule must all hold), and netlink sockets of any protocol but
+/// NETLINK_ROUTE.
+fn socket_rules() -> Vec<SeccompRule> {
+    let family_not_allowed = ALLOWED_SOCKET_FAMILIES
+        .iter()
+        .map(|&f| cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, f))
+        .collect();
+    let netlink_not_route = vec![
+        cond(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::AF_NETLINK as u64,
+        ),
+        cond(2, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, NETLINK_ROUTE),
+    ];
+    vec![rule(family_not_allowed), rule(netlink_not_route)]
+}
+
 impl Filters {
     /// Compiles the filters for `policy`.
     pub fn build(policy: &SeccompPolicy) -> Result<Filters, SeccompError> {
@@ -267,12 +299,7 @@ impl Filters {
                 .or_insert_with(namespace_flag_rules);
         }
         if !allowed("socket") {
-            deny.entry(libc::SYS_socket).or_insert_with(|| {
-                DENIED_SOCKET_FAMILIES
-                    .iter()
-                    .map(|&f| rule(vec![cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, f)]))
-                    .collect()
-            });
+            deny.entry(libc::SYS_socket).or_insert_with(socket_rules);
         }
         if !allowed("personality") {
             deny.entry(libc::SYS_personality).or_insert_with(|| {

@@ -5,7 +5,12 @@
 //!   storage, as in production; no action really runs). Baseline in the
 //!   same run: FindMissingBlobs round trips to the same storage, the
 //!   cheapest gRPC call, at the same concurrency;
-//! - resident memory per queued operation with 100,000 queued.
+//! - resident memory per queued operation with 100,000 queued;
+//! - the cost of a shared farm's security: each run again with TLS on
+//!   both ports, clients showing bearer tokens (HS256 JWTs), workers
+//!   showing client certificates, and a grants file checked on every
+//!   call, against the same run without (target: at most 15% fewer
+//!   operations per second at 16 clients).
 //!
 //! `cargo bench -p corral-scheduler --bench throughput`. Targets (issue 5):
 //! 5,000 operations per second on 2 cores; under 2 KiB per queued
@@ -14,6 +19,8 @@
 use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime};
 
+use corral_auth::channel::{Channel, Connector};
+use corral_auth::tls::{ClientCertificate, ClientTls, ServerTls};
 use corral_proto::protobuf::Empty;
 use corral_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use corral_proto::reapi::execution_client::ExecutionClient;
@@ -32,7 +39,6 @@ use prost::Message;
 use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
 
 const WORKERS: usize = 64;
 const LEVELS: [(usize, usize); 3] = [(1, 500), (16, 4000), (256, 8000)];
@@ -186,8 +192,10 @@ fn memory_per_queued() -> f64 {
             action_size: digest.size_bytes,
         };
         let name = format!("operations/{n:032x}");
-        let (operation, _) =
-            operations.join_or_create(Some(key), || Operation::new(name, digest.clone(), 1));
+        let (operation, _) = operations.join_or_create(Some(key), || {
+            Operation::new(name, String::new(), digest.clone(), 1)
+        });
+        operation.add_owner("anonymous");
         assignments.enqueue(
             Queued {
                 operation,
@@ -209,6 +217,108 @@ fn memory_per_queued() -> f64 {
     (after.saturating_sub(before)) as f64 / QUEUED as f64
 }
 
+/// Whether the farm is shared: TLS, credentials, grants.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Security {
+    /// Plaintext, everyone anonymous and allowed: `corral up` on loopback.
+    Open,
+    /// TLS on both ports; clients with tokens, workers with certificates,
+    /// every call checked against grants.
+    Shared,
+}
+
+const GRANTS: &str = r#"
+[[grant]]
+who = ["claim:sub=bench-client"]
+instance_names = [""]
+permissions = ["execute", "cas-read", "cas-write", "ac-read", "operations-own"]
+
+[[grant]]
+who = ["cert:cn=client"]
+instance_names = ["*"]
+permissions = ["worker", "cas-read", "cas-write", "ac-read", "ac-write"]
+
+[[grant]]
+who = ["claim:sub=scheduler"]
+instance_names = ["*"]
+permissions = ["cas-read", "ac-read"]
+"#;
+
+/// Certificates, tokens and the grants file of a shared farm, in `dir`.
+struct SharedFiles {
+    server: ServerTls,
+    auth: corral_auth::AuthConfig,
+    /// What clients connect with: the CA and a token.
+    client: ClientTls,
+    /// What workers connect with: the CA and a client certificate.
+    worker: ClientTls,
+    /// What the scheduler reads storage with: the CA and its own token.
+    scheduler: ClientTls,
+}
+
+impl SharedFiles {
+    fn write(dir: &std::path::Path) -> SharedFiles {
+        let pki = corral_auth::certs::TestPki::new();
+        let files = pki.write(dir).expect("write certificates");
+        let secret = dir.join("token.key");
+        std::fs::write(&secret, "a bench secret of at least thirty-two bytes").expect("secret");
+        let token = |sub: &str| {
+            let claims = serde_json::json!({
+                "sub": sub, "iss": "bench", "aud": "corral",
+                "exp": SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .expect("clock")
+                    .as_secs() + 3600,
+            });
+            let path = dir.join(format!("{sub}.token"));
+            let jwt = corral_auth::token::sign_hs256(
+                b"a bench secret of at least thirty-two bytes",
+                &claims,
+            )
+            .expect("sign");
+            std::fs::write(&path, jwt).expect("token");
+            path
+        };
+        let grants = dir.join("grants.toml");
+        std::fs::write(&grants, GRANTS).expect("grants");
+        let with_token = |sub: &str| ClientTls {
+            ca: files.ca.clone(),
+            certificate: None,
+            private_key: None,
+            token_file: Some(token(sub)),
+        };
+        SharedFiles {
+            server: ServerTls {
+                certificate: files.server_certificate.clone(),
+                private_key: files.server_key.clone(),
+                client_ca: Some(files.ca.clone()),
+                client_certificate: Some(ClientCertificate::Optional),
+            },
+            auth: corral_auth::AuthConfig {
+                allow_anonymous: false,
+                client_certificates: true,
+                tokens: Some(corral_auth::token::TokenConfig {
+                    jwks_file: None,
+                    public_key_files: Vec::new(),
+                    hs256_secret_file: Some(secret),
+                    issuers: vec!["bench".to_owned()],
+                    audiences: vec!["corral".to_owned()],
+                    leeway_s: 30,
+                }),
+                grants: Some(grants),
+            },
+            client: with_token("bench-client"),
+            scheduler: with_token("scheduler"),
+            worker: ClientTls {
+                ca: files.ca.clone(),
+                certificate: Some(files.client_certificate.clone()),
+                private_key: Some(files.client_key.clone()),
+                token_file: None,
+            },
+        }
+    }
+}
+
 /// Where the scheduler reads storage from.
 #[derive(Clone, Copy)]
 enum StorageAccess {
@@ -218,29 +328,50 @@ enum StorageAccess {
     InProcess,
 }
 
-async fn measure(access: StorageAccess) {
+/// Runs every level; returns ops/s at 16 clients.
+async fn measure(access: StorageAccess, security: Security) -> f64 {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let shared = (security == Security::Shared).then(|| SharedFiles::write(dir.path()));
+    let scheme = if shared.is_some() { "https" } else { "http" };
     let mut servers = JoinSet::new();
     let storage_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let storage_url = format!("http://{}", storage_listener.local_addr().expect("addr"));
+    let storage_url = format!(
+        "{scheme}://{}",
+        storage_listener.local_addr().expect("addr")
+    );
     let storage_cfg = corral_storage::Config {
         backend: corral_storage::config::Backend::Memory {
             max_size_bytes: 1 << 30,
         },
+        tls: shared.as_ref().map(|s| s.server.clone()),
+        auth: shared.as_ref().map(|s| s.auth.clone()),
         ..corral_storage::Config::default()
     };
+    // In process, the scheduler reads the served stores themselves.
     let stores = corral_storage::open(&storage_cfg).await.expect("stores");
-    let routes = corral_storage::routes(&storage_cfg, &stores, &corral_auth::Authorizer::open());
+    let storage_auth = corral_auth::Auth::from_config(storage_cfg.auth.as_ref()).expect("auth");
+    let routes = corral_storage::routes(&storage_cfg, &stores, &storage_auth.authorizer);
+    let storage_tls = storage_cfg
+        .tls
+        .as_ref()
+        .map(|t| t.load("tls").expect("tls"));
+    let authentication = corral_auth::AuthenticationLayer::new(storage_auth.authenticator);
     servers.spawn(async move {
-        corral_storage::server()
+        corral_auth::tls::server(corral_storage::server(), storage_tls.as_ref())
+            .expect("tls")
+            .layer(authentication)
             .add_routes(routes)
             .serve_with_incoming(corral_storage::no_delay(storage_listener))
             .await
             .expect("storage");
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let url = format!("{scheme}://{}", listener.local_addr().expect("addr"));
     let cfg = Config {
         storage: storage_url.clone(),
+        tls: shared.as_ref().map(|s| s.server.clone()),
+        client_tls: shared.as_ref().map(|s| s.scheduler.clone()),
+        auth: shared.as_ref().map(|s| s.auth.clone()),
         ..Config::default()
     };
     let builder = Scheduler::builder(cfg);
@@ -258,23 +389,40 @@ async fn measure(access: StorageAccess) {
     });
     // Clients and workers spread over a few connections, as separate
     // processes would be.
-    let connect = |url: &str| {
-        Endpoint::from_shared(url.to_owned())
-            .expect("url")
-            .connect_lazy()
-    };
-    let channels: Vec<Channel> = (0..8).map(|_| connect(&url)).collect();
-    let storage = connect(&storage_url);
+    let connector = |tls: Option<&ClientTls>| Connector::new(tls).expect("client tls");
+    let clients = connector(shared.as_ref().map(|s| &s.client));
+    let workers_connector = connector(shared.as_ref().map(|s| &s.worker));
+    let channels: Vec<Channel> = (0..8)
+        .map(|_| clients.connect_lazy("bench", &url).expect("channel"))
+        .collect();
+    let worker_channels: Vec<Channel> = (0..8)
+        .map(|_| {
+            workers_connector
+                .connect_lazy("bench", &url)
+                .expect("channel")
+        })
+        .collect();
+    let storage = clients
+        .connect_lazy("bench", &storage_url)
+        .expect("channel");
     let mut workers = JoinSet::new();
     for slot in 0..WORKERS {
-        workers.spawn(worker(channels[slot % channels.len()].clone(), slot));
+        workers.spawn(worker(
+            worker_channels[slot % worker_channels.len()].clone(),
+            slot,
+        ));
     }
     let mut next = 0;
+    let mut at_16 = 0.0;
     println!(
-        "scheduler reading storage {}: Execute until COMPLETED, {WORKERS} fake workers, 2 threads",
+        "scheduler reading storage {}, {}: Execute until COMPLETED, {WORKERS} fake workers, 2 threads",
         match access {
             StorageAccess::Grpc => "over loopback gRPC",
             StorageAccess::InProcess => "in process (corral up)",
+        },
+        match security {
+            Security::Open => "plaintext, no authentication",
+            Security::Shared => "TLS, tokens and client certificates, grants",
         }
     );
     for (clients, ops) in LEVELS {
@@ -300,6 +448,9 @@ async fn measure(access: StorageAccess) {
         let base = start.elapsed();
         let rate = ops as f64 / took.as_secs_f64();
         let base_rate = ops as f64 / base.as_secs_f64();
+        if clients == 16 {
+            at_16 = rate;
+        }
         println!(
             "  {clients:>3} clients: {rate:>8.0} ops/s ({ops} in {took:.2?}); \
              FindMissingBlobs baseline {base_rate:>8.0}/s; ratio {:.2}",
@@ -308,6 +459,7 @@ async fn measure(access: StorageAccess) {
     }
     workers.abort_all();
     servers.abort_all();
+    at_16
 }
 
 fn main() {
@@ -317,8 +469,15 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        measure(StorageAccess::Grpc).await;
-        measure(StorageAccess::InProcess).await;
+        for access in [StorageAccess::Grpc, StorageAccess::InProcess] {
+            let open = measure(access, Security::Open).await;
+            let shared = measure(access, Security::Shared).await;
+            println!(
+                "  shared farm's security at 16 clients: {shared:.0} against {open:.0} ops/s \
+                 = {:.2}x (target >= 0.85x)",
+                shared / open
+            );
+        }
     });
     let per_op = memory_per_queued();
     println!(

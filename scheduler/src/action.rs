@@ -10,6 +10,10 @@ use corral_proto::reapi::{Action, Command};
 
 use crate::queue::PlatformKey;
 
+/// The platform property naming the sandbox policy an action runs under
+/// (the worker's `default_policy` when absent).
+pub const POLICY_PROPERTY: &str = "corral-policy";
+
 /// What is wrong with an action.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ActionError {
@@ -80,6 +84,20 @@ pub fn platform(action: &Action, command: &Command) -> PlatformKey {
             .flat_map(|p| p.properties.iter())
             .map(|p| (p.name.clone(), p.value.clone())),
     )
+}
+
+/// Every sandbox policy the action names, in the Action's platform and
+/// in the Command's. Both are read whichever one [`platform`] queues on:
+/// a worker that finds no policy in one looks in the other, so a policy
+/// hidden in the platform not queued on must still be granted.
+#[allow(deprecated)]
+pub fn policies<'a>(action: &'a Action, command: &'a Command) -> impl Iterator<Item = &'a str> {
+    [action.platform.as_ref(), command.platform.as_ref()]
+        .into_iter()
+        .flatten()
+        .flat_map(|p| &p.properties)
+        .filter(|p| p.name == POLICY_PROPERTY)
+        .map(|p| p.value.as_str())
 }
 
 /// The timeout an action runs with: the client's, or `default` when it
@@ -183,6 +201,32 @@ mod tests {
             platform(&Action::default(), &command(&[])).to_string(),
             "{}"
         );
+    }
+
+    #[test]
+    fn policies_are_read_from_both_platforms() {
+        let p = |pairs: &[(&str, &str)]| Platform {
+            properties: pairs
+                .iter()
+                .map(|(name, value)| Property {
+                    name: (*name).into(),
+                    value: (*value).into(),
+                })
+                .collect(),
+        };
+        let action = Action {
+            platform: Some(p(&[("OSFamily", "linux"), (POLICY_PROPERTY, "default")])),
+            ..Default::default()
+        };
+        let mut c = command(&[]);
+        c.platform = Some(p(&[(POLICY_PROPERTY, "network")]));
+        assert_eq!(
+            platform(&action, &c).to_string(),
+            "{OSFamily=linux, corral-policy=default}"
+        );
+        let asked: Vec<&str> = policies(&action, &c).collect();
+        assert_eq!(asked, ["default", "network"]);
+        assert_eq!(policies(&Action::default(), &command(&[])).count(), 0);
     }
 
     #[test]

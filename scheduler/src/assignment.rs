@@ -1,6 +1,8 @@
 //! Matching queued actions with workers, and keeping track of what each
 //! worker runs, so that a worker that goes silent has its action queued
-//! again and a completion is accepted only from the worker assigned. It
+//! again and a completion is accepted only from the worker assigned. Each
+//! worker id is bound to the identity that first synchronized as it, so
+//! that "the worker assigned" is an authenticated one. It
 //! also remembers which platforms live workers offer, so that actions no
 //! worker can take fail after a grace period instead of waiting forever.
 //!
@@ -67,6 +69,14 @@ struct Running {
     deadline: Instant,
 }
 
+/// Why a worker's call is refused before anything else.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentityError {
+    // Names neither identity: a caller learns no other caller's name.
+    #[error("{caller} may not synchronize as this worker id: another identity does")]
+    OtherIdentity { caller: String },
+}
+
 /// What a worker announced the last time it synchronized.
 #[derive(Debug)]
 struct Seen {
@@ -83,6 +93,9 @@ struct Inner {
     queues: HashMap<QueueKey, Queue<Queued>>,
     running: HashMap<WorkerId, Running>,
     workers: HashMap<WorkerId, Seen>,
+    /// The identity (`Caller::name`) each worker id is bound to, while
+    /// the worker is alive or runs an action.
+    identities: HashMap<WorkerId, String>,
     /// Non-empty queues no live worker serves, since when.
     unserved_since: HashMap<QueueKey, Instant>,
     /// Workers that get no new work.
@@ -100,6 +113,9 @@ impl Inner {
     fn forget_silent_workers(&mut self, now: Instant, liveness: Duration) {
         self.workers
             .retain(|_, seen| now.duration_since(seen.at) <= liveness);
+        let (workers, running) = (&self.workers, &self.running);
+        self.identities
+            .retain(|w, _| workers.contains_key(w) || running.contains_key(w));
     }
 
     fn served(&self, (instance, platform): &QueueKey) -> bool {
@@ -209,6 +225,23 @@ impl Assignments {
             }
         }
         snapshot
+    }
+
+    /// Binds `worker` to `caller` (a `Caller::name`) if no one else holds
+    /// it; refuses another caller while the binding lasts (the worker is
+    /// alive or runs an action).
+    pub fn bind_worker(&self, worker: &WorkerId, caller: &str) -> Result<(), IdentityError> {
+        let mut inner = self.lock();
+        match inner.identities.get(worker) {
+            Some(bound) if bound != caller => Err(IdentityError::OtherIdentity {
+                caller: caller.to_owned(),
+            }),
+            Some(_) => Ok(()),
+            None => {
+                inner.identities.insert(worker.clone(), caller.to_owned());
+                Ok(())
+            }
+        }
     }
 
     /// `worker` synchronized, serving instance names under `prefix` with
@@ -593,7 +626,12 @@ mod tests {
 
     fn queued(n: u8, instance: &str) -> Queued {
         Queued {
-            operation: Arc::new(Operation::new(format!("operations/{n}"), digest(n), 1)),
+            operation: Arc::new(Operation::new(
+                format!("operations/{n}"),
+                instance.to_owned(),
+                digest(n),
+                1,
+            )),
             action_digest: digest(n),
             action: Action::default(),
             digest_function: 1,
@@ -620,6 +658,29 @@ mod tests {
             sweep_every: Duration::from_secs(1),
         };
         Assignments::new(&timing, 1)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_id_stays_with_its_first_identity_while_it_lives_or_runs() {
+        let a = assignments();
+        let other = || IdentityError::OtherIdentity {
+            caller: "cert:CN=w2".to_owned(),
+        };
+        a.bind_worker(&worker(1), "cert:CN=w1").unwrap();
+        a.saw_worker(&worker(1), "", &linux());
+        a.bind_worker(&worker(1), "cert:CN=w1").unwrap();
+        assert_eq!(a.bind_worker(&worker(1), "cert:CN=w2"), Err(other()));
+        a.enqueue(queued(20, ""), 0, "");
+        a.try_assign(&worker(1), "", &linux()).unwrap();
+        // Silent past its liveness (30 + 60 s): forgotten as a worker,
+        // but its action is not yet given back, so the id stays bound.
+        tokio::time::advance(Duration::from_secs(91)).await;
+        a.fail_unserved(Duration::from_secs(3600));
+        assert_eq!(a.bind_worker(&worker(1), "cert:CN=w2"), Err(other()));
+        // Once its action is taken back, the id is free again.
+        assert_eq!(a.expire(), 1);
+        a.fail_unserved(Duration::from_secs(3600));
+        a.bind_worker(&worker(1), "cert:CN=w2").unwrap();
     }
 
     #[tokio::test(start_paused = true)]

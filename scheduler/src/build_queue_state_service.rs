@@ -2,10 +2,17 @@
 //! workers: the admin call that lets an operator take workers out of
 //! service without losing an action. Same wire shape as bb_scheduler's,
 //! so its tooling works here; `corral drain` is ours.
+//!
+//! Every call needs `admin` over the workers it reaches
+//! ([`crate::access::check_worker_prefix`]): over the queue's instance
+//! name prefix when it names a queue, else over every instance name (a
+//! grant on `*`), since a drain of no queue, and TerminateWorkers, stop
+//! workers of every tenant.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use corral_auth::{Authorizer, Caller, Permission};
 use corral_proto::buildqueuestate::build_queue_state_server::BuildQueueState;
 use corral_proto::buildqueuestate::{
     AddOrRemoveDrainRequest, DrainState, ListDrainsRequest, ListDrainsResponse, SizeClassQueueName,
@@ -14,6 +21,7 @@ use corral_proto::buildqueuestate::{
 use corral_proto::protobuf::Empty;
 use tonic::{Request, Response, Status};
 
+use crate::access;
 use crate::assignment::{Assignments, WorkerId};
 use crate::drain::DrainQueue;
 use crate::queue::PlatformKey;
@@ -24,11 +32,22 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 
 pub struct BuildQueueStateService {
     assignments: Arc<Assignments>,
+    authorizer: Authorizer,
 }
 
 impl BuildQueueStateService {
-    pub fn new(assignments: Arc<Assignments>) -> Self {
-        Self { assignments }
+    pub fn new(assignments: Arc<Assignments>, authorizer: Authorizer) -> Self {
+        Self {
+            assignments,
+            authorizer,
+        }
+    }
+
+    /// Ok if `caller` is admin over the workers of `queue` (`None`: of
+    /// every queue).
+    fn check_admin(&self, caller: &Caller, queue: Option<&DrainQueue>) -> Result<(), Status> {
+        let prefix = queue.map_or("", |q| q.instance_name_prefix.as_str());
+        access::check_worker_prefix(&self.authorizer, caller, Permission::Admin, prefix)
     }
 }
 
@@ -53,6 +72,7 @@ impl BuildQueueState for BuildQueueStateService {
         &self,
         request: Request<TerminateWorkersRequest>,
     ) -> Result<Response<Empty>, Status> {
+        self.check_admin(&Caller::of(&request), None)?;
         let pattern = pattern(request.into_inner().worker_id_pattern);
         self.assignments.drain(None, pattern.clone());
         tracing::info!("draining workers until idle");
@@ -68,7 +88,9 @@ impl BuildQueueState for BuildQueueStateService {
         &self,
         request: Request<ListDrainsRequest>,
     ) -> Result<Response<ListDrainsResponse>, Status> {
+        let caller = Caller::of(&request);
         let queue = queue(request.into_inner().size_class_queue_name);
+        self.check_admin(&caller, queue.as_ref())?;
         let drains = self
             .assignments
             .drains(queue.as_ref())
@@ -86,11 +108,12 @@ impl BuildQueueState for BuildQueueStateService {
         &self,
         request: Request<AddOrRemoveDrainRequest>,
     ) -> Result<Response<Empty>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
-        self.assignments.drain(
-            queue(req.size_class_queue_name),
-            pattern(req.worker_id_pattern),
-        );
+        let queue = queue(req.size_class_queue_name);
+        self.check_admin(&caller, queue.as_ref())?;
+        self.assignments
+            .drain(queue, pattern(req.worker_id_pattern));
         tracing::info!("drain added");
         Ok(Response::new(Empty {}))
     }
@@ -100,8 +123,10 @@ impl BuildQueueState for BuildQueueStateService {
         &self,
         request: Request<AddOrRemoveDrainRequest>,
     ) -> Result<Response<Empty>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let queue = queue(req.size_class_queue_name);
+        self.check_admin(&caller, queue.as_ref())?;
         let pattern = pattern(req.worker_id_pattern);
         if !self.assignments.undrain(queue.as_ref(), &pattern) {
             return Err(Status::not_found(format!(

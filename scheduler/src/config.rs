@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use corral_auth::tls::{ClientTls, ServerTls};
 use serde::Deserialize;
 
 use crate::error::Error;
@@ -42,6 +43,18 @@ pub struct Config {
     /// Prometheus metrics over HTTP (`GET /metrics`). Default: off; add
     /// a `[metrics]` table to serve them.
     pub metrics: Option<MetricsConfig>,
+    /// TLS on the listening port (`[tls]`), for clients and workers:
+    /// certificate, key, and an optional client CA for mTLS. Default:
+    /// none, plaintext.
+    pub tls: Option<ServerTls>,
+    /// TLS for the scheduler's connections to storage (`[client_tls]`).
+    /// Default: none, plaintext; `storage` must then be `http://`, and
+    /// with it `https://`.
+    pub client_tls: Option<ClientTls>,
+    /// Who may call, and what each caller may do (`[auth]`, see
+    /// docs/config.md and docs/shared-farm.md). Unset: every caller is
+    /// anonymous and may do everything.
+    pub auth: Option<corral_auth::AuthConfig>,
 }
 
 /// The `[metrics]` table.
@@ -51,6 +64,11 @@ pub struct MetricsConfig {
     /// Address of the HTTP server for `GET /metrics`, e.g.
     /// `127.0.0.1:9981`. Required in the table.
     pub listen: SocketAddr,
+    /// HTTPS for the page (`[metrics.tls]`). Default: the daemon's
+    /// `[tls]`, so that TLS on the daemon covers its metrics too; without
+    /// either, plain HTTP.
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for Config {
@@ -65,11 +83,25 @@ impl Default for Config {
             platform_grace_s: 60,
             unwatched_grace_s: 60,
             metrics: None,
+            tls: None,
+            client_tls: None,
+            auth: None,
         }
     }
 }
 
 impl Config {
+    /// The TLS of the metrics page and the key it comes from:
+    /// `[metrics.tls]`, else `[tls]`.
+    pub fn metrics_tls(&self) -> Option<(&ServerTls, &'static str)> {
+        let metrics = self.metrics.as_ref()?;
+        match (&metrics.tls, &self.tls) {
+            (Some(tls), _) => Some((tls, "metrics.tls")),
+            (None, Some(tls)) => Some((tls, "tls")),
+            (None, None) => None,
+        }
+    }
+
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), Error> {
         if self.default_timeout_s == 0 || self.default_timeout_s > self.max_timeout_s {
@@ -81,11 +113,16 @@ impl Config {
                 ),
             });
         }
-        if self.storage.is_empty() {
-            return Err(Error::InvalidConfig {
-                field: "storage",
-                reason: "must name an endpoint such as http://127.0.0.1:8980".to_owned(),
-            });
+        corral_auth::channel::check_endpoint("storage", &self.storage, self.client_tls.is_some())
+            .map_err(Error::Client)?;
+        if let Some(tls) = &self.tls {
+            tls.validate("tls").map_err(Error::Tls)?;
+        }
+        if let Some(tls) = self.metrics.as_ref().and_then(|m| m.tls.as_ref()) {
+            tls.validate("metrics.tls").map_err(Error::Tls)?;
+        }
+        if let Some(client_tls) = &self.client_tls {
+            client_tls.validate().map_err(Error::Tls)?;
         }
         Ok(())
     }

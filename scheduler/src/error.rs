@@ -7,12 +7,15 @@ use std::net::SocketAddr;
 pub enum Error {
     #[error("invalid configuration: {field}: {reason}")]
     InvalidConfig { field: &'static str, reason: String },
-    #[error("invalid storage endpoint {endpoint:?}")]
-    StorageEndpoint {
-        endpoint: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    /// The storage endpoint or `[client_tls]`; the message names the key.
+    #[error(transparent)]
+    Client(corral_auth::channel::Error),
+    /// `[tls]`, `[metrics.tls]` or `[client_tls]`; the message names the
+    /// key and file.
+    #[error(transparent)]
+    Tls(corral_auth::tls::Error),
+    #[error("failed to set up authentication")]
+    Auth(#[source] corral_auth::config::AuthConfigError),
     #[error("the scheduler must be built inside a tokio runtime")]
     NoRuntime(#[source] tokio::runtime::TryCurrentError),
     #[error("failed to read the listener's address")]

@@ -2,11 +2,19 @@
 //! Cache when it can, merges it with an identical one in flight or queues
 //! it, and streams the operation until it completes; WaitExecution joins
 //! an operation by name.
+//!
+//! Every call asks the [`Authorizer`]: Execute needs `execute` on its
+//! instance name, and the grant of any sandbox policy the action asks for
+//! (`corral-policy`), before anything is read or queued. A caller without
+//! `ac-read` is never answered from the Action Cache: its action runs (or
+//! joins an identical one in flight), so it learns nothing a run would not
+//! tell it. WaitExecution follows [`crate::access`].
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use corral_auth::{Authorizer, Caller, Permission};
 use corral_proto::longrunning::Operation as ProtoOperation;
 use corral_proto::precondition;
 use corral_proto::protobuf;
@@ -18,7 +26,8 @@ use futures_util::Stream;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use crate::action::{check_command, platform, timeout};
+use crate::access;
+use crate::action::{check_command, platform, policies, timeout};
 use crate::assignment::{Assignments, Queued};
 use crate::capabilities_service::PRIORITIES;
 use crate::operation::{DedupKey, Inline, Operation, Operations, Progress};
@@ -39,6 +48,7 @@ pub struct ExecutionService {
     ids: Arc<dyn OperationIds>,
     default_timeout: Duration,
     max_timeout: Duration,
+    authorizer: Authorizer,
     /// Keeps the background sweep running while this service is served.
     _sweeper: Option<Arc<AbortOnDrop>>,
 }
@@ -51,6 +61,7 @@ impl ExecutionService {
         ids: Arc<dyn OperationIds>,
         default_timeout: Duration,
         max_timeout: Duration,
+        authorizer: Authorizer,
     ) -> Self {
         Self {
             storage,
@@ -59,6 +70,7 @@ impl ExecutionService {
             ids,
             default_timeout,
             max_timeout,
+            authorizer,
             _sweeper: None,
         }
     }
@@ -67,6 +79,15 @@ impl ExecutionService {
     pub fn with_sweeper(mut self, sweeper: Arc<AbortOnDrop>) -> Self {
         self._sweeper = Some(sweeper);
         self
+    }
+
+    fn next_name(&self) -> Result<String, Status> {
+        self.ids
+            .next_name()
+            .map_err(|e| match std::error::Error::source(&e) {
+                Some(cause) => Status::unavailable(format!("{e}: {cause}")),
+                None => Status::unavailable(e.to_string()),
+            })
     }
 
     fn operations(&self) -> std::sync::MutexGuard<'_, Operations> {
@@ -161,6 +182,17 @@ impl Execution for ExecutionService {
         &self,
         request: Request<ExecuteRequest>,
     ) -> Result<Response<OperationStream>, Status> {
+        let caller = Caller::of(&request);
+        self.authorizer.check(
+            &caller,
+            Permission::Execute,
+            &request.get_ref().instance_name,
+        )?;
+        let may_read_cache = self.authorizer.allows(
+            &caller,
+            Permission::AcRead,
+            &request.get_ref().instance_name,
+        );
         let invocation = invocation(&request);
         let req = request.into_inner();
         let inline = Inline::of(&req);
@@ -177,7 +209,7 @@ impl Execution for ExecutionService {
         // Independent reads go to storage together: two round trips before
         // queueing, not four.
         let lookup = async {
-            if req.skip_cache_lookup {
+            if req.skip_cache_lookup || !may_read_cache {
                 Ok(None)
             } else {
                 self.storage
@@ -230,6 +262,13 @@ impl Execution for ExecutionService {
                 })
             })?;
         check_command(&command).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Refused before a cached result is returned too: the policy is
+        // part of the action, which this caller may not ask for.
+        for policy in policies(&action, &command) {
+            self.authorizer
+                .check_sandbox_policy(&caller, &instance, policy)?;
+        }
+        let platform = platform(&action, &command);
         let run_for = timeout(
             action.timeout.as_ref(),
             self.default_timeout,
@@ -245,10 +284,12 @@ impl Execution for ExecutionService {
         // another client wrote for it is not its result either.
         if let Some(result) = cached.filter(|_| !action.do_not_cache) {
             let operation = Arc::new(Operation::new(
-                self.ids.next_name(),
+                self.next_name()?,
+                instance.clone(),
                 action_digest,
                 function,
             ));
+            operation.add_owner(caller.name());
             operation.complete(ExecuteResponse {
                 result: Some(result),
                 cached_result: true,
@@ -267,13 +308,17 @@ impl Execution for ExecutionService {
             action_hash: action_digest.hash.clone(),
             action_size: action_digest.size_bytes,
         });
-        let platform = platform(&action, &command);
         let priority = req.execution_policy.map_or(0, |p| {
             p.priority.clamp(*PRIORITIES.start(), *PRIORITIES.end())
         });
+        // Drawn before the lock, and used only if no identical action is
+        // in flight.
+        let name = self.next_name()?;
         let (operation, new) = self.operations().join_or_create(key, || {
-            Operation::new(self.ids.next_name(), action_digest.clone(), function)
+            Operation::new(name, instance.clone(), action_digest.clone(), function)
         });
+        // Each client that joins owns it too: it may watch it as its own.
+        operation.add_owner(caller.name());
         operation.ask_inline(inline);
         if new {
             self.assignments.enqueue(
@@ -300,11 +345,13 @@ impl Execution for ExecutionService {
         &self,
         request: Request<WaitExecutionRequest>,
     ) -> Result<Response<OperationStream>, Status> {
+        let caller = Caller::of(&request);
         let name = request.into_inner().name;
         let operation = self
             .operations()
             .get(&name)
             .ok_or_else(|| Status::not_found(format!("no operation {name}")))?;
+        access::check_watch(&self.authorizer, &caller, &operation)?;
         // WaitExecution cannot ask; it resumes what Execute asked for.
         let inline = operation.inline_asked();
         Ok(Response::new(follow(operation, inline)))

@@ -6,7 +6,13 @@
 //! platform, merges identical in-flight actions, and hands them to workers
 //! that synchronize with it.
 //!
+//! Every service asks the scheduler's [`corral_auth::Authorizer`] before
+//! it acts ([`access`] holds the rules beyond a single grant); the
+//! default one allows everything.
+//!
 //! Modules:
+//! - [`access`] — who may watch or cancel an operation, and permissions
+//!   over a worker's instance name prefix.
 //! - [`action`] — checking an Action and Command before queueing.
 //! - [`assignment`] — queued actions to workers; silent workers' actions
 //!   queued again; completions only from the assigned worker; platforms
@@ -33,6 +39,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod action;
 pub mod assignment;
 pub mod build_queue_state_service;
@@ -63,6 +70,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use corral_auth::channel::Connector;
+use corral_auth::Authorizer;
+use corral_auth::{Auth, AuthenticationLayer};
 use corral_proto::buildqueuestate::build_queue_state_server::BuildQueueStateServer;
 use corral_proto::longrunning::operations_server::OperationsServer;
 use corral_proto::reapi::capabilities_server::CapabilitiesServer;
@@ -88,6 +98,9 @@ pub struct Scheduler {
     ids: Arc<dyn OperationIds>,
     assignments: Arc<Assignments>,
     operations: Arc<Mutex<Operations>>,
+    authorizer: Authorizer,
+    /// Establishes each caller when the scheduler serves alone ([`serve`]).
+    authentication: AuthenticationLayer,
     sweeper: Arc<AbortOnDrop>,
 }
 
@@ -98,6 +111,7 @@ pub struct Builder {
     ids: Arc<dyn OperationIds>,
     cache_capabilities: Option<CacheCapabilities>,
     storage: Option<StorageClient>,
+    authorizer: Option<Authorizer>,
 }
 
 impl Builder {
@@ -124,6 +138,15 @@ impl Builder {
         self
     }
 
+    /// Who may do what, asked by every service before it acts, instead
+    /// of what `cfg.auth` says (without `[auth]` every caller may do
+    /// everything). For a daemon that serves the scheduler next to its
+    /// own authentication (`corral up`), and tests.
+    pub fn authorizer(mut self, authorizer: Authorizer) -> Self {
+        self.authorizer = Some(authorizer);
+        self
+    }
+
     /// The cache capabilities to report, for a daemon serving storage on
     /// the scheduler's port. Without this the scheduler asks `storage`,
     /// which on a shared port would be the scheduler itself, forever.
@@ -140,16 +163,16 @@ impl Builder {
         let storage = match self.storage {
             Some(storage) => storage,
             None => {
-                StorageClient::new(&self.cfg.storage).map_err(|source| Error::StorageEndpoint {
-                    endpoint: self.cfg.storage.clone(),
-                    source,
-                })?
+                let connector =
+                    Connector::new(self.cfg.client_tls.as_ref()).map_err(Error::Client)?;
+                StorageClient::new(&connector, &self.cfg.storage).map_err(Error::Client)?
             }
         };
         let cache_capabilities = match self.cache_capabilities {
             Some(cache) => CacheCapabilitiesSource::Fixed(cache),
             None => CacheCapabilitiesSource::Storage(storage.clone()),
         };
+        let auth = Auth::from_config(self.cfg.auth.as_ref()).map_err(Error::Auth)?;
         let assignments = Arc::new(Assignments::new(&self.timing, self.cfg.max_retries));
         let operations = Arc::new(Mutex::new(Operations::default()));
         let sweeper = Arc::new(task::spawn(sweeper::sweep_forever(
@@ -165,6 +188,8 @@ impl Builder {
             ids: self.ids,
             assignments,
             operations,
+            authorizer: self.authorizer.unwrap_or(auth.authorizer),
+            authentication: AuthenticationLayer::new(auth.authenticator),
             sweeper,
         })
     }
@@ -184,6 +209,7 @@ impl Scheduler {
             ids: Arc::new(random_operation_ids::RandomOperationIds::new()),
             cache_capabilities: None,
             storage: None,
+            authorizer: None,
         }
     }
 
@@ -206,21 +232,26 @@ impl Scheduler {
             Arc::clone(&self.ids),
             Duration::from_secs(self.cfg.default_timeout_s),
             Duration::from_secs(self.cfg.max_timeout_s),
+            self.authorizer.clone(),
         )
         .with_sweeper(Arc::clone(&self.sweeper));
         let operations = operations_service::OperationsService::new(
             Arc::clone(&self.operations),
             Arc::clone(&self.assignments),
+            self.authorizer.clone(),
         );
         let queue = operation_queue_service::OperationQueueService::new(
             Arc::clone(&self.assignments),
             self.timing.long_poll,
+            self.authorizer.clone(),
         )
         .with_sweeper(Arc::clone(&self.sweeper));
         let capabilities =
             capabilities_service::CapabilitiesService::new(self.cache_capabilities.clone());
-        let admin =
-            build_queue_state_service::BuildQueueStateService::new(Arc::clone(&self.assignments));
+        let admin = build_queue_state_service::BuildQueueStateService::new(
+            Arc::clone(&self.assignments),
+            self.authorizer.clone(),
+        );
         routes
             .add_service(ExecutionServer::new(execution))
             .add_service(OperationsServer::new(operations))
@@ -246,6 +277,17 @@ impl Scheduler {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
         let addr = listener.local_addr().map_err(Error::ListenerAddress)?;
+        let tls = self
+            .cfg
+            .tls
+            .as_ref()
+            .map(|tls| tls.load("tls"))
+            .transpose()
+            .map_err(Error::Tls)?;
+        let metrics_tls = match self.cfg.metrics_tls() {
+            Some((tls, key)) => Some(tls.load(key).map_err(Error::Tls)?),
+            None => None,
+        };
         let metrics = match &self.cfg.metrics {
             Some(m) => {
                 let bound =
@@ -255,13 +297,18 @@ impl Scheduler {
                             addr: m.listen,
                             source,
                         })?;
-                tracing::info!(addr = %m.listen, "scheduler metrics serving");
-                Some(bound)
+                tracing::info!(addr = %m.listen, tls = metrics_tls.is_some(), "scheduler metrics serving");
+                Some(match &metrics_tls {
+                    Some(tls) => corral_metrics::Listener::tls(bound, tls.rustls()),
+                    None => corral_metrics::Listener::plaintext(bound),
+                })
             }
             None => None,
         };
-        tracing::info!(%addr, storage = %self.cfg.storage, "scheduler serving");
-        let grpc = tonic::transport::Server::builder()
+        tracing::info!(%addr, storage = %self.cfg.storage, tls = tls.is_some(), "scheduler serving");
+        let grpc = corral_auth::tls::server(tonic::transport::Server::builder(), tls.as_ref())
+            .map_err(|source| Error::Serve { addr, source })?
+            .layer(self.authentication.clone())
             .add_routes(self.routes())
             .serve_with_incoming_shutdown(corral_storage::no_delay(listener), shutdown);
         let served = corral_metrics::serving_while(metrics, self.metrics_page(), grpc).await;

@@ -1,10 +1,12 @@
 //! Operations: one per queued execution, shared by every client waiting
 //! on it (in-flight deduplication), with its progress on a watch channel
-//! so each Execute or WaitExecution stream sees every stage change.
+//! so each Execute or WaitExecution stream sees every stage change. Each
+//! remembers its instance name and who started it, for the access rules
+//! of [`crate::access`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use corral_proto::longrunning;
 use corral_proto::protobuf::Any;
@@ -63,6 +65,12 @@ impl Inline {
 #[derive(Debug)]
 pub struct Operation {
     name: String,
+    instance_name: String,
+    /// The callers (`Caller::name`) that started it: with in-flight
+    /// deduplication, every client whose Execute joined it. A Vec: most
+    /// operations have one owner, and a set's first node would cost more
+    /// than the rest of the operation.
+    owners: Mutex<Vec<String>>,
     action_digest: Digest,
     digest_function: i32,
     progress: watch::Sender<Progress>,
@@ -73,9 +81,16 @@ pub struct Operation {
 }
 
 impl Operation {
-    pub fn new(name: String, action_digest: Digest, digest_function: i32) -> Self {
+    pub fn new(
+        name: String,
+        instance_name: String,
+        action_digest: Digest,
+        digest_function: i32,
+    ) -> Self {
         Self {
             name,
+            instance_name,
+            owners: Mutex::default(),
             action_digest,
             digest_function,
             progress: watch::Sender::new(Progress::Queued),
@@ -104,6 +119,35 @@ impl Operation {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The instance name its Execute named.
+    pub fn instance_name(&self) -> &str {
+        &self.instance_name
+    }
+
+    /// Records that `caller` (a `Caller::name`) started it, or joined it.
+    pub fn add_owner(&self, caller: &str) {
+        let mut owners = self.owners();
+        if !owners.iter().any(|o| o == caller) {
+            owners.reserve_exact(1);
+            owners.push(caller.to_owned());
+        }
+    }
+
+    /// Whether `caller` started it, or joined it.
+    pub fn is_owned_by(&self, caller: &str) -> bool {
+        self.owners().iter().any(|o| o == caller)
+    }
+
+    /// How many callers share it.
+    pub fn owner_count(&self) -> usize {
+        self.owners().len()
+    }
+
+    fn owners(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        // An insert is one step: a panic elsewhere cannot leave it half done.
+        self.owners.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A receiver that sees the current progress and every change.
@@ -308,7 +352,7 @@ mod tests {
     }
 
     fn op(name: &str, n: u8) -> Operation {
-        Operation::new(name.into(), digest(n), 1)
+        Operation::new(name.into(), "main".into(), digest(n), 1)
     }
 
     #[test]

@@ -4,5 +4,12 @@
 /// Makes the names of new operations, `operations/<id>`, each unique for
 /// the life of the scheduler.
 pub trait OperationIds: Send + Sync {
-    fn next_name(&self) -> String;
+    fn next_name(&self) -> Result<String, OperationIdError>;
+}
+
+/// Why no name could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum OperationIdError {
+    #[error("failed to read random bits from the operating system for an operation name")]
+    Randomness(#[source] getrandom::Error),
 }

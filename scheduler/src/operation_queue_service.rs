@@ -2,10 +2,17 @@
 //! actions and report on them, with Buildbarn's dynamics. An idle worker
 //! (or one reporting a completion) is held until work arrives or the poll
 //! ends; an executing worker is answered at once with its next deadline.
+//!
+//! A worker needs `worker` on every instance name its prefix serves
+//! ([`crate::access::check_worker_prefix`]), and its id is bound to the
+//! first identity that synchronized as it: another caller naming the
+//! same id is refused, so it can neither take that worker's actions nor
+//! report their results.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use corral_auth::{Authorizer, Caller, Permission};
 use corral_proto::protobuf::Empty;
 use corral_proto::remoteworker::operation_queue_server::OperationQueue;
 use corral_proto::remoteworker::{
@@ -14,6 +21,7 @@ use corral_proto::remoteworker::{
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
+use crate::access;
 use crate::assignment::{Assignment, Assignments, WorkerId};
 use crate::queue::PlatformKey;
 use crate::task::AbortOnDrop;
@@ -24,16 +32,18 @@ pub struct OperationQueueService {
     assignments: Arc<Assignments>,
     /// How long an idle worker's call is held waiting for work.
     long_poll: Duration,
+    authorizer: Authorizer,
     /// Keeps the background sweep (which notices silent workers) running
     /// while this service is served.
     _sweeper: Option<Arc<AbortOnDrop>>,
 }
 
 impl OperationQueueService {
-    pub fn new(assignments: Arc<Assignments>, long_poll: Duration) -> Self {
+    pub fn new(assignments: Arc<Assignments>, long_poll: Duration, authorizer: Authorizer) -> Self {
         Self {
             assignments,
             long_poll,
+            authorizer,
             _sweeper: None,
         }
     }
@@ -71,11 +81,21 @@ impl OperationQueue for OperationQueueService {
         &self,
         request: Request<SynchronizeRequest>,
     ) -> Result<Response<SynchronizeResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
+        access::check_worker_prefix(
+            &self.authorizer,
+            &caller,
+            Permission::Worker,
+            &req.instance_name_prefix,
+        )?;
         if req.worker_id.is_empty() {
             return Err(Status::invalid_argument("worker_id must name the worker"));
         }
         let worker: WorkerId = req.worker_id.into_iter().collect();
+        self.assignments
+            .bind_worker(&worker, caller.name())
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
         let platform = PlatformKey::of(req.platform);
         // What it offers counts for the platform grace period (whether
         // any worker could ever take a queued action).
@@ -165,13 +185,18 @@ mod tests {
         let timing = crate::timing::Timing::from_config(&crate::Config::default());
         let a = Arc::new(Assignments::new(&timing, 2));
         (
-            OperationQueueService::new(Arc::clone(&a), Duration::from_secs(30)),
+            OperationQueueService::new(Arc::clone(&a), Duration::from_secs(30), Authorizer::open()),
             a,
         )
     }
 
     fn enqueue(a: &Assignments, n: u8) -> Arc<Operation> {
-        let operation = Arc::new(Operation::new(format!("operations/{n}"), digest(n), 1));
+        let operation = Arc::new(Operation::new(
+            format!("operations/{n}"),
+            "main".into(),
+            digest(n),
+            1,
+        ));
         a.enqueue(
             Queued {
                 operation: Arc::clone(&operation),

@@ -2,10 +2,16 @@
 //! GetOperation, ListOperations, CancelOperation and WaitOperation, the
 //! way REAPI clients and operators' tools (such as `grpcurl`) reach an
 //! operation by the name Execute returned.
+//!
+//! Each call follows [`crate::access`]: Get, Wait and Cancel of an
+//! operation the caller may not reach are refused with PERMISSION_DENIED
+//! naming the permission and the instance name; List leaves such
+//! operations out without a word.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use corral_auth::{Authorizer, Caller};
 use corral_proto::longrunning::operations_server::Operations as OperationsApi;
 use corral_proto::longrunning::{
     CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest,
@@ -14,6 +20,7 @@ use corral_proto::longrunning::{
 use corral_proto::protobuf::Empty;
 use tonic::{Request, Response, Status};
 
+use crate::access;
 use crate::assignment::Assignments;
 use crate::operation::{Operation, Operations};
 
@@ -29,13 +36,19 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(50);
 pub struct OperationsService {
     operations: Arc<Mutex<Operations>>,
     assignments: Arc<Assignments>,
+    authorizer: Authorizer,
 }
 
 impl OperationsService {
-    pub fn new(operations: Arc<Mutex<Operations>>, assignments: Arc<Assignments>) -> Self {
+    pub fn new(
+        operations: Arc<Mutex<Operations>>,
+        assignments: Arc<Assignments>,
+        authorizer: Authorizer,
+    ) -> Self {
         Self {
             operations,
             assignments,
+            authorizer,
         }
     }
 
@@ -59,6 +72,7 @@ impl OperationsApi for OperationsService {
         &self,
         request: Request<ListOperationsRequest>,
     ) -> Result<Response<ListOperationsResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         if !req.filter.is_empty() {
             return Err(Status::invalid_argument(
@@ -75,6 +89,10 @@ impl OperationsApi for OperationsService {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .list();
+        let all: Vec<_> = all
+            .into_iter()
+            .filter(|op| access::may_watch(&self.authorizer, &caller, op))
+            .collect();
         // The token is the last name of the previous page: names sort, so
         // the next page starts after it even if operations came or went.
         let rest = all
@@ -98,7 +116,9 @@ impl OperationsApi for OperationsService {
         &self,
         request: Request<GetOperationRequest>,
     ) -> Result<Response<ProtoOperation>, Status> {
-        Ok(Response::new(now(&*self.find(&request.get_ref().name)?)))
+        let operation = self.find(&request.get_ref().name)?;
+        access::check_watch(&self.authorizer, &Caller::of(&request), &operation)?;
+        Ok(Response::new(now(&operation)))
     }
 
     async fn delete_operation(
@@ -118,6 +138,7 @@ impl OperationsApi for OperationsService {
         request: Request<CancelOperationRequest>,
     ) -> Result<Response<Empty>, Status> {
         let operation = self.find(&request.get_ref().name)?;
+        access::check_cancel(&self.authorizer, &Caller::of(&request), &operation)?;
         // Cancelling a finished operation is not an error (google.longrunning).
         self.assignments
             .cancel(&operation, "cancelled by CancelOperation");
@@ -129,8 +150,10 @@ impl OperationsApi for OperationsService {
         &self,
         request: Request<WaitOperationRequest>,
     ) -> Result<Response<ProtoOperation>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let operation = self.find(&req.name)?;
+        access::check_watch(&self.authorizer, &caller, &operation)?;
         let wait = match req.timeout {
             Some(t) if t.seconds > 0 || t.nanos > 0 => {
                 Duration::from_secs(t.seconds.max(0) as u64)
@@ -160,7 +183,12 @@ mod tests {
         let mut ops = Operations::default();
         let mut made = Vec::new();
         for name in names {
-            let op = Arc::new(Operation::new((*name).to_owned(), Digest::default(), 0));
+            let op = Arc::new(Operation::new(
+                (*name).to_owned(),
+                String::new(),
+                Digest::default(),
+                0,
+            ));
             ops.insert(Arc::clone(&op));
             made.push(op);
         }
@@ -168,6 +196,7 @@ mod tests {
         let service = OperationsService::new(
             Arc::new(Mutex::new(ops)),
             Arc::new(Assignments::new(&timing, 3)),
+            Authorizer::open(),
         );
         (service, made)
     }

@@ -16,13 +16,13 @@ use corral_proto::reapi::{
 };
 use std::sync::Arc;
 
+use corral_auth::channel::{Channel, Connector};
 use corral_proto::reapi::action_cache_server::ActionCache as _;
 use corral_proto::reapi::capabilities_server::Capabilities as _;
 use corral_proto::reapi::content_addressable_storage_server::ContentAddressableStorage as _;
 use corral_storage::ac_service::AcService;
 use corral_storage::capabilities_service::CapabilitiesService;
 use corral_storage::cas_service::CasService;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::operation::Inline;
@@ -49,11 +49,10 @@ pub struct Fetched {
 }
 
 impl StorageClient {
-    /// A client of `endpoint`; connects on first use.
-    pub fn new(endpoint: &str) -> Result<Self, tonic::transport::Error> {
-        Ok(Self::Remote(
-            Endpoint::from_shared(endpoint.to_owned())?.connect_lazy(),
-        ))
+    /// A client of `endpoint` (config key `storage`) through `connector`;
+    /// connects on first use.
+    pub fn new(connector: &Connector, endpoint: &str) -> Result<Self, corral_auth::channel::Error> {
+        Ok(Self::Remote(connector.connect_lazy("storage", endpoint)?))
     }
 
     /// Storage's handlers over `stores`, in this process. With

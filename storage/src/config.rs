@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use corral_auth::tls::{ClientTls, ServerTls};
 use serde::Deserialize;
 
 use crate::error::Error;
@@ -22,6 +23,13 @@ pub struct Config {
     /// in bytes, advertised in GetCapabilities. Default 4 MiB, gRPC's
     /// default message size.
     pub max_batch_total_size_bytes: u64,
+    /// TLS on the listening port (`[tls]`): certificate, key, and an
+    /// optional client CA for mTLS. Default: none, plaintext.
+    pub tls: Option<ServerTls>,
+    /// TLS for the connections storage makes (`[client_tls]`): those of
+    /// the remote backend. Default: none, plaintext; `backend.endpoint`
+    /// must then be `http://`, and with it `https://`.
+    pub client_tls: Option<ClientTls>,
     /// Who may call, and what each caller may do (`[auth]`, see
     /// docs/config.md). Unset: every caller is anonymous and may do
     /// everything, as a farm for one team on a trusted network.
@@ -101,6 +109,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8980)),
             backend: Backend::default(),
             max_batch_total_size_bytes: 4 << 20,
+            tls: None,
+            client_tls: None,
             auth: None,
             isolate_instances: false,
         }
@@ -117,12 +127,12 @@ impl Config {
             Backend::Remote {
                 endpoint, cache, ..
             } => {
-                if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-                    return Err(Error::InvalidConfig {
-                        field: "backend.endpoint",
-                        reason: format!("{endpoint:?} is not an http:// or https:// endpoint"),
-                    });
-                }
+                corral_auth::channel::check_endpoint(
+                    "backend.endpoint",
+                    endpoint,
+                    self.client_tls.is_some(),
+                )
+                .map_err(Error::Client)?;
                 cache.as_ref().map_or(u64::MAX, |c| c.max_size_bytes)
             }
         };
@@ -139,6 +149,12 @@ impl Config {
                 field: "backend.max_size_bytes",
                 reason: "must be greater than zero".to_owned(),
             });
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate("tls").map_err(Error::Tls)?;
+        }
+        if let Some(client_tls) = &self.client_tls {
+            client_tls.validate().map_err(Error::Tls)?;
         }
         if self.max_batch_total_size_bytes < 1024 {
             return Err(Error::InvalidConfig {

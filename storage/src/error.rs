@@ -13,8 +13,12 @@ pub enum Error {
     OpenDisk(#[from] DiskError),
     #[error("failed to open the membership index of isolate_instances")]
     OpenMembership(#[source] crate::membership::MembershipError),
-    #[error("failed to set up the remote backend")]
-    Remote(#[source] crate::blob_store::Error),
+    /// A client endpoint or `[client_tls]`; the message names the key.
+    #[error(transparent)]
+    Client(corral_auth::channel::Error),
+    /// `[tls]` or `[client_tls]`; the message names the key and file.
+    #[error(transparent)]
+    Tls(corral_auth::tls::Error),
     #[error("failed to set up authentication")]
     Auth(#[source] corral_auth::config::AuthConfigError),
     #[error("failed to read the listener's address")]

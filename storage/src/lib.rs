@@ -55,6 +55,7 @@ pub mod zstd_codec;
 use std::future::Future;
 use std::sync::Arc;
 
+use corral_auth::channel::Connector;
 use corral_auth::{Auth, AuthenticationLayer, Authorizer};
 use corral_proto::bytestream::byte_stream_server::ByteStreamServer;
 use corral_proto::reapi::action_cache_server::ActionCacheServer;
@@ -155,9 +156,10 @@ pub async fn open(cfg: &Config) -> Result<Stores, Error> {
             instance_name,
             cache,
         } => {
+            let connector = Connector::new(cfg.client_tls.as_ref()).map_err(Error::Client)?;
             let remote = Arc::new(
-                remote_blob_store::RemoteBlobStore::new(endpoint, instance_name)
-                    .map_err(Error::Remote)?,
+                remote_blob_store::RemoteBlobStore::new(&connector, endpoint, instance_name)
+                    .map_err(Error::Client)?,
             );
             let Some(cache) = cache else {
                 return Ok(Stores {
@@ -240,11 +242,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     cfg.validate()?;
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(|tls| tls.load("tls"))
+        .transpose()
+        .map_err(Error::Tls)?;
     let auth = Auth::from_config(cfg.auth.as_ref()).map_err(Error::Auth)?;
     let stores = open(&cfg).await?;
     let addr = listener.local_addr().map_err(Error::ListenerAddress)?;
-    tracing::info!(%addr, "storage serving");
-    server()
+    tracing::info!(%addr, tls = tls.is_some(), "storage serving");
+    corral_auth::tls::server(server(), tls.as_ref())
+        .map_err(|source| Error::Serve { addr, source })?
         .layer(AuthenticationLayer::new(auth.authenticator))
         .add_routes(routes(&cfg, &stores, &auth.authorizer))
         .serve_with_incoming_shutdown(no_delay(listener), shutdown)
@@ -309,7 +318,12 @@ mod tests {
         let data = blob(7, 2000);
         let digest = DigestFunction::Sha256.digest_of(&data);
         stores.blobs.put(&digest, data.clone()).await.unwrap();
-        let remote = crate::remote_blob_store::RemoteBlobStore::new(&url, "").unwrap();
+        let remote = crate::remote_blob_store::RemoteBlobStore::new(
+            &corral_auth::channel::Connector::plaintext(),
+            &url,
+            "",
+        )
+        .unwrap();
         assert_eq!(remote.get(&digest).await.unwrap(), Some(data));
         assert!(dir.path().join("cache").exists());
 
@@ -466,6 +480,264 @@ mod tests {
 
         stop.send(()).unwrap();
         server.join_next().await.unwrap().unwrap().unwrap();
+    }
+
+    /// Storage over TLS with `tls` on 127.0.0.1:0 (memory backend); its
+    /// `https://` URL.
+    async fn serve_tls(
+        tls: corral_auth::tls::ServerTls,
+        server: &mut tokio::task::JoinSet<Result<(), Error>>,
+    ) -> String {
+        let cfg = Config {
+            backend: config::Backend::Memory {
+                max_size_bytes: 1 << 20,
+            },
+            tls: Some(tls),
+            ..Config::default()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        server.spawn(run(cfg, listener, std::future::pending()));
+        url
+    }
+
+    fn server_tls(
+        files: &corral_auth::certs::Files,
+        client_certificate: Option<corral_auth::tls::ClientCertificate>,
+    ) -> corral_auth::tls::ServerTls {
+        corral_auth::tls::ServerTls {
+            certificate: files.server_certificate.clone(),
+            private_key: files.server_key.clone(),
+            client_ca: client_certificate.map(|_| files.ca.clone()),
+            client_certificate,
+        }
+    }
+
+    /// A client trusting `ca`, showing `identity` (certificate, key).
+    fn client_tls(ca: &std::path::Path, identity: Option<&corral_auth::certs::Files>) -> Connector {
+        Connector::new(Some(&corral_auth::tls::ClientTls {
+            ca: ca.to_owned(),
+            certificate: identity.map(|f| f.client_certificate.clone()),
+            private_key: identity.map(|f| f.client_key.clone()),
+            token_file: None,
+        }))
+        .unwrap()
+    }
+
+    /// Asserts `status` is a failed connection (not a refusal by a
+    /// service), its causes mentioning `why`.
+    fn refused(status: &tonic::Status, why: &str) {
+        let text = format!("{status:?}");
+        assert!(
+            matches!(
+                status.code(),
+                tonic::Code::Unknown | tonic::Code::Unavailable
+            ),
+            "{text}"
+        );
+        assert!(text.contains(why), "{text}");
+    }
+
+    /// GetCapabilities through `connector`: the status if refused.
+    async fn capabilities(connector: &Connector, url: &str) -> Result<(), tonic::Status> {
+        let channel = connector.connect_lazy("storage", url).unwrap();
+        CapabilitiesClient::new(channel)
+            .get_capabilities(GetCapabilitiesRequest::default())
+            .await
+            .map(drop)
+    }
+
+    #[tokio::test]
+    async fn served_over_tls_a_client_over_tls_works_and_plaintext_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = corral_auth::certs::TestPki::new()
+            .write(dir.path())
+            .unwrap();
+        let mut server = tokio::task::JoinSet::new();
+        let url = serve_tls(server_tls(&files, None), &mut server).await;
+        capabilities(&client_tls(&files.ca, None), &url)
+            .await
+            .unwrap();
+
+        // Plaintext HTTP/2 to the TLS port: the server reads garbage as a
+        // ClientHello and hangs up.
+        let plain = url.replace("https://", "http://");
+        let status = capabilities(&Connector::plaintext(), &plain)
+            .await
+            .unwrap_err();
+        refused(&status, "");
+
+        // A client trusting another CA refuses the server's certificate.
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = corral_auth::certs::TestPki::named("another CA")
+            .write(other_dir.path())
+            .unwrap();
+        let status = capabilities(&client_tls(&other.ca, None), &url)
+            .await
+            .unwrap_err();
+        refused(&status, "UnknownIssuer");
+    }
+
+    #[tokio::test]
+    async fn with_a_required_client_certificate_only_clients_of_the_ca_get_in() {
+        use corral_auth::tls::ClientCertificate;
+        let dir = tempfile::tempdir().unwrap();
+        let files = corral_auth::certs::TestPki::new()
+            .write(dir.path())
+            .unwrap();
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = corral_auth::certs::TestPki::named("another CA")
+            .write(other_dir.path())
+            .unwrap();
+        let mut server = tokio::task::JoinSet::new();
+        let url = serve_tls(
+            server_tls(&files, Some(ClientCertificate::Required)),
+            &mut server,
+        )
+        .await;
+        capabilities(&client_tls(&files.ca, Some(&files)), &url)
+            .await
+            .unwrap();
+        for (client, alert) in [
+            (client_tls(&files.ca, None), "CertificateRequired"),
+            (client_tls(&files.ca, Some(&other)), "UnknownCA"),
+        ] {
+            let status = capabilities(&client, &url).await.unwrap_err();
+            refused(&status, alert);
+        }
+
+        // "optional": a client without a certificate gets in (to show a
+        // token instead); one with a certificate of another CA does not.
+        let url = serve_tls(
+            server_tls(&files, Some(ClientCertificate::Optional)),
+            &mut server,
+        )
+        .await;
+        capabilities(&client_tls(&files.ca, None), &url)
+            .await
+            .unwrap();
+        capabilities(&client_tls(&files.ca, Some(&files)), &url)
+            .await
+            .unwrap();
+        let status = capabilities(&client_tls(&files.ca, Some(&other)), &url)
+            .await
+            .unwrap_err();
+        refused(&status, "UnknownCA");
+    }
+
+    #[tokio::test]
+    async fn a_remote_backend_over_tls_sends_its_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = corral_auth::certs::TestPki::new()
+            .write(dir.path())
+            .unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        // The remote: TLS, and an interceptor that wants the token.
+        let remote_cfg = Config {
+            backend: config::Backend::Memory {
+                max_size_bytes: 1 << 20,
+            },
+            ..Config::default()
+        };
+        let stores = open(&remote_cfg).await.unwrap();
+        let tls = server_tls(&files, None).load("tls").unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let wants_token =
+            |request: tonic::Request<()>| match request.metadata().get("authorization") {
+                Some(value) if value == "Bearer s3cret" => Ok(request),
+                _ => Err(tonic::Status::unauthenticated("no token")),
+            };
+        let served = corral_auth::tls::server(server(), Some(&tls))
+            .unwrap()
+            .layer(tonic::service::InterceptorLayer::new(wants_token))
+            .add_routes(routes(&remote_cfg, &stores, &Authorizer::open()))
+            .serve_with_incoming(no_delay(listener));
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(served);
+
+        let front = |token_file: Option<std::path::PathBuf>| Config {
+            backend: config::Backend::Remote {
+                endpoint: url.clone(),
+                instance_name: String::new(),
+                cache: None,
+            },
+            client_tls: Some(corral_auth::tls::ClientTls {
+                ca: files.ca.clone(),
+                certificate: None,
+                private_key: None,
+                token_file,
+            }),
+            ..Config::default()
+        };
+        let data = blob(3, 100);
+        let digest = DigestFunction::Sha256.digest_of(&data);
+        let with_token = front(Some(token.clone()));
+        with_token.validate().unwrap();
+        let stores = open(&with_token).await.unwrap();
+        stores.blobs.put(&digest, data.clone()).await.unwrap();
+        assert_eq!(stores.blobs.get(&digest).await.unwrap(), Some(data));
+
+        let without = open(&front(None)).await.unwrap();
+        let err = without.blobs.get(&digest).await.unwrap_err();
+        assert_eq!(
+            crate::status::store_code(&err),
+            tonic::Code::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn a_remote_endpoint_must_agree_with_client_tls_naming_the_key() {
+        let remote = |endpoint: &str, client_tls: bool| Config {
+            backend: config::Backend::Remote {
+                endpoint: endpoint.to_owned(),
+                instance_name: String::new(),
+                cache: None,
+            },
+            client_tls: client_tls.then(|| corral_auth::tls::ClientTls {
+                ca: "ca.crt".into(),
+                certificate: None,
+                private_key: None,
+                token_file: None,
+            }),
+            ..Config::default()
+        };
+        let text = remote("https://s:1", false)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(text, "backend.endpoint: https://s:1 needs [client_tls]");
+        let text = remote("http://s:1", true)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.starts_with("backend.endpoint: http://s:1 is plaintext"),
+            "{text}"
+        );
+        remote("https://s:1", true).validate().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_certificate_not_matching_its_key_stops_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = corral_auth::certs::TestPki::new()
+            .write(dir.path())
+            .unwrap();
+        let mut tls = server_tls(&files, None);
+        tls.private_key = files.client_key.clone();
+        let cfg = Config {
+            tls: Some(tls),
+            ..Config::default()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let err = run(cfg, listener, std::future::pending())
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("tls.private_key"), "{text}");
+        assert!(text.contains("does not match"), "{text}");
     }
 
     #[tokio::test]

@@ -156,7 +156,8 @@ mod tests {
     #[tokio::test]
     async fn reads_fill_the_local_cache_and_writes_reach_both() {
         let (url, _server) = server().await;
-        let remote = RemoteBlobStore::new(&url, "").unwrap();
+        let remote =
+            RemoteBlobStore::new(&corral_auth::channel::Connector::plaintext(), &url, "").unwrap();
         let local = MemoryBlobStore::new(1 << 20);
         let store = ReadThroughBlobStore::new(Arc::new(local.clone()), Arc::new(remote.clone()));
 

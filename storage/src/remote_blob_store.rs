@@ -11,6 +11,7 @@
 
 use std::io::{Seek, SeekFrom, Write};
 
+use corral_auth::channel::{Channel, Connector};
 use corral_proto::bytestream::byte_stream_client::ByteStreamClient;
 use corral_proto::bytestream::{ReadRequest, WriteRequest};
 use corral_proto::reapi::action_cache_client::ActionCacheClient;
@@ -20,7 +21,6 @@ use corral_proto::reapi::{
 };
 use futures_util::StreamExt as _;
 use prost::Message as _;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 use crate::action_cache::ActionCache;
@@ -53,15 +53,15 @@ pub struct RemoteBlobStore {
 }
 
 impl RemoteBlobStore {
-    /// A store for `endpoint` (e.g. `http://storage:8980`); connects on
-    /// first use and reconnects as needed.
-    pub fn new(endpoint: &str, instance: &str) -> Result<Self, Error> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| Error::Remote {
-                operation: "parsing the endpoint",
-                source: Box::new(tonic::Status::invalid_argument(e.to_string())),
-            })?
-            .connect_lazy();
+    /// A store for `endpoint` (e.g. `https://storage:8980`, config key
+    /// `backend.endpoint`) reached through `connector`; connects on first
+    /// use and reconnects as needed.
+    pub fn new(
+        connector: &Connector,
+        endpoint: &str,
+        instance: &str,
+    ) -> Result<Self, corral_auth::channel::Error> {
+        let channel = connector.connect_lazy("backend.endpoint", endpoint)?;
         Ok(Self {
             channel,
             instance: instance.to_owned(),
@@ -382,7 +382,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn blobs_and_results_round_trip_through_a_remote_server() {
         let (url, _server) = server().await;
-        let store = RemoteBlobStore::new(&url, "main").unwrap();
+        let store = RemoteBlobStore::new(&Connector::plaintext(), &url, "main").unwrap();
         let small = blob(1, 1000);
         let large = blob(2, 300_000);
         let blake = DigestFunction::Blake3.digest_of(&small);
@@ -425,7 +425,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn wrong_content_is_refused_before_reaching_the_remote() {
         let (url, _server) = server().await;
-        let store = RemoteBlobStore::new(&url, "").unwrap();
+        let store = RemoteBlobStore::new(&Connector::plaintext(), &url, "").unwrap();
         let digest = sha(b"right");
         let mut write = store.begin_write(&digest).await.unwrap();
         write.write(b"wrong").await.unwrap();
@@ -435,7 +435,8 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn an_unreachable_remote_is_unavailable_not_missing() {
-        let store = RemoteBlobStore::new("http://127.0.0.1:1", "").unwrap();
+        let store =
+            RemoteBlobStore::new(&Connector::plaintext(), "http://127.0.0.1:1", "").unwrap();
         let err = store.get(&sha(b"x")).await.unwrap_err();
         assert_eq!(crate::status::store_code(&err), Code::Unavailable, "{err}");
     }

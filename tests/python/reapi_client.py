@@ -99,9 +99,11 @@ def prepare(
     output_paths=(),
     output_files=(),
     output_directories=(),
+    platform=None,
 ):
     """An Action running `arguments` in an input root holding `inputs`
-    (top-level file name -> contents)."""
+    (top-level file name -> contents), on `platform` (property name ->
+    value) when given."""
     inputs = inputs or {}
     files = {}
     root = re_pb2.Directory()
@@ -125,13 +127,34 @@ def prepare(
     )
     if timeout_s is not None:
         action.timeout.CopyFrom(duration_pb2.Duration(seconds=timeout_s))
+    for name in sorted(platform or {}):
+        action.platform.properties.add(name=name, value=platform[name])
     return Prepared(action, command, root, files)
 
 
+def channel(endpoint, credentials=None):
+    """A channel to the farm: TLS with `credentials`
+    (grpc.ssl_channel_credentials), plaintext without."""
+    # The farm is on the loopback: never through an http_proxy.
+    options = [("grpc.enable_http_proxy", 0)]
+    if credentials is None:
+        return grpc.insecure_channel(endpoint, options=options)
+    return grpc.secure_channel(endpoint, credentials, options=options)
+
+
+def bearer(token):
+    """The call metadata that presents a bearer token."""
+    return (("authorization", f"Bearer {token}"),)
+
+
 class Client:
-    def __init__(self, endpoint):
-        # The farm is on the loopback: never through an http_proxy.
-        self.channel = grpc.insecure_channel(endpoint, options=[("grpc.enable_http_proxy", 0)])
+    """REAPI calls on `instance_name`, each with `metadata` (a bearer
+    token, say), over TLS when `credentials` are given."""
+
+    def __init__(self, endpoint, credentials=None, metadata=(), instance_name=""):
+        self.channel = channel(endpoint, credentials)
+        self.metadata = tuple(metadata)
+        self.instance_name = instance_name
         self.cas = re_grpc.ContentAddressableStorageStub(self.channel)
         self.ac = re_grpc.ActionCacheStub(self.channel)
         self.execution = re_grpc.ExecutionStub(self.channel)
@@ -141,16 +164,18 @@ class Client:
 
     def find_missing(self, digests):
         response = self.cas.FindMissingBlobs(
-            re_pb2.FindMissingBlobsRequest(blob_digests=digests), timeout=CALL_TIMEOUT_S
+            re_pb2.FindMissingBlobsRequest(instance_name=self.instance_name, blob_digests=digests),
+            timeout=CALL_TIMEOUT_S,
+            metadata=self.metadata,
         )
         return {key(d) for d in response.missing_blob_digests}
 
     def upload(self, *blobs):
         """Stores each blob; fails unless the server stored every one."""
-        request = re_pb2.BatchUpdateBlobsRequest()
+        request = re_pb2.BatchUpdateBlobsRequest(instance_name=self.instance_name)
         for data in blobs:
             request.requests.add(digest=digest_of(data), data=data)
-        response = self.cas.BatchUpdateBlobs(request, timeout=CALL_TIMEOUT_S)
+        response = self.cas.BatchUpdateBlobs(request, timeout=CALL_TIMEOUT_S, metadata=self.metadata)
         stored = {key(r.digest) for r in response.responses if r.status.code == OK}
         wanted = {key(digest_of(b)) for b in blobs}
         if stored != wanted:
@@ -159,7 +184,9 @@ class Client:
     def read(self, digest):
         """A blob's contents; fails when the server does not have it."""
         response = self.cas.BatchReadBlobs(
-            re_pb2.BatchReadBlobsRequest(digests=[digest]), timeout=CALL_TIMEOUT_S
+            re_pb2.BatchReadBlobsRequest(instance_name=self.instance_name, digests=[digest]),
+            timeout=CALL_TIMEOUT_S,
+            metadata=self.metadata,
         )
         if len(response.responses) != 1:
             raise AssertionError(f"asked for one blob, got {len(response.responses)}")
@@ -172,17 +199,20 @@ class Client:
 
     def get_action_result(self, action_digest):
         return self.ac.GetActionResult(
-            re_pb2.GetActionResultRequest(action_digest=action_digest), timeout=CALL_TIMEOUT_S
+            re_pb2.GetActionResultRequest(instance_name=self.instance_name, action_digest=action_digest),
+            timeout=CALL_TIMEOUT_S,
+            metadata=self.metadata,
         )
 
     def execute_call(self, action_digest, skip_cache_lookup=False, inline_stdout=False):
         """The Execute stream itself, for a test that cancels it."""
         request = re_pb2.ExecuteRequest(
+            instance_name=self.instance_name,
             action_digest=action_digest,
             skip_cache_lookup=skip_cache_lookup,
             inline_stdout=inline_stdout,
         )
-        return self.execution.Execute(request, timeout=CALL_TIMEOUT_S)
+        return self.execution.Execute(request, timeout=CALL_TIMEOUT_S, metadata=self.metadata)
 
     def execute(self, action_digest, skip_cache_lookup=False, inline_stdout=False):
         """Every Operation the Execute stream sends, up to the done one.
@@ -191,7 +221,7 @@ class Client:
 
     def wait_execution(self, name):
         return self.execution.WaitExecution(
-            re_pb2.WaitExecutionRequest(name=name), timeout=CALL_TIMEOUT_S
+            re_pb2.WaitExecutionRequest(name=name), timeout=CALL_TIMEOUT_S, metadata=self.metadata
         )
 
 

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use corral_auth::channel::{Channel, Connector};
 use corral_proto::bytestream::byte_stream_client::ByteStreamClient;
 use corral_proto::bytestream::{ReadRequest, WriteRequest};
 use corral_proto::reapi::action_cache_client::ActionCacheClient;
@@ -22,7 +23,6 @@ use corral_proto::reapi::{
 };
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncReadExt as _;
-use tonic::transport::{Channel, Endpoint};
 
 /// Blobs up to this size are read and written in batches; larger ones
 /// through ByteStream.
@@ -39,12 +39,9 @@ const WRITE_CHUNK_BYTES: usize = 1 << 20;
 /// What went wrong talking to storage.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid storage endpoint {endpoint}")]
-    Endpoint {
-        endpoint: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    /// The storage endpoint or `[client_tls]`; the message names the key.
+    #[error(transparent)]
+    Endpoint(corral_auth::channel::Error),
     #[error("blob {}/{} is missing from the CAS", .digest.hash, .digest.size_bytes)]
     Missing { digest: Digest },
     #[error("blob {}/{} read back with different contents (got {got})", .digest.hash, .digest.size_bytes)]
@@ -202,15 +199,17 @@ pub struct CasClient {
 }
 
 impl CasClient {
-    /// A client for `endpoint`; connects lazily, so a storage that starts
-    /// after the worker is fine.
+    /// A plaintext client for `endpoint` (an `http://` one).
     pub fn new(endpoint: &str) -> Result<CasClient, Error> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|source| Error::Endpoint {
-                endpoint: endpoint.to_owned(),
-                source,
-            })?
-            .connect_lazy();
+        Self::connect(&Connector::plaintext(), endpoint)
+    }
+
+    /// A client for `endpoint` (config key `storage`) through `connector`;
+    /// connects lazily, so a storage that starts after the worker is fine.
+    pub fn connect(connector: &Connector, endpoint: &str) -> Result<CasClient, Error> {
+        let channel = connector
+            .connect_lazy("storage", endpoint)
+            .map_err(Error::Endpoint)?;
         Ok(CasClient {
             channel,
             instance: String::new(),

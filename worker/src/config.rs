@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use corral_auth::tls::{ClientTls, ServerTls};
 use serde::Deserialize;
 
 use crate::error::Error;
@@ -46,6 +47,43 @@ pub struct Config {
     /// Prometheus metrics over HTTP (`GET /metrics`). Default: off; add
     /// a `[metrics]` table to serve them.
     pub metrics: Option<MetricsConfig>,
+    /// What one action's outputs may take: the `[limits]` table.
+    pub limits: Limits,
+    /// TLS for the worker's connections to the scheduler and storage
+    /// (`[client_tls]`), and the bearer token it authenticates with.
+    /// Default: none, plaintext; `scheduler` and `storage` must then be
+    /// `http://`, and with it `https://`.
+    pub client_tls: Option<ClientTls>,
+}
+
+/// The `[limits]` table: bounds on an action's outputs, checked before
+/// any is hashed or uploaded. Past one, the action fails with
+/// RESOURCE_EXHAUSTED naming the key, and no output is uploaded (stdout
+/// and stderr still are: the policy's `limits.output_max_bytes` caps
+/// those). They live here, not in the sandbox policies, because the
+/// worker gathers and uploads outputs and never reads a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Sum of the apparent sizes (st_size) of the output files, in bytes,
+    /// the files inside output directories included: a sparse file counts
+    /// in full and a hardlink to an input at its size, as that is what
+    /// would be hashed and uploaded. Default 16 GiB (the default policy's
+    /// disk limit); lower it to protect a small CAS.
+    pub output_max_bytes: u64,
+    /// Most files, directories and symlinks in the outputs, output
+    /// directories' contents included. Default 1,000,000, as
+    /// `input_root_max_entries`.
+    pub output_max_files: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            output_max_bytes: 16 << 30,
+            output_max_files: 1_000_000,
+        }
+    }
 }
 
 /// The `[metrics]` table.
@@ -55,6 +93,10 @@ pub struct MetricsConfig {
     /// Address of the HTTP server for `GET /metrics`, e.g.
     /// `127.0.0.1:9982`. Required in the table.
     pub listen: std::net::SocketAddr,
+    /// HTTPS for the page (`[metrics.tls]`). Default: none, plain HTTP
+    /// (the worker serves nothing else, so it has no `[tls]` to reuse).
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
 }
 
 /// Identical build slots that share a runner and a platform.
@@ -92,6 +134,8 @@ impl Default for Config {
                 size_class: 0,
             }],
             metrics: None,
+            limits: Limits::default(),
+            client_tls: None,
         }
     }
 }
@@ -105,13 +149,15 @@ impl Config {
                 reason: "a worker needs at least one slot group".to_owned(),
             });
         }
-        for (field, url) in [("scheduler", &self.scheduler), ("storage", &self.storage)] {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(Error::InvalidConfig {
-                    field,
-                    reason: format!("{url:?} is not an http:// or https:// endpoint"),
-                });
-            }
+        for (key, url) in [("scheduler", &self.scheduler), ("storage", &self.storage)] {
+            corral_auth::channel::check_endpoint(key, url, self.client_tls.is_some())
+                .map_err(Error::Client)?;
+        }
+        if let Some(client_tls) = &self.client_tls {
+            client_tls.validate().map_err(Error::Tls)?;
+        }
+        if let Some(tls) = self.metrics.as_ref().and_then(|m| m.tls.as_ref()) {
+            tls.validate("metrics.tls").map_err(Error::Tls)?;
         }
         Ok(())
     }

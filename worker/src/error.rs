@@ -24,10 +24,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid scheduler endpoint {endpoint}")]
-    Scheduler {
-        endpoint: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    /// An endpoint or `[client_tls]`; the message names the key.
+    #[error(transparent)]
+    Client(corral_auth::channel::Error),
+    /// `[client_tls]` or `[metrics.tls]`; the message names the key and
+    /// file.
+    #[error(transparent)]
+    Tls(corral_auth::tls::Error),
 }

@@ -106,6 +106,8 @@ pub struct Shared {
     pub directories: Arc<DirectoryCache>,
     /// `input_root_max_entries`: most entries an input root expands to.
     pub input_root_max_entries: u64,
+    /// The `[limits]` table: what an action's outputs may take.
+    pub output_limits: crate::config::Limits,
     pub metrics: Arc<Metrics>,
 }
 
@@ -342,9 +344,11 @@ impl Executor {
         let gather = {
             let (dir, root, command) = (dir.to_owned(), root.clone(), command.clone());
             let inline = [job.inline_stdout, job.inline_stderr];
+            let limits = self.shared.output_limits;
             let mut result = std::mem::take(result);
             move || {
-                let gathered = gather(&dir, &root, &command, inline, collect_outputs, &mut result);
+                let limits = collect_outputs.then_some(limits);
+                let gathered = gather(&dir, &root, &command, inline, limits, &mut result);
                 (result, gathered)
             }
         };
@@ -363,14 +367,14 @@ impl Executor {
 
 /// Reads the run's stdout and stderr into `result` (they are uploaded
 /// whenever the runner made them, even if it failed), and its declared
-/// outputs if `collect_outputs`; returns the blobs to upload and whether
-/// collecting the outputs worked. Blocking.
+/// outputs, held to `limits`, if given; returns the blobs to
+/// upload and whether collecting the outputs worked. Blocking.
 fn gather(
     dir: &Path,
     root: &Path,
     command: &Command,
     inline: [bool; 2],
-    collect_outputs: bool,
+    limits: Option<crate::config::Limits>,
     result: &mut ActionResult,
 ) -> (outputs::Blobs, Result<(), outputs::Error>) {
     let mut blobs = outputs::Blobs::new();
@@ -390,10 +394,11 @@ fn gather(
             Err(error) => return (blobs, Err(error)),
         }
     }
-    let collected = if collect_outputs {
-        outputs::collect(root, command, result).map(|outputs| blobs.extend(outputs))
-    } else {
-        Ok(())
+    let collected = match limits {
+        Some(limits) => {
+            outputs::collect(root, command, &limits, result).map(|outputs| blobs.extend(outputs))
+        }
+        None => Ok(()),
     };
     (blobs, collected)
 }
@@ -470,6 +475,7 @@ pub fn status(err: &Error) -> rpc::Status {
             | input_root::Error::PathsTooLarge,
         ) => Code::InvalidArgument,
         Error::Outputs(outputs::Error::Refused { .. }) => Code::InvalidArgument,
+        Error::Outputs(outputs::Error::OverLimit { .. }) => Code::ResourceExhausted,
         Error::Runner(status) => match status.code() {
             Code::Ok | Code::Unknown => Code::Internal,
             code => code,

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use corral_proto::reapi::Digest;
@@ -189,6 +189,34 @@ pub struct FileCache {
     next_temp: AtomicU64,
     /// Which instance names storage showed the cached blobs to.
     confirmed: Confirmed,
+    /// Every input laid out as a copy: see [`FileCache::copy_inputs`].
+    copy_always: AtomicBool,
+    /// Inputs copied because their cache file had all the links its file
+    /// system allows.
+    copies_at_link_limit: AtomicU64,
+    /// Inputs copied because every input is.
+    copies_unprotected: AtomicU64,
+}
+
+/// Why an input was laid out as a copy rather than a hardlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyReason {
+    /// The cache file has as many links as its file system allows
+    /// (EMLINK: 65,000 on ext4, 65,535 on XFS v4).
+    LinkLimit,
+    /// The actions run as the worker's own uid, which owns the cache: a
+    /// hardlinked input could be chmodded and rewritten.
+    Unprotected,
+}
+
+impl CopyReason {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CopyReason::LinkLimit => "link_limit",
+            CopyReason::Unprotected => "unprotected",
+        }
+    }
 }
 
 /// Files kept in the cache while an input root links them: not evicted
@@ -256,7 +284,66 @@ impl FileCache {
             downloads: AtomicU64::new(0),
             next_temp: AtomicU64::new(0),
             confirmed: Confirmed::default(),
+            copy_always: AtomicBool::new(false),
+            copies_at_link_limit: AtomicU64::new(0),
+            copies_unprotected: AtomicU64::new(0),
         })
+    }
+
+    /// Lays every input out as a copy from now on: for a worker whose
+    /// actions run as its own uid (no root, no subordinate ids), which
+    /// owns the cache files and so could chmod and rewrite a hardlinked
+    /// one, changing what every later action gets. Copies are reflinks
+    /// where the file system has them (`copy_file_range` clones on btrfs
+    /// and XFS), full copies elsewhere.
+    pub fn copy_inputs(&self) {
+        self.copy_always.store(true, Ordering::Relaxed);
+    }
+
+    /// Inputs laid out as copies since the cache opened, for `reason`.
+    pub fn copies(&self, reason: CopyReason) -> u64 {
+        match reason {
+            CopyReason::LinkLimit => &self.copies_at_link_limit,
+            CopyReason::Unprotected => &self.copies_unprotected,
+        }
+        .load(Ordering::Relaxed)
+    }
+
+    /// Puts the cache file of `digest` (pinned) at `to`: a hardlink, or a
+    /// copy when inputs are copied or the file has all the links its file
+    /// system allows (a popular input in many input roots at once).
+    /// Blocking.
+    pub fn place(&self, digest: &Digest, executable: bool, to: &Path) -> std::io::Result<()> {
+        self.place_with(digest, executable, to, |from, to| {
+            std::fs::hard_link(from, to)
+        })
+    }
+
+    /// [`place`](Self::place) with `link` for the hardlink, so a test can
+    /// make it fail.
+    fn place_with(
+        &self,
+        digest: &Digest,
+        executable: bool,
+        to: &Path,
+        link: impl FnOnce(&Path, &Path) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let from = self.path(digest, executable);
+        let reason = if self.copy_always.load(Ordering::Relaxed) {
+            CopyReason::Unprotected
+        } else {
+            match link(&from, to) {
+                Err(e) if e.raw_os_error() == Some(libc::EMLINK) => CopyReason::LinkLimit,
+                other => return other,
+            }
+        };
+        copy_read_only(&from, to)?;
+        match reason {
+            CopyReason::LinkLimit => &self.copies_at_link_limit,
+            CopyReason::Unprotected => &self.copies_unprotected,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Bytes and files in the cache now.
@@ -539,6 +626,15 @@ impl FileCache {
     }
 }
 
+/// Copies `from` to the new file `to` with `from`'s mode (0444 or 0555),
+/// removing a partial copy on failure. `std::fs::copy` uses
+/// `copy_file_range`, which clones (reflinks) where the file system can.
+fn copy_read_only(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::copy(from, to).map(drop).inspect_err(|_| {
+        let _ = std::fs::remove_file(to);
+    })
+}
+
 /// Removes the files [`FileCache::evict_locked`] moved away; no lock
 /// held.
 fn remove_evicted(evicted: Vec<PathBuf>) {
@@ -690,6 +786,115 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), [0; 10], "the new file stays");
         assert_eq!(files_in(&cache), names(&[0, 1]));
         assert_eq!(cache.pinned(), 2);
+    }
+
+    #[test]
+    fn a_file_at_its_link_limit_is_copied_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FileCache::open(dir.path().join("cache"), 1 << 20).unwrap();
+        cache.insert(&key(3), &[3; 10]).unwrap();
+        let digest = key(3).digest();
+        let at_limit = |_: &Path, _: &Path| Err(std::io::Error::from_raw_os_error(libc::EMLINK));
+        let to = dir.path().join("copied");
+        cache.place_with(&digest, false, &to, at_limit).unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), [3; 10]);
+        let (original, copy) = (
+            std::fs::metadata(cache.path(&digest, false)).unwrap(),
+            std::fs::metadata(&to).unwrap(),
+        );
+        use std::os::unix::fs::MetadataExt as _;
+        assert_ne!(copy.ino(), original.ino(), "a copy, not a link");
+        assert_eq!(copy.mode() & 0o777, 0o444, "read-only like the cache file");
+        assert_eq!(original.nlink(), 1);
+        assert_eq!(cache.copies(CopyReason::LinkLimit), 1);
+        assert_eq!(cache.copies(CopyReason::Unprotected), 0);
+
+        // Any other failure is the caller's to report.
+        let denied = |_: &Path, _: &Path| Err(std::io::Error::from_raw_os_error(libc::EACCES));
+        let err = cache
+            .place_with(&digest, false, &dir.path().join("x"), denied)
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+        assert_eq!(cache.copies(CopyReason::LinkLimit), 1);
+
+        // Otherwise a hardlink.
+        let linked = dir.path().join("linked");
+        cache.place(&digest, false, &linked).unwrap();
+        assert_eq!(std::fs::metadata(&linked).unwrap().ino(), original.ino());
+
+        // Copies for every input once the cache is unprotected.
+        cache.copy_inputs();
+        let copied = dir.path().join("unprotected");
+        cache.place(&digest, false, &copied).unwrap();
+        assert_ne!(std::fs::metadata(&copied).unwrap().ino(), original.ino());
+        assert_eq!(cache.copies(CopyReason::Unprotected), 1);
+    }
+
+    /// Unmounts a test file system when dropped.
+    struct Mounted(PathBuf);
+
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    #[test]
+    fn laying_out_past_ext4s_link_limit_copies_instead_of_failing() {
+        use std::os::unix::fs::MetadataExt as _;
+        let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+        if !root {
+            assert!(std::env::var_os("CI").is_none(), "CI must run as root");
+            eprintln!("skipped: needs root to mount an ext4 image");
+            return;
+        }
+        // ext4 allows 65,000 links to a file: the cache's own name and
+        // 64,999 more.
+        let dir = tempfile::tempdir().unwrap();
+        let (image, mnt) = (dir.path().join("ext4.img"), dir.path().join("mnt"));
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        let run = |program: &str, args: &[&std::ffi::OsStr]| {
+            let status = std::process::Command::new(program)
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(status.success(), "{program} {args:?}");
+        };
+        run("mkfs.ext4", &["-q".as_ref(), image.as_os_str()]);
+        run(
+            "mount",
+            &[
+                "-o".as_ref(),
+                "loop".as_ref(),
+                image.as_os_str(),
+                mnt.as_os_str(),
+            ],
+        );
+        let _mounted = Mounted(mnt.clone());
+        let cache = FileCache::open(mnt.join("cache"), 1 << 20).unwrap();
+        cache.insert(&key(7), &[7; 10]).unwrap();
+        let inputs = mnt.join("inputs");
+        std::fs::create_dir(&inputs).unwrap();
+        let digest = key(7).digest();
+        for n in 0..65_010 {
+            cache
+                .place(&digest, false, &inputs.join(n.to_string()))
+                .unwrap();
+        }
+        assert_eq!(cache.copies(CopyReason::LinkLimit), 11);
+        let last = std::fs::metadata(inputs.join("65009")).unwrap();
+        assert_eq!(last.nlink(), 1, "a copy");
+        assert_eq!(std::fs::read(inputs.join("65009")).unwrap(), [7; 10]);
+        assert_eq!(
+            std::fs::metadata(cache.path(&digest, false))
+                .unwrap()
+                .nlink(),
+            65_000
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //!    thousands of syscalls never stall the runtime: each directory's
 //!    subdirectories are created, its symlinks written as given (never
 //!    followed: only their own inode is created), and its files hardlinked
-//!    from the file cache.
+//!    from the file cache (copied where a cache file has all the links its
+//!    file system allows, or where the worker's actions run as its own
+//!    uid: [`FileCache::place`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -508,9 +510,14 @@ fn write_nodes(files: &FileCache, gate: &Gate, nodes: &[Node]) -> Result<(), Err
             if gate.stopped() {
                 return Ok(());
             }
-            let from = files.path(&file.digest, file.executable);
             let to = node.path.join(&file.name);
-            std::fs::hard_link(&from, &to).map_err(|source| Error::Link { from, to, source })?;
+            files
+                .place(&file.digest, file.executable, &to)
+                .map_err(|source| Error::Link {
+                    from: files.path(&file.digest, file.executable),
+                    to,
+                    source,
+                })?;
         }
     }
     Ok(())

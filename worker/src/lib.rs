@@ -54,10 +54,10 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
+use corral_auth::channel::Connector;
 use corral_proto::reapi::{platform::Property, Platform};
 use corral_proto::remoteworker::operation_queue_client::OperationQueueClient;
 use tokio::task::JoinSet;
-use tonic::transport::Endpoint;
 
 /// Empties `dir` (what a previous run left is not ours to trust) and
 /// creates it.
@@ -103,6 +103,8 @@ fn concurrency(group: &config::SlotGroup) -> usize {
 /// A worker, prepared: directories emptied, caches open, metrics ready.
 pub struct Worker {
     cfg: Config,
+    /// Channels to the scheduler and storage, as `[client_tls]` says.
+    connector: Connector,
     shared: executor::Shared,
 }
 
@@ -110,6 +112,7 @@ impl Worker {
     /// Checks `cfg`, empties the build directory and opens the caches.
     pub fn new(cfg: Config) -> Result<Worker, Error> {
         cfg.validate()?;
+        let connector = Connector::new(cfg.client_tls.as_ref()).map_err(Error::Client)?;
         fresh_directory(&cfg.directory.join("build"))?;
         let cache = Arc::new(file_cache::FileCache::open(
             cfg.directory.join("cache"),
@@ -117,15 +120,34 @@ impl Worker {
         )?);
         let slots = cfg.slots.iter().map(concurrency).sum();
         let shared = executor::Shared {
-            cas: cas_client::CasClient::new(&cfg.storage)?,
+            cas: cas_client::CasClient::connect(&connector, &cfg.storage)?,
             cache,
             directories: Arc::new(directory_cache::DirectoryCache::new(
                 cfg.directory_cache_max_size_bytes,
             )),
             input_root_max_entries: cfg.input_root_max_entries,
+            output_limits: cfg.limits,
             metrics: Arc::new(metrics::Metrics::new(slots)),
         };
-        Ok(Worker { cfg, shared })
+        Ok(Worker {
+            cfg,
+            connector,
+            shared,
+        })
+    }
+
+    /// Lays every input out as a copy (a reflink where the file system has
+    /// them) rather than a hardlink: for a host where the actions run as
+    /// the worker's own uid (`why`), which owns the file cache, so an
+    /// action could chmod a hardlinked input and rewrite what every later
+    /// action gets.
+    pub fn copy_inputs(&self, why: &str) {
+        tracing::warn!(
+            reason = why,
+            "input files are laid out as copies, not hardlinks: the actions run as the \
+             worker's own uid, which owns the file cache"
+        );
+        self.shared.cache.copy_inputs();
     }
 
     /// The worker's Prometheus page, to render when scraped.
@@ -145,14 +167,23 @@ impl Worker {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let metrics = match &self.cfg.metrics {
             Some(m) => {
+                let tls = m
+                    .tls
+                    .as_ref()
+                    .map(|tls| tls.load("metrics.tls"))
+                    .transpose()
+                    .map_err(Error::Tls)?;
                 let bound = tokio::net::TcpListener::bind(m.listen)
                     .await
                     .map_err(|source| Error::BindMetrics {
                         addr: m.listen,
                         source,
                     })?;
-                tracing::info!(addr = %m.listen, "worker metrics serving");
-                Some(bound)
+                tracing::info!(addr = %m.listen, tls = tls.is_some(), "worker metrics serving");
+                Some(match tls {
+                    Some(tls) => corral_metrics::Listener::tls(bound, tls.rustls()),
+                    None => corral_metrics::Listener::plaintext(bound),
+                })
             }
             None => None,
         };
@@ -164,12 +195,10 @@ impl Worker {
     async fn run_slots(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let cfg = &self.cfg;
         let build_dir = cfg.directory.join("build");
-        let scheduler = Endpoint::from_shared(cfg.scheduler.clone())
-            .map_err(|source| Error::Scheduler {
-                endpoint: cfg.scheduler.clone(),
-                source,
-            })?
-            .connect_lazy();
+        let scheduler = self
+            .connector
+            .connect_lazy("scheduler", &cfg.scheduler)
+            .map_err(Error::Client)?;
         let host = hostname();
         let mut slots = JoinSet::new();
         let mut number = 0usize;

@@ -13,11 +13,11 @@ use corral_metrics::{code_name, header, Declared, Histogram};
 use corral_proto::protobuf::Timestamp;
 use corral_proto::reapi::ExecutedActionMetadata;
 
-use crate::file_cache::FileCache;
+use crate::file_cache::{CopyReason, FileCache};
 
 /// Everything [`Page::render`] writes, with its help text: the list a
 /// test checks every metric against, so none is declared and never set.
-pub const DECLARED: [Declared; 6] = [
+pub const DECLARED: [Declared; 7] = [
     (
         "corral_worker_actions_total",
         "counter",
@@ -48,6 +48,13 @@ pub const DECLARED: [Declared; 6] = [
         "corral_worker_file_cache_downloads_total",
         "counter",
         "Files downloaded into the file cache.",
+    ),
+    (
+        "corral_worker_input_copies_total",
+        "counter",
+        "Input files laid out as copies rather than hardlinks, by reason: link_limit (the \
+         cache file had all the links its file system allows) or unprotected (actions run as \
+         the worker's own uid, which owns the cache).",
     ),
 ];
 
@@ -176,6 +183,11 @@ impl Page {
         let _ = writeln!(out, "{name} {files}");
         let name = header(&mut out, DECLARED[5]);
         let _ = writeln!(out, "{name} {}", self.cache.downloads());
+        let name = header(&mut out, DECLARED[6]);
+        for reason in [CopyReason::LinkLimit, CopyReason::Unprotected] {
+            let copies = self.cache.copies(reason);
+            let _ = writeln!(out, "{name}{{reason=\"{}\"}} {copies}", reason.label());
+        }
         out
     }
 }
@@ -227,6 +239,8 @@ mod tests {
             "corral_worker_file_cache_bytes 0",
             "corral_worker_file_cache_files 0",
             "corral_worker_file_cache_downloads_total 0",
+            "corral_worker_input_copies_total{reason=\"link_limit\"} 0",
+            "corral_worker_input_copies_total{reason=\"unprotected\"} 0",
         ] {
             assert!(series.contains(&expected), "{expected} not in\n{page}");
         }

@@ -8,8 +8,11 @@
 //! reported as a symlink, refused if its target leaves the input root.
 //!
 //! Files are hashed here and read again only if the CAS lacks them, as
-//! they are uploaded: outputs of any size never sit in memory. Blocking:
-//! call from a blocking thread.
+//! they are uploaded: outputs of any size never sit in memory. Before any
+//! is hashed, the outputs are measured against the worker's `[limits]`:
+//! apparent sizes (a sparse file or a hardlink to an input costs nothing
+//! on disk, yet would be hashed and uploaded whole) and the number of
+//! entries. Blocking: call from a blocking thread.
 
 // The pre-2.1 fields (`output_files`, `output_directories`, and the
 // `output_*_symlinks` results) are deprecated in REAPI, but Bazel 4.2.3
@@ -27,6 +30,7 @@ use corral_proto::reapi::{
 use prost::Message;
 
 use crate::cas_client::{digest_of, Blob};
+use crate::config::Limits;
 
 /// What went wrong with the outputs.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +48,14 @@ pub enum Error {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error(
+        "the outputs have more than {max} {what} (limits.{key} of the worker); none was uploaded"
+    )]
+    OverLimit {
+        key: &'static str,
+        what: &'static str,
+        max: u64,
     },
 }
 
@@ -317,11 +329,10 @@ enum Declared {
     Directory,
 }
 
-/// Collects the declared outputs under `root` into `result`, returning
-/// the blobs to upload. Outputs that do not exist are left out.
-pub fn collect(root: &Path, command: &Command, result: &mut ActionResult) -> Result<Blobs, Error> {
-    let wd = working_components(&command.working_directory)?;
-    let declared: Vec<(&String, Declared)> = if command.output_paths.is_empty() {
+/// The declared outputs and which field each goes to: REAPI 2.1's
+/// `output_paths` if set, else the older pair.
+fn declared(command: &Command) -> Vec<(&String, Declared)> {
+    if command.output_paths.is_empty() {
         command
             .output_files
             .iter()
@@ -339,9 +350,97 @@ pub fn collect(root: &Path, command: &Command, result: &mut ActionResult) -> Res
             .iter()
             .map(|p| (p, Declared::Path))
             .collect()
+    }
+}
+
+/// What the outputs found so far take, against the limits.
+struct Measure<'a> {
+    limits: &'a Limits,
+    bytes: u64,
+    files: u64,
+}
+
+impl Measure<'_> {
+    /// Counts one entry of `bytes` apparent bytes; an error once past a
+    /// limit.
+    fn add(&mut self, bytes: u64) -> Result<(), Error> {
+        self.bytes = self.bytes.saturating_add(bytes);
+        self.files += 1;
+        if self.bytes > self.limits.output_max_bytes {
+            return Err(Error::OverLimit {
+                key: "output_max_bytes",
+                what: "bytes",
+                max: self.limits.output_max_bytes,
+            });
+        }
+        if self.files > self.limits.output_max_files {
+            return Err(Error::OverLimit {
+                key: "output_max_files",
+                what: "files, directories and symlinks",
+                max: self.limits.output_max_files,
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts the tree under the real directory `path`, never following a
+    /// symlink; stops at the first limit passed.
+    fn directory(&mut self, path: &Path) -> Result<(), Error> {
+        let fail = |source| Error::Read {
+            path: path.to_owned(),
+            source,
+        };
+        for entry in std::fs::read_dir(path).map_err(fail)? {
+            let entry = entry.map_err(fail)?;
+            // DirEntry::metadata does not follow a symlink.
+            let meta = entry.metadata().map_err(fail)?;
+            self.add(if meta.is_file() { meta.len() } else { 0 })?;
+            if meta.is_dir() {
+                self.directory(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Measures the declared outputs under `root` against `limits`, by their
+/// apparent sizes and number, before anything is hashed.
+fn measure(root: &Path, wd: &[&str], command: &Command, limits: &Limits) -> Result<(), Error> {
+    let mut measure = Measure {
+        limits,
+        bytes: 0,
+        files: 0,
     };
+    for (rel, _) in declared(command) {
+        let Some((path, _)) = locate(root, wd, rel)? else {
+            continue;
+        };
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(Error::Read { path, source }),
+        };
+        measure.add(if meta.is_file() { meta.len() } else { 0 })?;
+        if meta.is_dir() {
+            measure.directory(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Collects the declared outputs under `root` into `result`, returning
+/// the blobs to upload; past `limits`, an error before anything is
+/// hashed. Outputs that do not exist are left out.
+pub fn collect(
+    root: &Path,
+    command: &Command,
+    limits: &Limits,
+    result: &mut ActionResult,
+) -> Result<Blobs, Error> {
+    let wd = working_components(&command.working_directory)?;
+    measure(root, &wd, command, limits)?;
     let mut blobs = Blobs::new();
-    for (rel, how) in declared {
+    for (rel, how) in declared(command) {
         let Some((path, at)) = locate(root, &wd, rel)? else {
             continue;
         };
@@ -447,8 +546,59 @@ mod tests {
             ..Default::default()
         };
         let mut result = ActionResult::default();
-        let err = collect(&root, &command, &mut result).unwrap_err();
+        let err = collect(&root, &command, &Limits::default(), &mut result).unwrap_err();
         assert!(err.to_string().contains("out/passwd"), "{err}");
         assert!(prepare(&root, &command).is_err());
+    }
+
+    #[test]
+    fn outputs_past_the_limits_are_refused_before_hashing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("many")).unwrap();
+        // 8 GiB that take no disk: hashing it would take many seconds.
+        let sparse = std::fs::File::create(root.join("sparse")).unwrap();
+        sparse.set_len(8 << 30).unwrap();
+        for i in 0..20 {
+            std::fs::write(root.join("many").join(format!("f{i}")), b"x").unwrap();
+        }
+        let limits = Limits {
+            output_max_bytes: 1 << 30,
+            output_max_files: 10,
+        };
+        let only = |path: &str| Command {
+            output_paths: vec![path.to_owned()],
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        let mut result = ActionResult::default();
+        let err = collect(&root, &only("sparse"), &limits, &mut result).unwrap_err();
+        assert!(
+            matches!(err, Error::OverLimit { key: "output_max_bytes", max, .. } if max == 1 << 30),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "hashed"
+        );
+        let err = collect(&root, &only("many"), &limits, &mut result).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::OverLimit {
+                    key: "output_max_files",
+                    max: 10,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(result, ActionResult::default(), "nothing reported");
+        let roomy = Limits {
+            output_max_bytes: 8 << 30,
+            output_max_files: 21,
+        };
+        let blobs = collect(&root, &only("many"), &roomy, &mut result).unwrap();
+        assert!(!blobs.is_empty());
     }
 }

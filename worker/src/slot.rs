@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use corral_auth::channel::Channel;
 use corral_proto::protobuf::{Empty, Timestamp};
 use corral_proto::reapi::Platform;
 use corral_proto::remoteworker::operation_queue_client::OperationQueueClient;
@@ -18,7 +19,6 @@ use corral_proto::remoteworker::{
     current_state, desired_state, CurrentState, SynchronizeRequest, SynchronizeResponse,
 };
 use tokio::sync::watch;
-use tonic::transport::Channel;
 use tracing::{debug, warn};
 
 use crate::executor::{Executor, Job, Stage};

@@ -4,6 +4,8 @@
 // Test code: a failed setup step should stop the test loudly.
 #![allow(clippy::unwrap_used)]
 
+mod isolation;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,6 +44,11 @@ impl Runner {
 
     /// A runner with `policies` (name, TOML) added to the built-in ones.
     async fn start_with_policies(policies: &[(&str, &str)]) -> Runner {
+        Runner::start_with(policies, |_| {}).await
+    }
+
+    /// A runner with `policies`, its config changed by `tweak`.
+    async fn start_with(policies: &[(&str, &str)], tweak: impl FnOnce(&mut Config)) -> Runner {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("runner.sock");
         let policies_directory = (!policies.is_empty()).then(|| {
@@ -52,12 +59,13 @@ impl Runner {
             }
             path
         });
-        let cfg = Config {
+        let mut cfg = Config {
             listen_path: socket.clone(),
             build_directory: dir.path().join("build"),
             policies_directory,
             ..Config::default()
         };
+        tweak(&mut cfg);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         #[allow(clippy::disallowed_methods)] // a test server, dropped with the test
         tokio::spawn(async move {
@@ -73,21 +81,9 @@ impl Runner {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let path = socket.clone();
-        let channel = Endpoint::from_static("http://runner")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    tokio::net::UnixStream::connect(path)
-                        .await
-                        .map(TokioIo::new)
-                }
-            }))
-            .await
-            .unwrap();
         Runner {
             dir,
-            client: RunnerClient::new(channel),
+            client: connect(socket).await,
             _stop: stop,
         }
     }
@@ -114,6 +110,32 @@ impl Runner {
 
     fn read(&self, relative: &str) -> String {
         std::fs::read_to_string(self.build().join(relative)).unwrap()
+    }
+}
+
+/// A client of the runner listening on `socket`. The socket file appears
+/// at bind(), a moment before listen(): retry a refused connection.
+async fn connect(socket: PathBuf) -> RunnerClient<Channel> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let path = socket.clone();
+        let result = Endpoint::from_static("http://runner")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map(TokioIo::new)
+                }
+            }))
+            .await;
+        match result {
+            Ok(channel) => return RunnerClient::new(channel),
+            Err(e) if std::time::Instant::now() >= deadline => {
+                panic!("connecting to the runner at {}: {e:?}", socket.display())
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
     }
 }
 
@@ -310,5 +332,115 @@ async fn filling_the_disk_past_the_policy_limit_is_resource_exhausted() {
         status.message().contains("more than 8388608 bytes"),
         "{}",
         status.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn too_many_entries_in_the_input_root_is_resource_exhausted_naming_the_limit() {
+    let test = "too_many_entries_in_the_input_root_is_resource_exhausted_naming_the_limit";
+    if !privileged(test) {
+        return;
+    }
+    let tight = include_str!("../../../policies/default.toml")
+        .replace("disk_max_entries = 1048576", "disk_max_entries = 1000");
+    assert!(tight.contains("disk_max_entries = 1000"), "{tight}");
+    let mut runner = Runner::start_with_policies(&[("tight", &tight)]).await;
+    // Empty files: no blocks, only entries.
+    let script = "i=0; while :; do : > e$i; i=$((i+1)); done";
+    let mut request = runner.action("e1", &["/bin/sh", "-c", script]);
+    request.corral_policy = "tight".into();
+    use std::os::unix::fs::PermissionsExt;
+    let root = runner.build().join("e1/root");
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let status = runner.client.run(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("limits.disk_max_entries"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_actions_get_their_own_host_ids_and_roots_no_world_write() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !privileged("concurrent_actions_get_their_own_host_ids_and_roots_no_world_write") {
+        return;
+    }
+    let ids = corral_runner::config::ActionIdsConfig {
+        first_uid: 1_899_100_000,
+        first_gid: 1_899_200_000,
+        count: 2,
+    };
+    let runner = Runner::start_with(&[], |cfg| cfg.action_ids = ids).await;
+    // A cached input: the worker's, read-only, hardlinked into the root.
+    let cache = runner.dir.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    let cached = cache.join("blob");
+    std::fs::write(&cached, "cached\n").unwrap();
+    std::fs::set_permissions(&cached, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let script = "mkdir -p out/deep && echo made > out/deep/file; \
+                  chmod u+w input; echo x > input; sleep 1; \
+                  [ -w . ] && echo ROOT-WRITABLE";
+    let mut requests = Vec::new();
+    for action in ["i1", "i2"] {
+        requests.push(runner.action(action, &["/bin/sh", "-c", script]));
+        let root = runner.build().join(action).join("root");
+        std::fs::create_dir(root.join("sub")).unwrap();
+        std::fs::hard_link(&cached, root.join("input")).unwrap();
+    }
+    let third = runner.action("i3", &["/bin/true"]);
+    let (mut c1, mut c2, mut c3) = (
+        runner.client.clone(),
+        runner.client.clone(),
+        runner.client.clone(),
+    );
+    let [r1, r2] = [requests.remove(0), requests.remove(0)];
+    // Both run at once (each sleeps 1 s): a third finds no free id.
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c3.run(third).await
+    };
+    let (a, b, refused) = tokio::join!(c1.run(r1), c2.run(r2), late);
+    let refused = refused.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("action_ids.count"),
+        "{refused:?}"
+    );
+    for response in [a, b] {
+        assert_eq!(response.unwrap().into_inner().exit_code, 0);
+    }
+    let mut owners = Vec::new();
+    for action in ["i1", "i2"] {
+        assert_eq!(runner.read(&format!("{action}/stdout")), "ROOT-WRITABLE\n");
+        let root = runner.build().join(action).join("root");
+        for dir in [root.clone(), root.join("sub")] {
+            let meta = std::fs::metadata(&dir).unwrap();
+            assert_eq!(
+                meta.mode() & 0o022,
+                0,
+                "{} is writable by others: {:o}",
+                dir.display(),
+                meta.mode()
+            );
+        }
+        let made = std::fs::metadata(root.join("out/deep/file")).unwrap();
+        owners.push((made.uid(), made.gid()));
+    }
+    owners.sort_unstable();
+    assert_eq!(
+        owners,
+        [
+            (1_899_100_000, 1_899_200_000),
+            (1_899_100_001, 1_899_200_001)
+        ],
+        "each concurrent action has its own host ids"
+    );
+    assert_eq!(std::fs::read_to_string(&cached).unwrap(), "cached\n");
+    assert_eq!(
+        std::fs::metadata(&cached).unwrap().mode() & 0o777,
+        0o444,
+        "the cached input's mode changed"
     );
 }

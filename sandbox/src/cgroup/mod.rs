@@ -126,6 +126,31 @@ impl CgroupRoot {
             CgroupRoot::V2(p) => p.create(name, limits).map(Cgroup::V2),
         }
     }
+
+    /// The existing groups whose names start with `prefix`: what a caller
+    /// that died left behind, for its watchdog to kill and remove.
+    pub fn leftovers(&self, prefix: &str) -> Vec<Cgroup> {
+        let names = |dir: &Path| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        };
+        match self {
+            CgroupRoot::V1(h) => names(h.listing_dir())
+                .iter()
+                .map(|n| Cgroup::V1(h.existing(n)))
+                .collect(),
+            CgroupRoot::V2(p) => names(p.dir())
+                .iter()
+                .map(|n| Cgroup::V2(p.existing(n)))
+                .collect(),
+        }
+    }
 }
 
 impl Cgroup {

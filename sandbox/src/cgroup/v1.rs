@@ -61,6 +61,29 @@ impl Hierarchies {
         Ok(self)
     }
 
+    /// Where group names are listed: the memory parent (every group has a
+    /// directory there).
+    pub fn listing_dir(&self) -> &Path {
+        self.parents
+            .iter()
+            .find(|(c, _)| *c == "memory")
+            .or(self.parents.first())
+            .map_or(Path::new("/nonexistent"), |(_, d)| d.as_path())
+    }
+
+    /// The existing group `name`, in the hierarchies where it has a
+    /// directory.
+    pub fn existing(&self, name: &str) -> Group {
+        Group {
+            dirs: self
+                .parents
+                .iter()
+                .map(|(c, parent)| (*c, parent.join(name)))
+                .filter(|(_, dir)| dir.is_dir())
+                .collect(),
+        }
+    }
+
     /// Creates the group `name` and applies `limits`.
     pub fn create(&self, name: &str, limits: &Limits) -> Result<Group, CgroupError> {
         let mut dirs: Vec<(&'static str, PathBuf)> = Vec::new();

@@ -51,6 +51,18 @@ impl Parent {
         Ok(parent)
     }
 
+    /// The parent's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The existing group `name`.
+    pub fn existing(&self, name: &str) -> Group {
+        Group {
+            dir: self.dir.join(name),
+        }
+    }
+
     /// A parent at an explicit directory (tests, fixed layouts).
     pub fn at(dir: &Path) -> Parent {
         Parent {

@@ -10,6 +10,8 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 
+pub mod dir;
+
 /// Converts a libc return value into a `Result`.
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret == -1 {
@@ -399,4 +401,76 @@ pub fn mount_flags(fd: BorrowedFd<'_>) -> io::Result<libc::c_ulong> {
 pub fn effective_ids() -> (libc::uid_t, libc::gid_t) {
     // SAFETY: getters with no failure mode.
     unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+/// `setgroups(0, NULL)`: no supplementary groups. Needs CAP_SETGID.
+pub fn drop_supplementary_groups() -> io::Result<()> {
+    // SAFETY: a zero-length list; the pointer is never read.
+    check(unsafe { libc::setgroups(0, ptr::null()) }).map(drop)
+}
+
+/// The supplementary groups of the calling process (allocates: for the
+/// caller only, never between fork and exec).
+pub fn supplementary_groups() -> io::Result<Vec<libc::gid_t>> {
+    // SAFETY: a zero-length query writes nothing.
+    let n = check(unsafe { libc::getgroups(0, ptr::null_mut()) })?;
+    let mut groups = vec![0; n as usize];
+    // SAFETY: groups has room for n entries.
+    let n = check(unsafe { libc::getgroups(n, groups.as_mut_ptr()) })?;
+    groups.truncate(n as usize);
+    Ok(groups)
+}
+
+/// `getppid(2)`.
+pub fn parent_pid() -> libc::pid_t {
+    // SAFETY: no arguments, no failure mode.
+    unsafe { libc::getppid() }
+}
+
+/// Arms the parent-death signal: SIGKILL when the thread that forked us
+/// dies. The kernel clears it on every credential change, so it must be
+/// armed again after each.
+pub fn kill_me_with_parent() -> io::Result<()> {
+    prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0).map(drop)
+}
+
+/// `struct mount_attr` of linux/mount.h.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `mount_setattr(2)` on the mount tree at `path`, submounts included:
+/// sets the `MOUNT_ATTR_*` bits in `set`. Linux 5.12+.
+pub fn set_mount_attributes_recursively(path: &CStr, set: u64) -> io::Result<()> {
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: path is NUL-terminated; attr is a valid mount_attr of the
+    // size passed, alive for the call.
+    check_long(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(drop)
+}
+
+/// Names the calling thread (`PR_SET_NAME`), as `ps` shows it.
+pub fn set_process_name(name: &CStr) {
+    // SAFETY: name is NUL-terminated and alive for the call; the kernel
+    // copies at most 16 bytes of it.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
 }

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod functional;
+mod isolation;
 mod probes;
 
 use std::ffi::OsString;

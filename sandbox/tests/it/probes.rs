@@ -654,7 +654,13 @@ fn filling_the_input_root_past_the_disk_limit_kills_the_action() {
     assert!(!ran.outcome.timed_out);
     assert_eq!(ran.outcome.exit, Exit::Signaled(libc::SIGKILL));
     // Killed at a check (about a second of writing), not at the timeout.
-    let written = corral_sandbox::disk::written_by(ran.root.path(), 65534);
+    let limit = corral_sandbox::disk::DiskLimit {
+        bytes: u64::MAX,
+        entries: u64::MAX,
+    };
+    let written = corral_sandbox::disk::written_by(ran.root.path(), 65534, limit)
+        .unwrap()
+        .bytes;
     assert!(written > 8 << 20 && written < 1 << 30, "{written}");
 }
 
@@ -678,12 +684,332 @@ fn an_unlinked_file_held_open_still_counts_against_the_disk_limit() {
     if !privileged("an_unlinked_file_held_open_still_counts_against_the_disk_limit") {
         return;
     }
-    // The file has no name once written to: only its open descriptor
-    // shows it takes disk.
+    // The files have no name once written to: only their open descriptors
+    // show they take disk. Two of them, as RLIMIT_FSIZE stops each one at
+    // the limit itself.
     let ran = with_8_mib_of_disk(
-        "exec 3>hidden; rm hidden; while :; do head -c 1048576 /dev/zero >&3; sleep 0.02; done",
+        "exec 3>h1 4>h2; rm h1 h2; \
+         while :; do for fd in 3 4; do head -c 1048576 /dev/zero >&$fd; done; sleep 0.02; done",
         Duration::from_secs(20),
     );
     assert!(ran.outcome.disk_exceeded, "{}", ran.output());
     assert!(!ran.outcome.timed_out);
+}
+
+/// Runs the Python `script` under the default policy with a disk limit of
+/// 8 MiB.
+fn python_with_8_mib_of_disk(script: &str, timeout: Duration) -> crate::Ran {
+    let mut policy = default_policy();
+    policy.limits.disk_max_bytes = 8 << 20;
+    run_with(
+        policy,
+        &["/usr/bin/python3", "-c", script],
+        Some(timeout),
+        |_| {},
+    )
+}
+
+#[test]
+fn one_allocation_past_the_disk_limit_fails_at_once() {
+    if !privileged("one_allocation_past_the_disk_limit_fails_at_once") {
+        return;
+    }
+    // RLIMIT_FSIZE is the disk limit: allocating 4 GiB, or extending a
+    // file to 8 GiB, fails with EFBIG in the call, before any walk (python
+    // ignores SIGXFSZ, so it sees the errno).
+    let script = r#"
+import errno, os, time
+t = time.monotonic()
+for name, grow in [('fallocate', lambda fd: os.posix_fallocate(fd, 0, 4 << 30)),
+                   ('truncate', lambda fd: os.ftruncate(fd, 8 << 30))]:
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT)
+    try:
+        grow(fd)
+        print('ESCAPED', name, os.fstat(fd).st_blocks * 512)
+    except OSError as e:
+        print('DENIED' if e.errno == errno.EFBIG else 'ESCAPED', name, e.errno)
+print('DENIED fast' if time.monotonic() - t < 0.5 else 'ESCAPED slow')
+"#;
+    let ran = python_with_8_mib_of_disk(script, Duration::from_secs(30));
+    all_denied(&ran);
+    assert!(!ran.outcome.disk_exceeded, "{}", ran.output());
+}
+
+#[test]
+fn writing_below_a_chain_deeper_than_path_max_counts_against_the_disk_limit() {
+    if !privileged("writing_below_a_chain_deeper_than_path_max_counts_against_the_disk_limit") {
+        return;
+    }
+    // 1,500 levels of "dd/" are 4,500 bytes of path, past PATH_MAX: a walk
+    // by path names cannot reach the files written at the bottom.
+    let script = r#"
+import os, time
+for _ in range(1500):
+    os.mkdir('dd'); os.chdir('dd')
+i = 0
+while True:
+    with open('f%d' % i, 'wb') as f: f.write(bytes(1 << 20))
+    i += 1; time.sleep(0.02)
+"#;
+    let ran = python_with_8_mib_of_disk(script, Duration::from_secs(20));
+    assert!(ran.outcome.disk_exceeded, "{}", ran.output());
+    assert!(!ran.outcome.timed_out);
+    assert_eq!(
+        ran.outcome.disk_excess,
+        Some(corral_sandbox::disk::Excess::Bytes { limit: 8 << 20 })
+    );
+}
+#[test]
+fn empty_files_past_the_entry_limit_kill_the_action() {
+    if !privileged("empty_files_past_the_entry_limit_kill_the_action") {
+        return;
+    }
+    // Empty files take no blocks, only inodes: the byte limit never sees
+    // them, the entry limit does.
+    let mut policy = default_policy();
+    policy.limits.disk_max_entries = 1000;
+    let ran = run_with(
+        policy,
+        &[
+            "/bin/sh",
+            "-c",
+            "i=0; while :; do : > e$i; mkdir d$i; i=$((i+1)); done",
+        ],
+        Some(Duration::from_secs(20)),
+        |_| {},
+    );
+    assert!(ran.outcome.disk_exceeded, "{}", ran.output());
+    assert!(!ran.outcome.timed_out);
+    assert_eq!(
+        ran.outcome.disk_excess,
+        Some(corral_sandbox::disk::Excess::Entries { limit: 1000 })
+    );
+}
+
+/// A loop-mounted btrfs image with quotas enabled and one subvolume,
+/// `root`; unmounted (with whatever mount of it the test added) on drop.
+struct BtrfsImage {
+    dir: tempfile::TempDir,
+    mounted_at: std::cell::RefCell<Option<std::path::PathBuf>>,
+}
+
+impl BtrfsImage {
+    /// Makes the image, or says why it cannot (missing tools, no loop
+    /// devices).
+    fn make() -> Result<BtrfsImage, String> {
+        let run = |argv: &[&str]| {
+            let out = std::process::Command::new(argv[0])
+                .args(&argv[1..])
+                .output()
+                .map_err(|e| format!("{}: {e}", argv[0]))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{argv:?}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("btrfs.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(512 << 20)
+            .unwrap();
+        let (image, mnt) = (
+            image.to_str().unwrap().to_owned(),
+            dir.path().join("mnt").to_str().unwrap().to_owned(),
+        );
+        std::fs::create_dir(&mnt).unwrap();
+        run(&["mkfs.btrfs", "-q", "-f", &image])?;
+        run(&["mount", "-o", "loop", &image, &mnt])?;
+        let made = run(&["btrfs", "quota", "enable", &mnt])
+            .and_then(|()| run(&["btrfs", "-q", "subvolume", "create", &format!("{mnt}/root")]))
+            .and_then(|()| run(&["chmod", "0777", &format!("{mnt}/root")]));
+        run(&["umount", &mnt])?;
+        made?;
+        Ok(BtrfsImage {
+            dir,
+            mounted_at: std::cell::RefCell::new(None),
+        })
+    }
+
+    /// Mounts the subvolume `root` at `target`.
+    fn mount_root_at(&self, target: &std::path::Path) {
+        let image = self.dir.path().join("btrfs.img");
+        let status = std::process::Command::new("mount")
+            .args(["-o", "loop,subvol=root"])
+            .arg(&image)
+            .arg(target)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount the subvolume at {target:?}");
+        *self.mounted_at.borrow_mut() = Some(target.to_owned());
+    }
+}
+
+impl Drop for BtrfsImage {
+    fn drop(&mut self) {
+        if let Some(target) = self.mounted_at.borrow_mut().take() {
+            let _ = std::process::Command::new("umount").arg(&target).status();
+            let _ = std::fs::remove_dir(&target);
+        }
+    }
+}
+
+#[test]
+fn on_a_btrfs_subvolume_writes_past_the_disk_limit_fail_at_once() {
+    let test = "on_a_btrfs_subvolume_writes_past_the_disk_limit_fail_at_once";
+    if !privileged(test) {
+        return;
+    }
+    let image = match BtrfsImage::make() {
+        Ok(image) => image,
+        Err(why) => {
+            assert!(std::env::var_os("CI").is_none(), "{test}: {why}");
+            eprintln!("skipped {test}: no btrfs image: {why}");
+            return;
+        }
+    };
+    // Many files, each under the limit, written as fast as they can be:
+    // the walk would see them a second late; the qgroup stops the write
+    // that passes 8 MiB.
+    let script = r#"
+import errno, os
+done = 0
+try:
+    for i in range(32):
+        fd = os.open('f%d' % i, os.O_WRONLY | os.O_CREAT)
+        try:
+            left = 1 << 20
+            while left:
+                left -= os.write(fd, bytes(left))
+                done += 1 << 20 if not left else 0
+        finally:
+            os.close(fd)
+    print('ESCAPED wrote', done >> 20, 'MiB')
+except OSError as e:
+    print('DENIED' if e.errno == errno.EDQUOT else 'ESCAPED', 'after', done >> 20, 'MiB', errno.errorcode[e.errno])
+"#;
+    let mut policy = default_policy();
+    policy.limits.disk_max_bytes = 8 << 20;
+    let ran = run_with(
+        policy,
+        &["/usr/bin/python3", "-c", script],
+        Some(Duration::from_secs(30)),
+        |root| image.mount_root_at(root),
+    );
+    all_denied(&ran);
+    assert_eq!(
+        ran.outcome.disk_bound,
+        corral_sandbox::disk::KernelBound::BtrfsQgroup
+    );
+    assert_eq!(ran.outcome.exit, Exit::Exited(0), "{}", ran.output());
+}
+
+/// The probe's per-run ids: far above any login user's.
+fn probe_ids(n: u32) -> corral_sandbox::HostIds {
+    corral_sandbox::HostIds {
+        uid: 1_899_000_000 + n,
+        gid: 1_899_000_000 + n,
+    }
+}
+
+/// Runs `script` (Python) as `ids` in `root`, writing stdout to
+/// `root/../stdout`.
+fn python_as(ids: corral_sandbox::HostIds, root: &std::path::Path, script: &str) -> Ran0 {
+    let out = root.with_extension("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let command = corral_sandbox::Command {
+        argv: vec!["/usr/bin/python3".into(), "-c".into(), script.into()],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        input_root: root.to_owned(),
+        working_dir: std::path::PathBuf::new(),
+        stdout: out.join("stdout"),
+        stderr: out.join("stderr"),
+        timeout: Some(Duration::from_secs(60)),
+    };
+    let sandbox = corral_sandbox::Sandbox::new(default_policy()).unwrap();
+    let outcome = sandbox.run_as(&command, None, ids).unwrap();
+    Ran0 {
+        exit: outcome.exit,
+        stdout: std::fs::read_to_string(&command.stdout).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&command.stderr).unwrap_or_default(),
+    }
+}
+
+/// What [`python_as`] reports.
+struct Ran0 {
+    exit: Exit,
+    stdout: String,
+    stderr: String,
+}
+
+#[test]
+fn an_action_exhausting_inotify_leaves_other_slots_and_the_host_theirs() {
+    if !privileged("an_action_exhausting_inotify_leaves_other_slots_and_the_host_theirs") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (hog_root, other_root) = (dir.path().join("hog"), dir.path().join("other"));
+    for root in [&hog_root, &other_root] {
+        std::fs::create_dir(root).unwrap();
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    // Takes inotify instances until the kernel refuses one
+    // (fs.inotify.max_user_instances), and holds them until released.
+    let hog = "import ctypes, os, time\n\
+               libc = ctypes.CDLL(None, use_errno=True)\n\
+               n = 0\n\
+               while libc.inotify_init() >= 0: n += 1\n\
+               print('held', n, ctypes.get_errno(), flush=True)\n\
+               t = time.time()\n\
+               while not os.path.exists('release') and time.time() - t < 30: time.sleep(0.02)\n";
+    std::thread::scope(|s| {
+        let hogging = s.spawn(|| python_as(probe_ids(1), &hog_root, hog));
+        let stdout = hog_root.with_extension("out").join("stdout");
+        let started = Instant::now();
+        while !std::fs::read_to_string(&stdout).is_ok_and(|s| s.contains("held")) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the hog never filled up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Another slot, while the hog holds every instance it could get.
+        let other = python_as(
+            probe_ids(2),
+            &other_root,
+            "import ctypes\n\
+             libc = ctypes.CDLL(None, use_errno=True)\n\
+             fd = libc.inotify_init()\n\
+             print('DENIED' if fd >= 0 else 'ESCAPED', 'inotify_init', fd, ctypes.get_errno())\n",
+        );
+        // And the host's root, whose own counter a namespace created by
+        // root would have been charged.
+        // SAFETY: inotify_init has no preconditions; the fd is closed below.
+        let host_fd = unsafe { libc::inotify_init() };
+        let host_errno = std::io::Error::last_os_error();
+        if host_fd >= 0 {
+            // SAFETY: our own descriptor, closed once.
+            unsafe { libc::close(host_fd) };
+        }
+        std::fs::write(hog_root.join("release"), "").unwrap();
+        let hog = hogging.join().unwrap();
+        assert!(
+            hog.stdout.starts_with("held") && hog.stdout.trim_end().ends_with(" 24"),
+            "the hog must have been stopped by EMFILE: {} {}",
+            hog.stdout,
+            hog.stderr
+        );
+        assert_eq!(hog.exit, Exit::Exited(0), "{}", hog.stderr);
+        assert!(
+            other.stdout.starts_with("DENIED"),
+            "another slot lost inotify: {}{}",
+            other.stdout,
+            other.stderr
+        );
+        assert!(host_fd >= 0, "the host lost inotify: {host_errno}");
+    });
 }

@@ -6,6 +6,9 @@
 // Test code: a failed setup step should stop the test loudly.
 #![allow(clippy::unwrap_used)]
 
+mod authz;
+mod tls;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -70,6 +73,17 @@ async fn farm() -> Farm {
 }
 
 async fn farm_with(timing: Timing) -> Farm {
+    farm_built(timing, None).await
+}
+
+/// A farm whose scheduler asks `authorizer`, with each call's caller
+/// taken from its `x-test-sub` header (see `authz::as_test_caller`), in
+/// place of the authentication layer.
+async fn farm_with_authorizer(authorizer: corral_auth::Authorizer) -> Farm {
+    farm_built(timing(), Some(authorizer)).await
+}
+
+async fn farm_built(timing: Timing, authorizer: Option<corral_auth::Authorizer>) -> Farm {
     let mut servers = tokio::task::JoinSet::new();
     let storage_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let storage_url = format!("http://{}", storage_listener.local_addr().unwrap());
@@ -91,20 +105,34 @@ async fn farm_with(timing: Timing) -> Farm {
         max_retries: 1,
         ..corral_scheduler::Config::default()
     };
-    let scheduler = Scheduler::builder(cfg).timing(timing).build().unwrap();
+    let mut builder = Scheduler::builder(cfg).timing(timing);
+    if let Some(authorizer) = &authorizer {
+        builder = builder.authorizer(authorizer.clone());
+    }
+    let scheduler = builder.build().unwrap();
     let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics = metrics_listener.local_addr().unwrap();
     servers.spawn(corral_metrics::serve(
-        metrics_listener,
+        corral_metrics::Listener::plaintext(metrics_listener),
         scheduler.metrics_page(),
         std::future::pending(),
     ));
-    servers.spawn(async move {
-        scheduler
-            .serve(listener, std::future::pending())
-            .await
-            .unwrap();
-    });
+    match authorizer {
+        None => servers.spawn(async move {
+            scheduler
+                .serve(listener, std::future::pending())
+                .await
+                .unwrap();
+        }),
+        Some(_) => servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .layer(tonic::service::InterceptorLayer::new(authz::as_test_caller))
+                .add_routes(scheduler.routes())
+                .serve_with_incoming(corral_storage::no_delay(listener))
+                .await
+                .unwrap();
+        }),
+    };
     Farm {
         scheduler: Endpoint::from_shared(url).unwrap().connect_lazy(),
         storage: Endpoint::from_shared(storage_url).unwrap().connect_lazy(),
@@ -212,6 +240,7 @@ impl Farm {
             client: OperationQueueClient::new(self.scheduler.clone()),
             slot: slot.to_owned(),
             platform: to_platform(platform),
+            identity: None,
         }
     }
 }
@@ -236,6 +265,8 @@ struct FakeWorker {
     client: OperationQueueClient<Channel>,
     slot: String,
     platform: Platform,
+    /// Who it authenticates as (`x-test-sub`); anonymous when `None`.
+    identity: Option<String>,
 }
 
 impl FakeWorker {
@@ -244,19 +275,30 @@ impl FakeWorker {
         state: current_state::WorkerState,
         prefer_being_idle: bool,
     ) -> SynchronizeResponse {
-        self.client
-            .synchronize(SynchronizeRequest {
-                worker_id: BTreeMap::from([("slot".to_owned(), self.slot.clone())]),
-                platform: Some(self.platform.clone()),
-                current_state: Some(CurrentState {
-                    worker_state: Some(state),
-                }),
-                prefer_being_idle,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
+        self.try_sync(state, prefer_being_idle).await.unwrap()
+    }
+
+    /// [`sync`](Self::sync), returning a refusal.
+    async fn try_sync(
+        &mut self,
+        state: current_state::WorkerState,
+        prefer_being_idle: bool,
+    ) -> Result<SynchronizeResponse, tonic::Status> {
+        let mut request = tonic::Request::new(SynchronizeRequest {
+            worker_id: BTreeMap::from([("slot".to_owned(), self.slot.clone())]),
+            platform: Some(self.platform.clone()),
+            current_state: Some(CurrentState {
+                worker_state: Some(state),
+            }),
+            prefer_being_idle,
+            ..Default::default()
+        });
+        if let Some(identity) = &self.identity {
+            request
+                .metadata_mut()
+                .insert(authz::CALLER_HEADER, identity.parse().unwrap());
+        }
+        Ok(self.client.synchronize(request).await?.into_inner())
     }
 
     /// Idle: long-polls once; the action given, if any.

@@ -5,6 +5,8 @@
 // Test code: a failed setup step should stop the test loudly.
 #![allow(clippy::unwrap_used)]
 
+mod tls;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -92,6 +94,11 @@ struct Farm {
 
 impl Farm {
     async fn start() -> Farm {
+        Farm::start_with(corral_worker::config::Limits::default()).await
+    }
+
+    /// A farm whose worker has these `[limits]`.
+    async fn start_with(output_limits: corral_worker::config::Limits) -> Farm {
         let dir = tempfile::tempdir().unwrap();
         let mut servers = JoinSet::new();
         let storage = start_storage(&mut servers).await;
@@ -122,6 +129,7 @@ impl Farm {
             cache: Arc::clone(&cache),
             directories: Arc::new(DirectoryCache::new(64 << 20)),
             input_root_max_entries: MAX_ENTRIES,
+            output_limits,
             metrics: Arc::new(Metrics::new(1)),
         };
         let executor = Executor::new(
@@ -651,6 +659,8 @@ async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
             size_class: 0,
         }],
         metrics: None,
+        limits: Default::default(),
+        client_tls: None,
     };
     let worker = corral_worker::Worker::new(cfg).unwrap();
     let metrics = worker.metrics_page();
@@ -1125,6 +1135,66 @@ async fn an_input_root_deeper_than_path_max_fails_the_action_as_invalid() {
     // fit: none deeper.
     assert_eq!(farm.cas.reads() - reads, 1 + 1 + 2048);
     assert!(farm.build_is_empty());
+}
+
+/// Runs `script` with `output_paths` in a farm whose outputs may take at
+/// most 1 GiB and 100 entries; asserts RESOURCE_EXHAUSTED naming `key`,
+/// and that the file `marker` (written beside the culprit) never reached
+/// the CAS.
+async fn outputs_past_a_limit_are_refused(script: &str, output_paths: &[&str], key: &str) {
+    let farm = Farm::start_with(corral_worker::config::Limits {
+        output_max_bytes: 1 << 30,
+        output_max_files: 100,
+    })
+    .await;
+    let root = farm.put_message(&Directory::default()).await;
+    let mut command = shell(script);
+    command.output_paths = output_paths.iter().map(|p| (*p).to_owned()).collect();
+    let job = farm.job(command, root, None).await;
+    let started = std::time::Instant::now();
+    let response = farm.execute(&job).await;
+    let status = response.status.clone().unwrap_or_default();
+    assert_eq!(status.code, Code::ResourceExhausted as i32, "{status:?}");
+    assert!(status.message.contains(key), "{}", status.message);
+    // Refused before hashing: 8 GiB of zeros would take many seconds.
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let result = response.result.unwrap_or_default();
+    assert!(result.output_files.is_empty() && result.output_directories.is_empty());
+    let marker = corral_worker::cas_client::digest_of(b"marker\n");
+    assert!(
+        farm.cas.read(&marker).await.is_err(),
+        "an output reached the CAS"
+    );
+    assert!(farm.build_is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sparse_8_gib_output_is_resource_exhausted_and_not_uploaded() {
+    if !privileged("a_sparse_8_gib_output_is_resource_exhausted_and_not_uploaded") {
+        return;
+    }
+    // 8 GiB that take no disk (under any disk limit), but would be hashed
+    // and uploaded whole.
+    outputs_past_a_limit_are_refused(
+        "mkdir out && echo marker > out/marker && truncate -s 8G out/sparse",
+        &["out"],
+        "limits.output_max_bytes",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn too_many_output_files_are_resource_exhausted_and_not_uploaded() {
+    if !privileged("too_many_output_files_are_resource_exhausted_and_not_uploaded") {
+        return;
+    }
+    outputs_past_a_limit_are_refused(
+        "mkdir out && echo marker > out/marker && \
+         i=0; while [ $i -lt 200 ]; do : > out/f$i; i=$((i+1)); done",
+        &["out"],
+        "limits.output_max_files",
+    )
+    .await;
 }
 
 /// With storage's `isolate_instances`, the worker's caches (keyed by
