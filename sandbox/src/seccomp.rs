@@ -193,7 +193,7 @@ syscall_table!(common_number:
     SYS_clock_adjtime, SYS_adjtimex, SYS_mbind, SYS_set_mempolicy, SYS_move_pages,
     SYS_migrate_pages, SYS_socket, SYS_personality, SYS_ioctl, SYS_sethostname,
     SYS_setdomainname, SYS_memfd_create, SYS_mlock, SYS_mlockall, SYS_pidfd_open,
-    SYS_pidfd_getfd, SYS_seccomp, SYS_landlock_create_ruleset,
+    SYS_pidfd_getfd, SYS_seccomp, SYS_landlock_create_ruleset, SYS_fallocate,
 );
 
 #[cfg(target_arch = "x86_64")]
