@@ -196,6 +196,19 @@ impl Worker {
             .connector
             .connect_lazy("scheduler", &cfg.scheduler)
             .map_err(Error::Client)?;
+        tokio::pin!(shutdown);
+        // A runner resolving paths under another directory would fail
+        // every action: refuse to start instead, naming both.
+        let mut sockets: Vec<&Path> = cfg.slots.iter().map(|g| g.runner.as_path()).collect();
+        sockets.sort();
+        sockets.dedup();
+        for socket in sockets {
+            let runner = runner_client::RunnerClient::new(socket);
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                checked = runner.check_build_directory(&build_dir) => checked?,
+            }
+        }
         let host = hostname();
         let mut slots = JoinSet::new();
         let mut number = 0usize;
@@ -242,7 +255,6 @@ impl Worker {
             }
         }
         tracing::info!(slots = number, scheduler = %cfg.scheduler, "worker running");
-        tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
