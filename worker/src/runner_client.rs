@@ -8,6 +8,10 @@ use corral_proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 
+/// Longest wait for a readiness answer: the runner's own probe (a
+/// sandbox running `true`) is bounded by 30 s.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Longest wait between two attempts to reach a runner at start-up.
 const START_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -74,11 +78,16 @@ impl RunnerClient {
     }
 
     async fn check_path(&self, path: String) -> Result<(), tonic::Status> {
-        self.client
-            .clone()
-            .check_readiness(CheckReadinessRequest { path })
-            .await
-            .map(|_| ())
+        let mut client = self.client.clone();
+        let check = client.check_readiness(CheckReadinessRequest { path });
+        // A runner that accepts but never answers is not ready either; a
+        // slot waiting on it forever would never give back its action.
+        match tokio::time::timeout(READINESS_TIMEOUT, check).await {
+            Ok(answer) => answer.map(|_| ()),
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                "the runner did not answer its readiness check within {READINESS_TIMEOUT:?}"
+            ))),
+        }
     }
 
     /// Checks that the runner resolves paths under `build_dir`, the

@@ -319,3 +319,38 @@ async fn a_runner_with_another_build_directory_stops_the_worker_naming_both() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_that_cannot_be_reached_gives_the_action_back_without_a_result() {
+    if !privileged("a_runner_that_cannot_be_reached_gives_the_action_back_without_a_result") {
+        return;
+    }
+    let farm = Farm::start().await;
+    let (root, _) = farm.input_root().await;
+    let job = farm.job(shell("exit 0"), root, None).await;
+    let shared = corral_worker::executor::Shared {
+        cas: farm.cas.clone(),
+        cache: std::sync::Arc::clone(&farm.cache),
+        directories: std::sync::Arc::new(corral_worker::directory_cache::DirectoryCache::new(
+            1 << 20,
+        )),
+        input_root_max_entries: MAX_ENTRIES,
+        output_limits: Default::default(),
+        metrics: std::sync::Arc::new(corral_worker::metrics::Metrics::new(1)),
+    };
+    let executor = corral_worker::executor::Executor::new(
+        "test-worker".into(),
+        farm.build(),
+        "gone".into(),
+        shared,
+        corral_worker::runner_client::RunnerClient::new(&farm.dir.path().join("no-runner.sock")),
+    );
+    let (stage, _) = tokio::sync::watch::channel(corral_worker::executor::Stage::Started);
+    let lost = executor
+        .execute(&job, &stage)
+        .await
+        .expect_err("no runner, no result");
+    assert_eq!(lost.0.code(), tonic::Code::Unavailable, "{lost}");
+    let left: Vec<_> = std::fs::read_dir(farm.build()).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
