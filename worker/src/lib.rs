@@ -164,6 +164,9 @@ impl Worker {
     ///
     /// The runners named by the slot groups must use `<directory>/build`
     /// as their build directory: run requests name paths relative to it.
+    /// Each is asked first (see
+    /// [`RunnerClient::check_build_directory`](runner_client::RunnerClient::check_build_directory)):
+    /// a runner resolving paths elsewhere stops the worker here.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let metrics = match &self.cfg.metrics {
             Some(m) => {
