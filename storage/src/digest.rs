@@ -45,6 +45,8 @@ pub enum DigestError {
     NegativeSize { hash: String, size: i64 },
     #[error("size {size:?} of digest {hash} is not a decimal number")]
     SizeNotNumber { hash: String, size: String },
+    #[error("size {size} of digest {hash} is larger than any blob can be (2^63 - 1 bytes)")]
+    SizeTooLarge { hash: String, size: String },
     #[error("request has no {field}")]
     Missing { field: &'static str },
 }

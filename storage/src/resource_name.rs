@@ -154,18 +154,21 @@ fn parse_blob(name: &str, segments: &[&str]) -> Result<(Compressor, Digest), Res
     };
     let hash = rest.first().ok_or_else(|| truncated("hash"))?;
     let size = rest.get(1).ok_or_else(|| truncated("size"))?;
-    // Digits only: `str::parse` would also take a leading `+`.
+    // Digits only: `str::parse` would also take a leading `+`. Digits
+    // that do not fit are a number all the same, and the client is told so.
     let size_bytes = if !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit()) {
-        size.parse::<i64>().ok()
+        size.parse::<i64>().map_err(|_| {
+            digest_err(DigestError::SizeTooLarge {
+                hash: (*hash).to_owned(),
+                size: (*size).to_owned(),
+            })
+        })?
     } else {
-        None
-    }
-    .ok_or_else(|| {
-        digest_err(DigestError::SizeNotNumber {
+        return Err(digest_err(DigestError::SizeNotNumber {
             hash: (*hash).to_owned(),
             size: (*size).to_owned(),
-        })
-    })?;
+        }));
+    };
     let digest = Digest::parse(function, hash, size_bytes).map_err(digest_err)?;
     Ok((compressor, digest))
 }
@@ -242,6 +245,10 @@ mod tests {
                 "no `blobs/`",
             ),
             (parse_write("uploads").unwrap_err(), "upload id"),
+            (
+                parse_read(&format!("blobs/{H}/9223372036854775808")).unwrap_err(),
+                "larger than any blob can be",
+            ),
         ];
         for (err, expected) in cases {
             let text = crate::status::message(&err);
