@@ -9,7 +9,7 @@
 
 use corral_storage::digest::{Digest, DigestError, DigestFunction, HASH_BYTES};
 use corral_storage::resource_name::{parse_read, parse_write, Compressor, ResourceNameError};
-use corral_storage::status::message;
+use corral_storage::status::{excerpt, message};
 use proptest::prelude::*;
 
 /// Cases per property in CI, unless `PROPTEST_CASES` says otherwise.
@@ -127,14 +127,12 @@ fn blobs_part(compressor: Compressor, digest: &Digest) -> String {
 /// wrong with it.
 fn assert_clear(name: &str, err: &ResourceNameError) {
     let text = message(err);
+    let named = format!("resource name {:?}", excerpt(name));
     assert!(
-        text.starts_with(&format!("resource name {name:?}")),
+        text.starts_with(&named),
         "{text:?} does not name the resource"
     );
-    assert!(
-        text.len() > format!("resource name {name:?}").len() + 10,
-        "{text:?} says nothing"
-    );
+    assert!(text.len() > named.len() + 10, "{text:?} says nothing");
 }
 
 proptest! {
@@ -224,5 +222,66 @@ proptest! {
         let text = message(&err);
         prop_assert!(text.contains(&digits), "{}", text);
         prop_assert!(!text.contains("not a decimal number"), "{}", text);
+    }
+}
+
+/// Found by a_huge_resource_name_is_refused_as_invalid: a refusal that
+/// quoted a 100 KB name whole reached the client as "h2 protocol error"
+/// (RESOURCE_EXHAUSTED): the grpc-message header was too large.
+#[tokio::test]
+async fn a_huge_resource_name_is_refused_as_invalid() {
+    use corral_proto::bytestream::byte_stream_client::ByteStreamClient;
+    use corral_proto::bytestream::ReadRequest;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cfg = corral_storage::Config {
+        backend: corral_storage::config::Backend::Memory {
+            max_size_bytes: 1 << 20,
+        },
+        ..Default::default()
+    };
+    let mut server = tokio::task::JoinSet::new();
+    server.spawn(corral_storage::run(cfg, listener, std::future::pending()));
+    let mut client = ByteStreamClient::connect(url).await.unwrap();
+    let hash = "0".repeat(HASH_BYTES * 2);
+    for (name, says) in [
+        ("x".repeat(100), "has no `blobs/`"),
+        ("é".repeat(100_000), "has no `blobs/`"),
+        ("x".repeat(1_000_000), "has no `blobs/`"),
+        (
+            format!("blobs/{}/1", "f".repeat(100_000)),
+            "is not supported",
+        ),
+        (
+            format!("blobs/sha256/{}/1", "f".repeat(100_000)),
+            "has 100000 characters",
+        ),
+        (
+            format!("blobs/{hash}/{}", "9".repeat(100_000)),
+            "larger than any blob",
+        ),
+        (
+            format!("blobs/{hash}/{}", "z".repeat(100_000)),
+            "not a decimal number",
+        ),
+    ] {
+        let status = client
+            .read(ReadRequest {
+                resource_name: name.clone(),
+                read_offset: 0,
+                read_limit: 0,
+            })
+            .await
+            .unwrap_err();
+        let message = status.message();
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{} bytes: {}",
+            name.len(),
+            &message[..message.len().min(200)]
+        );
+        assert!(message.contains(says), "{message}");
+        assert!(message.len() < 2048, "{} bytes of message", message.len());
     }
 }
