@@ -81,7 +81,10 @@ impl RunnerService {
 
     /// The sandbox and the command `req` asks for, checked as far as can
     /// be before anything is leased, handed over or run: a request the
-    /// sandbox would refuse is refused here, as the caller's fault.
+    /// sandbox would refuse is refused here, as the caller's fault. Not
+    /// whether the input root exists: a missing one is the farm's fault
+    /// (the worker's and the runner's build directories differ), not the
+    /// action's.
     fn checked(
         &self,
         req: &RunRequest,
@@ -90,7 +93,7 @@ impl RunnerService {
         let sandbox = self.policies.get(&req.corral_policy)?;
         let command = self.command(req, timeout)?;
         command
-            .validate()
+            .validate_fields()
             .map_err(|e| Error::Run(corral_sandbox::Error::Command(e)))?;
         Ok((sandbox, command))
     }

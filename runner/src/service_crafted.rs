@@ -4,8 +4,8 @@
 //! takes; unknown policies. [`RunnerService::checked`], which `run` calls
 //! before it leases ids, hands anything over or starts a sandbox, either
 //! accepts a command whose every path lies strictly inside the build
-//! directory and which the sandbox will not refuse, or refuses with
-//! INVALID_ARGUMENT and a message. Nothing is run.
+//! directory and whose fields the sandbox will not refuse, or refuses
+//! with INVALID_ARGUMENT and a message. Nothing is run.
 //!
 //! CI runs [`CASES`] cases; `PROPTEST_CASES=100000 cargo test -p
 //! corral-runner --lib crafted` runs a longer search (docs/spec.md,
@@ -132,7 +132,7 @@ fn a_run_request_is_refused_before_anything_runs_or_lies_inside_the_build_direct
                         dir.display()
                     );
                 }
-                prop_assert!(command.validate().is_ok());
+                prop_assert!(command.validate_fields().is_ok());
                 prop_assert!(!command.argv.is_empty());
                 // What execve takes: MAX_ARG_STRLEN with the NUL.
                 let strings = command.env.iter().map(|(k, v)| k.len() + 1 + v.len());
@@ -156,4 +156,20 @@ fn a_run_request_is_refused_before_anything_runs_or_lies_inside_the_build_direct
     if let Err(failure) = result {
         panic!("{failure}");
     }
+}
+
+/// A missing input root is not the request's fault but the farm's (the
+/// worker's build directory is not the runner's): `checked` leaves it to
+/// the run, which fails as INTERNAL, so the action is tried again.
+#[test]
+fn a_missing_input_root_is_not_refused_as_the_requests_fault() {
+    let (_build, service) = service();
+    let req = RunRequest {
+        arguments: vec!["/bin/true".to_owned()],
+        input_root_directory: "missing/root".to_owned(),
+        stdout_path: "1/stdout".to_owned(),
+        stderr_path: "1/stderr".to_owned(),
+        ..Default::default()
+    };
+    assert!(service.checked(&req, None).is_ok());
 }

@@ -51,8 +51,21 @@ pub enum CommandError {
 
 impl Command {
     /// Checks what the sandbox relies on: an argv, C-compatible strings, a
-    /// working directory that cannot leave the input root.
+    /// working directory that cannot leave the input root, an input root
+    /// that is a directory.
     pub fn validate(&self) -> Result<(), CommandError> {
+        self.validate_fields()?;
+        if !self.input_root.is_dir() {
+            return Err(CommandError::InputRootNotDirectory {
+                path: self.input_root.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// [`Command::validate`] without looking at the file system: what the
+    /// command's caller alone answers for.
+    pub fn validate_fields(&self) -> Result<(), CommandError> {
         if self.argv.is_empty() {
             return Err(CommandError::NoArguments);
         }
@@ -89,11 +102,6 @@ impl Command {
         if !stays_inside(&self.working_dir) || has_nul(self.working_dir.as_os_str()) {
             return Err(CommandError::EscapingWorkingDir {
                 path: self.working_dir.clone(),
-            });
-        }
-        if !self.input_root.is_dir() {
-            return Err(CommandError::InputRootNotDirectory {
-                path: self.input_root.clone(),
             });
         }
         Ok(())
