@@ -514,6 +514,8 @@ pub fn status(err: &Error) -> rpc::Status {
         }
         Error::InputRoot(
             input_root::Error::InvalidName { .. }
+            | input_root::Error::DuplicateName { .. }
+            | input_root::Error::InvalidSymlinkTarget { .. }
             | input_root::Error::DecodeDirectory { .. }
             | input_root::Error::NoDigest { .. }
             // The action's own tree: retrying it cannot help.
