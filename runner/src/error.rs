@@ -28,6 +28,12 @@ pub enum Error {
     UnknownPolicy { name: String, known: String },
     #[error("{field} {path:?} must be a relative path inside the build directory")]
     PathEscapes { field: &'static str, path: String },
+    #[error("{field} {path:?} {reason}")]
+    BadPath {
+        field: &'static str,
+        path: String,
+        reason: &'static str,
+    },
     #[error("failed to prepare {path} for the action")]
     Prepare {
         path: PathBuf,

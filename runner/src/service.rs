@@ -1,7 +1,7 @@
 //! The `buildbarn.runner.Runner` service over the sandbox.
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use corral_proto::resourceusage::PosixResourceUsage;
 use corral_proto::runner::runner_server::Runner;
 use corral_proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
 use corral_sandbox::command::stays_inside;
-use corral_sandbox::{Cancellation, Command, Mapping, Outcome, Stage};
+use corral_sandbox::{Cancellation, Command, Mapping, Outcome, Sandbox, Stage};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::{debug, instrument};
@@ -52,19 +52,61 @@ impl RunnerService {
     }
 
     /// `relative` under the build directory, refusing absolute paths and
-    /// `..` so a request can never name a host path outside it.
+    /// `..` so a request can never name a host path outside it, and a
+    /// path naming the build directory itself (empty, `.`): as an input
+    /// root it would hand every action's files to this one.
     fn resolve(&self, field: &'static str, relative: &str) -> Result<PathBuf, Error> {
-        if !stays_inside(Path::new(relative)) {
+        let path = Path::new(relative);
+        let bad = |reason| Error::BadPath {
+            field,
+            path: relative.to_owned(),
+            reason,
+        };
+        if relative.contains('\0') {
+            return Err(bad("contains a NUL"));
+        }
+        if !stays_inside(path) {
             return Err(Error::PathEscapes {
                 field,
                 path: relative.to_owned(),
             });
         }
+        if !path.components().any(|c| matches!(c, Component::Normal(_))) {
+            return Err(bad(
+                "names the build directory itself, not a path inside it",
+            ));
+        }
         Ok(self.build_directory.join(relative))
+    }
+
+    /// The sandbox and the command `req` asks for, checked as far as can
+    /// be before anything is leased, handed over or run: a request the
+    /// sandbox would refuse is refused here, as the caller's fault. Not
+    /// whether the input root exists: a missing one is the farm's fault
+    /// (the worker's and the runner's build directories differ), not the
+    /// action's.
+    fn checked(
+        &self,
+        req: &RunRequest,
+        timeout: Option<Duration>,
+    ) -> Result<(Arc<Sandbox>, Command), Error> {
+        let sandbox = self.policies.get(&req.corral_policy)?;
+        let command = self.command(req, timeout)?;
+        command
+            .validate_fields()
+            .map_err(|e| Error::Run(corral_sandbox::Error::Command(e)))?;
+        Ok((sandbox, command))
     }
 
     fn command(&self, req: &RunRequest, timeout: Option<Duration>) -> Result<Command, Error> {
         let working_dir = req.working_directory.as_str();
+        if working_dir.contains('\0') {
+            return Err(Error::BadPath {
+                field: "working_directory",
+                path: working_dir.to_owned(),
+                reason: "contains a NUL",
+            });
+        }
         if !stays_inside(Path::new(working_dir)) {
             return Err(Error::PathEscapes {
                 field: "working_directory",
@@ -92,7 +134,7 @@ pub fn status(err: &Error) -> Status {
     use corral_sandbox::Error as Sandbox;
     let message = error_chain(err);
     match err {
-        Error::PathEscapes { .. } | Error::UnknownPolicy { .. } => {
+        Error::PathEscapes { .. } | Error::BadPath { .. } | Error::UnknownPolicy { .. } => {
             Status::invalid_argument(message)
         }
         Error::TimedOut { .. } => Status::deadline_exceeded(message),
@@ -232,11 +274,7 @@ impl Runner for RunnerService {
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
         let timeout = effective_timeout(&request);
         let req = request.into_inner();
-        let sandbox = self
-            .policies
-            .get(&req.corral_policy)
-            .map_err(|e| status(&e))?;
-        let command = self.command(&req, timeout).map_err(|e| status(&e))?;
+        let (sandbox, command) = self.checked(&req, timeout).map_err(|e| status(&e))?;
         // The worker gave up on the action (cancelled, or gone) when this
         // call's future is dropped: the guard then kills the command.
         let cancel = Cancellation::new().map_err(|source| {
@@ -327,6 +365,10 @@ fn probe_sandbox(sandbox: &corral_sandbox::Sandbox) -> Result<(), corral_sandbox
 }
 
 #[cfg(test)]
+#[path = "service_crafted.rs"]
+mod crafted;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -353,6 +395,37 @@ mod tests {
         assert_eq!(
             service.resolve("stdout_path", "1/stdout").unwrap(),
             PathBuf::from("/build/1/stdout")
+        );
+    }
+
+    /// Found by service_crafted.rs: "" and "." resolved to the build
+    /// directory itself, which `run` then handed over to the action's
+    /// ids as its input root; a NUL failed later, as INTERNAL.
+    #[test]
+    fn the_build_directory_itself_and_nul_bytes_are_invalid_arguments() {
+        let policies = Policies::load(None, "default").unwrap();
+        let mapping = Mapping::detect();
+        let ids = ActionIds::new(&mapping, crate::config::ActionIdsConfig::default().range());
+        let service = RunnerService::new(PathBuf::from("/build"), policies, mapping, ids);
+        for (bad, reason) in [
+            ("", "names the build directory itself"),
+            (".", "names the build directory itself"),
+            ("./.", "names the build directory itself"),
+            ("1/ro\0ot", "contains a NUL"),
+        ] {
+            let err = service.resolve("input_root_directory", bad).unwrap_err();
+            let status = status(&err);
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad:?}");
+            assert!(
+                status.message().starts_with("input_root_directory")
+                    && status.message().contains(reason),
+                "{}",
+                status.message()
+            );
+        }
+        assert_eq!(
+            service.resolve("input_root_directory", "./1/root").unwrap(),
+            PathBuf::from("/build/./1/root")
         );
     }
 }

@@ -24,6 +24,11 @@ pub struct Command {
     pub timeout: Option<Duration>,
 }
 
+/// Longest argument or `NAME=value` environment string execve takes,
+/// without its NUL: Linux's MAX_ARG_STRLEN (32 pages) less one. A longer
+/// one fails the exec with E2BIG after the whole sandbox was set up.
+pub const MAX_ARG_STRLEN: usize = 131_071;
+
 /// Why a command is refused before anything runs.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -31,6 +36,11 @@ pub enum CommandError {
     NoArguments,
     #[error("{what} contains a NUL byte")]
     Nul { what: &'static str },
+    #[error(
+        "{what} of {bytes} bytes is longer than the {MAX_ARG_STRLEN} bytes execve takes \
+         (MAX_ARG_STRLEN)"
+    )]
+    TooLong { what: &'static str, bytes: usize },
     #[error("environment variable name {name:?} is empty or contains '='")]
     BadEnvName { name: OsString },
     #[error("working directory {path} must be relative and stay inside the input root")]
@@ -41,8 +51,21 @@ pub enum CommandError {
 
 impl Command {
     /// Checks what the sandbox relies on: an argv, C-compatible strings, a
-    /// working directory that cannot leave the input root.
+    /// working directory that cannot leave the input root, an input root
+    /// that is a directory.
     pub fn validate(&self) -> Result<(), CommandError> {
+        self.validate_fields()?;
+        if !self.input_root.is_dir() {
+            return Err(CommandError::InputRootNotDirectory {
+                path: self.input_root.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// [`Command::validate`] without looking at the file system: what the
+    /// command's caller alone answers for.
+    pub fn validate_fields(&self) -> Result<(), CommandError> {
         if self.argv.is_empty() {
             return Err(CommandError::NoArguments);
         }
@@ -53,7 +76,20 @@ impl Command {
                 what: "an argument",
             });
         }
+        if let Some(arg) = self.argv.iter().find(|a| a.len() > MAX_ARG_STRLEN) {
+            return Err(CommandError::TooLong {
+                what: "an argument",
+                bytes: arg.len(),
+            });
+        }
         for (name, value) in &self.env {
+            let bytes = name.len() + 1 + value.len();
+            if bytes > MAX_ARG_STRLEN {
+                return Err(CommandError::TooLong {
+                    what: "an environment variable",
+                    bytes,
+                });
+            }
             if name.is_empty() || name.as_bytes().contains(&b'=') {
                 return Err(CommandError::BadEnvName { name: name.clone() });
             }
@@ -66,11 +102,6 @@ impl Command {
         if !stays_inside(&self.working_dir) || has_nul(self.working_dir.as_os_str()) {
             return Err(CommandError::EscapingWorkingDir {
                 path: self.working_dir.clone(),
-            });
-        }
-        if !self.input_root.is_dir() {
-            return Err(CommandError::InputRootNotDirectory {
-                path: self.input_root.clone(),
             });
         }
         Ok(())
@@ -127,5 +158,33 @@ mod tests {
         let mut c = command();
         c.argv.clear();
         assert!(matches!(c.validate(), Err(CommandError::NoArguments)));
+    }
+
+    /// Found by the runner's crafted requests: these passed and failed
+    /// the exec with E2BIG once the whole sandbox was set up.
+    #[test]
+    fn strings_longer_than_execve_takes_are_refused() {
+        let mut c = command();
+        c.argv.push("a".repeat(MAX_ARG_STRLEN).into());
+        c.env
+            .push(("A".into(), "v".repeat(MAX_ARG_STRLEN - 2).into()));
+        c.validate().unwrap();
+        let mut c = command();
+        c.argv.push("a".repeat(MAX_ARG_STRLEN + 1).into());
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "an argument of 131072 bytes is longer than the 131071 bytes execve takes \
+             (MAX_ARG_STRLEN)"
+        );
+        let mut c = command();
+        c.env
+            .push(("A".into(), "v".repeat(MAX_ARG_STRLEN - 1).into()));
+        assert!(matches!(
+            c.validate(),
+            Err(CommandError::TooLong {
+                what: "an environment variable",
+                bytes: 131_072
+            })
+        ));
     }
 }

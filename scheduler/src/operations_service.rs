@@ -18,6 +18,7 @@ use corral_proto::longrunning::{
     ListOperationsResponse, Operation as ProtoOperation, WaitOperationRequest,
 };
 use corral_proto::protobuf::Empty;
+use corral_storage::status::excerpt;
 use tonic::{Request, Response, Status};
 
 use crate::access;
@@ -57,7 +58,9 @@ impl OperationsService {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(name)
-            .ok_or_else(|| Status::not_found(format!("no operation {name}")))
+            // A name of any size is quoted short: the message travels in
+            // a header clients cap (storage::status::ECHO_MAX_BYTES).
+            .ok_or_else(|| Status::not_found(format!("no operation {}", excerpt(name))))
     }
 }
 
@@ -269,5 +272,25 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::NotFound);
+    }
+
+    /// Like storage's `a_huge_resource_name_is_refused_as_invalid`: quoted
+    /// whole, a 100 KB name made the NOT_FOUND an HTTP/2 error.
+    #[tokio::test]
+    async fn a_huge_unknown_name_is_not_found_in_a_short_message() {
+        let (svc, _ops) = service(&[]);
+        let err = svc
+            .get_operation(Request::new(GetOperationRequest {
+                name: "x".repeat(100_000),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert!(
+            err.message().ends_with("… (100000 bytes)"),
+            "{}",
+            &err.message()[..300]
+        );
+        assert!(err.message().len() < 1024);
     }
 }

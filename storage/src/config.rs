@@ -47,9 +47,12 @@ pub struct Config {
     pub isolate_instances: bool,
 }
 
-/// Where blobs are kept.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+/// Where blobs are kept: a `[backend]` table whose `kind` names the
+/// variant (`memory`, `disk`, `remote`), with that variant's keys.
+/// Deserialized by hand ([`BackendVisitor`]): serde's internally tagged
+/// enums buffer the table first, and their errors then name neither the
+/// key nor its line ("invalid type: integer `0`, expected path string").
+#[derive(Debug, Clone, PartialEq)]
 pub enum Backend {
     /// In memory, lost on restart. For tests and throwaway farms.
     Memory {
@@ -74,13 +77,105 @@ pub enum Backend {
         /// Its endpoint, e.g. `http://storage.internal:8980`.
         endpoint: String,
         /// Instance name used on it. Default empty.
-        #[serde(default)]
         instance_name: String,
         /// A local disk cache that reads fill and writes go through.
         /// Unset: every read goes to the remote.
-        #[serde(default)]
         cache: Option<LocalCache>,
     },
+}
+
+/// The backend kinds, as `kind` spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum BackendKind {
+    Memory,
+    Disk,
+    Remote,
+}
+
+impl BackendKind {
+    /// The keys a `[backend]` of this kind may have, `kind` included.
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            BackendKind::Memory => &["kind", "max_size_bytes"],
+            BackendKind::Disk => &["kind", "dir", "max_size_bytes", "fsync"],
+            BackendKind::Remote => &["kind", "endpoint", "instance_name", "cache"],
+        }
+    }
+}
+
+/// Every key of any kind of `[backend]`.
+const BACKEND_KEYS: &[&str] = &[
+    "kind",
+    "dir",
+    "max_size_bytes",
+    "fsync",
+    "endpoint",
+    "instance_name",
+    "cache",
+];
+
+impl<'de> Deserialize<'de> for Backend {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(BackendVisitor)
+    }
+}
+
+/// Reads each key of `[backend]` as it comes, so an error is reported at
+/// its value, then checks the keys against the kind.
+struct BackendVisitor;
+
+impl<'de> serde::de::Visitor<'de> for BackendVisitor {
+    type Value = Backend;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a [backend] table with kind = \"memory\", \"disk\" or \"remote\"")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Backend, A::Error> {
+        use serde::de::Error as _;
+        let mut kind = None;
+        let mut dir = None;
+        let mut max_size_bytes = None;
+        let mut fsync = None;
+        let mut endpoint = None;
+        let mut instance_name = None;
+        let mut cache = None;
+        let mut seen = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "kind" => kind = Some(map.next_value::<BackendKind>()?),
+                "dir" => dir = Some(map.next_value::<PathBuf>()?),
+                "max_size_bytes" => max_size_bytes = Some(map.next_value::<u64>()?),
+                "fsync" => fsync = Some(map.next_value::<bool>()?),
+                "endpoint" => endpoint = Some(map.next_value::<String>()?),
+                "instance_name" => instance_name = Some(map.next_value::<String>()?),
+                "cache" => cache = Some(map.next_value::<LocalCache>()?),
+                other => return Err(A::Error::unknown_field(other, BACKEND_KEYS)),
+            }
+            seen.push(key);
+        }
+        let kind = kind.ok_or_else(|| A::Error::missing_field("kind"))?;
+        if let Some(key) = seen.iter().find(|key| !kind.keys().contains(&key.as_str())) {
+            return Err(A::Error::unknown_field(key, kind.keys()));
+        }
+        let missing = A::Error::missing_field;
+        Ok(match kind {
+            BackendKind::Memory => Backend::Memory {
+                max_size_bytes: max_size_bytes.ok_or_else(|| missing("max_size_bytes"))?,
+            },
+            BackendKind::Disk => Backend::Disk {
+                dir: dir.ok_or_else(|| missing("dir"))?,
+                max_size_bytes: max_size_bytes.ok_or_else(|| missing("max_size_bytes"))?,
+                fsync: fsync.ok_or_else(|| missing("fsync"))?,
+            },
+            BackendKind::Remote => Backend::Remote {
+                endpoint: endpoint.ok_or_else(|| missing("endpoint"))?,
+                instance_name: instance_name.unwrap_or_default(),
+                cache,
+            },
+        })
+    }
 }
 
 /// The local disk cache in front of a remote backend.
@@ -163,5 +258,75 @@ impl Config {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str::<Config>(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn every_kind_of_backend_parses() {
+        let memory = parse("[backend]\nkind = \"memory\"\nmax_size_bytes = 5\n").unwrap();
+        assert_eq!(memory.backend, Backend::Memory { max_size_bytes: 5 });
+        let disk =
+            parse("[backend]\nkind = \"disk\"\ndir = \"d\"\nmax_size_bytes = 5\nfsync = true\n")
+                .unwrap();
+        assert_eq!(
+            disk.backend,
+            Backend::Disk {
+                dir: "d".into(),
+                max_size_bytes: 5,
+                fsync: true
+            }
+        );
+        let remote = parse(
+            "[backend]\nendpoint = \"http://s:1\"\nkind = \"remote\"\n\
+             [backend.cache]\ndir = \"c\"\nmax_size_bytes = 7\n",
+        )
+        .unwrap();
+        assert_eq!(
+            remote.backend,
+            Backend::Remote {
+                endpoint: "http://s:1".into(),
+                instance_name: String::new(),
+                cache: Some(LocalCache {
+                    dir: "c".into(),
+                    max_size_bytes: 7
+                }),
+            }
+        );
+        assert_eq!(parse("").unwrap().backend, Backend::default());
+    }
+
+    /// Found by tests/crafted.rs: with serde's internally tagged enum,
+    /// `dir = 0` was refused as "invalid type: integer `0`, expected path
+    /// string" at `[backend]`, naming neither the key nor its line.
+    #[test]
+    fn a_bad_backend_key_is_named_with_its_line() {
+        let disk = "[backend]\nkind = \"disk\"\nmax_size_bytes = 5\nfsync = true\n";
+        for (text, named) in [
+            (format!("{disk}dir = 0\n"), "dir = 0"),
+            (
+                format!("{disk}dir = \"d\"\nendpoint = \"x\"\n"),
+                "`endpoint`",
+            ),
+            (format!("{disk}dir = \"d\"\nfsynk = 1\n"), "`fsynk`"),
+            ("[backend]\nkind = \"disk\"\n".to_owned(), "`dir`"),
+            ("[backend]\nkind = \"tape\"\n".to_owned(), "`tape`"),
+            ("[backend]\nmax_size_bytes = 5\n".to_owned(), "`kind`"),
+            ("backend = 5\n".to_owned(), "backend = 5"),
+            (
+                "[backend]\nkind = \"memory\"\nmax_size_bytes = \"5\"\n".to_owned(),
+                "max_size_bytes = \"5\"",
+            ),
+        ] {
+            let err = parse(&text).unwrap_err();
+            assert!(err.contains(named), "{named:?} not in {err}");
+        }
     }
 }

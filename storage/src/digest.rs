@@ -11,6 +11,8 @@ use corral_proto::reapi;
 use corral_proto::reapi::digest_function::Value as ProtoFunction;
 use sha2::Digest as _;
 
+use crate::status::excerpt;
+
 /// Length in bytes of every hash we support. SHA-256 and BLAKE3 (at its
 /// default output length) both produce 32 bytes, so a digest is a fixed
 /// array rather than a heap string.
@@ -45,6 +47,8 @@ pub enum DigestError {
     NegativeSize { hash: String, size: i64 },
     #[error("size {size:?} of digest {hash} is not a decimal number")]
     SizeNotNumber { hash: String, size: String },
+    #[error("size {size} of digest {hash} is larger than any blob can be (2^63 - 1 bytes)")]
+    SizeTooLarge { hash: String, size: String },
     #[error("request has no {field}")]
     Missing { field: &'static str },
 }
@@ -86,7 +90,7 @@ impl DigestFunction {
             "sha256" => Ok(DigestFunction::Sha256),
             "blake3" => Ok(DigestFunction::Blake3),
             _ => Err(DigestError::UnknownFunctionName {
-                name: name.to_owned(),
+                name: excerpt(name),
             }),
         }
     }
@@ -147,7 +151,7 @@ impl Digest {
         let expected = HASH_BYTES * 2;
         if hash.len() != expected {
             return Err(DigestError::HashLength {
-                hash: hash.to_owned(),
+                hash: excerpt(hash),
                 function,
                 len: hash.len(),
                 expected,
@@ -155,15 +159,15 @@ impl Digest {
         }
         if !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(DigestError::HashNotLowercaseHex {
-                hash: hash.to_owned(),
+                hash: excerpt(hash),
             });
         }
         let mut bytes = [0u8; HASH_BYTES];
         hex::decode_to_slice(hash, &mut bytes).map_err(|_| DigestError::HashNotLowercaseHex {
-            hash: hash.to_owned(),
+            hash: excerpt(hash),
         })?;
         let size_bytes = u64::try_from(size_bytes).map_err(|_| DigestError::NegativeSize {
-            hash: hash.to_owned(),
+            hash: excerpt(hash),
             size: size_bytes,
         })?;
         Ok(Self::new(function, bytes, size_bytes))

@@ -14,6 +14,7 @@
 //! length.
 
 use crate::digest::{Digest, DigestError, DigestFunction, HASH_BYTES};
+use crate::status::excerpt;
 
 /// How a resource's bytes are encoded on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +68,7 @@ pub fn parse_read(name: &str) -> Result<ReadResource, ResourceNameError> {
         .iter()
         .position(|s| matches!(*s, "blobs" | "compressed-blobs"))
         .ok_or_else(|| ResourceNameError::NoBlobs {
-            name: name.to_owned(),
+            name: excerpt(name),
         })?;
     let (compressor, digest) = parse_blob(name, &segments[at..])?;
     Ok(ReadResource {
@@ -83,23 +84,23 @@ pub fn parse_write(name: &str) -> Result<WriteResource, ResourceNameError> {
         .iter()
         .position(|s| *s == "uploads")
         .ok_or_else(|| ResourceNameError::NoUploads {
-            name: name.to_owned(),
+            name: excerpt(name),
         })?;
     let upload_id = *segments
         .get(at + 1)
         .ok_or_else(|| ResourceNameError::Truncated {
-            name: name.to_owned(),
+            name: excerpt(name),
             missing: "upload id",
         })?;
     if upload_id.is_empty() {
         return Err(ResourceNameError::EmptyUploadId {
-            name: name.to_owned(),
+            name: excerpt(name),
         });
     }
     let rest = &segments[at + 2..];
     if !matches!(rest.first(), Some(&"blobs" | &"compressed-blobs")) {
         return Err(ResourceNameError::NoBlobs {
-            name: name.to_owned(),
+            name: excerpt(name),
         });
     }
     let (compressor, digest) = parse_blob(name, rest)?;
@@ -115,7 +116,7 @@ pub fn parse_write(name: &str) -> Result<WriteResource, ResourceNameError> {
 /// after the size are optional metadata, which REAPI lets servers ignore.
 fn parse_blob(name: &str, segments: &[&str]) -> Result<(Compressor, Digest), ResourceNameError> {
     let truncated = |missing| ResourceNameError::Truncated {
-        name: name.to_owned(),
+        name: excerpt(name),
         missing,
     };
     let (compressor, mut rest) = match segments {
@@ -126,8 +127,8 @@ fn parse_blob(name: &str, segments: &[&str]) -> Result<(Compressor, Digest), Res
                 "zstd" => Compressor::Zstd,
                 other => {
                     return Err(ResourceNameError::UnknownCompressor {
-                        name: name.to_owned(),
-                        compressor: other.to_owned(),
+                        name: excerpt(name),
+                        compressor: excerpt(other),
                     })
                 }
             };
@@ -136,12 +137,12 @@ fn parse_blob(name: &str, segments: &[&str]) -> Result<(Compressor, Digest), Res
         ["compressed-blobs"] => return Err(truncated("compressor")),
         _ => {
             return Err(ResourceNameError::NoBlobs {
-                name: name.to_owned(),
+                name: excerpt(name),
             })
         }
     };
     let digest_err = |source| ResourceNameError::Digest {
-        name: name.to_owned(),
+        name: excerpt(name),
         source,
     };
     let first = rest.first().ok_or_else(|| truncated("hash"))?;
@@ -154,18 +155,21 @@ fn parse_blob(name: &str, segments: &[&str]) -> Result<(Compressor, Digest), Res
     };
     let hash = rest.first().ok_or_else(|| truncated("hash"))?;
     let size = rest.get(1).ok_or_else(|| truncated("size"))?;
-    // Digits only: `str::parse` would also take a leading `+`.
+    // Digits only: `str::parse` would also take a leading `+`. Digits
+    // that do not fit are a number all the same, and the client is told so.
     let size_bytes = if !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit()) {
-        size.parse::<i64>().ok()
+        size.parse::<i64>().map_err(|_| {
+            digest_err(DigestError::SizeTooLarge {
+                hash: excerpt(hash),
+                size: excerpt(size),
+            })
+        })?
     } else {
-        None
-    }
-    .ok_or_else(|| {
-        digest_err(DigestError::SizeNotNumber {
-            hash: (*hash).to_owned(),
-            size: (*size).to_owned(),
-        })
-    })?;
+        return Err(digest_err(DigestError::SizeNotNumber {
+            hash: excerpt(hash),
+            size: excerpt(size),
+        }));
+    };
     let digest = Digest::parse(function, hash, size_bytes).map_err(digest_err)?;
     Ok((compressor, digest))
 }
@@ -242,6 +246,10 @@ mod tests {
                 "no `blobs/`",
             ),
             (parse_write("uploads").unwrap_err(), "upload id"),
+            (
+                parse_read(&format!("blobs/{H}/9223372036854775808")).unwrap_err(),
+                "larger than any blob can be",
+            ),
         ];
         for (err, expected) in cases {
             let text = crate::status::message(&err);

@@ -19,7 +19,7 @@
 //!    file system allows, or where the worker's actions run as its own
 //!    uid: [`FileCache::place`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -67,6 +67,10 @@ pub enum Error {
     },
     #[error("invalid name {name:?} in the input root: {reason}")]
     InvalidName { name: String, reason: &'static str },
+    #[error("a directory of the input root holds {name:?} twice")]
+    DuplicateName { name: String },
+    #[error("symlink {name:?} in the input root has a target that {reason}")]
+    InvalidSymlinkTarget { name: String, reason: &'static str },
     #[error("a node of {path} has no digest")]
     NoDigest { path: PathBuf },
     #[error("the input root has more than {limit} entries (input_root_max_entries)")]
@@ -137,6 +141,25 @@ pub fn checked_name(name: &str) -> Result<&str, Error> {
     })
 }
 
+/// `target` if symlink(2) can create a link to it. Where it points is the
+/// action's business (the sandbox resolves it), but a target the kernel
+/// refuses would fail the layout as if the worker had failed.
+fn checked_target(name: &str, target: &str) -> Result<(), Error> {
+    let reason = if target.is_empty() {
+        "is empty"
+    } else if target.contains('\0') {
+        "contains a NUL"
+    } else if target.len() > PATH_MAX_BYTES {
+        "is longer than 4095 bytes (PATH_MAX)"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidSymlinkTarget {
+        name: name.to_owned(),
+        reason,
+    })
+}
+
 /// A Directory message whose names and digests have been checked: safe
 /// to lay out as is, as often as needed.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -169,11 +192,29 @@ pub struct CheckedSymlink {
 }
 
 impl CheckedDirectory {
-    /// Checks `dir`, met at `path` (named in errors).
+    /// Checks `dir`, met at `path` (named in errors): every name one
+    /// component and used once, every node with a digest, every symlink
+    /// one the kernel can create. What passes lays out without a syscall
+    /// failing on the action's account.
     pub fn check(dir: Directory, path: &Path) -> Result<CheckedDirectory, Error> {
         let no_digest = || Error::NoDigest {
             path: path.to_owned(),
         };
+        // A name used twice would fail the second create with EEXIST,
+        // reported as the worker's failure; REAPI says names are unique.
+        let mut names_seen =
+            HashSet::with_capacity(dir.directories.len() + dir.files.len() + dir.symlinks.len());
+        let names = dir
+            .directories
+            .iter()
+            .map(|d| &d.name)
+            .chain(dir.files.iter().map(|f| &f.name))
+            .chain(dir.symlinks.iter().map(|s| &s.name));
+        for name in names {
+            if !names_seen.insert(name.as_str()) {
+                return Err(Error::DuplicateName { name: name.clone() });
+            }
+        }
         let mut checked = CheckedDirectory {
             directories: Vec::with_capacity(dir.directories.len()),
             files: Vec::with_capacity(dir.files.len()),
@@ -196,6 +237,7 @@ impl CheckedDirectory {
         }
         for node in dir.symlinks {
             checked_name(&node.name)?;
+            checked_target(&node.name, &node.target)?;
             checked.symlinks.push(CheckedSymlink {
                 name: node.name,
                 target: node.target,
@@ -799,6 +841,52 @@ mod tests {
                 "an entry 16 levels deep in the input root has a path of 4096 bytes, \
                  more than the 4095 a path may have (PATH_MAX)"
             );
+        }
+    }
+
+    /// Found by tests/it/crafted.rs: these failed the layout with EEXIST,
+    /// ENOENT or EINVAL, reported as the worker's failure (INTERNAL).
+    #[test]
+    fn a_name_used_twice_or_a_target_the_kernel_refuses_is_the_actions_fault() {
+        use corral_proto::reapi::{DirectoryNode, FileNode, SymlinkNode};
+        let twice = Directory {
+            directories: vec![DirectoryNode {
+                name: "a".into(),
+                digest: Some(digest_of(b"d")),
+            }],
+            files: vec![FileNode {
+                name: "a".into(),
+                digest: Some(digest_of(b"a")),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let err = CheckedDirectory::check(twice, Path::new("/r")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a directory of the input root holds \"a\" twice"
+        );
+        let link = |target: String| Directory {
+            symlinks: vec![SymlinkNode {
+                name: "l".into(),
+                target,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        for (target, reason) in [
+            (String::new(), "is empty"),
+            ("a\0b".to_owned(), "contains a NUL"),
+            ("t".repeat(4096), "is longer than 4095 bytes (PATH_MAX)"),
+        ] {
+            let err = CheckedDirectory::check(link(target), Path::new("/r")).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("symlink \"l\" in the input root has a target that {reason}")
+            );
+        }
+        for target in ["t".repeat(4095), "/etc/passwd".into(), "../../x".into()] {
+            assert!(CheckedDirectory::check(link(target), Path::new("/r")).is_ok());
         }
     }
 

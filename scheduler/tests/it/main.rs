@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod authz;
+mod crafted;
 mod tls;
 
 use std::collections::BTreeMap;

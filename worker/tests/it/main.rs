@@ -5,6 +5,8 @@
 // Test code: a failed setup step should stop the test loudly.
 #![allow(clippy::unwrap_used)]
 
+mod crafted;
+mod runner_faults;
 mod tls;
 
 use std::collections::BTreeMap;
@@ -200,7 +202,7 @@ impl Farm {
 
     async fn execute(&self, job: &Job) -> ExecuteResponse {
         let (stage, _) = tokio::sync::watch::channel(Stage::Started);
-        self.executor.execute(job, &stage).await
+        self.executor.execute(job, &stage).await.unwrap()
     }
 
     fn build_is_empty(&self) -> bool {

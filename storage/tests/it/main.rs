@@ -1,0 +1,3 @@
+//! Storage's integration tests: one binary, a module per concern.
+
+mod crafted;
