@@ -410,4 +410,109 @@ mod tests {
         assert!(err.to_string().contains("public_key_files"), "{err}");
         assert!(err.to_string().contains("missing.pem"), "{err}");
     }
+
+    /// Base64url without padding, as JWKS writes key material.
+    fn b64url(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b))
+                << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn public_keys_verify_their_own_algorithm_from_pem_and_jwks() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = now();
+        let claims = serde_json::json!({"sub": "ci", "iss": "idp", "aud": "farm", "exp": now + 60});
+        let sign = |alg: Algorithm, key: jsonwebtoken::EncodingKey, kid: Option<&str>| {
+            let mut header = jsonwebtoken::Header::new(alg);
+            header.kid = kid.map(str::to_owned);
+            jsonwebtoken::encode(&header, &claims, &key).unwrap()
+        };
+        let config = |pems: Vec<PathBuf>, jwks: Option<PathBuf>| TokenConfig {
+            jwks_file: jwks,
+            public_key_files: pems,
+            hs256_secret_file: None,
+            issuers: vec!["idp".to_owned()],
+            audiences: vec!["farm".to_owned()],
+            leeway_s: 0,
+        };
+        // P-256 (ES256) and Ed25519 (EdDSA) keys made here; RSA (RS256)
+        // from a test key in tests/keys (ring cannot make RSA keys).
+        let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys");
+        let rsa_private = std::fs::read(keys.join("rsa-test.key")).unwrap();
+        let mut pems = Vec::new();
+        for (name, pem) in [
+            ("p256.pem", p256.public_key_pem()),
+            ("ed.pem", ed.public_key_pem()),
+            (
+                "rsa.pem",
+                std::fs::read_to_string(keys.join("rsa-test.pub")).unwrap(),
+            ),
+        ] {
+            std::fs::write(dir.path().join(name), pem).unwrap();
+            pems.push(dir.path().join(name));
+        }
+        let es256 = sign(
+            Algorithm::ES256,
+            jsonwebtoken::EncodingKey::from_ec_pem(p256.serialize_pem().as_bytes()).unwrap(),
+            None,
+        );
+        let eddsa = sign(
+            Algorithm::EdDSA,
+            jsonwebtoken::EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).unwrap(),
+            None,
+        );
+        let rs256 = sign(
+            Algorithm::RS256,
+            jsonwebtoken::EncodingKey::from_rsa_pem(&rsa_private).unwrap(),
+            None,
+        );
+        let by_pem = TokenVerifier::new(&config(pems.clone(), None)).unwrap();
+        for token in [&es256, &eddsa, &rs256] {
+            assert_eq!(by_pem.verify(token).unwrap().subject.as_deref(), Some("ci"));
+        }
+        // Without the key that signed it, a token does not verify, and
+        // the refusal names no key.
+        let without_ed = TokenVerifier::new(&config(vec![pems[0].clone()], None)).unwrap();
+        assert_eq!(without_ed.verify(&eddsa), Err(TokenError::BadSignature));
+        // An RSA public key is never an HS256 secret: a token signed with
+        // the public key's PEM text as the secret does not verify.
+        let confused = sign(
+            Algorithm::HS256,
+            jsonwebtoken::EncodingKey::from_secret(
+                &std::fs::read(keys.join("rsa-test.pub")).unwrap(),
+            )
+            .unwrap(),
+            None,
+        );
+        assert_eq!(by_pem.verify(&confused), Err(TokenError::BadSignature));
+
+        // The same keys from a JWKS file, chosen by kid.
+        let point = p256.public_key_raw();
+        let jwks = serde_json::json!({"keys": [
+            {"kty": "EC", "crv": "P-256", "kid": "p", "x": b64url(&point[1..33]), "y": b64url(&point[33..65])},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "e", "x": b64url(ed.public_key_raw())},
+        ]});
+        let jwks_path = dir.path().join("keys.jwks");
+        std::fs::write(&jwks_path, jwks.to_string()).unwrap();
+        let by_jwks = TokenVerifier::new(&config(vec![], Some(jwks_path))).unwrap();
+        let es256_kid = sign(
+            Algorithm::ES256,
+            jsonwebtoken::EncodingKey::from_ec_pem(p256.serialize_pem().as_bytes()).unwrap(),
+            Some("p"),
+        );
+        assert!(by_jwks.verify(&es256_kid).is_ok());
+        assert!(by_jwks.verify(&eddsa).is_ok());
+        assert_eq!(by_jwks.verify(&rs256), Err(TokenError::BadSignature));
+    }
 }

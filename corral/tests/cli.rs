@@ -415,3 +415,31 @@ fn sandbox_run_without_root_says_the_groups_stay() {
         "{stderr}"
     );
 }
+
+#[test]
+fn up_on_a_reachable_address_without_secure_or_insecure_refuses_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = corral()
+        .args(["up", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("can be reached from other hosts"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--secure"), "{stderr}");
+    assert!(stderr.contains("--insecure"), "{stderr}");
+    // Nothing was started or made: the refusal comes first.
+    assert!(!dir.path().join("data").exists());
+    // The two flags do not go together.
+    let out = corral()
+        .args(["up", "--secure", "--insecure", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}

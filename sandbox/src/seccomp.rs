@@ -7,13 +7,18 @@
 //! (`seccomp.deny`); every name is checked against this table, so a typo
 //! is an error before anything runs.
 //!
-//! Three programs are installed, last to first in effect:
+//! Four programs are installed, last to first in effect:
 //! 1. on x86_64, a guard that refuses x32 system call numbers
 //!    (`nr | 0x40000000`): a deny list written for the 64-bit numbers
 //!    would otherwise be bypassed on kernels with the x32 ABI (Debian's);
 //! 2. `clone3` answered with ENOSYS, so libc falls back to `clone`, whose
 //!    flags a filter can inspect (clone3 passes them in memory);
-//! 3. the deny list, answered with EPERM.
+//! 3. `fallocate` with `FALLOC_FL_KEEP_SIZE` (and no hole punching)
+//!    answered with EOPNOTSUPP, as a file system without it would: it
+//!    allocates blocks past the end of the file without growing it, so
+//!    RLIMIT_FSIZE (the disk limit per file) does not see it, and one call
+//!    could fill the disk before the walk notices;
+//! 4. the deny list, answered with EPERM.
 //!
 //! Filters are compiled once per policy, when the `Sandbox` is made;
 //! installing them is all that happens per action.
@@ -188,7 +193,7 @@ syscall_table!(common_number:
     SYS_clock_adjtime, SYS_adjtimex, SYS_mbind, SYS_set_mempolicy, SYS_move_pages,
     SYS_migrate_pages, SYS_socket, SYS_personality, SYS_ioctl, SYS_sethostname,
     SYS_setdomainname, SYS_memfd_create, SYS_mlock, SYS_mlockall, SYS_pidfd_open,
-    SYS_pidfd_getfd, SYS_seccomp, SYS_landlock_create_ruleset,
+    SYS_pidfd_getfd, SYS_seccomp, SYS_landlock_create_ruleset, SYS_fallocate,
 );
 
 #[cfg(target_arch = "x86_64")]
@@ -334,6 +339,22 @@ impl Filters {
         if !allowed("clone3") {
             let clone3 = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
             programs.push(compile(clone3, SeccompAction::Errno(libc::ENOSYS as u32))?);
+        }
+        if !allowed("fallocate") {
+            let keep_size = libc::FALLOC_FL_KEEP_SIZE as u64;
+            let punch_hole = libc::FALLOC_FL_PUNCH_HOLE as u64;
+            // Punching a hole needs KEEP_SIZE too, and frees blocks: allowed.
+            let rules = vec![rule(vec![cond(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(keep_size | punch_hole),
+                keep_size,
+            )])];
+            let fallocate = BTreeMap::from([(libc::SYS_fallocate, rules)]);
+            programs.push(compile(
+                fallocate,
+                SeccompAction::Errno(libc::EOPNOTSUPP as u32),
+            )?);
         }
         programs.push(compile(deny, SeccompAction::Errno(libc::EPERM as u32))?);
         Ok(Filters { programs })

@@ -55,17 +55,20 @@ impl StorageClient {
         Ok(Self::Remote(connector.connect_lazy("storage", endpoint)?))
     }
 
-    /// Storage's handlers over `stores`, in this process.
+    /// Storage's handlers over `stores`, in this process. With
+    /// `isolate_instances` they see, as over gRPC, only the blobs of the
+    /// request's instance name: the Action and Command of one tenant are
+    /// not another's to run.
     pub fn in_process(cfg: &corral_storage::Config, stores: &corral_storage::Stores) -> Self {
         Self::InProcess {
-            cas: Arc::new(CasService::new(
-                Arc::clone(&stores.blobs),
-                cfg.max_batch_total_size_bytes,
-            )),
-            action_cache: Arc::new(AcService::new(
-                Arc::clone(&stores.blobs),
-                Arc::clone(&stores.action_cache),
-            )),
+            cas: Arc::new(
+                CasService::new(Arc::clone(&stores.blobs), cfg.max_batch_total_size_bytes)
+                    .with_membership(stores.membership.clone()),
+            ),
+            action_cache: Arc::new(
+                AcService::new(Arc::clone(&stores.blobs), Arc::clone(&stores.action_cache))
+                    .with_membership(stores.membership.clone()),
+            ),
             capabilities: Arc::new(CapabilitiesService::new(
                 cfg.max_batch_total_size_bytes,
                 stores.max_size_bytes,
@@ -192,5 +195,46 @@ impl StorageClient {
             }
         };
         Ok(response.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use corral_storage::config::Backend;
+    use corral_storage::DigestFunction;
+
+    use super::*;
+
+    /// In process as over gRPC: with `isolate_instances`, the scheduler
+    /// reads an instance name's blobs only, so tenant B cannot have tenant
+    /// A's Action run by naming its digest.
+    #[tokio::test]
+    async fn in_process_reads_are_isolated_per_instance_name() {
+        let cfg = corral_storage::Config {
+            backend: Backend::Memory {
+                max_size_bytes: 1 << 20,
+            },
+            isolate_instances: true,
+            ..Default::default()
+        };
+        let stores = corral_storage::open(&cfg).await.unwrap();
+        let action = DigestFunction::Sha256.digest_of(b"tenant a's action");
+        stores
+            .instance_blobs()
+            .for_instance("team-a")
+            .put(&action, b"tenant a's action".to_vec())
+            .await
+            .unwrap();
+        let client = StorageClient::in_process(&cfg, &stores);
+        let digests = [action.to_proto()];
+        let a = client.fetch("team-a", 0, &digests).await.unwrap();
+        assert_eq!(a.found.len(), 1);
+        let b = client.fetch("team-b", 0, &digests).await.unwrap();
+        assert!(b.found.is_empty());
+        assert_eq!(b.missing, digests);
+        assert_eq!(
+            client.find_missing("team-b", 0, &digests).await.unwrap(),
+            digests
+        );
     }
 }

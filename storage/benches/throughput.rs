@@ -4,7 +4,10 @@
 //!   and read of the same bytes to a file in the same directory;
 //! - BatchUpdateBlobs and BatchReadBlobs of 10,000 4 KiB blobs vs writing
 //!   and reading them as 10,000 plain files;
-//! - FindMissingBlobs of 10,000 digests (target: under 20 ms).
+//! - FindMissingBlobs of 10,000 digests (target: under 20 ms);
+//! - the batches and FindMissingBlobs again on a store with
+//!   `isolate_instances`, against the same without it, taken in turn
+//!   (best of 2 writes, 5 reads and lookups).
 //!
 //! `cargo bench -p corral-storage --bench throughput` (set
 //! CORRAL_BENCH_DIR to measure another file system; default: the system
@@ -103,31 +106,8 @@ async fn bench(dir: &Path) {
         .collect();
     let (raw_small_write, raw_small_read) = raw_small_files(dir, &small);
 
-    let cfg = Config {
-        backend: Backend::Disk {
-            dir: dir.join("storage"),
-            max_size_bytes: 2 << 30,
-            fsync: false,
-        },
-        ..Config::default()
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::task::JoinSet::new();
-    server.spawn(corral_storage::run(cfg, listener, async {
-        let _ = stopped.await;
-    }));
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .expect("url")
-        .initial_stream_window_size(8 << 20)
-        .initial_connection_window_size(16 << 20)
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .expect("connect");
+    let server = Server::start(dir.join("storage"), false).await;
+    let channel = server.channel.clone();
 
     // ByteStream, 256 MiB.
     let digest = DigestFunction::Sha256.digest_of(&big);
@@ -168,81 +148,57 @@ async fn bench(dir: &Path) {
     let bs_read = start.elapsed();
     assert_eq!(received, BIG_BYTES);
 
-    // Batches of 10,000 x 4 KiB.
     let digests: Vec<Digest> = small
         .iter()
         .map(|b| DigestFunction::Sha256.digest_of(b))
         .collect();
+    // Batches of 10,000 x 4 KiB; FindMissingBlobs of 10,000 digests,
+    // half present: best of 5.
     let mut cas = ContentAddressableStorageClient::new(channel.clone());
-    let start = Instant::now();
-    for (blobs, digests) in small.chunks(PER_BATCH).zip(digests.chunks(PER_BATCH)) {
-        let requests = blobs
-            .iter()
-            .zip(digests)
-            .map(|(b, d)| batch_update_blobs_request::Request {
-                digest: Some(d.to_proto()),
-                data: b.clone(),
-                compressor: 0,
-            })
-            .collect();
-        let resp = cas
-            .batch_update_blobs(BatchUpdateBlobsRequest {
-                requests,
-                ..Default::default()
-            })
-            .await
-            .expect("batch update")
-            .into_inner();
-        assert!(resp
-            .responses
-            .iter()
-            .all(|r| r.status.as_ref().is_some_and(|s| s.code == 0)));
-    }
-    let batch_update = start.elapsed();
-    let start = Instant::now();
-    for digests in digests.chunks(PER_BATCH) {
-        let resp = cas
-            .batch_read_blobs(BatchReadBlobsRequest {
-                digests: digests.iter().map(Digest::to_proto).collect(),
-                ..Default::default()
-            })
-            .await
-            .expect("batch read")
-            .into_inner();
-        assert!(resp.responses.iter().all(|r| r.data.len() == SMALL_BYTES));
-    }
-    let batch_read = start.elapsed();
-
-    // FindMissingBlobs of 10,000 digests, half present: best of 5.
-    let query: Vec<_> = digests
-        .iter()
-        .take(SMALL_COUNT / 2)
-        .copied()
-        .chain((0..SMALL_COUNT / 2).map(|i| DigestFunction::Sha256.digest_of(&i.to_le_bytes())))
-        .map(|d| d.to_proto())
-        .collect();
-    let mut find_missing = Duration::MAX;
+    let batch_update_shared = batch_update(&mut cas, "", &small, &digests).await;
+    let batch_read_shared = batch_read(&mut cas, "", &digests).await;
+    let query = find_missing_query(&digests);
+    let mut find_missing_shared = Duration::MAX;
     for _ in 0..5 {
-        let start = Instant::now();
-        let resp = cas
-            .find_missing_blobs(FindMissingBlobsRequest {
-                blob_digests: query.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("find missing")
-            .into_inner();
-        find_missing = find_missing.min(start.elapsed());
-        assert_eq!(resp.missing_blob_digests.len(), SMALL_COUNT / 2);
+        let took = find_missing(&mut cas, "", &query, SMALL_COUNT / 2).await;
+        find_missing_shared = find_missing_shared.min(took);
     }
 
-    stop.send(()).expect("stop server");
-    server
-        .join_next()
-        .await
-        .expect("server task")
-        .expect("server joined")
-        .expect("server ran");
+    server.stop().await;
+
+    // The same with and without isolate_instances, on two fresh stores
+    // served side by side, each measurement taken on both in turn so that
+    // load on the machine falls on both alike; best of the runs.
+    let plain = Server::start(dir.join("plain"), false).await;
+    let isolated = Server::start(dir.join("isolated"), true).await;
+    let mut cas = ContentAddressableStorageClient::new(plain.channel.clone());
+    let mut iso = ContentAddressableStorageClient::new(isolated.channel.clone());
+    let small2: Vec<Vec<u8>> = (0..SMALL_COUNT)
+        .map(|i| data(SMALL_BYTES, (SMALL_COUNT + i) as u64 + 2))
+        .collect();
+    let digests2: Vec<Digest> = small2
+        .iter()
+        .map(|b| DigestFunction::Sha256.digest_of(b))
+        .collect();
+    // Order: shared, isolated, isolated, shared, so that neither always
+    // follows the other's writes still being flushed.
+    let mut update = [Duration::MAX; 2];
+    update[0] = batch_update(&mut cas, "", &small, &digests).await;
+    update[1] = batch_update(&mut iso, "team-a", &small, &digests).await;
+    update[1] = update[1].min(batch_update(&mut iso, "team-a", &small2, &digests2).await);
+    update[0] = update[0].min(batch_update(&mut cas, "", &small2, &digests2).await);
+    let mut read = [Duration::MAX; 2];
+    let mut found = [Duration::MAX; 3];
+    for _ in 0..5 {
+        read[0] = read[0].min(batch_read(&mut cas, "", &digests).await);
+        read[1] = read[1].min(batch_read(&mut iso, "team-a", &digests).await);
+        found[0] = found[0].min(find_missing(&mut cas, "", &query, SMALL_COUNT / 2).await);
+        found[1] = found[1].min(find_missing(&mut iso, "team-a", &query, SMALL_COUNT / 2).await);
+        // Another tenant asking: every digest missing, the store not asked.
+        found[2] = found[2].min(find_missing(&mut iso, "team-b", &query, SMALL_COUNT).await);
+    }
+    isolated.stop().await;
+    plain.stop().await;
 
     let row = |what: &str, bytes: usize, took: Duration, raw: Duration| {
         println!(
@@ -259,18 +215,178 @@ async fn bench(dir: &Path) {
     row(
         "BatchUpdateBlobs 10,000 x 4 KiB",
         small_total,
-        batch_update,
+        batch_update_shared,
         raw_small_write,
     );
     row(
         "BatchReadBlobs 10,000 x 4 KiB",
         small_total,
-        batch_read,
+        batch_read_shared,
         raw_small_read,
     );
     println!(
         "{:<38} {:>8.2} ms (best of 5; target < 20 ms)",
         "FindMissingBlobs 10,000 digests",
-        find_missing.as_secs_f64() * 1e3
+        find_missing_shared.as_secs_f64() * 1e3
     );
+    // Ratio: time with isolation over time without (1.00 = no cost).
+    let isolated_row = |what: &str, took: Duration, without: Duration| {
+        println!(
+            "{what:<38} {:>8.2} ms   without {:>8.2} ms  cost ratio {:>5.2}",
+            took.as_secs_f64() * 1e3,
+            without.as_secs_f64() * 1e3,
+            took.as_secs_f64() / without.as_secs_f64(),
+        );
+    };
+    isolated_row(
+        "isolated BatchUpdateBlobs 10,000 x 4 KiB",
+        update[1],
+        update[0],
+    );
+    isolated_row("isolated BatchReadBlobs 10,000 x 4 KiB", read[1], read[0]);
+    isolated_row("isolated FindMissingBlobs 10,000", found[1], found[0]);
+    isolated_row("isolated FindMissing, other tenant", found[2], found[0]);
+}
+
+/// A storage server on a disk store in `dir`, and a client channel to it.
+struct Server {
+    channel: tonic::transport::Channel,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinSet<Result<(), corral_storage::Error>>,
+}
+
+impl Server {
+    async fn start(dir: std::path::PathBuf, isolate_instances: bool) -> Self {
+        let cfg = Config {
+            backend: Backend::Disk {
+                dir,
+                max_size_bytes: 2 << 30,
+                fsync: false,
+            },
+            isolate_instances,
+            ..Config::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut task = tokio::task::JoinSet::new();
+        task.spawn(corral_storage::run(cfg, listener, async {
+            let _ = stopped.await;
+        }));
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .expect("url")
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(16 << 20)
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .expect("connect");
+        Self {
+            channel,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        self.stop.send(()).expect("stop server");
+        self.task
+            .join_next()
+            .await
+            .expect("server task")
+            .expect("server joined")
+            .expect("server ran");
+    }
+}
+
+/// 10,000 x 4 KiB written under `instance` in batches of 1,000.
+async fn batch_update(
+    cas: &mut ContentAddressableStorageClient<tonic::transport::Channel>,
+    instance: &str,
+    small: &[Vec<u8>],
+    digests: &[Digest],
+) -> Duration {
+    let start = Instant::now();
+    for (blobs, digests) in small.chunks(PER_BATCH).zip(digests.chunks(PER_BATCH)) {
+        let requests = blobs
+            .iter()
+            .zip(digests)
+            .map(|(b, d)| batch_update_blobs_request::Request {
+                digest: Some(d.to_proto()),
+                data: b.clone(),
+                compressor: 0,
+            })
+            .collect();
+        let resp = cas
+            .batch_update_blobs(BatchUpdateBlobsRequest {
+                instance_name: instance.to_owned(),
+                requests,
+                ..Default::default()
+            })
+            .await
+            .expect("batch update")
+            .into_inner();
+        assert!(resp
+            .responses
+            .iter()
+            .all(|r| r.status.as_ref().is_some_and(|s| s.code == 0)));
+    }
+    start.elapsed()
+}
+
+/// The same read back under `instance`.
+async fn batch_read(
+    cas: &mut ContentAddressableStorageClient<tonic::transport::Channel>,
+    instance: &str,
+    digests: &[Digest],
+) -> Duration {
+    let start = Instant::now();
+    for digests in digests.chunks(PER_BATCH) {
+        let resp = cas
+            .batch_read_blobs(BatchReadBlobsRequest {
+                instance_name: instance.to_owned(),
+                digests: digests.iter().map(Digest::to_proto).collect(),
+                ..Default::default()
+            })
+            .await
+            .expect("batch read")
+            .into_inner();
+        assert!(resp.responses.iter().all(|r| r.data.len() == SMALL_BYTES));
+    }
+    start.elapsed()
+}
+
+/// 10,000 digests: the first half of `digests` and as many never stored.
+fn find_missing_query(digests: &[Digest]) -> Vec<corral_proto::reapi::Digest> {
+    digests
+        .iter()
+        .take(SMALL_COUNT / 2)
+        .copied()
+        .chain((0..SMALL_COUNT / 2).map(|i| DigestFunction::Sha256.digest_of(&i.to_le_bytes())))
+        .map(|d| d.to_proto())
+        .collect()
+}
+
+/// One FindMissingBlobs of `query` under `instance`.
+async fn find_missing(
+    cas: &mut ContentAddressableStorageClient<tonic::transport::Channel>,
+    instance: &str,
+    query: &[corral_proto::reapi::Digest],
+    expect_missing: usize,
+) -> Duration {
+    let start = Instant::now();
+    let resp = cas
+        .find_missing_blobs(FindMissingBlobsRequest {
+            instance_name: instance.to_owned(),
+            blob_digests: query.to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("find missing")
+        .into_inner();
+    let took = start.elapsed();
+    assert_eq!(resp.missing_blob_digests.len(), expect_missing);
+    took
 }

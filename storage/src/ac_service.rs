@@ -8,7 +8,10 @@
 //!
 //! Each instance name has its own entries (see [`cache_key`]): a client
 //! of one instance can neither read nor overwrite another's results. The
-//! CAS they refer to is shared (see `cas_service`).
+//! CAS they refer to is shared (see `cas_service`), unless
+//! `isolate_instances` is set: then an entry is complete only if its
+//! outputs were written under its own instance name, so a hit never hands
+//! out another tenant's blobs.
 
 use std::sync::Arc;
 
@@ -21,6 +24,8 @@ use tonic::{Code, Request, Response, Status};
 use crate::action_cache::ActionCache;
 use crate::blob_store::{self, BlobStore};
 use crate::digest::{Digest, DigestError, DigestFunction};
+use crate::isolated_blob_store::InstanceBlobs;
+use crate::membership::Membership;
 use crate::status;
 
 /// What an Action Cache request can fail on.
@@ -63,7 +68,7 @@ pub fn status(err: &Error) -> Status {
 
 /// The Action Cache service over a cache and the CAS it refers to.
 pub struct AcService {
-    blobs: Arc<dyn BlobStore>,
+    blobs: InstanceBlobs,
     cache: Arc<dyn ActionCache>,
     authorizer: Authorizer,
 }
@@ -71,10 +76,17 @@ pub struct AcService {
 impl AcService {
     pub fn new(blobs: Arc<dyn BlobStore>, cache: Arc<dyn ActionCache>) -> Self {
         Self {
-            blobs,
+            blobs: InstanceBlobs::shared(blobs),
             cache,
             authorizer: Authorizer::open(),
         }
+    }
+
+    /// Checks completeness against the blobs of the entry's own instance
+    /// name if `membership` is set (`isolate_instances`).
+    pub fn with_membership(mut self, membership: Option<Membership>) -> Self {
+        self.blobs = self.blobs.with_membership(membership);
+        self
     }
 
     /// Checks every call's caller against `authorizer` (open by default).
@@ -99,16 +111,15 @@ impl AcService {
             .ok_or(Error::NotCached { action })?;
         let mut result = ActionResult::decode(encoded.as_slice())
             .map_err(|source| Error::DecodeResult { action, source })?;
-        self.check_complete(action, &result).await?;
+        let blobs = self.blobs.for_instance(&req.instance_name);
+        Self::check_complete(&*blobs, action, &result).await?;
         if req.inline_stdout {
-            result.stdout_raw = self
-                .inline(function, result.stdout_digest.as_ref(), action)
-                .await?;
+            result.stdout_raw =
+                Self::inline(&*blobs, function, result.stdout_digest.as_ref(), action).await?;
         }
         if req.inline_stderr {
-            result.stderr_raw = self
-                .inline(function, result.stderr_digest.as_ref(), action)
-                .await?;
+            result.stderr_raw =
+                Self::inline(&*blobs, function, result.stderr_digest.as_ref(), action).await?;
         }
         Ok(result)
     }
@@ -116,7 +127,11 @@ impl AcService {
     /// Fails with NOT_FOUND unless every blob `result` names is present.
     /// Trees are fetched to check the files inside them, as a client
     /// fetching the outputs would.
-    async fn check_complete(&self, action: Digest, result: &ActionResult) -> Result<(), Error> {
+    async fn check_complete(
+        blobs: &dyn BlobStore,
+        action: Digest,
+        result: &ActionResult,
+    ) -> Result<(), Error> {
         let function = action.function();
         let store_err = |source| Error::Store { action, source };
         // A stored entry naming an invalid or undecodable blob cannot be
@@ -128,7 +143,7 @@ impl AcService {
                 continue;
             };
             let tree = Digest::from_proto(function, tree).map_err(incomplete)?;
-            let Some(data) = self.blobs.get(&tree).await.map_err(store_err)? else {
+            let Some(data) = blobs.get(&tree).await.map_err(store_err)? else {
                 return Err(Error::Incomplete { action, missing: 1 });
             };
             let tree = Tree::decode(data.as_slice())
@@ -144,7 +159,7 @@ impl AcService {
         }
         needed.sort_unstable();
         needed.dedup();
-        let missing = self.blobs.find_missing(&needed).await.map_err(store_err)?;
+        let missing = blobs.find_missing(&needed).await.map_err(store_err)?;
         if !missing.is_empty() {
             return Err(Error::Incomplete {
                 action,
@@ -155,7 +170,7 @@ impl AcService {
     }
 
     async fn inline(
-        &self,
+        blobs: &dyn BlobStore,
         function: DigestFunction,
         digest: Option<&corral_proto::reapi::Digest>,
         action: Digest,
@@ -169,8 +184,7 @@ impl AcService {
         }
         // Checked present just before; evicted since, it is left out and
         // the client falls back to the digest.
-        Ok(self
-            .blobs
+        Ok(blobs
             .get(&digest)
             .await
             .map_err(|source| Error::Store { action, source })?
@@ -196,7 +210,8 @@ impl AcService {
         // holds them as newer than the entry, so eviction removes the
         // entry before any blob it needs. A blob already missing leaves
         // the entry stored but unserved, which the client survives.
-        match self.check_complete(action, &result).await {
+        let blobs = self.blobs.for_instance(&req.instance_name);
+        match Self::check_complete(&*blobs, action, &result).await {
             Ok(()) | Err(Error::Incomplete { .. }) => {}
             Err(err) => return Err(err),
         }

@@ -16,6 +16,7 @@ use futures_util::Stream;
 use crate::blob_write::BlobWrite;
 use crate::digest::{Digest, VerifyError};
 use crate::disk_blob_store::DiskError;
+use crate::membership::MembershipError;
 
 /// Size of the chunks a streamed read yields. 64 KiB keeps each ByteStream
 /// message small enough to pipeline well and large enough that per-message
@@ -37,6 +38,8 @@ pub enum Error {
     Corrupt { digest: Digest },
     #[error("disk store failed")]
     Disk(#[from] DiskError),
+    #[error("recording which instance names hold a blob failed")]
+    Membership(#[from] MembershipError),
     // Boxed: a Status is large and remote failures are rare.
     #[error("remote storage failed during {operation}")]
     Remote {

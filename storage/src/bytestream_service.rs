@@ -13,8 +13,10 @@
 //! compressed bytes cannot be recovered from the uncompressed data kept,
 //! so the client starts it again.
 //!
-//! Instance names decide only who may read and write (the CAS is shared:
-//! see `cas_service`).
+//! Instance names decide who may read and write, and, with
+//! `isolate_instances`, which blobs are there: a blob not written under
+//! the instance name is missing, so a write of it is received and
+//! verified in full rather than ending at once (see `cas_service`).
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -32,6 +34,8 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use crate::blob_store::{self, BlobStore};
 use crate::blob_write::BlobWrite;
 use crate::digest::Digest;
+use crate::isolated_blob_store::InstanceBlobs;
+use crate::membership::Membership;
 use crate::resource_name::{self, Compressor, ResourceNameError};
 use crate::status;
 use crate::zstd_codec::{self, Compressor as ZstdCompressor, Decompressor};
@@ -169,7 +173,7 @@ impl Parked {
 
 /// The ByteStream service over one store.
 pub struct ByteStreamService {
-    blobs: Arc<dyn BlobStore>,
+    blobs: InstanceBlobs,
     parked: Mutex<Parked>,
     authorizer: Authorizer,
 }
@@ -177,10 +181,18 @@ pub struct ByteStreamService {
 impl ByteStreamService {
     pub fn new(blobs: Arc<dyn BlobStore>) -> Self {
         Self {
-            blobs,
+            blobs: InstanceBlobs::shared(blobs),
             parked: Mutex::new(Parked::default()),
             authorizer: Authorizer::open(),
         }
+    }
+
+    /// Isolates instance names from each other's blobs if `membership` is
+    /// set (`isolate_instances`). Parked writes are keyed by resource
+    /// name, which holds the instance name, so they stay apart too.
+    pub fn with_membership(mut self, membership: Option<Membership>) -> Self {
+        self.blobs = self.blobs.with_membership(membership);
+        self
     }
 
     /// Checks every call's caller against `authorizer` (open by default).
@@ -211,9 +223,8 @@ impl ByteStreamService {
         self.parked.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn is_present(&self, digest: &Digest) -> Result<bool, Error> {
-        let missing = self
-            .blobs
+    async fn is_present(blobs: &dyn BlobStore, digest: &Digest) -> Result<bool, Error> {
+        let missing = blobs
             .find_missing(std::slice::from_ref(digest))
             .await
             .map_err(|source| Error::Store {
@@ -232,8 +243,9 @@ impl ByteStreamService {
             &req.resource_name,
             &resource.instance_name,
         )?;
+        let blobs = self.blobs.for_instance(&resource.instance_name);
         if resource.compressor == Compressor::Zstd {
-            return self.read_compressed(resource.digest, &req).await;
+            return Self::read_compressed(&*blobs, resource.digest, &req).await;
         }
         let digest = resource.digest;
         let offset = u64::try_from(req.read_offset)
@@ -247,8 +259,7 @@ impl ByteStreamService {
             0 => None,
             limit => Some(u64::try_from(limit).map_err(|_| Error::NegativeLimit { limit })?),
         };
-        let chunks = self
-            .blobs
+        let chunks = blobs
             .read(&digest, offset, limit)
             .await
             .map_err(|source| Error::Store { digest, source })?
@@ -262,7 +273,7 @@ impl ByteStreamService {
     /// A zstd read: the whole blob compressed as it streams, then cut to
     /// the requested range of compressed bytes.
     async fn read_compressed(
-        &self,
+        blobs: &dyn BlobStore,
         digest: Digest,
         req: &ReadRequest,
     ) -> Result<ReadStream, Error> {
@@ -274,8 +285,7 @@ impl ByteStreamService {
             0 => u64::MAX,
             limit => u64::try_from(limit).map_err(|_| Error::NegativeLimit { limit })?,
         };
-        let chunks = self
-            .blobs
+        let chunks = blobs
             .read(&digest, 0, None)
             .await
             .map_err(|source| Error::Store { digest, source })?
@@ -327,7 +337,7 @@ impl ByteStreamService {
     /// uncompressed digest, committed on `finish_write`. Offsets count
     /// compressed bytes.
     async fn write_compressed<S>(
-        &self,
+        blobs: &dyn BlobStore,
         name: String,
         digest: Digest,
         first: WriteRequest,
@@ -338,14 +348,13 @@ impl ByteStreamService {
     {
         // REAPI: a compressed upload of a blob already present ends at once
         // with committed_size -1.
-        if self.is_present(&digest).await? {
+        if Self::is_present(blobs, &digest).await? {
             return Ok(WriteResponse { committed_size: -1 });
         }
         let declared = digest.size_bytes();
         let mut decompressor =
             Decompressor::new(declared).map_err(|source| Error::Zstd { digest, source })?;
-        let mut write = self
-            .blobs
+        let mut write = blobs
             .begin_write(&digest)
             .await
             .map_err(|source| Error::Store { digest, source })?;
@@ -420,25 +429,26 @@ impl ByteStreamService {
         tracing::Span::current().record("resource", name.as_str());
         let resource = resource_name::parse_write(&name)?;
         self.authorize(caller, Permission::CasWrite, &name, &resource.instance_name)?;
+        let blobs = self.blobs.for_instance(&resource.instance_name);
         if resource.compressor == Compressor::Zstd {
-            return self
-                .write_compressed(name, resource.digest, first, requests)
-                .await;
+            return Self::write_compressed(&*blobs, name, resource.digest, first, requests).await;
         }
         let digest = resource.digest;
         let complete = WriteResponse {
             committed_size: i64::try_from(digest.size_bytes()).unwrap_or(i64::MAX),
         };
-        // REAPI lets a write of a blob already present end at once.
-        if self.is_present(&digest).await? {
+        // REAPI lets a write of a blob already present end at once. Under
+        // isolate_instances "present" means written under this instance
+        // name: anyone else must send the whole content, so claiming a
+        // digest grants nothing.
+        if Self::is_present(&*blobs, &digest).await? {
             return Ok(complete);
         }
         let parked = self.parked().take(&name);
         let mut write = match parked {
             // A client restarting from zero gets a fresh write.
             Some(write) if first.write_offset != 0 => write,
-            _ => self
-                .blobs
+            _ => blobs
                 .begin_write(&digest)
                 .await
                 .map_err(|source| Error::Store { digest, source })?,
@@ -500,7 +510,8 @@ impl ByteStreamService {
             &resource.instance_name,
         )?;
         let digest = resource.digest;
-        if self.is_present(&digest).await? {
+        let blobs = self.blobs.for_instance(&resource.instance_name);
+        if Self::is_present(&*blobs, &digest).await? {
             return Ok(QueryWriteStatusResponse {
                 committed_size: i64::try_from(digest.size_bytes()).unwrap_or(i64::MAX),
                 complete: true,

@@ -1,9 +1,12 @@
 //! The `ContentAddressableStorage` service: FindMissingBlobs,
 //! BatchUpdateBlobs, BatchReadBlobs and GetTree over a [`BlobStore`].
 //!
-//! Every instance name sees the same blobs. That is safe for a CAS: a
-//! blob is named by its hash, so reading one needs the hash, and writing
-//! one cannot change what another tenant reads. What tenants must not
+//! By default every instance name sees the same blobs: a blob is named by
+//! its hash, so reading one needs the hash, and writing one cannot change
+//! what another tenant reads. Whoever learns (or guesses) a digest can
+//! read the blob, though; with `isolate_instances` each instance name sees
+//! only the blobs written under it (`isolated_blob_store`, and
+//! docs/decisions/0010-cas-across-instance-names.md). What tenants never
 //! share, the Action Cache, is kept per instance (`ac_service`).
 
 use std::collections::{HashSet, VecDeque};
@@ -27,6 +30,8 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::blob_store::{self, BlobStore};
 use crate::digest::{Digest, DigestError, DigestFunction};
+use crate::isolated_blob_store::InstanceBlobs;
+use crate::membership::Membership;
 use crate::status;
 
 /// Blobs of a batch handled at once: enough to keep the disk store's
@@ -90,7 +95,7 @@ pub fn status(err: &Error) -> Status {
 
 /// The CAS service over one store.
 pub struct CasService {
-    blobs: Arc<dyn BlobStore>,
+    blobs: InstanceBlobs,
     max_batch_total_size_bytes: u64,
     authorizer: Authorizer,
 }
@@ -102,10 +107,17 @@ type ChunkMappingStream =
 impl CasService {
     pub fn new(blobs: Arc<dyn BlobStore>, max_batch_total_size_bytes: u64) -> Self {
         Self {
-            blobs,
+            blobs: InstanceBlobs::shared(blobs),
             max_batch_total_size_bytes,
             authorizer: Authorizer::open(),
         }
+    }
+
+    /// Isolates instance names from each other's blobs if `membership` is
+    /// set (`isolate_instances`).
+    pub fn with_membership(mut self, membership: Option<Membership>) -> Self {
+        self.blobs = self.blobs.with_membership(membership);
+        self
     }
 
     /// Checks every call's caller against `authorizer` (open by default).
@@ -137,6 +149,7 @@ impl CasService {
             .collect::<Result<Vec<_>, _>>()?;
         let missing = self
             .blobs
+            .for_instance(&req.instance_name)
             .find_missing(&digests)
             .await
             .map_err(Error::StoreBatch)?;
@@ -152,8 +165,9 @@ impl CasService {
     ) -> Result<BatchUpdateBlobsResponse, Error> {
         let function = DigestFunction::from_proto(req.digest_function)?;
         self.check_batch(req.requests.iter().map(|r| r.data.len() as u64).sum())?;
+        let blobs = self.blobs.for_instance(&req.instance_name);
         let responses = stream::iter(req.requests)
-            .map(|r| self.update_one(function, r))
+            .map(|r| Self::update_one(&*blobs, function, r))
             .buffered(BATCH_CONCURRENCY)
             .collect()
             .await;
@@ -161,7 +175,7 @@ impl CasService {
     }
 
     async fn update_one(
-        &self,
+        blobs: &dyn BlobStore,
         function: DigestFunction,
         r: batch_update_blobs_request::Request,
     ) -> batch_update_blobs_response::Response {
@@ -172,7 +186,7 @@ impl CasService {
                     compressor: r.compressor,
                 });
             }
-            self.blobs
+            blobs
                 .put(&digest, r.data)
                 .await
                 .map_err(|source| Error::Store { digest, source })
@@ -200,8 +214,9 @@ impl CasService {
                 .map(|d| u64::try_from(d.size_bytes).unwrap_or(0))
                 .sum(),
         )?;
+        let blobs = self.blobs.for_instance(&req.instance_name);
         let responses = stream::iter(req.digests)
-            .map(|d| self.read_one(function, d))
+            .map(|d| Self::read_one(&*blobs, function, d))
             .buffered(BATCH_CONCURRENCY)
             .collect()
             .await;
@@ -209,13 +224,13 @@ impl CasService {
     }
 
     async fn read_one(
-        &self,
+        blobs: &dyn BlobStore,
         function: DigestFunction,
         proto: corral_proto::reapi::Digest,
     ) -> batch_read_blobs_response::Response {
         let result = async {
             let digest = Digest::from_proto(function, &proto)?;
-            self.blobs
+            blobs
                 .get(&digest)
                 .await
                 .map_err(|source| Error::Store { digest, source })
@@ -261,8 +276,10 @@ impl CasService {
             .ok()
             .filter(|&n| n > 0)
             .unwrap_or(DEFAULT_TREE_PAGE_SIZE);
-        if self
-            .blobs
+        // Under isolate_instances, directories the instance name did not
+        // write are missing, the root included.
+        let blobs = self.blobs.for_instance(&req.instance_name);
+        if blobs
             .find_missing(&[root])
             .await
             .map_err(Error::StoreBatch)?
@@ -271,7 +288,7 @@ impl CasService {
             return Err(Error::TreeRootMissing { digest: root });
         }
         let walk = TreeWalk {
-            blobs: Arc::clone(&self.blobs),
+            blobs,
             queue: VecDeque::from([root]),
             seen: HashSet::from([root]),
             visited: 0,

@@ -34,6 +34,17 @@ pub struct Config {
     /// docs/config.md). Unset: every caller is anonymous and may do
     /// everything, as a farm for one team on a trusted network.
     pub auth: Option<corral_auth::AuthConfig>,
+    /// Each instance name sees only the CAS blobs written under it
+    /// (FindMissingBlobs, batch and ByteStream reads, GetTree and the
+    /// Action Cache's completeness check). Content is still stored once;
+    /// an index of (instance name, digest) pairs sits beside it, kept in
+    /// `<dir>/membership.log` by the disk backend. Default false: the CAS
+    /// is shared, so a tenant who learns a digest can read that blob from
+    /// any instance name it may read (docs/decisions/0010). Set it when
+    /// tenants must not read each other's blobs; the cost is that a blob
+    /// uploaded under one instance name must be uploaded again under
+    /// another. Memory and disk backends only.
+    pub isolate_instances: bool,
 }
 
 /// Where blobs are kept.
@@ -101,6 +112,7 @@ impl Default for Config {
             tls: None,
             client_tls: None,
             auth: None,
+            isolate_instances: false,
         }
     }
 }
@@ -124,6 +136,14 @@ impl Config {
                 cache.as_ref().map_or(u64::MAX, |c| c.max_size_bytes)
             }
         };
+        if self.isolate_instances && matches!(self.backend, Backend::Remote { .. }) {
+            return Err(Error::InvalidConfig {
+                field: "isolate_instances",
+                reason: "needs a memory or disk backend: a remote store is shared by \
+                         whatever else uses it, so isolation belongs there"
+                    .to_owned(),
+            });
+        }
         if max_size == 0 {
             return Err(Error::InvalidConfig {
                 field: "backend.max_size_bytes",

@@ -231,6 +231,12 @@ impl DiskBlobStore {
         self.inner.lock().total_bytes()
     }
 
+    /// Whether `digest` is stored, as the index counts it, without marking
+    /// it used: for the membership index, which must not reorder eviction.
+    pub fn holds(&self, digest: &Digest) -> bool {
+        self.inner.lock().contains(&Key::cas(*digest))
+    }
+
     /// Where the file for a CAS blob lives; for tests that corrupt one.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.inner.path(&Key::cas(*digest))

@@ -11,6 +11,8 @@ pub enum Error {
     InvalidConfig { field: &'static str, reason: String },
     #[error("failed to open the disk store")]
     OpenDisk(#[from] DiskError),
+    #[error("failed to open the membership index of isolate_instances")]
+    OpenMembership(#[source] crate::membership::MembershipError),
     /// A client endpoint or `[client_tls]`; the message names the key.
     #[error(transparent)]
     Client(corral_auth::channel::Error),

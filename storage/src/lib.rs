@@ -15,6 +15,8 @@
 //! - [`action_cache`] — the Action Cache trait.
 //! - [`lru_index`] — what a bounded store holds, in order of use.
 //! - [`memory_blob_store`], [`disk_blob_store`] — the backends.
+//! - [`membership`], [`isolated_blob_store`] — which instance names see
+//!   which blobs, under `isolate_instances`.
 //! - [`cas_service`], [`ac_service`], [`bytestream_service`],
 //!   [`capabilities_service`] — the gRPC services, one per module, each
 //!   with its errors and their status codes.
@@ -23,8 +25,9 @@
 //!
 //! Storage never trusts a digest it is given: every write is verified
 //! against its content, and nothing half-written is ever visible.
-//! Instance names are accepted but not used yet: all instances share one
-//! store.
+//! Instance names have their own Action Cache entries; the CAS is shared
+//! by all of them unless `isolate_instances` is set, when each sees only
+//! the blobs written under it (docs/decisions/0010-cas-across-instance-names.md).
 
 #![forbid(unsafe_code)]
 
@@ -39,7 +42,9 @@ pub mod config;
 pub mod digest;
 pub mod disk_blob_store;
 pub mod error;
+pub mod isolated_blob_store;
 pub mod lru_index;
+pub mod membership;
 pub mod memory_blob_store;
 pub mod read_through_blob_store;
 pub mod remote_blob_store;
@@ -78,12 +83,28 @@ const MAX_BYTESTREAM_MESSAGE_BYTES: usize = 16 << 20;
 const STREAM_WINDOW_BYTES: u32 = 8 << 20;
 const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 
+/// The membership index of a disk store with `isolate_instances`, in its
+/// directory (beside `cas/`, `ac/` and `tmp/`, which the store scans).
+pub const MEMBERSHIP_LOG: &str = "membership.log";
+
 /// The CAS and the Action Cache a configuration asks for.
 pub struct Stores {
     pub blobs: Arc<dyn BlobStore>,
     pub action_cache: Arc<dyn ActionCache>,
     /// The bound on stored bytes, advertised as the largest blob.
     pub max_size_bytes: u64,
+    /// Which instance names see which blobs, with `isolate_instances`;
+    /// `None`: every instance name sees every blob.
+    pub membership: Option<membership::Membership>,
+}
+
+impl Stores {
+    /// The CAS as the services must read it on behalf of instance names:
+    /// every reader goes through this, or isolation has a hole.
+    pub fn instance_blobs(&self) -> isolated_blob_store::InstanceBlobs {
+        isolated_blob_store::InstanceBlobs::shared(Arc::clone(&self.blobs))
+            .with_membership(self.membership.clone())
+    }
 }
 
 /// Opens the configured backend (for disk: creates the directory and
@@ -92,10 +113,15 @@ pub async fn open(cfg: &Config) -> Result<Stores, Error> {
     match &cfg.backend {
         config::Backend::Memory { max_size_bytes } => {
             let store = Arc::new(MemoryBlobStore::new(*max_size_bytes));
+            let membership = cfg.isolate_instances.then(|| {
+                let store = Arc::clone(&store);
+                membership::Membership::in_memory(Arc::new(move |d| store.holds(d)))
+            });
             Ok(Stores {
                 blobs: store.clone(),
                 action_cache: store,
                 max_size_bytes: *max_size_bytes,
+                membership,
             })
         }
         config::Backend::Disk {
@@ -104,10 +130,25 @@ pub async fn open(cfg: &Config) -> Result<Stores, Error> {
             fsync,
         } => {
             let store = Arc::new(DiskBlobStore::open(dir.clone(), *max_size_bytes, *fsync).await?);
+            let membership = if cfg.isolate_instances {
+                let holder = Arc::clone(&store);
+                Some(
+                    membership::Membership::open_log(
+                        dir.join(MEMBERSHIP_LOG),
+                        *fsync,
+                        Arc::new(move |d| holder.holds(d)),
+                    )
+                    .await
+                    .map_err(Error::OpenMembership)?,
+                )
+            } else {
+                None
+            };
             Ok(Stores {
                 blobs: store.clone(),
                 action_cache: store,
                 max_size_bytes: *max_size_bytes,
+                membership,
             })
         }
         config::Backend::Remote {
@@ -125,6 +166,7 @@ pub async fn open(cfg: &Config) -> Result<Stores, Error> {
                     blobs: remote.clone(),
                     action_cache: remote,
                     max_size_bytes: u64::MAX,
+                    membership: None,
                 });
             };
             let local = Arc::new(
@@ -137,6 +179,7 @@ pub async fn open(cfg: &Config) -> Result<Stores, Error> {
                 blobs: front.clone(),
                 action_cache: front,
                 max_size_bytes: cache.max_size_bytes,
+                membership: None,
             })
         }
     }
@@ -172,17 +215,20 @@ pub fn routes_without_capabilities(
     let max_cas_message = max_batch.saturating_mul(2).saturating_add(1 << 20);
     let cas = ContentAddressableStorageServer::new(
         cas_service::CasService::new(Arc::clone(&stores.blobs), cfg.max_batch_total_size_bytes)
-            .with_authorizer(authorizer.clone()),
+            .with_authorizer(authorizer.clone())
+            .with_membership(stores.membership.clone()),
     )
     .max_decoding_message_size(max_cas_message)
     .max_encoding_message_size(max_cas_message);
     let ac = ActionCacheServer::new(
         ac_service::AcService::new(Arc::clone(&stores.blobs), Arc::clone(&stores.action_cache))
-            .with_authorizer(authorizer.clone()),
+            .with_authorizer(authorizer.clone())
+            .with_membership(stores.membership.clone()),
     );
     let bytestream = ByteStreamServer::new(
         bytestream_service::ByteStreamService::new(Arc::clone(&stores.blobs))
-            .with_authorizer(authorizer.clone()),
+            .with_authorizer(authorizer.clone())
+            .with_membership(stores.membership.clone()),
     )
     .max_decoding_message_size(MAX_BYTESTREAM_MESSAGE_BYTES);
     Routes::new(cas).add_service(ac).add_service(bytestream)

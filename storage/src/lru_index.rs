@@ -84,6 +84,11 @@ impl<K: Clone + Eq + Hash, V> LruIndex<K, V> {
         Some(&entry.value)
     }
 
+    /// Whether `key` is held, without marking it used.
+    pub fn contains(&self, key: &K) -> bool {
+        self.entries.contains_key(key)
+    }
+
     /// Whether `key` is held, marking it used.
     pub fn touch(&mut self, key: &K) -> bool {
         self.get(key).is_some()

@@ -52,6 +52,12 @@ impl MemoryBlobStore {
         Ok(())
     }
 
+    /// Whether `digest` is stored, without marking it used: for the
+    /// membership index, which must not reorder eviction.
+    pub fn holds(&self, digest: &Digest) -> bool {
+        self.lock().contains(&Key::cas(*digest))
+    }
+
     /// Total bytes held, for tests and metrics.
     pub fn total_bytes(&self) -> u64 {
         self.lock().total_bytes()

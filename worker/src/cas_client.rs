@@ -225,6 +225,26 @@ impl CasClient {
         }
     }
 
+    /// The instance name this client reads and writes under.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The digests among `digests` the CAS lacks under this instance name.
+    pub async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, Error> {
+        let mut cas = ContentAddressableStorageClient::new(self.channel.clone());
+        Ok(cas
+            .find_missing_blobs(FindMissingBlobsRequest {
+                instance_name: self.instance.clone(),
+                blob_digests: digests.to_vec(),
+                ..Default::default()
+            })
+            .await
+            .map_err(Error::FindMissing)?
+            .into_inner()
+            .missing_blob_digests)
+    }
+
     /// How many blobs were read since start.
     pub fn reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
@@ -399,23 +419,16 @@ impl CasClient {
         if blobs.is_empty() {
             return Ok(());
         }
-        let mut cas = ContentAddressableStorageClient::new(self.channel.clone());
         let mut unique = HashMap::new();
         for (digest, data) in blobs {
             unique
                 .entry(digest.hash.clone())
                 .or_insert_with(|| (digest, data.into()));
         }
-        let missing: HashSet<String> = cas
-            .find_missing_blobs(FindMissingBlobsRequest {
-                instance_name: self.instance.clone(),
-                blob_digests: unique.values().map(|(d, _)| d.clone()).collect(),
-                ..Default::default()
-            })
-            .await
-            .map_err(Error::FindMissing)?
-            .into_inner()
-            .missing_blob_digests
+        let asked: Vec<Digest> = unique.values().map(|(d, _)| d.clone()).collect();
+        let missing: HashSet<String> = self
+            .find_missing(&asked)
+            .await?
             .into_iter()
             .map(|d| d.hash)
             .collect();

@@ -23,6 +23,7 @@ use corral_proto::reapi::Digest;
 use tokio::task::JoinSet;
 
 use crate::cas_client::{self, CasClient};
+use crate::confirmed::Confirmed;
 
 /// Bytes of small files read in one round before they are written: what
 /// a download holds in memory, twice (one round read while the last is
@@ -186,6 +187,8 @@ pub struct FileCache {
     state: Mutex<State>,
     downloads: AtomicU64,
     next_temp: AtomicU64,
+    /// Which instance names storage showed the cached blobs to.
+    confirmed: Confirmed,
     /// Every input laid out as a copy: see [`FileCache::copy_inputs`].
     copy_always: AtomicBool,
     /// Inputs copied because their cache file had all the links its file
@@ -280,6 +283,7 @@ impl FileCache {
             state: Mutex::default(),
             downloads: AtomicU64::new(0),
             next_temp: AtomicU64::new(0),
+            confirmed: Confirmed::default(),
             copy_always: AtomicBool::new(false),
             copies_at_link_limit: AtomicU64::new(0),
             copies_unprotected: AtomicU64::new(0),
@@ -348,6 +352,12 @@ impl FileCache {
         (state.total, state.entries.len())
     }
 
+    /// Which instance names storage showed which cached blobs to: for the
+    /// directory cache too, which is keyed by digest alike.
+    pub fn confirmed(&self) -> &Confirmed {
+        &self.confirmed
+    }
+
     /// Files downloaded into the cache since it opened.
     pub fn downloads(&self) -> u64 {
         self.downloads.load(Ordering::Relaxed)
@@ -392,8 +402,15 @@ impl FileCache {
                 }
             }
         }
+        // A hit counts only if storage would serve the blob under this
+        // instance name (crate::confirmed); the pins taken so far drop
+        // with the error.
+        let hits: Vec<Digest> = pins.keys.iter().map(Key::digest).collect();
+        self.confirmed.check(cas, &hits).await?;
         if !missing.is_empty() {
+            let fetched: Vec<Digest> = missing.iter().map(Key::digest).collect();
             pins.absorb(self.fetch(cas, missing).await?);
+            self.confirmed.confirm(cas.instance(), &fetched);
         }
         Ok(pins)
     }

@@ -30,6 +30,7 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use crate::cas_client::{self, CasClient};
+use crate::confirmed::Confirmed;
 use crate::directory_cache::DirectoryCache;
 use crate::file_cache::{self, FileCache};
 
@@ -247,7 +248,7 @@ pub async fn materialize(
     dest: &Path,
     max_entries: u64,
 ) -> Result<(), Error> {
-    let levels = resolve(cas, directories, root, dest, max_entries).await?;
+    let levels = resolve(cas, directories, files.confirmed(), root, dest, max_entries).await?;
     let wanted: Vec<(&Digest, bool)> = levels
         .iter()
         .flatten()
@@ -302,6 +303,7 @@ impl Wanted {
 async fn resolve(
     cas: &CasClient,
     cache: &DirectoryCache,
+    confirmed: &Confirmed,
     root: &Digest,
     dest: &Path,
     max_entries: u64,
@@ -325,12 +327,26 @@ async fn resolve(
             .map(|(w, _)| w.digest.clone())
             .collect();
         cached += wanted.len() - missing.len();
+        // A cached directory counts only if storage would serve it under
+        // this instance name (crate::confirmed).
+        confirmed
+            .check(
+                cas,
+                wanted
+                    .iter()
+                    .zip(&found)
+                    .filter(|(_, f)| f.is_some())
+                    .map(|(w, _)| &w.digest),
+            )
+            .await
+            .map_err(Error::FetchDirectory)?;
         if !missing.is_empty() {
             let blobs = cas
                 .read_many(&missing)
                 .await
                 .map_err(Error::FetchDirectory)?;
             read += blobs.len();
+            confirmed.confirm(cas.instance(), &missing);
             // One decode per digest, however often it occurs in the level.
             let mut decoded: HashMap<&str, Arc<CheckedDirectory>> = HashMap::new();
             for (Wanted { path, digest, .. }, slot) in wanted.iter().zip(found.iter_mut()) {
@@ -706,10 +722,22 @@ mod tests {
             };
             cache.insert(made_up(i + 1), Arc::new(directory));
         }
-        // No server: reading anything would fail the test.
+        // No server: reading anything would fail the test, and so would
+        // asking it about a cached directory not confirmed yet.
         let cas = CasClient::new("http://127.0.0.1:1").unwrap();
+        let confirmed = Confirmed::default();
+        let made: Vec<Digest> = (0..=names.len()).chain([usize::MAX]).map(made_up).collect();
+        confirmed.confirm(cas.instance(), &made);
         let root = made_up(names.len());
-        resolve(&cas, &cache, &root, Path::new("/r"), max_entries).await
+        resolve(
+            &cas,
+            &cache,
+            &confirmed,
+            &root,
+            Path::new("/r"),
+            max_entries,
+        )
+        .await
     }
 
     /// A directory of `n` empty subdirectories.

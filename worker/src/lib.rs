@@ -12,6 +12,8 @@
 //! - [`cas_client`] — blobs and Action Cache entries, verified by digest.
 //! - [`file_cache`] — content-addressed, read-only files to hardlink.
 //! - [`directory_cache`] — Directory messages already read, by digest.
+//! - [`confirmed`] — which cached blobs storage has shown to which
+//!   instance names.
 //! - [`input_root`] — lays out an action's input root.
 //! - [`runner_client`] — the runner over its Unix socket.
 //! - [`outputs`] — output parents before the run, outputs after it.
@@ -33,6 +35,7 @@
 
 pub mod cas_client;
 pub mod config;
+pub mod confirmed;
 pub mod directory_cache;
 pub mod error;
 pub mod executor;

@@ -59,12 +59,18 @@ fn privileged(test: &str) -> bool {
 /// Starts an in-process storage (memory backend) on loopback; returns
 /// its endpoint.
 async fn start_storage(servers: &mut JoinSet<()>) -> String {
+    start_storage_isolating(servers, false).await
+}
+
+/// The same, with `isolate_instances` as given.
+async fn start_storage_isolating(servers: &mut JoinSet<()>, isolate_instances: bool) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let storage = format!("http://{}", listener.local_addr().unwrap());
     let cfg = corral_storage::config::Config {
         backend: corral_storage::config::Backend::Memory {
             max_size_bytes: 64 << 20,
         },
+        isolate_instances,
         ..Default::default()
     };
     servers.spawn(async move {
@@ -1189,4 +1195,59 @@ async fn too_many_output_files_are_resource_exhausted_and_not_uploaded() {
         "limits.output_max_files",
     )
     .await;
+}
+
+/// With storage's `isolate_instances`, the worker's caches (keyed by
+/// digest) must not lay out for tenant B what only tenant A's actions
+/// brought in: B names A's file by digest in its own input root, and the
+/// layout fails as if the file were missing, until B uploads it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_input_of_another_instance_name_is_not_laid_out_for_it() {
+    let mut servers = JoinSet::new();
+    let storage = CasClient::new(&start_storage_isolating(&mut servers, true).await).unwrap();
+    let (a, b) = (
+        storage.with_instance("team-a"),
+        storage.with_instance("team-b"),
+    );
+    let secret = put(&a, b"tenant a's secret\n").await;
+    let root = Directory {
+        files: vec![FileNode {
+            name: "secret.txt".into(),
+            digest: Some(secret.clone()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let root_digest = put_message(&a, &root).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(FileCache::open(dir.path().join("cache"), 1 << 20).unwrap());
+    let directories = DirectoryCache::new(1 << 20);
+    let lay_out = |cas: &CasClient, name: &str| {
+        let dest = dir.path().join(name);
+        std::fs::create_dir(&dest).unwrap();
+        let (cas, cache, directories, root_digest) = (
+            cas.clone(),
+            Arc::clone(&cache),
+            &directories,
+            root_digest.clone(),
+        );
+        async move { materialize(&cas, &cache, directories, &root_digest, &dest, MAX_ENTRIES).await }
+    };
+    lay_out(&a, "a").await.unwrap();
+
+    // The root Directory is cached, but B does not hold it.
+    let err = lay_out(&b, "b1").await.unwrap_err();
+    assert_eq!(err.missing_digest(), Some(&root_digest), "{err:?}");
+    // B uploads the Directory (not the file): the cached file is refused.
+    put_message(&b, &root).await;
+    let err = lay_out(&b, "b2").await.unwrap_err();
+    assert_eq!(err.missing_digest(), Some(&secret), "{err:?}");
+    assert!(!dir.path().join("b2/secret.txt").exists());
+    // Holding the content itself, B gets the layout.
+    put(&b, b"tenant a's secret\n").await;
+    lay_out(&b, "b3").await.unwrap();
+    assert_eq!(
+        std::fs::read(dir.path().join("b3/secret.txt")).unwrap(),
+        b"tenant a's secret\n"
+    );
 }
