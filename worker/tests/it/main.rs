@@ -5,6 +5,7 @@
 // Test code: a failed setup step should stop the test loudly.
 #![allow(clippy::unwrap_used)]
 
+mod full_disk;
 mod tls;
 
 use std::collections::BTreeMap;
