@@ -781,7 +781,7 @@ impl DiskBlobWrite {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use futures_util::StreamExt as _;
 
     use super::*;
@@ -958,10 +958,10 @@ mod tests {
     /// A tmpfs of `size` (mount's syntax: "8m") on a fresh directory,
     /// unmounted when dropped; `None`, after one line saying why, when
     /// not root (never under CI).
-    struct Tmpfs(tempfile::TempDir);
+    pub(crate) struct Tmpfs(tempfile::TempDir);
 
     impl Tmpfs {
-        fn mount(test: &str, size: &str) -> Option<Tmpfs> {
+        pub(crate) fn mount(test: &str, size: &str) -> Option<Tmpfs> {
             use std::os::unix::fs::MetadataExt as _;
             if !fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
                 assert!(std::env::var_os("CI").is_none(), "{test}: CI runs as root");
@@ -978,7 +978,7 @@ mod tests {
             Some(Tmpfs(dir))
         }
 
-        fn path(&self) -> &Path {
+        pub(crate) fn path(&self) -> &Path {
             self.0.path()
         }
     }
