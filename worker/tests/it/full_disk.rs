@@ -14,7 +14,7 @@ use corral_worker::input_root::materialize;
 use tokio::task::JoinSet;
 use tonic::Code;
 
-use super::{put, put_message, start_storage, MAX_ENTRIES};
+use super::{code, privileged, put, put_message, shell, start_storage, Farm, MAX_ENTRIES};
 
 /// A tmpfs mounted on a fresh directory, unmounted when dropped.
 struct Tmpfs(tempfile::TempDir);
@@ -122,4 +122,72 @@ async fn a_full_cache_disk_fails_the_layout_as_unavailable_and_the_next_one_succ
         .unwrap();
     assert_eq!(std::fs::read(second.join("big")).unwrap(), big);
     assert_eq!(std::fs::read(second.join("small")).unwrap(), small);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_action_on_a_full_cache_disk_fails_unavailable_and_runs_once_space_returns() {
+    if !privileged("an_action_on_a_full_cache_disk_fails_unavailable") {
+        return;
+    }
+    let farm = Farm::start().await;
+    // The worker's directory becomes a 16 MiB tmpfs, with its cache and
+    // build directories made again on it: both are reached by path.
+    let worker = farm.dir.path().join("worker");
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&worker)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount tmpfs on {}", worker.display());
+    let _unmount = Unmount(worker.clone());
+    std::fs::create_dir(worker.join("cache")).unwrap();
+    std::fs::create_dir(worker.join("build")).unwrap();
+
+    let big: Vec<u8> = (0..3 << 20).map(|i| (i % 251) as u8).collect();
+    let file = FileNode {
+        name: "big".into(),
+        digest: Some(put(&farm.cas, &big).await),
+        ..Default::default()
+    };
+    let root = farm
+        .put_message(&Directory {
+            files: vec![file],
+            ..Default::default()
+        })
+        .await;
+    let job = farm.job(shell("wc -c < big"), root, None).await;
+    // Something else on the disk leaves it 2 MiB.
+    let filler = worker.join("filler");
+    std::fs::write(&filler, vec![0; 14 << 20]).unwrap();
+
+    let refused = farm.execute(&job).await;
+    assert_eq!(
+        code(&refused),
+        Code::Unavailable as i32,
+        "{:?}",
+        refused.status
+    );
+    let said = format!(
+        "the disk of the file cache {} is full",
+        worker.join("cache").display()
+    );
+    let message = &refused.status.as_ref().unwrap().message;
+    assert!(message.contains(&said), "{message}");
+    assert!(farm.build_is_empty(), "the build directory is cleaned up");
+
+    std::fs::remove_file(&filler).unwrap();
+    let ran = farm.execute(&job).await;
+    assert_eq!(code(&ran), 0, "{:?}", ran.status);
+    let result = ran.result.unwrap();
+    assert_eq!(result.exit_code, 0);
+    assert_eq!(farm.read(&result.stdout_digest).await, b"3145728\n");
+}
+
+/// Unmounts a file system when dropped.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
 }
