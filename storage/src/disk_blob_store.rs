@@ -985,7 +985,10 @@ pub(crate) mod tests {
 
     impl Drop for Tmpfs {
         fn drop(&mut self) {
+            // Lazily: a descriptor a child of another test thread briefly holds
+            // (inherited until its exec) must not leave the mount behind.
             let _ = std::process::Command::new("umount")
+                .arg("-l")
                 .arg(self.0.path())
                 .status();
         }

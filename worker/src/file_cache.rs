@@ -372,7 +372,18 @@ impl FileCache {
                 other => return other,
             }
         };
-        copy_read_only(&from, to)?;
+        match copy_read_only(&from, to) {
+            // A copy takes space a link does not: on a full disk, room is
+            // made from unpinned files, as for a download.
+            Err(e) if is_disk_full(&e) => {
+                let size = u64::try_from(digest.size_bytes).unwrap_or(0);
+                if !self.make_room(size) {
+                    return Err(e);
+                }
+                copy_read_only(&from, to)?;
+            }
+            other => other?,
+        }
         match reason {
             CopyReason::LinkLimit => &self.copies_at_link_limit,
             CopyReason::Unprotected => &self.copies_unprotected,
@@ -958,7 +969,12 @@ mod tests {
 
     impl Drop for Mounted {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            // Lazily: a descriptor a child of another test thread briefly holds
+            // (inherited until its exec) must not leave the mount behind.
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
         }
     }
 
@@ -1079,6 +1095,30 @@ mod tests {
             [1; 2 << 20]
         );
         assert_eq!(cache.usage(), (2 << 20, 1));
+    }
+
+    #[test]
+    fn a_copied_input_on_a_full_disk_makes_room_from_unpinned_files() {
+        let Some((dir, _mounted)) = tmpfs("a_copied_input_on_a_full_disk", "8m") else {
+            return;
+        };
+        let cache = FileCache::open(dir.path().join("cache"), 1 << 30).unwrap();
+        cache.copy_inputs();
+        // 2 MiB to copy, pinned; 5 MiB of unpinned files fill the rest.
+        let input = mib_key(0, 2);
+        cache.insert(&input, &[0; 2 << 20]).unwrap();
+        for n in 1..6 {
+            cache.insert(&mib_key(n, 1), &[n; 1 << 20]).unwrap();
+            cache.lock().unpin(&mib_key(n, 1));
+        }
+        let to = dir.path().join("copied");
+        cache.place(&input.digest(), false, &to).unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), [0; 2 << 20]);
+        assert!(
+            cache.lock().entries.contains_key(&input),
+            "pinned files stay"
+        );
+        assert!(cache.usage().0 < 7 << 20, "unpinned files made room");
     }
 
     #[test]

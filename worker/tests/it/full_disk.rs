@@ -45,7 +45,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
+        // Lazily: a descriptor a child of another test thread briefly holds
+        // (inherited until its exec) must not leave the mount behind.
         let _ = std::process::Command::new("umount")
+            .arg("-l")
             .arg(self.0.path())
             .status();
     }
@@ -188,6 +191,11 @@ struct Unmount(std::path::PathBuf);
 
 impl Drop for Unmount {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        // Lazily: a descriptor a child of another test thread briefly holds
+        // (inherited until its exec) must not leave the mount behind.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }
