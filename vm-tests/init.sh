@@ -14,6 +14,7 @@ mount -t devtmpfs dev /dev
 arg() { sed -n "s/.*corral\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 LAYOUT=$(arg cgroup)
 WATCHDOG=$(arg watchdog)
+WORKSPACE=$(arg workspace)
 
 # Runs from the initramfs' busybox, which stays mapped after switch_root.
 (sleep "${WATCHDOG:-600}"; echo "corral-vm: watchdog fired after ${WATCHDOG}s"; poweroff -f) &
@@ -29,9 +30,25 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288,cache=loose hostroo
 mount -t proc proc $R/proc
 mount -t sysfs sys $R/sys
 mount -t devtmpfs dev $R/dev
-mount -t tmpfs -o mode=1777 tmp $R/tmp
-mount -t tmpfs -o mode=1777 shm $R/dev/shm
 mount -t tmpfs -o mode=755 run $R/run
+# The guest's /tmp is its own tmpfs, which hides the host's: a checkout
+# under /tmp (a clone in `mktemp -d`) would vanish with it, test binaries
+# and all. Keep it in view: hold it on a bind mount, then put it back at
+# its own path inside the new /tmp.
+case "$WORKSPACE" in
+/tmp/*)
+    mkdir -p $R/run/corral-workspace
+    mount -o bind "$R$WORKSPACE" $R/run/corral-workspace
+    ;;
+esac
+mount -t tmpfs -o mode=1777 tmp $R/tmp
+case "$WORKSPACE" in
+/tmp/*)
+    mkdir -p "$R$WORKSPACE"
+    mount -o bind $R/run/corral-workspace "$R$WORKSPACE"
+    ;;
+esac
+mount -t tmpfs -o mode=1777 shm $R/dev/shm
 mkdir -p $R/run/corral-results
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 results $R/run/corral-results
 

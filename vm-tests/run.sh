@@ -103,7 +103,7 @@ for layout in "${layouts[@]}"; do
     start=$(date +%s)
     timeout 900 qemu-system-x86_64 -accel "$accel" -m 3072 -smp 2 -nographic -no-reboot \
         -kernel "$kdir/vmlinuz" -initrd "$work/initrd.gz" \
-        -append "console=ttyS0 panic=-1 quiet corral.cgroup=$layout corral.watchdog=840" \
+        -append "console=ttyS0 panic=-1 quiet corral.cgroup=$layout corral.watchdog=840 corral.workspace=$PWD" \
         -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
         -virtfs "local,path=$results,mount_tag=results,security_model=none" \
         > "$logs/console-$layout.log" 2>&1 || true

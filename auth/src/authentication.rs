@@ -15,9 +15,10 @@ use tonic::Status;
 use crate::caller::Caller;
 use crate::certificate;
 use crate::token::TokenVerifier;
+use crate::verified::Verified;
 
 /// What a listener accepts as proof of identity.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Authenticator {
     /// Verifies bearer tokens; `None`: a token is refused.
     pub tokens: Option<TokenVerifier>,
@@ -30,7 +31,13 @@ pub struct Authenticator {
     /// `[auth]`, where every caller is anonymous. A worker configured with
     /// a token for a farm that does not check tokens keeps working.
     pub ignore_credentials: bool,
+    /// Identities of client certificates already read, by their DER: TLS
+    /// verified each at its handshake; reading it is the same every call.
+    pub certificates_read: Verified<Vec<u8>, Caller>,
 }
+
+/// Certificates remembered at most.
+const CERTIFICATES_READ: usize = 4096;
 
 impl Authenticator {
     /// Everybody is anonymous and welcome: a daemon without `[auth]`.
@@ -40,6 +47,20 @@ impl Authenticator {
             certificates: false,
             allow_anonymous: true,
             ignore_credentials: true,
+            certificates_read: Verified::new(CERTIFICATES_READ),
+        }
+    }
+
+    /// A listener that checks credentials: tokens with `tokens` (refused
+    /// without), client certificates if `certificates`, and no credential
+    /// at all if `allow_anonymous`.
+    pub fn new(tokens: Option<TokenVerifier>, certificates: bool, allow_anonymous: bool) -> Self {
+        Authenticator {
+            tokens,
+            certificates,
+            allow_anonymous,
+            ignore_credentials: false,
+            certificates_read: Verified::new(CERTIFICATES_READ),
         }
     }
 
@@ -77,14 +98,19 @@ impl Authenticator {
                 .map_err(|e| Status::unauthenticated(e.to_string()));
         }
         if self.certificates {
-            let leaf = extensions
+            let chain = extensions
                 .get::<TlsConnectInfo<TcpConnectInfo>>()
-                .and_then(|info| info.peer_certs())
-                .and_then(|chain| chain.first().map(|c| certificate::identity(c)));
-            if let Some(identity) = leaf {
-                return identity
+                .and_then(|info| info.peer_certs());
+            if let Some(leaf) = chain.as_ref().and_then(|chain| chain.first()) {
+                if let Some(caller) = self.certificates_read.get(leaf.as_ref()) {
+                    return Ok(caller);
+                }
+                let caller = certificate::identity(leaf)
                     .map(Caller::from_certificate)
-                    .map_err(|e| Status::unauthenticated(e.to_string()));
+                    .map_err(|e| Status::unauthenticated(e.to_string()))?;
+                self.certificates_read
+                    .insert(leaf.as_ref().to_vec(), caller.clone());
+                return Ok(caller);
             }
         }
         if self.allow_anonymous {
@@ -171,12 +197,7 @@ mod tests {
 
     #[test]
     fn without_credentials_the_refusal_says_what_to_present() {
-        let closed = Authenticator {
-            tokens: None,
-            certificates: true,
-            allow_anonymous: false,
-            ignore_credentials: false,
-        };
+        let closed = Authenticator::new(None, true, false);
         let err = closed
             .authenticate(&http::HeaderMap::new(), &http::Extensions::new())
             .unwrap_err();

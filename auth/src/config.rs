@@ -86,12 +86,7 @@ impl Auth {
             None => Authorizer::open(),
         };
         Ok(Auth {
-            authenticator: Authenticator {
-                tokens,
-                certificates: cfg.client_certificates,
-                allow_anonymous: cfg.allow_anonymous,
-                ignore_credentials: false,
-            },
+            authenticator: Authenticator::new(tokens, cfg.client_certificates, cfg.allow_anonymous),
             authorizer,
         })
     }

@@ -22,6 +22,7 @@
 //! - [`authentication`] — the tower layer that establishes each call's
 //!   caller, or answers UNAUTHENTICATED.
 //! - [`token`] — bearer tokens (JWT): keys, verification, what was wrong.
+//! - [`verified`] — credentials verified once, remembered (bounded).
 //! - [`config`] — the `[auth]` table of a serving daemon.
 //! - [`authorizer`] — the per-call question services ask.
 
@@ -38,6 +39,7 @@ pub mod grants;
 pub mod permission;
 pub mod tls;
 pub mod token;
+pub mod verified;
 
 pub use authentication::{AuthenticationLayer, Authenticator};
 pub use authorizer::Authorizer;

@@ -16,6 +16,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::caller::TokenIdentity;
+use crate::verified::Verified;
 
 /// `[auth.tokens]`: which bearer tokens a listener accepts.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -59,7 +60,13 @@ struct VerifyingKey {
 pub struct TokenVerifier {
     keys: Vec<VerifyingKey>,
     validation: Validation,
+    /// Tokens that verified, with their `exp`: checked again for expiry on
+    /// every use, never for the signature.
+    verified: Verified<String, (TokenIdentity, u64)>,
 }
+
+/// Tokens remembered at most; a farm's callers are far fewer.
+const VERIFIED_TOKENS: usize = 4096;
 
 impl std::fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -158,11 +165,36 @@ impl TokenVerifier {
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.validate_nbf = true;
         validation.leeway = cfg.leeway_s;
-        Ok(TokenVerifier { keys, validation })
+        Ok(TokenVerifier {
+            keys,
+            validation,
+            verified: Verified::new(VERIFIED_TOKENS),
+        })
     }
 
     /// The identity a token proves, or why it proves none.
     pub fn verify(&self, token: &str) -> Result<TokenIdentity, TokenError> {
+        if let Some((identity, exp)) = self.verified.get(token) {
+            if unix_now() <= exp.saturating_add(self.validation.leeway) {
+                return Ok(identity);
+            }
+            self.verified.remove(token);
+            return Err(TokenError::Expired);
+        }
+        let identity = self.verify_signature_and_claims(token)?;
+        // `exp` is required, so a verified token has one.
+        if let Some(exp) = identity
+            .claims
+            .get("exp")
+            .and_then(serde_json::Value::as_u64)
+        {
+            self.verified
+                .insert(token.to_owned(), (identity.clone(), exp));
+        }
+        Ok(identity)
+    }
+
+    fn verify_signature_and_claims(&self, token: &str) -> Result<TokenIdentity, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         // Keys with the token's algorithm; the one its `kid` names first.
         let mut candidates: Vec<&VerifyingKey> = self
@@ -215,6 +247,12 @@ pub fn sign_hs256(secret: &[u8], claims: &serde_json::Value) -> Result<String, T
 #[derive(Debug, thiserror::Error)]
 #[error("failed to sign a token")]
 pub struct TokenSignError(#[source] jsonwebtoken::errors::Error);
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 fn claims_error(kind: &ErrorKind) -> TokenError {
     match kind {
@@ -382,6 +420,21 @@ mod tests {
             sign(good, SECRET).split('.').nth(1).unwrap()
         );
         assert!(v.verify(&unsigned).is_err());
+    }
+
+    #[test]
+    fn a_remembered_token_is_refused_once_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = verifier(dir.path());
+        let claims =
+            serde_json::json!({"sub": "ci", "iss": "corral", "aud": "farm", "exp": now() + 1});
+        let token = sign(claims, SECRET);
+        assert!(v.verify(&token).is_ok());
+        // The second use is answered from what was verified.
+        assert!(v.verify(&token).is_ok());
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert_eq!(v.verify(&token), Err(TokenError::Expired));
+        assert_eq!(v.verify(&token), Err(TokenError::Expired));
     }
 
     #[test]

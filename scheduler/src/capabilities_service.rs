@@ -42,8 +42,14 @@ impl CapabilitiesService {
     }
 }
 
-/// What this scheduler executes: any action, hashed with the functions
-/// storage verifies, at priorities [`PRIORITIES`].
+/// The digest functions actions may be hashed with. Storage verifies
+/// BLAKE3 too, but workers lay out and hash only SHA-256 trees, so only
+/// SHA-256 is offered for execution: a client must not learn otherwise
+/// from GetCapabilities and have its actions fail on a worker.
+pub const EXECUTION_DIGEST_FUNCTIONS: [DigestFunction; 1] = [DigestFunction::Sha256];
+
+/// What this scheduler executes: any action hashed with
+/// [`EXECUTION_DIGEST_FUNCTIONS`], at priorities [`PRIORITIES`].
 pub fn execution_capabilities() -> ExecutionCapabilities {
     ExecutionCapabilities {
         digest_function: DigestFunction::Sha256 as i32,
@@ -55,9 +61,9 @@ pub fn execution_capabilities() -> ExecutionCapabilities {
             }],
         }),
         supported_node_properties: Vec::new(),
-        digest_functions: corral_storage::DigestFunction::ALL
+        digest_functions: EXECUTION_DIGEST_FUNCTIONS
             .iter()
-            .map(|f| f.to_proto() as i32)
+            .map(|f| *f as i32)
             .collect(),
     }
 }
@@ -113,9 +119,8 @@ mod tests {
         let exec = answer.execution_capabilities.unwrap();
         assert!(exec.exec_enabled);
         assert_eq!(exec.digest_function, DigestFunction::Sha256 as i32);
-        assert!(exec
-            .digest_functions
-            .contains(&(DigestFunction::Sha256 as i32)));
+        // Only what workers execute: storage's BLAKE3 is not offered.
+        assert_eq!(exec.digest_functions, vec![DigestFunction::Sha256 as i32]);
         let range = exec.execution_priority_capabilities.unwrap().priorities[0];
         assert!(range.min_priority < 0 && range.max_priority > 0);
         assert_eq!(answer.high_api_version.unwrap().minor, 3);

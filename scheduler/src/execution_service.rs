@@ -200,6 +200,7 @@ impl Execution for ExecutionService {
         let function = req.digest_function;
         corral_storage::DigestFunction::from_proto(function)
             .map_err(|e| Status::invalid_argument(format!("digest_function: {e}")))?;
+        check_execution_digest_function(function)?;
         let action_digest = check_digest("action_digest", req.action_digest.as_ref())?;
         tracing::Span::current().record(
             "action",
@@ -356,4 +357,23 @@ impl Execution for ExecutionService {
         let inline = operation.inline_asked();
         Ok(Response::new(follow(operation, inline)))
     }
+}
+
+/// Refuses a digest function workers cannot execute with, before anything
+/// is read or queued (unset means SHA-256, as REAPI says).
+fn check_execution_digest_function(function: i32) -> Result<(), Status> {
+    use crate::capabilities_service::EXECUTION_DIGEST_FUNCTIONS;
+    use corral_proto::reapi::digest_function::Value;
+    if function == Value::Unknown as i32
+        || EXECUTION_DIGEST_FUNCTIONS
+            .iter()
+            .any(|f| *f as i32 == function)
+    {
+        return Ok(());
+    }
+    let name = Value::try_from(function)
+        .map_or_else(|_| function.to_string(), |v| v.as_str_name().to_owned());
+    Err(Status::invalid_argument(format!(
+        "digest_function {name}: actions execute with SHA256 only (GetCapabilities' execution_capabilities)"
+    )))
 }

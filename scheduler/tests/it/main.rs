@@ -765,6 +765,21 @@ async fn bad_input_is_refused_with_invalid_argument() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("not a Command"), "{}", err.message());
+    // A digest function storage knows but workers do not execute with:
+    // refused before anything is queued, not failed on a worker.
+    let err = client
+        .execute(ExecuteRequest {
+            action_digest: Some(Digest {
+                hash: "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262".into(),
+                size_bytes: 1,
+            }),
+            digest_function: corral_proto::reapi::digest_function::Value::Blake3 as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("SHA256 only"), "{}", err.message());
 }
 
 #[tokio::test]
