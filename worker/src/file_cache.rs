@@ -617,42 +617,30 @@ impl FileCache {
     /// the files are removed before it returns, so the space is free.
     fn make_room(&self, bytes: u64) -> bool {
         let wanted = bytes.saturating_add(ROOM_SLACK_BYTES);
-        let (evicted, freed, held) = {
+        let (evicted, held) = {
             let mut state = self.lock();
-            let mut freed = 0;
-            let mut evicted = Vec::new();
-            while freed < wanted {
-                let Some((_, key)) = state.unpinned.pop_first() else {
-                    break;
-                };
-                if let Some(entry) = state.entries.remove(&key) {
-                    state.total -= entry.size;
-                    freed += entry.size;
-                }
-                // Moved away under the lock, as in `evict_locked`.
-                let path = self.dir.join(key.file_name());
-                let doomed = self.temp_path("evicted");
-                match std::fs::rename(&path, &doomed) {
-                    Ok(()) => evicted.push(doomed),
-                    Err(error) => {
-                        tracing::warn!(path = %path.display(), %error, "evicting a cache file failed");
-                    }
-                }
-            }
-            (evicted, freed, state.total)
+            let before = state.total;
+            let evicted = self.evict_while(&mut state, |state| before - state.total < wanted);
+            (evicted, state.total)
         };
-        let any = !evicted.is_empty();
+        if evicted.is_empty() {
+            tracing::warn!(
+                dir = %self.dir.display(),
+                "the file cache's disk is full and no unpinned file is left to evict"
+            );
+            return false;
+        }
         remove_evicted(evicted);
         tracing::warn!(
             dir = %self.dir.display(),
-            freed_bytes = freed,
             held_bytes = held,
             max_size_bytes = self.max_size,
-            "the file cache's disk is full; evicted unpinned files to make room"
+            "the file cache's disk filled before the cache reached its bound; evicted unpinned files to make room"
         );
-        any
+        true
     }
 
+    /// One attempt of [`insert`](Self::insert).
     fn insert_once(&self, key: &Key, data: &[u8]) -> Result<(), Error> {
         let temp = self.temp_path("tmp");
         let mode = key.mode();
@@ -728,8 +716,14 @@ impl FileCache {
     /// one directory is a metadata update; the unlink, which frees the
     /// file's blocks, is what waits for the lock to be released.
     fn evict_locked(&self, state: &mut State) -> Vec<PathBuf> {
+        self.evict_while(state, |state| state.total > self.max_size)
+    }
+
+    /// Takes least recently used, unpinned entries out of `state` while
+    /// `more` says so, as [`evict_locked`](Self::evict_locked) does.
+    fn evict_while(&self, state: &mut State, mut more: impl FnMut(&State) -> bool) -> Vec<PathBuf> {
         let mut evicted = Vec::new();
-        while state.total > self.max_size {
+        while more(state) {
             let Some((_, key)) = state.unpinned.pop_first() else {
                 break;
             };
