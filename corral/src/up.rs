@@ -8,6 +8,9 @@
 //! sits in its own process group (Ctrl-C in a terminal reaches only this
 //! process, which stops the parts in order) and stops when its standard
 //! input closes, so it never outlives this process, even a killed one.
+//! When it dies, it is started again with backoff (`supervise_runner`):
+//! the worker gives back the actions it was running and the scheduler
+//! queues them again, so clients see only the delay.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -254,7 +257,12 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
     let worker_stop = signal();
     parts.spawn(async move { worker.run(worker_stop).await.context("running the worker") });
     let runner_stop = signal();
-    parts.spawn(supervise_runner(runner, runner_stop));
+    parts.spawn(supervise_runner(
+        runner,
+        farm.runner_socket.clone(),
+        farm.build_directory.clone(),
+        runner_stop,
+    ));
 
     print_welcome(&farm, listen, data_dir);
     let mut result = Ok(());
@@ -305,19 +313,128 @@ async fn start_runner(socket: &Path, build_directory: &Path) -> anyhow::Result<C
     }
 }
 
-/// Watches the runner until `stop`, then closes its standard input (its
-/// signal to stop) and waits for it; kills it if it does not stop.
+/// First wait before restarting a runner that died, doubled after each
+/// death in a row, up to the second.
+const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(500);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// This many deaths within this window stop the farm: a runner that
+/// cannot stay up is not fixed by restarting it forever.
+const RESTARTS_MAX: usize = 5;
+const RESTARTS_WINDOW: Duration = Duration::from_secs(60);
+
+/// The runner's deaths within the last [`RESTARTS_WINDOW`], and how long
+/// to wait before the next start.
+struct Deaths {
+    at: std::collections::VecDeque<tokio::time::Instant>,
+    backoff: Duration,
+}
+
+impl Deaths {
+    fn new() -> Deaths {
+        Deaths {
+            at: std::collections::VecDeque::new(),
+            backoff: RESTART_BACKOFF_MIN,
+        }
+    }
+
+    /// Records a death at `now`; returns how many fell within the window.
+    fn record(&mut self, now: tokio::time::Instant) -> usize {
+        while self
+            .at
+            .front()
+            .is_some_and(|&t| now.duration_since(t) > RESTARTS_WINDOW)
+        {
+            self.at.pop_front();
+        }
+        // A runner that stayed up a whole window starts the backoff over.
+        if self.at.is_empty() {
+            self.backoff = RESTART_BACKOFF_MIN;
+        }
+        self.at.push_back(now);
+        self.at.len()
+    }
+
+    /// The wait before the next start; doubles the one after it.
+    fn next_wait(&mut self) -> Duration {
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(RESTART_BACKOFF_MAX);
+        wait
+    }
+}
+
+/// Watches the runner until `stop`, restarting it with backoff when it
+/// dies (the worker gives back the actions it was running, and its slots
+/// wait for the new one); [`RESTARTS_MAX`] deaths within
+/// [`RESTARTS_WINDOW`] stop the farm. At `stop`, closes its standard
+/// input (its signal to stop) and waits for it; kills it if it does not
+/// stop.
 async fn supervise_runner(
     mut runner: Child,
+    socket: PathBuf,
+    build_directory: PathBuf,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let stdin = runner.stdin.take();
-    tokio::select! {
-        status = runner.wait() => {
-            let status = status.context("watching the runner")?;
-            bail!("the runner stopped by itself ({status}); no action can run without it");
+    tokio::pin!(stop);
+    let mut deaths = Deaths::new();
+    // Held, never written: the runner stops when it closes.
+    let mut stdin = runner.stdin.take();
+    loop {
+        let status = tokio::select! {
+            status = runner.wait() => status.context("watching the runner")?,
+            () = &mut stop => break,
+        };
+        let died = deaths.record(tokio::time::Instant::now());
+        if died >= RESTARTS_MAX {
+            bail!(
+                "the runner died {died} times within {}s (last: {status}); stopping the farm: \
+                 no action can run without it, and restarting it does not keep it up. Its log \
+                 is above",
+                RESTARTS_WINDOW.as_secs()
+            );
         }
-        () = stop => {}
+        // A runner that fails to start counts as one more death.
+        loop {
+            let wait = deaths.next_wait();
+            tracing::warn!(
+                %status,
+                restart_in = ?wait,
+                deaths = died,
+                "the runner stopped; restarting it (the actions it ran are queued again); \
+                 {RESTARTS_MAX} deaths within {}s stop the farm",
+                RESTARTS_WINDOW.as_secs()
+            );
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = &mut stop => return Ok(()),
+            }
+            // This fork happens while worker threads may hold files open
+            // for writing (the reason the runner is a child): the child
+            // holds them only until its exec (they are close-on-exec),
+            // and no sandbox execs anything meanwhile: its runner is dead.
+            let started = tokio::select! {
+                started = start_runner(&socket, &build_directory) => started,
+                () = &mut stop => return Ok(()),
+            };
+            match started {
+                Ok(mut child) => {
+                    stdin = child.stdin.take();
+                    runner = child;
+                    tracing::info!(pid = runner.id(), "the runner restarted");
+                    break;
+                }
+                Err(error) => {
+                    let died = deaths.record(tokio::time::Instant::now());
+                    if died >= RESTARTS_MAX {
+                        return Err(error.context(format!(
+                            "the runner died or failed to start {died} times within {}s; \
+                             stopping the farm",
+                            RESTARTS_WINDOW.as_secs()
+                        )));
+                    }
+                    tracing::warn!(error = format!("{error:#}"), "restarting the runner failed");
+                }
+            }
+        }
     }
     drop(stdin);
     match tokio::time::timeout(RUNNER_STOP, runner.wait()).await {
@@ -403,4 +520,27 @@ fn print_welcome(farm: &Farm, listen: SocketAddr, data_dir: &Path) {
 /// A part's task result, a panic counted as an error.
 fn flatten(done: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
     done.context("a part of the farm panicked")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runner_deaths_count_within_the_window_and_the_backoff_grows_then_starts_over() {
+        let start = tokio::time::Instant::now();
+        let mut deaths = Deaths::new();
+        let waits: Vec<Duration> = (0..6).map(|_| deaths.next_wait()).collect();
+        assert_eq!(waits[0], RESTART_BACKOFF_MIN);
+        assert_eq!(waits[1], RESTART_BACKOFF_MIN * 2);
+        assert_eq!(waits[5], RESTART_BACKOFF_MAX);
+        for n in 1..=RESTARTS_MAX {
+            let at = start + Duration::from_secs(n as u64);
+            assert_eq!(deaths.record(at), n);
+        }
+        // A death long after the others counts alone and waits little.
+        let later = start + RESTARTS_WINDOW * 3;
+        assert_eq!(deaths.record(later), 1);
+        assert_eq!(deaths.next_wait(), RESTART_BACKOFF_MIN);
+    }
 }

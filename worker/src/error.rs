@@ -16,6 +16,8 @@ pub enum Error {
     },
     #[error("failed to open the file cache")]
     FileCache(#[from] crate::file_cache::Error),
+    #[error("failed to check the runner")]
+    Runner(#[from] crate::runner_client::Error),
     #[error("failed to set up the storage client")]
     Storage(#[from] crate::cas_client::Error),
     #[error("failed to listen for metrics on {addr}")]

@@ -65,10 +65,34 @@ pub enum Error {
     Outputs(#[source] outputs::Error),
     #[error("{}", runner_message(.0))]
     Runner(tonic::Status),
+    /// The runner could not be reached or went away mid-run: the farm's
+    /// failure, not the action's (see [`RunnerLost`]).
+    #[error("the runner failed, not the action: {}", .0.message())]
+    RunnerLost(tonic::Status),
     #[error("failed to upload the outputs")]
     Upload(#[source] cas_client::Error),
     #[error("a task of the worker failed")]
     Task(#[source] tokio::task::JoinError),
+}
+
+/// An action that ended without a result of its own: the runner was
+/// unreachable, or died or restarted while the action ran. The slot gives
+/// the action back to the scheduler, which runs it again (counting
+/// against `max_retries`); the client never sees this.
+#[derive(Debug, thiserror::Error)]
+#[error("the runner failed, not the action: {}", .0.message())]
+pub struct RunnerLost(pub tonic::Status);
+
+/// Whether a runner's answer means the runner, not the action, failed:
+/// UNAVAILABLE (no connection, or the runner has no free ids) and UNKNOWN
+/// (what the client library makes of a connection that broke mid-call;
+/// the runner itself never answers UNKNOWN). INTERNAL stays the action's
+/// result: it is a sandbox failure the runner saw, which may well repeat.
+pub fn runner_lost(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown
+    )
 }
 
 /// One action handed out by the scheduler.
@@ -180,8 +204,13 @@ impl Executor {
         }
     }
 
-    /// Runs `job`, reporting progress on `stage`.
-    pub async fn execute(&self, job: &Job, stage: &watch::Sender<Stage>) -> ExecuteResponse {
+    /// Runs `job`, reporting progress on `stage`. Every failure of the
+    /// action is in the response; the error is only for [`RunnerLost`].
+    pub async fn execute(
+        &self,
+        job: &Job,
+        stage: &watch::Sender<Stage>,
+    ) -> Result<ExecuteResponse, RunnerLost> {
         let span = tracing::info_span!(
             "execute",
             action = %format!("{}/{}", job.action_digest.hash, job.action_digest.size_bytes),
@@ -190,7 +219,11 @@ impl Executor {
         self.execute_in_span(job, stage).instrument(span).await
     }
 
-    async fn execute_in_span(&self, job: &Job, stage: &watch::Sender<Stage>) -> ExecuteResponse {
+    async fn execute_in_span(
+        &self,
+        job: &Job,
+        stage: &watch::Sender<Stage>,
+    ) -> Result<ExecuteResponse, RunnerLost> {
         let _busy = self.shared.metrics.executing();
         let cas = self.shared.cas.with_instance(&job.instance_name);
         let mut meta = ExecutedActionMetadata {
@@ -212,6 +245,17 @@ impl Executor {
                 .await;
             dir.remove().await;
             outcome
+        };
+        let outcome = match outcome {
+            Err(Error::RunnerLost(status)) => {
+                warn!(
+                    code = ?status.code(),
+                    message = status.message(),
+                    "the runner failed while the action ran; giving the action back"
+                );
+                return Err(RunnerLost(status));
+            }
+            outcome => outcome,
         };
         meta.worker_completed_timestamp = Some(now());
         let status = match &outcome {
@@ -245,11 +289,11 @@ impl Executor {
             code = status.as_ref().map_or(0, |s| s.code),
             "action done"
         );
-        ExecuteResponse {
+        Ok(ExecuteResponse {
             result: Some(result),
             status,
             ..Default::default()
-        }
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -326,7 +370,10 @@ impl Executor {
             corral_timeout: action.timeout,
         };
         meta.execution_start_timestamp = Some(now());
-        let ran = self.runner.run(request).await;
+        let ran = match self.runner.run(request).await {
+            Err(status) if runner_lost(&status) => return Err(Error::RunnerLost(status)),
+            ran => ran,
+        };
         meta.execution_completed_timestamp = Some(now());
 
         stage.send_replace(Stage::UploadingOutputs);

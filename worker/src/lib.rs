@@ -164,6 +164,9 @@ impl Worker {
     ///
     /// The runners named by the slot groups must use `<directory>/build`
     /// as their build directory: run requests name paths relative to it.
+    /// Each is asked first (see
+    /// [`RunnerClient::check_build_directory`](runner_client::RunnerClient::check_build_directory)):
+    /// a runner resolving paths elsewhere stops the worker here.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let metrics = match &self.cfg.metrics {
             Some(m) => {
@@ -199,6 +202,19 @@ impl Worker {
             .connector
             .connect_lazy("scheduler", &cfg.scheduler)
             .map_err(Error::Client)?;
+        tokio::pin!(shutdown);
+        // A runner resolving paths under another directory would fail
+        // every action: refuse to start instead, naming both.
+        let mut sockets: Vec<&Path> = cfg.slots.iter().map(|g| g.runner.as_path()).collect();
+        sockets.sort();
+        sockets.dedup();
+        for socket in sockets {
+            let runner = runner_client::RunnerClient::new(socket);
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                checked = runner.check_build_directory(&build_dir) => checked?,
+            }
+        }
         let host = hostname();
         let mut slots = JoinSet::new();
         let mut number = 0usize;
@@ -245,7 +261,6 @@ impl Worker {
             }
         }
         tracing::info!(slots = number, scheduler = %cfg.scheduler, "worker running");
-        tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,

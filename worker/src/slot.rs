@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use corral_auth::channel::Channel;
 use corral_proto::protobuf::{Empty, Timestamp};
-use corral_proto::reapi::Platform;
+use corral_proto::reapi::{Digest, ExecuteResponse, Platform};
 use corral_proto::remoteworker::operation_queue_client::OperationQueueClient;
 use corral_proto::remoteworker::{
     current_state, desired_state, CurrentState, SynchronizeRequest, SynchronizeResponse,
@@ -21,7 +21,7 @@ use corral_proto::remoteworker::{
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::executor::{Executor, Job, Stage};
+use crate::executor::{Executor, Job, RunnerLost, Stage};
 use crate::runner_client::RunnerClient;
 
 /// Longest wait between reconnection attempts.
@@ -66,6 +66,28 @@ fn until(at: Option<&Timestamp>, max: Duration) -> Duration {
     at.duration_since(SystemTime::now())
         .unwrap_or_default()
         .min(max)
+}
+
+/// What to report once an action ended: Completed with its response, or,
+/// when the runner failed rather than the action, Idle. Buildbarn's
+/// protocol has no "run it again" message; Idle from a worker the
+/// scheduler thinks busy is how a worker that lost its action says so,
+/// and the scheduler queues the action again (counting against its
+/// `max_retries`). The next synchronization then prefers being idle until
+/// the runner is ready again (docs/decisions/0012-runner-failures.md).
+fn ended_state(action_digest: Digest, ended: Result<ExecuteResponse, RunnerLost>) -> CurrentState {
+    match ended {
+        Ok(response) => state(current_state::WorkerState::Completed(
+            current_state::Completed {
+                action_digest: Some(action_digest),
+                execute_response: Some(response),
+            },
+        )),
+        Err(lost) => {
+            warn!(action = %action_digest.hash, error = %lost, "giving the action back to the scheduler");
+            state(current_state::WorkerState::Idle(Empty {}))
+        }
+    }
 }
 
 impl Slot {
@@ -134,7 +156,8 @@ impl Slot {
     }
 
     /// Runs one action, reporting progress; returns the state to report
-    /// next (Completed, or Idle if the scheduler took the action back).
+    /// next (Completed, or Idle if the scheduler took the action back or
+    /// the runner failed under it).
     async fn execute(
         &self,
         exec: corral_proto::remoteworker::desired_state::Executing,
@@ -198,14 +221,7 @@ impl Slot {
                 let report = scheduler.synchronize(request);
                 tokio::pin!(report);
                 let answer = tokio::select! {
-                    response = &mut run => {
-                        return state(current_state::WorkerState::Completed(
-                            current_state::Completed {
-                                action_digest: Some(action_digest),
-                                execute_response: Some(response),
-                            },
-                        ));
-                    }
+                    ended = &mut run => return ended_state(action_digest, ended),
                     answer = &mut report => answer,
                 };
                 match answer {
@@ -226,14 +242,7 @@ impl Slot {
                 }
             }
             tokio::select! {
-                response = &mut run => {
-                    return state(current_state::WorkerState::Completed(
-                        current_state::Completed {
-                            action_digest: Some(action_digest),
-                            execute_response: Some(response),
-                        },
-                    ));
-                }
+                ended = &mut run => return ended_state(action_digest, ended),
                 changed = stage_rx.changed() => report_now = changed.is_ok(),
                 () = tokio::time::sleep(report_in) => report_now = true,
             }

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod full_disk;
+mod runner_faults;
 mod tls;
 
 use std::collections::BTreeMap;
@@ -201,7 +202,7 @@ impl Farm {
 
     async fn execute(&self, job: &Job) -> ExecuteResponse {
         let (stage, _) = tokio::sync::watch::channel(Stage::Started);
-        self.executor.execute(job, &stage).await
+        self.executor.execute(job, &stage).await.unwrap()
     }
 
     fn build_is_empty(&self) -> bool {
