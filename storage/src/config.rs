@@ -65,6 +65,9 @@ pub enum Backend {
         /// The directory. Default `corral-data/storage`.
         dir: PathBuf,
         /// Largest total size of the blobs held, in bytes. Default 10 GiB.
+        /// An upper bound, not a reservation: if the disk fills first, the
+        /// least recently used blobs are evicted to make room (and a
+        /// warning logged; set this below what the disk holds).
         max_size_bytes: u64,
         /// fsync every blob before it becomes visible. Default false: a
         /// crash may lose recent blobs (clients re-upload what is missing),

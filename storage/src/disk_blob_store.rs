@@ -37,6 +37,9 @@ use crate::lru_index::{Key, LruIndex, Namespace};
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
 /// Same for reads.
 const READ_BUFFER_BYTES: usize = 1 << 20;
+/// What a write that finds the disk full frees beyond its own size, so
+/// the next few writes do not each find it full again.
+const ROOM_SLACK_BYTES: u64 = 1 << 20;
 
 /// A failed file-system step of the disk store.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +105,14 @@ pub enum DiskError {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// A write step found no space left (ENOSPC) or its quota used up
+    /// (EDQUOT): said first, since it is what the operator acts on.
+    #[error("the disk of storage directory {dir} is full")]
+    Full {
+        dir: PathBuf,
+        #[source]
+        source: Box<DiskError>,
+    },
 }
 
 impl DiskError {
@@ -109,6 +120,7 @@ impl DiskError {
     /// unlike other I/O failures.
     pub fn is_storage_full(&self) -> bool {
         let io = match self {
+            DiskError::Full { .. } => return true,
             DiskError::Join { .. } => return false,
             DiskError::CreateDir { source, .. }
             | DiskError::ClearTemp { source, .. }
@@ -120,7 +132,22 @@ impl DiskError {
             | DiskError::Open { source, .. }
             | DiskError::Read { source, .. } => source,
         };
-        io.kind() == io::ErrorKind::StorageFull
+        matches!(
+            io.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        )
+    }
+
+    /// This error, said to be a full disk of `dir` if it is one.
+    fn naming_full(self, dir: &Path) -> DiskError {
+        if self.is_storage_full() && !matches!(self, DiskError::Full { .. }) {
+            DiskError::Full {
+                dir: dir.to_owned(),
+                source: Box::new(self),
+            }
+        } else {
+            self
+        }
     }
 }
 
@@ -320,6 +347,12 @@ impl Inner {
             to: to.clone(),
             source: err.error,
         })?;
+        // Counted as soon as the file is in place, even if the sync below
+        // fails: a file held but not counted would be bytes the bound
+        // never sees.
+        for (evicted, ()) in index.insert(key, (), size) {
+            self.remove_file(&evicted);
+        }
         if self.fsync {
             // The rename is durable only once its directory is.
             if let Some(parent) = to.parent() {
@@ -331,10 +364,49 @@ impl Inner {
                     })?;
             }
         }
-        for (evicted, ()) in index.insert(key, (), size) {
-            self.remove_file(&evicted);
-        }
         Ok(())
+    }
+
+    /// Evicts least recently used entries until at least `bytes` (plus
+    /// [`ROOM_SLACK_BYTES`]) are freed, for a write that found the disk
+    /// full before the store reached its bound: the disk is shared, or
+    /// smaller than `max_size_bytes`. Returns whether anything was
+    /// evicted, i.e. whether trying again can help.
+    fn make_room(&self, bytes: u64) -> bool {
+        let wanted = bytes.saturating_add(ROOM_SLACK_BYTES);
+        let mut index = self.lock();
+        let mut freed = 0;
+        let mut evicted = 0;
+        while freed < wanted {
+            let Some((key, (), size)) = index.pop_oldest() else {
+                break;
+            };
+            self.remove_file(&key);
+            freed += size;
+            evicted += 1;
+        }
+        if evicted == 0 {
+            tracing::warn!(dir = %self.dir.display(), "the disk is full and the store holds nothing to evict");
+            return false;
+        }
+        tracing::warn!(
+            dir = %self.dir.display(),
+            evicted,
+            freed_bytes = freed,
+            held_bytes = index.total_bytes(),
+            max_size_bytes = index.max_bytes(),
+            "the disk filled before the store reached max_size_bytes; evicted to make room"
+        );
+        true
+    }
+
+    /// `err`, named a full disk if it is one, after making room for
+    /// `bytes` so that the client's retry can fit.
+    fn fail_write(&self, err: DiskError, bytes: u64) -> DiskError {
+        if err.is_storage_full() {
+            self.make_room(bytes);
+        }
+        err.naming_full(&self.dir)
     }
 
     /// Removes an entry's file. A failure is only logged: the entry is
@@ -364,7 +436,20 @@ impl Inner {
 
     /// Writes a whole entry held in memory and installs it, in one trip
     /// to the blocking pool: the fast path for small blobs and AC entries.
+    /// On a full disk it makes room and tries once more: the write is in
+    /// memory, so the client need not send it again.
     fn write_whole(&self, key: Key, data: &[u8]) -> Result<(), DiskError> {
+        match self.try_write_whole(key, data) {
+            Err(err) if err.is_storage_full() && self.make_room(data.len() as u64) => self
+                .try_write_whole(key, data)
+                .map_err(|err| err.naming_full(&self.dir)),
+            other => other.map_err(|err| err.naming_full(&self.dir)),
+        }
+    }
+
+    /// One attempt of [`write_whole`](Self::write_whole); the temporary
+    /// file goes with a failure.
+    fn try_write_whole(&self, key: Key, data: &[u8]) -> Result<(), DiskError> {
         let (mut file, temp) = self.new_temp()?;
         file.write_all(data).map_err(|source| DiskError::Write {
             path: temp.to_path_buf(),
@@ -629,33 +714,35 @@ impl BlobWrite for DiskBlobWrite {
         self.verifier.received()
     }
 
+    // A write streamed in cannot be tried again here (its bytes are gone
+    // by then): on a full disk it fails, and makes room for the client's
+    // retry. The service drops the failed write, and its temporary file
+    // with it.
     async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
         self.verifier.update(data)?;
-        self.file
-            .write_all(data)
-            .await
-            .map_err(|source| DiskError::Write {
+        if let Err(source) = self.file.write_all(data).await {
+            let err = DiskError::Write {
                 path: self.temp.to_path_buf(),
                 source,
-            })?;
+            };
+            let size = self.verifier.expected().size_bytes();
+            return Err(self.fail_in_blocking(err, size).await.into());
+        }
         Ok(())
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), Error> {
         let path = self.temp.to_path_buf();
-        self.file.flush().await.map_err(|source| DiskError::Write {
-            path: path.clone(),
-            source,
-        })?;
+        let size = self.verifier.expected().size_bytes();
+        if let Err(source) = self.file.flush().await {
+            let err = DiskError::Write { path, source };
+            return Err(self.fail_in_blocking(err, size).await.into());
+        }
         if self.inner.fsync {
-            self.file
-                .get_mut()
-                .sync_all()
-                .await
-                .map_err(|source| DiskError::Sync {
-                    path: path.clone(),
-                    source,
-                })?;
+            if let Err(source) = self.file.get_mut().sync_all().await {
+                let err = DiskError::Sync { path, source };
+                return Err(self.fail_in_blocking(err, size).await.into());
+            }
         }
         let DiskBlobWrite {
             inner,
@@ -668,7 +755,10 @@ impl BlobWrite for DiskBlobWrite {
         verifier.finish()?;
         let dir = inner.dir.clone();
         tokio::task::spawn_blocking(move || {
-            inner.install(Key::cas(digest), temp, digest.size_bytes())
+            let size = digest.size_bytes();
+            inner
+                .install(Key::cas(digest), temp, size)
+                .map_err(|err| inner.fail_write(err, size))
         })
         .await
         .map_err(|source| DiskError::Join { dir, source })??;
@@ -676,8 +766,22 @@ impl BlobWrite for DiskBlobWrite {
     }
 }
 
+impl DiskBlobWrite {
+    /// [`Inner::fail_write`] on the blocking pool: eviction unlinks files.
+    async fn fail_in_blocking(&self, err: DiskError, bytes: u64) -> DiskError {
+        if !err.is_storage_full() {
+            return err;
+        }
+        let inner = Arc::clone(&self.inner);
+        let dir = inner.dir.clone();
+        tokio::task::spawn_blocking(move || inner.fail_write(err, bytes))
+            .await
+            .unwrap_or_else(|source| DiskError::Join { dir, source })
+    }
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use futures_util::StreamExt as _;
 
     use super::*;
@@ -849,6 +953,167 @@ mod tests {
         store.put(&d, data.clone()).await.unwrap();
         fs::write(store.blob_path(&d), &data[1..]).unwrap();
         assert!(store.read(&d, 0, None).await.unwrap().is_none());
+    }
+
+    /// A tmpfs of `size` (mount's syntax: "8m") on a fresh directory,
+    /// unmounted when dropped; `None`, after one line saying why, when
+    /// not root (never under CI).
+    pub(crate) struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        pub(crate) fn mount(test: &str, size: &str) -> Option<Tmpfs> {
+            use std::os::unix::fs::MetadataExt as _;
+            if !fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+                assert!(std::env::var_os("CI").is_none(), "{test}: CI runs as root");
+                eprintln!("skipped {test}: needs root to mount a tmpfs");
+                return None;
+            }
+            let dir = temp_dir();
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success(), "mount tmpfs on {}", dir.path().display());
+            Some(Tmpfs(dir))
+        }
+
+        pub(crate) fn path(&self) -> &Path {
+            self.0.path()
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            // Lazily: a descriptor a child of another test thread briefly holds
+            // (inherited until its exec) must not leave the mount behind.
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    /// Streams `data` into `store` in 64 KiB writes, as ByteStream does.
+    async fn stream(store: &DiskBlobStore, d: &Digest, data: &[u8]) -> Result<(), Error> {
+        let mut write = store.begin_write(d).await?;
+        for chunk in data.chunks(64 << 10) {
+            write.write(chunk).await?;
+        }
+        write.commit().await
+    }
+
+    /// Bytes of the files under `dir`'s `cas/` and `ac/`: what the index
+    /// must count.
+    fn bytes_held(dir: &Path) -> u64 {
+        fn walk(path: &Path) -> u64 {
+            let meta = fs::symlink_metadata(path).unwrap();
+            if meta.is_dir() {
+                fs::read_dir(path)
+                    .unwrap()
+                    .map(|e| walk(&e.unwrap().path()))
+                    .sum()
+            } else {
+                meta.len()
+            }
+        }
+        walk(&dir.join("cas")) + walk(&dir.join("ac"))
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_refuses_writes_as_resource_exhausted_leaving_nothing_until_space_returns()
+    {
+        let Some(fs_) = Tmpfs::mount("a_full_disk_refuses_writes", "8m") else {
+            return;
+        };
+        let dir = fs_.path().join("store");
+        let store = DiskBlobStore::open(dir.clone(), 1 << 30, true)
+            .await
+            .unwrap();
+        // Something else on the disk leaves it about 1 MiB.
+        let filler = fs_.path().join("filler");
+        fs::write(&filler, vec![0; 7 << 20]).unwrap();
+        let data = conformance::blob(1, 2 << 20);
+        let d = DigestFunction::Sha256.digest_of(&data);
+
+        let whole = store.put(&d, data.clone()).await.unwrap_err();
+        let streamed = stream(&store, &d, &data).await.unwrap_err();
+        let action = DigestFunction::Sha256.digest_of(b"action");
+        let result = store
+            .put_action_result(&action, data.clone())
+            .await
+            .unwrap_err();
+        for err in [&whole, &streamed, &result] {
+            assert_eq!(
+                crate::status::store_code(err),
+                tonic::Code::ResourceExhausted,
+                "{err}"
+            );
+            let message = crate::status::message(err);
+            assert!(
+                message.contains(&format!(
+                    "the disk of storage directory {} is full",
+                    dir.display()
+                )),
+                "{message}"
+            );
+        }
+        assert_eq!(leftovers(&dir), 0, "no partial upload is left");
+        assert!(!store.blob_path(&d).exists());
+        assert_eq!(store.find_missing(&[d]).await.unwrap(), [d]);
+        assert_eq!(store.get_action_result(&action).await.unwrap(), None);
+        assert_eq!(store.total_bytes(), 0, "no phantom bytes");
+
+        // Space returns: the same writes succeed.
+        fs::remove_file(&filler).unwrap();
+        store.put(&d, data.clone()).await.unwrap();
+        let other = conformance::blob(2, 2 << 20);
+        let o = DigestFunction::Sha256.digest_of(&other);
+        stream(&store, &o, &other).await.unwrap();
+        store
+            .put_action_result(&action, b"result".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(store.get(&d).await.unwrap(), Some(data));
+        assert_eq!(store.get(&o).await.unwrap(), Some(other));
+        assert_eq!(store.total_bytes(), (4 << 20) + 6);
+        assert_eq!(store.total_bytes(), bytes_held(&dir));
+    }
+
+    #[tokio::test]
+    async fn a_disk_smaller_than_the_bound_evicts_to_make_room() {
+        let Some(fs_) = Tmpfs::mount("a_disk_smaller_than_the_bound", "8m") else {
+            return;
+        };
+        let dir = fs_.path().join("store");
+        let store = DiskBlobStore::open(dir.clone(), 1 << 30, false)
+            .await
+            .unwrap();
+        let blobs: Vec<Vec<u8>> = (0..12).map(|i| conformance::blob(i, 1 << 20)).collect();
+        let digests: Vec<Digest> = blobs
+            .iter()
+            .map(|b| DigestFunction::Sha256.digest_of(b))
+            .collect();
+        // Whole writes make room and go on: 12 MiB through an 8 MiB disk.
+        for (d, b) in digests.iter().zip(&blobs).take(8) {
+            store.put(d, b.clone()).await.unwrap();
+        }
+        // Streamed writes fail once, having made room, then fit.
+        for (d, b) in digests.iter().zip(&blobs).skip(8) {
+            if let Err(err) = stream(&store, d, b).await {
+                assert_eq!(
+                    crate::status::store_code(&err),
+                    tonic::Code::ResourceExhausted
+                );
+                stream(&store, d, b).await.unwrap();
+            }
+        }
+        let missing = store.find_missing(&digests).await.unwrap();
+        assert!(missing.contains(&digests[0]), "the oldest went first");
+        assert!(!missing.contains(&digests[11]));
+        assert_eq!(store.total_bytes(), bytes_held(&dir), "no phantom bytes");
+        assert!(store.total_bytes() <= 8 << 20);
+        assert_eq!(leftovers(&dir), 0);
     }
 
     #[tokio::test]

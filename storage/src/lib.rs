@@ -970,3 +970,126 @@ mod tenant_tests {
         server.join_next().await.unwrap().unwrap().unwrap();
     }
 }
+
+/// Storage on a full disk, served over TCP.
+#[cfg(test)]
+mod full_disk_tests {
+    use corral_proto::bytestream::byte_stream_client::ByteStreamClient;
+    use corral_proto::bytestream::WriteRequest;
+    use corral_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+    use corral_proto::reapi::{
+        batch_update_blobs_request, BatchUpdateBlobsRequest, FindMissingBlobsRequest,
+    };
+    use futures_util::stream;
+    use tonic::Code;
+
+    use super::*;
+    use crate::blob_store::conformance::blob;
+    use crate::digest::DigestFunction;
+
+    #[tokio::test]
+    async fn a_full_disk_answers_resource_exhausted_per_blob_and_per_write_until_space_returns() {
+        use crate::disk_blob_store::tests::Tmpfs;
+        let Some(disk) = Tmpfs::mount("a_full_disk_answers_resource_exhausted", "8m") else {
+            return;
+        };
+        let dir = disk.path().join("storage");
+        let cfg = Config {
+            backend: config::Backend::Disk {
+                dir: dir.clone(),
+                max_size_bytes: 1 << 30,
+                fsync: false,
+            },
+            ..Config::default()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut server = tokio::task::JoinSet::new();
+        server.spawn(run(cfg, listener, async {
+            let _ = stopped.await;
+        }));
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut cas = ContentAddressableStorageClient::new(channel.clone());
+        let mut bytestream = ByteStreamClient::new(channel);
+        // Something else on the disk leaves it about 1 MiB.
+        let filler = disk.path().join("filler");
+        std::fs::write(&filler, vec![0; 7 << 20]).unwrap();
+
+        let batched = blob(1, 2 << 20);
+        let b = DigestFunction::Sha256.digest_of(&batched);
+        let batch = BatchUpdateBlobsRequest {
+            requests: vec![batch_update_blobs_request::Request {
+                digest: Some(b.to_proto()),
+                data: batched,
+                compressor: 0,
+            }],
+            ..Default::default()
+        };
+        let streamed = blob(2, 2 << 20);
+        let s = DigestFunction::Sha256.digest_of(&streamed);
+        let name = format!("uploads/0/blobs/{}/{}", s.hash_hex(), s.size_bytes());
+        let writes = || {
+            let requests: Vec<WriteRequest> = streamed
+                .chunks(64 << 10)
+                .enumerate()
+                .map(|(i, chunk)| WriteRequest {
+                    resource_name: if i == 0 { name.clone() } else { String::new() },
+                    write_offset: (i * (64 << 10)) as i64,
+                    finish_write: (i + 1) * (64 << 10) >= streamed.len(),
+                    data: chunk.to_vec(),
+                })
+                .collect();
+            stream::iter(requests)
+        };
+        let full = format!("the disk of storage directory {} is full", dir.display());
+
+        let updated = cas
+            .batch_update_blobs(batch.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        let per_blob = updated.responses[0].status.clone().unwrap();
+        assert_eq!(per_blob.code, Code::ResourceExhausted as i32);
+        assert!(per_blob.message.contains(&full), "{}", per_blob.message);
+        let refused = bytestream.write(writes()).await.unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
+        assert!(refused.message().contains(&full), "{}", refused.message());
+        let missing = |cas: &mut ContentAddressableStorageClient<_>| {
+            let request = FindMissingBlobsRequest {
+                blob_digests: vec![b.to_proto(), s.to_proto()],
+                ..Default::default()
+            };
+            let mut cas = cas.clone();
+            async move {
+                cas.find_missing_blobs(request)
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .missing_blob_digests
+                    .len()
+            }
+        };
+        assert_eq!(missing(&mut cas).await, 2, "no partial blob is visible");
+        assert_eq!(
+            std::fs::read_dir(dir.join("tmp")).unwrap().count(),
+            0,
+            "no partial upload is left"
+        );
+
+        // Space returns: the same requests succeed.
+        std::fs::remove_file(&filler).unwrap();
+        let updated = cas.batch_update_blobs(batch).await.unwrap().into_inner();
+        assert_eq!(updated.responses[0].status.as_ref().unwrap().code, 0);
+        let written = bytestream.write(writes()).await.unwrap().into_inner();
+        assert_eq!(written.committed_size, 2 << 20);
+        assert_eq!(missing(&mut cas).await, 0);
+
+        stop.send(()).unwrap();
+        server.join_next().await.unwrap().unwrap().unwrap();
+    }
+}

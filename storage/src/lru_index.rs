@@ -125,6 +125,14 @@ impl<K: Clone + Eq + Hash, V> LruIndex<K, V> {
         evicted
     }
 
+    /// Takes out the least recently used entry, with its size.
+    pub fn pop_oldest(&mut self) -> Option<(K, V, u64)> {
+        let (_, oldest) = self.order.pop_first()?;
+        let entry = self.entries.remove(&oldest)?;
+        self.total_bytes -= entry.size_bytes;
+        Some((oldest, entry.value, entry.size_bytes))
+    }
+
     pub fn remove(&mut self, key: &K) -> Option<V> {
         let entry = self.entries.remove(key)?;
         self.order.remove(&entry.tick);

@@ -32,12 +32,22 @@ impl ReadThroughBlobStore {
         let Some(data) = self.remote.get(digest).await? else {
             return Ok(false);
         };
-        // The local store may refuse (too large for its bound); the blob
-        // is still served, just not cached.
-        match self.local.put(digest, data).await {
-            Ok(()) | Err(Error::TooLarge { .. }) => Ok(true),
-            Err(err) => Err(err),
+        self.local.put(digest, data).await.or_else(not_cached)?;
+        Ok(true)
+    }
+}
+
+/// A local store's refusal to cache a blob read from the remote: too large
+/// for its bound, or its disk full (with nothing left to evict). The blob
+/// is still served, just not cached: the remote has it.
+fn not_cached(err: Error) -> Result<(), Error> {
+    match err {
+        Error::TooLarge { .. } => Ok(()),
+        Error::Disk(disk) if disk.is_storage_full() => {
+            tracing::warn!(error = %crate::status::message(&disk), "not caching a blob read from the remote");
+            Ok(())
         }
+        err => Err(err),
     }
 }
 
@@ -58,10 +68,11 @@ impl BlobStore for ReadThroughBlobStore {
         let Some(data) = self.remote.get(digest).await? else {
             return Ok(None);
         };
-        match self.local.put(digest, data.clone()).await {
-            Ok(()) | Err(Error::TooLarge { .. }) => Ok(Some(data)),
-            Err(err) => Err(err),
-        }
+        self.local
+            .put(digest, data.clone())
+            .await
+            .or_else(not_cached)?;
+        Ok(Some(data))
     }
 
     async fn read(
@@ -200,5 +211,30 @@ mod tests {
         let action = sha(b"action");
         store.put_action_result(&action, vec![8, 1]).await.unwrap();
         assert!(remote.get_action_result(&action).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_full_local_disk_still_serves_what_the_remote_holds() {
+        use crate::disk_blob_store::tests::Tmpfs;
+        use crate::disk_blob_store::DiskBlobStore;
+        let Some(disk) = Tmpfs::mount("a_full_local_disk_still_serves", "8m") else {
+            return;
+        };
+        let local = DiskBlobStore::open(disk.path().join("cache"), 1 << 30, false)
+            .await
+            .unwrap();
+        let remote = MemoryBlobStore::new(64 << 20);
+        let store = ReadThroughBlobStore::new(Arc::new(local.clone()), Arc::new(remote.clone()));
+        std::fs::write(disk.path().join("filler"), vec![0; 7 << 20]).unwrap();
+        let data = blob(5, 2 << 20);
+        let d = sha(&data);
+        remote.put(&d, data.clone()).await.unwrap();
+        assert_eq!(store.get(&d).await.unwrap(), Some(data.clone()));
+        let stream = store.read(&d, 0, None).await.unwrap().unwrap();
+        let chunks: Vec<Vec<u8>> = futures_util::TryStreamExt::try_collect(stream)
+            .await
+            .unwrap();
+        assert_eq!(chunks.concat(), data);
+        assert_eq!(local.total_bytes(), 0, "not cached");
     }
 }

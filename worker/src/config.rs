@@ -23,6 +23,8 @@ pub struct Config {
     /// `corral-data/worker`.
     pub directory: PathBuf,
     /// Largest total size of the file cache, in bytes. Default 10 GiB.
+    /// An upper bound, not a reservation: if the disk fills first (build
+    /// directories share it), unpinned files are evicted to make room.
     pub cache_max_size_bytes: u64,
     /// Memory for Directory messages already read, in bytes (an estimate
     /// of what the decoded entries take): an input root met again is laid

@@ -530,6 +530,27 @@ pub fn status(err: &Error) -> rpc::Status {
         {
             Code::Unavailable
         }
+        // The worker's own disk (its file cache, a build directory) is
+        // full: the farm's transient state, not the action's fault.
+        // UNAVAILABLE, REAPI's "transient condition, the client should
+        // retry": Bazel retries it, and the cache has evicted what it
+        // could, so the retry finds room. RESOURCE_EXHAUSTED stays the
+        // action's own (its outputs past a limit), where retrying the same
+        // action on any worker cannot help.
+        Error::Prepare { source, .. }
+        | Error::Outputs(outputs::Error::Prepare { source, .. })
+            if crate::file_cache::is_disk_full(source) =>
+        {
+            Code::Unavailable
+        }
+        Error::InputRoot(e) if e.is_disk_full() => Code::Unavailable,
+        // Storage's own verdict on the outputs (a full disk there is
+        // RESOURCE_EXHAUSTED), passed on.
+        Error::Upload(cas_client::Error::Write(status))
+            if status.code() == Code::ResourceExhausted =>
+        {
+            Code::ResourceExhausted
+        }
         Error::Malformed { .. } | Error::DigestFunction(_) | Error::DecodeCommand(_) => {
             Code::InvalidArgument
         }
@@ -595,6 +616,56 @@ mod tests {
         assert_eq!(code(&refused), tonic::Code::Internal as i32);
         let fetch = Error::FetchCommand(cas_client::Error::Read(tonic::Status::unavailable("")));
         assert_eq!(code(&fetch), tonic::Code::Unavailable as i32);
+    }
+
+    #[test]
+    fn a_full_worker_disk_is_unavailable_and_a_full_storage_disk_resource_exhausted() {
+        let enospc = || std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let cache_full =
+            Error::InputRoot(input_root::Error::Files(crate::file_cache::Error::Full {
+                dir: "/w/cache".into(),
+                source: Box::new(crate::file_cache::Error::Write {
+                    path: "/w/cache/tmp-1".into(),
+                    source: enospc(),
+                }),
+            }));
+        let full = status(&cache_full);
+        assert_eq!(full.code, tonic::Code::Unavailable as i32);
+        assert!(
+            full.message
+                .contains("the disk of the file cache /w/cache is full"),
+            "{}",
+            full.message
+        );
+        for own in [
+            Error::InputRoot(input_root::Error::Create {
+                path: "/w/build/s0-0/root/d".into(),
+                source: enospc(),
+            }),
+            Error::Prepare {
+                path: "/w/build/s0-0".into(),
+                source: std::io::Error::from_raw_os_error(libc::EDQUOT),
+            },
+            Error::Outputs(outputs::Error::Prepare {
+                path: "out/x".into(),
+                source: enospc(),
+            }),
+        ] {
+            assert_eq!(status(&own).code, tonic::Code::Unavailable as i32, "{own}");
+        }
+        let storage_full = Error::Upload(cas_client::Error::Write(
+            tonic::Status::resource_exhausted("the disk of storage directory /s is full"),
+        ));
+        assert_eq!(
+            status(&storage_full).code,
+            tonic::Code::ResourceExhausted as i32
+        );
+        // Any other failure of the worker's is still INTERNAL.
+        let denied = Error::Prepare {
+            path: "/w/build/s0-0".into(),
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert_eq!(status(&denied).code, tonic::Code::Internal as i32);
     }
 
     #[test]

@@ -82,7 +82,42 @@ pub enum Error {
     },
     #[error("a task writing cache files failed")]
     WriteTask(#[source] tokio::task::JoinError),
+    /// Writing a cache file found no space left (ENOSPC) or the quota
+    /// used up (EDQUOT), even after evicting what could be: said first,
+    /// since it is what the operator acts on.
+    #[error("the disk of the file cache {dir} is full")]
+    Full {
+        dir: PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
 }
+
+/// Whether `err` says the disk is full (ENOSPC) or a quota is used up
+/// (EDQUOT).
+pub fn is_disk_full(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+impl Error {
+    /// Whether writing a cache file failed because its disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Error::Full { .. } => true,
+            Error::Write { source, .. } | Error::Fetch(cas_client::Error::WriteFile { source }) => {
+                is_disk_full(source)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What a cache write that finds the disk full frees beyond its own
+/// size, so the next few writes do not each find it full again.
+const ROOM_SLACK_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -337,7 +372,18 @@ impl FileCache {
                 other => return other,
             }
         };
-        copy_read_only(&from, to)?;
+        match copy_read_only(&from, to) {
+            // A copy takes space a link does not: on a full disk, room is
+            // made from unpinned files, as for a download.
+            Err(e) if is_disk_full(&e) => {
+                let size = u64::try_from(digest.size_bytes).unwrap_or(0);
+                if !self.make_room(size) {
+                    return Err(e);
+                }
+                copy_read_only(&from, to)?;
+            }
+            other => other?,
+        }
         match reason {
             CopyReason::LinkLimit => &self.copies_at_link_limit,
             CopyReason::Unprotected => &self.copies_unprotected,
@@ -465,8 +511,30 @@ impl FileCache {
     }
 
     /// Streams one large file from the CAS into a temporary file, then
-    /// into the cache, pinned once.
+    /// into the cache, pinned once. On a full disk it makes room and
+    /// streams once more.
     async fn stream_in(self: &Arc<Self>, cas: &CasClient, key: Key) -> Result<Pins, Error> {
+        match self.stream_in_once(cas, key.clone()).await {
+            Err(err) if err.is_disk_full() => {
+                let cache = Arc::clone(self);
+                let bytes = u64::try_from(key.size).unwrap_or(0);
+                let made = tokio::task::spawn_blocking(move || cache.make_room(bytes))
+                    .await
+                    .map_err(Error::WriteTask)?;
+                if !made {
+                    return Err(self.full(err));
+                }
+                self.stream_in_once(cas, key)
+                    .await
+                    .map_err(|err| self.full(err))
+            }
+            other => other,
+        }
+    }
+
+    /// One attempt of [`stream_in`](Self::stream_in); its temporary file
+    /// goes with a failure.
+    async fn stream_in_once(self: &Arc<Self>, cas: &CasClient, key: Key) -> Result<Pins, Error> {
         let temp = TempFile(self.temp_path("tmp"));
         let write = |source| Error::Write {
             path: temp.0.clone(),
@@ -518,8 +586,62 @@ impl FileCache {
 
     /// Writes one file into the cache under a temporary name, then renames
     /// it in, so a half-written file is never linked; the entry is pinned
-    /// once. Blocking.
+    /// once. On a full disk it makes room and tries once more. Blocking.
     fn insert(&self, key: &Key, data: &[u8]) -> Result<(), Error> {
+        match self.insert_once(key, data) {
+            Err(err) if err.is_disk_full() && self.make_room(data.len() as u64) => {
+                self.insert_once(key, data).map_err(|err| self.full(err))
+            }
+            other => other.map_err(|err| self.full(err)),
+        }
+    }
+
+    /// `err`, said to be a full disk of the cache if it is one.
+    fn full(&self, err: Error) -> Error {
+        if err.is_disk_full() && !matches!(err, Error::Full { .. }) {
+            Error::Full {
+                dir: self.dir.clone(),
+                source: Box::new(err),
+            }
+        } else {
+            err
+        }
+    }
+
+    /// Evicts least recently used unpinned entries until at least `bytes`
+    /// (plus [`ROOM_SLACK_BYTES`]) are freed, for a write that found the
+    /// disk full before the cache reached its bound: the disk is shared
+    /// (build directories, other daemons) or smaller than the bound.
+    /// Pinned entries stay: input roots link them now. Returns whether
+    /// anything was evicted, i.e. whether trying again can help. Blocking:
+    /// the files are removed before it returns, so the space is free.
+    fn make_room(&self, bytes: u64) -> bool {
+        let wanted = bytes.saturating_add(ROOM_SLACK_BYTES);
+        let (evicted, held) = {
+            let mut state = self.lock();
+            let before = state.total;
+            let evicted = self.evict_while(&mut state, |state| before - state.total < wanted);
+            (evicted, state.total)
+        };
+        if evicted.is_empty() {
+            tracing::warn!(
+                dir = %self.dir.display(),
+                "the file cache's disk is full and no unpinned file is left to evict"
+            );
+            return false;
+        }
+        remove_evicted(evicted);
+        tracing::warn!(
+            dir = %self.dir.display(),
+            held_bytes = held,
+            max_size_bytes = self.max_size,
+            "the file cache's disk filled before the cache reached its bound; evicted unpinned files to make room"
+        );
+        true
+    }
+
+    /// One attempt of [`insert`](Self::insert).
+    fn insert_once(&self, key: &Key, data: &[u8]) -> Result<(), Error> {
         let temp = self.temp_path("tmp");
         let mode = key.mode();
         let written = (|| {
@@ -594,8 +716,14 @@ impl FileCache {
     /// one directory is a metadata update; the unlink, which frees the
     /// file's blocks, is what waits for the lock to be released.
     fn evict_locked(&self, state: &mut State) -> Vec<PathBuf> {
+        self.evict_while(state, |state| state.total > self.max_size)
+    }
+
+    /// Takes least recently used, unpinned entries out of `state` while
+    /// `more` says so, as [`evict_locked`](Self::evict_locked) does.
+    fn evict_while(&self, state: &mut State, mut more: impl FnMut(&State) -> bool) -> Vec<PathBuf> {
         let mut evicted = Vec::new();
-        while state.total > self.max_size {
+        while more(state) {
             let Some((_, key)) = state.unpinned.pop_first() else {
                 break;
             };
@@ -835,7 +963,12 @@ mod tests {
 
     impl Drop for Mounted {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            // Lazily: a descriptor a child of another test thread briefly holds
+            // (inherited until its exec) must not leave the mount behind.
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
         }
     }
 
@@ -894,6 +1027,127 @@ mod tests {
                 .unwrap()
                 .nlink(),
             65_000
+        );
+    }
+
+    /// A tmpfs of `size` (mount's syntax: "8m") on a fresh directory,
+    /// unmounted when dropped; `None`, after one line saying why, when
+    /// not root (never under CI).
+    fn tmpfs(test: &str, size: &str) -> Option<(tempfile::TempDir, Mounted)> {
+        use std::os::unix::fs::MetadataExt as _;
+        if !std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+            assert!(std::env::var_os("CI").is_none(), "{test}: CI runs as root");
+            eprintln!("skipped {test}: needs root to mount a tmpfs");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs on {}", dir.path().display());
+        let mounted = Mounted(dir.path().to_owned());
+        Some((dir, mounted))
+    }
+
+    fn mib_key(n: u8, mib: i64) -> Key {
+        Key {
+            hash: format!("{n:064}"),
+            size: mib << 20,
+            executable: false,
+        }
+    }
+
+    #[test]
+    fn a_full_cache_disk_fails_naming_the_cache_leaves_no_partial_file_and_recovers() {
+        let Some((dir, _mounted)) = tmpfs("a_full_cache_disk_fails", "8m") else {
+            return;
+        };
+        let cache = FileCache::open(dir.path().join("cache"), 1 << 30).unwrap();
+        // Something else on the disk (a build directory) leaves it 1 MiB.
+        let filler = dir.path().join("filler");
+        std::fs::write(&filler, vec![0; 7 << 20]).unwrap();
+        let big = mib_key(1, 2);
+        let err = cache.insert(&big, &[1; 2 << 20]).unwrap_err();
+        assert!(err.is_disk_full(), "{err}");
+        assert!(
+            err.to_string().contains(&format!(
+                "the disk of the file cache {} is full",
+                cache.directory().display()
+            )),
+            "{err}"
+        );
+        assert!(files_in(&cache).is_empty(), "no partial cache file is left");
+        assert_eq!(cache.usage(), (0, 0));
+
+        // Space returns: the same file goes in.
+        std::fs::remove_file(&filler).unwrap();
+        cache.insert(&big, &[1; 2 << 20]).unwrap();
+        assert_eq!(
+            std::fs::read(cache.path(&big.digest(), false)).unwrap(),
+            [1; 2 << 20]
+        );
+        assert_eq!(cache.usage(), (2 << 20, 1));
+    }
+
+    #[test]
+    fn a_copied_input_on_a_full_disk_makes_room_from_unpinned_files() {
+        let Some((dir, _mounted)) = tmpfs("a_copied_input_on_a_full_disk", "8m") else {
+            return;
+        };
+        let cache = FileCache::open(dir.path().join("cache"), 1 << 30).unwrap();
+        cache.copy_inputs();
+        // 2 MiB to copy, pinned; 5 MiB of unpinned files fill the rest.
+        let input = mib_key(0, 2);
+        cache.insert(&input, &[0; 2 << 20]).unwrap();
+        for n in 1..6 {
+            cache.insert(&mib_key(n, 1), &[n; 1 << 20]).unwrap();
+            cache.lock().unpin(&mib_key(n, 1));
+        }
+        let to = dir.path().join("copied");
+        cache.place(&input.digest(), false, &to).unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), [0; 2 << 20]);
+        assert!(
+            cache.lock().entries.contains_key(&input),
+            "pinned files stay"
+        );
+        assert!(cache.usage().0 < 7 << 20, "unpinned files made room");
+    }
+
+    #[test]
+    fn a_cache_disk_smaller_than_the_bound_evicts_unpinned_files_to_make_room() {
+        let Some((dir, _mounted)) = tmpfs("a_cache_disk_smaller_than_the_bound", "8m") else {
+            return;
+        };
+        let cache = FileCache::open(dir.path().join("cache"), 1 << 30).unwrap();
+        // 0 stays pinned, as if linked into a running action's input root.
+        cache.insert(&mib_key(0, 1), &[0; 1 << 20]).unwrap();
+        for n in 1..12 {
+            cache.insert(&mib_key(n, 1), &[n; 1 << 20]).unwrap();
+            cache.lock().unpin(&mib_key(n, 1));
+        }
+        let held: u64 = files_in(&cache)
+            .iter()
+            .map(|name| {
+                std::fs::metadata(cache.directory().join(name))
+                    .unwrap()
+                    .len()
+            })
+            .sum();
+        let (bytes, files) = cache.usage();
+        assert_eq!(bytes, held, "the cache counts what it holds");
+        assert_eq!(files, files_in(&cache).len(), "no temporary file is left");
+        assert!(bytes <= 8 << 20);
+        let state = cache.lock();
+        assert!(
+            state.entries.contains_key(&mib_key(0, 1)),
+            "pinned files stay"
+        );
+        assert!(state.entries.contains_key(&mib_key(11, 1)));
+        assert!(
+            !state.entries.contains_key(&mib_key(1, 1)),
+            "the oldest went first"
         );
     }
 

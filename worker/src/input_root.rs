@@ -106,6 +106,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether a write of the worker's (a cache file, a directory or link
+    /// of the input root) found its disk full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Error::Files(err) => err.is_disk_full(),
+            Error::Create { source, .. } | Error::Link { source, .. } => {
+                file_cache::is_disk_full(source)
+            }
+            _ => false,
+        }
+    }
+
     /// The blob whose absence caused this error, if any.
     pub fn missing_digest(&self) -> Option<&Digest> {
         match self {

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod crafted;
+mod full_disk;
 mod runner_faults;
 mod tls;
 
