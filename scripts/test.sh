@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # that tests use go in this list; they are installed when missing, as root
 # (CI runs as root; without root, tests that need them say why they skip).
 APT_PACKAGES=(
-    bazel-bootstrap # tests/bazel.rs: Debian's Bazel 4.2.3, works offline
+    bazel-bootstrap # tests/bazel.rs, tests/faults.rs: Debian's Bazel 4.2.3, works offline
     libnetty-tcnative-jni # tests/bazel.rs: Bazel's gRPC over TLS (its netty lacks the JDK's ALPN)
     python3-venv    # tests/python.rs: the venv below, with Debian's python3
     uidmap          # corral/tests/cli.rs: newuidmap for rootless runs with subordinate ids

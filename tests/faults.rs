@@ -8,3 +8,5 @@
 
 #[path = "faults/corral_up.rs"]
 mod corral_up;
+#[path = "faults/restarts.rs"]
+mod restarts;

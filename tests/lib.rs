@@ -230,3 +230,254 @@ impl Drop for Farm {
         }
     }
 }
+
+/// One daemon of a [`SplitFarm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daemon {
+    Storage,
+    Scheduler,
+    Runner,
+    Worker,
+}
+
+impl Daemon {
+    /// Every daemon, in the order they start.
+    pub const ALL: [Daemon; 4] = [
+        Daemon::Storage,
+        Daemon::Scheduler,
+        Daemon::Runner,
+        Daemon::Worker,
+    ];
+
+    /// Its `corral` subcommand, and the name of its log files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Daemon::Storage => "storage",
+            Daemon::Scheduler => "scheduler",
+            Daemon::Runner => "runner",
+            Daemon::Worker => "worker",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What the worker logs once its slots synchronize.
+const WORKER_READY_LINE: &str = "worker running";
+
+/// A farm of separate processes — `corral storage`, `corral scheduler`,
+/// `corral runner` and `corral worker` — on free ports, with their
+/// configuration files and data in one temp directory, so each can be
+/// killed and restarted alone while the others keep their state (storage
+/// its disk). Every daemon is stopped with SIGINT when dropped.
+pub struct SplitFarm {
+    pub dir: tempfile::TempDir,
+    pub storage_port: u16,
+    pub scheduler_port: u16,
+    children: [Option<Child>; 4],
+}
+
+impl SplitFarm {
+    /// Starts the four daemons, each ready before the next starts. The
+    /// worker has one slot.
+    pub fn start() -> SplitFarm {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut farm = SplitFarm {
+            dir,
+            storage_port: free_port(),
+            scheduler_port: free_port(),
+            children: [None, None, None, None],
+        };
+        farm.write_configs();
+        for daemon in Daemon::ALL {
+            farm.restart(daemon);
+        }
+        farm
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The runner's socket.
+    pub fn runner_socket(&self) -> PathBuf {
+        self.path("runner.sock")
+    }
+
+    /// The worker's `directory`; its runner's `--build-dir` is
+    /// `<directory>/build`.
+    pub fn worker_directory(&self) -> PathBuf {
+        self.path("worker")
+    }
+
+    fn write_configs(&self) {
+        // A killed worker that is not restarted is declared gone one
+        // report interval (10 s) plus 5 s after its last report.
+        let scheduler = "worker_timeout_s = 5\n";
+        std::fs::write(self.path("scheduler.toml"), scheduler).expect("write scheduler.toml");
+        let worker = format!(
+            "scheduler = \"{}\"\nstorage = \"{}\"\ndirectory = \"{}\"\n\n\
+             [[slots]]\nconcurrency = 1\nrunner = \"{}\"\n",
+            self.scheduler_url(),
+            self.storage_url(),
+            self.worker_directory().display(),
+            self.runner_socket().display(),
+        );
+        std::fs::write(self.path("worker.toml"), worker).expect("write worker.toml");
+    }
+
+    /// Storage's endpoint (CAS, Action Cache, ByteStream).
+    pub fn storage_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.storage_port)
+    }
+
+    /// The scheduler's endpoint (Execution, Operations).
+    pub fn scheduler_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.scheduler_port)
+    }
+
+    fn log(&self, daemon: Daemon, stream: &str) -> PathBuf {
+        self.path(&format!("{}.{stream}", daemon.name()))
+    }
+
+    fn args(&self, daemon: Daemon) -> Vec<String> {
+        let path = |name: &str| self.path(name).display().to_string();
+        let listen = |port: u16| format!("127.0.0.1:{port}");
+        let mut args = vec![daemon.name().to_owned()];
+        match daemon {
+            Daemon::Storage => args.extend([
+                "--listen".to_owned(),
+                listen(self.storage_port),
+                "--dir".to_owned(),
+                path("storage"),
+            ]),
+            Daemon::Scheduler => args.extend([
+                "--config".to_owned(),
+                path("scheduler.toml"),
+                "--listen".to_owned(),
+                listen(self.scheduler_port),
+                "--storage".to_owned(),
+                self.storage_url(),
+            ]),
+            Daemon::Runner => args.extend([
+                "--socket".to_owned(),
+                self.runner_socket().display().to_string(),
+                "--build-dir".to_owned(),
+                self.worker_directory().join("build").display().to_string(),
+            ]),
+            Daemon::Worker => args.extend(["--config".to_owned(), path("worker.toml")]),
+        }
+        args
+    }
+
+    /// Starts `daemon` (again, if it ran) and waits until it serves.
+    pub fn restart(&mut self, daemon: Daemon) {
+        assert!(
+            self.children[daemon.index()].is_none(),
+            "{} still runs: kill it first",
+            daemon.name()
+        );
+        // Appended to across restarts: the logs tell the whole story.
+        let append = |stream: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.log(daemon, stream))
+                .expect("open a daemon's log")
+        };
+        let start_of_log = std::fs::metadata(self.log(daemon, "err")).map_or(0, |m| m.len());
+        let child = Command::new(corral_binary())
+            .args(self.args(daemon))
+            .stdin(Stdio::null())
+            .stdout(append("out"))
+            .stderr(append("err"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("start corral {}: {e}", daemon.name()));
+        self.children[daemon.index()] = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.serves(daemon, start_of_log) {
+            if let Some(child) = self.children[daemon.index()].as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "corral {} exited ({status}) before serving\n{}",
+                        daemon.name(),
+                        self.logs()
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "corral {} did not get ready\n{}",
+                daemon.name(),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn serves(&self, daemon: Daemon, start_of_log: u64) -> bool {
+        match daemon {
+            Daemon::Storage => {
+                std::net::TcpStream::connect(("127.0.0.1", self.storage_port)).is_ok()
+            }
+            Daemon::Scheduler => {
+                std::net::TcpStream::connect(("127.0.0.1", self.scheduler_port)).is_ok()
+            }
+            Daemon::Runner => std::os::unix::net::UnixStream::connect(self.runner_socket()).is_ok(),
+            Daemon::Worker => {
+                // Only what this start wrote (logs go to stderr).
+                let log = std::fs::read(self.log(daemon, "err")).unwrap_or_default();
+                let new = log.get(start_of_log as usize..).unwrap_or_default();
+                String::from_utf8_lossy(new).contains(WORKER_READY_LINE)
+            }
+        }
+    }
+
+    /// SIGKILL: `daemon` dies at once, mid-call, without cleaning up.
+    pub fn kill(&mut self, daemon: Daemon) {
+        let mut child = self.children[daemon.index()]
+            .take()
+            .unwrap_or_else(|| panic!("{} is not running", daemon.name()));
+        child.kill().expect("SIGKILL a daemon");
+        child.wait().expect("reap a daemon");
+    }
+
+    /// Every daemon's output so far.
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        for daemon in Daemon::ALL {
+            for stream in ["out", "err"] {
+                let log = std::fs::read_to_string(self.log(daemon, stream)).unwrap_or_default();
+                text.push_str(&format!("--- corral {} std{stream}\n{log}", daemon.name()));
+            }
+        }
+        text
+    }
+
+    /// SIGINT to `daemon`, SIGKILL if it has not exited within 20 s.
+    fn interrupt(child: &mut Child) {
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !matches!(child.try_wait(), Ok(Some(_))) {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for SplitFarm {
+    fn drop(&mut self) {
+        // The reverse of the start order: the worker first, storage last.
+        for child in self.children.iter_mut().rev().flatten() {
+            Self::interrupt(child);
+        }
+    }
+}

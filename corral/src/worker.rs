@@ -15,9 +15,15 @@ use crate::{config, shutdown};
 pub fn run(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let cfg: corral_worker::Config = config::load(config)?;
     cfg.validate()?;
-    let worker = corral_worker::Worker::new(cfg).context("preparing the worker")?;
+    // Inside the runtime: the worker's lazy channels to storage and the
+    // scheduler need its reactor from the moment they are made.
+    let runtime = shutdown::runtime()?;
+    let worker = {
+        let _entered = runtime.enter();
+        corral_worker::Worker::new(cfg).context("preparing the worker")?
+    };
     protect_the_cache(&worker);
-    shutdown::runtime()?
+    runtime
         .block_on(worker.run(shutdown::stop_signal("worker")))
         .context("running the worker")?;
     Ok(ExitCode::SUCCESS)

@@ -54,6 +54,8 @@ pub struct Assignment {
 /// Why a completion report is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReportError {
+    #[error("this worker's action was taken back from it")]
+    TakenBack,
     #[error("this worker has no action assigned")]
     NothingAssigned,
     #[error("this worker was assigned {assigned}, not {reported}")]
@@ -100,6 +102,13 @@ struct Inner {
     unserved_since: HashMap<QueueKey, Instant>,
     /// Workers that get no new work.
     drains: Vec<Drain>,
+    /// Workers whose action this scheduler took from them (a missed
+    /// report, a cancel) while they may still run it: at their next
+    /// Executing report they are told to drop it. A worker executing
+    /// an action this scheduler neither assigned nor took back (it was
+    /// handed out before a restart) is let finish: its result reaches
+    /// the Action Cache, where a client's retried Execute finds it.
+    taken_back: HashMap<WorkerId, Digest>,
 }
 
 impl Inner {
@@ -116,6 +125,7 @@ impl Inner {
         let (workers, running) = (&self.workers, &self.running);
         self.identities
             .retain(|w, _| workers.contains_key(w) || running.contains_key(w));
+        self.taken_back.retain(|w, _| workers.contains_key(w));
     }
 
     fn served(&self, (instance, platform): &QueueKey) -> bool {
@@ -336,15 +346,24 @@ impl Assignments {
     }
 
     /// An executing worker reported in: its next report is due one
-    /// interval from now.
+    /// interval from now. [`ReportError::TakenBack`]: it must drop its
+    /// action; [`ReportError::NothingAssigned`]: this scheduler never
+    /// handed it out (it restarted since), and the worker may finish it.
     pub fn still_running(&self, worker: &WorkerId) -> Result<(), ReportError> {
         let mut inner = self.lock();
-        let running = inner
-            .running
-            .get_mut(worker)
-            .ok_or(ReportError::NothingAssigned)?;
+        let Some(running) = inner.running.get_mut(worker) else {
+            return Err(match inner.taken_back.remove(worker) {
+                Some(_) => ReportError::TakenBack,
+                None => ReportError::NothingAssigned,
+            });
+        };
         running.deadline = Instant::now() + self.sync_interval;
         Ok(())
+    }
+
+    /// `worker` reported it is no longer executing what was taken back.
+    pub fn forget_taken_back(&self, worker: &WorkerId) {
+        self.lock().taken_back.remove(worker);
     }
 
     /// How long until an executing worker must report again (for
@@ -402,6 +421,9 @@ impl Assignments {
             .collect();
         for worker in &gone {
             if let Some(running) = inner.running.remove(worker) {
+                inner
+                    .taken_back
+                    .insert(worker.clone(), running.queued.action_digest.clone());
                 self.requeue_or_fail(&mut inner, running.queued);
             }
         }
@@ -572,7 +594,16 @@ impl Assignments {
         for queue in inner.queues.values_mut() {
             queue.remove_where(same);
         }
-        inner.running.retain(|_, r| !same(&r.queued));
+        let stopped: Vec<(WorkerId, Digest)> = inner
+            .running
+            .iter()
+            .filter(|(_, r)| same(&r.queued))
+            .map(|(w, r)| (w.clone(), r.queued.action_digest.clone()))
+            .collect();
+        for (worker, digest) in stopped {
+            inner.running.remove(&worker);
+            inner.taken_back.insert(worker, digest);
+        }
         let cancelled = operation.complete(status(tonic::Code::Cancelled, why.to_owned()));
         if cancelled {
             self.metrics.result(tonic::Code::Cancelled, false);
@@ -757,6 +788,8 @@ mod tests {
         tokio::time::advance(Duration::from_secs(11)).await;
         assert_eq!(a.expire(), 1);
         assert_eq!(a.queued(), 1);
+        // Were it only slow, its next report tells it to drop the action.
+        assert_eq!(a.still_running(&worker(1)), Err(ReportError::TakenBack));
         // The old worker's late completion is refused; a new one runs it.
         assert_eq!(
             a.complete(&worker(1), &digest(5), ExecuteResponse::default()),
@@ -847,6 +880,12 @@ mod tests {
         assert!(a.cancel(&running.queued.operation, "cancelled"));
         assert!(!a.is_running(&worker(1)), "the worker will be told to stop");
         assert!(!a.cancel(&running.queued.operation, "twice"));
+        assert_eq!(a.still_running(&worker(1)), Err(ReportError::TakenBack));
+        // Told once; what it reports after that is not this action.
+        assert_eq!(
+            a.still_running(&worker(1)),
+            Err(ReportError::NothingAssigned)
+        );
     }
 
     #[tokio::test(start_paused = true)]

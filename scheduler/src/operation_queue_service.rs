@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
 use crate::access;
-use crate::assignment::{Assignment, Assignments, WorkerId};
+use crate::assignment::{Assignment, Assignments, ReportError, WorkerId};
 use crate::queue::PlatformKey;
 use crate::task::AbortOnDrop;
 use crate::timing::timestamp;
@@ -113,10 +113,19 @@ impl OperationQueue for OperationQueueService {
             Some(current_state::WorkerState::Executing(_)) => {
                 return Ok(match self.assignments.still_running(&worker) {
                     Ok(()) => answer(None),
-                    // Its action was given to another worker meanwhile.
-                    Err(_) => answer(Some(DesiredState {
-                        worker_state: Some(desired_state::WorkerState::Idle(Empty {})),
-                    })),
+                    // Handed out before this scheduler started: let it
+                    // finish, so its result reaches the Action Cache and
+                    // the client's retried Execute is a cache hit.
+                    Err(ReportError::NothingAssigned) => {
+                        debug!("an action from before a restart; letting it finish");
+                        answer(None)
+                    }
+                    // Given back to the queue (or cancelled) meanwhile.
+                    Err(ReportError::TakenBack | ReportError::OtherAction { .. }) => {
+                        answer(Some(DesiredState {
+                            worker_state: Some(desired_state::WorkerState::Idle(Empty {})),
+                        }))
+                    }
                 });
             }
             Some(current_state::WorkerState::Completed(done)) => {
@@ -126,6 +135,7 @@ impl OperationQueue for OperationQueueService {
                         "completed needs action_digest and execute_response",
                     ));
                 };
+                self.assignments.forget_taken_back(&worker);
                 if let Err(err) = self.assignments.complete(&worker, &digest, response) {
                     // A late result from a worker declared gone: the action
                     // runs (or ran) elsewhere; this report changes nothing.
@@ -133,6 +143,7 @@ impl OperationQueue for OperationQueueService {
                 }
             }
             Some(current_state::WorkerState::Idle(_)) | None => {
+                self.assignments.forget_taken_back(&worker);
                 if self.assignments.release(&worker) {
                     warn!("worker went idle without reporting its action; queued again");
                 }
@@ -273,22 +284,54 @@ mod tests {
         assert_eq!(result.message, "done");
     }
 
+    fn executing(n: u8) -> current_state::WorkerState {
+        current_state::WorkerState::Executing(current_state::Executing {
+            action_digest: Some(digest(n)),
+            execution_state: None,
+        })
+    }
+
+    fn told_idle(response: &SynchronizeResponse) -> bool {
+        matches!(
+            response
+                .desired_state
+                .as_ref()
+                .and_then(|d| d.worker_state.as_ref()),
+            Some(desired_state::WorkerState::Idle(_))
+        )
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_worker_that_lost_its_action_is_told_to_be_idle() {
-        let (svc, _a) = service();
-        let running = current_state::WorkerState::Executing(current_state::Executing {
-            action_digest: Some(digest(9)),
-            execution_state: None,
-        });
+        let (svc, a) = service();
+        let operation = enqueue(&a, 9);
         let response = svc
-            .synchronize(request(running))
+            .synchronize(request(current_state::WorkerState::Idle(Empty {})))
             .await
             .unwrap()
             .into_inner();
-        assert!(matches!(
-            response.desired_state.unwrap().worker_state,
-            Some(desired_state::WorkerState::Idle(_))
-        ));
+        assert!(response.desired_state.is_some(), "the action is handed out");
+        assert!(a.cancel(&operation, "nobody waits"));
+        let response = svc
+            .synchronize(request(executing(9)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(told_idle(&response), "{response:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_running_an_action_from_before_a_restart_may_finish_it() {
+        // A fresh scheduler: it never handed this action out.
+        let (svc, _a) = service();
+        let response = svc
+            .synchronize(request(executing(9)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!told_idle(&response), "{response:?}");
+        assert!(response.desired_state.is_none(), "carry on executing");
+        assert!(response.next_synchronization_at.is_some());
     }
 
     #[tokio::test(start_paused = true)]

@@ -491,6 +491,19 @@ fn chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// Whether a storage call in `err`'s causes failed because storage could
+/// not be reached.
+fn storage_unreachable(err: &Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(cause) = source {
+        if let Some(status) = cause.downcast_ref::<tonic::Status>() {
+            return status.code() == tonic::Code::Unavailable;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// The response status for a failed action, chosen where the error starts.
 pub fn status(err: &Error) -> rpc::Status {
     use tonic::Code;
@@ -509,6 +522,14 @@ pub fn status(err: &Error) -> rpc::Status {
         }
     }
     let code = match err {
+        // Storage went away mid-action: the farm's failure, not the
+        // action's. UNAVAILABLE is what clients retry (Bazel executes
+        // again), by when storage is back.
+        Error::FetchCommand(_) | Error::InputRoot(_) | Error::Upload(_)
+            if storage_unreachable(err) =>
+        {
+            Code::Unavailable
+        }
         // The worker's own disk (its file cache, a build directory) is
         // full: the farm's transient state, not the action's fault.
         // UNAVAILABLE, REAPI's "transient condition, the client should
@@ -583,6 +604,18 @@ mod tests {
         assert_eq!(policy(&action, &command), "cmd");
         action.platform = Some(platform("act"));
         assert_eq!(policy(&action, &command), "act");
+    }
+
+    #[test]
+    fn storage_out_of_reach_is_unavailable_and_a_refusal_is_not() {
+        let upload = |status| Error::Upload(cas_client::Error::Write(status));
+        let code = |err: &Error| status(err).code;
+        let unavailable = upload(tonic::Status::unavailable("connection refused"));
+        assert_eq!(code(&unavailable), tonic::Code::Unavailable as i32);
+        let refused = upload(tonic::Status::permission_denied("no cas-write"));
+        assert_eq!(code(&refused), tonic::Code::Internal as i32);
+        let fetch = Error::FetchCommand(cas_client::Error::Read(tonic::Status::unavailable("")));
+        assert_eq!(code(&fetch), tonic::Code::Unavailable as i32);
     }
 
     #[test]

@@ -1,0 +1,549 @@
+//! A farm of separate processes ([`SplitFarm`]) losing one daemon to
+//! `kill -9` in the middle of an action, then getting it back: the client
+//! still gets the action's real result (exit code, stdout). Losing the
+//! scheduler costs the client one retried Execute, as Bazel does it; the
+//! worker's result then comes from the Action Cache. Real Bazel survives
+//! a scheduler restart mid-build.
+//!
+//! The runner's death is the hook [`Daemon::Runner`]: same harness.
+//! docs/failures.md says what each death costs.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use corral_e2e::{Daemon, SplitFarm};
+use corral_proto::longrunning::{operation, Operation};
+use corral_proto::reapi::action_cache_client::ActionCacheClient;
+use corral_proto::reapi::batch_update_blobs_request::Request as UploadRequest;
+use corral_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+use corral_proto::reapi::execution_client::ExecutionClient;
+use corral_proto::reapi::{
+    execution_stage, Action, BatchReadBlobsRequest, BatchUpdateBlobsRequest, Command, Digest,
+    Directory, ExecuteOperationMetadata, ExecuteRequest, ExecuteResponse, GetActionResultRequest,
+    WaitExecutionRequest,
+};
+use prost::Message;
+use sha2::Digest as _;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// How long an action of these tests runs: long enough to kill and
+/// restart a daemon in the middle.
+const ACTION_SECONDS: u32 = 4;
+
+/// Whether `status` says the connection to the server was lost: what
+/// Bazel (grpc-java) reports as UNAVAILABLE and retries. tonic reports a
+/// connection that broke mid-stream as UNKNOWN with hyper's error.
+fn connection_lost(status: &Status) -> bool {
+    status.code() == Code::Unavailable
+        || (status.code() == Code::Unknown && status.message().starts_with("h2 protocol error"))
+}
+
+fn digest_of(data: &[u8]) -> Digest {
+    Digest {
+        hash: hex::encode(sha2::Sha256::digest(data)),
+        size_bytes: data.len() as i64,
+    }
+}
+
+/// A REAPI client of a split farm: CAS and Action Cache at storage,
+/// Execution at the scheduler, each reconnecting on its own.
+struct Client {
+    storage: Channel,
+    scheduler: Channel,
+}
+
+/// How an Execute or WaitExecution stream ended.
+#[derive(Debug)]
+enum Outcome {
+    Done(Box<ExecuteResponse>),
+    /// The call failed, after naming the operation if it got that far.
+    Broken(Option<String>, Status),
+}
+
+impl Client {
+    fn new(farm: &SplitFarm) -> Client {
+        let lazy = |url: String| Channel::from_shared(url).unwrap().connect_lazy();
+        Client {
+            storage: lazy(farm.storage_url()),
+            scheduler: lazy(farm.scheduler_url()),
+        }
+    }
+
+    async fn upload(&self, blobs: &[&[u8]]) {
+        let requests = blobs
+            .iter()
+            .map(|data| UploadRequest {
+                digest: Some(digest_of(data)),
+                data: data.to_vec(),
+                ..Default::default()
+            })
+            .collect();
+        let response = ContentAddressableStorageClient::new(self.storage.clone())
+            .batch_update_blobs(BatchUpdateBlobsRequest {
+                requests,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for r in response.responses {
+            assert_eq!(r.status.unwrap_or_default().code, 0, "upload refused");
+        }
+    }
+
+    /// Uploads an action running `script` in `sh` (empty input root) and
+    /// returns its digest.
+    async fn action(&self, script: &str) -> Digest {
+        let command = Command {
+            arguments: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let root = Directory::default().encode_to_vec();
+        let action = Action {
+            command_digest: Some(digest_of(&command)),
+            input_root_digest: Some(digest_of(&root)),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        self.upload(&[&command, &root, &action]).await;
+        digest_of(&action)
+    }
+
+    /// Follows an Execute stream to its end; `executing` learns the
+    /// operation's name once a worker runs it.
+    async fn execute(
+        &self,
+        action: &Digest,
+        executing: Option<tokio::sync::oneshot::Sender<String>>,
+    ) -> Outcome {
+        let call = ExecutionClient::new(self.scheduler.clone())
+            .execute(ExecuteRequest {
+                action_digest: Some(action.clone()),
+                inline_stdout: true,
+                ..Default::default()
+            })
+            .await;
+        match call {
+            Ok(stream) => follow(stream.into_inner(), executing).await,
+            Err(status) => Outcome::Broken(None, status),
+        }
+    }
+
+    /// Execute, and once more if the connection breaks (the scheduler
+    /// went away), as Bazel does; the first attempt's
+    /// operation name is sent on `executing` once it runs.
+    async fn execute_with_one_retry(
+        &self,
+        action: &Digest,
+        executing: tokio::sync::oneshot::Sender<String>,
+    ) -> (Outcome, Option<Outcome>) {
+        let first = self.execute(action, Some(executing)).await;
+        let retry = match &first {
+            Outcome::Broken(_, status) if connection_lost(status) => {
+                // The retried call waits for the scheduler to be back:
+                // Bazel backs off between attempts for the same reason.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    match self.execute(action, None).await {
+                        Outcome::Broken(None, s)
+                            if s.code() == Code::Unavailable && Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        outcome => break Some(outcome),
+                    }
+                }
+            }
+            _ => None,
+        };
+        (first, retry)
+    }
+
+    async fn wait_execution(&self, name: &str) -> Outcome {
+        let call = ExecutionClient::new(self.scheduler.clone())
+            .wait_execution(WaitExecutionRequest {
+                name: name.to_owned(),
+            })
+            .await;
+        match call {
+            Ok(stream) => follow(stream.into_inner(), None).await,
+            Err(status) => Outcome::Broken(Some(name.to_owned()), status),
+        }
+    }
+
+    /// The Action Cache entry of `action`, if storage has one.
+    async fn cached(&self, action: &Digest) -> Option<corral_proto::reapi::ActionResult> {
+        ActionCacheClient::new(self.storage.clone())
+            .get_action_result(GetActionResultRequest {
+                action_digest: Some(action.clone()),
+                ..Default::default()
+            })
+            .await
+            .ok()
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn read(&self, digest: &Digest) -> Vec<u8> {
+        let mut response = ContentAddressableStorageClient::new(self.storage.clone())
+            .batch_read_blobs(BatchReadBlobsRequest {
+                digests: vec![digest.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        response.responses.pop().unwrap().data
+    }
+}
+
+async fn follow(
+    mut stream: tonic::Streaming<Operation>,
+    mut executing: Option<tokio::sync::oneshot::Sender<String>>,
+) -> Outcome {
+    let mut name = None;
+    loop {
+        match stream.message().await {
+            Ok(Some(op)) => {
+                name = Some(op.name.clone());
+                let stage = ExecuteOperationMetadata::decode(
+                    op.metadata.as_ref().unwrap().value.as_slice(),
+                )
+                .unwrap()
+                .stage;
+                if stage == execution_stage::Value::Executing as i32 {
+                    if let Some(tx) = executing.take() {
+                        let _ = tx.send(op.name.clone());
+                    }
+                }
+                if let Some(operation::Result::Response(any)) = op.result {
+                    return Outcome::Done(Box::new(
+                        ExecuteResponse::decode(any.value.as_slice()).unwrap(),
+                    ));
+                }
+                if let Some(operation::Result::Error(status)) = op.result {
+                    panic!("the operation failed: {status:?}");
+                }
+            }
+            Ok(None) => return Outcome::Broken(name, Status::unknown("the stream ended early")),
+            Err(status) => return Outcome::Broken(name, status),
+        }
+    }
+}
+
+/// The action every test runs: `ACTION_SECONDS` of sleep, then a line on
+/// stdout and `exit_code`. `salt` keeps tests apart in the cache.
+fn script(salt: &str, exit_code: i32) -> (String, String) {
+    let line = format!("slept {ACTION_SECONDS}s ({salt})");
+    (
+        format!("sleep {ACTION_SECONDS}; echo '{line}'; exit {exit_code}"),
+        format!("{line}\n"),
+    )
+}
+
+/// Asserts `outcome` is the action's own result: `exit_code`, and
+/// `stdout` inline (asked for) or in the CAS.
+async fn assert_result(
+    client: &Client,
+    farm: &SplitFarm,
+    outcome: &Outcome,
+    exit_code: i32,
+    stdout: &str,
+) {
+    let Outcome::Done(response) = outcome else {
+        panic!("no result: {outcome:?}\n{}", farm.logs());
+    };
+    assert_eq!(
+        response.status.clone().unwrap_or_default().code,
+        0,
+        "{response:?}\n{}",
+        farm.logs()
+    );
+    let result = response.result.clone().unwrap();
+    assert_eq!(result.exit_code, exit_code, "{result:?}");
+    let out = if result.stdout_raw.is_empty() {
+        client.read(result.stdout_digest.as_ref().unwrap()).await
+    } else {
+        result.stdout_raw.clone()
+    };
+    assert_eq!(String::from_utf8_lossy(&out), stdout, "{result:?}");
+}
+
+/// Kills `daemon`, waits half a second and starts it again. The harness
+/// blocks (it polls the daemon's port): off the runtime's threads.
+fn kill_and_restart(farm: &mut SplitFarm, daemon: Daemon) {
+    tokio::task::block_in_place(|| {
+        farm.kill(daemon);
+        std::thread::sleep(Duration::from_millis(500));
+        farm.restart(daemon);
+    });
+}
+
+/// Kills and restarts `daemon` one second after the action started
+/// running (`executing` says when).
+async fn chaos(
+    farm: &mut SplitFarm,
+    daemon: Daemon,
+    executing: tokio::sync::oneshot::Receiver<String>,
+) {
+    executing.await.expect("the action never ran");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    kill_and_restart(farm, daemon);
+}
+
+/// Kills and restarts `daemon` mid-action; the client's one stream (no
+/// retry) gets the action's result.
+async fn killed_mid_action_the_action_still_completes(daemon: Daemon, salt: &str) {
+    let mut farm = SplitFarm::start();
+    let client = Client::new(&farm);
+    let (script, stdout) = script(salt, 7);
+    let action = client.action(&script).await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (outcome, ()) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(120), client.execute(&action, Some(tx))),
+        chaos(&mut farm, daemon, rx),
+    );
+    let outcome = outcome.expect("no result within 2 minutes");
+    assert_result(&client, &farm, &outcome, 7, &stdout).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_killed_mid_action_and_restarted_the_client_gets_the_result() {
+    killed_mid_action_the_action_still_completes(Daemon::Storage, "storage").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_down_when_the_outputs_go_up_is_unavailable_and_a_retry_gets_the_result() {
+    let mut farm = SplitFarm::start();
+    let client = Client::new(&farm);
+    let (script, stdout) = script("storage-down", 7);
+    let action = client.action(&script).await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let down = async {
+        rx.await.expect("the action never ran");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::task::block_in_place(|| farm.kill(Daemon::Storage));
+    };
+    let (first, ()) = tokio::join!(client.execute(&action, Some(tx)), down);
+    // The worker could not upload stdout: the farm's failure, which the
+    // client may retry, not the action's.
+    let Outcome::Done(response) = &first else {
+        panic!("{first:?}\n{}", farm.logs());
+    };
+    let status = response.status.clone().unwrap_or_default();
+    assert_eq!(status.code, Code::Unavailable as i32, "{status:?}");
+    tokio::task::block_in_place(|| farm.restart(Daemon::Storage));
+    let again = client.execute(&action, None).await;
+    assert_result(&client, &farm, &again, 7, &stdout).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_action_and_restarted_the_action_runs_again_and_completes() {
+    killed_mid_action_the_action_still_completes(Daemon::Worker, "worker").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_killed_mid_action_one_retried_execute_gets_the_result() {
+    let mut farm = SplitFarm::start();
+    let client = Client::new(&farm);
+    let (script, stdout) = script("scheduler", 0);
+    let action = client.action(&script).await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (outcomes, ()) = tokio::join!(
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            client.execute_with_one_retry(&action, tx)
+        ),
+        chaos(&mut farm, Daemon::Scheduler, rx),
+    );
+    let (first, retry) = outcomes.expect("no result within 2 minutes");
+    let Outcome::Broken(_, status) = &first else {
+        panic!("the stream outlived its scheduler: {first:?}");
+    };
+    assert!(connection_lost(status), "{status:?}");
+    let retry = retry.expect("Execute was retried");
+    assert_result(&client, &farm, &retry, 0, &stdout).await;
+}
+
+/// Runs a cacheable action, kills the scheduler one second into it and
+/// restarts it: before the action ends when `back_before_the_end`, else
+/// only once the result is in the Action Cache (written while no
+/// scheduler could take the report). Then the client does what Bazel
+/// does: WaitExecution, NOT_FOUND, Execute again, a cache hit.
+async fn the_retried_execute_is_a_cache_hit(back_before_the_end: bool, salt: &str) {
+    let mut farm = SplitFarm::start();
+    let client = Client::new(&farm);
+    let (script, stdout) = script(salt, 0);
+    let action = client.action(&script).await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let killed = async {
+        let name = rx.await.expect("the action never ran");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::task::block_in_place(|| farm.kill(Daemon::Scheduler));
+        name
+    };
+    let (first, name) = tokio::join!(client.execute(&action, Some(tx)), killed);
+    assert!(
+        matches!(&first, Outcome::Broken(_, s) if connection_lost(s)),
+        "{first:?}"
+    );
+    if back_before_the_end {
+        // The worker then reports the action to a scheduler that never
+        // handed it out.
+        tokio::task::block_in_place(|| farm.restart(Daemon::Scheduler));
+    }
+    // The worker finishes it and writes the Action Cache entry.
+    let deadline = Instant::now() + Duration::from_secs(3 * u64::from(ACTION_SECONDS));
+    while client.cached(&action).await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the action's result never reached the Action Cache\n{}",
+            farm.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if !back_before_the_end {
+        tokio::task::block_in_place(|| farm.restart(Daemon::Scheduler));
+    }
+    let waited = client.wait_execution(&name).await;
+    assert!(
+        matches!(&waited, Outcome::Broken(_, s) if s.code() == Code::NotFound),
+        "a restarted scheduler does not know the operation: {waited:?}"
+    );
+    let again = client.execute(&action, None).await;
+    assert_result(&client, &farm, &again, 0, &stdout).await;
+    let Outcome::Done(response) = again else {
+        unreachable!()
+    };
+    assert!(response.cached_result, "{response:?}");
+    // The worker's slot, whose completion the new scheduler refused,
+    // takes new work.
+    let next = client.action(&format!("echo 'next ({salt})'")).await;
+    let done = tokio::time::timeout(Duration::from_secs(60), client.execute(&next, None))
+        .await
+        .expect("the worker took no new work");
+    assert_result(&client, &farm, &done, 0, &format!("next ({salt})\n")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_outliving_its_scheduler_is_a_cache_hit_for_the_retried_execute() {
+    the_retried_execute_is_a_cache_hit(true, "cache, back before the end").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_ending_while_no_scheduler_runs_is_a_cache_hit_for_the_retried_execute() {
+    the_retried_execute_is_a_cache_hit(false, "cache, back after the end").await;
+}
+
+fn bazel_available(test: &str) -> bool {
+    let found = std::process::Command::new("bazel")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: CI must install bazel-bootstrap"
+        );
+        eprintln!("skipped {test}: bazel not installed (apt-get install bazel-bootstrap)");
+    }
+    found
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Whether a process whose command line contains `marker` runs (the
+/// host sees the sandboxes' processes).
+fn running(marker: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(marker)
+        })
+}
+
+#[test]
+fn bazel_builds_green_across_a_scheduler_restart_mid_build() {
+    let test = "bazel_builds_green_across_a_scheduler_restart_mid_build";
+    if !bazel_available(test) {
+        return;
+    }
+    let mut farm = SplitFarm::start();
+    let workspace = tempfile::tempdir().unwrap();
+    copy_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("bazel"),
+        workspace.path(),
+    );
+    let output_root = tempfile::tempdir().unwrap();
+    let bazel = std::process::Command::new("bazel")
+        .arg("--batch")
+        .arg(format!(
+            "--output_user_root={}",
+            output_root.path().display()
+        ))
+        .arg("build")
+        .arg(format!(
+            "--remote_executor={}",
+            farm.scheduler_url().replace("http", "grpc")
+        ))
+        .arg(format!(
+            "--remote_cache={}",
+            farm.storage_url().replace("http", "grpc")
+        ))
+        .args([
+            "--spawn_strategy=remote",
+            "--remote_local_fallback=false",
+            "--nosandbox_debug",
+            "--experimental_repository_disable_download",
+            "//faults:slow",
+            "//:hello",
+        ])
+        .current_dir(workspace.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The slow genrule runs on the farm: kill the scheduler under it.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !running("corral-faults-slow-genrule") {
+        assert!(
+            Instant::now() < deadline,
+            "the slow genrule never ran\n{}",
+            farm.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    farm.kill(Daemon::Scheduler);
+    std::thread::sleep(Duration::from_millis(500));
+    farm.restart(Daemon::Scheduler);
+    let out = bazel.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the build failed across a scheduler restart\n{text}\n{}",
+        farm.logs()
+    );
+    let slow = std::fs::read_to_string(workspace.path().join("bazel-bin/faults/slow.txt")).unwrap();
+    assert_eq!(slow, "slow\n");
+}
