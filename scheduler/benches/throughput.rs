@@ -6,6 +6,11 @@
 //!   same run: FindMissingBlobs round trips to the same storage, the
 //!   cheapest gRPC call, at the same concurrency;
 //! - resident memory per queued operation with 100,000 queued;
+//! - many clients at once: 10,000 Execute streams held open while their
+//!   actions wait for a worker (memory per stream, then all completed with
+//!   no error), and Execute latency percentiles at 1,000 concurrent
+//!   clients, for fresh actions and for actions answered from the Action
+//!   Cache;
 //! - the cost of a shared farm's security: each run again with TLS on
 //!   both ports, clients showing bearer tokens (HS256 JWTs), workers
 //!   showing client certificates, and a grants file checked on every
@@ -22,11 +27,12 @@ use std::time::{Instant, SystemTime};
 use corral_auth::channel::{Channel, Connector};
 use corral_auth::tls::{ClientCertificate, ClientTls, ServerTls};
 use corral_proto::protobuf::Empty;
+use corral_proto::reapi::action_cache_client::ActionCacheClient;
 use corral_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use corral_proto::reapi::execution_client::ExecutionClient;
 use corral_proto::reapi::{
     batch_update_blobs_request, Action, ActionResult, BatchUpdateBlobsRequest, Command, Digest,
-    ExecuteRequest, ExecuteResponse, FindMissingBlobsRequest,
+    ExecuteRequest, ExecuteResponse, FindMissingBlobsRequest, UpdateActionResultRequest,
 };
 use corral_proto::remoteworker::operation_queue_client::OperationQueueClient;
 use corral_proto::remoteworker::{current_state, desired_state, CurrentState, SynchronizeRequest};
@@ -462,6 +468,190 @@ async fn measure(access: StorageAccess, security: Security) -> f64 {
     at_16
 }
 
+/// Execute streams held open at once.
+const HELD_STREAMS: usize = 10_000;
+/// Clients executing at once for the latency figures, and actions each.
+const LATENCY_CLIENTS: usize = 1_000;
+const LATENCY_ROUNDS: usize = 4;
+/// Client connections: a server takes up to 200 streams on each.
+const LOAD_CONNECTIONS: usize = 64;
+
+/// Executes `digest` to COMPLETED; the first message (the operation
+/// queued) is signalled on `opened`.
+async fn execute_one(
+    channel: Channel,
+    digest: Digest,
+    opened: Option<tokio::sync::mpsc::Sender<()>>,
+) -> Result<(), String> {
+    let mut client = ExecutionClient::new(channel);
+    let mut stream = client
+        .execute(ExecuteRequest {
+            action_digest: Some(digest),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    let mut done = false;
+    while let Some(op) = stream.next().await {
+        done = op.map_err(|e| e.to_string())?.done;
+        if let Some(opened) = &opened {
+            let _ = opened.try_send(());
+        }
+    }
+    if done {
+        Ok(())
+    } else {
+        Err("the stream ended before COMPLETED".to_owned())
+    }
+}
+
+/// p50, p99 and the largest of `times`, in milliseconds.
+fn percentiles(mut times: Vec<std::time::Duration>) -> (f64, f64, f64) {
+    times.sort();
+    let at = |q: f64| {
+        let i = ((times.len() as f64 * q).ceil() as usize).saturating_sub(1);
+        times[i.min(times.len() - 1)].as_secs_f64() * 1000.0
+    };
+    (at(0.50), at(0.99), at(1.0))
+}
+
+/// Many clients at once, against one scheduler reading storage in process
+/// (as `corral up`).
+async fn measure_load() {
+    let mut servers = JoinSet::new();
+    let storage_cfg = corral_storage::Config {
+        backend: corral_storage::config::Backend::Memory {
+            max_size_bytes: 1 << 30,
+        },
+        ..corral_storage::Config::default()
+    };
+    let stores = corral_storage::open(&storage_cfg).await.expect("stores");
+    let routes = corral_storage::routes(&storage_cfg, &stores, &corral_auth::Authorizer::open());
+    let storage_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let storage_url = format!("http://{}", storage_listener.local_addr().expect("addr"));
+    servers.spawn(async move {
+        corral_storage::server()
+            .add_routes(routes)
+            .serve_with_incoming(corral_storage::no_delay(storage_listener))
+            .await
+            .expect("storage");
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let scheduler = Scheduler::builder(Config {
+        storage: storage_url.clone(),
+        ..Config::default()
+    })
+    .storage_in_process(&storage_cfg, &stores)
+    .build()
+    .expect("scheduler");
+    servers.spawn(async move {
+        scheduler
+            .serve(listener, std::future::pending())
+            .await
+            .expect("scheduler");
+    });
+    let connector = Connector::plaintext();
+    let channels: Vec<Channel> = (0..LOAD_CONNECTIONS)
+        .map(|_| connector.connect_lazy("bench", &url).expect("channel"))
+        .collect();
+    let storage = connector
+        .connect_lazy("bench", &storage_url)
+        .expect("channel");
+
+    // 10,000 streams held while no worker serves.
+    let digests = upload(storage.clone(), 1_000_000, HELD_STREAMS).await;
+    let before = rss_bytes();
+    let (opened, mut opened_rx) = tokio::sync::mpsc::channel(HELD_STREAMS);
+    let mut held = JoinSet::new();
+    for (i, digest) in digests.into_iter().enumerate() {
+        held.spawn(execute_one(
+            channels[i % channels.len()].clone(),
+            digest,
+            Some(opened.clone()),
+        ));
+    }
+    drop(opened);
+    let start = Instant::now();
+    let mut open = 0;
+    while open < HELD_STREAMS && opened_rx.recv().await.is_some() {
+        open += 1;
+    }
+    let per_stream = rss_bytes().saturating_sub(before) as f64 / HELD_STREAMS as f64;
+    println!(
+        "many clients, scheduler reading storage in process: {open} Execute streams open in          {:.2?}; {per_stream:.0} bytes per stream (clients and scheduler in one process)",
+        start.elapsed()
+    );
+    let mut workers = JoinSet::new();
+    for slot in 0..WORKERS {
+        workers.spawn(worker(channels[slot % channels.len()].clone(), slot));
+    }
+    let start = Instant::now();
+    let mut errors = Vec::new();
+    while let Some(done) = held.join_next().await {
+        if let Err(e) = done.expect("client task") {
+            errors.push(e);
+        }
+    }
+    println!(
+        "  all {HELD_STREAMS} completed in {:.2?} by {WORKERS} fake workers; {} errors{}",
+        start.elapsed(),
+        errors.len(),
+        errors
+            .first()
+            .map_or(String::new(), |e| format!(" (first: {e})"))
+    );
+
+    // Latency at 1,000 concurrent clients: fresh actions, then the same
+    // ones answered from the Action Cache.
+    let fresh = upload(storage.clone(), 2_000_000, LATENCY_CLIENTS * LATENCY_ROUNDS).await;
+    for cached in [false, true] {
+        if cached {
+            let mut ac = ActionCacheClient::new(storage.clone());
+            for digest in &fresh {
+                ac.update_action_result(UpdateActionResultRequest {
+                    action_digest: Some(digest.clone()),
+                    action_result: Some(ActionResult::default()),
+                    ..Default::default()
+                })
+                .await
+                .expect("update action result");
+            }
+        }
+        let mut clients = JoinSet::new();
+        for (c, chunk) in fresh.chunks(LATENCY_ROUNDS).enumerate() {
+            let channel = channels[c % channels.len()].clone();
+            let chunk = chunk.to_vec();
+            clients.spawn(async move {
+                let mut times = Vec::new();
+                for digest in chunk {
+                    let start = Instant::now();
+                    execute_one(channel.clone(), digest, None).await?;
+                    times.push(start.elapsed());
+                }
+                Ok::<_, String>(times)
+            });
+        }
+        let mut times = Vec::new();
+        let mut failed = 0;
+        while let Some(done) = clients.join_next().await {
+            match done.expect("client task") {
+                Ok(t) => times.extend(t),
+                Err(_) => failed += 1,
+            }
+        }
+        let (p50, p99, max) = percentiles(times);
+        println!(
+            "  {LATENCY_CLIENTS} concurrent clients, {} actions: Execute to COMPLETED p50 \
+             {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms; {failed} clients failed",
+            if cached { "Action Cache hits" } else { "fresh" }
+        );
+    }
+    workers.abort_all();
+    servers.abort_all();
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -469,6 +659,7 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
+        measure_load().await;
         for access in [StorageAccess::Grpc, StorageAccess::InProcess] {
             let open = measure(access, Security::Open).await;
             let shared = measure(access, Security::Shared).await;

@@ -148,6 +148,8 @@ async fn bench(dir: &Path) {
     let bs_read = start.elapsed();
     assert_eq!(received, BIG_BYTES);
 
+    let readers = concurrent_readers(&server, &channel).await;
+
     let digests: Vec<Digest> = small
         .iter()
         .map(|b| DigestFunction::Sha256.digest_of(b))
@@ -200,6 +202,16 @@ async fn bench(dir: &Path) {
     isolated.stop().await;
     plain.stop().await;
 
+    println!(
+        "{READERS} concurrent ByteStream readers of one {} KiB blob: {:.1} MiB/s together in {:.1} ms; \
+         a read p50 {:.1} ms, p99 {:.1} ms; {} errors",
+        SHARED_BLOB_BYTES >> 10,
+        mib_per_s(READERS * SHARED_BLOB_BYTES, readers.total),
+        readers.total.as_secs_f64() * 1e3,
+        readers.p50.as_secs_f64() * 1e3,
+        readers.p99.as_secs_f64() * 1e3,
+        readers.errors,
+    );
     let row = |what: &str, bytes: usize, took: Duration, raw: Duration| {
         println!(
             "{what:<38} {:>8.1} MiB/s  {:>8.1} ms   raw {:>8.1} MiB/s  ratio {:>5.2}",
@@ -249,8 +261,91 @@ async fn bench(dir: &Path) {
 }
 
 /// A storage server on a disk store in `dir`, and a client channel to it.
+/// Clients reading one blob at once, and its size.
+const READERS: usize = 1_000;
+const SHARED_BLOB_BYTES: usize = 1 << 20;
+
+/// How `READERS` concurrent reads of one blob went.
+struct Readers {
+    total: Duration,
+    p50: Duration,
+    p99: Duration,
+    errors: usize,
+}
+
+/// `READERS` ByteStream reads of one blob at once, over 16 connections
+/// (a server takes up to 200 streams on each, as Bazel's would).
+async fn concurrent_readers(server: &Server, channel: &tonic::transport::Channel) -> Readers {
+    let blob = data(SHARED_BLOB_BYTES, 99);
+    let digest = DigestFunction::Sha256.digest_of(&blob);
+    let mut cas = ContentAddressableStorageClient::new(channel.clone());
+    batch_update(&mut cas, "", &[blob], std::slice::from_ref(&digest)).await;
+    let mut channels = Vec::new();
+    for _ in 0..16 {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(server.url.clone())
+                .expect("url")
+                .initial_stream_window_size(8 << 20)
+                .initial_connection_window_size(16 << 20)
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .expect("connect"),
+        );
+    }
+    let name = format!("blobs/{}/{}", digest.hash_hex(), SHARED_BLOB_BYTES);
+    let start = Instant::now();
+    let mut reads = tokio::task::JoinSet::new();
+    for i in 0..READERS {
+        let mut client = ByteStreamClient::new(channels[i % channels.len()].clone());
+        let name = name.clone();
+        reads.spawn(async move {
+            let began = Instant::now();
+            let mut stream = client
+                .read(ReadRequest {
+                    resource_name: name,
+                    read_offset: 0,
+                    read_limit: 0,
+                })
+                .await?
+                .into_inner();
+            let mut received = 0;
+            while let Some(response) = stream.next().await {
+                received += response?.data.len();
+            }
+            if received != SHARED_BLOB_BYTES {
+                return Err(tonic::Status::data_loss(format!("{received} bytes")));
+            }
+            Ok(began.elapsed())
+        });
+    }
+    let mut times = Vec::new();
+    let mut errors = 0;
+    while let Some(done) = reads.join_next().await {
+        match done.expect("reader task") {
+            Ok(took) => times.push(took),
+            Err(_) => errors += 1,
+        }
+    }
+    let total = start.elapsed();
+    times.sort();
+    let at = |q: f64| {
+        times
+            .get(((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Readers {
+        total,
+        p50: at(0.5),
+        p99: at(0.99),
+        errors,
+    }
+}
+
 struct Server {
     channel: tonic::transport::Channel,
+    url: String,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinSet<Result<(), corral_storage::Error>>,
 }
@@ -275,7 +370,7 @@ impl Server {
         task.spawn(corral_storage::run(cfg, listener, async {
             let _ = stopped.await;
         }));
-        let channel = tonic::transport::Endpoint::from_shared(url)
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
             .expect("url")
             .initial_stream_window_size(8 << 20)
             .initial_connection_window_size(16 << 20)
@@ -285,6 +380,7 @@ impl Server {
             .expect("connect");
         Self {
             channel,
+            url,
             stop,
             task,
         }
