@@ -348,10 +348,12 @@ impl Execution for ExecutionService {
     ) -> Result<Response<OperationStream>, Status> {
         let caller = Caller::of(&request);
         let name = request.into_inner().name;
-        let operation = self
-            .operations()
-            .get(&name)
-            .ok_or_else(|| Status::not_found(format!("no operation {name}")))?;
+        let operation = self.operations().get(&name).ok_or_else(|| {
+            Status::not_found(format!(
+                "no operation {}",
+                corral_storage::status::excerpt(&name)
+            ))
+        })?;
         access::check_watch(&self.authorizer, &caller, &operation)?;
         // WaitExecution cannot ask; it resumes what Execute asked for.
         let inline = operation.inline_asked();
