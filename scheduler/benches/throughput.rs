@@ -580,7 +580,7 @@ async fn measure_load() {
     }
     let per_stream = rss_bytes().saturating_sub(before) as f64 / HELD_STREAMS as f64;
     println!(
-        "many clients, scheduler reading storage in process: {open} Execute streams open in          {:.2?}; {per_stream:.0} bytes per stream (clients and scheduler in one process)",
+        "many clients, scheduler reading storage in process: {open} Execute streams open in {:.2?}; {per_stream:.0} bytes per stream (clients and scheduler in one process)",
         start.elapsed()
     );
     let mut workers = JoinSet::new();
@@ -643,9 +643,13 @@ async fn measure_load() {
         }
         let (p50, p99, max) = percentiles(times);
         println!(
-            "  {LATENCY_CLIENTS} concurrent clients, {} actions: Execute to COMPLETED p50 \
+            "  {LATENCY_CLIENTS} concurrent clients, {}: Execute to COMPLETED p50 \
              {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms; {failed} clients failed",
-            if cached { "Action Cache hits" } else { "fresh" }
+            if cached {
+                "answered from the Action Cache"
+            } else {
+                "fresh actions"
+            }
         );
     }
     workers.abort_all();
@@ -660,12 +664,24 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async {
         measure_load().await;
+        // Each pair three times, interleaved, and the medians compared: one
+        // level of 4,000 operations lasts under a second, and a noisy
+        // second would decide a 15% threshold.
         for access in [StorageAccess::Grpc, StorageAccess::InProcess] {
-            let open = measure(access, Security::Open).await;
-            let shared = measure(access, Security::Shared).await;
+            let mut open = Vec::new();
+            let mut shared = Vec::new();
+            for _ in 0..3 {
+                open.push(measure(access, Security::Open).await);
+                shared.push(measure(access, Security::Shared).await);
+            }
+            let median = |mut v: Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let (open, shared) = (median(open), median(shared));
             println!(
-                "  shared farm's security at 16 clients: {shared:.0} against {open:.0} ops/s \
-                 = {:.2}x (target >= 0.85x)",
+                "  shared farm's security at 16 clients, medians of 3: {shared:.0} against \
+                 {open:.0} ops/s = {:.2}x (target >= 0.85x)",
                 shared / open
             );
         }
