@@ -9,6 +9,7 @@ use tonic::Status;
 use crate::caller::Caller;
 use crate::grants::Grants;
 use crate::permission::Permission;
+use crate::quote::excerpt;
 
 /// Answers permission questions from the grants file, or allows everything
 /// when the daemon has none (a farm for one team, `corral up` on
@@ -86,7 +87,9 @@ impl Authorizer {
             Ok(())
         } else {
             Err(Status::permission_denied(format!(
-                "{caller} lacks {permission} on every instance name starting with {prefix:?}"
+                "{} lacks {permission} on every instance name starting with {:?}",
+                excerpt(caller.name()),
+                excerpt(prefix)
             )))
         }
     }
@@ -107,7 +110,10 @@ impl Authorizer {
             Ok(())
         } else {
             Err(Status::permission_denied(format!(
-                "{caller} may not use sandbox policy {policy:?} (corral-policy) on instance name {instance_name:?}"
+                "{} may not use sandbox policy {:?} (corral-policy) on instance name {:?}",
+                excerpt(caller.name()),
+                excerpt(policy),
+                excerpt(instance_name)
             )))
         }
     }
@@ -115,7 +121,9 @@ impl Authorizer {
 
 fn denied(caller: &Caller, permission: Permission, instance_name: &str) -> Status {
     Status::permission_denied(format!(
-        "{caller} lacks {permission} on instance name {instance_name:?}"
+        "{} lacks {permission} on instance name {:?}",
+        excerpt(caller.name()),
+        excerpt(instance_name)
     ))
 }
 
@@ -159,5 +167,13 @@ mod tests {
             refused.message()
         );
         assert!(closed.check_sandbox_policy(&nobody, "", "default").is_ok());
+        // A huge instance name is quoted cut, so the refusal still fits
+        // the header it travels in.
+        let huge = "x".repeat(100_000);
+        let refused = closed
+            .check(&nobody, Permission::AcRead, &huge)
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(refused.message().len() < 400, "{}", refused.message().len());
     }
 }

@@ -24,6 +24,7 @@
 //! - [`token`] — bearer tokens (JWT): keys, verification, what was wrong.
 //! - [`verified`] — credentials verified once, remembered (bounded).
 //! - [`config`] — the `[auth]` table of a serving daemon.
+//! - [`quote`] — how refusals quote client input (cut when long).
 //! - [`authorizer`] — the per-call question services ask.
 
 #![forbid(unsafe_code)]
@@ -37,6 +38,7 @@ pub mod channel;
 pub mod config;
 pub mod grants;
 pub mod permission;
+pub mod quote;
 pub mod tls;
 pub mod token;
 pub mod verified;

@@ -13,25 +13,9 @@ use tonic::Code;
 
 use crate::blob_store;
 
-/// Most bytes of a client's own text (a resource name, a hash) echoed in
-/// an error. A status message travels in the grpc-message header, which
-/// clients cap (all headers together: 16 KiB in hyper, after
-/// percent-encoding): a refusal quoting a 100 KB name whole reaches the
-/// client as an HTTP/2 protocol error instead of INVALID_ARGUMENT.
-pub const ECHO_MAX_BYTES: usize = 256;
-
-/// `text`, or its first [`ECHO_MAX_BYTES`] and its length, for quoting
-/// client input in an error.
-pub fn excerpt(text: &str) -> String {
-    if text.len() <= ECHO_MAX_BYTES {
-        return text.to_owned();
-    }
-    let mut end = ECHO_MAX_BYTES;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &text[..end], text.len())
-}
+/// How refusals quote client input (a resource name, a hash): cut past
+/// [`ECHO_MAX_BYTES`], so the status reaches the client.
+pub use corral_auth::quote::{excerpt, ECHO_MAX_BYTES};
 
 /// An error and its causes, joined the way anyhow's `{:#}` does.
 pub fn message(err: &dyn StdError) -> String {
