@@ -23,9 +23,7 @@ pub enum LogFormat {
 
 /// Installs the global subscriber, writing to stderr.
 pub fn init(format: LogFormat) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_env(LOG_ENV)
-        .or_else(|_| EnvFilter::try_new("info"))
-        .with_context(|| format!("parsing {LOG_ENV}"))?;
+    let filter = filter(std::env::var(LOG_ENV).ok().as_deref())?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -34,4 +32,30 @@ pub fn init(format: LogFormat) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().try_init(),
     };
     result.map_err(|e| anyhow::anyhow!(e).context("installing the log subscriber"))
+}
+
+/// The filter `CORRAL_LOG` names (`info` when unset or empty). A value
+/// that does not parse is an error naming the variable: silently logging
+/// at `info` would hide the debug lines the operator asked for.
+fn filter(value: Option<&str>) -> anyhow::Result<EnvFilter> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(EnvFilter::new("info")),
+        Some(directive) => EnvFilter::builder()
+            .parse(directive)
+            .with_context(|| format!("{LOG_ENV}={directive:?} is not a log filter (e.g. info, or corral_scheduler=debug,info)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_corral_log_is_an_error_naming_it() {
+        assert!(filter(None).is_ok());
+        assert!(filter(Some("")).is_ok());
+        assert!(filter(Some("corral_scheduler=debug,info")).is_ok());
+        let err = format!("{:#}", filter(Some("corral=loud")).unwrap_err());
+        assert!(err.contains("CORRAL_LOG=\"corral=loud\""), "{err}");
+    }
 }
