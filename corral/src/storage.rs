@@ -108,7 +108,7 @@ fn apply(args: &StorageArgs, cfg: &mut corral_storage::Config) {
 }
 
 /// Parses `10GiB`, `512MiB`, `4KiB`, `1TiB` or a plain byte count.
-fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, String> {
     const UNITS: [(&str, u64); 5] = [
         ("TiB", 1 << 40),
         ("GiB", 1 << 30),

@@ -45,9 +45,11 @@ pub struct UpArgs {
     /// Build slots (actions run at once); default one per core.
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Largest size of stored blobs and results, in GiB.
-    #[arg(long, default_value_t = 10)]
-    pub storage_gib: u64,
+    /// Bound on stored blobs and results, least recently used evicted past
+    /// it: a byte count or a number with KiB, MiB, GiB or TiB, as
+    /// `corral storage --max-size` takes it.
+    #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = crate::storage::parse_size)]
+    pub max_size: u64,
     /// Serve Prometheus metrics (`GET /metrics`) on this address.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -96,7 +98,7 @@ impl Farm {
             listen: args.listen,
             backend: Backend::Disk {
                 dir: data_dir.join("storage"),
-                max_size_bytes: args.storage_gib << 30,
+                max_size_bytes: args.max_size,
                 fsync: false,
             },
             auth: secure.as_ref().map(secure::auth_config),

@@ -443,3 +443,15 @@ fn up_on_a_reachable_address_without_secure_or_insecure_refuses_and_says_why() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
 }
+
+#[test]
+fn up_takes_its_size_as_storage_does_and_refuses_one_that_overflows() {
+    let out = corral()
+        .args(["up", "--max-size", "99999999999TiB"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--max-size"), "{stderr}");
+    assert!(stderr.contains("is not a size"), "{stderr}");
+}
