@@ -38,7 +38,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let includes = [PathBuf::from("protos"), well_known];
     // compile_well_known_types drops the default mapping of google.protobuf
     // onto prost-types, so ours (the types bazel-remote-apis generated) wins.
+    // The descriptors of what we compiled, for the test that checks every
+    // buildbarn.* message and field against Buildbarn's wire shape.
+    let descriptors = PathBuf::from(std::env::var("OUT_DIR")?).join("descriptors.bin");
     tonic_prost_build::configure()
+        .file_descriptor_set_path(descriptors)
+        // prost derives Copy for a oneof whose message types it cannot see
+        // into (ours come from bazel-remote-apis), and ExecuteResponse is
+        // not Copy: naming the field as boxed keeps the derive off (prost
+        // boxes no oneof member, so its type stays as it is).
+        .boxed(".buildbarn.remoteworker.CurrentState.Executing.completed")
         .compile_well_known_types(true)
         // Ordered maps: encoding is deterministic, so equal messages give
         // equal bytes (golden tests, and digests of what we store).

@@ -47,6 +47,20 @@ pub mod remoteworker {
     tonic::include_proto!("buildbarn.remoteworker");
 }
 
+/// A worker's report that it finished `action_digest` with `response`:
+/// `executing` at stage `completed`, as Buildbarn's workers report a result
+/// and bb_scheduler expects one.
+pub fn completed(
+    action_digest: reapi::Digest,
+    response: reapi::ExecuteResponse,
+) -> remoteworker::current_state::WorkerState {
+    use remoteworker::current_state::{executing::ExecutionState, Executing, WorkerState};
+    WorkerState::Executing(Executing {
+        action_digest: Some(action_digest),
+        execution_state: Some(ExecutionState::Completed(response)),
+    })
+}
+
 /// `buildbarn.resourceusage`: resource usage reports.
 pub mod resourceusage {
     #![allow(missing_docs, clippy::all)]

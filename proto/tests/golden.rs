@@ -109,18 +109,16 @@ fn worker_messages_round_trip_with_every_field_set() {
         worker_state: Some(current_state::WorkerState::Idle(Empty {})),
     });
     round_trip(&CurrentState {
-        worker_state: Some(current_state::WorkerState::Completed(
-            current_state::Completed {
-                action_digest: Some(digest()),
-                execute_response: Some(reapi::ExecuteResponse {
-                    result: Some(reapi::ActionResult {
-                        exit_code: 1,
-                        ..Default::default()
-                    }),
-                    cached_result: false,
-                    message: "done".into(),
+        worker_state: Some(corral_proto::completed(
+            digest(),
+            reapi::ExecuteResponse {
+                result: Some(reapi::ActionResult {
+                    exit_code: 1,
                     ..Default::default()
                 }),
+                cached_result: false,
+                message: "done".into(),
+                ..Default::default()
             },
         )),
     });
@@ -449,12 +447,6 @@ fn worker_field_numbers_match_buildbarn() {
         2,
         LEN,
     );
-    pin(
-        "CurrentState.completed",
-        cs(Cs::Completed(Default::default())),
-        3,
-        LEN,
-    );
 
     use current_state::executing::ExecutionState as St;
     let ex = |st| current_state::Executing {
@@ -479,24 +471,8 @@ fn worker_field_numbers_match_buildbarn() {
         5,
         LEN,
     );
-    pin(
-        "Completed.action_digest",
-        current_state::Completed {
-            action_digest: Some(digest()),
-            execute_response: None,
-        },
-        1,
-        LEN,
-    );
-    pin(
-        "Completed.execute_response",
-        current_state::Completed {
-            action_digest: None,
-            execute_response: Some(Default::default()),
-        },
-        2,
-        LEN,
-    );
+    // How Buildbarn's workers report a result.
+    pin("completed", ex(St::Completed(Default::default())), 6, LEN);
 
     let t = Timestamp {
         seconds: 1,
@@ -567,7 +543,7 @@ fn worker_field_numbers_match_buildbarn() {
             w3c_trace_context: BTreeMap::from([(s(), s())]),
             ..e()
         },
-        5,
+        8,
         LEN,
     );
     pin(
@@ -594,7 +570,7 @@ fn worker_field_numbers_match_buildbarn() {
             digest_function: digest_function::Value::Sha256 as i32,
             ..e()
         },
-        8,
+        9,
         VARINT,
     );
     // Corral's extensions: new numbers only.

@@ -315,7 +315,7 @@ impl Runner for RunnerService {
             return Err(status(&Error::DiskExceeded { excess }));
         }
         Ok(Response::new(RunResponse {
-            exit_code: outcome.exit_code(),
+            exit_code: i64::from(outcome.exit_code()),
             resource_usage: vec![posix_usage(&outcome).pack()],
         }))
     }

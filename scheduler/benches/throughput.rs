@@ -124,15 +124,13 @@ async fn worker(channel: Channel, slot: usize) {
             .desired_state
             .and_then(|d| d.worker_state)
         {
-            Some(desired_state::WorkerState::Executing(exec)) => {
-                current_state::WorkerState::Completed(current_state::Completed {
-                    action_digest: exec.action_digest,
-                    execute_response: Some(ExecuteResponse {
-                        result: Some(ActionResult::default()),
-                        ..Default::default()
-                    }),
-                })
-            }
+            Some(desired_state::WorkerState::Executing(exec)) => corral_proto::completed(
+                exec.action_digest.unwrap_or_default(),
+                ExecuteResponse {
+                    result: Some(ActionResult::default()),
+                    ..Default::default()
+                },
+            ),
             _ => current_state::WorkerState::Idle(Empty {}),
         };
     }

@@ -110,6 +110,24 @@ impl OperationQueue for OperationQueueService {
             })
         };
         match state {
+            // Buildbarn's workers report a result as executing, stage
+            // completed; so do ours.
+            Some(current_state::WorkerState::Executing(current_state::Executing {
+                action_digest,
+                execution_state: Some(current_state::executing::ExecutionState::Completed(response)),
+            })) => {
+                let Some(digest) = action_digest else {
+                    return Err(Status::invalid_argument(
+                        "executing.completed needs executing.action_digest",
+                    ));
+                };
+                self.assignments.forget_taken_back(&worker);
+                if let Err(err) = self.assignments.complete(&worker, &digest, response) {
+                    // A late result from a worker declared gone: the action
+                    // runs (or ran) elsewhere; this report changes nothing.
+                    debug!(error = %err, "completion refused");
+                }
+            }
             Some(current_state::WorkerState::Executing(_)) => {
                 return Ok(match self.assignments.still_running(&worker) {
                     Ok(()) => answer(None),
@@ -127,20 +145,6 @@ impl OperationQueue for OperationQueueService {
                         }))
                     }
                 });
-            }
-            Some(current_state::WorkerState::Completed(done)) => {
-                let (Some(digest), Some(response)) = (done.action_digest, done.execute_response)
-                else {
-                    return Err(Status::invalid_argument(
-                        "completed needs action_digest and execute_response",
-                    ));
-                };
-                self.assignments.forget_taken_back(&worker);
-                if let Err(err) = self.assignments.complete(&worker, &digest, response) {
-                    // A late result from a worker declared gone: the action
-                    // runs (or ran) elsewhere; this report changes nothing.
-                    debug!(error = %err, "completion refused");
-                }
             }
             Some(current_state::WorkerState::Idle(_)) | None => {
                 self.assignments.forget_taken_back(&worker);
@@ -267,13 +271,13 @@ mod tests {
             .into_inner();
         assert!(response.desired_state.is_none(), "carry on executing");
 
-        let done = current_state::WorkerState::Completed(current_state::Completed {
-            action_digest: Some(digest(1)),
-            execute_response: Some(ExecuteResponse {
+        let done = corral_proto::completed(
+            digest(1),
+            ExecuteResponse {
                 message: "done".into(),
                 ..Default::default()
-            }),
-        });
+            },
+        );
         // Nothing more queued: the completion call long-polls, then ends.
         let response = svc.synchronize(request(done)).await.unwrap().into_inner();
         assert!(response.desired_state.is_none());

@@ -293,10 +293,12 @@ class Workers(SecureFarmTest):
         a = self.tenant(TENANT_A)
         prepared = self.prepare(f"{SLEEP}; echo the real result")
         _, stream = self.start(a, prepared)
+        # A result reported as Buildbarn's workers report one: executing,
+        # stage completed.
         forged = remoteworker_pb2.CurrentState(
-            completed=remoteworker_pb2.CurrentState.Completed(
+            executing=remoteworker_pb2.CurrentState.Executing(
                 action_digest=prepared.action_digest,
-                execute_response=re_pb2.ExecuteResponse(
+                completed=re_pb2.ExecuteResponse(
                     result=re_pb2.ActionResult(exit_code=66, stdout_raw=b"forged\n")
                 ),
             )

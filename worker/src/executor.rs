@@ -380,7 +380,15 @@ impl Executor {
         meta.output_upload_start_timestamp = Some(now());
         let collect_outputs = match &ran {
             Ok(response) => {
-                result.exit_code = response.exit_code;
+                // The runner protocol carries an int64 (Buildbarn's);
+                // REAPI's ActionResult an int32. No real exit code is
+                // outside it; a runner that says so is clamped.
+                result.exit_code =
+                    i32::try_from(response.exit_code).unwrap_or(if response.exit_code < 0 {
+                        i32::MIN
+                    } else {
+                        i32::MAX
+                    });
                 meta.auxiliary_metadata = response.resource_usage.clone();
                 true
             }

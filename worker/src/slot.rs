@@ -68,7 +68,8 @@ fn until(at: Option<&Timestamp>, max: Duration) -> Duration {
         .min(max)
 }
 
-/// What to report once an action ended: Completed with its response, or,
+/// What to report once an action ended: executing, completed with its
+/// response (Buildbarn's report of a result), or,
 /// when the runner failed rather than the action, Idle. Buildbarn's
 /// protocol has no "run it again" message; Idle from a worker the
 /// scheduler thinks busy is how a worker that lost its action says so,
@@ -77,12 +78,7 @@ fn until(at: Option<&Timestamp>, max: Duration) -> Duration {
 /// the runner is ready again (docs/decisions/0012-runner-failures.md).
 fn ended_state(action_digest: Digest, ended: Result<ExecuteResponse, RunnerLost>) -> CurrentState {
     match ended {
-        Ok(response) => state(current_state::WorkerState::Completed(
-            current_state::Completed {
-                action_digest: Some(action_digest),
-                execute_response: Some(response),
-            },
-        )),
+        Ok(response) => state(corral_proto::completed(action_digest, response)),
         Err(lost) => {
             warn!(action = %action_digest.hash, error = %lost, "giving the action back to the scheduler");
             state(current_state::WorkerState::Idle(Empty {}))

@@ -517,16 +517,16 @@ async fn a_forged_worker_cannot_complete_another_workers_action() {
 
     // Another authenticated worker, naming the same worker id.
     let mut forger = worker_as(&farm, "1", LINUX, "worker-2");
-    let forged = current_state::WorkerState::Completed(current_state::Completed {
-        action_digest: Some(digest.clone()),
-        execute_response: Some(ExecuteResponse {
+    let forged = corral_proto::completed(
+        digest.clone(),
+        ExecuteResponse {
             result: Some(ActionResult {
                 exit_code: 66,
                 ..Default::default()
             }),
             ..Default::default()
-        }),
-    });
+        },
+    );
     let refusal = "token:worker-2 may not synchronize as this worker id: another identity does";
     assert_denied(forger.try_sync(forged, true).await, refusal);
     // Nor may it say the worker went idle, which would take the action

@@ -122,9 +122,10 @@ fn worker_state() -> impl Strategy<Value = Option<current_state::WorkerState>> {
         }),
         3 => (prop::option::of(digest()), prop::option::weighted(0.9, execute_response()))
             .prop_map(|(action_digest, execute_response)| {
-                Some(current_state::WorkerState::Completed(current_state::Completed {
+                Some(current_state::WorkerState::Executing(current_state::Executing {
                     action_digest,
-                    execute_response,
+                    execution_state: execute_response
+                        .map(current_state::executing::ExecutionState::Completed),
                 }))
             }),
     ]
@@ -216,10 +217,14 @@ proptest! {
             let mut completed_by_holder = Vec::new();
             for req in requests {
                 let worker = req.worker_id.clone();
-                if let Some(current_state::WorkerState::Completed(done)) =
+                if let Some(current_state::WorkerState::Executing(done)) =
                     req.current_state.as_ref().and_then(|s| s.worker_state.as_ref())
                 {
-                    if let (Some(digest), Some(_)) = (&done.action_digest, &done.execute_response) {
+                    let completed = matches!(
+                        done.execution_state,
+                        Some(current_state::executing::ExecutionState::Completed(_))
+                    );
+                    if let (Some(digest), true) = (&done.action_digest, completed) {
                         if given.get(&digest.hash) == Some(&worker) {
                             completed_by_holder.push(digest.hash.clone());
                         }

@@ -333,14 +333,14 @@ impl FakeWorker {
 
     /// Reports `digest` done with `result`, asking for no more work.
     async fn complete_with(&mut self, digest: &Digest, result: ActionResult) {
-        let done = current_state::WorkerState::Completed(current_state::Completed {
-            action_digest: Some(digest.clone()),
-            execute_response: Some(ExecuteResponse {
+        let done = corral_proto::completed(
+            digest.clone(),
+            ExecuteResponse {
                 result: Some(result),
                 message: format!("ran on slot {}", self.slot),
                 ..Default::default()
-            }),
-        });
+            },
+        );
         self.sync(done, true).await;
     }
 

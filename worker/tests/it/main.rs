@@ -590,10 +590,12 @@ impl OperationQueue for FakeQueue {
         let state = req.current_state.and_then(|s| s.worker_state);
         let mut desired = None;
         match state {
-            Some(current_state::WorkerState::Completed(done)) => {
-                let _ = self
-                    .done
-                    .send((req.worker_id, done.execute_response.unwrap()));
+            // As bb_scheduler reads a result: executing, stage completed.
+            Some(current_state::WorkerState::Executing(current_state::Executing {
+                execution_state: Some(current_state::executing::ExecutionState::Completed(response)),
+                ..
+            })) => {
+                let _ = self.done.send((req.worker_id, response));
             }
             Some(current_state::WorkerState::Idle(_)) if !req.prefer_being_idle => {
                 let next = self.pending.lock().unwrap().take();

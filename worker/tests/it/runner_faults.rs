@@ -50,18 +50,19 @@ impl OperationQueue for RequeueingQueue {
         let req = request.into_inner();
         let mut desired = None;
         match req.current_state.and_then(|s| s.worker_state) {
+            Some(current_state::WorkerState::Executing(current_state::Executing {
+                execution_state: Some(current_state::executing::ExecutionState::Completed(response)),
+                ..
+            })) => {
+                self.action.lock().unwrap().1 = None;
+                let _ = self.seen.send(Seen::Completed(Box::new(response)));
+            }
             Some(current_state::WorkerState::Executing(executing)) => {
                 if let Some(current_state::executing::ExecutionState::Running(_)) =
                     executing.execution_state
                 {
                     let _ = self.seen.send(Seen::Running);
                 }
-            }
-            Some(current_state::WorkerState::Completed(done)) => {
-                self.action.lock().unwrap().1 = None;
-                let _ = self
-                    .seen
-                    .send(Seen::Completed(Box::new(done.execute_response.unwrap())));
             }
             Some(current_state::WorkerState::Idle(_)) | None => {
                 let next = {
