@@ -140,7 +140,10 @@ impl Authority {
     }
 }
 
-/// Writes `contents` to `path`, readable by its owner only.
+/// Writes `contents` to `path`, readable by its owner only, whole or not
+/// at all: written to a temporary name beside it (made new, never through
+/// a symlink), synced, then renamed over `path`. A crash never leaves half
+/// a key, and a link planted at the temporary name is not followed.
 pub fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -148,14 +151,27 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
         path: path.to_owned(),
         source,
     };
+    let name = path.file_name().ok_or_else(|| {
+        write(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path names no file",
+        ))
+    })?;
+    let mut temporary = path.to_owned();
+    temporary.set_file_name(format!(".{}.new", name.to_string_lossy()));
+    // Left by a crash mid-write: it is ours to replace.
+    let _ = std::fs::remove_file(&temporary);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
-        .open(path)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&temporary)
         .map_err(write)?;
-    file.write_all(contents.as_bytes()).map_err(write)
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(write)?;
+    std::fs::rename(&temporary, path).map_err(write)
 }
 
 /// A CA, a server certificate for `localhost` and `127.0.0.1`, and a

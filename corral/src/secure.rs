@@ -18,15 +18,14 @@
 //! Every file is created 0600 in a 0700 directory, written whole to a
 //! temporary name and renamed, so a crash never leaves half a key.
 
-use std::fs::OpenOptions;
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context};
-use corral_auth::certs::{Authority, Issued};
+use anyhow::Context;
+use corral_auth::certs::{write_private, Authority, Issued};
 
 /// The token's issuer and audience: the farm checks both.
 pub const TOKEN_ISSUER: &str = "corral-up";
@@ -120,7 +119,7 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<SecureFile
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut secret))
             .context("reading /dev/urandom for the token secret")?;
-        write_private(&files.token_key(), hex(&secret).as_bytes())?;
+        write_private(&files.token_key(), &hex(&secret))?;
     }
     if !token_is_fresh(&files)? {
         let secret = std::fs::read(files.token_key())
@@ -134,10 +133,10 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<SecureFile
             "exp": now + TOKEN_LIFETIME.as_secs(),
         });
         let token = corral_auth::token::sign_hs256(secret.trim_ascii(), &claims)?;
-        write_private(&files.token(), format!("{token}\n").as_bytes())?;
+        write_private(&files.token(), &format!("{token}\n"))?;
     }
     if !files.grants().exists() {
-        write_private(&files.grants(), default_grants().as_bytes())?;
+        write_private(&files.grants(), &default_grants())?;
     }
     Ok(files)
 }
@@ -175,15 +174,15 @@ fn certificate_authority(files: &SecureFiles) -> anyhow::Result<Authority> {
             .with_context(|| format!("reading the CA in {}", files.dir.display()));
     }
     let ca = Authority::new(CA_NAME)?;
-    write_private(&key_path, ca.key_pem().as_bytes())?;
-    write_private(&cert_path, ca.certificate_pem().as_bytes())?;
+    write_private(&key_path, &ca.key_pem())?;
+    write_private(&cert_path, ca.certificate_pem())?;
     Ok(ca)
 }
 
 /// Writes a certificate and its key.
 fn write_issued(issued: &Issued, cert_path: &Path, key_path: &Path) -> anyhow::Result<()> {
-    write_private(key_path, issued.key_pem.as_bytes())?;
-    write_private(cert_path, issued.certificate_pem.as_bytes())
+    write_private(key_path, &issued.key_pem)?;
+    Ok(write_private(cert_path, &issued.certificate_pem)?)
 }
 
 /// The names the server certificate must hold for `listen`, as
@@ -292,28 +291,6 @@ fn hex(bytes: &[u8]) -> String {
 
 fn read_text(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
-}
-
-/// Writes `content` to `path` as a 0600 file, whole or not at all.
-fn write_private(path: &Path, content: &[u8]) -> anyhow::Result<()> {
-    let Some(name) = path.file_name() else {
-        bail!("{} names no file", path.display());
-    };
-    let mut temporary = path.to_owned();
-    temporary.set_file_name(format!(".{}.new", name.to_string_lossy()));
-    let _ = std::fs::remove_file(&temporary);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&temporary)
-        .with_context(|| format!("creating {}", temporary.display()))?;
-    file.write_all(content)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", temporary.display()))?;
-    std::fs::rename(&temporary, path)
-        .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))
 }
 
 #[cfg(test)]
