@@ -342,6 +342,41 @@ mod tests {
             .contains("backend.endpoint"));
     }
 
+    /// Storage served by [`run`] on a loopback port, and a channel to it.
+    pub(crate) struct Served {
+        pub channel: tonic::transport::Channel,
+        stop: tokio::sync::oneshot::Sender<()>,
+        server: tokio::task::JoinSet<Result<(), Error>>,
+    }
+
+    impl Served {
+        pub(crate) async fn start(cfg: Config) -> Served {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let mut server = tokio::task::JoinSet::new();
+            server.spawn(run(cfg, listener, async {
+                let _ = stopped.await;
+            }));
+            let channel = tonic::transport::Endpoint::from_shared(url)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            Served {
+                channel,
+                stop,
+                server,
+            }
+        }
+
+        /// Stops the server and checks it ran without error.
+        pub(crate) async fn stop(mut self) {
+            self.stop.send(()).unwrap();
+            self.server.join_next().await.unwrap().unwrap().unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn served_over_tcp_the_generated_clients_work() {
         let dir = tempfile::tempdir().unwrap();
@@ -353,19 +388,8 @@ mod tests {
             },
             ..Config::default()
         };
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let mut server = tokio::task::JoinSet::new();
-        server.spawn(run(cfg, listener, async {
-            let _ = stopped.await;
-        }));
-
-        let channel = tonic::transport::Endpoint::from_shared(url)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let served = Served::start(cfg).await;
+        let channel = served.channel.clone();
         let caps = CapabilitiesClient::new(channel.clone())
             .get_capabilities(GetCapabilitiesRequest::default())
             .await
@@ -478,8 +502,7 @@ mod tests {
             .into_inner();
         assert_eq!(got, result);
 
-        stop.send(()).unwrap();
-        server.join_next().await.unwrap().unwrap().unwrap();
+        served.stop().await;
     }
 
     /// Storage over TLS with `tls` on 127.0.0.1:0 (memory backend); its
@@ -773,6 +796,7 @@ mod tenant_tests {
     use tonic::transport::Channel;
     use tonic::Code;
 
+    use super::tests::Served;
     use super::*;
     use crate::digest::DigestFunction;
 
@@ -859,18 +883,8 @@ mod tenant_tests {
             secret.display()
         ))
         .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let mut server = tokio::task::JoinSet::new();
-        server.spawn(run(cfg, listener, async {
-            let _ = stopped.await;
-        }));
-        let channel = tonic::transport::Endpoint::from_shared(url)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let served = Served::start(cfg).await;
+        let channel = served.channel.clone();
         let alice = Some(token("alice", &["team-a"], 600));
         let worker = Some(token("worker-1", &[], 600));
 
@@ -966,8 +980,7 @@ mod tenant_tests {
             .into_inner();
         assert_eq!(got.exit_code, 3);
 
-        stop.send(()).unwrap();
-        server.join_next().await.unwrap().unwrap().unwrap();
+        served.stop().await;
     }
 }
 
@@ -983,6 +996,7 @@ mod full_disk_tests {
     use futures_util::stream;
     use tonic::Code;
 
+    use super::tests::Served;
     use super::*;
     use crate::blob_store::conformance::blob;
     use crate::digest::DigestFunction;
@@ -1002,18 +1016,8 @@ mod full_disk_tests {
             },
             ..Config::default()
         };
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let mut server = tokio::task::JoinSet::new();
-        server.spawn(run(cfg, listener, async {
-            let _ = stopped.await;
-        }));
-        let channel = tonic::transport::Endpoint::from_shared(url)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let served = Served::start(cfg).await;
+        let channel = served.channel.clone();
         let mut cas = ContentAddressableStorageClient::new(channel.clone());
         let mut bytestream = ByteStreamClient::new(channel);
         // Something else on the disk leaves it about 1 MiB.
@@ -1089,7 +1093,6 @@ mod full_disk_tests {
         assert_eq!(written.committed_size, 2 << 20);
         assert_eq!(missing(&mut cas).await, 0);
 
-        stop.send(()).unwrap();
-        server.join_next().await.unwrap().unwrap().unwrap();
+        served.stop().await;
     }
 }
