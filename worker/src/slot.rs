@@ -168,6 +168,15 @@ impl Slot {
         .filter(|s| !s.is_empty())
         .collect::<Vec<_>>()
         .join("/");
+        // Echoed in every progress report: a scheduler that restarted
+        // since adopts the run by them (remoteworker.proto).
+        let suffix = exec.instance_name_suffix.clone();
+        // Unset means SHA-256 (REAPI); echoed set, so that the scheduler
+        // tells an echo from a worker that does not echo.
+        let digest_function = match exec.digest_function {
+            0 => corral_proto::reapi::digest_function::Value::Sha256 as i32,
+            f => f,
+        };
         let job = Job {
             action_digest: action_digest.clone(),
             action: exec.action.unwrap_or_default(),
@@ -202,6 +211,8 @@ impl Slot {
                             current_state::executing::ExecutionState::UploadingOutputs(Empty {})
                         }
                     }),
+                    corral_instance_name_suffix: suffix.clone(),
+                    corral_digest_function: digest_function,
                 };
                 let request = SynchronizeRequest {
                     worker_id: self.identity.worker_id.clone(),
