@@ -192,6 +192,10 @@ impl Slot {
         let run = executor.execute(&job, &stage_tx);
         tokio::pin!(run);
         let mut report_now = true;
+        // A failed report is retried soon, then less often: the first
+        // call after a scheduler restart fails on the old connection, and
+        // the restarted scheduler adopts the run only once it hears of it.
+        let mut backoff = BACKOFF_MIN;
         loop {
             if report_now {
                 let stage = *stage_rx.borrow_and_update();
@@ -241,10 +245,12 @@ impl Slot {
                             return state(current_state::WorkerState::Idle(Empty {}));
                         }
                         report_in = until(response.next_synchronization_at.as_ref(), REPORT_MAX);
+                        backoff = BACKOFF_MIN;
                     }
                     Err(status) => {
                         warn!(code = ?status.code(), message = status.message(), "progress report failed");
-                        report_in = BACKOFF_MAX.min(REPORT_MAX);
+                        report_in = backoff;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
                     }
                 }
             }
