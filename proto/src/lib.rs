@@ -58,6 +58,7 @@ pub fn completed(
     WorkerState::Executing(Executing {
         action_digest: Some(action_digest),
         execution_state: Some(ExecutionState::Completed(response)),
+        ..Default::default()
     })
 }
 

@@ -302,8 +302,10 @@ impl Assignments {
             })
             .map(|(k, _)| k.clone())?;
         let queue = inner.queues.get_mut(&key)?;
-        // Cancelled operations may still sit in the queue: skip them.
-        let queued = std::iter::from_fn(|| queue.pop()).find(|q| !q.operation.is_completed())?;
+        // Cancelled operations may still sit in the queue, and ones a
+        // worker from before a restart runs (adopted): skip them.
+        let queued = std::iter::from_fn(|| queue.pop())
+            .find(|q| !q.operation.is_completed() && !q.operation.is_adopted())?;
         queued.operation.executing();
         let now = Instant::now();
         self.metrics

@@ -303,12 +303,8 @@ impl Execution for ExecutionService {
             return Ok(Response::new(follow(operation, inline)));
         }
 
-        let key = (!action.do_not_cache).then(|| DedupKey {
-            instance: instance.clone(),
-            digest_function: function,
-            action_hash: action_digest.hash.clone(),
-            action_size: action_digest.size_bytes,
-        });
+        let key =
+            (!action.do_not_cache).then(|| DedupKey::new(&instance, function, &action_digest));
         let priority = req.execution_policy.map_or(0, |p| {
             p.priority.clamp(*PRIORITIES.start(), *PRIORITIES.end())
         });

@@ -41,6 +41,7 @@
 
 pub mod access;
 pub mod action;
+pub mod adoption;
 pub mod assignment;
 pub mod build_queue_state_service;
 pub mod capabilities_service;
@@ -82,6 +83,7 @@ use corral_proto::remoteworker::operation_queue_server::OperationQueueServer;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
+use crate::adoption::Adoptions;
 use crate::assignment::Assignments;
 use crate::operation::Operations;
 use crate::storage_client::StorageClient;
@@ -98,6 +100,8 @@ pub struct Scheduler {
     ids: Arc<dyn OperationIds>,
     assignments: Arc<Assignments>,
     operations: Arc<Mutex<Operations>>,
+    /// Runs workers report that a scheduler before a restart handed out.
+    adoptions: Arc<Adoptions>,
     authorizer: Authorizer,
     /// Establishes each caller when the scheduler serves alone ([`serve`]).
     authentication: AuthenticationLayer,
@@ -175,9 +179,14 @@ impl Builder {
         let auth = Auth::from_config(self.cfg.auth.as_ref()).map_err(Error::Auth)?;
         let assignments = Arc::new(Assignments::new(&self.timing, self.cfg.max_retries));
         let operations = Arc::new(Mutex::new(Operations::default()));
+        let adoptions = Arc::new(Adoptions::new(
+            self.timing.sync_interval,
+            self.timing.worker_timeout,
+        ));
         let sweeper = Arc::new(task::spawn(sweeper::sweep_forever(
             Arc::clone(&assignments),
             Arc::clone(&operations),
+            Arc::clone(&adoptions),
             self.timing.clone(),
         )));
         Ok(Scheduler {
@@ -188,6 +197,7 @@ impl Builder {
             ids: self.ids,
             assignments,
             operations,
+            adoptions,
             authorizer: self.authorizer.unwrap_or(auth.authorizer),
             authentication: AuthenticationLayer::new(auth.authenticator),
             sweeper,
@@ -245,6 +255,11 @@ impl Scheduler {
             self.timing.long_poll,
             self.authorizer.clone(),
         )
+        .with_adoption(operation_queue_service::Adopter {
+            adoptions: Arc::clone(&self.adoptions),
+            operations: Arc::clone(&self.operations),
+            ids: Arc::clone(&self.ids),
+        })
         .with_sweeper(Arc::clone(&self.sweeper));
         let capabilities =
             capabilities_service::CapabilitiesService::new(self.cache_capabilities.clone());

@@ -78,6 +78,9 @@ pub struct Operation {
     /// (stderr) inline; read when the action is handed to a worker.
     inline_stdout: AtomicBool,
     inline_stderr: AtomicBool,
+    /// Runs on a worker that a scheduler before a restart handed it to
+    /// ([`crate::adoption`]): no worker of this scheduler takes it.
+    adopted: AtomicBool,
 }
 
 impl Operation {
@@ -96,6 +99,7 @@ impl Operation {
             progress: watch::Sender::new(Progress::Queued),
             inline_stdout: AtomicBool::new(false),
             inline_stderr: AtomicBool::new(false),
+            adopted: AtomicBool::new(false),
         }
     }
 
@@ -148,6 +152,18 @@ impl Operation {
     fn owners(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
         // An insert is one step: a panic elsewhere cannot leave it half done.
         self.owners.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks it as run by a worker from before a restart, and so
+    /// executing: a queue holding it skips it, the sweep never cancels it
+    /// for want of a watcher (the client's retry is on its way).
+    pub fn adopt(&self) {
+        self.adopted.store(true, Ordering::Relaxed);
+        self.executing();
+    }
+
+    pub fn is_adopted(&self) -> bool {
+        self.adopted.load(Ordering::Relaxed)
     }
 
     /// A receiver that sees the current progress and every change.
@@ -230,10 +246,28 @@ impl Operation {
 /// instance, digest function and action digest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DedupKey {
-    pub instance: String,
-    pub digest_function: i32,
-    pub action_hash: String,
-    pub action_size: i64,
+    instance: String,
+    digest_function: i32,
+    action_hash: String,
+    action_size: i64,
+}
+
+impl DedupKey {
+    /// The key of `action_digest` under `instance`; an unset digest
+    /// function is SHA-256's (REAPI), so both spellings meet.
+    pub fn new(instance: &str, digest_function: i32, action_digest: &Digest) -> Self {
+        use corral_proto::reapi::digest_function::Value;
+        let digest_function = match digest_function {
+            f if f == Value::Unknown as i32 => Value::Sha256 as i32,
+            f => f,
+        };
+        Self {
+            instance: instance.to_owned(),
+            digest_function,
+            action_hash: action_digest.hash.clone(),
+            action_size: action_digest.size_bytes,
+        }
+    }
 }
 
 /// Every live operation, by name, and the in-flight ones by what they
@@ -343,12 +377,21 @@ mod tests {
     }
 
     fn key(n: u8) -> DedupKey {
-        DedupKey {
-            instance: "main".into(),
-            digest_function: 1,
-            action_hash: digest(n).hash,
-            action_size: 10,
-        }
+        DedupKey::new("main", 1, &digest(n))
+    }
+
+    #[test]
+    fn an_unset_digest_function_deduplicates_with_sha256() {
+        use corral_proto::reapi::digest_function::Value;
+        let d = digest(1);
+        assert_eq!(
+            DedupKey::new("main", Value::Unknown as i32, &d),
+            DedupKey::new("main", Value::Sha256 as i32, &d)
+        );
+        assert_ne!(
+            DedupKey::new("main", Value::Blake3 as i32, &d),
+            DedupKey::new("main", Value::Sha256 as i32, &d)
+        );
     }
 
     fn op(name: &str, n: u8) -> Operation {

@@ -318,6 +318,7 @@ impl FakeWorker {
         let state = current_state::WorkerState::Executing(current_state::Executing {
             action_digest: Some(digest.clone()),
             execution_state: Some(current_state::executing::ExecutionState::Running(Empty {})),
+            ..Default::default()
         });
         self.sync(state, false).await
     }
