@@ -139,4 +139,54 @@ impl BuildQueueState for BuildQueueStateService {
         tracing::info!("drain removed");
         Ok(Response::new(Empty {}))
     }
+
+    async fn get_operation(
+        &self,
+        _request: Request<corral_proto::buildqueuestate::GetOperationRequest>,
+    ) -> Result<Response<corral_proto::buildqueuestate::GetOperationResponse>, Status> {
+        Err(Status::unimplemented("GetOperation"))
+    }
+
+    async fn list_operations(
+        &self,
+        _request: Request<corral_proto::buildqueuestate::ListOperationsRequest>,
+    ) -> Result<Response<corral_proto::buildqueuestate::ListOperationsResponse>, Status> {
+        Err(Status::unimplemented("ListOperations"))
+    }
+
+    async fn kill_operations(
+        &self,
+        _request: Request<corral_proto::buildqueuestate::KillOperationsRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("KillOperations"))
+    }
+
+    async fn list_platform_queues(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<corral_proto::buildqueuestate::ListPlatformQueuesResponse>, Status> {
+        Err(Status::unimplemented("ListPlatformQueues"))
+    }
+
+    async fn list_invocation_children(
+        &self,
+        _request: Request<corral_proto::buildqueuestate::ListInvocationChildrenRequest>,
+    ) -> Result<Response<corral_proto::buildqueuestate::ListInvocationChildrenResponse>, Status>
+    {
+        Err(Status::unimplemented("ListInvocationChildren"))
+    }
+
+    async fn list_queued_operations(
+        &self,
+        _request: Request<corral_proto::buildqueuestate::ListQueuedOperationsRequest>,
+    ) -> Result<Response<corral_proto::buildqueuestate::ListQueuedOperationsResponse>, Status> {
+        Err(Status::unimplemented("ListQueuedOperations"))
+    }
+
+    async fn list_workers(
+        &self,
+        _request: Request<corral_proto::buildqueuestate::ListWorkersRequest>,
+    ) -> Result<Response<corral_proto::buildqueuestate::ListWorkersResponse>, Status> {
+        Err(Status::unimplemented("ListWorkers"))
+    }
 }
