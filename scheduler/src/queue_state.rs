@@ -420,3 +420,103 @@ pub fn describe(path: &[InvocationKey]) -> String {
     let parts: Vec<&str> = path.iter().map(InvocationKey::text).collect();
     format!("{parts:?}")
 }
+
+#[cfg(test)]
+mod tests {
+    use corral_proto::reapi::Digest;
+
+    use super::*;
+    use crate::operation::Description;
+
+    fn linux() -> PlatformKey {
+        PlatformKey::new([("OSFamily".to_owned(), "linux".to_owned())])
+    }
+
+    fn worker(slot: &str, prefix: &str, platform: PlatformKey) -> WorkerView {
+        WorkerView {
+            id: WorkerId::from([("slot".to_owned(), slot.to_owned())]),
+            prefix: prefix.to_owned(),
+            platform,
+            drained: false,
+            running: None,
+        }
+    }
+
+    fn operation(name: &str, instance: &str, platform: PlatformKey) -> Arc<Operation> {
+        let op = Operation::new(name.to_owned(), instance.to_owned(), Digest::default(), 1);
+        op.describe(Description {
+            platform,
+            priority: 0,
+            tool_invocation_id: "build".to_owned(),
+            target_id: String::new(),
+            queued_at: SystemTime::UNIX_EPOCH,
+        });
+        Arc::new(op)
+    }
+
+    #[tokio::test]
+    async fn operations_sit_in_the_longest_prefix_of_their_platform_or_a_queue_of_their_own() {
+        let workers = WorkersView {
+            workers: vec![
+                worker("shared", "", linux()),
+                worker("team", "team-a", linux()),
+            ],
+            ..Default::default()
+        };
+        let mac = PlatformKey::new([("OSFamily".to_owned(), "macos".to_owned())]);
+        let ops = [
+            operation("operations/a", "team-a/x", linux()),
+            operation("operations/b", "team-b", linux()),
+            operation("operations/m", "team-a", mac.clone()),
+        ];
+        let view = View::new(
+            workers,
+            &ops,
+            HashMap::new(),
+            Duration::from_secs(60),
+            |instance| instance != "hidden",
+        );
+        assert_eq!(view.place(&ops[0]), ("team-a".to_owned(), linux()));
+        assert_eq!(view.operation_state(&ops[0]).instance_name_suffix, "x");
+        assert_eq!(view.place(&ops[1]), (String::new(), linux()));
+        assert_eq!(view.place(&ops[2]), ("team-a".to_owned(), mac.clone()));
+        let names: Vec<&QueueName> = view.queues.keys().collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        let own = &view.queues[&("team-a".to_owned(), mac)];
+        assert!(own.workers.is_empty());
+        assert_eq!(own.operations.len(), 1);
+        for key in invocation_path(&ops[0]) {
+            assert_eq!(InvocationKey::of(&key.to_any()), Some(key));
+        }
+        assert_eq!(InvocationKey::of(&Any::default()), None);
+    }
+
+    #[tokio::test]
+    async fn a_caller_sees_queues_of_its_names_or_with_its_operations_only() {
+        let workers = WorkersView {
+            workers: vec![
+                worker("shared", "", linux()),
+                worker("b", "team-b", linux()),
+            ],
+            ..Default::default()
+        };
+        let ops = [
+            operation("operations/a", "team-a", linux()),
+            operation("operations/b", "team-b", linux()),
+        ];
+        let view = View::new(
+            workers,
+            &ops,
+            HashMap::new(),
+            Duration::from_secs(60),
+            |instance| instance == "team-a",
+        );
+        // The shared queue holds one of team A's operations; team B's
+        // queue is not shown, nor are its operations counted anywhere.
+        let names: Vec<&QueueName> = view.queues.keys().collect();
+        assert_eq!(names, [&(String::new(), linux())]);
+        let shared = &view.queues[&(String::new(), linux())];
+        assert_eq!(shared.operations.len(), 1);
+        assert_eq!(shared.operations[0].operation.name(), "operations/a");
+    }
+}
