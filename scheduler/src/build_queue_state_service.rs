@@ -361,19 +361,38 @@ impl BuildQueueState for BuildQueueStateService {
             Some(Type::SizeClassQueueWithoutWorkers(queue)) => {
                 let name = queue_name(Some(&queue))?;
                 access::check_worker_prefix(&self.authorizer, &caller, Permission::Admin, &name.0)?;
-                // The whole queue: admin over its prefix may list it all.
+                // Admin over the prefix may list every name under it: the
+                // view holds all the operations concerned.
                 let view = self.view(&caller);
-                let state = view.queues.get(&name).ok_or_else(|| no_queue(&name))?;
-                if !state.workers.is_empty() {
+                if let Some(served) = view.queues.get(&name).filter(|q| !q.workers.is_empty()) {
                     return Err(Status::failed_precondition(format!(
                         "the size class queue has {} workers; its operations are killed only without any",
-                        state.workers.len()
+                        served.workers.len()
                     )));
                 }
-                let queued: Vec<&Placed> =
-                    state.operations.iter().filter(|p| !p.executing).collect();
+                // Without workers the queue's operations sit in queues of
+                // their own instance names (those under the prefix), so an
+                // autoscaler's kill reaches them whether the queue's
+                // workers never came or have gone.
+                let unserved: Vec<&QueueState> = view
+                    .queues
+                    .iter()
+                    .filter(|((prefix, platform), q)| {
+                        *platform == name.1
+                            && q.workers.is_empty()
+                            && crate::assignment::instance_matches(&name.0, prefix)
+                    })
+                    .map(|(_, q)| q)
+                    .collect();
+                if unserved.is_empty() {
+                    return Err(no_queue(&name));
+                }
                 let mut killed = 0;
-                for placed in queued {
+                for placed in unserved
+                    .iter()
+                    .flat_map(|q| &q.operations)
+                    .filter(|p| !p.executing)
+                {
                     if self.assignments.kill(&placed.operation, response.clone()) {
                         killed += 1;
                     }

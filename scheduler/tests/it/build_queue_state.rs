@@ -490,6 +490,39 @@ async fn kill_operations_ends_the_waiting_clients_execute_with_the_status_given(
     assert_eq!(served.code(), Code::FailedPrecondition, "{served:?}");
     let mac = farm.action(&["mac"], MACOS).await;
     let (_, mut mac_stream) = execute_in(&farm, "", "", &mac, 0, "i", "").await;
+    // With no worker announcing "lab", its operations sit under their own
+    // instance names; a kill of the "lab" queue reaches them, no others.
+    let (lab_name, mut lab_stream) = execute_in(&farm, "", "lab/ios", &mac, 0, "i", "").await;
+    admin
+        .kill_operations(by_queue(queue("lab", MACOS)))
+        .await
+        .unwrap();
+    let got = final_status(&mut lab_stream).await;
+    assert_eq!(got.code, Code::FailedPrecondition as i32);
+    let other = admin
+        .get_operation(GetOperationRequest {
+            operation_name: lab_name,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    assert_eq!(other.instance_name_suffix, "", "its queue is its own name");
+    let untouched = admin
+        .list_operations(ListOperationsRequest {
+            page_size: 10,
+            filter_stage: execution_stage::Value::Queued as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        untouched.operations.len(),
+        1,
+        "the macOS action of \"\" waits on"
+    );
     admin
         .kill_operations(by_queue(queue("", MACOS)))
         .await
@@ -497,4 +530,9 @@ async fn kill_operations_ends_the_waiting_clients_execute_with_the_status_given(
     let got = final_status(&mut mac_stream).await;
     assert_eq!(got.code, Code::FailedPrecondition as i32);
     assert_eq!(got.message, "no macOS workers can be made");
+    let gone = admin
+        .kill_operations(by_queue(queue("nobody", MACOS)))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
 }
