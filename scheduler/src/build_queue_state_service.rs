@@ -545,15 +545,19 @@ impl BuildQueueState for BuildQueueStateService {
                     .into_iter()
                     .filter(|p| p.executing)
                     .collect();
-                queue
-                    .workers
+                // A worker of a shorter prefix may run it: look at all.
+                let mut found: Vec<&crate::assignment::WorkerView> = view
+                    .queues
                     .values()
+                    .flat_map(|q| q.workers.values())
                     .filter(|w| {
                         w.running.as_ref().is_some_and(|(op, _)| {
                             executing.iter().any(|p| Arc::ptr_eq(&p.operation, op))
                         })
                     })
-                    .collect()
+                    .collect();
+                found.sort_by(|a, b| a.id.cmp(&b.id));
+                found
             }
             Some(Type::IdleSynchronizing(name)) => {
                 let (_, queue, path) = invocation(&view, Some(&name))?;
@@ -663,5 +667,21 @@ impl BuildQueueState for BuildQueueStateService {
         }
         tracing::info!("drain removed");
         Ok(Response::new(Empty {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_start_where_asked_and_stop_at_the_end_or_the_cap() {
+        let (range, info) = page(0, 5, 2);
+        assert_eq!(range, 0..2);
+        assert_eq!((info.start_index, info.total_entries), (0, 5));
+        assert_eq!(page(4, 5, 2).0, 4..5);
+        assert_eq!(page(5, 5, 2).0, 5..5);
+        assert_eq!(page(0, 5, 0).0, 0..0, "page_size 0: none, as bb_scheduler");
+        assert_eq!(page(0, 5000, u32::MAX).0, 0..MAX_PAGE as usize);
     }
 }

@@ -733,6 +733,33 @@ async fn a_tenant_sees_only_its_instance_names_in_build_queue_state() {
         Some(bobs.as_str())
     );
 
+    let executing = |sub: &str| {
+        let mut state = admin(&farm);
+        let sub = sub.to_owned();
+        async move {
+            let filter =
+                list_workers_request::filter::Type::Executing(invocation(queue("", LINUX), vec![]));
+            state
+                .list_workers(as_(
+                    &sub,
+                    ListWorkersRequest {
+                        filter: Some(list_workers_request::Filter {
+                            r#type: Some(filter),
+                        }),
+                        page_size: 10,
+                        start_after: None,
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .workers
+                .len()
+        }
+    };
+    assert_eq!(executing("a-ops").await, 0, "it runs team B's action");
+    assert_eq!(executing("root").await, 1);
+
     // Reading another tenant's operation is refused naming what it lacks.
     let get = |name: &str| StateGetOperation {
         operation_name: name.to_owned(),
