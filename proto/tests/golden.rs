@@ -879,7 +879,19 @@ fn build_queue_state_field_numbers_and_paths_match_buildbarn() {
         LEN,
     );
     let generated = include_str!(concat!(env!("OUT_DIR"), "/buildbarn.buildqueuestate.rs"));
-    for method in ["TerminateWorkers", "ListDrains", "AddDrain", "RemoveDrain"] {
+    for method in [
+        "GetOperation",
+        "ListOperations",
+        "KillOperations",
+        "ListPlatformQueues",
+        "ListInvocationChildren",
+        "ListQueuedOperations",
+        "ListWorkers",
+        "TerminateWorkers",
+        "ListDrains",
+        "AddDrain",
+        "RemoveDrain",
+    ] {
         assert!(
             generated.contains(&format!(
                 "/buildbarn.buildqueuestate.BuildQueueState/{method}"

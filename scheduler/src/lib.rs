@@ -17,8 +17,10 @@
 //! - [`assignment`] — queued actions to workers; silent workers' actions
 //!   queued again; completions only from the assigned worker; platforms
 //!   no worker offers.
-//! - [`build_queue_state_service`] — the admin calls that drain workers;
-//!   [`drain`] — what a drain matches.
+//! - [`build_queue_state_service`] — Buildbarn's BuildQueueState: the
+//!   operator's view of operations, queues, invocations and workers, and
+//!   its levers (kill, drain); [`queue_state`] — the scheduler's state in
+//!   Buildbarn's model, per caller; [`drain`] — what a drain matches.
 //! - [`capabilities_service`] — REAPI `Capabilities`: storage's plus ours.
 //! - [`config`] — `scheduler.toml`; [`timing`] — every interval in one value.
 //! - [`execution_service`] — REAPI `Execute` and `WaitExecution`.
@@ -55,6 +57,7 @@ pub mod operation_ids;
 pub mod operation_queue_service;
 pub mod operations_service;
 pub mod queue;
+pub mod queue_state;
 pub mod random_operation_ids;
 pub mod storage_client;
 pub mod sweeper;
@@ -223,9 +226,8 @@ impl Scheduler {
         }
     }
 
-    /// Execution, Operations, Capabilities, OperationQueue and the drain
-    /// calls of BuildQueueState, for a tonic
-    /// server. They share this scheduler's state and keep its background
+    /// Execution, Operations, Capabilities, OperationQueue and
+    /// BuildQueueState, for a tonic server. They share this scheduler's state and keep its background
     /// sweep alive, so the `Scheduler` itself may be dropped.
     pub fn routes(&self) -> Routes {
         self.add_routes(Routes::default())
@@ -265,6 +267,8 @@ impl Scheduler {
             capabilities_service::CapabilitiesService::new(self.cache_capabilities.clone());
         let admin = build_queue_state_service::BuildQueueStateService::new(
             Arc::clone(&self.assignments),
+            Arc::clone(&self.operations),
+            self.timing.clone(),
             self.authorizer.clone(),
         );
         routes

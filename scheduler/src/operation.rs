@@ -6,7 +6,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::SystemTime;
 
 use corral_proto::longrunning;
 use corral_proto::protobuf::Any;
@@ -17,6 +18,8 @@ use corral_proto::reapi::{
 use prost::Message;
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+use crate::queue::PlatformKey;
 
 const METADATA_TYPE_URL: &str =
     "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteOperationMetadata";
@@ -61,6 +64,23 @@ impl Inline {
     }
 }
 
+/// What the Execute that created an operation said about it, beyond the
+/// action: what BuildQueueState reports (its queue, invocation, target,
+/// priority). Set once; an Execute that joins it adds nothing here.
+#[derive(Debug, Clone)]
+pub struct Description {
+    /// The platform it asks for.
+    pub platform: PlatformKey,
+    /// `ExecutionPolicy.priority`, clamped to what the farm accepts.
+    pub priority: i32,
+    /// `RequestMetadata.tool_invocation_id` (empty when none was sent).
+    pub tool_invocation_id: String,
+    /// `RequestMetadata.target_id`.
+    pub target_id: String,
+    /// When Execute queued it (or answered it from the Action Cache).
+    pub queued_at: SystemTime,
+}
+
 /// One execution and everyone watching it.
 #[derive(Debug)]
 pub struct Operation {
@@ -81,6 +101,7 @@ pub struct Operation {
     /// Runs on a worker that a scheduler before a restart handed it to
     /// ([`crate::adoption`]): no worker of this scheduler takes it.
     adopted: AtomicBool,
+    description: OnceLock<Description>,
 }
 
 impl Operation {
@@ -100,7 +121,28 @@ impl Operation {
             inline_stdout: AtomicBool::new(false),
             inline_stderr: AtomicBool::new(false),
             adopted: AtomicBool::new(false),
+            description: OnceLock::new(),
         }
+    }
+
+    /// Records what its Execute said; only the first call counts.
+    pub fn describe(&self, description: Description) {
+        let _ = self.description.set(description);
+    }
+
+    /// What its Execute said, if it was recorded.
+    pub fn description(&self) -> Option<&Description> {
+        self.description.get()
+    }
+
+    /// The digest of the Action it executes.
+    pub fn action_digest(&self) -> &Digest {
+        &self.action_digest
+    }
+
+    /// The digest function of its Execute.
+    pub fn digest_function(&self) -> i32 {
+        self.digest_function
     }
 
     /// Adds what one more client wants inline. A client joining after the
@@ -352,6 +394,24 @@ impl Operations {
             .retain(|name, op| !op.is_completed() || completed_at.contains_key(name));
         self.in_flight.retain(|_, op| !op.is_completed());
         abandoned
+    }
+
+    /// When [`sweep`](Self::sweep) will forget operation `name`, given
+    /// the same intervals: `keep_completed` after it completed, or
+    /// `unwatched_grace` after its last watcher left. `None` while a
+    /// client follows it (or before the sweep first saw it alone).
+    pub fn removal_at(
+        &self,
+        name: &str,
+        keep_completed: std::time::Duration,
+        unwatched_grace: std::time::Duration,
+    ) -> Option<Instant> {
+        if let Some(at) = self.completed_at.get(name) {
+            return Some(*at + keep_completed);
+        }
+        self.unwatched_since
+            .get(name)
+            .map(|since| *since + unwatched_grace)
     }
 
     pub fn len(&self) -> usize {

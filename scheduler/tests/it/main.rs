@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod authz;
+mod build_queue_state;
 mod crafted;
 mod tls;
 
