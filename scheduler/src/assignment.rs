@@ -20,6 +20,7 @@ use crate::drain::{Drain, DrainQueue};
 use crate::metrics::Metrics;
 use crate::operation::Operation;
 use crate::queue::{PlatformKey, Queue};
+use crate::size_class::{self, SizeClasses};
 use crate::timing::Timing;
 
 /// A worker (or one build slot of one), as its `worker_id` map names it.
@@ -41,6 +42,9 @@ pub struct Queued {
     pub waiting_since: Instant,
     /// Times it was given back after losing its worker.
     pub retries: u32,
+    /// The smallest size class of worker that may take it, and the key
+    /// its outcomes are learned under.
+    pub size_class: size_class::Choice,
 }
 
 /// What the worker is told to run.
@@ -109,6 +113,8 @@ struct Inner {
     /// handed out before a restart) is let finish: its result reaches
     /// the Action Cache, where a client's retried Execute finds it.
     taken_back: HashMap<WorkerId, Digest>,
+    /// The size class each live worker announced.
+    worker_classes: HashMap<WorkerId, u32>,
 }
 
 impl Inner {
@@ -126,6 +132,21 @@ impl Inner {
         self.identities
             .retain(|w, _| workers.contains_key(w) || running.contains_key(w));
         self.taken_back.retain(|w, _| workers.contains_key(w));
+        self.worker_classes.retain(|w, _| workers.contains_key(w));
+    }
+
+    /// The size classes of the live workers serving `instance` with
+    /// `platform`, sorted.
+    fn offered_size_classes(&self, instance: &str, platform: &PlatformKey) -> Vec<u32> {
+        let mut classes: Vec<u32> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.platform == *platform && instance_matches(&w.prefix, instance))
+            .map(|(id, _)| self.worker_classes.get(id).copied().unwrap_or(0))
+            .collect();
+        classes.sort_unstable();
+        classes.dedup();
+        classes
     }
 
     fn served(&self, (instance, platform): &QueueKey) -> bool {
@@ -179,6 +200,9 @@ pub struct Assignments {
     liveness: Duration,
     max_retries: u32,
     metrics: Arc<Metrics>,
+    /// Learns from each completion where actions fit; `None`: size
+    /// classes are off.
+    size_classes: Option<Arc<SizeClasses>>,
 }
 
 /// Queue lengths and worker counts, for metrics.
@@ -204,7 +228,26 @@ impl Assignments {
             liveness: timing.long_poll.max(timing.sync_interval) + timing.worker_timeout,
             max_retries,
             metrics: Arc::default(),
+            size_classes: None,
         }
+    }
+
+    /// Learns where actions fit from their completions, and queues one
+    /// that ran out of memory or time again for a larger class.
+    pub fn with_size_classes(mut self, size_classes: Arc<SizeClasses>) -> Self {
+        self.size_classes = Some(size_classes);
+        self
+    }
+
+    /// `worker` announced size class `class`.
+    pub fn saw_size_class(&self, worker: &WorkerId, class: u32) {
+        self.lock().worker_classes.insert(worker.clone(), class);
+    }
+
+    /// The size classes live workers offer for `instance` and `platform`,
+    /// sorted: where an action may start.
+    pub fn offered_size_classes(&self, instance: &str, platform: &PlatformKey) -> Vec<u32> {
+        self.lock().offered_size_classes(instance, platform)
     }
 
     /// Where results, waits and execution times are recorded.
@@ -294,18 +337,24 @@ impl Assignments {
         if inner.draining(worker, prefix, platform) {
             return None;
         }
-        let key = inner
+        let keys: Vec<QueueKey> = inner
             .queues
             .iter()
-            .find(|((instance, p), q)| {
+            .filter(|((instance, p), q)| {
                 p == platform && instance_matches(prefix, instance) && !q.is_empty()
             })
-            .map(|(k, _)| k.clone())?;
-        let queue = inner.queues.get_mut(&key)?;
+            .map(|(k, _)| k.clone())
+            .collect();
+        // A worker takes actions of its size class or a smaller one.
+        let class = inner.worker_classes.get(worker).copied().unwrap_or(0);
         // Cancelled operations may still sit in the queue, and ones a
         // worker from before a restart runs (adopted): skip them.
-        let queued = std::iter::from_fn(|| queue.pop())
-            .find(|q| !q.operation.is_completed() && !q.operation.is_adopted())?;
+        let live = |q: &Queued| !q.operation.is_completed() && !q.operation.is_adopted();
+        let queued = keys.iter().find_map(|key| {
+            let queue = inner.queues.get_mut(key)?;
+            std::iter::from_fn(|| queue.pop_first(|q| q.size_class.class <= class || !live(q)))
+                .find(live)
+        })?;
         queued.operation.executing();
         let now = Instant::now();
         self.metrics
@@ -396,6 +445,13 @@ impl Assignments {
             .running
             .remove(worker)
             .ok_or(ReportError::NothingAssigned)?;
+        let ran = Instant::now().duration_since(running.started);
+        let Some(running) = self.learn_size_class(&mut inner, worker, running, &response, ran)
+        else {
+            drop(inner);
+            self.work.notify_waiters();
+            return Ok(());
+        };
         let code = response
             .status
             .as_ref()
@@ -406,6 +462,56 @@ impl Assignments {
             self.metrics.result(code, false);
         }
         Ok(())
+    }
+
+    /// Records how `running` fared on `worker`'s size class; when it ran
+    /// out of memory or time and a larger class is offered, queues it
+    /// again for that class, ahead of everything (the client waits on),
+    /// and returns `None`.
+    fn learn_size_class(
+        &self,
+        inner: &mut Inner,
+        worker: &WorkerId,
+        running: Running,
+        response: &ExecuteResponse,
+        ran: Duration,
+    ) -> Option<Running> {
+        let (Some(sizes), Some(key)) = (&self.size_classes, &running.queued.size_class.key) else {
+            return Some(running);
+        };
+        let queued = &running.queued;
+        let class = inner
+            .worker_classes
+            .get(worker)
+            .copied()
+            .unwrap_or(queued.size_class.class);
+        let outcome = size_class::Outcome::of(response, ran);
+        sizes.record(key, class, outcome);
+        if !outcome.is_failure() || queued.operation.is_completed() {
+            return Some(running);
+        }
+        let offered = inner.offered_size_classes(&queued.instance_name, &queued.platform);
+        let Some(larger) = size_class::next_larger(class, &offered) else {
+            // The largest class failed too: that is the answer.
+            return Some(running);
+        };
+        tracing::info!(
+            ?outcome,
+            from = class,
+            to = larger,
+            "queued again for a larger size class"
+        );
+        let mut queued = running.queued;
+        queued.size_class.class = larger;
+        queued.size_class.probing = false;
+        queued.waiting_since = Instant::now();
+        let queue = (queued.instance_name.clone(), queued.platform.clone());
+        inner
+            .queues
+            .entry(queue)
+            .or_default()
+            .push(queued, i32::MIN, "");
+        None
     }
 
     /// Workers silent past their deadline plus the grace are gone: their
@@ -748,6 +854,7 @@ mod tests {
             queued_at: std::time::SystemTime::UNIX_EPOCH,
             waiting_since: Instant::now(),
             retries: 0,
+            size_class: size_class::Choice::default(),
         }
     }
 

@@ -9,6 +9,7 @@
 mod authz;
 mod build_queue_state;
 mod crafted;
+mod size_classes;
 mod tls;
 
 use std::collections::BTreeMap;
@@ -243,6 +244,7 @@ impl Farm {
             slot: slot.to_owned(),
             platform: to_platform(platform),
             identity: None,
+            size_class: 0,
         }
     }
 }
@@ -269,6 +271,8 @@ struct FakeWorker {
     platform: Platform,
     /// Who it authenticates as (`x-test-sub`); anonymous when `None`.
     identity: Option<String>,
+    /// The size class it announces.
+    size_class: u32,
 }
 
 impl FakeWorker {
@@ -293,6 +297,7 @@ impl FakeWorker {
                 worker_state: Some(state),
             }),
             prefer_being_idle,
+            size_class: self.size_class,
             ..Default::default()
         });
         if let Some(identity) = &self.identity {
