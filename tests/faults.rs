@@ -10,3 +10,5 @@
 mod corral_up;
 #[path = "faults/restarts.rs"]
 mod restarts;
+#[path = "faults/size_classes.rs"]
+mod size_classes;

@@ -345,15 +345,26 @@ impl Assignments {
             })
             .map(|(k, _)| k.clone())
             .collect();
-        // A worker takes actions of its size class or a smaller one.
         let class = inner.worker_classes.get(worker).copied().unwrap_or(0);
         // Cancelled operations may still sit in the queue, and ones a
         // worker from before a restart runs (adopted): skip them.
         let live = |q: &Queued| !q.operation.is_completed() && !q.operation.is_adopted();
+        let sized = self.size_classes.is_some();
         let queued = keys.iter().find_map(|key| {
+            // With size classes, a worker takes actions of its class, and
+            // of a smaller class no live worker offers (gone since the
+            // action was queued); without, any action of its platform.
+            let offered = if sized {
+                inner.offered_size_classes(&key.0, &key.1)
+            } else {
+                Vec::new()
+            };
+            let fits = |q: &Queued| {
+                let wanted = q.size_class.class;
+                !sized || wanted == class || (wanted < class && !offered.contains(&wanted))
+            };
             let queue = inner.queues.get_mut(key)?;
-            std::iter::from_fn(|| queue.pop_first(|q| q.size_class.class <= class || !live(q)))
-                .find(live)
+            std::iter::from_fn(|| queue.pop_first(|q| fits(q) || !live(q))).find(live)
         })?;
         queued.operation.executing();
         let now = Instant::now();
@@ -1082,6 +1093,34 @@ mod tests {
         let again = a.try_assign(&worker(2), "", &linux()).unwrap();
         assert_eq!(again.queued.action_digest, first.queued.action_digest);
         assert_eq!(again.queued.retries, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_size_classes_a_worker_takes_its_class_and_classes_no_one_offers() {
+        let sizes = crate::size_class::SizeClasses::new(
+            crate::config::SizeClassesConfig::default(),
+            Box::new(|| 0.99),
+            None,
+        );
+        let a = assignments().with_size_classes(sizes);
+        let (small, large) = (worker(1), worker(4));
+        for (w, class) in [(&small, 1), (&large, 4)] {
+            a.saw_worker(w, "", &linux());
+            a.saw_size_class(w, class);
+        }
+        assert_eq!(a.offered_size_classes("", &linux()), [1, 4]);
+        let mut on_small = queued(15, "");
+        on_small.size_class.class = 1;
+        a.enqueue(on_small, 0, "");
+        assert!(a.try_assign(&large, "", &linux()).is_none());
+        // The small worker goes silent past its liveness (30 + 60 s)
+        // while the large one keeps calling: its class is gone, so the
+        // large worker takes the action.
+        tokio::time::advance(Duration::from_secs(91)).await;
+        a.saw_worker(&large, "", &linux());
+        a.fail_unserved(Duration::from_secs(3600));
+        assert_eq!(a.offered_size_classes("", &linux()), [4]);
+        assert!(a.try_assign(&large, "", &linux()).is_some());
     }
 
     #[tokio::test(start_paused = true)]

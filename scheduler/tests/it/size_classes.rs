@@ -121,9 +121,10 @@ async fn an_action_out_of_memory_on_the_small_class_succeeds_on_the_large_and_st
     announce(&mut large).await;
     let digest = farm.action(&["link", "huge.o"], LINUX).await;
 
-    // New: it starts on the small class (the large worker could take it
-    // too; the small one asks first here).
+    // New: it starts on the small class; the large worker does not take
+    // it while a small one is there.
     let mut stream = farm.execute(&digest, 0).await;
+    assert!(large.take().await.is_none(), "not for the large class yet");
     let exec = small.take().await.expect("the small worker gets it first");
     assert_eq!(exec.action_digest.as_ref(), Some(&digest));
     small.complete_with(&digest, out_of_memory()).await;
