@@ -88,6 +88,11 @@ pub struct SizeClassesConfig {
     /// now. Each probe that fails costs one run on the smaller class.
     /// Default 0.05.
     pub probe_probability: f64,
+    /// How many times slower than on a larger class (median of the
+    /// completed runs kept) an action may run on a class that is still
+    /// chosen for it; past it the larger class is chosen. At least 1.
+    /// Default 2.0.
+    pub max_slowdown: f64,
 }
 
 /// What a size class history is kept per.
@@ -106,6 +111,7 @@ impl Default for SizeClassesConfig {
             history_instance_name: "size-class-history".to_owned(),
             history_size: 8,
             probe_probability: 0.05,
+            max_slowdown: 2.0,
         }
     }
 }
@@ -174,6 +180,12 @@ impl Config {
                 return Err(Error::InvalidConfig {
                     field: "size_classes.probe_probability",
                     reason: format!("must be between 0 and 1, got {}", sizes.probe_probability),
+                });
+            }
+            if sizes.max_slowdown.is_nan() || sizes.max_slowdown < 1.0 {
+                return Err(Error::InvalidConfig {
+                    field: "size_classes.max_slowdown",
+                    reason: format!("must be at least 1, got {}", sizes.max_slowdown),
                 });
             }
             if sizes.history_size == 0 {

@@ -143,6 +143,7 @@ pub fn os_random() -> Random {
 /// The decisions: which class first, and which next after a failure.
 pub struct Analyzer {
     probe_probability: f64,
+    max_slowdown: f64,
     random: Random,
 }
 
@@ -150,29 +151,43 @@ impl std::fmt::Debug for Analyzer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Analyzer")
             .field("probe_probability", &self.probe_probability)
+            .field("max_slowdown", &self.max_slowdown)
             .finish_non_exhaustive()
     }
 }
 
 impl Analyzer {
-    pub fn new(probe_probability: f64, random: Random) -> Self {
+    /// `max_slowdown`: how many times slower (median of completed runs)
+    /// than a larger class a class may be and still be chosen.
+    pub fn new(probe_probability: f64, max_slowdown: f64, random: Random) -> Self {
         Self {
             probe_probability,
+            max_slowdown,
             random,
         }
     }
 
     /// The class to start on, among `offered` (sorted, deduplicated; empty
     /// when no worker has announced one yet: then 0, which every worker
-    /// takes). The smallest class whose latest run did not fail; the
-    /// largest if every class failed; one class lower now and then.
+    /// takes). The smallest class whose latest run did not fail and whose
+    /// runs are not more than `max_slowdown` times slower than on a
+    /// larger class; the largest if none is; one class lower now and
+    /// then.
     pub fn choose(&mut self, history: &History, offered: &[u32]) -> (u32, bool) {
         let Some(&largest) = offered.last() else {
             return (0, false);
         };
-        let fits = offered
-            .iter()
-            .position(|&c| !history.last_failed(c))
+        let too_slow = |at: usize| {
+            let Some(here) = history.median_completed(offered[at]) else {
+                return false;
+            };
+            offered[at + 1..]
+                .iter()
+                .filter_map(|&c| history.median_completed(c))
+                .any(|faster| here.as_secs_f64() > self.max_slowdown * faster.as_secs_f64())
+        };
+        let fits = (0..offered.len())
+            .find(|&at| !history.last_failed(offered[at]) && !too_slow(at))
             .unwrap_or(offered.len() - 1);
         if fits > 0 && (self.random)() < self.probe_probability {
             return (offered[fits - 1], true);
@@ -272,7 +287,11 @@ impl SizeClasses {
             None => (None, None),
         };
         Arc::new(Self {
-            analyzer: Mutex::new(Analyzer::new(cfg.probe_probability, random)),
+            analyzer: Mutex::new(Analyzer::new(
+                cfg.probe_probability,
+                cfg.max_slowdown,
+                random,
+            )),
             cfg,
             cache: Mutex::default(),
             store,
@@ -370,14 +389,14 @@ mod tests {
 
     #[test]
     fn a_new_action_starts_on_the_smallest_class() {
-        let mut a = Analyzer::new(0.1, draws(&[0.0]));
+        let mut a = Analyzer::new(0.1, 2.0, draws(&[0.0]));
         assert_eq!(a.choose(&History::default(), &CLASSES), (1, false));
         assert_eq!(a.choose(&History::default(), &[]), (0, false));
     }
 
     #[test]
     fn an_action_moves_up_after_oom_or_timeout_and_remembers() {
-        let mut a = Analyzer::new(0.1, draws(&[]));
+        let mut a = Analyzer::new(0.1, 2.0, draws(&[]));
         let mut h = History::default();
         h.record(1, Outcome::OutOfMemory, 4);
         assert_eq!(next_larger(1, &CLASSES), Some(2));
@@ -401,7 +420,7 @@ mod tests {
         h.record(1, Outcome::OutOfMemory, 4);
         h.record(2, Outcome::Completed(Duration::from_secs(1)), 4);
         // 0.05 < 0.1: probe one class down; 0.5: stay.
-        let mut a = Analyzer::new(0.1, draws(&[0.5, 0.05, 0.5]));
+        let mut a = Analyzer::new(0.1, 2.0, draws(&[0.5, 0.05, 0.5]));
         assert_eq!(a.choose(&h, &CLASSES), (2, false));
         assert_eq!(a.choose(&h, &CLASSES), (1, true));
         assert_eq!(a.choose(&h, &CLASSES), (2, false));
@@ -409,12 +428,34 @@ mod tests {
         h.record(1, Outcome::Completed(Duration::from_secs(2)), 4);
         assert_eq!(a.choose(&h, &CLASSES), (1, false));
         // Never below the smallest, whatever the draw.
-        let mut always = Analyzer::new(1.0, draws(&[0.0, 0.0]));
+        let mut always = Analyzer::new(1.0, 2.0, draws(&[0.0, 0.0]));
         assert_eq!(always.choose(&h, &CLASSES), (1, false));
         // probe_probability 0: never.
         h.record(1, Outcome::OutOfMemory, 4);
-        let mut never = Analyzer::new(0.0, draws(&[0.0]));
+        let mut never = Analyzer::new(0.0, 2.0, draws(&[0.0]));
         assert_eq!(never.choose(&h, &CLASSES), (2, false));
+    }
+
+    #[test]
+    fn a_class_much_slower_than_a_larger_one_is_passed_over() {
+        let secs = |s| Outcome::Completed(Duration::from_secs(s));
+        let mut a = Analyzer::new(0.0, 2.0, draws(&[]));
+        let mut h = History::default();
+        // Only the small class has run: it is chosen, however slow.
+        h.record(1, secs(100), 4);
+        assert_eq!(a.choose(&h, &CLASSES), (1, false));
+        // A larger class ran it 2.5 times faster: past max_slowdown 2.
+        // The untried class between is tried, as a new action would be.
+        h.record(4, secs(40), 4);
+        assert_eq!(a.choose(&h, &[1, 4]), (4, false));
+        assert_eq!(a.choose(&h, &CLASSES), (2, false));
+        // Class 2 ran it in 70 s: within twice class 4's 40 s.
+        h.record(2, secs(70), 4);
+        assert_eq!(a.choose(&h, &CLASSES), (2, false));
+        // The medians move with the history: two fast runs on class 1.
+        h.record(1, secs(30), 4);
+        h.record(1, secs(30), 4);
+        assert_eq!(a.choose(&h, &CLASSES), (1, false));
     }
 
     #[test]
