@@ -206,6 +206,29 @@ impl Farm {
         found
     }
 
+    /// Sends `signal` (`TERM`, `INT`, …) to `corral up`.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -s {signal} corral up");
+    }
+
+    /// Waits up to `within` for `corral up` to exit; `None`: it still runs.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGINT and waits for a clean exit; returns the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         self.interrupt()

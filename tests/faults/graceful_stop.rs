@@ -87,7 +87,7 @@ async fn outcome_of(mut task: JoinSet<Outcome>) -> Outcome {
 
 /// Processes whose command line is exactly `cmdline` (words joined by
 /// spaces): the sandboxed command, seen from the host.
-fn processes(cmdline: &str) -> usize {
+pub(crate) fn processes(cmdline: &str) -> usize {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
