@@ -8,6 +8,7 @@
 mod crafted;
 mod full_disk;
 mod runner_faults;
+mod stopping;
 mod tls;
 
 use std::collections::BTreeMap;

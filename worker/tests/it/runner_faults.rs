@@ -154,7 +154,7 @@ impl RunnerProxy {
 }
 
 /// A one-slot worker in `directory` with its runner at `runner`.
-fn worker_config(
+pub(crate) fn worker_config(
     scheduler: String,
     storage: String,
     directory: &Path,
