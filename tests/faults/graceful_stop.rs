@@ -287,3 +287,33 @@ async fn a_worker_past_its_stop_grace_kills_its_action_which_is_queued_again_at_
 async fn a_second_sigterm_kills_the_action_which_is_queued_again_at_once() {
     killed_on_stop_the_action_is_queued_again_at_once(Kill::SecondSigterm, "9.23").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_stops_at_once_and_leaves_no_poll_to_take_work() {
+    let (mut farm, metrics_port) = farm_with("");
+    let client = Client::new(&farm);
+    // Idle: its slot's Synchronize is held by the scheduler (a long poll).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    farm.signal(Daemon::Worker, "TERM");
+    let (status, took) = worker_exit(&mut farm, Duration::from_secs(10));
+    eprintln!("the idle worker exited {took:?} after SIGTERM ({status})");
+    assert!(status.success(), "{status}\n{}", farm.logs());
+    assert!(
+        took < Duration::from_secs(3),
+        "an idle worker took {took:?} to stop\n{}",
+        farm.logs()
+    );
+    // Had the scheduler kept serving the dropped long poll, it would hand
+    // this action to it, to wait out the worker timeout.
+    let action = client.action("echo 'after the stop'").await;
+    let run = running(Client::new(&farm), action, None);
+    until_queued(metrics_port, 1, Duration::from_secs(10), &farm).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(queued(metrics_port), 1, "{}", farm.logs());
+
+    tokio::task::block_in_place(|| farm.restart(Daemon::Worker));
+    let outcome = tokio::time::timeout(LIMIT, outcome_of(run))
+        .await
+        .expect("the action ran on the next worker");
+    assert_result(&client, &farm, &outcome, 0, "after the stop\n").await;
+}
