@@ -5,6 +5,8 @@
 //! that "the worker assigned" is an authenticated one. It
 //! also remembers which platforms live workers offer, so that actions no
 //! worker can take fail after a grace period instead of waiting forever.
+//! Which queue a worker takes from is [`crate::dispatch`]'s choice: fair
+//! between tenants, platforms matched per property.
 //!
 //! Time comes from `tokio::time`, so tests run on paused time.
 
@@ -16,9 +18,12 @@ use corral_proto::reapi::{Action, Digest, ExecuteResponse};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::config::FairnessConfig;
+use crate::dispatch::{instance_matches, CapError, Dispatch, QueueKey};
 use crate::drain::{Drain, DrainQueue};
 use crate::metrics::Metrics;
 use crate::operation::Operation;
+use crate::platform_matching::{Mismatch, PlatformError, PlatformMatcher};
 use crate::queue::{PlatformKey, Queue};
 use crate::timing::Timing;
 
@@ -87,12 +92,12 @@ struct Seen {
     at: Instant,
 }
 
-/// A queue: an instance name and a platform.
-type QueueKey = (String, PlatformKey);
-
 #[derive(Debug, Default)]
 struct Inner {
     queues: HashMap<QueueKey, Queue<Queued>>,
+    /// Which queue each class of worker takes from next; kept in step
+    /// with `queues` ([`Inner::queue_changed`]) and `running`.
+    dispatch: Dispatch,
     running: HashMap<WorkerId, Running>,
     workers: HashMap<WorkerId, Seen>,
     /// The identity (`Caller::name`) each worker id is bound to, while
@@ -126,12 +131,81 @@ impl Inner {
         self.identities
             .retain(|w, _| workers.contains_key(w) || running.contains_key(w));
         self.taken_back.retain(|w, _| workers.contains_key(w));
+        let live: std::collections::HashSet<(&str, &PlatformKey)> = workers
+            .values()
+            .map(|w| (w.prefix.as_str(), &w.platform))
+            .collect();
+        self.dispatch
+            .retain_classes(|(prefix, platform)| live.contains(&(prefix.as_str(), platform)));
     }
 
-    fn served(&self, (instance, platform): &QueueKey) -> bool {
-        self.workers
-            .values()
-            .any(|w| w.platform == *platform && instance_matches(&w.prefix, instance))
+    /// Tells the index what `key`'s queue holds now.
+    fn queue_changed(&mut self, key: &QueueKey) {
+        let (head, len) = self
+            .queues
+            .get(key)
+            .map_or((None, 0), |q| (q.head(), q.len()));
+        self.dispatch.queue_changed(key, head, len);
+    }
+
+    /// Queues `queued` without checking its tenant's cap.
+    fn push(&mut self, queued: Queued, priority: i32, invocation: &str) {
+        let key = (queued.instance_name.clone(), queued.platform.clone());
+        let seq = self.dispatch.next_seq();
+        self.queues
+            .entry(key.clone())
+            .or_default()
+            .push(queued, priority, invocation, seq);
+        self.queue_changed(&key);
+    }
+
+    /// Takes `worker`'s running action off it, and its tenant's count.
+    fn stop_running(&mut self, worker: &WorkerId) -> Option<Running> {
+        let running = self.running.remove(worker)?;
+        self.dispatch.ended(&running.queued.instance_name);
+        Some(running)
+    }
+
+    /// Why live workers serving `instance` cannot take `platform`: per
+    /// property that fails, what the action asks and what they offer.
+    fn mismatches(&self, (instance, platform): &QueueKey) -> String {
+        let mut failing: BTreeMap<String, (Mismatch, Vec<String>)> = BTreeMap::new();
+        for seen in self.workers.values() {
+            if !instance_matches(&seen.prefix, instance) {
+                continue;
+            }
+            let Some(miss) = self.dispatch.matcher().mismatch(&seen.platform, platform) else {
+                continue;
+            };
+            let (_, offered) = failing
+                .entry(miss.name.clone())
+                .or_insert_with(|| (miss.clone(), Vec::new()));
+            if miss.offered.is_empty() {
+                offered.push("nothing".to_owned());
+            } else {
+                offered.push(miss.offered.join(" and "));
+            }
+        }
+        failing
+            .into_values()
+            .map(|(miss, mut offered)| {
+                offered.sort();
+                offered.dedup();
+                let wanted = if miss.wanted.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    miss.wanted.join(" and ")
+                };
+                format!(
+                    "property {} ({}) asks {}, workers offer {}",
+                    miss.name,
+                    miss.matching,
+                    wanted,
+                    offered.join(", ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// The platforms live workers offer, sorted, for messages.
@@ -195,6 +269,7 @@ fn digest_text(d: &Digest) -> String {
 }
 
 impl Assignments {
+    /// Every platform property matched exactly; tenants equal, uncapped.
     pub fn new(timing: &Timing, max_retries: u32) -> Self {
         Self {
             inner: Mutex::default(),
@@ -205,6 +280,27 @@ impl Assignments {
             max_retries,
             metrics: Arc::default(),
         }
+    }
+
+    /// Matches platforms with `matcher` and shares workers between
+    /// tenants as `fairness` says.
+    pub fn with_rules(mut self, matcher: PlatformMatcher, fairness: FairnessConfig) -> Self {
+        self.inner
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .dispatch = Dispatch::new(matcher, fairness);
+        self
+    }
+
+    /// Refuses an action's platform no worker could ever satisfy (a
+    /// `minimum` property that is not a number).
+    pub fn check_platform(&self, platform: &PlatformKey) -> Result<(), PlatformError> {
+        self.lock().dispatch.matcher().check_action(platform)
+    }
+
+    /// Queued and running actions of `instance` (a tenant).
+    pub fn load(&self, instance: &str) -> (usize, usize) {
+        self.lock().dispatch.load(instance)
     }
 
     /// Where results, waits and execution times are recorded.
@@ -262,7 +358,9 @@ impl Assignments {
             platform: platform.clone(),
             at: Instant::now(),
         };
-        self.lock().workers.insert(worker.clone(), seen);
+        let mut inner = self.lock();
+        inner.dispatch.class(prefix, platform);
+        inner.workers.insert(worker.clone(), seen);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -271,19 +369,33 @@ impl Assignments {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues `queued` for workers of its platform.
+    /// Queues `queued` for workers of its platform, whatever its
+    /// tenant's cap on queued operations (tests, benches; Execute calls
+    /// [`enqueue_within_cap`](Self::enqueue_within_cap)).
     pub fn enqueue(&self, queued: Queued, priority: i32, invocation: &str) {
-        let key = (queued.instance_name.clone(), queued.platform.clone());
-        self.lock()
-            .queues
-            .entry(key)
-            .or_default()
-            .push(queued, priority, invocation);
+        self.lock().push(queued, priority, invocation);
         self.work.notify_waiters();
     }
 
+    /// Queues `queued` unless its instance name has its cap of queued
+    /// operations (`fairness.max_queued`).
+    pub fn enqueue_within_cap(
+        &self,
+        queued: Queued,
+        priority: i32,
+        invocation: &str,
+    ) -> Result<(), CapError> {
+        let mut inner = self.lock();
+        inner.dispatch.check_room(&queued.instance_name)?;
+        inner.push(queued, priority, invocation);
+        drop(inner);
+        self.work.notify_waiters();
+        Ok(())
+    }
+
     /// The next action for a worker serving instance names under `prefix`
-    /// with exactly `platform`, if one is queued.
+    /// with `platform`, if one is queued that it may run: the tenant
+    /// whose turn it is, then its most urgent, oldest action.
     pub fn try_assign(
         &self,
         worker: &WorkerId,
@@ -294,16 +406,20 @@ impl Assignments {
         if inner.draining(worker, prefix, platform) {
             return None;
         }
-        let key = inner
-            .queues
-            .iter()
-            .find(|((instance, p), q)| {
-                p == platform && instance_matches(prefix, instance) && !q.is_empty()
-            })
-            .map(|(k, _)| k.clone())?;
-        let queue = inner.queues.get_mut(&key)?;
-        // Cancelled operations may still sit in the queue: skip them.
-        let queued = std::iter::from_fn(|| queue.pop()).find(|q| !q.operation.is_completed())?;
+        let class = inner.dispatch.class(prefix, platform);
+        let queued = loop {
+            let key = inner.dispatch.pick(&class)?;
+            let popped = inner.queues.get_mut(&key).and_then(Queue::pop);
+            inner.queue_changed(&key);
+            match popped {
+                // Cancelled operations may still sit in the queue: skip them.
+                Some(queued) if queued.operation.is_completed() => continue,
+                Some(queued) => break queued,
+                // The index named an empty queue: it is corrected now.
+                None => continue,
+            }
+        };
+        inner.dispatch.started(&queued.instance_name);
         queued.operation.executing();
         let now = Instant::now();
         self.metrics
@@ -391,8 +507,7 @@ impl Assignments {
             });
         }
         let running = inner
-            .running
-            .remove(worker)
+            .stop_running(worker)
             .ok_or(ReportError::NothingAssigned)?;
         let code = response
             .status
@@ -420,7 +535,7 @@ impl Assignments {
             .map(|(w, _)| w.clone())
             .collect();
         for worker in &gone {
-            if let Some(running) = inner.running.remove(worker) {
+            if let Some(running) = inner.stop_running(worker) {
                 inner
                     .taken_back
                     .insert(worker.clone(), running.queued.action_digest.clone());
@@ -455,14 +570,9 @@ impl Assignments {
         }
         queued.retries += 1;
         queued.waiting_since = Instant::now();
-        let key = (queued.instance_name.clone(), queued.platform.clone());
         // The lowest priority number: it has waited once already, so it
-        // goes ahead of everything queued since.
-        inner
-            .queues
-            .entry(key)
-            .or_default()
-            .push(queued, i32::MIN, "");
+        // goes ahead of everything its tenant queued since.
+        inner.push(queued, i32::MIN, "");
     }
 
     /// `worker` says it is idle: if it was running an action, it dropped
@@ -470,7 +580,7 @@ impl Assignments {
     /// action is given back. Returns whether there was one.
     pub fn release(&self, worker: &WorkerId) -> bool {
         let mut inner = self.lock();
-        let Some(running) = inner.running.remove(worker) else {
+        let Some(running) = inner.stop_running(worker) else {
             return false;
         };
         self.requeue_or_fail(&mut inner, running.queued);
@@ -540,7 +650,7 @@ impl Assignments {
             .collect();
         let mut unserved = HashMap::new();
         for key in waiting {
-            if !inner.served(&key) {
+            if !inner.dispatch.served(&key) {
                 let since = inner.unserved_since.get(&key).copied().unwrap_or(now);
                 unserved.insert(key, since);
             }
@@ -564,13 +674,20 @@ impl Assignments {
         let mut failed = 0;
         for key in expired {
             inner.unserved_since.remove(&key);
+            let why = inner.mismatches(&key);
             let Some(mut queue) = inner.queues.remove(&key) else {
                 continue;
             };
+            inner.queue_changed(&key);
             let (instance, platform) = &key;
+            let why = if why.is_empty() {
+                String::new()
+            } else {
+                format!(": {why}")
+            };
             let message = format!(
                 "no worker offers platform {platform} for instance {instance:?} \
-                 (waited {}s); {offered}",
+                 (waited {}s){why}; {offered}",
                 grace.as_secs()
             );
             while let Some(queued) = queue.pop() {
@@ -591,8 +708,13 @@ impl Assignments {
     pub fn cancel(&self, operation: &Operation, why: &str) -> bool {
         let mut inner = self.lock();
         let same = |q: &Queued| std::ptr::eq(Arc::as_ptr(&q.operation), operation);
-        for queue in inner.queues.values_mut() {
-            queue.remove_where(same);
+        let changed: Vec<QueueKey> = inner
+            .queues
+            .iter_mut()
+            .filter_map(|(key, queue)| (queue.remove_where(same) > 0).then(|| key.clone()))
+            .collect();
+        for key in &changed {
+            inner.queue_changed(key);
         }
         let stopped: Vec<(WorkerId, Digest)> = inner
             .running
@@ -601,7 +723,7 @@ impl Assignments {
             .map(|(w, r)| (w.clone(), r.queued.action_digest.clone()))
             .collect();
         for (worker, digest) in stopped {
-            inner.running.remove(&worker);
+            inner.stop_running(&worker);
             inner.taken_back.insert(worker, digest);
         }
         let cancelled = operation.complete(status(tonic::Code::Cancelled, why.to_owned()));
@@ -622,16 +744,6 @@ impl Assignments {
     }
 }
 
-/// Whether `instance` is served by a worker announcing `prefix`: equal,
-/// or `prefix` followed by more path components.
-fn instance_matches(prefix: &str, instance: &str) -> bool {
-    prefix.is_empty()
-        || instance == prefix
-        || instance
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.starts_with('/'))
-}
-
 fn suffix(prefix: &str, instance: &str) -> String {
     instance
         .strip_prefix(prefix)
@@ -643,6 +755,8 @@ fn suffix(prefix: &str, instance: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::InstanceFairness;
+    use crate::platform_matching::Matching;
 
     fn worker(n: u32) -> WorkerId {
         WorkerId::from([("slot".to_owned(), n.to_string())])
@@ -839,7 +953,8 @@ mod tests {
         assert_eq!(status.code, tonic::Code::FailedPrecondition as i32);
         assert_eq!(
             status.message,
-            "no worker offers platform {OSFamily=macos} for instance \"main\" (waited 60s); \
+            "no worker offers platform {OSFamily=macos} for instance \"main\" (waited 60s): \
+             property OSFamily (exact) asks macos, workers offer linux; \
              workers offer: {OSFamily=linux}"
         );
         // The linux action, served all along, is still queued.
@@ -933,5 +1048,300 @@ mod tests {
         assert!(a.undrain(None, &pattern));
         assert!(!a.undrain(None, &pattern), "already gone");
         assert!(a.try_assign(&site(2), "", &linux()).is_some());
+    }
+    /// Action `n` of `instance`, for tests with thousands.
+    fn numbered(n: u32, instance: &str, platform: &PlatformKey) -> Queued {
+        let digest = Digest {
+            hash: format!("{n:064x}"),
+            size_bytes: 1,
+        };
+        Queued {
+            operation: Arc::new(Operation::new(
+                format!("operations/{instance}/{n}"),
+                instance.to_owned(),
+                digest.clone(),
+                1,
+            )),
+            action_digest: digest,
+            platform: platform.clone(),
+            ..queued(0, instance)
+        }
+    }
+
+    /// One worker runs every queued action to the end, one at a time;
+    /// the instance names in the order it got them.
+    fn run_all(a: &Assignments) -> Vec<String> {
+        let mut order = Vec::new();
+        while let Some(got) = a.try_assign(&worker(1), "", &linux()) {
+            a.complete(
+                &worker(1),
+                &got.queued.action_digest,
+                ExecuteResponse::default(),
+            )
+            .unwrap();
+            order.push(got.queued.instance_name);
+        }
+        order
+    }
+
+    fn weighted(instance: &str, fairness: InstanceFairness) -> FairnessConfig {
+        FairnessConfig {
+            instances: [(instance.to_owned(), fairness)].into(),
+            ..FairnessConfig::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_tenants_of_a_thousand_actions_take_turns_for_one_worker() {
+        let a = assignments();
+        // All of a's backlog arrives before any of b's.
+        for n in 0..1000 {
+            a.enqueue(numbered(n, "tenant-a", &linux()), 0, "");
+        }
+        for n in 0..1000 {
+            a.enqueue(numbered(n, "tenant-b", &linux()), 0, "");
+        }
+        let order = run_all(&a);
+        assert_eq!(order.len(), 2000);
+        for (i, pair) in order.chunks(2).enumerate() {
+            assert_eq!(pair, ["tenant-a", "tenant-b"], "turn {i}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_of_weight_two_gets_two_turns_for_one() {
+        let a = assignments().with_rules(
+            PlatformMatcher::default(),
+            weighted(
+                "tenant-a",
+                InstanceFairness {
+                    weight: Some(2),
+                    ..InstanceFairness::default()
+                },
+            ),
+        );
+        for n in 0..1000 {
+            a.enqueue(numbered(n, "tenant-b", &linux()), 0, "");
+            a.enqueue(numbered(n, "tenant-a", &linux()), 0, "");
+        }
+        let order = run_all(&a);
+        assert_eq!(order.len(), 2000);
+        // Two of a's for each of b's until a's thousand are done, at
+        // 1,500; then b's last 500.
+        for k in 1..=500 {
+            let a_turns = order[..3 * k].iter().filter(|i| *i == "tenant-a").count();
+            assert_eq!(a_turns, 2 * k, "after {} actions", 3 * k);
+        }
+        assert!(order[1500..].iter().all(|i| i == "tenant-b"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn priorities_order_a_tenants_actions_but_not_its_turns() {
+        let a = assignments();
+        a.enqueue(numbered(1, "a", &linux()), 0, "");
+        a.enqueue(numbered(2, "a", &linux()), -100, "");
+        a.enqueue(numbered(3, "b", &linux()), 5, "");
+        a.enqueue(numbered(4, "b", &linux()), 0, "");
+        let digests: Vec<(String, String)> = std::iter::from_fn(|| {
+            let got = a.try_assign(&worker(1), "", &linux())?;
+            a.complete(
+                &worker(1),
+                &got.queued.action_digest,
+                ExecuteResponse::default(),
+            )
+            .unwrap();
+            Some((got.queued.instance_name, got.queued.action_digest.hash))
+        })
+        .collect();
+        let n = |i: u32| format!("{i:064x}");
+        assert_eq!(
+            digests,
+            [
+                ("a".into(), n(2)),
+                ("b".into(), n(4)),
+                ("a".into(), n(1)),
+                ("b".into(), n(3))
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_its_queued_cap_a_tenant_is_refused_naming_the_cap() {
+        let a = assignments().with_rules(
+            PlatformMatcher::default(),
+            FairnessConfig {
+                max_queued: Some(2),
+                ..weighted(
+                    "big",
+                    InstanceFairness {
+                        max_queued: Some(3),
+                        ..InstanceFairness::default()
+                    },
+                )
+            },
+        );
+        for n in 0..2 {
+            a.enqueue_within_cap(numbered(n, "small", &linux()), 0, "")
+                .unwrap();
+        }
+        let refused = a
+            .enqueue_within_cap(numbered(2, "small", &linux()), 0, "")
+            .unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "instance name \"small\" has 2 operations queued, its cap (fairness max_queued); \
+             retry later"
+        );
+        for n in 0..3 {
+            a.enqueue_within_cap(numbered(n, "big", &linux()), 0, "")
+                .unwrap();
+        }
+        assert!(a
+            .enqueue_within_cap(numbered(3, "big", &linux()), 0, "")
+            .is_err());
+        // A running action is not queued: room again.
+        let got = a.try_assign(&worker(1), "", &linux()).unwrap();
+        assert_eq!(a.load(&got.queued.instance_name).1, 1);
+        a.enqueue_within_cap(numbered(9, &got.queued.instance_name, &linux()), 0, "")
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_at_its_running_cap_waits_while_another_runs() {
+        let a = assignments().with_rules(
+            PlatformMatcher::default(),
+            weighted(
+                "capped",
+                InstanceFairness {
+                    max_executing: Some(1),
+                    ..InstanceFairness::default()
+                },
+            ),
+        );
+        for n in 0..3 {
+            a.enqueue(numbered(n, "capped", &linux()), 0, "");
+        }
+        a.enqueue(numbered(10, "other", &linux()), 0, "");
+        let first = a.try_assign(&worker(1), "", &linux()).unwrap();
+        assert_eq!(first.queued.instance_name, "capped");
+        let second = a.try_assign(&worker(2), "", &linux()).unwrap();
+        assert_eq!(second.queued.instance_name, "other");
+        assert!(
+            a.try_assign(&worker(3), "", &linux()).is_none(),
+            "capped has one running, its cap"
+        );
+        assert_eq!(a.load("capped"), (2, 1));
+        // Lost workers count too: given back, the turn is free again.
+        assert!(a.release(&worker(1)));
+        let third = a.try_assign(&worker(3), "", &linux()).unwrap();
+        assert_eq!(third.queued.action_digest, first.queued.action_digest);
+        a.complete(
+            &worker(3),
+            &third.queued.action_digest,
+            ExecuteResponse::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            a.try_assign(&worker(3), "", &linux())
+                .unwrap()
+                .queued
+                .instance_name,
+            "capped"
+        );
+    }
+
+    fn sized(properties: &[(&str, &str)]) -> PlatformKey {
+        PlatformKey::new(
+            properties
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned())),
+        )
+    }
+
+    fn matching() -> PlatformMatcher {
+        PlatformMatcher::new(BTreeMap::from([
+            ("cores".to_owned(), Matching::Minimum),
+            ("cpu-feature".to_owned(), Matching::Subset),
+        ]))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn workers_take_actions_their_platform_satisfies_per_property() {
+        let a = assignments().with_rules(matching(), FairnessConfig::default());
+        let small = sized(&[("OSFamily", "linux"), ("cores", "4")]);
+        let big = sized(&[
+            ("OSFamily", "linux"),
+            ("cores", "16"),
+            ("cpu-feature", "avx2"),
+            ("cpu-feature", "avx512f"),
+        ]);
+        a.saw_worker(&worker(1), "", &small);
+        a.enqueue(
+            numbered(1, "", &sized(&[("OSFamily", "linux"), ("cores", "8")])),
+            0,
+            "",
+        );
+        a.enqueue(
+            numbered(2, "", &sized(&[("OSFamily", "linux"), ("cores", "2")])),
+            0,
+            "",
+        );
+        a.enqueue(
+            numbered(
+                3,
+                "",
+                &sized(&[("OSFamily", "linux"), ("cpu-feature", "avx512f")]),
+            ),
+            0,
+            "",
+        );
+        let got = a.try_assign(&worker(1), "", &small).unwrap();
+        assert_eq!(got.queued.action_digest.hash, format!("{:064x}", 2));
+        assert!(a.try_assign(&worker(2), "", &small).is_none());
+        // A worker class seen after the actions were queued finds them.
+        let one = a.try_assign(&worker(3), "", &big).unwrap();
+        let two = a.try_assign(&worker(4), "", &big).unwrap();
+        let mut hashes = [one.queued.action_digest.hash, two.queued.action_digest.hash];
+        hashes.sort();
+        assert_eq!(hashes, [format!("{:064x}", 1), format!("{:064x}", 3)]);
+        assert_eq!(a.queued(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_action_no_worker_is_big_enough_for_fails_naming_the_property_and_offers() {
+        let a = assignments().with_rules(matching(), FairnessConfig::default());
+        let grace = Duration::from_secs(60);
+        let wants = numbered(1, "", &sized(&[("OSFamily", "linux"), ("cores", "32")]));
+        let operation = Arc::clone(&wants.operation);
+        a.enqueue(wants, 0, "");
+        a.saw_worker(
+            &worker(1),
+            "",
+            &sized(&[("OSFamily", "linux"), ("cores", "8")]),
+        );
+        a.saw_worker(
+            &worker(2),
+            "",
+            &sized(&[("OSFamily", "linux"), ("cores", "16")]),
+        );
+        assert_eq!(a.fail_unserved(grace), 0);
+        tokio::time::advance(grace).await;
+        a.saw_worker(
+            &worker(1),
+            "",
+            &sized(&[("OSFamily", "linux"), ("cores", "8")]),
+        );
+        a.saw_worker(
+            &worker(2),
+            "",
+            &sized(&[("OSFamily", "linux"), ("cores", "16")]),
+        );
+        assert_eq!(a.fail_unserved(grace), 1);
+        assert_eq!(
+            failure(&operation).message,
+            "no worker offers platform {OSFamily=linux, cores=32} for instance \"\" (waited 60s): \
+             property cores (minimum) asks 32, workers offer 16, 8; \
+             workers offer: {OSFamily=linux, cores=16}; {OSFamily=linux, cores=8}"
+        );
     }
 }

@@ -21,6 +21,8 @@
 //!   [`drain`] — what a drain matches.
 //! - [`capabilities_service`] — REAPI `Capabilities`: storage's plus ours.
 //! - [`config`] — `scheduler.toml`; [`timing`] — every interval in one value.
+//! - [`dispatch`] — which queue a worker takes from: tenants in weighted
+//!   turns, each worker platform's served queues indexed.
 //! - [`execution_service`] — REAPI `Execute` and `WaitExecution`.
 //! - [`metrics`] — Prometheus metrics and their HTTP page.
 //! - [`operation`] — operations, their watchers, in-flight deduplication.
@@ -28,6 +30,7 @@
 //!   [`random_operation_ids`] — its production implementation.
 //! - [`operation_queue_service`] — `Synchronize` for workers.
 //! - [`operations_service`] — `google.longrunning.Operations`.
+//! - [`platform_matching`] — exact, subset and minimum platform properties.
 //! - [`queue`] — per-platform queues: priority, fairness, FIFO.
 //! - [`storage_client`] — what the scheduler reads from storage.
 //! - [`sweeper`] — what happens as time passes.
@@ -45,6 +48,7 @@ pub mod assignment;
 pub mod build_queue_state_service;
 pub mod capabilities_service;
 pub mod config;
+pub mod dispatch;
 pub mod drain;
 pub mod error;
 pub mod execution_service;
@@ -53,6 +57,7 @@ pub mod operation;
 pub mod operation_ids;
 pub mod operation_queue_service;
 pub mod operations_service;
+pub mod platform_matching;
 pub mod queue;
 pub mod random_operation_ids;
 pub mod storage_client;
@@ -173,7 +178,12 @@ impl Builder {
             None => CacheCapabilitiesSource::Storage(storage.clone()),
         };
         let auth = Auth::from_config(self.cfg.auth.as_ref()).map_err(Error::Auth)?;
-        let assignments = Arc::new(Assignments::new(&self.timing, self.cfg.max_retries));
+        let assignments = Arc::new(
+            Assignments::new(&self.timing, self.cfg.max_retries).with_rules(
+                platform_matching::PlatformMatcher::new(self.cfg.platform_matching.clone()),
+                self.cfg.fairness.clone(),
+            ),
+        );
         let operations = Arc::new(Mutex::new(Operations::default()));
         let sweeper = Arc::new(task::spawn(sweeper::sweep_forever(
             Arc::clone(&assignments),
