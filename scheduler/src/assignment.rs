@@ -406,6 +406,12 @@ impl Assignments {
         if inner.draining(worker, prefix, platform) {
             return None;
         }
+        // A worker asking for work runs nothing: an action still recorded
+        // on it was dropped (the service releases it first; this keeps
+        // the tenant's running count right for any other caller).
+        if let Some(dropped) = inner.stop_running(worker) {
+            self.requeue_or_fail(&mut inner, dropped.queued);
+        }
         let class = inner.dispatch.class(prefix, platform);
         let queued = loop {
             let key = inner.dispatch.pick(&class)?;
@@ -1011,6 +1017,17 @@ mod tests {
         let again = a.try_assign(&worker(2), "", &linux()).unwrap();
         assert_eq!(again.queued.action_digest, first.queued.action_digest);
         assert_eq!(again.queued.retries, 1);
+        // Asking for work again without a word about it gives it back
+        // too
+        // (here past max_retries = 1, so it fails), and its tenant's
+        // running count with it.
+        assert_eq!(a.load(""), (0, 1));
+        assert!(a.try_assign(&worker(2), "", &linux()).is_none());
+        assert_eq!(a.load(""), (0, 0));
+        assert_eq!(
+            failure(&first.queued.operation).code,
+            tonic::Code::Unavailable as i32
+        );
     }
 
     #[tokio::test(start_paused = true)]
