@@ -43,6 +43,19 @@ impl Timing {
     }
 }
 
+/// The wall-clock time of `at`, a `tokio::time` instant (which runs
+/// paused in tests), for timestamps sent to clients.
+pub fn wall_clock(at: tokio::time::Instant) -> std::time::SystemTime {
+    let now = tokio::time::Instant::now();
+    let wall = std::time::SystemTime::now();
+    if at >= now {
+        wall + (at - now)
+    } else {
+        wall.checked_sub(now - at)
+            .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
+    }
+}
+
 /// `at` as a protobuf Timestamp (before the epoch: the epoch).
 pub fn timestamp(at: std::time::SystemTime) -> corral_proto::protobuf::Timestamp {
     let since = at
