@@ -792,6 +792,8 @@ pub struct WorkersView {
     /// Queues (instance name, platform) no live worker serves, and since
     /// when.
     pub unserved_since: Vec<((String, PlatformKey), Instant)>,
+    /// How actions' platforms match workers' (`[platform_matching]`).
+    pub matcher: PlatformMatcher,
 }
 
 impl Assignments {
@@ -827,6 +829,7 @@ impl Assignments {
                 .iter()
                 .map(|(k, since)| (k.clone(), *since))
                 .collect(),
+            matcher: inner.dispatch.matcher().clone(),
         }
     }
 }
