@@ -199,6 +199,23 @@ mod tests {
     }
 
     #[test]
+    fn the_head_is_what_pop_returns_next() {
+        let mut q = Queue::default();
+        assert_eq!(q.head(), None);
+        q.push("old", 0, "x", 1);
+        q.push("urgent", -1, "y", 2);
+        q.push("turn", 0, "z", 3);
+        let mut heads = Vec::new();
+        while let Some(head) = q.head() {
+            heads.push((head, q.pop().unwrap()));
+        }
+        assert_eq!(
+            heads,
+            [((-1, 2), "urgent"), ((0, 1), "old"), ((0, 3), "turn")]
+        );
+    }
+
+    #[test]
     fn removed_items_never_come_out() {
         let mut q = Queue::default();
         q.push("keep1", 0, "x", 0);
