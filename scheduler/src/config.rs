@@ -135,24 +135,23 @@ impl FairnessConfig {
     }
 
     fn validate(&self) -> Result<(), Error> {
-        let weights =
-            std::iter::once(self.weight).chain(self.instances.values().filter_map(|o| o.weight));
-        for weight in weights {
+        let own = self.instances.iter().map(|(name, o)| (Some(name), o));
+        let tables = std::iter::once((None, self.weight, self.max_executing))
+            .chain(own.map(|(name, o)| (name, o.weight.unwrap_or(1), o.max_executing)));
+        for (name, weight, max_executing) in tables {
+            let table = name.map_or_else(String::new, |n| format!("instances.{n:?}: "));
             if !(1..=MAX_WEIGHT).contains(&weight) {
                 return Err(Error::InvalidConfig {
                     field: "fairness.weight",
-                    reason: format!("must be between 1 and {MAX_WEIGHT}, got {weight}"),
+                    reason: format!("{table}must be between 1 and {MAX_WEIGHT}, got {weight}"),
                 });
             }
-        }
-        let caps = [self.max_executing]
-            .into_iter()
-            .chain(self.instances.values().map(|o| o.max_executing));
-        if caps.flatten().any(|cap| cap == 0) {
-            return Err(Error::InvalidConfig {
-                field: "fairness.max_executing",
-                reason: "0 would never run an action; leave it out for no cap".to_owned(),
-            });
+            if max_executing == Some(0) {
+                return Err(Error::InvalidConfig {
+                    field: "fairness.max_executing",
+                    reason: format!("{table}0 would never run an action; leave it out for no cap"),
+                });
+            }
         }
         Ok(())
     }
@@ -229,5 +228,36 @@ impl Config {
             client_tls.validate().map_err(Error::Tls)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fairness_weights_and_caps_out_of_range_are_refused_naming_the_table() {
+        let mut cfg = Config::default();
+        cfg.validate().unwrap();
+        cfg.fairness.instances.insert(
+            "ci".to_owned(),
+            InstanceFairness {
+                weight: Some(0),
+                ..InstanceFairness::default()
+            },
+        );
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("fairness.weight")
+                && err.contains("instances.\"ci\": must be between 1 and 1000, got 0"),
+            "{err}"
+        );
+        cfg.fairness.instances.clear();
+        cfg.fairness.max_executing = Some(0);
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("fairness.max_executing"), "{err}");
+        cfg.fairness.max_executing = Some(1);
+        cfg.fairness.weight = MAX_WEIGHT + 1;
+        assert!(cfg.validate().is_err());
     }
 }

@@ -571,7 +571,10 @@ async fn an_action_no_worker_can_take_fails_naming_the_platforms_on_offer() {
         status.message
     );
     assert!(
-        status.message.ends_with("workers offer: {OSFamily=linux}"),
+        status.message.ends_with(
+            ": property OSFamily (exact) asks macos, workers offer linux; \
+             workers offer: {OSFamily=linux}"
+        ),
         "{}",
         status.message
     );
