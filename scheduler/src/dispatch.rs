@@ -222,14 +222,12 @@ impl Dispatch {
         let (old_head, old_len) = (indexed.head, indexed.len);
         indexed.head = head;
         indexed.len = len;
+        // Borrowed out while the classes change, put back below.
         let classes = if old_head == head {
             Vec::new()
         } else {
-            indexed.classes.clone()
+            std::mem::take(&mut indexed.classes)
         };
-        if len == 0 {
-            self.queues.remove(key);
-        }
         let instance = &key.0;
         let virtual_time = self.virtual_time;
         let tenant = self.tenants.entry(instance.clone()).or_default();
@@ -243,11 +241,16 @@ impl Dispatch {
             Some(tenant) => self.under_running_cap(instance, tenant),
             None => false,
         };
-        for class_key in classes {
-            let Some(class) = self.classes.get_mut(&class_key) else {
+        for class_key in &classes {
+            let Some(class) = self.classes.get_mut(class_key) else {
                 continue;
             };
-            let heads = class.heads.entry(instance.clone()).or_default();
+            if !class.heads.contains_key(instance) {
+                class.heads.insert(instance.clone(), BTreeMap::new());
+            }
+            let Some(heads) = class.heads.get_mut(instance) else {
+                continue;
+            };
             if let Some(old) = old_head {
                 heads.remove(&old);
             }
@@ -260,6 +263,13 @@ impl Dispatch {
                 class.turns.remove(&entry);
             } else if eligible {
                 class.turns.insert(entry);
+            }
+        }
+        if len == 0 {
+            self.queues.remove(key);
+        } else if let Some(indexed) = self.queues.get_mut(key) {
+            if indexed.classes.is_empty() {
+                indexed.classes = classes;
             }
         }
         self.forget_if_idle(instance);
