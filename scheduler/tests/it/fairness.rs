@@ -400,3 +400,156 @@ async fn over_grpc_a_bigger_worker_takes_an_action_and_a_tenant_past_its_cap_is_
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
     assert!(invalid.message().contains("cores"), "{}", invalid.message());
 }
+
+/// One step of [`any_sequence_keeps_the_index_in_step_with_the_queues`].
+#[derive(Debug, Clone)]
+enum Step {
+    /// Queue an action of tenant `.0` asking platform `.1`.
+    Enqueue(usize, usize),
+    /// Worker `.0` (idle) asks for work.
+    Assign(usize),
+    /// Worker `.0` completes what it runs.
+    Complete(usize),
+    /// Worker `.0` says it is idle mid-action.
+    Release(usize),
+    /// The `.0`th operation still alive is cancelled.
+    Cancel(usize),
+}
+
+const TENANTS: [&str; 3] = ["a", "b", "c/x"];
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => (0..TENANTS.len(), 0..4usize).prop_map(|(t, p)| Step::Enqueue(t, p)),
+        3 => (0..3usize).prop_map(Step::Assign),
+        2 => (0..3usize).prop_map(Step::Complete),
+        1 => (0..3usize).prop_map(Step::Release),
+        1 => (0..8usize).prop_map(Step::Cancel),
+    ]
+}
+
+fn action_platform(p: usize) -> PlatformKey {
+    let os = if p == 3 { "macos" } else { "linux" };
+    let mut properties = vec![("OSFamily".to_owned(), os.to_owned())];
+    match p {
+        1 => properties.push(("cores".to_owned(), "4".to_owned())),
+        2 => properties.push(("cores".to_owned(), "16".to_owned())),
+        _ => {}
+    }
+    PlatformKey::new(properties)
+}
+
+/// Worker 0 offers linux, worker 1 linux with 8 cores (prefix "c"),
+/// worker 2 macos.
+fn worker_platform(w: usize) -> (&'static str, PlatformKey) {
+    match w {
+        0 => ("", action_platform(0)),
+        1 => (
+            "c",
+            PlatformKey::new([
+                ("OSFamily".to_owned(), "linux".to_owned()),
+                ("cores".to_owned(), "8".to_owned()),
+            ]),
+        ),
+        _ => ("", action_platform(3)),
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config {
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    })]
+
+    /// Against a model that scans everything: the index hands a worker an
+    /// action exactly when one it may run is queued, and counts each
+    /// tenant's queued and running actions as they are.
+    #[test]
+    fn any_sequence_keeps_the_index_in_step_with_the_queues(
+        steps in proptest::collection::vec(step(), 1..60),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let matcher = PlatformMatcher::new(BTreeMap::from([("cores".to_owned(), Matching::Minimum)]));
+            let fairness = weighted("a", InstanceFairness { max_executing: Some(1), ..InstanceFairness::default() });
+            let a = Assignments::new(&Timing::from_config(&corral_scheduler::Config::default()), 1000)
+                .with_rules(matcher.clone(), fairness);
+            // The model: queued (tenant, platform, operation); what each
+            // worker runs.
+            let mut queued: Vec<(usize, usize, Arc<Operation>)> = Vec::new();
+            let mut running: [Option<(usize, usize, Arc<Operation>)>; 3] = [None, None, None];
+            let mut n = 0;
+            for step in steps {
+                match step {
+                    Step::Enqueue(t, p) => {
+                        n += 1;
+                        let q = numbered(n, TENANTS[t], &action_platform(p));
+                        queued.push((t, p, Arc::clone(&q.operation)));
+                        a.enqueue(q, 0, "");
+                    }
+                    Step::Assign(w) if running[w].is_none() => {
+                        let (prefix, offers) = worker_platform(w);
+                        let runs_a = running.iter().flatten().filter(|r| r.0 == 0).count();
+                        let could = queued.iter().any(|(t, p, _)| {
+                            (*t != 0 || runs_a == 0)
+                                && dispatch_prefix_matches(prefix, TENANTS[*t])
+                                && matcher.satisfies(&offers, &action_platform(*p))
+                        });
+                        let got = a.try_assign(&worker(w as u32), prefix, &offers);
+                        assert_eq!(got.is_some(), could, "worker {w}, queued {queued:?}");
+                        if let Some(got) = got {
+                            let at = queued
+                                .iter()
+                                .position(|(_, _, op)| Arc::ptr_eq(op, &got.queued.operation))
+                                .expect("a queued operation");
+                            running[w] = Some(queued.remove(at));
+                        }
+                    }
+                    Step::Assign(_) => {}
+                    Step::Complete(w) => {
+                        if let Some((_, _, op)) = running[w].take() {
+                            let digest = op.action_digest().clone();
+                            a.complete(&worker(w as u32), &digest, ExecuteResponse::default()).unwrap();
+                        }
+                    }
+                    Step::Release(w) => {
+                        let had = running[w].take();
+                        assert_eq!(a.release(&worker(w as u32)), had.is_some());
+                        queued.extend(had);
+                    }
+                    Step::Cancel(i) => {
+                        let alive: Vec<Arc<Operation>> = queued
+                            .iter()
+                            .map(|q| Arc::clone(&q.2))
+                            .chain(running.iter().flatten().map(|r| Arc::clone(&r.2)))
+                            .collect();
+                        if let Some(op) = alive.get(i) {
+                            assert!(a.cancel(op, "test"));
+                            queued.retain(|q| !Arc::ptr_eq(&q.2, op));
+                            for r in &mut running {
+                                if r.as_ref().is_some_and(|r| Arc::ptr_eq(&r.2, op)) {
+                                    *r = None;
+                                }
+                            }
+                        }
+                    }
+                }
+                assert_eq!(a.queued(), queued.len());
+                for (t, tenant) in TENANTS.iter().enumerate() {
+                    let q = queued.iter().filter(|q| q.0 == t).count();
+                    let r = running.iter().flatten().filter(|r| r.0 == t).count();
+                    assert_eq!(a.load(tenant), (q, r), "tenant {tenant}");
+                }
+            }
+        });
+    }
+}
+
+fn dispatch_prefix_matches(prefix: &str, instance: &str) -> bool {
+    corral_scheduler::dispatch::instance_matches(prefix, instance)
+}
