@@ -43,6 +43,14 @@ pub struct Config {
     pub input_root_max_entries: u64,
     /// Instance name prefix this worker serves. Default empty: all.
     pub instance_name_prefix: String,
+    /// Pairs added to every slot's worker id, which is otherwise
+    /// `{"hostname": …, "slot": "N"}`, e.g. `{ pool = "large" }`. The
+    /// scheduler knows a worker by its id: two workers on one host must
+    /// differ here, or each would report on the other's actions. Keep it
+    /// across restarts (a restarted worker then gives back what it was
+    /// running at once). `hostname` and `slot` are set by the worker.
+    /// Default: none.
+    pub worker_id: BTreeMap<String, String>,
     /// Build slots. Default: one slot group with a slot per core, on the
     /// local runner.
     pub slots: Vec<SlotGroup>,
@@ -166,6 +174,7 @@ impl Default for Config {
             directory_cache_max_size_bytes: 64 << 20,
             input_root_max_entries: 1_000_000,
             instance_name_prefix: String::new(),
+            worker_id: BTreeMap::new(),
             slots: vec![SlotGroup {
                 concurrency: 0,
                 runner: PathBuf::from("corral-data/runner.sock"),
@@ -194,6 +203,15 @@ impl Config {
             corral_auth::channel::check_endpoint(key, url, self.client_tls.is_some())
                 .map_err(Error::Client)?;
         }
+        if let Some(key) = ["hostname", "slot"]
+            .into_iter()
+            .find(|k| self.worker_id.contains_key(*k))
+        {
+            return Err(Error::InvalidConfig {
+                field: "worker_id",
+                reason: format!("{key} is set by the worker; name the worker with another key"),
+            });
+        }
         for group in &self.slots {
             if let Some(name) = group
                 .platform_lists
@@ -219,6 +237,18 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_id_names_the_worker_but_not_its_host_or_slot() {
+        let mut cfg = Config {
+            worker_id: [("pool".to_owned(), "large".to_owned())].into(),
+            ..Config::default()
+        };
+        cfg.validate().unwrap();
+        cfg.worker_id.insert("slot".to_owned(), "7".to_owned());
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("worker_id") && err.contains("slot"), "{err}");
+    }
 
     #[test]
     fn a_platform_list_is_offered_once_per_value_sorted() {

@@ -49,7 +49,6 @@ pub mod slot;
 pub use config::Config;
 pub use error::Error;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -253,11 +252,9 @@ impl Worker {
             };
             let runner = runner_client::RunnerClient::new(&group.runner);
             for _ in 0..concurrency(group) {
-                let worker_id: BTreeMap<String, String> = [
-                    ("hostname".to_owned(), host.clone()),
-                    ("slot".to_owned(), number.to_string()),
-                ]
-                .into();
+                let mut worker_id = cfg.worker_id.clone();
+                worker_id.insert("hostname".to_owned(), host.clone());
+                worker_id.insert("slot".to_owned(), number.to_string());
                 let executor = executor::Executor::new(
                     format!("{host}/slot-{number}"),
                     build_dir.clone(),
