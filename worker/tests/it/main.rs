@@ -658,6 +658,7 @@ async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
         directory_cache_max_size_bytes: 1 << 20,
         input_root_max_entries: MAX_ENTRIES,
         instance_name_prefix: String::new(),
+        worker_id: Default::default(),
         slots: vec![corral_worker::config::SlotGroup {
             concurrency: 1,
             runner: farm.runner_socket.clone(),

@@ -40,6 +40,7 @@ fn worker_config(
         directory_cache_max_size_bytes: 1 << 20,
         input_root_max_entries: MAX_ENTRIES,
         instance_name_prefix: String::new(),
+        worker_id: Default::default(),
         slots: vec![corral_worker::config::SlotGroup {
             concurrency: 1,
             runner: runner.to_owned(),
