@@ -20,6 +20,7 @@ const OURS: &[&str] = &[
     "corral-scheduler",
     "corral",
     "corral-e2e",
+    "corral-testkit",
 ];
 
 /// The host's target triple, from `rustc -vV`.
@@ -119,6 +120,7 @@ fn proto_and_sandbox_depend_on_nothing_of_ours() {
         "corral-metrics",
         "corral-auth",
         "corral-sandbox",
+        "corral-testkit",
     ] {
         let reached = reaches(&graph, leaf);
         assert!(

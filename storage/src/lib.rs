@@ -1003,7 +1003,7 @@ mod full_disk_tests {
 
     #[tokio::test]
     async fn a_full_disk_answers_resource_exhausted_per_blob_and_per_write_until_space_returns() {
-        use crate::disk_blob_store::tests::Tmpfs;
+        use corral_testkit::Tmpfs;
         let Some(disk) = Tmpfs::mount("a_full_disk_answers_resource_exhausted", "8m") else {
             return;
         };

@@ -958,27 +958,14 @@ mod tests {
         assert_eq!(cache.copies(CopyReason::Unprotected), 1);
     }
 
-    /// Unmounts a test file system when dropped.
-    struct Mounted(PathBuf);
-
-    impl Drop for Mounted {
-        fn drop(&mut self) {
-            // Lazily: a descriptor a child of another test thread briefly holds
-            // (inherited until its exec) must not leave the mount behind.
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-
     #[test]
     fn laying_out_past_ext4s_link_limit_copies_instead_of_failing() {
         use std::os::unix::fs::MetadataExt as _;
-        let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-        if !root {
-            assert!(std::env::var_os("CI").is_none(), "CI must run as root");
-            eprintln!("skipped: needs root to mount an ext4 image");
+        if !corral_testkit::is_root() {
+            corral_testkit::skip(
+                "laying_out_past_ext4s_link_limit_copies_instead_of_failing",
+                "needs root to mount an ext4 image",
+            );
             return;
         }
         // ext4 allows 65,000 links to a file: the cache's own name and
@@ -1007,7 +994,7 @@ mod tests {
                 mnt.as_os_str(),
             ],
         );
-        let _mounted = Mounted(mnt.clone());
+        let _mounted = corral_testkit::Mounted(mnt.clone());
         let cache = FileCache::open(mnt.join("cache"), 1 << 20).unwrap();
         cache.insert(&key(7), &[7; 10]).unwrap();
         let inputs = mnt.join("inputs");
@@ -1030,27 +1017,6 @@ mod tests {
         );
     }
 
-    /// A tmpfs of `size` (mount's syntax: "8m") on a fresh directory,
-    /// unmounted when dropped; `None`, after one line saying why, when
-    /// not root (never under CI).
-    fn tmpfs(test: &str, size: &str) -> Option<(tempfile::TempDir, Mounted)> {
-        use std::os::unix::fs::MetadataExt as _;
-        if !std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
-            assert!(std::env::var_os("CI").is_none(), "{test}: CI runs as root");
-            eprintln!("skipped {test}: needs root to mount a tmpfs");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount tmpfs on {}", dir.path().display());
-        let mounted = Mounted(dir.path().to_owned());
-        Some((dir, mounted))
-    }
-
     fn mib_key(n: u8, mib: i64) -> Key {
         Key {
             hash: format!("{n:064}"),
@@ -1061,7 +1027,7 @@ mod tests {
 
     #[test]
     fn a_full_cache_disk_fails_naming_the_cache_leaves_no_partial_file_and_recovers() {
-        let Some((dir, _mounted)) = tmpfs("a_full_cache_disk_fails", "8m") else {
+        let Some(dir) = corral_testkit::Tmpfs::mount("a_full_cache_disk_fails", "8m") else {
             return;
         };
         let cache = FileCache::open(dir.path().join("cache"), 1 << 30).unwrap();
@@ -1093,7 +1059,7 @@ mod tests {
 
     #[test]
     fn a_copied_input_on_a_full_disk_makes_room_from_unpinned_files() {
-        let Some((dir, _mounted)) = tmpfs("a_copied_input_on_a_full_disk", "8m") else {
+        let Some(dir) = corral_testkit::Tmpfs::mount("a_copied_input_on_a_full_disk", "8m") else {
             return;
         };
         let cache = FileCache::open(dir.path().join("cache"), 1 << 30).unwrap();
@@ -1117,7 +1083,8 @@ mod tests {
 
     #[test]
     fn a_cache_disk_smaller_than_the_bound_evicts_unpinned_files_to_make_room() {
-        let Some((dir, _mounted)) = tmpfs("a_cache_disk_smaller_than_the_bound", "8m") else {
+        let Some(dir) = corral_testkit::Tmpfs::mount("a_cache_disk_smaller_than_the_bound", "8m")
+        else {
             return;
         };
         let cache = FileCache::open(dir.path().join("cache"), 1 << 30).unwrap();

@@ -41,23 +41,8 @@ use tonic::Code;
 /// any tree here.
 const MAX_ENTRIES: u64 = 1_000_000;
 
-fn privileged(test: &str) -> bool {
-    // The runner's sandbox maps ids and writes cgroups: root only.
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        .unwrap_or(false);
-    if !root {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: CI must run as root"
-        );
-        eprintln!("skipped {test}: needs root (the runner's sandbox)");
-    }
-    root
-}
+// The runner's sandbox maps ids and writes cgroups: root only.
+use corral_testkit::privileged;
 
 /// Starts an in-process storage (memory backend) on loopback; returns
 /// its endpoint.
