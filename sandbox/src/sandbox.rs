@@ -265,10 +265,10 @@ impl Sandbox {
         let (out_r, out_w) = pipe("create the stdout pipe")?;
         let (err_r, err_w) = pipe("create the stderr pipe")?;
         let fds = Fds {
-            report: report_w.as_raw_fd(),
-            go: go_r.as_raw_fd(),
-            stdout: out_w.as_raw_fd(),
-            stderr: err_w.as_raw_fd(),
+            report: report_w.as_fd(),
+            go: go_r.as_fd(),
+            stdout: out_w.as_fd(),
+            stderr: err_w.as_fd(),
         };
         let pid = match sys::fork().map_err(|source| Error::Spawn {
             step: "fork the sandbox",
