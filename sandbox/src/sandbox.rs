@@ -142,13 +142,6 @@ impl Sandbox {
         })
     }
 
-    /// Maps the action to another host uid and gid (e.g. one per build
-    /// slot). They must own no files the action should not touch.
-    pub fn with_host_ids(mut self, uid: u32, gid: u32) -> Sandbox {
-        self.host = HostIds { uid, gid };
-        self
-    }
-
     /// How this sandbox maps actions to host ids (root, subordinate ids,
     /// or the caller's own).
     pub fn mapping(&self) -> &Mapping {
@@ -158,11 +151,6 @@ impl Sandbox {
     /// Protections this host could not provide, in words for operators.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
-    }
-
-    /// The cgroup version in use, if any.
-    pub fn cgroup_version(&self) -> Option<u32> {
-        self.cgroups.as_ref().map(CgroupRoot::version)
     }
 
     /// The policy this sandbox applies.

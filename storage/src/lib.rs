@@ -9,15 +9,15 @@
 //!
 //! Modules:
 //! - [`config`] — `storage.toml`.
-//! - [`error`] — the crate's error type.
+//! - `error` — the crate's error type.
 //! - [`digest`] — digests, digest functions, hashing and verification.
-//! - [`blob_store`] — the CAS trait; [`blob_write`] — one write to it.
-//! - [`action_cache`] — the Action Cache trait.
-//! - [`lru_index`] — what a bounded store holds, in order of use.
-//! - [`memory_blob_store`], [`disk_blob_store`] — the backends.
-//! - [`membership`], [`isolated_blob_store`] — which instance names see
+//! - `blob_store` — the CAS trait; `blob_write` — one write to it.
+//! - `action_cache` — the Action Cache trait.
+//! - `lru_index` — what a bounded store holds, in order of use.
+//! - `memory_blob_store`, `disk_blob_store` — the backends.
+//! - `membership`, `isolated_blob_store` — which instance names see
 //!   which blobs, under `isolate_instances`.
-//! - [`cas_service`], [`ac_service`], [`bytestream_service`],
+//! - [`cas_service`], [`ac_service`], `bytestream_service`,
 //!   [`capabilities_service`] — the gRPC services, one per module, each
 //!   with its errors and their status codes.
 //! - [`resource_name`] — ByteStream resource names.
@@ -32,25 +32,25 @@
 #![forbid(unsafe_code)]
 
 pub mod ac_service;
-pub mod action_cache;
-pub mod blob_store;
-pub mod blob_write;
-pub mod bytestream_service;
+mod action_cache;
+mod blob_store;
+mod blob_write;
+mod bytestream_service;
 pub mod capabilities_service;
 pub mod cas_service;
 pub mod config;
 pub mod digest;
-pub mod disk_blob_store;
-pub mod error;
-pub mod isolated_blob_store;
-pub mod lru_index;
-pub mod membership;
-pub mod memory_blob_store;
-pub mod read_through_blob_store;
-pub mod remote_blob_store;
+mod disk_blob_store;
+mod error;
+mod isolated_blob_store;
+mod lru_index;
+mod membership;
+mod memory_blob_store;
+mod read_through_blob_store;
+mod remote_blob_store;
 pub mod resource_name;
 pub mod status;
-pub mod zstd_codec;
+mod zstd_codec;
 
 use std::future::Future;
 use std::sync::Arc;

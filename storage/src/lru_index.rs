@@ -152,6 +152,7 @@ impl<K: Clone + Eq + Hash, V> LruIndex<K, V> {
         self.entries.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
