@@ -25,7 +25,7 @@ use crate::access;
 use crate::assignment::{Assignment, Assignments, ReportError, WorkerId};
 use crate::queue::PlatformKey;
 use crate::task::AbortOnDrop;
-use crate::timing::timestamp;
+use corral_proto::time::timestamp;
 
 /// The Synchronize service over shared [`Assignments`].
 pub struct OperationQueueService {

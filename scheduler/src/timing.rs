@@ -43,13 +43,6 @@ impl Timing {
     }
 }
 
-/// `at` as a protobuf Timestamp (before the epoch: the epoch).
-pub fn timestamp(at: std::time::SystemTime) -> corral_proto::protobuf::Timestamp {
-    let since = at
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    corral_proto::protobuf::Timestamp {
-        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
-    }
-}
+/// The one conversion, from corral_proto::time, where the scheduler's
+/// services have looked for it.
+pub use corral_proto::time::timestamp;

@@ -75,12 +75,7 @@ pub async fn completed(
 
 /// A second from now: when the worker is to synchronize again.
 pub fn soon() -> Timestamp {
-    let t = SystemTime::now() + Duration::from_secs(1);
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
-    Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: 0,
-    }
+    corral_proto::time::timestamp(SystemTime::now() + Duration::from_secs(1))
 }
 
 #[tonic::async_trait]
