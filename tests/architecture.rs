@@ -21,6 +21,7 @@ const OURS: &[&str] = &[
     "corral",
     "corral-e2e",
     "corral-testkit",
+    "corral-lru",
 ];
 
 /// The host's target triple, from `rustc -vV`.
@@ -121,6 +122,7 @@ fn proto_and_sandbox_depend_on_nothing_of_ours() {
         "corral-auth",
         "corral-sandbox",
         "corral-testkit",
+        "corral-lru",
     ] {
         let reached = reaches(&graph, leaf);
         assert!(
@@ -153,10 +155,18 @@ fn daemon_crates_depend_only_where_the_design_allows() {
     let graph = graph();
     let allowed: &[(&str, &[&str])] = &[
         ("corral-runner", &["corral-proto", "corral-sandbox"]),
-        ("corral-storage", &["corral-proto", "corral-auth"]),
+        (
+            "corral-storage",
+            &["corral-proto", "corral-auth", "corral-lru"],
+        ),
         (
             "corral-worker",
-            &["corral-proto", "corral-metrics", "corral-auth"],
+            &[
+                "corral-proto",
+                "corral-metrics",
+                "corral-auth",
+                "corral-lru",
+            ],
         ),
         (
             "corral-scheduler",
@@ -165,6 +175,7 @@ fn daemon_crates_depend_only_where_the_design_allows() {
                 "corral-metrics",
                 "corral-auth",
                 "corral-storage",
+                "corral-lru",
             ],
         ),
     ];

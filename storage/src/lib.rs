@@ -13,7 +13,8 @@
 //! - [`digest`] — digests, digest functions, hashing and verification.
 //! - `blob_store` — the CAS trait; `blob_write` — one write to it.
 //! - `action_cache` — the Action Cache trait.
-//! - `lru_index` — what a bounded store holds, in order of use.
+//! - `lru_index` — what a bounded store holds, in order of use (the
+//!   shared `corral_lru::Lru`, keyed by table and digest).
 //! - `memory_blob_store`, `disk_blob_store` — the backends.
 //! - `membership`, `isolated_blob_store` — which instance names see
 //!   which blobs, under `isolate_instances`.
