@@ -1,7 +1,8 @@
 //! Storage: the Content Addressable Storage and the Action Cache.
 //!
-//! Backends (memory, local disk; later a remote REAPI store) sit behind
-//! the [`BlobStore`] and [`ActionCache`] traits, and the REAPI services
+//! Backends (memory, local disk, another REAPI store over gRPC, and a
+//! local store in front of a remote one) sit behind the [`BlobStore`] and
+//! [`ActionCache`] traits, and the REAPI services
 //! (`ContentAddressableStorage`, `ByteStream`, `ActionCache`,
 //! `Capabilities`) are served over them, all on one port. [`run`] serves
 //! them alone; [`routes`] hands them to a daemon that serves more (the
@@ -15,13 +16,17 @@
 //! - `action_cache` — the Action Cache trait.
 //! - `lru_index` — what a bounded store holds, in order of use (the
 //!   shared `corral_lru::Lru`, keyed by table and digest).
-//! - `memory_blob_store`, `disk_blob_store` — the backends.
+//! - `memory_blob_store`, `disk_blob_store` — the local backends;
+//!   `remote_blob_store` — another REAPI storage over gRPC;
+//!   `read_through_blob_store` — a local store in front of a remote one
+//!   (the read-through tier, `[backend.cache]`).
 //! - `membership`, `isolated_blob_store` — which instance names see
 //!   which blobs, under `isolate_instances`.
 //! - [`cas_service`], [`ac_service`], `bytestream_service`,
 //!   [`capabilities_service`] — the gRPC services, one per module, each
 //!   with its errors and their status codes.
-//! - [`resource_name`] — ByteStream resource names.
+//! - [`resource_name`] — ByteStream resource names; `zstd_codec` —
+//!   `compressed-blobs/zstd/` reads and writes.
 //! - [`status`] — what the services share in building statuses.
 //!
 //! Storage never trusts a digest it is given: every write is verified
