@@ -320,10 +320,12 @@ impl Operations {
         abandoned
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_name.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }

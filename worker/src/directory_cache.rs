@@ -69,13 +69,9 @@ impl DirectoryCache {
     }
 
     /// Directories held now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    /// Whether it holds no directory.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
