@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "protos/buildbarn/remoteworker.proto",
     "protos/buildbarn/resourceusage.proto",
     "protos/buildbarn/buildqueuestate.proto",
+    "protos/corral/buildqueuestate.proto",
     "protos/google/rpc/precondition_failure.proto",
 ];
 
@@ -30,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "cargo:rerun-if-changed=protos/build/bazel/remote/execution/v2/remote_execution.proto"
     );
+    println!("cargo:rerun-if-changed=protos/google/rpc/status.proto");
 
     let protos: Vec<PathBuf> = PROTOS.iter().map(PathBuf::from).collect();
     let includes = [PathBuf::from("protos"), well_known];
@@ -45,11 +47,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // not Copy: naming the field as boxed keeps the derive off (prost
         // boxes no oneof member, so its type stays as it is).
         .boxed(".buildbarn.remoteworker.CurrentState.Executing.completed")
+        .boxed(".buildbarn.buildqueuestate.OperationState.completed")
         .compile_well_known_types(true)
         // Ordered maps: encoding is deterministic, so equal messages give
         // equal bytes (golden tests, and digests of what we store).
         .btree_map(".")
         .extern_path(".google.protobuf", "::bazel_remote_apis::google::protobuf")
+        // Only Status: PreconditionFailure, in the same package, is ours.
+        .extern_path(
+            ".google.rpc.Status",
+            "::bazel_remote_apis::google::rpc::Status",
+        )
         .extern_path(
             ".build.bazel.remote.execution.v2",
             "::bazel_remote_apis::build::bazel::remote::execution::v2",

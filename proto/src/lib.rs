@@ -6,7 +6,9 @@
 //! - [`runner`] — worker → runner (`buildbarn.runner`, Buildbarn's shape).
 //! - [`remoteworker`] — worker → scheduler (`buildbarn.remoteworker`).
 //! - [`resourceusage`] — usage reports for `ExecutedActionMetadata`.
-//! - [`buildqueuestate`] — draining workers (`buildbarn.buildqueuestate`).
+//! - [`buildqueuestate`] — inspecting and administering the scheduler's
+//!   queues, operations and workers (`buildbarn.buildqueuestate`), and
+//!   [`invocation_ids`] the invocation ids Corral puts in its answers.
 //! - [`any`] — packing our messages into `google.protobuf.Any`.
 //! - [`error_details`] — `google.rpc.PreconditionFailure`, and
 //!   [`precondition`] the FAILED_PRECONDITION status REAPI clients expect
@@ -62,6 +64,7 @@ pub fn completed(
     WorkerState::Executing(Executing {
         action_digest: Some(action_digest),
         execution_state: Some(ExecutionState::Completed(response)),
+        ..Default::default()
     })
 }
 
@@ -71,10 +74,18 @@ pub mod resourceusage {
     tonic::include_proto!("buildbarn.resourceusage");
 }
 
-/// `buildbarn.buildqueuestate`: administering the scheduler (drains).
+/// `buildbarn.buildqueuestate`: inspecting and administering the
+/// scheduler (operations, queues, workers, drains).
 pub mod buildqueuestate {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("buildbarn.buildqueuestate");
+}
+
+/// `corral.buildqueuestate`: the invocation id naming an instance name in
+/// [`buildqueuestate`] answers.
+pub mod invocation_ids {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("corral.buildqueuestate");
 }
 
 /// `google.rpc.PreconditionFailure` (the crate above generates only

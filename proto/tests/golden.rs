@@ -98,6 +98,8 @@ fn worker_messages_round_trip_with_every_field_set() {
                     current_state::Executing {
                         action_digest: Some(digest()),
                         execution_state: Some(stage),
+                        corral_instance_name_suffix: "tenant-a".into(),
+                        corral_digest_function: 1,
                     },
                 )),
             }),
@@ -452,12 +454,14 @@ fn worker_field_numbers_match_buildbarn() {
     let ex = |st| current_state::Executing {
         action_digest: None,
         execution_state: Some(st),
+        ..Default::default()
     };
     pin(
         "Executing.action_digest",
         current_state::Executing {
             action_digest: Some(digest()),
             execution_state: None,
+            ..Default::default()
         },
         1,
         LEN,
@@ -473,6 +477,25 @@ fn worker_field_numbers_match_buildbarn() {
     );
     // How Buildbarn's workers report a result.
     pin("completed", ex(St::Completed(Default::default())), 6, LEN);
+    // Corral's extensions: what a restarted scheduler adopts a run by.
+    pin(
+        "Executing.corral_instance_name_suffix",
+        current_state::Executing {
+            corral_instance_name_suffix: "a".into(),
+            ..Default::default()
+        },
+        1000,
+        LEN,
+    );
+    pin(
+        "Executing.corral_digest_function",
+        current_state::Executing {
+            corral_digest_function: 1,
+            ..Default::default()
+        },
+        1001,
+        VARINT,
+    );
 
     let t = Timestamp {
         seconds: 1,
@@ -856,7 +879,19 @@ fn build_queue_state_field_numbers_and_paths_match_buildbarn() {
         LEN,
     );
     let generated = include_str!(concat!(env!("OUT_DIR"), "/buildbarn.buildqueuestate.rs"));
-    for method in ["TerminateWorkers", "ListDrains", "AddDrain", "RemoveDrain"] {
+    for method in [
+        "GetOperation",
+        "ListOperations",
+        "KillOperations",
+        "ListPlatformQueues",
+        "ListInvocationChildren",
+        "ListQueuedOperations",
+        "ListWorkers",
+        "TerminateWorkers",
+        "ListDrains",
+        "AddDrain",
+        "RemoveDrain",
+    ] {
         assert!(
             generated.contains(&format!(
                 "/buildbarn.buildqueuestate.BuildQueueState/{method}"

@@ -179,9 +179,140 @@ fn the_runner_and_worker_protocols_are_buildbarns_field_by_field() {
 }
 
 #[test]
-fn the_build_queue_state_messages_we_declare_are_buildbarns() {
-    let found = differences("buildbarn.buildqueuestate");
+fn the_build_queue_state_package_is_buildbarns_whole() {
+    let package = "buildbarn.buildqueuestate";
+    let mut found = differences(package);
+    // Whole: every message of Buildbarn's package is declared here too,
+    // so a tool built on any of them finds it.
+    let ours = ours(package);
+    for message in theirs(package).keys() {
+        if !ours.contains_key(message) {
+            found.push(format!("{package}.{message} is not declared"));
+        }
+    }
     assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
+/// Service → method → (request, response), as the JSON writes them.
+type Services = BTreeMap<String, BTreeMap<String, (String, String)>>;
+
+fn our_services(package: &str) -> Services {
+    let set = FileDescriptorSet::decode(DESCRIPTORS).unwrap();
+    let mut services = Services::new();
+    for file in set.file.iter().filter(|f| f.package() == package) {
+        for service in &file.service {
+            let methods = service
+                .method
+                .iter()
+                .map(|m| {
+                    let ty = |name: &str| type_name(package, Type::Message, name);
+                    (
+                        m.name().to_owned(),
+                        (ty(m.input_type()), ty(m.output_type())),
+                    )
+                })
+                .collect();
+            services.insert(service.name().to_owned(), methods);
+        }
+    }
+    services
+}
+
+fn their_services(package: &str) -> Services {
+    let wire: Value = serde_json::from_str(WIRE).unwrap();
+    wire[package]["services"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(service, methods)| {
+            let methods = methods
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(method, types)| {
+                    let ty = |i: usize| types[i].as_str().unwrap().to_owned();
+                    (method.clone(), (ty(0), ty(1)))
+                })
+                .collect();
+            (service.clone(), methods)
+        })
+        .collect()
+}
+
+/// Enum (by name relative to the package) → value name → number.
+type Enums = BTreeMap<String, BTreeMap<String, i32>>;
+
+fn our_enums(package: &str) -> Enums {
+    fn walk(prefix: &str, message: &DescriptorProto, out: &mut Enums) {
+        let name = format!("{prefix}{}", message.name());
+        for e in &message.enum_type {
+            out.insert(format!("{name}.{}", e.name()), values(&e.value));
+        }
+        for nested in &message.nested_type {
+            walk(&format!("{name}."), nested, out);
+        }
+    }
+    fn values(
+        values: &[bazel_remote_apis::google::protobuf::EnumValueDescriptorProto],
+    ) -> BTreeMap<String, i32> {
+        values
+            .iter()
+            .map(|v| (v.name().to_owned(), v.number()))
+            .collect()
+    }
+    let set = FileDescriptorSet::decode(DESCRIPTORS).unwrap();
+    let mut enums = Enums::new();
+    for file in set.file.iter().filter(|f| f.package() == package) {
+        for e in &file.enum_type {
+            enums.insert(e.name().to_owned(), values(&e.value));
+        }
+        for message in &file.message_type {
+            walk("", message, &mut enums);
+        }
+    }
+    enums
+}
+
+fn their_enums(package: &str) -> Enums {
+    let wire: Value = serde_json::from_str(WIRE).unwrap();
+    serde_json::from_value(wire[package]["enums"].clone()).unwrap()
+}
+
+const PACKAGES: [&str; 4] = [
+    "buildbarn.runner",
+    "buildbarn.remoteworker",
+    "buildbarn.resourceusage",
+    "buildbarn.buildqueuestate",
+];
+
+#[test]
+fn every_service_has_buildbarns_methods_with_their_request_and_response() {
+    for package in PACKAGES {
+        assert_eq!(our_services(package), their_services(package), "{package}");
+    }
+    // Not vacuous: the admin service has its eleven calls.
+    assert_eq!(
+        our_services("buildbarn.buildqueuestate")["BuildQueueState"].len(),
+        11
+    );
+}
+
+#[test]
+fn every_enum_we_declare_has_buildbarns_values() {
+    for package in PACKAGES {
+        let theirs = their_enums(package);
+        for (name, values) in our_enums(package) {
+            assert_eq!(
+                Some(&values),
+                theirs.get(&name),
+                "{package}.{name}: ours, then Buildbarn's"
+            );
+        }
+    }
+    assert_eq!(
+        our_enums("buildbarn.buildqueuestate"),
+        their_enums("buildbarn.buildqueuestate")
+    );
 }
 
 #[test]

@@ -189,12 +189,7 @@ fn memory_per_queued() -> f64 {
     for n in 0..QUEUED {
         let (digest, blobs) = action_blobs(n);
         let action = Action::decode(blobs[0].as_slice()).expect("own action");
-        let key = DedupKey {
-            instance: String::new(),
-            digest_function: 1,
-            action_hash: digest.hash.clone(),
-            action_size: digest.size_bytes,
-        };
+        let key = DedupKey::new("", 1, &digest);
         let name = format!("operations/{n:032x}");
         let (operation, _) = operations.join_or_create(Some(key), || {
             Operation::new(name, String::new(), digest.clone(), 1)

@@ -302,8 +302,10 @@ impl Assignments {
             })
             .map(|(k, _)| k.clone())?;
         let queue = inner.queues.get_mut(&key)?;
-        // Cancelled operations may still sit in the queue: skip them.
-        let queued = std::iter::from_fn(|| queue.pop()).find(|q| !q.operation.is_completed())?;
+        // Cancelled operations may still sit in the queue, and ones a
+        // worker from before a restart runs (adopted): skip them.
+        let queued = std::iter::from_fn(|| queue.pop())
+            .find(|q| !q.operation.is_completed() && !q.operation.is_adopted())?;
         queued.operation.executing();
         let now = Instant::now();
         self.metrics
@@ -589,6 +591,12 @@ impl Assignments {
     /// Ends `operation` with CANCELLED: out of its queue, and its worker,
     /// if it has one, is told to stop at its next synchronization.
     pub fn cancel(&self, operation: &Operation, why: &str) -> bool {
+        self.kill(operation, status(tonic::Code::Cancelled, why.to_owned()))
+    }
+
+    /// [`cancel`](Self::cancel) with `response` as the operation's end
+    /// (KillOperations chooses the status). False if it had ended.
+    pub fn kill(&self, operation: &Operation, response: ExecuteResponse) -> bool {
         let mut inner = self.lock();
         let same = |q: &Queued| std::ptr::eq(Arc::as_ptr(&q.operation), operation);
         for queue in inner.queues.values_mut() {
@@ -604,11 +612,15 @@ impl Assignments {
             inner.running.remove(&worker);
             inner.taken_back.insert(worker, digest);
         }
-        let cancelled = operation.complete(status(tonic::Code::Cancelled, why.to_owned()));
-        if cancelled {
-            self.metrics.result(tonic::Code::Cancelled, false);
+        let code = response
+            .status
+            .as_ref()
+            .map_or(tonic::Code::Ok, |s| tonic::Code::from(s.code));
+        let ended = operation.complete(response);
+        if ended {
+            self.metrics.result(code, false);
         }
-        cancelled
+        ended
     }
 
     /// Whether `worker` runs an action (and so must keep reporting).
@@ -622,9 +634,74 @@ impl Assignments {
     }
 }
 
+/// A worker as [`Assignments::workers_view`] sees it.
+#[derive(Debug, Clone)]
+pub struct WorkerView {
+    pub id: WorkerId,
+    /// The instance name prefix and platform it announced last.
+    pub prefix: String,
+    pub platform: PlatformKey,
+    /// Whether a drain stops it from taking new work.
+    pub drained: bool,
+    /// What it executes, and when it counts as gone unless it reports.
+    pub running: Option<(Arc<Operation>, Instant)>,
+}
+
+/// A read-only copy of who serves what, for BuildQueueState: copied
+/// under the lock, read without it.
+#[derive(Debug, Clone, Default)]
+pub struct WorkersView {
+    /// Live workers (those that synchronized within their liveness).
+    pub workers: Vec<WorkerView>,
+    /// Every action being executed, by worker, including workers
+    /// forgotten as silent whose action is not yet taken back.
+    pub running: Vec<(WorkerId, Arc<Operation>)>,
+    pub drains: Vec<Drain>,
+    /// Queues (instance name, platform) no live worker serves, and since
+    /// when.
+    pub unserved_since: Vec<((String, PlatformKey), Instant)>,
+}
+
+impl Assignments {
+    /// Workers, running actions, drains and unserved queues, now.
+    pub fn workers_view(&self) -> WorkersView {
+        let inner = self.lock();
+        let workers = inner
+            .workers
+            .iter()
+            .map(|(id, seen)| WorkerView {
+                id: id.clone(),
+                prefix: seen.prefix.clone(),
+                platform: seen.platform.clone(),
+                drained: inner.draining(id, &seen.prefix, &seen.platform),
+                running: inner.running.get(id).map(|r| {
+                    (
+                        Arc::clone(&r.queued.operation),
+                        r.deadline + self.worker_timeout,
+                    )
+                }),
+            })
+            .collect();
+        WorkersView {
+            workers,
+            running: inner
+                .running
+                .iter()
+                .map(|(w, r)| (w.clone(), Arc::clone(&r.queued.operation)))
+                .collect(),
+            drains: inner.drains.clone(),
+            unserved_since: inner
+                .unserved_since
+                .iter()
+                .map(|(k, since)| (k.clone(), *since))
+                .collect(),
+        }
+    }
+}
+
 /// Whether `instance` is served by a worker announcing `prefix`: equal,
 /// or `prefix` followed by more path components.
-fn instance_matches(prefix: &str, instance: &str) -> bool {
+pub fn instance_matches(prefix: &str, instance: &str) -> bool {
     prefix.is_empty()
         || instance == prefix
         || instance

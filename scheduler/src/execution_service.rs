@@ -29,7 +29,7 @@ use crate::access;
 use crate::action::{check_command, platform, policies, timeout};
 use crate::assignment::{Assignments, Queued};
 use crate::capabilities_service::PRIORITIES;
-use crate::operation::{DedupKey, Inline, Operation, Operations, Progress};
+use crate::operation::{DedupKey, Description, Inline, Operation, Operations, Progress};
 use crate::operation_ids::OperationIds;
 use crate::storage_client::StorageClient;
 use crate::task::AbortOnDrop;
@@ -160,14 +160,15 @@ pub fn follow(operation: Arc<Operation>, inline: Inline) -> OperationStream {
     Box::pin(stream)
 }
 
-/// The tool invocation a request belongs to, for fairness.
-fn invocation<T>(request: &Request<T>) -> String {
+/// The client's `RequestMetadata` (empty when it sent none, or one that
+/// does not decode): its tool invocation, for fairness, and its target,
+/// for BuildQueueState.
+fn request_metadata<T>(request: &Request<T>) -> RequestMetadata {
     request
         .metadata()
         .get_bin(REQUEST_METADATA_HEADER)
         .and_then(|v| v.to_bytes().ok())
         .and_then(|bytes| RequestMetadata::decode(bytes.as_ref()).ok())
-        .map(|m| m.tool_invocation_id)
         .unwrap_or_default()
 }
 
@@ -192,7 +193,7 @@ impl Execution for ExecutionService {
             Permission::AcRead,
             &request.get_ref().instance_name,
         );
-        let invocation = invocation(&request);
+        let metadata = request_metadata(&request);
         let req = request.into_inner();
         let inline = Inline::of(&req);
         let instance = req.instance_name.clone();
@@ -276,6 +277,17 @@ impl Execution for ExecutionService {
         )
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
         action.timeout = Some(corral_proto::time::duration(run_for));
+        let priority = req.execution_policy.map_or(0, |p| {
+            p.priority.clamp(*PRIORITIES.start(), *PRIORITIES.end())
+        });
+        let queued_at = SystemTime::now();
+        let description = Description {
+            platform: platform.clone(),
+            priority,
+            tool_invocation_id: metadata.tool_invocation_id,
+            target_id: metadata.target_id,
+            queued_at,
+        };
 
         // A do_not_cache action's result is never cached by us; an entry
         // another client wrote for it is not its result either.
@@ -287,6 +299,7 @@ impl Execution for ExecutionService {
                 function,
             ));
             operation.add_owner(caller.name());
+            operation.describe(description);
             operation.complete(ExecuteResponse {
                 result: Some(result),
                 cached_result: true,
@@ -299,15 +312,8 @@ impl Execution for ExecutionService {
             return Ok(Response::new(follow(operation, inline)));
         }
 
-        let key = (!action.do_not_cache).then(|| DedupKey {
-            instance: instance.clone(),
-            digest_function: function,
-            action_hash: action_digest.hash.clone(),
-            action_size: action_digest.size_bytes,
-        });
-        let priority = req.execution_policy.map_or(0, |p| {
-            p.priority.clamp(*PRIORITIES.start(), *PRIORITIES.end())
-        });
+        let key =
+            (!action.do_not_cache).then(|| DedupKey::new(&instance, function, &action_digest));
         // Drawn before the lock, and used only if no identical action is
         // in flight.
         let name = self.next_name()?;
@@ -318,6 +324,8 @@ impl Execution for ExecutionService {
         operation.add_owner(caller.name());
         operation.ask_inline(inline);
         if new {
+            let invocation = description.tool_invocation_id.clone();
+            operation.describe(description);
             self.assignments.enqueue(
                 Queued {
                     operation: Arc::clone(&operation),
@@ -326,7 +334,7 @@ impl Execution for ExecutionService {
                     digest_function: function,
                     instance_name: instance,
                     platform,
-                    queued_at: SystemTime::now(),
+                    queued_at,
                     waiting_since: tokio::time::Instant::now(),
                     retries: 0,
                 },

@@ -17,8 +17,10 @@
 //! - [`assignment`] — queued actions to workers; silent workers' actions
 //!   queued again; completions only from the assigned worker; platforms
 //!   no worker offers.
-//! - [`build_queue_state_service`] — the admin calls that drain workers;
-//!   [`drain`] — what a drain matches.
+//! - [`build_queue_state_service`] — Buildbarn's BuildQueueState: the
+//!   operator's view of operations, queues, invocations and workers, and
+//!   its levers (kill, drain); [`queue_state`] — the scheduler's state in
+//!   Buildbarn's model, per caller; [`drain`] — what a drain matches.
 //! - [`capabilities_service`] — REAPI `Capabilities`: storage's plus ours.
 //! - [`config`] — `scheduler.toml`; [`timing`] — every interval in one value.
 //! - [`execution_service`] — REAPI `Execute` and `WaitExecution`.
@@ -41,6 +43,7 @@
 
 mod access;
 mod action;
+mod adoption;
 pub mod assignment;
 mod build_queue_state_service;
 mod capabilities_service;
@@ -54,6 +57,7 @@ mod operation_ids;
 pub mod operation_queue_service;
 mod operations_service;
 pub mod queue;
+mod queue_state;
 mod random_operation_ids;
 mod storage_client;
 mod sweeper;
@@ -82,6 +86,7 @@ use corral_proto::remoteworker::operation_queue_server::OperationQueueServer;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
+use crate::adoption::Adoptions;
 use crate::assignment::Assignments;
 use crate::operation::Operations;
 use crate::storage_client::StorageClient;
@@ -98,6 +103,8 @@ pub struct Scheduler {
     ids: Arc<dyn OperationIds>,
     assignments: Arc<Assignments>,
     operations: Arc<Mutex<Operations>>,
+    /// Runs workers report that a scheduler before a restart handed out.
+    adoptions: Arc<Adoptions>,
     authorizer: Authorizer,
     /// Establishes each caller when the scheduler serves alone ([`serve`]).
     authentication: AuthenticationLayer,
@@ -175,9 +182,14 @@ impl Builder {
         let auth = Auth::from_config(self.cfg.auth.as_ref()).map_err(Error::Auth)?;
         let assignments = Arc::new(Assignments::new(&self.timing, self.cfg.max_retries));
         let operations = Arc::new(Mutex::new(Operations::default()));
+        let adoptions = Arc::new(Adoptions::new(
+            self.timing.sync_interval,
+            self.timing.worker_timeout,
+        ));
         let sweeper = Arc::new(task::spawn(sweeper::sweep_forever(
             Arc::clone(&assignments),
             Arc::clone(&operations),
+            Arc::clone(&adoptions),
             self.timing.clone(),
         )));
         Ok(Scheduler {
@@ -188,6 +200,7 @@ impl Builder {
             ids: self.ids,
             assignments,
             operations,
+            adoptions,
             authorizer: self.authorizer.unwrap_or(auth.authorizer),
             authentication: AuthenticationLayer::new(auth.authenticator),
             sweeper,
@@ -213,9 +226,8 @@ impl Scheduler {
         }
     }
 
-    /// Execution, Operations, Capabilities, OperationQueue and the drain
-    /// calls of BuildQueueState, for a tonic
-    /// server. They share this scheduler's state and keep its background
+    /// Execution, Operations, Capabilities, OperationQueue and
+    /// BuildQueueState, for a tonic server. They share this scheduler's state and keep its background
     /// sweep alive, so the `Scheduler` itself may be dropped.
     pub fn routes(&self) -> Routes {
         self.add_routes(Routes::default())
@@ -245,11 +257,18 @@ impl Scheduler {
             self.timing.long_poll,
             self.authorizer.clone(),
         )
+        .with_adoption(operation_queue_service::Adopter {
+            adoptions: Arc::clone(&self.adoptions),
+            operations: Arc::clone(&self.operations),
+            ids: Arc::clone(&self.ids),
+        })
         .with_sweeper(Arc::clone(&self.sweeper));
         let capabilities =
             capabilities_service::CapabilitiesService::new(self.cache_capabilities.clone());
         let admin = build_queue_state_service::BuildQueueStateService::new(
             Arc::clone(&self.assignments),
+            Arc::clone(&self.operations),
+            self.timing.clone(),
             self.authorizer.clone(),
         );
         routes

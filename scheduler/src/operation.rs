@@ -6,7 +6,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::SystemTime;
 
 use corral_proto::longrunning;
 use corral_proto::protobuf::Any;
@@ -17,6 +18,8 @@ use corral_proto::reapi::{
 use prost::Message;
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+use crate::queue::PlatformKey;
 
 const METADATA_TYPE_URL: &str =
     "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteOperationMetadata";
@@ -61,6 +64,23 @@ impl Inline {
     }
 }
 
+/// What the Execute that created an operation said about it, beyond the
+/// action: what BuildQueueState reports (its queue, invocation, target,
+/// priority). Set once; an Execute that joins it adds nothing here.
+#[derive(Debug, Clone)]
+pub struct Description {
+    /// The platform it asks for.
+    pub platform: PlatformKey,
+    /// `ExecutionPolicy.priority`, clamped to what the farm accepts.
+    pub priority: i32,
+    /// `RequestMetadata.tool_invocation_id` (empty when none was sent).
+    pub tool_invocation_id: String,
+    /// `RequestMetadata.target_id`.
+    pub target_id: String,
+    /// When Execute queued it (or answered it from the Action Cache).
+    pub queued_at: SystemTime,
+}
+
 /// One execution and everyone watching it.
 #[derive(Debug)]
 pub struct Operation {
@@ -78,6 +98,10 @@ pub struct Operation {
     /// (stderr) inline; read when the action is handed to a worker.
     inline_stdout: AtomicBool,
     inline_stderr: AtomicBool,
+    /// Runs on a worker that a scheduler before a restart handed it to
+    /// ([`crate::adoption`]): no worker of this scheduler takes it.
+    adopted: AtomicBool,
+    description: OnceLock<Description>,
 }
 
 impl Operation {
@@ -96,7 +120,29 @@ impl Operation {
             progress: watch::Sender::new(Progress::Queued),
             inline_stdout: AtomicBool::new(false),
             inline_stderr: AtomicBool::new(false),
+            adopted: AtomicBool::new(false),
+            description: OnceLock::new(),
         }
+    }
+
+    /// Records what its Execute said; only the first call counts.
+    pub fn describe(&self, description: Description) {
+        let _ = self.description.set(description);
+    }
+
+    /// What its Execute said, if it was recorded.
+    pub fn description(&self) -> Option<&Description> {
+        self.description.get()
+    }
+
+    /// The digest of the Action it executes.
+    pub fn action_digest(&self) -> &Digest {
+        &self.action_digest
+    }
+
+    /// The digest function of its Execute.
+    pub fn digest_function(&self) -> i32 {
+        self.digest_function
     }
 
     /// Adds what one more client wants inline. A client joining after the
@@ -148,6 +194,18 @@ impl Operation {
     fn owners(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
         // An insert is one step: a panic elsewhere cannot leave it half done.
         self.owners.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks it as run by a worker from before a restart, and so
+    /// executing: a queue holding it skips it, the sweep never cancels it
+    /// for want of a watcher (the client's retry is on its way).
+    pub fn adopt(&self) {
+        self.adopted.store(true, Ordering::Relaxed);
+        self.executing();
+    }
+
+    pub fn is_adopted(&self) -> bool {
+        self.adopted.load(Ordering::Relaxed)
     }
 
     /// A receiver that sees the current progress and every change.
@@ -230,10 +288,28 @@ impl Operation {
 /// instance, digest function and action digest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DedupKey {
-    pub instance: String,
-    pub digest_function: i32,
-    pub action_hash: String,
-    pub action_size: i64,
+    instance: String,
+    digest_function: i32,
+    action_hash: String,
+    action_size: i64,
+}
+
+impl DedupKey {
+    /// The key of `action_digest` under `instance`; an unset digest
+    /// function is SHA-256's (REAPI), so both spellings meet.
+    pub fn new(instance: &str, digest_function: i32, action_digest: &Digest) -> Self {
+        use corral_proto::reapi::digest_function::Value;
+        let digest_function = match digest_function {
+            f if f == Value::Unknown as i32 => Value::Sha256 as i32,
+            f => f,
+        };
+        Self {
+            instance: instance.to_owned(),
+            digest_function,
+            action_hash: action_digest.hash.clone(),
+            action_size: action_digest.size_bytes,
+        }
+    }
 }
 
 /// Every live operation, by name, and the in-flight ones by what they
@@ -320,6 +396,24 @@ impl Operations {
         abandoned
     }
 
+    /// When [`sweep`](Self::sweep) will forget operation `name`, given
+    /// the same intervals: `keep_completed` after it completed, or
+    /// `unwatched_grace` after its last watcher left. `None` while a
+    /// client follows it (or before the sweep first saw it alone).
+    pub fn removal_at(
+        &self,
+        name: &str,
+        keep_completed: std::time::Duration,
+        unwatched_grace: std::time::Duration,
+    ) -> Option<Instant> {
+        if let Some(at) = self.completed_at.get(name) {
+            return Some(*at + keep_completed);
+        }
+        self.unwatched_since
+            .get(name)
+            .map(|since| *since + unwatched_grace)
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_name.len()
@@ -345,12 +439,21 @@ mod tests {
     }
 
     fn key(n: u8) -> DedupKey {
-        DedupKey {
-            instance: "main".into(),
-            digest_function: 1,
-            action_hash: digest(n).hash,
-            action_size: 10,
-        }
+        DedupKey::new("main", 1, &digest(n))
+    }
+
+    #[test]
+    fn an_unset_digest_function_deduplicates_with_sha256() {
+        use corral_proto::reapi::digest_function::Value;
+        let d = digest(1);
+        assert_eq!(
+            DedupKey::new("main", Value::Unknown as i32, &d),
+            DedupKey::new("main", Value::Sha256 as i32, &d)
+        );
+        assert_ne!(
+            DedupKey::new("main", Value::Blake3 as i32, &d),
+            DedupKey::new("main", Value::Sha256 as i32, &d)
+        );
     }
 
     fn op(name: &str, n: u8) -> Operation {

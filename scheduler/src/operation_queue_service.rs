@@ -9,7 +9,7 @@
 //! same id is refused, so it can neither take that worker's actions nor
 //! report their results.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use corral_auth::{Authorizer, Caller, Permission};
@@ -22,7 +22,10 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
 use crate::access;
+use crate::adoption::{Adoptions, Report, Verdict};
 use crate::assignment::{Assignment, Assignments, ReportError, WorkerId};
+use crate::operation::Operations;
+use crate::operation_ids::OperationIds;
 use crate::queue::PlatformKey;
 use crate::task::AbortOnDrop;
 use corral_proto::time::timestamp;
@@ -33,6 +36,9 @@ pub struct OperationQueueService {
     /// How long an idle worker's call is held waiting for work.
     long_poll: Duration,
     authorizer: Authorizer,
+    /// Adopts runs handed out before a restart; `None`: lets them finish
+    /// unadopted.
+    adopter: Option<Adopter>,
     /// Keeps the background sweep (which notices silent workers) running
     /// while this service is served.
     _sweeper: Option<Arc<AbortOnDrop>>,
@@ -44,14 +50,36 @@ impl OperationQueueService {
             assignments,
             long_poll,
             authorizer,
+            adopter: None,
             _sweeper: None,
         }
+    }
+
+    /// Adopts runs workers report that this scheduler did not hand out
+    /// (a scheduler before a restart did): see [`crate::adoption`].
+    pub fn with_adoption(mut self, adopter: Adopter) -> Self {
+        self.adopter = Some(adopter);
+        self
     }
 
     /// Ties the background sweep's life to this service's.
     pub fn with_sweeper(mut self, sweeper: Arc<AbortOnDrop>) -> Self {
         self._sweeper = Some(sweeper);
         self
+    }
+}
+
+/// What adopting a run needs: where adopted runs are kept, the operations
+/// a retried Execute looks in, and names for new operations.
+pub struct Adopter {
+    pub adoptions: Arc<Adoptions>,
+    pub operations: Arc<Mutex<Operations>>,
+    pub ids: Arc<dyn OperationIds>,
+}
+
+fn idle() -> DesiredState {
+    DesiredState {
+        worker_state: Some(desired_state::WorkerState::Idle(Empty {})),
     }
 }
 
@@ -71,6 +99,39 @@ fn executing(assignment: Assignment) -> DesiredState {
                 ..Default::default()
             },
         )),
+    }
+}
+
+impl OperationQueueService {
+    /// A worker reports `executing` an action this scheduler did not hand
+    /// it out.
+    fn adopt(
+        &self,
+        worker: &WorkerId,
+        prefix: &str,
+        executing: &corral_proto::remoteworker::current_state::Executing,
+    ) -> Verdict {
+        let (Some(adopter), Some(action_digest)) = (&self.adopter, &executing.action_digest) else {
+            debug!("an action from before a restart; letting it finish");
+            return Verdict::Continue;
+        };
+        // Unset by workers that do not echo them (Buildbarn's): then the
+        // instance name is unknown and the run is not adopted. Ours echo
+        // SHA256 for an unset digest function, so set means echoed.
+        let echoed = (executing.corral_digest_function != 0).then_some((
+            executing.corral_instance_name_suffix.as_str(),
+            executing.corral_digest_function,
+        ));
+        let report = Report {
+            action_digest,
+            prefix,
+            echoed,
+        };
+        adopter
+            .adoptions
+            .executing(worker, report, &adopter.operations, || {
+                adopter.ids.next_name().ok()
+            })
     }
 }
 
@@ -115,6 +176,7 @@ impl OperationQueue for OperationQueueService {
             Some(current_state::WorkerState::Executing(current_state::Executing {
                 action_digest,
                 execution_state: Some(current_state::executing::ExecutionState::Completed(response)),
+                ..
             })) => {
                 let Some(digest) = action_digest else {
                     return Err(Status::invalid_argument(
@@ -122,32 +184,48 @@ impl OperationQueue for OperationQueueService {
                     ));
                 };
                 self.assignments.forget_taken_back(&worker);
-                if let Err(err) = self.assignments.complete(&worker, &digest, response) {
+                match self
+                    .assignments
+                    .complete(&worker, &digest, response.clone())
+                {
+                    Ok(()) => {}
+                    Err(ReportError::NothingAssigned)
+                        if self
+                            .adopter
+                            .as_ref()
+                            .is_some_and(|a| a.adoptions.complete(&worker, &digest, response)) =>
+                    {
+                        debug!("an adopted run completed");
+                    }
                     // A late result from a worker declared gone: the action
                     // runs (or ran) elsewhere; this report changes nothing.
-                    debug!(error = %err, "completion refused");
+                    Err(err) => debug!(error = %err, "completion refused"),
                 }
             }
-            Some(current_state::WorkerState::Executing(_)) => {
+            Some(current_state::WorkerState::Executing(executing)) => {
                 return Ok(match self.assignments.still_running(&worker) {
                     Ok(()) => answer(None),
-                    // Handed out before this scheduler started: let it
-                    // finish, so its result reaches the Action Cache and
-                    // the client's retried Execute is a cache hit.
+                    // Handed out before this scheduler started: adopted
+                    // (a client's retried Execute joins it) or let finish
+                    // (its result reaches the Action Cache, where the
+                    // retry finds it).
                     Err(ReportError::NothingAssigned) => {
-                        debug!("an action from before a restart; letting it finish");
-                        answer(None)
+                        match self.adopt(&worker, &req.instance_name_prefix, &executing) {
+                            Verdict::Continue => answer(None),
+                            Verdict::Drop => answer(Some(idle())),
+                        }
                     }
                     // Given back to the queue (or cancelled) meanwhile.
                     Err(ReportError::TakenBack | ReportError::OtherAction { .. }) => {
-                        answer(Some(DesiredState {
-                            worker_state: Some(desired_state::WorkerState::Idle(Empty {})),
-                        }))
+                        answer(Some(idle()))
                     }
                 });
             }
             Some(current_state::WorkerState::Idle(_)) | None => {
                 self.assignments.forget_taken_back(&worker);
+                if let Some(adopter) = &self.adopter {
+                    adopter.adoptions.idle(&worker);
+                }
                 if self.assignments.release(&worker) {
                     warn!("worker went idle without reporting its action; queued again");
                 }
@@ -263,6 +341,7 @@ mod tests {
         let running = current_state::WorkerState::Executing(current_state::Executing {
             action_digest: Some(digest(1)),
             execution_state: Some(current_state::executing::ExecutionState::Running(Empty {})),
+            ..Default::default()
         });
         let response = svc
             .synchronize(request(running))
@@ -292,6 +371,7 @@ mod tests {
         current_state::WorkerState::Executing(current_state::Executing {
             action_digest: Some(digest(n)),
             execution_state: None,
+            ..Default::default()
         })
     }
 

@@ -1,20 +1,27 @@
 //! The background sweep: what happens because time passed rather than
 //! because a client or worker called. Silent workers lose their actions,
 //! actions no worker can take fail, operations nobody waits for are
-//! cancelled, and completed operations are eventually forgotten.
+//! cancelled, and completed operations are eventually forgotten. Runs
+//! adopted after a restart whose worker went silent end too.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, warn};
 
+use crate::adoption::Adoptions;
 use crate::assignment::Assignments;
 use crate::operation::Operations;
 use crate::timing::Timing;
 
 /// One sweep over the scheduler's state.
-pub fn sweep_once(assignments: &Assignments, operations: &Mutex<Operations>, timing: &Timing) {
-    let gone = assignments.expire();
+pub fn sweep_once(
+    assignments: &Assignments,
+    operations: &Mutex<Operations>,
+    adoptions: &Adoptions,
+    timing: &Timing,
+) {
+    let gone = assignments.expire() + adoptions.expire();
     if gone > 0 {
         warn!(
             gone,
@@ -29,7 +36,9 @@ pub fn sweep_once(assignments: &Assignments, operations: &Mutex<Operations>, tim
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .sweep(timing.keep_completed, timing.unwatched_grace);
-    for operation in abandoned {
+    // An adopted run waits for the client's retried Execute, which comes
+    // after its WaitExecution got NOT_FOUND: not abandoned.
+    for operation in abandoned.into_iter().filter(|op| !op.is_adopted()) {
         let why = format!(
             "no client has waited on this operation for {}s",
             timing.unwatched_grace.as_secs()
@@ -44,6 +53,7 @@ pub fn sweep_once(assignments: &Assignments, operations: &Mutex<Operations>, tim
 pub async fn sweep_forever(
     assignments: Arc<Assignments>,
     operations: Arc<Mutex<Operations>>,
+    adoptions: Arc<Adoptions>,
     timing: Timing,
 ) {
     let mut tick = tokio::time::interval(timing.sweep_every);
@@ -51,6 +61,6 @@ pub async fn sweep_forever(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        sweep_once(&assignments, &operations, &timing);
+        sweep_once(&assignments, &operations, &adoptions, &timing);
     }
 }

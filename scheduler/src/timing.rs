@@ -43,6 +43,19 @@ impl Timing {
     }
 }
 
+/// The wall-clock time of `at`, a `tokio::time` instant (which runs
+/// paused in tests), for timestamps sent to clients.
+pub fn wall_clock(at: tokio::time::Instant) -> std::time::SystemTime {
+    let now = tokio::time::Instant::now();
+    let wall = std::time::SystemTime::now();
+    if at >= now {
+        wall + (at - now)
+    } else {
+        wall.checked_sub(now - at)
+            .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
+    }
+}
+
 /// The one conversion, from corral_proto::time, where the scheduler's
 /// services have looked for it.
 pub use corral_proto::time::timestamp;

@@ -436,6 +436,79 @@ async fn an_action_ending_while_no_scheduler_runs_is_a_cache_hit_for_the_retried
     the_retried_execute_is_a_cache_hit(false, "cache, back after the end").await;
 }
 
+/// Kills the scheduler one second into a cacheable action and restarts
+/// it at once. The client does what Bazel does (WaitExecution, NOT_FOUND,
+/// Execute again) while the action still runs; the retry is queued, and
+/// the worker's next progress report makes the restarted scheduler adopt
+/// the running action, which the queued retry joins. The result is the
+/// first run's: it started before the restart, and ran once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_execute_joins_the_action_still_running_from_before_the_restart() {
+    // Longer than the worker's report interval (10 s), so the worker
+    // reports to the restarted scheduler before the action ends.
+    let seconds = 14;
+    let line = "ran once, across a scheduler restart";
+    let script = format!("sleep {seconds}; echo '{line}'");
+    let mut farm = SplitFarm::start();
+    let client = Client::new(&farm);
+    let action = client.action(&script).await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let restarted = async {
+        let name = rx.await.expect("the action never ran");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let at = std::time::SystemTime::now();
+        kill_and_restart(&mut farm, Daemon::Scheduler);
+        (name, at)
+    };
+    let (first, (name, restarted_at)) = tokio::join!(client.execute(&action, Some(tx)), restarted);
+    assert!(
+        matches!(&first, Outcome::Broken(_, s) if connection_lost(s)),
+        "{first:?}"
+    );
+    let waited = client.wait_execution(&name).await;
+    assert!(
+        matches!(&waited, Outcome::Broken(_, s) if s.code() == Code::NotFound),
+        "a restarted scheduler does not know the operation: {waited:?}"
+    );
+    let again = tokio::time::timeout(
+        Duration::from_secs(3 * seconds),
+        client.execute(&action, None),
+    )
+    .await
+    .expect("no result for the retried Execute");
+    assert_result(&client, &farm, &again, 0, &format!("{line}\n")).await;
+    let Outcome::Done(response) = again else {
+        unreachable!()
+    };
+    assert!(!response.cached_result, "{response:?}");
+    let started = response
+        .result
+        .as_ref()
+        .and_then(|r| r.execution_metadata.as_ref())
+        .and_then(|m| m.execution_start_timestamp.as_ref())
+        .expect("execution metadata");
+    let started =
+        std::time::UNIX_EPOCH + Duration::new(started.seconds as u64, started.nanos as u32);
+    assert!(
+        started < restarted_at,
+        "the result is a second run's, started after the restart\n{}",
+        farm.logs()
+    );
+    assert!(
+        farm.logs()
+            .contains("adopted an action running since before a restart"),
+        "{}",
+        farm.logs()
+    );
+    // The queue skipped the retry the adopted run answered: the slot
+    // takes new work.
+    let next = client.action("echo 'next (adopted)'").await;
+    let done = tokio::time::timeout(Duration::from_secs(60), client.execute(&next, None))
+        .await
+        .expect("the worker took no new work");
+    assert_result(&client, &farm, &done, 0, "next (adopted)\n").await;
+}
+
 fn bazel_available(test: &str) -> bool {
     let found = std::process::Command::new("bazel")
         .arg("--version")

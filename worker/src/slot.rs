@@ -167,6 +167,15 @@ impl Slot {
         .filter(|s| !s.is_empty())
         .collect::<Vec<_>>()
         .join("/");
+        // Echoed in every progress report: a scheduler that restarted
+        // since adopts the run by them (remoteworker.proto).
+        let suffix = exec.instance_name_suffix.clone();
+        // Unset means SHA-256 (REAPI); echoed set, so that the scheduler
+        // tells an echo from a worker that does not echo.
+        let digest_function = match exec.digest_function {
+            0 => corral_proto::reapi::digest_function::Value::Sha256 as i32,
+            f => f,
+        };
         let job = Job {
             action_digest: action_digest.clone(),
             action: exec.action.unwrap_or_default(),
@@ -182,6 +191,10 @@ impl Slot {
         let run = executor.execute(&job, &stage_tx);
         tokio::pin!(run);
         let mut report_now = true;
+        // A failed report is retried soon, then less often: the first
+        // call after a scheduler restart fails on the old connection, and
+        // the restarted scheduler adopts the run only once it hears of it.
+        let mut backoff = BACKOFF_MIN;
         loop {
             if report_now {
                 let stage = *stage_rx.borrow_and_update();
@@ -201,6 +214,8 @@ impl Slot {
                             current_state::executing::ExecutionState::UploadingOutputs(Empty {})
                         }
                     }),
+                    corral_instance_name_suffix: suffix.clone(),
+                    corral_digest_function: digest_function,
                 };
                 let request = SynchronizeRequest {
                     worker_id: self.identity.worker_id.clone(),
@@ -229,10 +244,12 @@ impl Slot {
                             return state(current_state::WorkerState::Idle(Empty {}));
                         }
                         report_in = until(response.next_synchronization_at.as_ref(), REPORT_MAX);
+                        backoff = BACKOFF_MIN;
                     }
                     Err(status) => {
                         warn!(code = ?status.code(), message = status.message(), "progress report failed");
-                        report_in = BACKOFF_MAX.min(REPORT_MAX);
+                        report_in = backoff;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
                     }
                 }
             }

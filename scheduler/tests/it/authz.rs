@@ -566,3 +566,249 @@ async fn a_forged_worker_cannot_complete_another_workers_action() {
     assert_eq!(last.result.unwrap().exit_code, 0);
     assert_eq!(last.message, "ran on slot 1");
 }
+
+#[tokio::test]
+async fn a_tenant_sees_only_its_instance_names_in_build_queue_state() {
+    use super::build_queue_state::{
+        admin, execute_in, final_status, instance_id, invocation, kill_by_name, names,
+        patient_timing, queue,
+    };
+    use corral_proto::buildqueuestate::{
+        kill_operations_request, list_invocation_children_request, list_workers_request,
+        GetOperationRequest as StateGetOperation, KillOperationsRequest,
+        ListInvocationChildrenRequest, ListOperationsRequest as StateListOperations,
+        ListWorkersRequest,
+    };
+    let farm = farm_built(
+        patient_timing(),
+        Some(Authorizer::with_grants(Grants::parse(GRANTS).unwrap())),
+    )
+    .await;
+    let mut state = admin(&farm);
+    // One shared worker for every tenant (prefix ""); it runs bob's action.
+    let mut worker = worker_as(&farm, "1", LINUX, "worker-1");
+    assert!(worker.take().await.is_none());
+    let bobs_digest = farm.action(&["b"], LINUX).await;
+    let (bobs, _b) = execute_in(&farm, "bob", "team-b", &bobs_digest, 0, "bob-build", "").await;
+    assert_eq!(
+        worker.take().await.unwrap().action_digest,
+        Some(bobs_digest)
+    );
+    let alices_digest = farm.action(&["a"], LINUX).await;
+    let (alices, mut alice_stream) = execute_in(
+        &farm,
+        "alice",
+        "team-a",
+        &alices_digest,
+        0,
+        "alice-build",
+        "",
+    )
+    .await;
+
+    let list = |sub: &str| {
+        let mut state = admin(&farm);
+        let sub = sub.to_owned();
+        async move {
+            state
+                .list_operations(as_(
+                    &sub,
+                    StateListOperations {
+                        page_size: 100,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .operations
+                .into_iter()
+                .map(|o| o.name)
+                .collect::<Vec<_>>()
+        }
+    };
+    // Team A's operator sees team A, the farm's admin everyone, and a
+    // tenant without operations-all or admin nothing (its own operations
+    // are in google.longrunning's ListOperations).
+    assert_eq!(list("a-ops").await, [alices.as_str()]);
+    let mut both = vec![alices.clone(), bobs.clone()];
+    both.sort();
+    assert_eq!(list("root").await, both);
+    assert!(list("alice").await.is_empty());
+    assert!(list("").await.is_empty());
+
+    // The shared queue, as team A's operator sees it: its operations only.
+    let queues = state
+        .list_platform_queues(as_("a-ops", Empty {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .platform_queues;
+    assert_eq!(queues.len(), 1);
+    let root = queues[0].size_class_queues[0].root_invocation.unwrap();
+    assert_eq!(root.queued_operations_count.unwrap().indirect, 1);
+    assert_eq!(
+        root.executing_workers_count, 0,
+        "bob's execution is not counted"
+    );
+    assert_eq!(root.children_count, 1);
+    let children = |sub: &str, ids| {
+        let mut state = admin(&farm);
+        let sub = sub.to_owned();
+        async move {
+            state
+                .list_invocation_children(as_(
+                    &sub,
+                    ListInvocationChildrenRequest {
+                        invocation_name: Some(invocation(queue("", LINUX), ids)),
+                        filter: list_invocation_children_request::Filter::All as i32,
+                    },
+                ))
+                .await
+        }
+    };
+    let top = children("a-ops", vec![])
+        .await
+        .unwrap()
+        .into_inner()
+        .children;
+    assert_eq!(top.len(), 1);
+    assert_eq!(top[0].id, Some(instance_id("team-a")));
+    let hidden = children("a-ops", vec![instance_id("team-b")])
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.code(), Code::NotFound, "{hidden:?}");
+    let everyone = children("root", vec![])
+        .await
+        .unwrap()
+        .into_inner()
+        .children;
+    assert_eq!(everyone.len(), 2);
+    let none = state
+        .list_platform_queues(as_("alice", Empty {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.platform_queues.is_empty());
+
+    // The shared worker is listed, without what it runs for team B.
+    let workers = state
+        .list_workers(as_(
+            "a-ops",
+            ListWorkersRequest {
+                filter: Some(list_workers_request::Filter {
+                    r#type: Some(list_workers_request::filter::Type::All(queue("", LINUX))),
+                }),
+                page_size: 10,
+                start_after: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .workers;
+    assert_eq!(workers.len(), 1);
+    assert!(workers[0].current_operation.is_none(), "{workers:?}");
+    assert!(workers[0].timeout.is_some(), "it is executing");
+    let root_view = state
+        .list_workers(as_(
+            "root",
+            ListWorkersRequest {
+                filter: Some(list_workers_request::Filter {
+                    r#type: Some(list_workers_request::filter::Type::All(queue("", LINUX))),
+                }),
+                page_size: 10,
+                start_after: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .workers;
+    assert_eq!(
+        root_view[0]
+            .current_operation
+            .as_ref()
+            .map(|o| o.name.as_str()),
+        Some(bobs.as_str())
+    );
+
+    let executing = |sub: &str| {
+        let mut state = admin(&farm);
+        let sub = sub.to_owned();
+        async move {
+            let filter =
+                list_workers_request::filter::Type::Executing(invocation(queue("", LINUX), vec![]));
+            state
+                .list_workers(as_(
+                    &sub,
+                    ListWorkersRequest {
+                        filter: Some(list_workers_request::Filter {
+                            r#type: Some(filter),
+                        }),
+                        page_size: 10,
+                        start_after: None,
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .workers
+                .len()
+        }
+    };
+    assert_eq!(executing("a-ops").await, 0, "it runs team B's action");
+    assert_eq!(executing("root").await, 1);
+
+    // Reading another tenant's operation is refused naming what it lacks.
+    let get = |name: &str| StateGetOperation {
+        operation_name: name.to_owned(),
+    };
+    assert_denied(
+        state.get_operation(as_("a-ops", get(&bobs))).await,
+        "token:a-ops lacks operations-all on instance name \"team-b\"",
+    );
+    let got = state
+        .get_operation(as_("a-ops", get(&alices)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(names(&[got.operation.unwrap()]), [alices.as_str()]);
+
+    // Killing: not another tenant's operation, nor a whole queue without
+    // admin on every name it serves; one's own with operations-own.
+    assert_denied(
+        state
+            .kill_operations(as_("bob", kill_by_name(&alices, Code::Aborted, "no")))
+            .await,
+        "token:bob lacks operations-all on instance name \"team-a\"",
+    );
+    let whole_queue = KillOperationsRequest {
+        filter: Some(kill_operations_request::Filter {
+            r#type: Some(
+                kill_operations_request::filter::Type::SizeClassQueueWithoutWorkers(queue(
+                    "", LINUX,
+                )),
+            ),
+        }),
+        status: kill_by_name("", Code::Aborted, "no").status,
+    };
+    assert_denied(
+        state.kill_operations(as_("a-ops", whole_queue)).await,
+        "token:a-ops lacks admin on every instance name starting with \"\"",
+    );
+    state
+        .kill_operations(as_(
+            "alice",
+            kill_by_name(&alices, Code::Cancelled, "not needed after all"),
+        ))
+        .await
+        .unwrap();
+    let got = final_status(&mut alice_stream).await;
+    assert_eq!(got.code, Code::Cancelled as i32);
+    assert_eq!(got.message, "not needed after all");
+    assert!(
+        list("a-ops").await.contains(&alices),
+        "completed, still known"
+    );
+}

@@ -118,6 +118,7 @@ fn worker_state() -> impl Strategy<Value = Option<current_state::WorkerState>> {
             Some(current_state::WorkerState::Executing(current_state::Executing {
                 action_digest,
                 execution_state,
+                ..Default::default()
             }))
         }),
         3 => (prop::option::of(digest()), prop::option::weighted(0.9, execute_response()))
@@ -126,6 +127,7 @@ fn worker_state() -> impl Strategy<Value = Option<current_state::WorkerState>> {
                     action_digest,
                     execution_state: execute_response
                         .map(current_state::executing::ExecutionState::Completed),
+                    ..Default::default()
                 }))
             }),
     ]

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod authz;
+mod build_queue_state;
 mod crafted;
 mod tls;
 
@@ -318,6 +319,7 @@ impl FakeWorker {
         let state = current_state::WorkerState::Executing(current_state::Executing {
             action_digest: Some(digest.clone()),
             execution_state: Some(current_state::executing::ExecutionState::Running(Empty {})),
+            ..Default::default()
         });
         self.sync(state, false).await
     }
