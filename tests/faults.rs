@@ -8,5 +8,7 @@
 
 #[path = "faults/corral_up.rs"]
 mod corral_up;
+#[path = "faults/graceful_stop.rs"]
+mod graceful_stop;
 #[path = "faults/restarts.rs"]
 mod restarts;

@@ -10,6 +10,7 @@
 //! - `policies` — one prepared sandbox per policy.
 //! - `action_ids` — host ids leased to runs, one per concurrent run.
 //! - `service` — the gRPC service: paths, timeouts, outcomes.
+//! - `server_logs` — each run's report, for the client's server logs.
 //! - `error` — the crate's error type.
 //!
 //! The runner never talks to storage or the scheduler. Each run blocks a
@@ -23,6 +24,7 @@ mod action_ids;
 pub mod config;
 mod error;
 mod policies;
+mod server_logs;
 mod service;
 
 use std::future::Future;

@@ -15,11 +15,12 @@ use corral_sandbox::command::stays_inside;
 use corral_sandbox::{Cancellation, Command, Mapping, Outcome, Sandbox, Stage};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
-use tracing::{debug, instrument};
+use tracing::{debug, instrument, warn};
 
 use crate::action_ids::ActionIds;
 use crate::error::Error;
 use crate::policies::Policies;
+use crate::server_logs;
 
 /// How long a successful readiness probe is trusted. Workers ask often;
 /// a probe runs a whole sandbox.
@@ -271,6 +272,14 @@ impl Runner for RunnerService {
         let timeout = effective_timeout(&request);
         let req = request.into_inner();
         let (sandbox, command) = self.checked(&req, timeout).map_err(|e| status(&e))?;
+        // Where the run's report goes; a request without one (none of
+        // Buildbarn's or ours) gets none.
+        let logs = (!req.server_logs_directory.is_empty())
+            .then(|| self.resolve("server_logs_directory", &req.server_logs_directory))
+            .transpose()
+            .map_err(|e| status(&e))?;
+        let policy_name = self.policies.name_of(&req.corral_policy).to_owned();
+        let report_sandbox = Arc::clone(&sandbox);
         // The worker gave up on the action (cancelled, or gone) when this
         // call's future is dropped: the guard then kills the command.
         let cancel = Cancellation::new().map_err(|source| {
@@ -303,6 +312,18 @@ impl Runner for RunnerService {
         .map_err(|_| status(&Error::Cancelled))?
         .map_err(|e| status(&e))?;
         debug!(exit = ?outcome.exit, timed_out = outcome.timed_out, oom = outcome.oom_killed, disk_bound = ?outcome.disk_bound, "action ended");
+        if let Some(logs) = logs {
+            let report = server_logs::Report {
+                policy_name: &policy_name,
+                policy: report_sandbox.policy(),
+                timeout,
+                outcome: &outcome,
+            };
+            // The action's result stands without it.
+            if let Err(err) = report.write(&logs) {
+                warn!(dir = %logs.display(), error = %err, "could not write the run's report");
+            }
+        }
         if outcome.timed_out {
             let seconds = timeout.unwrap_or_default().as_secs_f64();
             return Err(status(&Error::TimedOut { seconds }));

@@ -56,6 +56,16 @@ pub struct Config {
     /// Default: none, plaintext; `scheduler` and `storage` must then be
     /// `http://`, and with it `https://`.
     pub client_tls: Option<ClientTls>,
+    /// How long running actions may still take once the worker is told
+    /// to stop (SIGTERM), in seconds. The worker takes no new action at
+    /// once; the running ones finish and are reported within this grace.
+    /// Past it (or on a second SIGTERM, or SIGINT) they are killed and
+    /// given back to the scheduler, which queues them again at once.
+    /// Default 60. Keep it below what the service manager waits before
+    /// SIGKILL (systemd's `TimeoutStopSec`, default 90 s; Kubernetes'
+    /// `terminationGracePeriodSeconds`, default 30 s: raise that) with a
+    /// few seconds to spare for the last reports. 0 kills at once.
+    pub stop_grace_s: u64,
 }
 
 /// The `[limits]` table: bounds on an action's outputs, checked before
@@ -138,6 +148,7 @@ impl Default for Config {
             metrics: None,
             limits: Limits::default(),
             client_tls: None,
+            stop_grace_s: 60,
         }
     }
 }

@@ -108,6 +108,11 @@ impl Metrics {
         self.recorded.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// How many slots run an action now.
+    pub fn executing_now(&self) -> usize {
+        self.executing.load(Ordering::Relaxed)
+    }
+
     /// A slot starts an action.
     pub fn executing(&self) -> Executing<'_> {
         self.executing.fetch_add(1, Ordering::Relaxed);

@@ -9,6 +9,7 @@ mod crafted;
 mod fake_scheduler;
 mod full_disk;
 mod runner_faults;
+mod stopping;
 mod tls;
 
 use std::path::{Path, PathBuf};
@@ -586,13 +587,14 @@ async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
         metrics: None,
         limits: Default::default(),
         client_tls: None,
+        stop_grace_s: 60,
     };
     let worker = corral_worker::Worker::new(cfg).unwrap();
     let metrics = worker.metrics_page();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tasks.spawn(async move {
         worker
-            .run(async {
+            .run(std::future::pending(), async {
                 let _ = stopped.await;
             })
             .await

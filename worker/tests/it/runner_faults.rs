@@ -61,7 +61,7 @@ impl RunnerProxy {
 }
 
 /// A one-slot worker in `directory` with its runner at `runner`.
-fn worker_config(
+pub(crate) fn worker_config(
     scheduler: String,
     storage: String,
     directory: &Path,
@@ -84,6 +84,7 @@ fn worker_config(
         metrics: None,
         limits: Default::default(),
         client_tls: None,
+        stop_grace_s: 60,
     }
 }
 
@@ -120,7 +121,12 @@ async fn a_runner_dying_mid_action_costs_a_retry_and_the_client_gets_the_real_re
         &proxy.path,
     );
     let worker = corral_worker::Worker::new(cfg).unwrap();
-    tasks.spawn(async move { worker.run(std::future::pending()).await.unwrap() });
+    tasks.spawn(async move {
+        worker
+            .run(std::future::pending(), std::future::pending())
+            .await
+            .unwrap()
+    });
 
     assert!(matches!(next(&mut seen).await, Seen::Assigned));
     loop {
@@ -184,10 +190,13 @@ async fn a_runner_with_another_build_directory_stops_the_worker_naming_both() {
         &farm.runner_socket,
     );
     let worker = corral_worker::Worker::new(cfg).unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(30), worker.run(std::future::pending()))
-        .await
-        .expect("the worker stops at once")
-        .unwrap_err();
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        worker.run(std::future::pending(), std::future::pending()),
+    )
+    .await
+    .expect("the worker stops at once")
+    .unwrap_err();
     let mut message = err.to_string();
     let mut source = std::error::Error::source(&err);
     while let Some(cause) = source {

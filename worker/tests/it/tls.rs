@@ -49,6 +49,7 @@ fn worker_config(
         metrics: None,
         limits: Default::default(),
         client_tls,
+        stop_grace_s: 60,
     }
 }
 
@@ -175,7 +176,7 @@ async fn over_mtls_the_worker_runs_an_action_and_shows_its_token_to_the_schedule
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tasks.spawn(async move {
         worker
-            .run(async {
+            .run(std::future::pending(), async {
                 let _ = stopped.await;
             })
             .await
