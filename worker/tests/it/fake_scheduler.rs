@@ -1,8 +1,9 @@
-//! The one fake scheduler of the worker's tests: it hands out one action
-//! and, like the real one, queues it again when its worker says Idle while
-//! it runs it; it reports what it sees, in order.
+//! The one fake scheduler of the worker's tests: it hands out queued
+//! actions, one at a time, to a worker that does not prefer being idle,
+//! and, like the real one, queues an action again when its worker says
+//! Idle while it runs it; it reports what it sees, in order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -17,6 +18,10 @@ use tokio::sync::mpsc;
 /// What the fake scheduler saw, in order.
 #[derive(Debug)]
 pub enum Seen {
+    /// The worker said Idle with nothing assigned.
+    Idle {
+        prefer_being_idle: bool,
+    },
     Assigned,
     Running,
     /// The worker said Idle while it had the action: it gave it back.
@@ -26,24 +31,34 @@ pub enum Seen {
     Completed {
         worker_id: BTreeMap<String, String>,
         response: Box<ExecuteResponse>,
+        prefer_being_idle: bool,
     },
 }
 
-/// The one action of the test.
-type Job = Option<(Digest, Action)>;
+/// An action to hand out.
+type Job = (Digest, Action);
+
+/// Queued actions, and the one assigned (to the one slot).
+#[derive(Default)]
+struct Jobs {
+    queued: VecDeque<Job>,
+    assigned: Option<Job>,
+}
 
 pub struct FakeScheduler {
-    /// Queued, and assigned (to the one slot).
-    action: Mutex<(Job, Job)>,
+    jobs: Mutex<Jobs>,
     seen: mpsc::UnboundedSender<Seen>,
 }
 
 impl FakeScheduler {
-    /// A scheduler with `action` queued, and what it will see.
-    pub fn new(digest: Digest, action: Action) -> (FakeScheduler, mpsc::UnboundedReceiver<Seen>) {
+    /// A scheduler with `actions` queued, in order, and what it will see.
+    pub fn new(actions: Vec<Job>) -> (FakeScheduler, mpsc::UnboundedReceiver<Seen>) {
         let (seen, receiver) = mpsc::unbounded_channel();
         let scheduler = FakeScheduler {
-            action: Mutex::new((Some((digest, action)), None)),
+            jobs: Mutex::new(Jobs {
+                queued: actions.into(),
+                assigned: None,
+            }),
             seen,
         };
         (scheduler, receiver)
@@ -66,6 +81,7 @@ pub async fn completed(
         if let Seen::Completed {
             worker_id,
             response,
+            ..
         } = next(seen).await
         {
             return (worker_id, *response);
@@ -92,10 +108,11 @@ impl OperationQueue for FakeScheduler {
                 execution_state: Some(current_state::executing::ExecutionState::Completed(response)),
                 ..
             })) => {
-                self.action.lock().unwrap().1 = None;
+                self.jobs.lock().unwrap().assigned = None;
                 let _ = self.seen.send(Seen::Completed {
                     worker_id: req.worker_id,
                     response: Box::new(response),
+                    prefer_being_idle: req.prefer_being_idle,
                 });
             }
             Some(current_state::WorkerState::Executing(executing)) => {
@@ -107,18 +124,19 @@ impl OperationQueue for FakeScheduler {
             }
             Some(current_state::WorkerState::Idle(_)) | None => {
                 let next = {
-                    let mut action = self.action.lock().unwrap();
-                    if let Some(lost) = action.1.take() {
-                        let _ = self.seen.send(Seen::GivenBack {
-                            prefer_being_idle: req.prefer_being_idle,
-                        });
-                        action.0 = Some(lost);
+                    let mut jobs = self.jobs.lock().unwrap();
+                    let prefer_being_idle = req.prefer_being_idle;
+                    if let Some(lost) = jobs.assigned.take() {
+                        let _ = self.seen.send(Seen::GivenBack { prefer_being_idle });
+                        jobs.queued.push_front(lost);
+                    } else {
+                        let _ = self.seen.send(Seen::Idle { prefer_being_idle });
                     }
-                    if req.prefer_being_idle {
+                    if prefer_being_idle {
                         None
                     } else {
-                        let next = action.0.take();
-                        action.1.clone_from(&next);
+                        let next = jobs.queued.pop_front();
+                        jobs.assigned.clone_from(&next);
                         next
                     }
                 };

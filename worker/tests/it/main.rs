@@ -558,7 +558,8 @@ async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
     let mut command = shell("cat link > out.txt; echo done; echo err >&2");
     command.output_paths = vec!["out.txt".into()];
     let job = farm.job(command, root, None).await;
-    let (queue, mut seen) = FakeScheduler::new(job.action_digest.clone(), job.action.clone());
+    let (queue, mut seen) =
+        FakeScheduler::new(vec![(job.action_digest.clone(), job.action.clone())]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let scheduler = format!("http://{}", listener.local_addr().unwrap());
     let mut tasks = JoinSet::new();

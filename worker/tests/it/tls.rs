@@ -113,7 +113,8 @@ async fn over_mtls_the_worker_runs_an_action_and_shows_its_token_to_the_schedule
     let mut command = shell("cat link > out.txt");
     command.output_paths = vec!["out.txt".into()];
     let job = farm.job(command, root, None).await;
-    let (queue, mut seen) = FakeScheduler::new(job.action_digest.clone(), job.action.clone());
+    let (queue, mut seen) =
+        FakeScheduler::new(vec![(job.action_digest.clone(), job.action.clone())]);
     let shown = Arc::new(Mutex::new(Vec::<String>::new()));
     let record = {
         let shown = Arc::clone(&shown);
