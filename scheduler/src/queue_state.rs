@@ -37,6 +37,7 @@ use corral_proto::buildqueuestate::{
 use corral_proto::invocation_ids::InstanceName;
 use corral_proto::protobuf::{Any, Empty};
 use corral_proto::reapi::{platform, ExecuteResponse, Platform, RequestMetadata};
+use corral_proto::time::timestamp;
 use prost::Message;
 use tokio::time::Instant;
 
@@ -44,7 +45,7 @@ use crate::assignment::{instance_matches, WorkerId, WorkerView, WorkersView};
 use crate::drain::DrainQueue;
 use crate::operation::{Operation, Progress};
 use crate::queue::PlatformKey;
-use crate::timing::{timestamp, wall_clock};
+use crate::timing::wall_clock;
 
 const INSTANCE_NAME_TYPE_URL: &str = "type.googleapis.com/corral.buildqueuestate.InstanceName";
 const REQUEST_METADATA_TYPE_URL: &str =

@@ -55,7 +55,3 @@ pub fn wall_clock(at: tokio::time::Instant) -> std::time::SystemTime {
             .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
     }
 }
-
-/// The one conversion, from corral_proto::time, where the scheduler's
-/// services have looked for it.
-pub use corral_proto::time::timestamp;
