@@ -16,6 +16,10 @@
 #   outside a binary, a line starting "SKIP: " is a whole suite skipped;
 # - "vm-tests: cgroup L FAILED": one failure unless that guest's binaries
 #   already account for it (a guest that never booted ran none).
+#
+# Tested on sample logs by corral-testkit's unit tests (testkit/src/lib.rs,
+# `cargo test -p corral-testkit`), next to the skip helper whose lines it
+# counts.
 
 function fail_note(what) {
     notes = notes (notes == "" ? "" : "; ") what
