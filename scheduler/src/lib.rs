@@ -23,6 +23,8 @@
 //!   Buildbarn's model, per caller; [`drain`] — what a drain matches.
 //! - [`capabilities_service`] — REAPI `Capabilities`: storage's plus ours.
 //! - [`config`] — `scheduler.toml`; [`timing`] — every interval in one value.
+//! - [`dispatch`] — which queue a worker takes from: tenants in weighted
+//!   turns, each worker platform's served queues indexed.
 //! - [`execution_service`] — REAPI `Execute` and `WaitExecution`.
 //! - [`metrics`] — Prometheus metrics and their HTTP page.
 //! - [`operation`] — operations, their watchers, in-flight deduplication.
@@ -30,6 +32,7 @@
 //!   [`random_operation_ids`] — its production implementation.
 //! - [`operation_queue_service`] — `Synchronize` for workers.
 //! - [`operations_service`] — `google.longrunning.Operations`.
+//! - [`platform_matching`] — exact, subset and minimum platform properties.
 //! - [`queue`] — per-platform queues: priority, fairness, FIFO.
 //! - [`storage_client`] — what the scheduler reads from storage.
 //! - [`sweeper`] — what happens as time passes.
@@ -48,6 +51,7 @@ pub mod assignment;
 mod build_queue_state_service;
 mod capabilities_service;
 pub mod config;
+pub mod dispatch;
 mod drain;
 mod error;
 mod execution_service;
@@ -56,6 +60,7 @@ pub mod operation;
 mod operation_ids;
 pub mod operation_queue_service;
 mod operations_service;
+pub mod platform_matching;
 pub mod queue;
 mod queue_state;
 mod random_operation_ids;
@@ -180,7 +185,12 @@ impl Builder {
             None => CacheCapabilitiesSource::Storage(storage.clone()),
         };
         let auth = Auth::from_config(self.cfg.auth.as_ref()).map_err(Error::Auth)?;
-        let assignments = Arc::new(Assignments::new(&self.timing, self.cfg.max_retries));
+        let assignments = Arc::new(
+            Assignments::new(&self.timing, self.cfg.max_retries).with_rules(
+                platform_matching::PlatformMatcher::new(self.cfg.platform_matching.clone()),
+                self.cfg.fairness.clone(),
+            ),
+        );
         let operations = Arc::new(Mutex::new(Operations::default()));
         let adoptions = Arc::new(Adoptions::new(
             self.timing.sync_interval,

@@ -245,14 +245,10 @@ impl Worker {
         let mut number = 0usize;
         for group in &cfg.slots {
             let platform = Platform {
-                // BTreeMap order: sorted by name, as REAPI requires.
                 properties: group
-                    .platform
-                    .iter()
-                    .map(|(name, value)| Property {
-                        name: name.clone(),
-                        value: value.clone(),
-                    })
+                    .offered()
+                    .into_iter()
+                    .map(|(name, value)| Property { name, value })
                     .collect(),
             };
             let runner = runner_client::RunnerClient::new(&group.runner);

@@ -583,6 +583,7 @@ async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
             concurrency: 1,
             runner: farm.runner_socket.clone(),
             platform: [("OSFamily".to_owned(), "linux".to_owned())].into(),
+            platform_lists: Default::default(),
             size_class: 0,
         }],
         metrics: None,

@@ -79,6 +79,7 @@ pub(crate) fn worker_config(
             concurrency: 1,
             runner: runner.to_owned(),
             platform: [("OSFamily".to_owned(), "linux".to_owned())].into(),
+            platform_lists: Default::default(),
             size_class: 0,
         }],
         metrics: None,
