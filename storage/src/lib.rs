@@ -809,10 +809,7 @@ mod tenant_tests {
     const SECRET: &str = "a secret of at least thirty-two bytes";
 
     fn token(sub: &str, groups: &[&str], exp_from_now: i64) -> String {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
+        let now = corral_proto::time::unix_now() as i64;
         let claims = serde_json::json!({
             "sub": sub, "groups": groups, "iss": "test-idp", "aud": "corral",
             "exp": now + exp_from_now,

@@ -65,10 +65,7 @@ async fn over_mtls_the_worker_runs_an_action_and_shows_its_token_to_the_schedule
     // token keys refuses a call that shows a token).
     let secret = farm.dir.path().join("token.key");
     std::fs::write(&secret, "a secret of at least thirty-two bytes\n").unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = corral_proto::time::unix_now();
     let claims = serde_json::json!({
         "sub": "worker", "iss": "test", "aud": "corral", "exp": now + 3600,
     });
