@@ -716,10 +716,11 @@ fn one_allocation_past_the_disk_limit_fails_at_once() {
     }
     // RLIMIT_FSIZE is the disk limit: allocating 4 GiB, or extending a
     // file to 8 GiB, fails with EFBIG in the call, before any walk (python
-    // ignores SIGXFSZ, so it sees the errno).
+    // ignores SIGXFSZ, so it sees the errno). EFBIG is the proof it was
+    // the call that failed: the walk kills, it returns no errno (and the
+    // outcome then says disk_exceeded). No clock: a loaded VM is slow.
     let script = r#"
-import errno, os, time
-t = time.monotonic()
+import errno, os
 for name, grow in [('fallocate', lambda fd: os.posix_fallocate(fd, 0, 4 << 30)),
                    ('truncate', lambda fd: os.ftruncate(fd, 8 << 30))]:
     fd = os.open(name, os.O_WRONLY | os.O_CREAT)
@@ -741,7 +742,6 @@ print('DENIED' if r != 0 and e == errno.EOPNOTSUPP else 'ESCAPED', 'keep_size', 
 os.write(fd, bytes(8192))
 r = libc.fallocate(fd, 3, ctypes.c_long(0), ctypes.c_long(4096))
 print('DENIED punch_hole works' if r == 0 else 'ESCAPED punch_hole refused %d' % ctypes.get_errno())
-print('DENIED fast' if time.monotonic() - t < 0.5 else 'ESCAPED slow')
 "#;
     let ran = python_with_8_mib_of_disk(script, Duration::from_secs(30));
     all_denied(&ran);
