@@ -17,7 +17,6 @@ use std::time::{Duration, SystemTime};
 use corral_auth::{Authorizer, Caller, Permission};
 use corral_proto::longrunning::Operation as ProtoOperation;
 use corral_proto::precondition;
-use corral_proto::protobuf;
 use corral_proto::reapi::execution_server::Execution;
 use corral_proto::reapi::{
     Action, Command, Digest, ExecuteRequest, ExecuteResponse, RequestMetadata, WaitExecutionRequest,
@@ -280,10 +279,7 @@ impl Execution for ExecutionService {
             self.max_timeout,
         )
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        action.timeout = Some(protobuf::Duration {
-            seconds: run_for.as_secs() as i64,
-            nanos: run_for.subsec_nanos() as i32,
-        });
+        action.timeout = Some(corral_proto::time::duration(run_for));
         let priority = req.execution_policy.map_or(0, |p| {
             p.priority.clamp(*PRIORITIES.start(), *PRIORITIES.end())
         });

@@ -44,30 +44,30 @@
 
 #![forbid(unsafe_code)]
 
-pub mod access;
-pub mod action;
-pub mod adoption;
+mod access;
+mod action;
+mod adoption;
 pub mod assignment;
-pub mod build_queue_state_service;
-pub mod capabilities_service;
+mod build_queue_state_service;
+mod capabilities_service;
 pub mod config;
 pub mod dispatch;
-pub mod drain;
-pub mod error;
-pub mod execution_service;
+mod drain;
+mod error;
+mod execution_service;
 pub mod metrics;
 pub mod operation;
-pub mod operation_ids;
+mod operation_ids;
 pub mod operation_queue_service;
-pub mod operations_service;
+mod operations_service;
 pub mod platform_matching;
 pub mod queue;
-pub mod queue_state;
-pub mod random_operation_ids;
-pub mod storage_client;
-pub mod sweeper;
-pub mod task;
-pub mod timing;
+mod queue_state;
+mod random_operation_ids;
+mod storage_client;
+mod sweeper;
+mod task;
+mod timing;
 
 pub use capabilities_service::CacheCapabilitiesSource;
 pub use config::Config;

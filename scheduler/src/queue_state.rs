@@ -39,6 +39,7 @@ use corral_proto::buildqueuestate::{
 use corral_proto::invocation_ids::InstanceName;
 use corral_proto::protobuf::{Any, Empty};
 use corral_proto::reapi::{platform, ExecuteResponse, Platform, RequestMetadata};
+use corral_proto::time::timestamp;
 use prost::Message;
 use tokio::time::Instant;
 
@@ -47,7 +48,7 @@ use crate::drain::DrainQueue;
 use crate::operation::{Operation, Progress};
 use crate::platform_matching::PlatformMatcher;
 use crate::queue::PlatformKey;
-use crate::timing::{timestamp, wall_clock};
+use crate::timing::wall_clock;
 
 const INSTANCE_NAME_TYPE_URL: &str = "type.googleapis.com/corral.buildqueuestate.InstanceName";
 const REQUEST_METADATA_TYPE_URL: &str =
@@ -125,8 +126,8 @@ pub fn invocation_path(operation: &Operation) -> [InvocationKey; 2] {
 #[derive(Debug, Clone)]
 pub enum Stage {
     Queued,
-    /// Held by this worker.
-    Executing(WorkerId),
+    /// Held by a worker (Buildbarn's OperationState names none).
+    Executing,
     Completed(Box<ExecuteResponse>),
 }
 
@@ -276,10 +277,10 @@ impl View {
         match operation.current() {
             Progress::Completed(response) => Stage::Completed(response),
             _ => match self.running.get(&(operation as *const Operation as usize)) {
-                Some(worker) => Stage::Executing(worker.clone()),
+                Some(_) => Stage::Executing,
                 // Run by a worker from before a restart (crate::adoption),
-                // which no queue holds: executing, its worker unnamed.
-                None if operation.is_adopted() => Stage::Executing(WorkerId::default()),
+                // which no queue holds: executing too.
+                None if operation.is_adopted() => Stage::Executing,
                 None => Stage::Queued,
             },
         }
@@ -291,7 +292,7 @@ impl View {
         let description = operation.description();
         let stage = match self.stage(operation) {
             Stage::Queued => operation_state::Stage::Queued(Empty {}),
-            Stage::Executing(_) => operation_state::Stage::Executing(Empty {}),
+            Stage::Executing => operation_state::Stage::Executing(Empty {}),
             Stage::Completed(response) => operation_state::Stage::Completed(*response),
         };
         let path = invocation_path(operation);

@@ -8,18 +8,18 @@
 //!
 //! Modules:
 //! - [`config`] — `worker.toml`.
-//! - [`error`] — the crate's error type.
+//! - `error` — the crate's error type.
 //! - [`cas_client`] — blobs and Action Cache entries, verified by digest.
 //! - [`file_cache`] — content-addressed, read-only files to hardlink.
 //! - [`directory_cache`] — Directory messages already read, by digest.
-//! - [`confirmed`] — which cached blobs storage has shown to which
+//! - `confirmed` — which cached blobs storage has shown to which
 //!   instance names.
 //! - [`input_root`] — lays out an action's input root.
 //! - [`runner_client`] — the runner over its Unix socket.
-//! - [`outputs`] — output parents before the run, outputs after it.
+//! - `outputs` — output parents before the run, outputs after it.
 //! - [`executor`] — one action, from Action to ExecuteResponse.
 //! - [`metrics`] — Prometheus metrics of the worker.
-//! - [`slot`] — one build slot synchronizing with the scheduler.
+//! - `slot` — one build slot synchronizing with the scheduler.
 //!
 //! [`Worker`] (or [`run`]) is the entry point: one slot per unit of
 //! concurrency, all sharing the file and directory caches, the storage
@@ -35,16 +35,16 @@
 
 pub mod cas_client;
 pub mod config;
-pub mod confirmed;
+mod confirmed;
 pub mod directory_cache;
-pub mod error;
+mod error;
 pub mod executor;
 pub mod file_cache;
 pub mod input_root;
 pub mod metrics;
-pub mod outputs;
+mod outputs;
 pub mod runner_client;
-pub mod slot;
+mod slot;
 
 pub use config::Config;
 pub use error::Error;
