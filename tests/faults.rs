@@ -8,6 +8,8 @@
 
 #[path = "faults/corral_up.rs"]
 mod corral_up;
+#[path = "faults/graceful_stop.rs"]
+mod graceful_stop;
 #[path = "faults/restarts.rs"]
 mod restarts;
 #[path = "faults/size_classes.rs"]

@@ -35,6 +35,26 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// The Prometheus page served over plain HTTP on loopback `port`
+/// (`GET /metrics`), body only.
+pub fn metrics_page(port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics page");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: farm\r\n\r\n")
+        .expect("ask for the metrics page");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the metrics page");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
 /// The uid and gid of `nobody` on Debian.
 const NOBODY: u32 = 65534;
 
@@ -157,21 +177,7 @@ impl Farm {
 
     /// The farm's Prometheus page (`GET /metrics`), body only.
     pub fn metrics(&self) -> String {
-        use std::io::{Read as _, Write as _};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
-            .expect("connect to the metrics page");
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nhost: farm\r\n\r\n")
-            .expect("ask for the metrics page");
-        let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .expect("read the metrics page");
-        let (head, body) = response
-            .split_once("\r\n\r\n")
-            .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        body.to_owned()
+        metrics_page(self.metrics_port)
     }
 
     /// What `corral up` printed so far.
@@ -198,6 +204,29 @@ impl Farm {
             }
         }
         found
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, …) to `corral up`.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -s {signal} corral up");
+    }
+
+    /// Waits up to `within` for `corral up` to exit; `None`: it still runs.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Sends SIGINT and waits for a clean exit; returns the exit status.
@@ -283,6 +312,15 @@ impl SplitFarm {
     /// Starts the four daemons, each ready before the next starts. The
     /// worker has one slot.
     pub fn start() -> SplitFarm {
+        // A killed worker that is not restarted is declared gone one
+        // report interval (10 s) plus 5 s after its last report.
+        Self::start_with("worker_timeout_s = 5\n", "")
+    }
+
+    /// Like [`start`](Self::start), with `scheduler_toml` as the whole of
+    /// scheduler.toml and `worker_keys` (top-level keys, one per line)
+    /// added to worker.toml.
+    pub fn start_with(scheduler_toml: &str, worker_keys: &str) -> SplitFarm {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut farm = SplitFarm {
             dir,
@@ -290,7 +328,7 @@ impl SplitFarm {
             scheduler_port: free_port(),
             children: [None, None, None, None],
         };
-        farm.write_configs();
+        farm.write_configs(scheduler_toml, worker_keys);
         for daemon in Daemon::ALL {
             farm.restart(daemon);
         }
@@ -312,13 +350,10 @@ impl SplitFarm {
         self.path("worker")
     }
 
-    fn write_configs(&self) {
-        // A killed worker that is not restarted is declared gone one
-        // report interval (10 s) plus 5 s after its last report.
-        let scheduler = "worker_timeout_s = 5\n";
-        std::fs::write(self.path("scheduler.toml"), scheduler).expect("write scheduler.toml");
+    fn write_configs(&self, scheduler_toml: &str, worker_keys: &str) {
+        std::fs::write(self.path("scheduler.toml"), scheduler_toml).expect("write scheduler.toml");
         let worker = format!(
-            "scheduler = \"{}\"\nstorage = \"{}\"\ndirectory = \"{}\"\n\n\
+            "scheduler = \"{}\"\nstorage = \"{}\"\ndirectory = \"{}\"\n{worker_keys}\n\
              [[slots]]\nconcurrency = 1\nrunner = \"{}\"\n",
             self.scheduler_url(),
             self.storage_url(),
@@ -442,6 +477,49 @@ impl SplitFarm {
             .unwrap_or_else(|| panic!("{} is not running", daemon.name()));
         child.kill().expect("SIGKILL a daemon");
         child.wait().expect("reap a daemon");
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, …) to `daemon`, which keeps running
+    /// as far as the harness knows: [`wait_exit`](Self::wait_exit) reaps it.
+    pub fn signal(&self, daemon: Daemon, signal: &str) {
+        let child = self.children[daemon.index()]
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} is not running", daemon.name()));
+        let sent = Command::new("kill")
+            .args(["-s", signal, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -s {signal} {}", daemon.name());
+    }
+
+    /// Waits up to `within` for `daemon` to exit; then it counts as not
+    /// running (it may be restarted) and its exit status is returned.
+    /// `None`: it still runs.
+    pub fn wait_exit(
+        &mut self,
+        daemon: Daemon,
+        within: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        let slot = &mut self.children[daemon.index()];
+        let child = slot
+            .as_mut()
+            .unwrap_or_else(|| panic!("{} is not running", daemon.name()));
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                *slot = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What `daemon` logged so far (its standard error), across restarts.
+    pub fn log_of(&self, daemon: Daemon) -> String {
+        std::fs::read_to_string(self.log(daemon, "err")).unwrap_or_default()
     }
 
     /// Every daemon's output so far.

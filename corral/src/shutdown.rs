@@ -1,6 +1,7 @@
 //! Stopping daemons: Ctrl-C or SIGTERM ends the future every daemon's
 //! `run` takes as its shutdown signal, and [`with_grace`] bounds how long
-//! a server then waits for the calls it is serving.
+//! a server then waits for the calls it is serving. A worker (alone or in
+//! `corral up`) drains first: [`drain_signals`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -76,6 +77,55 @@ pub async fn stop_signal(daemon: &'static str) {
         () = terminated => {}
     }
     tracing::info!("stopping the {daemon}");
+}
+
+/// The stop signals of a daemon that drains before it stops (a worker,
+/// `corral up`): the first future completes on SIGTERM, which asks it to
+/// take no new work and let what runs finish; the second on SIGINT
+/// (Ctrl-C), or a second SIGTERM, which ask it to stop at once. Both
+/// watch from this call on, so a signal between it and their first poll
+/// counts. Must be called inside the runtime.
+pub fn drain_signals(
+    daemon: &'static str,
+) -> (
+    impl Future<Output = ()> + Send,
+    impl Future<Output = ()> + Send,
+) {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    let watch = |kind: SignalKind, name: &str| match signal(kind) {
+        Ok(signal) => Some(signal),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot watch {name}; it does not stop the {daemon}");
+            None
+        }
+    };
+    async fn received(signal: &mut Option<Signal>) {
+        match signal {
+            Some(signal) => {
+                signal.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    // Each future has its own listeners: every signal reaches both.
+    let mut term = watch(SignalKind::terminate(), "SIGTERM");
+    let mut term_again = watch(SignalKind::terminate(), "SIGTERM");
+    let mut interrupt = watch(SignalKind::interrupt(), "SIGINT");
+    let drain = async move {
+        received(&mut term).await;
+        tracing::info!("SIGTERM: stopping the {daemon} once its running actions finish");
+    };
+    let now = async move {
+        let twice = async {
+            received(&mut term_again).await;
+            received(&mut term_again).await;
+        };
+        tokio::select! {
+            () = twice => tracing::info!("second SIGTERM: stopping the {daemon} at once"),
+            () = received(&mut interrupt) => tracing::info!("SIGINT: stopping the {daemon} at once"),
+        }
+    };
+    (drain, now)
 }
 
 /// Completes when standard input reaches end of file (or fails): the

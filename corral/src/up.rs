@@ -8,6 +8,10 @@
 //! sits in its own process group (Ctrl-C in a terminal reaches only this
 //! process, which stops the parts in order) and stops when its standard
 //! input closes, so it never outlives this process, even a killed one.
+//! SIGTERM stops the worker first, letting its running actions finish
+//! and be reported (its `stop_grace_s`), then storage, the scheduler and
+//! the runner; Ctrl-C or a second SIGTERM stops everything at once, the
+//! running actions killed.
 //! When it dies, it is started again with backoff (`supervise_runner`):
 //! the worker gives back the actions it was running and the scheduler
 //! queues them again, so clients see only the delay.
@@ -124,6 +128,7 @@ impl Farm {
                 concurrency: slots,
                 runner: runner_socket.clone(),
                 platform: BTreeMap::new(),
+                platform_lists: BTreeMap::new(),
                 size_class: 0,
             }],
             client_tls: secure.as_ref().map(secure::worker_tls),
@@ -220,8 +225,9 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
     ));
     let authentication = corral_auth::AuthenticationLayer::new(auth.authenticator);
 
-    // Each part is a task; the first to stop (an error, or Ctrl-C) stops
-    // them all, and the first error is what `up` reports.
+    // Each part is a task; the first to stop (an error) stops them all,
+    // as a signal does (the worker first, below), and the first error is
+    // what `up` reports.
     let mut parts: JoinSet<anyhow::Result<()>> = JoinSet::new();
     let server_stop = signal();
     parts.spawn(async move {
@@ -256,8 +262,27 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
             Ok(())
         });
     }
-    let worker_stop = signal();
-    parts.spawn(async move { worker.run(worker_stop).await.context("running the worker") });
+    // The worker stops first, and apart: told to drain (SIGTERM) it
+    // finishes what it runs and reports it while storage, the scheduler
+    // and the runner still serve it; told to stop now (SIGINT, a second
+    // SIGTERM, another part failing) it kills what runs and gives it
+    // back. The rest stops once the worker has.
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let (now_tx, now_rx) = watch::channel(false);
+    let when = |rx: &watch::Receiver<bool>| {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|told| *told).await;
+        }
+    };
+    let (worker_drain, worker_now) = (when(&drain_rx), when(&now_rx));
+    let mut worker_part: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    worker_part.spawn(async move {
+        worker
+            .run(worker_drain, worker_now)
+            .await
+            .context("running the worker")
+    });
     let runner_stop = signal();
     parts.spawn(supervise_runner(
         runner,
@@ -266,17 +291,54 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
         runner_stop,
     ));
 
+    let (drain, drain_now) = shutdown::drain_signals("farm");
+    tokio::pin!(drain, drain_now);
     print_welcome(&farm, listen, data_dir);
     let mut result = Ok(());
+    let keep = |done: anyhow::Result<()>, result: &mut anyhow::Result<()>| {
+        if result.is_ok() {
+            *result = done;
+        }
+    };
+    let mut told_now = false;
     tokio::select! {
-        () = shutdown::stop_signal("farm") => {}
-        Some(done) = parts.join_next() => result = flatten(done),
+        () = &mut drain => {
+            tracing::info!("draining the worker; storage and the scheduler stop after it");
+            let _ = drain_tx.send(true);
+        }
+        () = &mut drain_now => told_now = true,
+        Some(done) = parts.join_next() => {
+            keep(flatten(done), &mut result);
+            told_now = true;
+        }
+        Some(done) = worker_part.join_next() => keep(flatten(done), &mut result),
     }
+    if told_now {
+        let _ = now_tx.send(true);
+    }
+    // Until the worker has stopped: a second signal, or a part failing
+    // meanwhile, stops it at once.
+    loop {
+        tokio::select! {
+            done = worker_part.join_next() => match done {
+                Some(done) => keep(flatten(done), &mut result),
+                None => break,
+            },
+            () = &mut drain_now, if !told_now => {
+                told_now = true;
+                let _ = now_tx.send(true);
+            }
+            Some(done) = parts.join_next(), if !told_now => {
+                keep(flatten(done), &mut result);
+                told_now = true;
+                let _ = now_tx.send(true);
+            }
+        }
+    }
+    tracing::info!("the worker stopped; stopping storage, the scheduler and the runner");
     let _ = stop.send(true);
     while let Some(done) = parts.join_next().await {
-        if result.is_ok() {
-            result = flatten(done);
-        }
+        keep(flatten(done), &mut result);
     }
     eprintln!("corral up: stopped");
     result
@@ -516,7 +578,10 @@ fn print_welcome(farm: &Farm, listen: SocketAddr, data_dir: &Path) {
             );
         }
     }
-    eprintln!("corral up: ready (Ctrl-C stops the farm)");
+    eprintln!(
+        "corral up: ready (SIGTERM lets running actions finish, then stops the farm; Ctrl-C \
+         stops it at once)"
+    );
 }
 
 /// A part's task result, a panic counted as an error.

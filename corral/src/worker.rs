@@ -1,4 +1,7 @@
-//! `corral worker`: the worker daemon alone, until Ctrl-C or SIGTERM.
+//! `corral worker`: the worker daemon alone. SIGTERM drains it: no new
+//! action, the running ones get `stop_grace_s` to finish and be reported,
+//! then it exits; a second SIGTERM, SIGINT (Ctrl-C) or the end of the
+//! grace kills what still runs and gives it back to the scheduler.
 //!
 //! Each slot group's runner must already serve its socket, with
 //! `build_directory` set to `<directory>/build` of this worker: run
@@ -24,7 +27,10 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     };
     protect_the_cache(&worker);
     runtime
-        .block_on(worker.run(shutdown::stop_signal("worker")))
+        .block_on(async {
+            let (stop, stop_now) = shutdown::drain_signals("worker");
+            worker.run(stop, stop_now).await
+        })
         .context("running the worker")?;
     Ok(ExitCode::SUCCESS)
 }

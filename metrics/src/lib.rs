@@ -6,6 +6,8 @@
 //! over TLS when the daemon hands a rustls config in ([`Listener::tls`]):
 //! this crate builds none itself, so it stays free of our other crates.
 
+#![forbid(unsafe_code)]
+
 use std::fmt::Write as _;
 use std::future::Future;
 use std::time::Duration;

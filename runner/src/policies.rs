@@ -66,6 +66,16 @@ impl Policies {
         })
     }
 
+    /// The name a request's policy goes by: `name`, or the default's for
+    /// an empty name.
+    pub fn name_of<'a>(&'a self, name: &'a str) -> &'a str {
+        if name.is_empty() {
+            &self.default
+        } else {
+            name
+        }
+    }
+
     /// The sandbox for `name`; the default for an empty name.
     pub fn get(&self, name: &str) -> Result<Arc<Sandbox>, Error> {
         let name = if name.is_empty() { &self.default } else { name };

@@ -6,19 +6,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_proto::any::Packable;
-use corral_proto::protobuf::{self, Empty};
+use corral_proto::protobuf::Empty;
 use corral_proto::resourceusage::PosixResourceUsage;
 use corral_proto::runner::runner_server::Runner;
 use corral_proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
+use corral_proto::time::duration;
 use corral_sandbox::command::stays_inside;
 use corral_sandbox::{Cancellation, Command, Mapping, Outcome, Sandbox, Stage};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
-use tracing::{debug, instrument};
+use tracing::{debug, instrument, warn};
 
 use crate::action_ids::ActionIds;
 use crate::error::Error;
 use crate::policies::Policies;
+use crate::server_logs;
 
 /// How long a successful readiness probe is trusted. Workers ask often;
 /// a probe runs a whole sandbox.
@@ -189,9 +191,11 @@ impl Drop for CancelOnDrop {
 
 /// The earlier of the action's own timeout and the call's deadline.
 fn effective_timeout(req: &Request<RunRequest>) -> Option<Duration> {
-    let own = req.get_ref().corral_timeout.as_ref().map(|d| {
-        Duration::from_secs(d.seconds.max(0) as u64) + Duration::from_nanos(d.nanos.max(0) as u64)
-    });
+    let own = req
+        .get_ref()
+        .corral_timeout
+        .as_ref()
+        .map(corral_proto::time::std_duration);
     let deadline = req
         .metadata()
         .get("grpc-timeout")
@@ -200,13 +204,6 @@ fn effective_timeout(req: &Request<RunRequest>) -> Option<Duration> {
     match (own, deadline) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    }
-}
-
-fn duration(d: Duration) -> protobuf::Duration {
-    protobuf::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
     }
 }
 
@@ -276,6 +273,14 @@ impl Runner for RunnerService {
         let timeout = effective_timeout(&request);
         let req = request.into_inner();
         let (sandbox, command) = self.checked(&req, timeout).map_err(|e| status(&e))?;
+        // Where the run's report goes; a request without one (none of
+        // Buildbarn's or ours) gets none.
+        let logs = (!req.server_logs_directory.is_empty())
+            .then(|| self.resolve("server_logs_directory", &req.server_logs_directory))
+            .transpose()
+            .map_err(|e| status(&e))?;
+        let policy_name = self.policies.name_of(&req.corral_policy).to_owned();
+        let report_sandbox = Arc::clone(&sandbox);
         // The worker gave up on the action (cancelled, or gone) when this
         // call's future is dropped: the guard then kills the command.
         let cancel = Cancellation::new().map_err(|source| {
@@ -308,6 +313,18 @@ impl Runner for RunnerService {
         .map_err(|_| status(&Error::Cancelled))?
         .map_err(|e| status(&e))?;
         debug!(exit = ?outcome.exit, timed_out = outcome.timed_out, oom = outcome.oom_killed, disk_bound = ?outcome.disk_bound, "action ended");
+        if let Some(logs) = logs {
+            let report = server_logs::Report {
+                policy_name: &policy_name,
+                policy: report_sandbox.policy(),
+                timeout,
+                outcome: &outcome,
+            };
+            // The action's result stands without it.
+            if let Err(err) = report.write(&logs) {
+                warn!(dir = %logs.display(), error = %err, "could not write the run's report");
+            }
+        }
         if outcome.timed_out {
             let seconds = timeout.unwrap_or_default().as_secs_f64();
             return Err(status(&Error::TimedOut { seconds }));

@@ -128,15 +128,15 @@ pub struct Choice {
 /// A number in [0, 1), drawn anew each call.
 pub type Random = Box<dyn FnMut() -> f64 + Send>;
 
-/// The operating system's randomness as a [`Random`].
+/// A [`Random`] from the standard library's randomly keyed SipHash (a
+/// new key per draw): probes need no unguessable numbers, only evenly
+/// spread ones, and no dependency is added for them.
 pub fn os_random() -> Random {
+    use std::hash::{BuildHasher as _, Hasher as _};
     Box::new(|| {
-        let mut bytes = [0u8; 8];
-        // Without randomness, never probe: the safe choice.
-        if getrandom::fill(&mut bytes).is_err() {
-            return 1.0;
-        }
-        (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u8(0);
+        (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
     })
 }
 
@@ -456,6 +456,19 @@ mod tests {
         h.record(1, secs(30), 4);
         h.record(1, secs(30), 4);
         assert_eq!(a.choose(&h, &CLASSES), (1, false));
+    }
+
+    #[test]
+    fn the_default_random_source_spreads_over_zero_to_one() {
+        let mut random = os_random();
+        let draws: Vec<f64> = (0..1000).map(|_| random()).collect();
+        assert!(draws.iter().all(|d| (0.0..1.0).contains(d)));
+        // 1000 draws: each tenth of [0, 1) gets some (a failure here is
+        // about 10 x 0.9^1000, never).
+        for tenth in 0..10 {
+            let (lo, hi) = (f64::from(tenth) / 10.0, f64::from(tenth + 1) / 10.0);
+            assert!(draws.iter().any(|d| (lo..hi).contains(d)), "{tenth}");
+        }
     }
 
     #[test]

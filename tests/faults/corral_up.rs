@@ -1,5 +1,8 @@
 //! `corral up` with its runner child killed (SIGKILL) mid-action: the
 //! farm restarts the runner, and the client gets the action's result.
+//! `corral up` told to stop (SIGTERM) mid-action: its worker finishes
+//! the action and reports it before storage and the scheduler stop; a
+//! second signal stops everything at once.
 
 use std::path::Path;
 use std::process::Command;
@@ -196,6 +199,120 @@ async fn corral_up_restarts_a_killed_runner_and_the_action_completes() {
     // The restarted runner still stops with the farm.
     let mut farm = farm;
     assert!(farm.stop().success(), "{}", farm.logs());
+    let left = farm.leftover_processes();
+    assert!(left.is_empty(), "left running: {left:?}");
+}
+
+/// Starts `script` on `farm` and returns its Execute stream once a worker
+/// runs it.
+async fn executing(farm: &Farm, script: &str) -> tonic::Streaming<Operation> {
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", farm.port))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let action_digest = upload_action(&channel, script).await;
+    let mut stream = ExecutionClient::new(channel)
+        .execute(ExecuteRequest {
+            action_digest: Some(action_digest),
+            skip_cache_lookup: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let operation = tokio::time::timeout(LIMIT, stream.message())
+            .await
+            .expect("the action starts")
+            .unwrap()
+            .expect("the stream goes on until the action is done");
+        if stage(&operation) == Some(execution_stage::Value::Executing) {
+            return stream;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corral_up_on_sigterm_finishes_the_running_action_then_stops() {
+    let mut farm = Farm::start();
+    let mut stream = executing(&farm, "sleep 3; echo slept; exit 4").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopped_at = Instant::now();
+    farm.signal("TERM");
+    // The scheduler still serves the stream: the result reaches it.
+    let done = loop {
+        let operation = tokio::time::timeout(LIMIT, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("the action never completed\n{}", farm.logs()))
+            .unwrap_or_else(|status| panic!("the client got {status:?}\n{}", farm.logs()))
+            .unwrap_or_else(|| panic!("the stream ended early\n{}", farm.logs()));
+        if operation.done {
+            break response(operation);
+        }
+    };
+    let status = done.status.clone().unwrap_or_default();
+    assert_eq!(status.code, 0, "{status:?}\n{}", farm.logs());
+    let result = done.result.unwrap();
+    assert_eq!(result.exit_code, 4, "the action's own exit code");
+    assert_eq!(result.stdout_digest, Some(digest(b"slept\n")));
+    let exit = tokio::task::block_in_place(|| farm.wait_exit(Duration::from_secs(20)))
+        .unwrap_or_else(|| panic!("corral up still runs\n{}", farm.logs()));
+    eprintln!("corral up exited {:?} after SIGTERM", stopped_at.elapsed());
+    assert!(exit.success(), "{exit}\n{}", farm.logs());
+    let logs = farm.logs();
+    for step in [
+        "draining the worker",
+        "every action finished and was reported",
+        "the worker stopped; stopping storage, the scheduler and the runner",
+    ] {
+        assert!(logs.contains(step), "{step:?} not logged\n{logs}");
+    }
+    let left = farm.leftover_processes();
+    assert!(left.is_empty(), "left running: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corral_up_on_a_second_signal_kills_the_running_action_and_stops_at_once() {
+    let mut farm = Farm::start();
+    let sleeping = crate::graceful_stop::sleep_command("30.11");
+    let _stream = executing(&farm, &format!("{sleeping}; exit 0")).await;
+    let start = Instant::now();
+    while crate::graceful_stop::processes(&sleeping) == 0 {
+        assert!(
+            start.elapsed() < LIMIT,
+            "the action never ran\n{}",
+            farm.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopped_at = Instant::now();
+    farm.signal("TERM");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        tokio::task::block_in_place(|| farm.wait_exit(Duration::ZERO)).is_none(),
+        "corral up stopped without waiting for its action\n{}",
+        farm.logs()
+    );
+    farm.signal("INT");
+    let exit = tokio::task::block_in_place(|| farm.wait_exit(Duration::from_secs(20)))
+        .unwrap_or_else(|| panic!("corral up still runs\n{}", farm.logs()));
+    let took = stopped_at.elapsed();
+    eprintln!("corral up exited {took:?} after SIGTERM, then SIGINT at 1 s");
+    assert!(exit.success(), "{exit}\n{}", farm.logs());
+    // The scheduler gives open streams 5 s (shutdown::GRACE).
+    assert!(
+        took < Duration::from_secs(15),
+        "corral up took {took:?} to stop\n{}",
+        farm.logs()
+    );
+    let logs = farm.logs();
+    assert!(logs.contains("killed the action"), "{logs}");
+    assert_eq!(
+        crate::graceful_stop::processes(&sleeping),
+        0,
+        "the action outlived corral up"
+    );
     let left = farm.leftover_processes();
     assert!(left.is_empty(), "left running: {left:?}");
 }

@@ -56,6 +56,14 @@ class FarmTest(unittest.TestCase):
             return result.stdout_raw
         return self.client.read(result.stdout_digest) if result.HasField("stdout_digest") else b""
 
+    def sandbox_report(self, response):
+        """The runner's report of the run, read from the CAS by the digest
+        ExecuteResponse.server_logs gives it."""
+        self.assertIn("sandbox.txt", response.server_logs, response)
+        log = response.server_logs["sandbox.txt"]
+        self.assertTrue(log.human_readable)
+        return self.client.read(log.digest).decode()
+
     def stderr(self, response):
         result = response.result
         if result.HasField("stderr_digest"):
@@ -133,6 +141,29 @@ class Timeout(FarmTest):
         with self.assertRaises(grpc.RpcError) as caught:
             self.client.get_action_result(prepared.action_digest)
         self.assertEqual(caught.exception.code(), grpc.StatusCode.NOT_FOUND)
+        # The sandbox's report says why, without the farm's logs.
+        report = self.sandbox_report(response)
+        self.assertIn("ended: killed at its timeout after 1.0 s\n", report)
+        self.assertIn("exit: signal SIGKILL", report)
+
+
+class ServerLogs(FarmTest):
+    def test_every_execution_carries_the_sandbox_report_in_the_cas(self):
+        prepared = self.prepare("exit 3")
+        response = self.run_action(prepared)
+        self.assertEqual(response.status.code, reapi.OK, response.status)
+        self.assertEqual(response.result.exit_code, 3)
+        report = self.sandbox_report(response)
+        for line in [
+            "policy: default\n",
+            "ended: exited by itself\n",
+            "exit: code 3\n",
+            "network: none (loopback only)\n",
+        ]:
+            self.assertIn(line, report)
+        self.assertRegex(report, r"\nlandlock: (fully|partially|not) enforced")
+        self.assertRegex(report, r"\nlimits: memory \S+ \S+, processes \d+")
+        self.assertRegex(report, r"\nused: wall \d+\.\d+ s, user ")
 
 
 # Builds out/ with nested files (one executable), an empty directory and a

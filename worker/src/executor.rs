@@ -6,18 +6,19 @@
 //! of losing the action. The build directory is removed in every case,
 //! including when the slot abandons the action midway.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use corral_proto::protobuf::{Any, Timestamp};
 use corral_proto::reapi::{
     digest_function, Action, ActionResult, Command, Digest, ExecuteResponse,
-    ExecutedActionMetadata, Platform,
+    ExecutedActionMetadata, LogFile, Platform,
 };
 use corral_proto::rpc;
 use corral_proto::runner::RunRequest;
+use corral_proto::time::now;
 use prost::Message;
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
@@ -135,20 +136,6 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
 }
 
-/// Now, as a protobuf timestamp.
-pub fn now() -> Timestamp {
-    timestamp(SystemTime::now())
-}
-
-/// `t` as a protobuf timestamp.
-pub fn timestamp(t: SystemTime) -> Timestamp {
-    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
-    }
-}
-
 /// The build directory of one action, removed on every path: by
 /// [`remove`](Self::remove) when the action ends, and when dropped if the
 /// slot abandons the action midway. remove_dir_all does not follow
@@ -233,6 +220,7 @@ impl Executor {
             ..Default::default()
         };
         let mut result = ActionResult::default();
+        let mut server_logs = HashMap::new();
         let id = format!(
             "{}-{}",
             self.slot,
@@ -241,7 +229,16 @@ impl Executor {
         let outcome = {
             let dir = BuildDirectory(self.build_dir.join(&id));
             let outcome = self
-                .steps(job, &cas, &id, &dir.0, &mut result, &mut meta, stage)
+                .steps(
+                    job,
+                    &cas,
+                    &id,
+                    &dir.0,
+                    &mut result,
+                    &mut server_logs,
+                    &mut meta,
+                    stage,
+                )
                 .await;
             dir.remove().await;
             outcome
@@ -292,6 +289,7 @@ impl Executor {
         Ok(ExecuteResponse {
             result: Some(result),
             status,
+            server_logs,
             ..Default::default()
         })
     }
@@ -304,6 +302,7 @@ impl Executor {
         id: &str,
         dir: &Path,
         result: &mut ActionResult,
+        server_logs: &mut HashMap<String, LogFile>,
         meta: &mut ExecutedActionMetadata,
         stage: &watch::Sender<Stage>,
     ) -> Result<(), Error> {
@@ -403,14 +402,16 @@ impl Executor {
             let mut result = std::mem::take(result);
             move || {
                 let limits = collect_outputs.then_some(limits);
-                let gathered = gather(&dir, &root, &command, inline, limits, &mut result);
-                (result, gathered)
+                let mut gathered = gather(&dir, &root, &command, inline, limits, &mut result);
+                let logs = read_server_logs(&dir.join("logs"), &mut gathered.0);
+                (result, gathered, logs)
             }
         };
-        let (gathered_result, gathered) = tokio::task::spawn_blocking(gather)
+        let (gathered_result, gathered, logs) = tokio::task::spawn_blocking(gather)
             .await
             .map_err(Error::Task)?;
         *result = gathered_result;
+        *server_logs = logs;
         let (blobs, collected) = gathered;
         let uploaded = cas.upload(blobs).await.map_err(Error::Upload);
         meta.output_upload_completed_timestamp = Some(now());
@@ -456,6 +457,54 @@ fn gather(
         None => Ok(()),
     };
     (blobs, collected)
+}
+
+/// The most server log files taken from one run, and the largest: the
+/// runner writes one small report; anything else there is not ours to
+/// ship in bulk.
+const SERVER_LOGS_MAX_FILES: usize = 16;
+const SERVER_LOG_MAX_BYTES: u64 = 1 << 20;
+
+/// The files the runner left in the run's server logs directory, as
+/// `ExecuteResponse.server_logs` (name → digest), their blobs added to
+/// `blobs`. A log that cannot be read is left out (and logged): the
+/// action's result stands without it. Blocking.
+fn read_server_logs(dir: &Path, blobs: &mut outputs::Blobs) -> HashMap<String, LogFile> {
+    let mut logs = HashMap::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return logs,
+        Err(err) => {
+            warn!(dir = %dir.display(), error = %err, "server logs unreadable");
+            return logs;
+        }
+    };
+    for entry in entries.flatten().take(SERVER_LOGS_MAX_FILES) {
+        let (path, name) = (entry.path(), entry.file_name());
+        let Some(name) = name.to_str() else { continue };
+        match entry.metadata() {
+            Ok(meta) if meta.is_file() && meta.len() <= SERVER_LOG_MAX_BYTES => {}
+            _ => {
+                warn!(path = %path.display(), "server log left out: not a regular file of at most 1 MiB");
+                continue;
+            }
+        }
+        match outputs::log(&path, false) {
+            Ok(Some((digest, blob, _))) => {
+                logs.insert(
+                    name.to_owned(),
+                    LogFile {
+                        digest: Some(digest.clone()),
+                        human_readable: name.ends_with(".txt"),
+                    },
+                );
+                blobs.push((digest, blob));
+            }
+            Ok(None) => {}
+            Err(err) => warn!(path = %path.display(), error = %err, "server log unreadable"),
+        }
+    }
+    logs
 }
 
 /// The sandbox policy named by the action's platform, else the command's

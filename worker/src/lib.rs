@@ -8,18 +8,18 @@
 //!
 //! Modules:
 //! - [`config`] — `worker.toml`.
-//! - [`error`] — the crate's error type.
+//! - `error` — the crate's error type.
 //! - [`cas_client`] — blobs and Action Cache entries, verified by digest.
 //! - [`file_cache`] — content-addressed, read-only files to hardlink.
 //! - [`directory_cache`] — Directory messages already read, by digest.
-//! - [`confirmed`] — which cached blobs storage has shown to which
+//! - `confirmed` — which cached blobs storage has shown to which
 //!   instance names.
 //! - [`input_root`] — lays out an action's input root.
 //! - [`runner_client`] — the runner over its Unix socket.
-//! - [`outputs`] — output parents before the run, outputs after it.
+//! - `outputs` — output parents before the run, outputs after it.
 //! - [`executor`] — one action, from Action to ExecuteResponse.
 //! - [`metrics`] — Prometheus metrics of the worker.
-//! - [`slot`] — one build slot synchronizing with the scheduler.
+//! - `slot` — one build slot synchronizing with the scheduler.
 //!
 //! [`Worker`] (or [`run`]) is the entry point: one slot per unit of
 //! concurrency, all sharing the file and directory caches, the storage
@@ -35,29 +35,33 @@
 
 pub mod cas_client;
 pub mod config;
-pub mod confirmed;
+mod confirmed;
 pub mod directory_cache;
-pub mod error;
+mod error;
 pub mod executor;
 pub mod file_cache;
 pub mod input_root;
 pub mod metrics;
-pub mod outputs;
+mod outputs;
 pub mod runner_client;
-pub mod slot;
+mod slot;
 
 pub use config::Config;
 pub use error::Error;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use corral_auth::channel::Connector;
 use corral_proto::reapi::{platform::Property, Platform};
 use corral_proto::remoteworker::operation_queue_client::OperationQueueClient;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+/// How often a stopping worker logs the actions it still waits for.
+const DRAIN_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Empties `dir` (what a previous run left is not ours to trust) and
 /// creates it.
@@ -158,16 +162,26 @@ impl Worker {
         }
     }
 
-    /// Runs the slots until `shutdown` completes, and serves the metrics
-    /// when `[metrics]` is configured. Actions running then are dropped;
-    /// the scheduler queues them again when the slots stop reporting.
+    /// Runs the slots, and serves the metrics when `[metrics]` is
+    /// configured, until told to stop:
+    /// - when `stop` completes, the slots take no new action; the running
+    ///   ones get `stop_grace_s` to finish and be reported;
+    /// - when `stop_now` completes, or the grace is over, the running
+    ///   actions are killed (their runner calls cancelled) and given back
+    ///   to the scheduler, which queues them again at once.
+    ///
+    /// Then it returns. Each step is logged.
     ///
     /// The runners named by the slot groups must use `<directory>/build`
     /// as their build directory: run requests name paths relative to it.
     /// Each is asked first (see
     /// [`RunnerClient::check_build_directory`](runner_client::RunnerClient::check_build_directory)):
     /// a runner resolving paths elsewhere stops the worker here.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    pub async fn run(
+        self,
+        stop: impl Future<Output = ()>,
+        stop_now: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
         let metrics = match &self.cfg.metrics {
             Some(m) => {
                 let tls = m
@@ -191,18 +205,26 @@ impl Worker {
             None => None,
         };
         let page = self.metrics_page();
-        corral_metrics::serving_while(metrics, move || page.render(), self.run_slots(shutdown))
-            .await
+        corral_metrics::serving_while(
+            metrics,
+            move || page.render(),
+            self.run_slots(stop, stop_now),
+        )
+        .await
     }
 
-    async fn run_slots(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    async fn run_slots(
+        self,
+        stop: impl Future<Output = ()>,
+        stop_now: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
         let cfg = &self.cfg;
         let build_dir = cfg.directory.join("build");
         let scheduler = self
             .connector
             .connect_lazy("scheduler", &cfg.scheduler)
             .map_err(Error::Client)?;
-        tokio::pin!(shutdown);
+        tokio::pin!(stop, stop_now);
         // A runner resolving paths under another directory would fail
         // every action: refuse to start instead, naming both.
         let mut sockets: Vec<&Path> = cfg.slots.iter().map(|g| g.runner.as_path()).collect();
@@ -211,32 +233,28 @@ impl Worker {
         for socket in sockets {
             let runner = runner_client::RunnerClient::new(socket);
             tokio::select! {
-                () = &mut shutdown => return Ok(()),
+                () = &mut stop => return Ok(()),
+                () = &mut stop_now => return Ok(()),
                 checked = runner.check_build_directory(&build_dir) => checked?,
             }
         }
         let host = hostname();
+        let (stopping, stop_rx) = watch::channel(slot::Stop::Running);
         let mut slots = JoinSet::new();
         let mut number = 0usize;
         for group in &cfg.slots {
             let platform = Platform {
-                // BTreeMap order: sorted by name, as REAPI requires.
                 properties: group
-                    .platform
-                    .iter()
-                    .map(|(name, value)| Property {
-                        name: name.clone(),
-                        value: value.clone(),
-                    })
+                    .offered()
+                    .into_iter()
+                    .map(|(name, value)| Property { name, value })
                     .collect(),
             };
             let runner = runner_client::RunnerClient::new(&group.runner);
             for _ in 0..concurrency(group) {
-                let worker_id: BTreeMap<String, String> = [
-                    ("hostname".to_owned(), host.clone()),
-                    ("slot".to_owned(), number.to_string()),
-                ]
-                .into();
+                let mut worker_id = cfg.worker_id.clone();
+                worker_id.insert("hostname".to_owned(), host.clone());
+                worker_id.insert("slot".to_owned(), number.to_string());
                 let executor = executor::Executor::new(
                     format!("{host}/slot-{number}"),
                     build_dir.clone(),
@@ -254,6 +272,7 @@ impl Worker {
                     scheduler: OperationQueueClient::new(scheduler.clone()),
                     runner: runner.clone(),
                     executor,
+                    stop: stop_rx.clone(),
                 };
                 let span = tracing::info_span!("slot", slot = number);
                 slots.spawn(tracing::Instrument::instrument(slot.run(), span));
@@ -261,27 +280,103 @@ impl Worker {
             }
         }
         tracing::info!(slots = number, scheduler = %cfg.scheduler, "worker running");
-        loop {
+        let now = loop {
             tokio::select! {
-                () = &mut shutdown => break,
+                () = &mut stop => break false,
+                () = &mut stop_now => break true,
                 joined = slots.join_next() => match joined {
-                    // Slots loop forever; one that ended panicked.
+                    // Slots end only when told to stop; one that ended
+                    // panicked.
                     Some(Err(error)) => tracing::error!(%error, "a slot stopped"),
                     Some(Ok(())) => {}
-                    None => break,
+                    None => return Ok(()),
                 },
             }
+        };
+        let metrics = &self.shared.metrics;
+        let cause = if now {
+            Some("asked to stop at once")
+        } else {
+            self.drain(&mut slots, &stopping, &mut stop_now).await
+        };
+        if let Some(cause) = cause {
+            tracing::warn!(
+                running = metrics.executing_now(),
+                cause,
+                "stopping now: killing the running actions and giving them back to the scheduler"
+            );
+            stopping.send_replace(slot::Stop::Now);
+            // Each slot sends its last report within LAST_REPORT_MAX.
+            let reported = async { while slots.join_next().await.is_some() {} };
+            if tokio::time::timeout(slot::LAST_REPORT_MAX * 2, reported)
+                .await
+                .is_err()
+            {
+                tracing::warn!("slots still reporting; dropping them");
+            }
+            // Dropping a slot drops its action; the build directory is
+            // removed as the executor's future drops.
+            slots.shutdown().await;
         }
-        // Dropping the JoinSet aborts the slots; their build directories
-        // are removed as the executors' futures drop.
-        slots.shutdown().await;
         tracing::info!("worker stopped");
         Ok(())
     }
+
+    /// Tells the slots to take no new work and waits up to `stop_grace_s`
+    /// for the running actions to finish and be reported, logging what is
+    /// left. Returns why it stopped waiting with actions still running,
+    /// or `None` when every slot has finished.
+    async fn drain(
+        &self,
+        slots: &mut JoinSet<()>,
+        stopping: &watch::Sender<slot::Stop>,
+        stop_now: impl Future<Output = ()>,
+    ) -> Option<&'static str> {
+        let metrics = &self.shared.metrics;
+        let grace = Duration::from_secs(self.cfg.stop_grace_s);
+        tracing::info!(
+            running = metrics.executing_now(),
+            grace_s = grace.as_secs(),
+            "stopping: taking no new work; the running actions have the grace to finish \
+             (SIGTERM again or SIGINT kills them at once)"
+        );
+        stopping.send_replace(slot::Stop::Drain);
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut progress = tokio::time::interval_at(
+            tokio::time::Instant::now() + DRAIN_LOG_EVERY,
+            DRAIN_LOG_EVERY,
+        );
+        tokio::pin!(stop_now);
+        loop {
+            tokio::select! {
+                joined = slots.join_next() => match joined {
+                    Some(Err(error)) => tracing::error!(%error, "a slot stopped"),
+                    Some(Ok(())) => {}
+                    None => {
+                        tracing::info!("every action finished and was reported");
+                        return None;
+                    }
+                },
+                () = &mut stop_now => return Some("asked to stop at once"),
+                () = tokio::time::sleep_until(deadline) => return Some("the grace is over"),
+                _ = progress.tick() => tracing::info!(
+                    running = metrics.executing_now(),
+                    grace_left_s = deadline
+                        .saturating_duration_since(tokio::time::Instant::now())
+                        .as_secs(),
+                    "stopping: actions still running"
+                ),
+            }
+        }
+    }
 }
 
-/// Runs a worker from `cfg` until `shutdown` completes (see
+/// Runs a worker from `cfg` until it is told to stop (see
 /// [`Worker::run`]).
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    Worker::new(cfg)?.run(shutdown).await
+pub async fn run(
+    cfg: Config,
+    stop: impl Future<Output = ()>,
+    stop_now: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    Worker::new(cfg)?.run(stop, stop_now).await
 }

@@ -7,6 +7,13 @@
 //! an Idle answer then means the action went elsewhere, so it is dropped;
 //! the Completed report carries the response and its answer may carry the
 //! next action.
+//!
+//! Stopping ([`Stop`]): draining, a slot takes no new action (its last
+//! report prefers being idle, which the scheduler answers at once with
+//! nothing) but finishes and reports the one it runs; stopping now, it
+//! drops the run, which cancels the runner's call and so kills the
+//! command, and says Idle: the scheduler queues the action again at once
+//! (docs/decisions/0012-runner-failures.md, the same give-back).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -34,6 +41,42 @@ const IDLE_PAUSE_MAX: Duration = Duration::from_millis(200);
 /// Progress reports while executing are sent at least this often, even if
 /// the scheduler asks for less.
 const REPORT_MAX: Duration = Duration::from_secs(10);
+/// How long a stopping slot keeps trying to reach the scheduler with its
+/// last report, once it is told to stop now (a result) or at once (Idle).
+/// Past it the worker exits anyway: a scheduler it cannot reach queues
+/// the action again when it notices the worker is gone.
+pub const LAST_REPORT_MAX: Duration = Duration::from_secs(5);
+
+/// How far the worker is in stopping; it only moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stop {
+    /// Taking work.
+    Running,
+    /// Taking no new work; the running action finishes and is reported.
+    Drain,
+    /// The running action is killed and given back.
+    Now,
+}
+
+/// Completes once `stop` reaches `level`.
+async fn reached(stop: &mut watch::Receiver<Stop>, level: Stop) {
+    if stop.wait_for(|s| *s >= level).await.is_err() {
+        // The sender outlives the slots (the worker holds it until they
+        // end): never reached.
+        std::future::pending::<()>().await;
+    }
+}
+
+fn idle() -> CurrentState {
+    state(current_state::WorkerState::Idle(Empty {}))
+}
+
+fn is_idle(current: &CurrentState) -> bool {
+    matches!(
+        current.worker_state,
+        Some(current_state::WorkerState::Idle(_))
+    )
+}
 
 /// What a slot tells the scheduler about itself.
 #[derive(Debug, Clone)]
@@ -50,6 +93,8 @@ pub struct Slot {
     pub scheduler: OperationQueueClient<Channel>,
     pub runner: RunnerClient,
     pub executor: Executor,
+    /// How far the worker is in stopping.
+    pub stop: watch::Receiver<Stop>,
 }
 
 fn state(s: current_state::WorkerState) -> CurrentState {
@@ -61,9 +106,8 @@ fn state(s: current_state::WorkerState) -> CurrentState {
 /// How long until `at`, capped at `max`; zero if it has passed.
 fn until(at: Option<&Timestamp>, max: Duration) -> Duration {
     let Some(at) = at else { return max };
-    let at =
-        SystemTime::UNIX_EPOCH + Duration::new(at.seconds.max(0) as u64, at.nanos.max(0) as u32);
-    at.duration_since(SystemTime::now())
+    corral_proto::time::system_time(at)
+        .duration_since(SystemTime::now())
         .unwrap_or_default()
         .min(max)
 }
@@ -81,40 +125,87 @@ fn ended_state(action_digest: Digest, ended: Result<ExecuteResponse, RunnerLost>
         Ok(response) => state(corral_proto::completed(action_digest, response)),
         Err(lost) => {
             warn!(action = %action_digest.hash, error = %lost, "giving the action back to the scheduler");
-            state(current_state::WorkerState::Idle(Empty {}))
+            idle()
         }
     }
 }
 
 impl Slot {
-    /// Synchronizes forever; the caller stops it by dropping the future.
+    /// Synchronizes until told to stop (see [`Stop`]), then sends its
+    /// last report and returns.
     pub async fn run(mut self) {
-        let mut current = state(current_state::WorkerState::Idle(Empty {}));
+        let mut stop = self.stop.clone();
+        let mut current = idle();
         loop {
-            let idle = matches!(
-                current.worker_state,
-                Some(current_state::WorkerState::Idle(_))
-            );
+            if *stop.borrow() != Stop::Running {
+                return self.last_report(current).await;
+            }
+            let idle_now = is_idle(&current);
             // An unready runner would fail every action; the scheduler
             // keeps them for a slot that can run them.
-            let prefer_being_idle = idle && self.runner.check_readiness().await.is_err();
+            let prefer_being_idle = idle_now
+                && tokio::select! {
+                    ready = self.runner.check_readiness() => ready.is_err(),
+                    () = reached(&mut stop, Stop::Drain) => continue,
+                };
             if prefer_being_idle {
                 debug!(socket = %self.runner.socket().display(), "runner not ready");
             }
-            let response = self.synchronize(current.clone(), prefer_being_idle).await;
+            // An idle call is a long poll: a drain drops it, and the last
+            // report gives back what the scheduler may have handed to it
+            // meanwhile.
+            let response = tokio::select! {
+                response = self.synchronize(current.clone(), prefer_being_idle) => response,
+                () = reached(&mut stop, Stop::Drain) => continue,
+            };
             match response.desired_state.and_then(|d| d.worker_state) {
                 Some(desired_state::WorkerState::Executing(exec)) => {
                     current = self.execute(exec, response.next_synchronization_at).await;
                 }
                 _ => {
-                    current = state(current_state::WorkerState::Idle(Empty {}));
+                    current = idle();
                     let pause = if prefer_being_idle {
                         until(response.next_synchronization_at.as_ref(), BACKOFF_MAX)
                     } else {
                         until(response.next_synchronization_at.as_ref(), IDLE_PAUSE_MAX)
                     };
-                    tokio::time::sleep(pause).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = reached(&mut stop, Stop::Drain) => {}
+                    }
                 }
+            }
+        }
+    }
+
+    /// The stopping slot's last words: the result it holds, if any, then
+    /// Idle, each preferring to be idle so that the scheduler hands out
+    /// nothing more. The Idle report gives back an action the scheduler
+    /// still counts as this slot's: one killed by [`Stop::Now`], or one
+    /// handed to a long poll the drain dropped. A result is retried until
+    /// [`LAST_REPORT_MAX`] after [`Stop::Now`]; the Idle report for
+    /// [`LAST_REPORT_MAX`].
+    async fn last_report(&mut self, current: CurrentState) {
+        let mut stop = self.stop.clone();
+        if !is_idle(&current) {
+            let give_up = async {
+                reached(&mut stop, Stop::Now).await;
+                tokio::time::sleep(LAST_REPORT_MAX).await;
+            };
+            tokio::select! {
+                _ = self.synchronize(current, true) => {}
+                () = give_up => {
+                    warn!("could not report the action's result to the scheduler before stopping; \
+                           it queues the action again once it notices the worker is gone");
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            _ = self.synchronize(idle(), true) => {}
+            () = tokio::time::sleep(LAST_REPORT_MAX) => {
+                warn!("could not tell the scheduler this slot stops; it notices once the \
+                       worker is silent");
             }
         }
     }
@@ -196,6 +287,13 @@ impl Slot {
         // call after a scheduler restart fails on the old connection, and
         // the restarted scheduler adopts the run only once it hears of it.
         let mut backoff = BACKOFF_MIN;
+        let mut stop = self.stop.clone();
+        // Stopping now drops `run`: the runner's call is cancelled, which
+        // kills the command, and the slot says Idle, giving it back.
+        let killed = |action_digest: &Digest| {
+            warn!(action = %action_digest.hash, "stopping now: killed the action; giving it back to the scheduler");
+            idle()
+        };
         loop {
             if report_now {
                 let stage = *stage_rx.borrow_and_update();
@@ -234,6 +332,7 @@ impl Slot {
                 let answer = tokio::select! {
                     ended = &mut run => return ended_state(action_digest, ended),
                     answer = &mut report => answer,
+                    () = reached(&mut stop, Stop::Now) => return killed(&action_digest),
                 };
                 match answer {
                     Ok(response) => {
@@ -242,7 +341,7 @@ impl Slot {
                             response.desired_state.and_then(|d| d.worker_state)
                         {
                             warn!(action = %action_digest.hash, "the scheduler took the action back; abandoning it");
-                            return state(current_state::WorkerState::Idle(Empty {}));
+                            return idle();
                         }
                         report_in = until(response.next_synchronization_at.as_ref(), REPORT_MAX);
                         backoff = BACKOFF_MIN;
@@ -258,6 +357,7 @@ impl Slot {
                 ended = &mut run => return ended_state(action_digest, ended),
                 changed = stage_rx.changed() => report_now = changed.is_ok(),
                 () = tokio::time::sleep(report_in) => report_now = true,
+                () = reached(&mut stop, Stop::Now) => return killed(&action_digest),
             }
         }
     }
