@@ -184,6 +184,7 @@ impl Inner {
                 .filter(|(key, queue)| {
                     **key != picked
                         && !queue.is_empty()
+                        && self.dispatch.may_start(&key.0)
                         && instance_matches(prefix, &key.0)
                         && self.dispatch.matcher().satisfies(platform, &key.1)
                 })
@@ -1290,6 +1291,36 @@ mod tests {
         a.fail_unserved(Duration::from_secs(3600));
         assert_eq!(a.offered_size_classes("", &linux()), [4]);
         assert!(a.try_assign(&large, "", &linux()).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_size_classes_a_worker_finds_its_class_in_another_tenants_queue() {
+        let sizes = crate::size_class::SizeClasses::new(
+            crate::config::SizeClassesConfig::default(),
+            Box::new(|| 0.99),
+            None,
+        );
+        let a = assignments().with_size_classes(sizes);
+        let (small, large) = (worker(1), worker(4));
+        for (w, class) in [(&small, 1), (&large, 4)] {
+            a.saw_worker(w, "", &linux());
+            a.saw_size_class(w, class);
+        }
+        // Whichever tenant's turn it is, the small worker gets the small
+        // action and the large worker the large one.
+        for (n, tenant, class) in [(16, "team-a", 4), (17, "team-b", 1)] {
+            let mut q = queued(n, tenant);
+            q.size_class.class = class;
+            a.enqueue(q, 0, "");
+        }
+        let got = a.try_assign(&small, "", &linux()).unwrap();
+        assert_eq!(got.queued.action_digest, digest(17));
+        let other_small = worker(2);
+        a.saw_worker(&other_small, "", &linux());
+        a.saw_size_class(&other_small, 1);
+        assert!(a.try_assign(&other_small, "", &linux()).is_none());
+        let got = a.try_assign(&large, "", &linux()).unwrap();
+        assert_eq!(got.queued.action_digest, digest(16));
     }
 
     #[tokio::test(start_paused = true)]
