@@ -282,14 +282,36 @@ impl Scheduler {
     /// The Prometheus page as a function to call when scraped, for a
     /// daemon that serves it (`corral_metrics::serve`), alone or with
     /// other pages.
-    pub fn metrics_page(&self) -> impl Fn() -> String + Clone + Send + 'static {
+    pub fn metrics_page(&self) -> impl Fn() -> String + Clone + Send + Sync + 'static {
         let assignments = Arc::clone(&self.assignments);
         let operations = Arc::clone(&self.operations);
         move || assignments.metrics().render(&assignments, &operations)
     }
 
+    /// What `/readyz` checks for the scheduler: that storage answers (a
+    /// GetCapabilities, cheap on any storage).
+    pub fn readiness_checks(&self) -> Vec<(&'static str, corral_metrics::Check)> {
+        let storage = self.storage.clone();
+        let storage = corral_metrics::check(move || {
+            let storage = storage.clone();
+            async move {
+                storage
+                    .capabilities("")
+                    .await
+                    .map(|_| ())
+                    .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+            }
+        });
+        vec![("storage", storage)]
+    }
+
+    /// The scheduler's HTTP port: `/metrics`, `/healthz`, `/readyz`.
+    pub fn http_routes(&self) -> corral_metrics::axum::Router {
+        corral_metrics::http::router(self.metrics_page(), self.readiness_checks())
+    }
+
     /// Serves the scheduler alone on `listener` until `shutdown`, and its
-    /// metrics when `[metrics]` is configured.
+    /// HTTP port (metrics, health) when `[metrics]` is configured.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -330,7 +352,7 @@ impl Scheduler {
             .layer(self.authentication.clone())
             .add_routes(self.routes())
             .serve_with_incoming_shutdown(corral_storage::no_delay(listener), shutdown);
-        let served = corral_metrics::serving_while(metrics, self.metrics_page(), grpc).await;
+        let served = corral_metrics::serving_while(metrics, self.http_routes(), grpc).await;
         served.map_err(|source| Error::Serve { addr, source })?;
         tracing::info!(%addr, "scheduler stopped");
         Ok(())

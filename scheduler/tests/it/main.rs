@@ -10,6 +10,7 @@ mod authz;
 mod build_queue_state;
 mod crafted;
 mod tls;
+mod web;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -116,7 +117,7 @@ async fn farm_built(timing: Timing, authorizer: Option<corral_auth::Authorizer>)
     let metrics = metrics_listener.local_addr().unwrap();
     servers.spawn(corral_metrics::serve(
         corral_metrics::Listener::plaintext(metrics_listener),
-        scheduler.metrics_page(),
+        scheduler.http_routes(),
         std::future::pending(),
     ));
     match authorizer {

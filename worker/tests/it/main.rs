@@ -7,6 +7,7 @@
 
 mod crafted;
 mod full_disk;
+mod health;
 mod runner_faults;
 mod stopping;
 mod tls;
