@@ -249,13 +249,14 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
             .with_context(|| format!("listening for metrics on {}", metrics.listen))?;
         let metrics_stop = signal();
         // One page for the whole farm: the scheduler's, then the worker's;
-        // ready when storage, the runner and the scheduler all are.
+        // ready when storage, the runner and the scheduler all are; the
+        // scheduler's web UI beside them.
         let scheduler_page = scheduler.metrics_page();
         let worker_page = worker.metrics_page();
         let page = move || scheduler_page() + &worker_page.render();
         let mut checks = scheduler.readiness_checks();
         checks.extend(worker.readiness_checks());
-        let routes = corral_metrics::http::router(page, checks);
+        let routes = corral_metrics::http::router(page, checks).merge(scheduler.web_routes());
         let bound = match &metrics_tls {
             Some(tls) => corral_metrics::Listener::tls(bound, tls.rustls()),
             None => corral_metrics::Listener::plaintext(bound),

@@ -34,6 +34,8 @@
 //! - [`storage_client`] — what the scheduler reads from storage.
 //! - [`sweeper`] — what happens as time passes.
 //! - [`task`] — the one way to start a background task.
+//! - [`web`] — the web UI on the HTTP port: queues, workers, operations,
+//!   actions (one file per page).
 //! - [`error`] — the crate's error type.
 //!
 //! The scheduler never runs anything itself, and never writes storage:
@@ -63,6 +65,7 @@ pub mod storage_client;
 pub mod sweeper;
 pub mod task;
 pub mod timing;
+pub mod web;
 
 pub use capabilities_service::CacheCapabilitiesSource;
 pub use config::Config;
@@ -305,9 +308,25 @@ impl Scheduler {
         vec![("storage", storage)]
     }
 
-    /// The scheduler's HTTP port: `/metrics`, `/healthz`, `/readyz`.
+    /// The web UI's routes ([`web`]), to serve on the HTTP port.
+    pub fn web_routes(&self) -> corral_metrics::axum::Router {
+        web::routes(web::Web {
+            queue_state: build_queue_state_service::BuildQueueStateService::new(
+                Arc::clone(&self.assignments),
+                Arc::clone(&self.operations),
+                self.timing.clone(),
+                self.authorizer.clone(),
+            ),
+            storage: self.storage.clone(),
+            authorizer: self.authorizer.clone(),
+        })
+    }
+
+    /// The scheduler's HTTP port: `/metrics`, `/healthz`, `/readyz` and
+    /// the web UI.
     pub fn http_routes(&self) -> corral_metrics::axum::Router {
         corral_metrics::http::router(self.metrics_page(), self.readiness_checks())
+            .merge(self.web_routes())
     }
 
     /// Serves the scheduler alone on `listener` until `shutdown`, and its

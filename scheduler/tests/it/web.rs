@@ -45,3 +45,178 @@ async fn readyz_is_unavailable_while_storage_does_not_answer() {
     // Alive all the same: a restart would not bring storage back.
     assert_eq!(http_get(addr, "/healthz").await.0, "HTTP/1.1 200 OK");
 }
+
+/// A farm with one action of each kind, as the web UI shows them.
+struct Shown {
+    farm: Farm,
+    /// Completed by worker 1, with stdout in storage; its command line
+    /// holds HTML.
+    finished: Digest,
+    finished_name: String,
+    command: Vec<u8>,
+    /// Held by worker 2.
+    executing: Digest,
+    /// For macOS, which no worker serves.
+    queued: Digest,
+    _streams: Vec<Streaming<Operation>>,
+}
+
+const SCRIPT: &str = "<script>alert(1)</script>";
+const STDOUT: &[u8] = b"built <b>ok</b>\n";
+
+async fn shown() -> Shown {
+    let farm = farm().await;
+    let finished = farm.action(&["echo", SCRIPT], LINUX).await;
+    let command = Command {
+        arguments: vec!["echo".to_owned(), SCRIPT.to_owned()],
+        output_paths: vec!["out".into()],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut stream = farm.execute(&finished, 0).await;
+    let finished_name = stream.next().await.unwrap().unwrap().name;
+    farm.upload(&[STDOUT.to_vec()]).await;
+    let mut worker = farm.worker("1", LINUX);
+    let exec = worker.take().await.unwrap();
+    assert_eq!(exec.action_digest.as_ref(), Some(&finished));
+    let result = ActionResult {
+        exit_code: 3,
+        stdout_digest: Some(digest_of(STDOUT)),
+        execution_metadata: Some(corral_proto::reapi::ExecutedActionMetadata {
+            worker: "host-1/slot-1".to_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    worker.complete_with(&finished, result).await;
+    rest(&mut stream).await;
+
+    let executing = farm.action(&["sleep", "100"], LINUX).await;
+    let executing_stream = farm.execute(&executing, 0).await;
+    let mut worker = farm.worker("2", LINUX);
+    assert!(worker.take().await.is_some());
+    worker.running(&executing).await;
+    let queued = farm.action(&["sw_vers"], MACOS).await;
+    let queued_stream = farm.execute(&queued, 0).await;
+    Shown {
+        farm,
+        finished,
+        finished_name,
+        command,
+        executing,
+        queued,
+        _streams: vec![executing_stream, queued_stream],
+    }
+}
+
+fn href(kind: &str, digest: &Digest) -> String {
+    format!("/{kind}/{}-{}", digest.hash, digest.size_bytes)
+}
+
+#[tokio::test]
+async fn the_home_page_shows_queues_workers_and_recent_operations() {
+    let shown = shown().await;
+    let started = std::time::Instant::now();
+    let (status, page) = http_get(shown.farm.metrics, "/").await;
+    eprintln!("/ rendered and fetched in {:?}", started.elapsed());
+    assert_eq!(status, "HTTP/1.1 200 OK", "{page}");
+    assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
+    // Both queues (size class, queued, executing): linux with its two
+    // workers, one executing; macOS with one queued and no worker.
+    assert!(
+        page.contains("<code>OSFamily=linux</code></td><td>0</td><td>0</td><td>1</td>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<code>OSFamily=macos</code></td><td>0</td><td>1</td><td>0</td>"),
+        "{page}"
+    );
+    // Worker 2 and what it runs, with links to its operation and action.
+    assert!(page.contains("<code>slot=2</code>"), "{page}");
+    assert!(page.contains(&href("action", &shown.executing)), "{page}");
+    // Every operation, the finished one with its exit code.
+    assert!(
+        page.contains(&format!("/operation/{}", shown.finished_name)),
+        "{page}"
+    );
+    assert!(page.contains("completed, exit code 3"), "{page}");
+    assert!(page.contains(&href("action", &shown.queued)), "{page}");
+    assert!(page.contains("executing"), "{page}");
+}
+
+#[tokio::test]
+async fn the_operation_page_shows_the_worker_exit_code_and_stdout() {
+    let shown = shown().await;
+    let path = format!("/operation/{}", shown.finished_name);
+    let started = std::time::Instant::now();
+    let (status, page) = http_get(shown.farm.metrics, &path).await;
+    eprintln!("{path} rendered and fetched in {:?}", started.elapsed());
+    assert_eq!(status, "HTTP/1.1 200 OK", "{page}");
+    assert!(page.contains(&shown.finished_name), "{page}");
+    assert!(page.contains("<code>host-1/slot-1</code>"), "{page}");
+    assert!(page.contains("<th>exit code</th><td>3</td>"), "{page}");
+    // stdout read from storage, escaped.
+    assert!(page.contains("built &lt;b&gt;ok&lt;/b&gt;"), "{page}");
+    assert!(page.contains(&href("action", &shown.finished)), "{page}");
+    assert_eq!(
+        http_get(shown.farm.metrics, "/operation/operations/none")
+            .await
+            .0,
+        "HTTP/1.1 404 Not Found"
+    );
+}
+
+#[tokio::test]
+async fn the_action_page_shows_the_command_line_escaped_and_the_input_root() {
+    let shown = shown().await;
+    let path = href("action", &shown.finished);
+    let started = std::time::Instant::now();
+    let (status, page) = http_get(shown.farm.metrics, &path).await;
+    eprintln!("{path} rendered and fetched in {:?}", started.elapsed());
+    assert_eq!(status, "HTTP/1.1 200 OK", "{page}");
+    // The command line as text: the script never reaches the page as HTML.
+    assert!(
+        page.contains("echo '&lt;script&gt;alert(1)&lt;/script&gt;'"),
+        "{page}"
+    );
+    assert!(!page.contains(SCRIPT), "{page}");
+    assert!(
+        page.contains(&href("blob", &digest_of(&shown.command))),
+        "{page}"
+    );
+    assert!(page.contains("<code>OSFamily=linux</code>"), "{page}");
+    // The empty input root, and no cached result (nothing wrote one).
+    assert!(page.contains("Empty."), "{page}");
+    assert!(page.contains("the Action Cache has no result"), "{page}");
+    // The Command downloads as it was uploaded.
+    let (status, body) = http_get(
+        shown.farm.metrics,
+        &href("blob", &digest_of(&shown.command)),
+    )
+    .await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(body.as_bytes(), shown.command.as_slice());
+    let (status, _) = http_get(shown.farm.metrics, "/action/nothex-1").await;
+    assert_eq!(status, "HTTP/1.1 400 Bad Request");
+}
+
+#[tokio::test]
+async fn with_auth_the_web_ui_refuses_callers_without_a_client_certificate() {
+    let farm = farm_with_authorizer(corral_auth::Authorizer::with_grants(
+        corral_auth::Grants::parse(
+            "[[grant]]\nwho = [\"anonymous\"]\ninstance_names = [\"*\"]\npermissions = [\"execute\"]\n",
+        )
+        .unwrap(),
+    ))
+    .await;
+    for path in ["/", "/operation/operations/x", "/action/ab-1", "/blob/ab-1"] {
+        let (status, page) = http_get(farm.metrics, path).await;
+        assert_eq!(status, "HTTP/1.1 403 Forbidden", "{path}");
+        assert!(page.contains("client certificate"), "{page}");
+    }
+    // Metrics and health stay open: they name no tenant's work.
+    assert_eq!(
+        http_get(farm.metrics, "/healthz").await.0,
+        "HTTP/1.1 200 OK"
+    );
+}
