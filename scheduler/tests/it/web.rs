@@ -220,3 +220,116 @@ async fn with_auth_the_web_ui_refuses_callers_without_a_client_certificate() {
         "HTTP/1.1 200 OK"
     );
 }
+
+/// With `[auth]`, the caller of the UI is the client certificate it
+/// presented on the HTTPS port, and the grants decide what it sees.
+#[tokio::test]
+async fn with_auth_a_certificate_sees_only_the_instance_names_its_grants_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = corral_auth::certs::TestPki::new()
+        .write(dir.path())
+        .unwrap();
+    let grants = corral_auth::Grants::parse(
+        r#"
+[[grant]]
+who = ["anonymous"]
+instance_names = ["*"]
+permissions = ["execute"]
+
+[[grant]]
+who = ["cert:cn=client"]
+instance_names = ["team-a"]
+permissions = ["operations-all", "cas-read"]
+"#,
+    )
+    .unwrap();
+    let mut servers = tokio::task::JoinSet::new();
+    let storage_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let storage_url = format!("http://{}", storage_listener.local_addr().unwrap());
+    servers.spawn(async move {
+        corral_storage::run(
+            corral_storage::Config::default(),
+            storage_listener,
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let metrics = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = corral_scheduler::Config {
+        storage: storage_url.clone(),
+        metrics: Some(corral_scheduler::config::MetricsConfig {
+            listen: metrics,
+            tls: Some(crate::tls::server_tls(&files)),
+        }),
+        ..corral_scheduler::Config::default()
+    };
+    let scheduler = Scheduler::builder(cfg)
+        .timing(timing())
+        .authorizer(corral_auth::Authorizer::with_grants(grants))
+        .build()
+        .unwrap();
+    servers.spawn(async move {
+        scheduler
+            .serve(listener, std::future::pending())
+            .await
+            .unwrap();
+    });
+    let farm = Farm {
+        scheduler: Endpoint::from_shared(url).unwrap().connect_lazy(),
+        storage: Endpoint::from_shared(storage_url).unwrap().connect_lazy(),
+        metrics,
+        _servers: servers,
+    };
+    let mut names = Vec::new();
+    let mut streams = Vec::new();
+    let mut digests = Vec::new();
+    for team in ["team-a", "team-b"] {
+        let digest = farm.action(&["echo", team], MACOS).await;
+        let mut stream = farm
+            .execute_request(ExecuteRequest {
+                instance_name: team.to_owned(),
+                action_digest: Some(digest.clone()),
+                ..Default::default()
+            })
+            .await;
+        names.push(stream.next().await.unwrap().unwrap().name);
+        streams.push(stream);
+        digests.push(digest);
+    }
+    let get = |path: String| {
+        let files = &files;
+        async move { crate::tls::https_get(metrics, files, &path).await }
+    };
+    let (status, page) = get("/".to_owned()).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{page}");
+    assert!(
+        page.contains(&names[0]),
+        "team-a's operation is listed: {page}"
+    );
+    assert!(
+        !page.contains(&names[1]),
+        "team-b's operation is not: {page}"
+    );
+    assert!(!page.contains(&digests[1].hash), "{page}");
+    let action = |i: usize, team: &str| {
+        format!(
+            "/action/{team}/{}-{}",
+            digests[i].hash, digests[i].size_bytes
+        )
+    };
+    let (status, page) = get(action(0, "team-a")).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{page}");
+    assert!(page.contains("echo team-a"), "{page}");
+    let (status, page) = get(action(1, "team-b")).await;
+    assert_eq!(status, "HTTP/1.1 403 Forbidden", "{page}");
+    assert!(page.contains("cas-read"), "{page}");
+    let (status, _) = get(format!("/operation/{}", names[1])).await;
+    assert_eq!(status, "HTTP/1.1 403 Forbidden");
+}
