@@ -54,7 +54,8 @@ pub struct UpArgs {
     /// `corral storage --max-size` takes it.
     #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = crate::storage::parse_size)]
     pub max_size: u64,
-    /// Serve Prometheus metrics (`GET /metrics`) on this address.
+    /// Serve the web UI (`/`), Prometheus metrics (`/metrics`) and
+    /// health (`/healthz`, `/readyz`) on this address.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
     /// TLS and authentication: make (or reuse) a local CA, certificates,
@@ -544,7 +545,10 @@ fn print_welcome(farm: &Farm, listen: SocketAddr, data_dir: &Path) {
         } else {
             "http"
         };
-        eprintln!("  metrics: {http}://{}/metrics", metrics.listen);
+        eprintln!(
+            "  web UI: {http}://{addr}/ (metrics at /metrics, health at /healthz and /readyz)",
+            addr = metrics.listen
+        );
     }
     match &farm.secure {
         None => {
