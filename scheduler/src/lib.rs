@@ -317,6 +317,7 @@ impl Scheduler {
                 self.timing.clone(),
                 self.authorizer.clone(),
             ),
+            operations: Arc::clone(&self.operations),
             storage: self.storage.clone(),
             authorizer: self.authorizer.clone(),
         })

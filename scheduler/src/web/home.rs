@@ -171,7 +171,7 @@ pub async fn page(State(web): State<Arc<Web>>, extensions: Extensions) -> Page {
                 p { "No live worker." }
             } @else {
                 table {
-                    tr { th { "worker" } th { "platform" } th { "executing" } th { "queued at" } th { "gone unless it reports by" } th { "drained" } }
+                    tr { th { "worker" } th { "platform" } th { "executing" } th { "since" } th { "gone unless it reports by" } th { "drained" } }
                     @for (platform, worker) in &workers {
                         tr {
                             td { code { (id_text(&worker.id)) } }
@@ -179,7 +179,7 @@ pub async fn page(State(web): State<Arc<Web>>, extensions: Extensions) -> Page {
                             @match &worker.current_operation {
                                 Some(op) => {
                                     td { (operation_link(&op.name)) br; "action " (action_or_nothing(op)) }
-                                    td { @if let Some(t) = &op.queued_timestamp { (time(t)) } }
+                                    td { @if let Some(t) = web.handed_out(&op.name).map(crate::timing::timestamp) { (time(&t)) " (" (age(&t)) ")" } }
                                 }
                                 None => { td { "idle" } td {} }
                             }

@@ -28,7 +28,7 @@ mod home;
 mod html;
 mod operation;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use corral_auth::{Authorizer, Caller, Permission};
 use corral_metrics::axum::http::{Extensions, StatusCode};
@@ -39,6 +39,7 @@ use corral_metrics::PeerCertificate;
 use corral_proto::reapi::Digest;
 
 use crate::build_queue_state_service::BuildQueueStateService;
+use crate::operation::Operations;
 use crate::storage_client::StorageClient;
 
 /// Largest blob a page reads from storage to show (stdout, stderr, the
@@ -49,6 +50,9 @@ pub const SHOW_MAX_BYTES: i64 = 256 << 10;
 /// What the pages read.
 pub struct Web {
     pub(crate) queue_state: BuildQueueStateService,
+    /// For what BuildQueueState does not carry: when a worker was given
+    /// its current operation.
+    pub(crate) operations: Arc<Mutex<Operations>>,
     pub(crate) storage: StorageClient,
     pub(crate) authorizer: Authorizer,
 }
@@ -144,6 +148,15 @@ impl Web {
         let mut request = tonic::Request::new(message);
         request.extensions_mut().insert(caller.clone());
         request
+    }
+
+    /// When the operation `name` was last handed to a worker.
+    fn handed_out(&self, name: &str) -> Option<std::time::SystemTime> {
+        self.operations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)?
+            .handed_out()
     }
 
     /// Reads one blob of `instance` whole, refusing one past `max_bytes`.

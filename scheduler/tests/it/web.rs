@@ -134,6 +134,11 @@ async fn the_home_page_shows_queues_workers_and_recent_operations() {
     // Worker 2 and what it runs, with links to its operation and action.
     assert!(page.contains("<code>slot=2</code>"), "{page}");
     assert!(page.contains(&href("action", &shown.executing)), "{page}");
+    // ... and since when: a time, then how long ago.
+    let workers = page.split("<h2>Workers</h2>").nth(1).unwrap();
+    let workers = workers.split("<h2>").next().unwrap();
+    assert!(workers.contains("<th>since</th>"), "{page}");
+    assert!(workers.contains("Z ("), "{page}");
     // Every operation, the finished one with its exit code.
     assert!(
         page.contains(&format!("/operation/{}", shown.finished_name)),
