@@ -19,14 +19,11 @@ const PROTOS: &[&str] = &[
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let well_known = protoc_bin_vendored::include_path()?;
-    // tonic-prost-build finds protoc through PROTOC in this process's
-    // environment, which belongs to this build script alone.
-    #[allow(clippy::disallowed_methods)]
-    // SAFETY: the build script is single-threaded; no other thread reads the
-    // environment concurrently.
-    unsafe {
-        std::env::set_var("PROTOC", protoc);
-    }
+    // The vendored protoc, named in prost's config: no PROTOC in the
+    // environment (setting it is unsafe, and denied outside the sandbox's
+    // sys module).
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc);
 
     for proto in PROTOS {
         println!("cargo:rerun-if-changed={proto}");
@@ -65,6 +62,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".build.bazel.remote.execution.v2",
             "::bazel_remote_apis::build::bazel::remote::execution::v2",
         )
-        .compile_protos(&protos, &includes)?;
+        .compile_with_config(config, &protos, &includes)?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The direction of dependencies is the architecture (docs/README.md):
 //! this test reads `cargo metadata` and fails when an edge points the
-//! wrong way.
+//! wrong way. It also checks that every path the "where to change what"
+//! table of docs/README.md names exists: the table is the tree's map.
 
 #![allow(clippy::unwrap_used)] // a test: a missing metadata field should fail loudly
 
@@ -20,6 +21,8 @@ const OURS: &[&str] = &[
     "corral-scheduler",
     "corral",
     "corral-e2e",
+    "corral-testkit",
+    "corral-lru",
 ];
 
 /// The host's target triple, from `rustc -vV`.
@@ -119,6 +122,8 @@ fn proto_and_sandbox_depend_on_nothing_of_ours() {
         "corral-metrics",
         "corral-auth",
         "corral-sandbox",
+        "corral-testkit",
+        "corral-lru",
     ] {
         let reached = reaches(&graph, leaf);
         assert!(
@@ -151,10 +156,18 @@ fn daemon_crates_depend_only_where_the_design_allows() {
     let graph = graph();
     let allowed: &[(&str, &[&str])] = &[
         ("corral-runner", &["corral-proto", "corral-sandbox"]),
-        ("corral-storage", &["corral-proto", "corral-auth"]),
+        (
+            "corral-storage",
+            &["corral-proto", "corral-auth", "corral-lru"],
+        ),
         (
             "corral-worker",
-            &["corral-proto", "corral-metrics", "corral-auth"],
+            &[
+                "corral-proto",
+                "corral-metrics",
+                "corral-auth",
+                "corral-lru",
+            ],
         ),
         (
             "corral-scheduler",
@@ -163,6 +176,7 @@ fn daemon_crates_depend_only_where_the_design_allows() {
                 "corral-metrics",
                 "corral-auth",
                 "corral-storage",
+                "corral-lru",
             ],
         ),
     ];
@@ -190,4 +204,84 @@ fn the_check_itself_catches_a_wrong_edge() {
         BTreeSet::from(["corral-sandbox".to_owned()]),
     );
     assert!(reaches(&graph, "corral-worker").contains("corral-sandbox"));
+}
+
+/// The "where to change what" table of docs/README.md, one row per line.
+fn where_to_change_what() -> Vec<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("docs/README.md")).unwrap();
+    let table = readme
+        .split("## Where to change what")
+        .nth(1)
+        .expect("docs/README.md has a \"Where to change what\" section");
+    table
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2) // the header and its rule
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether `path` (from the repository's root; `*` allowed in its last
+/// component) names at least one file or directory.
+fn exists(root: &std::path::Path, path: &str) -> bool {
+    let Some((dir, pattern)) = path.rsplit_once('/').filter(|(_, last)| last.contains('*')) else {
+        return root.join(path).exists();
+    };
+    let (prefix, suffix) = pattern.split_once('*').unwrap();
+    std::fs::read_dir(root.join(dir)).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.len() >= prefix.len() + suffix.len()
+                && name.starts_with(prefix)
+                && name.ends_with(suffix)
+        })
+    })
+}
+
+#[test]
+fn every_path_in_the_where_to_change_what_table_exists() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let rows = where_to_change_what();
+    assert!(rows.len() > 10, "the table was not found: {rows:?}");
+    let mut checked = 0;
+    for row in &rows {
+        // Code spans with a slash are paths from the root; `<crate>` and
+        // the like are placeholders.
+        for span in row.split('`').skip(1).step_by(2) {
+            if !span.contains('/') || span.contains('<') || span.contains(' ') {
+                continue;
+            }
+            assert!(
+                exists(&root, span),
+                "docs/README.md names {span}, which does not exist"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 30, "only {checked} paths found in the table");
+    // What a newcomer looks for first: each has a row.
+    let table = rows.join("\n");
+    for thing in [
+        "the queue",
+        "file cache",
+        "directory cache",
+        "disk blob store",
+        "the Action Cache",
+        "read-through tier",
+        "seccomp profile",
+        "policies",
+        "worker protocol",
+    ] {
+        assert!(table.contains(thing), "no row names {thing}");
+    }
+}
+
+#[test]
+fn the_path_check_itself_catches_a_missing_file() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    assert!(exists(&root, "storage/src/*_service.rs"));
+    assert!(!exists(&root, "storage/src/no_such_file.rs"));
+    assert!(!exists(&root, "storage/src/*_nothing.rs"));
 }

@@ -9,6 +9,7 @@
 // Test code: a failed setup step should stop the test loudly.
 #![allow(clippy::unwrap_used)]
 
+use corral_proto::time::unix_now;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -44,12 +45,9 @@ const SUITE_LIMIT: Duration = Duration::from_secs(300);
 fn python(test: &str) -> Option<PathBuf> {
     let python = std::env::var_os(PYTHON_VARIABLE).map(PathBuf::from);
     if python.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: CI must set {PYTHON_VARIABLE} (scripts/test.sh does)"
-        );
-        eprintln!(
-            "skipped {test}: {PYTHON_VARIABLE} is not set (scripts/test.sh makes the venv and sets it)"
+        corral_testkit::skip(
+            test,
+            &format!("{PYTHON_VARIABLE} is not set (scripts/test.sh makes the venv and sets it)"),
         );
     }
     python
@@ -213,13 +211,6 @@ permissions = ["worker"]
 /// What `corral up --secure` checks a token's `iss` and `aud` against.
 const ISSUER: &str = "corral-up";
 const AUDIENCE: &str = "corral";
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// A token for `sub` signed with `secret`, valid from `iat` to `exp`.
 fn token(secret: &[u8], sub: &str, aud: &str, iat: u64, exp: u64) -> String {

@@ -17,7 +17,8 @@ layouts=("$@")
 ((${#layouts[@]})) || layouts=(v2 v1)
 
 if [[ $(id -u) -ne 0 ]]; then
-    echo "vm-tests: needs root (apt packages, and the guest tests run as root)" >&2
+    # The skip line scripts/summary.awk counts, as corral-testkit's.
+    echo "SKIP: vm-tests: needs root (apt packages, and the guest tests run as root)" >&2
     [[ -z "${CI:-}" ]] || exit 1
     exit 0
 fi
@@ -109,11 +110,14 @@ for layout in "${layouts[@]}"; do
         > "$logs/console-$layout.log" 2>&1 || true
     cp "$logs/console-$layout.log" "$results/console.log"
     took=$(( $(date +%s) - start ))
-    grep -E "^(corral-vm|test result|test .* FAILED|failures:|---- )" "$results/console.log" || true
+    # What scripts/summary.awk counts: each binary's start and result, and
+    # skip lines (anywhere: the guest's console may run lines together).
+    grep -E "^(corral-vm|test result|test .* FAILED|failures:|---- )|SKIP: " "$results/console.log" || true
     status=$(cat "$results/status" 2>/dev/null || echo missing)
     if [[ "$status" != 0 ]]; then
         echo "vm-tests: cgroup $layout FAILED (status $status) after ${took}s; console:" >&2
-        tail -n 60 "$results/console.log" >&2
+        # Prefixed: these lines were counted above and must not be twice.
+        tail -n 60 "$results/console.log" | sed 's/^/console| /' >&2
         failed=1
     else
         echo "vm-tests: cgroup $layout passed in ${took}s"

@@ -15,33 +15,33 @@
 //! - [`certs`] — a CA, server and client certificates made here, for
 //!   `corral up --secure` and tests.
 //! - [`caller`] — who made a call: certificate, token, or anonymous.
-//! - [`permission`] — the words a grant allows (`execute`, `ac-write`, …).
-//! - [`grants`] — the grants file: callers to instance names, permissions
+//! - `permission` — the words a grant allows (`execute`, `ac-write`, …).
+//! - `grants` — the grants file: callers to instance names, permissions
 //!   and sandbox policies.
 //! - [`certificate`] — the identity a verified client certificate proves.
-//! - [`authentication`] — the tower layer that establishes each call's
+//! - `authentication` — the tower layer that establishes each call's
 //!   caller, or answers UNAUTHENTICATED.
 //! - [`token`] — bearer tokens (JWT): keys, verification, what was wrong.
-//! - [`verified`] — credentials verified once, remembered (bounded).
+//! - `verified` — credentials verified once, remembered (bounded).
 //! - [`config`] — the `[auth]` table of a serving daemon.
 //! - [`quote`] — how refusals quote client input (cut when long).
-//! - [`authorizer`] — the per-call question services ask.
+//! - `authorizer` — the per-call question services ask.
 
 #![forbid(unsafe_code)]
 
-pub mod authentication;
-pub mod authorizer;
+mod authentication;
+mod authorizer;
 pub mod caller;
 pub mod certificate;
 pub mod certs;
 pub mod channel;
 pub mod config;
-pub mod grants;
-pub mod permission;
+mod grants;
+mod permission;
 pub mod quote;
 pub mod tls;
 pub mod token;
-pub mod verified;
+mod verified;
 
 pub use authentication::{AuthenticationLayer, Authenticator};
 pub use authorizer::Authorizer;

@@ -248,10 +248,11 @@ pub fn sign_hs256(secret: &[u8], claims: &serde_json::Value) -> Result<String, T
 #[error("failed to sign a token")]
 pub struct TokenSignError(#[source] jsonwebtoken::errors::Error);
 
+/// The clock jsonwebtoken checks `exp` against when it decodes, so a
+/// remembered token expires exactly when decoding it again would refuse it
+/// (this crate depends on nothing of ours, so not corral_proto::time).
 fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    jsonwebtoken::get_current_timestamp()
 }
 
 fn claims_error(kind: &ErrorKind) -> TokenError {
@@ -341,16 +342,12 @@ fn jwks_keys(path: &Path) -> Result<Vec<VerifyingKey>, TokenConfigError> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{SystemTime, UNIX_EPOCH};
-
     use super::*;
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     fn now() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+        unix_now()
     }
 
     fn verifier(dir: &Path) -> TokenVerifier {

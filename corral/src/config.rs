@@ -60,6 +60,11 @@ mod tests {
             load::<corral_scheduler::Config>(Some(&path("scheduler-tls.toml"))).unwrap();
         scheduler.validate().unwrap();
         assert!(scheduler.auth.is_some());
+        assert_eq!(scheduler.fairness.of("ci"), (2, Some(50_000), Some(64)));
+        assert_eq!(
+            scheduler.platform_matching.get("cores"),
+            Some(&corral_scheduler::platform_matching::Matching::Minimum)
+        );
         assert_eq!(
             scheduler.metrics_tls().map(|(_, key)| key),
             Some("metrics.tls")

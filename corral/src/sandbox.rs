@@ -80,8 +80,11 @@ impl Drop for TempDir {
 }
 
 fn temp_dir(what: &str) -> anyhow::Result<TempDir> {
-    let dir = std::env::temp_dir().join(format!("corral-sandbox-{what}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // A fresh random name (a pid repeats across containers sharing /tmp),
+    // created here, so it is ours alone.
+    let id = corral_proto::ids::uuid_v4().context("naming a temporary directory")?;
+    let dir = std::env::temp_dir().join(format!("corral-sandbox-{what}-{id}"));
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(TempDir(dir))
 }
 

@@ -129,6 +129,7 @@ impl Farm {
                 concurrency: slots,
                 runner: runner_socket.clone(),
                 platform: BTreeMap::new(),
+                platform_lists: BTreeMap::new(),
                 size_class: 0,
             }],
             client_tls: secure.as_ref().map(secure::worker_tls),

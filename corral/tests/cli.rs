@@ -5,6 +5,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+// `corral sandbox run` maps ids and writes cgroups: root only.
+use corral_testkit::privileged as root;
+
 fn corral() -> Command {
     Command::new(env!("CARGO_BIN_EXE_corral"))
 }
@@ -57,10 +60,7 @@ fn json_log_format_is_accepted() {
 
 #[test]
 fn sandbox_run_passes_output_and_exit_code_through() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var_os("CI").is_none(), "CI must run as root");
-        eprintln!("skipped: corral sandbox run needs root (id maps, cgroups)");
+    if !root("sandbox_run_passes_output_and_exit_code_through") {
         return;
     }
     let out = corral()
@@ -77,10 +77,8 @@ fn sandbox_run_passes_output_and_exit_code_through() {
 
 #[test]
 fn sandbox_run_without_root_works_and_says_what_it_left_out() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var_os("CI").is_none(), "CI must run as root");
-        eprintln!("skipped: needs root to drop to another uid with setpriv");
+    // Root, to drop to another uid with setpriv.
+    if !root("sandbox_run_without_root_works_and_says_what_it_left_out") {
         return;
     }
     // An unprivileged uid with user namespaces: no id map to nobody, no
@@ -186,18 +184,13 @@ fn rootless_user() -> (u32, u32) {
 #[test]
 fn rootless_actions_run_as_a_subordinate_id_and_cannot_rewrite_the_cache() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var_os("CI").is_none(), "CI must run as root");
-        eprintln!("skipped: needs root to make a test user and drop to it");
+    let test = "rootless_actions_run_as_a_subordinate_id_and_cannot_rewrite_the_cache";
+    // Root, to make a test user and drop to it.
+    if !root(test) {
         return;
     }
     if !std::path::Path::new("/usr/bin/newuidmap").exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install newuidmap (apt package uidmap, scripts/test.sh)"
-        );
-        eprintln!("skipped: newuidmap is not installed (apt package uidmap)");
+        corral_testkit::skip(test, "newuidmap is not installed (apt package uidmap)");
         return;
     }
     let (uid, gid) = rootless_user();
@@ -265,17 +258,6 @@ fn rootless_actions_run_as_a_subordinate_id_and_cannot_rewrite_the_cache() {
         !stderr.contains("not running as root"),
         "subordinate ids were not used\n{stderr}"
     );
-}
-
-/// True when `corral sandbox run` can run here; says why not otherwise.
-fn root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var_os("CI").is_none(), "CI must run as root");
-        eprintln!("skipped {test}: corral sandbox run needs root (id maps, cgroups)");
-        return false;
-    }
-    true
 }
 
 #[test]
@@ -385,8 +367,9 @@ fn killing_sandbox_run_ends_the_action_and_its_cgroup() {
     }
     let (pids, groups) = (running(), left());
     for pid in &pids {
-        // SAFETY: kill takes plain integers.
-        unsafe { libc::kill(*pid, libc::SIGKILL) };
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
     }
     assert!(
         pids.is_empty() && groups == 0,

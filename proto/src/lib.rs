@@ -13,16 +13,20 @@
 //! - [`error_details`] — `google.rpc.PreconditionFailure`, and
 //!   [`precondition`] the FAILED_PRECONDITION status REAPI clients expect
 //!   for missing blobs.
+//! - [`time`] — the one set of conversions between std time and
+//!   `Timestamp`/`Duration`; [`ids`] — the one unique-name generator.
 //!
 //! Our `.proto` files are in `proto/protos/buildbarn/` and use Buildbarn's
 //! package, message names and field numbers, so Corral's daemons can be
 //! mixed with Buildbarn's. This crate depends on nothing else of ours and
-//! holds no behaviour beyond encoding.
+//! holds no behaviour beyond encoding, time conversions and names.
 
 #![forbid(unsafe_code)]
 
 pub mod any;
+pub mod ids;
 pub mod precondition;
+pub mod time;
 
 pub use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 pub use bazel_remote_apis::build::bazel::semver;

@@ -7,11 +7,11 @@
 //!
 //! Modules:
 //! - [`config`] — `runner.toml`.
-//! - [`policies`] — one prepared sandbox per policy.
-//! - [`action_ids`] — host ids leased to runs, one per concurrent run.
-//! - [`service`] — the gRPC service: paths, timeouts, outcomes.
-//! - [`server_logs`] — each run's report, for the client's server logs.
-//! - [`error`] — the crate's error type.
+//! - `policies` — one prepared sandbox per policy.
+//! - `action_ids` — host ids leased to runs, one per concurrent run.
+//! - `service` — the gRPC service: paths, timeouts, outcomes.
+//! - `server_logs` — each run's report, for the client's server logs.
+//! - `error` — the crate's error type.
 //!
 //! The runner never talks to storage or the scheduler. Each run blocks a
 //! thread of tokio's blocking pool while it supervises the sandbox; the
@@ -20,12 +20,12 @@
 
 #![forbid(unsafe_code)]
 
-pub mod action_ids;
+mod action_ids;
 pub mod config;
-pub mod error;
-pub mod policies;
-pub mod server_logs;
-pub mod service;
+mod error;
+mod policies;
+mod server_logs;
+mod service;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;

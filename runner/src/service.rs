@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_proto::any::Packable;
-use corral_proto::protobuf::{self, Empty};
+use corral_proto::protobuf::Empty;
 use corral_proto::resourceusage::PosixResourceUsage;
 use corral_proto::runner::runner_server::Runner;
 use corral_proto::runner::{CheckReadinessRequest, RunRequest, RunResponse};
+use corral_proto::time::duration;
 use corral_sandbox::command::stays_inside;
 use corral_sandbox::{Cancellation, Command, Mapping, Outcome, Sandbox, Stage};
 use tokio::time::Instant;
@@ -190,9 +191,11 @@ impl Drop for CancelOnDrop {
 
 /// The earlier of the action's own timeout and the call's deadline.
 fn effective_timeout(req: &Request<RunRequest>) -> Option<Duration> {
-    let own = req.get_ref().corral_timeout.as_ref().map(|d| {
-        Duration::from_secs(d.seconds.max(0) as u64) + Duration::from_nanos(d.nanos.max(0) as u64)
-    });
+    let own = req
+        .get_ref()
+        .corral_timeout
+        .as_ref()
+        .map(corral_proto::time::std_duration);
     let deadline = req
         .metadata()
         .get("grpc-timeout")
@@ -201,13 +204,6 @@ fn effective_timeout(req: &Request<RunRequest>) -> Option<Duration> {
     match (own, deadline) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    }
-}
-
-fn duration(d: Duration) -> protobuf::Duration {
-    protobuf::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
     }
 }
 

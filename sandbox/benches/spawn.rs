@@ -38,8 +38,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(200);
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !corral_testkit::is_root() {
         eprintln!("spawn bench: needs root (the sandbox maps ids and writes cgroups)");
         return;
     }

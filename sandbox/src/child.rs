@@ -19,7 +19,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use crate::landlock::Rules;
@@ -57,26 +57,24 @@ pub struct Plan<'a> {
 }
 
 /// The descriptors the children use; all others are closed before exec.
-pub struct Fds {
-    pub report: RawFd,
-    pub go: RawFd,
-    pub stdout: RawFd,
-    pub stderr: RawFd,
-}
-
-fn borrow(fd: RawFd) -> BorrowedFd<'static> {
-    // SAFETY: the descriptors in `Fds` stay open for the life of the child
-    // processes that use them (they are closed only by exit or exec).
-    unsafe { BorrowedFd::borrow_raw(fd) }
+/// Borrowed from the caller's pipes, which stay open across the fork.
+pub struct Fds<'a> {
+    pub report: BorrowedFd<'a>,
+    pub go: BorrowedFd<'a>,
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
 }
 
 /// Process 1: namespaces, ids, then the init process.
-pub fn setup(plan: &Plan<'_>, fds: &Fds) -> ! {
+pub fn setup(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
     // Everything else the caller had open came along with fork: other
     // runs' pipes among them, which must not stay open for as long as
     // this action lives (their reader would wait for this one to end).
-    sys::close_fds_except(3, &[fds.report, fds.go, fds.stdout, fds.stderr]);
-    let report = borrow(fds.report);
+    sys::close_fds_except(
+        3,
+        &[fds.report, fds.go, fds.stdout, fds.stderr].map(|fd| fd.as_raw_fd()),
+    );
+    let report = fds.report;
     // If the caller dies, so does the sandbox.
     tie_to_caller(report, plan.caller);
     // setgroups=deny (written by the caller with the id maps) freezes the
@@ -106,7 +104,7 @@ pub fn setup(plan: &Plan<'_>, fds: &Fds) -> ! {
     }
     Record::Unshared.send(report);
     let mut byte = [0u8; 1];
-    match sys::read(borrow(fds.go), &mut byte) {
+    match sys::read(fds.go, &mut byte) {
         Ok(1) => {}
         // The caller gave up (or died) before writing the maps.
         Ok(_) => sys::exit_now(1),
@@ -146,8 +144,8 @@ fn tie_to_caller(report: BorrowedFd<'_>, caller: libc::pid_t) {
 }
 
 /// Process 2: pid 1 of the sandbox.
-fn init(plan: &Plan<'_>, fds: &Fds) -> ! {
-    let report = borrow(fds.report);
+fn init(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
+    let report = fds.report;
     // Its parent (setup) is outside this pid namespace, so getppid() says
     // 0 and cannot tell whether setup died before this was armed; the
     // caller's watchdog kills the cgroup in that case.
@@ -176,7 +174,7 @@ fn init(plan: &Plan<'_>, fds: &Fds) -> ! {
     };
     // The action holds the output pipes now; init must not keep them open
     // or the caller would never see end of file.
-    sys::close_fds_except(3, &[fds.report]);
+    sys::close_fds_except(3, &[fds.report.as_raw_fd()]);
     loop {
         match sys::wait4(-1) {
             Ok((pid, status, _)) if pid == action => {
@@ -195,8 +193,8 @@ fn init(plan: &Plan<'_>, fds: &Fds) -> ! {
 }
 
 /// Process 3: the action.
-fn action(plan: &Plan<'_>, fds: &Fds) -> ! {
-    let report = borrow(fds.report);
+fn action(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
+    let report = fds.report;
     let step = |stage: Stage, result: io::Result<()>| {
         if let Err(e) = result {
             fail(report, stage, &e);
@@ -234,17 +232,17 @@ fn action(plan: &Plan<'_>, fds: &Fds) -> ! {
         };
         fail(report, Stage::Seccomp, &errno);
     }
-    sys::close_fds_except(3, &[fds.report]);
+    sys::close_fds_except(3, &[fds.report.as_raw_fd()]);
     let err = exec(plan);
     fail(report, Stage::Exec, &err)
 }
 
 /// stdin from /dev/null, stdout and stderr to the caller's pipes.
-fn stdio(fds: &Fds) -> io::Result<()> {
+fn stdio(fds: &Fds<'_>) -> io::Result<()> {
     let null = std::fs::File::open("/dev/null")?;
     sys::dup2(null.as_raw_fd(), 0)?;
-    sys::dup2(fds.stdout, 1)?;
-    sys::dup2(fds.stderr, 2)
+    sys::dup2(fds.stdout.as_raw_fd(), 1)?;
+    sys::dup2(fds.stderr.as_raw_fd(), 2)
 }
 
 /// execs argv[0], searching the command's PATH like execvp when it has no

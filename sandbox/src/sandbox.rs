@@ -142,13 +142,6 @@ impl Sandbox {
         })
     }
 
-    /// Maps the action to another host uid and gid (e.g. one per build
-    /// slot). They must own no files the action should not touch.
-    pub fn with_host_ids(mut self, uid: u32, gid: u32) -> Sandbox {
-        self.host = HostIds { uid, gid };
-        self
-    }
-
     /// How this sandbox maps actions to host ids (root, subordinate ids,
     /// or the caller's own).
     pub fn mapping(&self) -> &Mapping {
@@ -158,11 +151,6 @@ impl Sandbox {
     /// Protections this host could not provide, in words for operators.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
-    }
-
-    /// The cgroup version in use, if any.
-    pub fn cgroup_version(&self) -> Option<u32> {
-        self.cgroups.as_ref().map(CgroupRoot::version)
     }
 
     /// The policy this sandbox applies.
@@ -265,10 +253,10 @@ impl Sandbox {
         let (out_r, out_w) = pipe("create the stdout pipe")?;
         let (err_r, err_w) = pipe("create the stderr pipe")?;
         let fds = Fds {
-            report: report_w.as_raw_fd(),
-            go: go_r.as_raw_fd(),
-            stdout: out_w.as_raw_fd(),
-            stderr: err_w.as_raw_fd(),
+            report: report_w.as_fd(),
+            go: go_r.as_fd(),
+            stdout: out_w.as_fd(),
+            stderr: err_w.as_fd(),
         };
         let pid = match sys::fork().map_err(|source| Error::Spawn {
             step: "fork the sandbox",

@@ -370,7 +370,8 @@ impl Filters {
     }
 
     /// Total BPF instructions installed per action.
-    pub fn instructions(&self) -> usize {
+    #[cfg(test)]
+    fn instructions(&self) -> usize {
         self.programs.iter().map(Vec::len).sum()
     }
 }

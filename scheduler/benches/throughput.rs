@@ -264,10 +264,7 @@ impl SharedFiles {
         let token = |sub: &str| {
             let claims = serde_json::json!({
                 "sub": sub, "iss": "bench", "aud": "corral",
-                "exp": SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .expect("clock")
-                    .as_secs() + 3600,
+                "exp": corral_proto::time::unix_now() + 3600,
             });
             let path = dir.join(format!("{sub}.token"));
             let jwt = corral_auth::token::sign_hs256(

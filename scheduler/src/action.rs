@@ -115,8 +115,7 @@ pub fn timeout(
             seconds: requested.seconds,
         });
     }
-    let requested = Duration::from_secs(requested.seconds as u64)
-        + Duration::from_nanos(requested.nanos as u64);
+    let requested = corral_proto::time::std_duration(requested);
     if requested.is_zero() {
         return Ok(default);
     }

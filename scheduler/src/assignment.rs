@@ -5,6 +5,8 @@
 //! that "the worker assigned" is an authenticated one. It
 //! also remembers which platforms live workers offer, so that actions no
 //! worker can take fail after a grace period instead of waiting forever.
+//! Which queue a worker takes from is [`crate::dispatch`]'s choice: fair
+//! between tenants, platforms matched per property.
 //!
 //! Time comes from `tokio::time`, so tests run on paused time.
 
@@ -16,9 +18,13 @@ use corral_proto::reapi::{Action, Digest, ExecuteResponse};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::config::FairnessConfig;
+pub use crate::dispatch::instance_matches;
+use crate::dispatch::{CapError, Dispatch, QueueKey};
 use crate::drain::{Drain, DrainQueue};
 use crate::metrics::Metrics;
 use crate::operation::Operation;
+use crate::platform_matching::{Mismatch, PlatformError, PlatformMatcher};
 use crate::queue::{PlatformKey, Queue};
 use crate::timing::Timing;
 
@@ -87,12 +93,12 @@ struct Seen {
     at: Instant,
 }
 
-/// A queue: an instance name and a platform.
-type QueueKey = (String, PlatformKey);
-
 #[derive(Debug, Default)]
 struct Inner {
     queues: HashMap<QueueKey, Queue<Queued>>,
+    /// Which queue each class of worker takes from next; kept in step
+    /// with `queues` ([`Inner::queue_changed`]) and `running`.
+    dispatch: Dispatch,
     running: HashMap<WorkerId, Running>,
     workers: HashMap<WorkerId, Seen>,
     /// The identity (`Caller::name`) each worker id is bound to, while
@@ -126,12 +132,81 @@ impl Inner {
         self.identities
             .retain(|w, _| workers.contains_key(w) || running.contains_key(w));
         self.taken_back.retain(|w, _| workers.contains_key(w));
+        let live: std::collections::HashSet<(&str, &PlatformKey)> = workers
+            .values()
+            .map(|w| (w.prefix.as_str(), &w.platform))
+            .collect();
+        self.dispatch
+            .retain_classes(|(prefix, platform)| live.contains(&(prefix.as_str(), platform)));
     }
 
-    fn served(&self, (instance, platform): &QueueKey) -> bool {
-        self.workers
-            .values()
-            .any(|w| w.platform == *platform && instance_matches(&w.prefix, instance))
+    /// Tells the index what `key`'s queue holds now.
+    fn queue_changed(&mut self, key: &QueueKey) {
+        let (head, len) = self
+            .queues
+            .get(key)
+            .map_or((None, 0), |q| (q.head(), q.len()));
+        self.dispatch.queue_changed(key, head, len);
+    }
+
+    /// Queues `queued` without checking its tenant's cap.
+    fn push(&mut self, queued: Queued, priority: i32, invocation: &str) {
+        let key = (queued.instance_name.clone(), queued.platform.clone());
+        let seq = self.dispatch.next_seq();
+        self.queues
+            .entry(key.clone())
+            .or_default()
+            .push(queued, priority, invocation, seq);
+        self.queue_changed(&key);
+    }
+
+    /// Takes `worker`'s running action off it, and its tenant's count.
+    fn stop_running(&mut self, worker: &WorkerId) -> Option<Running> {
+        let running = self.running.remove(worker)?;
+        self.dispatch.ended(&running.queued.instance_name);
+        Some(running)
+    }
+
+    /// Why live workers serving `instance` cannot take `platform`: per
+    /// property that fails, what the action asks and what they offer.
+    fn mismatches(&self, (instance, platform): &QueueKey) -> String {
+        let mut failing: BTreeMap<String, (Mismatch, Vec<String>)> = BTreeMap::new();
+        for seen in self.workers.values() {
+            if !instance_matches(&seen.prefix, instance) {
+                continue;
+            }
+            let Some(miss) = self.dispatch.matcher().mismatch(&seen.platform, platform) else {
+                continue;
+            };
+            let (_, offered) = failing
+                .entry(miss.name.clone())
+                .or_insert_with(|| (miss.clone(), Vec::new()));
+            if miss.offered.is_empty() {
+                offered.push("nothing".to_owned());
+            } else {
+                offered.push(miss.offered.join(" and "));
+            }
+        }
+        failing
+            .into_values()
+            .map(|(miss, mut offered)| {
+                offered.sort();
+                offered.dedup();
+                let wanted = if miss.wanted.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    miss.wanted.join(" and ")
+                };
+                format!(
+                    "property {} ({}) asks {}, workers offer {}",
+                    miss.name,
+                    miss.matching,
+                    wanted,
+                    offered.join(", ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// The platforms live workers offer, sorted, for messages.
@@ -195,6 +270,7 @@ fn digest_text(d: &Digest) -> String {
 }
 
 impl Assignments {
+    /// Every platform property matched exactly; tenants equal, uncapped.
     pub fn new(timing: &Timing, max_retries: u32) -> Self {
         Self {
             inner: Mutex::default(),
@@ -205,6 +281,27 @@ impl Assignments {
             max_retries,
             metrics: Arc::default(),
         }
+    }
+
+    /// Matches platforms with `matcher` and shares workers between
+    /// tenants as `fairness` says.
+    pub fn with_rules(mut self, matcher: PlatformMatcher, fairness: FairnessConfig) -> Self {
+        self.inner
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .dispatch = Dispatch::new(matcher, fairness);
+        self
+    }
+
+    /// Refuses an action's platform no worker could ever satisfy (a
+    /// `minimum` property that is not a number).
+    pub fn check_platform(&self, platform: &PlatformKey) -> Result<(), PlatformError> {
+        self.lock().dispatch.matcher().check_action(platform)
+    }
+
+    /// Queued and running actions of `instance` (a tenant).
+    pub fn load(&self, instance: &str) -> (usize, usize) {
+        self.lock().dispatch.load(instance)
     }
 
     /// Where results, waits and execution times are recorded.
@@ -262,7 +359,9 @@ impl Assignments {
             platform: platform.clone(),
             at: Instant::now(),
         };
-        self.lock().workers.insert(worker.clone(), seen);
+        let mut inner = self.lock();
+        inner.dispatch.class(prefix, platform);
+        inner.workers.insert(worker.clone(), seen);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -271,19 +370,33 @@ impl Assignments {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues `queued` for workers of its platform.
+    /// Queues `queued` for workers of its platform, whatever its
+    /// tenant's cap on queued operations (tests, benches; Execute calls
+    /// [`enqueue_within_cap`](Self::enqueue_within_cap)).
     pub fn enqueue(&self, queued: Queued, priority: i32, invocation: &str) {
-        let key = (queued.instance_name.clone(), queued.platform.clone());
-        self.lock()
-            .queues
-            .entry(key)
-            .or_default()
-            .push(queued, priority, invocation);
+        self.lock().push(queued, priority, invocation);
         self.work.notify_waiters();
     }
 
+    /// Queues `queued` unless its instance name has its cap of queued
+    /// operations (`fairness.max_queued`).
+    pub fn enqueue_within_cap(
+        &self,
+        queued: Queued,
+        priority: i32,
+        invocation: &str,
+    ) -> Result<(), CapError> {
+        let mut inner = self.lock();
+        inner.dispatch.check_room(&queued.instance_name)?;
+        inner.push(queued, priority, invocation);
+        drop(inner);
+        self.work.notify_waiters();
+        Ok(())
+    }
+
     /// The next action for a worker serving instance names under `prefix`
-    /// with exactly `platform`, if one is queued.
+    /// with `platform`, if one is queued that it may run: the tenant
+    /// whose turn it is, then its most urgent, oldest action.
     pub fn try_assign(
         &self,
         worker: &WorkerId,
@@ -294,18 +407,31 @@ impl Assignments {
         if inner.draining(worker, prefix, platform) {
             return None;
         }
-        let key = inner
-            .queues
-            .iter()
-            .find(|((instance, p), q)| {
-                p == platform && instance_matches(prefix, instance) && !q.is_empty()
-            })
-            .map(|(k, _)| k.clone())?;
-        let queue = inner.queues.get_mut(&key)?;
-        // Cancelled operations may still sit in the queue, and ones a
-        // worker from before a restart runs (adopted): skip them.
-        let queued = std::iter::from_fn(|| queue.pop())
-            .find(|q| !q.operation.is_completed() && !q.operation.is_adopted())?;
+        // A worker asking for work runs nothing: an action still recorded
+        // on it was dropped (the service releases it first; this keeps
+        // the tenant's running count right for any other caller).
+        if let Some(dropped) = inner.stop_running(worker) {
+            self.requeue_or_fail(&mut inner, dropped.queued);
+        }
+        let class = inner.dispatch.class(prefix, platform);
+        let queued = loop {
+            let key = inner.dispatch.pick(&class)?;
+            let popped = inner.queues.get_mut(&key).and_then(Queue::pop);
+            inner.queue_changed(&key);
+            match popped {
+                // Cancelled operations may still sit in the queue, and ones
+                // a worker from before a restart runs (adopted): skip them.
+                Some(queued)
+                    if queued.operation.is_completed() || queued.operation.is_adopted() =>
+                {
+                    continue
+                }
+                Some(queued) => break queued,
+                // The index named an empty queue: it is corrected now.
+                None => continue,
+            }
+        };
+        inner.dispatch.started(&queued.instance_name);
         queued.operation.executing();
         let now = Instant::now();
         self.metrics
@@ -393,8 +519,7 @@ impl Assignments {
             });
         }
         let running = inner
-            .running
-            .remove(worker)
+            .stop_running(worker)
             .ok_or(ReportError::NothingAssigned)?;
         let code = response
             .status
@@ -422,7 +547,7 @@ impl Assignments {
             .map(|(w, _)| w.clone())
             .collect();
         for worker in &gone {
-            if let Some(running) = inner.running.remove(worker) {
+            if let Some(running) = inner.stop_running(worker) {
                 inner
                     .taken_back
                     .insert(worker.clone(), running.queued.action_digest.clone());
@@ -457,14 +582,9 @@ impl Assignments {
         }
         queued.retries += 1;
         queued.waiting_since = Instant::now();
-        let key = (queued.instance_name.clone(), queued.platform.clone());
         // The lowest priority number: it has waited once already, so it
-        // goes ahead of everything queued since.
-        inner
-            .queues
-            .entry(key)
-            .or_default()
-            .push(queued, i32::MIN, "");
+        // goes ahead of everything its tenant queued since.
+        inner.push(queued, i32::MIN, "");
     }
 
     /// `worker` says it is idle: if it was running an action, it dropped
@@ -472,7 +592,7 @@ impl Assignments {
     /// action is given back. Returns whether there was one.
     pub fn release(&self, worker: &WorkerId) -> bool {
         let mut inner = self.lock();
-        let Some(running) = inner.running.remove(worker) else {
+        let Some(running) = inner.stop_running(worker) else {
             return false;
         };
         self.requeue_or_fail(&mut inner, running.queued);
@@ -542,7 +662,7 @@ impl Assignments {
             .collect();
         let mut unserved = HashMap::new();
         for key in waiting {
-            if !inner.served(&key) {
+            if !inner.dispatch.served(&key) {
                 let since = inner.unserved_since.get(&key).copied().unwrap_or(now);
                 unserved.insert(key, since);
             }
@@ -566,13 +686,20 @@ impl Assignments {
         let mut failed = 0;
         for key in expired {
             inner.unserved_since.remove(&key);
+            let why = inner.mismatches(&key);
             let Some(mut queue) = inner.queues.remove(&key) else {
                 continue;
             };
+            inner.queue_changed(&key);
             let (instance, platform) = &key;
+            let why = if why.is_empty() {
+                String::new()
+            } else {
+                format!(": {why}")
+            };
             let message = format!(
                 "no worker offers platform {platform} for instance {instance:?} \
-                 (waited {}s); {offered}",
+                 (waited {}s){why}; {offered}",
                 grace.as_secs()
             );
             while let Some(queued) = queue.pop() {
@@ -599,8 +726,13 @@ impl Assignments {
     pub fn kill(&self, operation: &Operation, response: ExecuteResponse) -> bool {
         let mut inner = self.lock();
         let same = |q: &Queued| std::ptr::eq(Arc::as_ptr(&q.operation), operation);
-        for queue in inner.queues.values_mut() {
-            queue.remove_where(same);
+        let changed: Vec<QueueKey> = inner
+            .queues
+            .iter_mut()
+            .filter_map(|(key, queue)| (queue.remove_where(same) > 0).then(|| key.clone()))
+            .collect();
+        for key in &changed {
+            inner.queue_changed(key);
         }
         let stopped: Vec<(WorkerId, Digest)> = inner
             .running
@@ -609,7 +741,7 @@ impl Assignments {
             .map(|(w, r)| (w.clone(), r.queued.action_digest.clone()))
             .collect();
         for (worker, digest) in stopped {
-            inner.running.remove(&worker);
+            inner.stop_running(&worker);
             inner.taken_back.insert(worker, digest);
         }
         let code = response
@@ -660,6 +792,8 @@ pub struct WorkersView {
     /// Queues (instance name, platform) no live worker serves, and since
     /// when.
     pub unserved_since: Vec<((String, PlatformKey), Instant)>,
+    /// How actions' platforms match workers' (`[platform_matching]`).
+    pub matcher: PlatformMatcher,
 }
 
 impl Assignments {
@@ -695,18 +829,9 @@ impl Assignments {
                 .iter()
                 .map(|(k, since)| (k.clone(), *since))
                 .collect(),
+            matcher: inner.dispatch.matcher().clone(),
         }
     }
-}
-
-/// Whether `instance` is served by a worker announcing `prefix`: equal,
-/// or `prefix` followed by more path components.
-pub fn instance_matches(prefix: &str, instance: &str) -> bool {
-    prefix.is_empty()
-        || instance == prefix
-        || instance
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn suffix(prefix: &str, instance: &str) -> String {
@@ -916,7 +1041,8 @@ mod tests {
         assert_eq!(status.code, tonic::Code::FailedPrecondition as i32);
         assert_eq!(
             status.message,
-            "no worker offers platform {OSFamily=macos} for instance \"main\" (waited 60s); \
+            "no worker offers platform {OSFamily=macos} for instance \"main\" (waited 60s): \
+             property OSFamily (exact) asks macos, workers offer linux; \
              workers offer: {OSFamily=linux}"
         );
         // The linux action, served all along, is still queued.
@@ -975,6 +1101,17 @@ mod tests {
         let again = a.try_assign(&worker(2), "", &linux()).unwrap();
         assert_eq!(again.queued.action_digest, first.queued.action_digest);
         assert_eq!(again.queued.retries, 1);
+        // Asking for work again without a word about it gives it back
+        // too
+        // (here past max_retries = 1, so it fails), and its tenant's
+        // running count with it.
+        assert_eq!(a.load(""), (0, 1));
+        assert!(a.try_assign(&worker(2), "", &linux()).is_none());
+        assert_eq!(a.load(""), (0, 0));
+        assert_eq!(
+            failure(&first.queued.operation).code,
+            tonic::Code::Unavailable as i32
+        );
     }
 
     #[tokio::test(start_paused = true)]

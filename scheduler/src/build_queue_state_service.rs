@@ -45,6 +45,7 @@ use corral_proto::buildqueuestate::{
 use corral_proto::protobuf::Empty;
 use corral_proto::reapi::execution_stage::Value as ExecutionStage;
 use corral_proto::reapi::ExecuteResponse;
+use corral_proto::time::timestamp;
 use corral_storage::status::excerpt;
 use tonic::{Request, Response, Status};
 
@@ -54,7 +55,7 @@ use crate::drain::DrainQueue;
 use crate::operation::{Operation, Operations};
 use crate::queue::PlatformKey;
 use crate::queue_state::{self, InvocationKey, Placed, QueueName, QueueState, Stage, View};
-use crate::timing::{timestamp, wall_clock, Timing};
+use crate::timing::{wall_clock, Timing};
 
 /// The largest page a list call returns, whatever page_size asks, so one
 /// call cannot copy a whole busy farm's state; pagination_info says
@@ -303,7 +304,7 @@ impl BuildQueueState for BuildQueueStateService {
             .filter(|op| {
                 let stage = match view.stage(op) {
                     Stage::Queued => ExecutionStage::Queued,
-                    Stage::Executing(_) => ExecutionStage::Executing,
+                    Stage::Executing => ExecutionStage::Executing,
                     Stage::Completed(_) => ExecutionStage::Completed,
                 };
                 filter_stage == ExecutionStage::Unknown || filter_stage == stage

@@ -2,12 +2,14 @@
 //!
 //! `Config::default()` is exactly what `corral up` runs.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use corral_auth::tls::{ClientTls, ServerTls};
 use serde::Deserialize;
 
 use crate::error::Error;
+use crate::platform_matching::Matching;
 
 /// The scheduler's configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -40,6 +42,17 @@ pub struct Config {
     /// gone) before it is cancelled and its worker told to stop.
     /// Default 60.
     pub unwatched_grace_s: u64,
+    /// How each platform property is matched between actions and workers
+    /// (`[platform_matching]`): property name to `"exact"`, `"subset"`
+    /// (the action's values are among those the worker offers, a worker
+    /// offering a list by repeating the name) or `"minimum"` (numbers:
+    /// the worker's is at least the action's, e.g. `cores`,
+    /// `memory-gib`). Default: empty, every property exact, as Buildbarn
+    /// matches. See `crate::platform_matching`.
+    pub platform_matching: BTreeMap<String, Matching>,
+    /// How workers are shared between instance names (tenants), and what
+    /// each may hold (`[fairness]`). Default: equal weights, no caps.
+    pub fairness: FairnessConfig,
     /// Prometheus metrics over HTTP (`GET /metrics`). Default: off; add
     /// a `[metrics]` table to serve them.
     pub metrics: Option<MetricsConfig>,
@@ -55,6 +68,93 @@ pub struct Config {
     /// docs/config.md and docs/shared-farm.md). Unset: every caller is
     /// anonymous and may do everything.
     pub auth: Option<corral_auth::AuthConfig>,
+}
+
+/// The `[fairness]` table: instance names take turns for workers, each
+/// getting a share in proportion to its weight; inside one, priorities,
+/// then client invocations in turn, then first in, first out.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FairnessConfig {
+    /// Share of an instance name not listed in `instances`, relative to
+    /// the others' (1 to 1000). Default 1: equal turns.
+    pub weight: u32,
+    /// Most operations an instance name not listed may have queued (not
+    /// yet running); an Execute past it is refused with
+    /// RESOURCE_EXHAUSTED (joining an identical operation in flight
+    /// still works). Default: no cap.
+    pub max_queued: Option<u64>,
+    /// Most actions of an instance name not listed that run at once; the
+    /// rest wait queued while other instance names' actions run.
+    /// Default: no cap.
+    pub max_executing: Option<u64>,
+    /// Per instance name (exact, not a prefix): a table with any of
+    /// `weight`, `max_queued`, `max_executing`; a key left out takes the
+    /// value above. Default: none.
+    pub instances: BTreeMap<String, InstanceFairness>,
+}
+
+impl Default for FairnessConfig {
+    fn default() -> Self {
+        Self {
+            weight: 1,
+            max_queued: None,
+            max_executing: None,
+            instances: BTreeMap::new(),
+        }
+    }
+}
+
+/// One `[fairness.instances."NAME"]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceFairness {
+    /// This instance name's share (1 to 1000). Default: `fairness.weight`.
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Its cap on queued operations. Default: `fairness.max_queued`.
+    #[serde(default)]
+    pub max_queued: Option<u64>,
+    /// Its cap on running actions. Default: `fairness.max_executing`.
+    #[serde(default)]
+    pub max_executing: Option<u64>,
+}
+
+/// The largest weight: turns are counted in strides of 2^20 / weight.
+pub const MAX_WEIGHT: u32 = 1000;
+
+impl FairnessConfig {
+    /// What applies to `instance`: its weight, queued cap and running cap.
+    pub fn of(&self, instance: &str) -> (u32, Option<u64>, Option<u64>) {
+        let own = self.instances.get(instance);
+        (
+            own.and_then(|o| o.weight).unwrap_or(self.weight),
+            own.and_then(|o| o.max_queued).or(self.max_queued),
+            own.and_then(|o| o.max_executing).or(self.max_executing),
+        )
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let own = self.instances.iter().map(|(name, o)| (Some(name), o));
+        let tables = std::iter::once((None, self.weight, self.max_executing))
+            .chain(own.map(|(name, o)| (name, o.weight.unwrap_or(1), o.max_executing)));
+        for (name, weight, max_executing) in tables {
+            let table = name.map_or_else(String::new, |n| format!("instances.{n:?}: "));
+            if !(1..=MAX_WEIGHT).contains(&weight) {
+                return Err(Error::InvalidConfig {
+                    field: "fairness.weight",
+                    reason: format!("{table}must be between 1 and {MAX_WEIGHT}, got {weight}"),
+                });
+            }
+            if max_executing == Some(0) {
+                return Err(Error::InvalidConfig {
+                    field: "fairness.max_executing",
+                    reason: format!("{table}0 would never run an action; leave it out for no cap"),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The `[metrics]` table.
@@ -82,6 +182,8 @@ impl Default for Config {
             max_retries: 3,
             platform_grace_s: 60,
             unwatched_grace_s: 60,
+            platform_matching: BTreeMap::new(),
+            fairness: FairnessConfig::default(),
             metrics: None,
             tls: None,
             client_tls: None,
@@ -113,6 +215,7 @@ impl Config {
                 ),
             });
         }
+        self.fairness.validate()?;
         corral_auth::channel::check_endpoint("storage", &self.storage, self.client_tls.is_some())
             .map_err(Error::Client)?;
         if let Some(tls) = &self.tls {
@@ -125,5 +228,36 @@ impl Config {
             client_tls.validate().map_err(Error::Tls)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fairness_weights_and_caps_out_of_range_are_refused_naming_the_table() {
+        let mut cfg = Config::default();
+        cfg.validate().unwrap();
+        cfg.fairness.instances.insert(
+            "ci".to_owned(),
+            InstanceFairness {
+                weight: Some(0),
+                ..InstanceFairness::default()
+            },
+        );
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("fairness.weight")
+                && err.contains("instances.\"ci\": must be between 1 and 1000, got 0"),
+            "{err}"
+        );
+        cfg.fairness.instances.clear();
+        cfg.fairness.max_executing = Some(0);
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("fairness.max_executing"), "{err}");
+        cfg.fairness.max_executing = Some(1);
+        cfg.fairness.weight = MAX_WEIGHT + 1;
+        assert!(cfg.validate().is_err());
     }
 }

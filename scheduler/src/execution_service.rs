@@ -17,7 +17,6 @@ use std::time::{Duration, SystemTime};
 use corral_auth::{Authorizer, Caller, Permission};
 use corral_proto::longrunning::Operation as ProtoOperation;
 use corral_proto::precondition;
-use corral_proto::protobuf;
 use corral_proto::reapi::execution_server::Execution;
 use corral_proto::reapi::{
     Action, Command, Digest, ExecuteRequest, ExecuteResponse, RequestMetadata, WaitExecutionRequest,
@@ -271,16 +270,16 @@ impl Execution for ExecutionService {
                 .check_sandbox_policy(&caller, &instance, policy)?;
         }
         let platform = platform(&action, &command);
+        self.assignments
+            .check_platform(&platform)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let run_for = timeout(
             action.timeout.as_ref(),
             self.default_timeout,
             self.max_timeout,
         )
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        action.timeout = Some(protobuf::Duration {
-            seconds: run_for.as_secs() as i64,
-            nanos: run_for.subsec_nanos() as i32,
-        });
+        action.timeout = Some(corral_proto::time::duration(run_for));
         let priority = req.execution_policy.map_or(0, |p| {
             p.priority.clamp(*PRIORITIES.start(), *PRIORITIES.end())
         });
@@ -330,7 +329,7 @@ impl Execution for ExecutionService {
         if new {
             let invocation = description.tool_invocation_id.clone();
             operation.describe(description);
-            self.assignments.enqueue(
+            let queued = self.assignments.enqueue_within_cap(
                 Queued {
                     operation: Arc::clone(&operation),
                     action_digest,
@@ -345,6 +344,20 @@ impl Execution for ExecutionService {
                 priority,
                 &invocation,
             );
+            if let Err(full) = queued {
+                // Ended, so that no later Execute joins an operation that
+                // will never run; one that joined meanwhile sees this.
+                let refusal = Status::resource_exhausted(full.to_string());
+                operation.complete(ExecuteResponse {
+                    status: Some(corral_proto::rpc::Status {
+                        code: refusal.code() as i32,
+                        message: refusal.message().to_owned(),
+                        details: Vec::new(),
+                    }),
+                    ..Default::default()
+                });
+                return Err(refusal);
+            }
         }
         Ok(Response::new(follow(operation, inline)))
     }

@@ -23,6 +23,8 @@
 //!   Buildbarn's model, per caller; [`drain`] — what a drain matches.
 //! - [`capabilities_service`] — REAPI `Capabilities`: storage's plus ours.
 //! - [`config`] — `scheduler.toml`; [`timing`] — every interval in one value.
+//! - [`dispatch`] — which queue a worker takes from: tenants in weighted
+//!   turns, each worker platform's served queues indexed.
 //! - [`execution_service`] — REAPI `Execute` and `WaitExecution`.
 //! - [`metrics`] — Prometheus metrics and their HTTP page.
 //! - [`operation`] — operations, their watchers, in-flight deduplication.
@@ -30,6 +32,7 @@
 //!   [`random_operation_ids`] — its production implementation.
 //! - [`operation_queue_service`] — `Synchronize` for workers.
 //! - [`operations_service`] — `google.longrunning.Operations`.
+//! - [`platform_matching`] — exact, subset and minimum platform properties.
 //! - [`queue`] — per-platform queues: priority, fairness, FIFO.
 //! - [`storage_client`] — what the scheduler reads from storage.
 //! - [`sweeper`] — what happens as time passes.
@@ -43,29 +46,31 @@
 
 #![forbid(unsafe_code)]
 
-pub mod access;
-pub mod action;
-pub mod adoption;
+mod access;
+mod action;
+mod adoption;
 pub mod assignment;
-pub mod build_queue_state_service;
-pub mod capabilities_service;
+mod build_queue_state_service;
+mod capabilities_service;
 pub mod config;
-pub mod drain;
-pub mod error;
-pub mod execution_service;
+pub mod dispatch;
+mod drain;
+mod error;
+mod execution_service;
 pub mod metrics;
 pub mod operation;
-pub mod operation_ids;
+mod operation_ids;
 pub mod operation_queue_service;
-pub mod operations_service;
+mod operations_service;
+pub mod platform_matching;
 pub mod queue;
-pub mod queue_state;
-pub mod random_operation_ids;
-pub mod storage_client;
-pub mod sweeper;
-pub mod task;
-pub mod timing;
-pub mod web;
+mod queue_state;
+mod random_operation_ids;
+mod storage_client;
+mod sweeper;
+mod task;
+mod timing;
+mod web;
 
 pub use capabilities_service::CacheCapabilitiesSource;
 pub use config::Config;
@@ -183,7 +188,12 @@ impl Builder {
             None => CacheCapabilitiesSource::Storage(storage.clone()),
         };
         let auth = Auth::from_config(self.cfg.auth.as_ref()).map_err(Error::Auth)?;
-        let assignments = Arc::new(Assignments::new(&self.timing, self.cfg.max_retries));
+        let assignments = Arc::new(
+            Assignments::new(&self.timing, self.cfg.max_retries).with_rules(
+                platform_matching::PlatformMatcher::new(self.cfg.platform_matching.clone()),
+                self.cfg.fairness.clone(),
+            ),
+        );
         let operations = Arc::new(Mutex::new(Operations::default()));
         let adoptions = Arc::new(Adoptions::new(
             self.timing.sync_interval,

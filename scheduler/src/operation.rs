@@ -431,10 +431,12 @@ impl Operations {
             .map(|since| *since + unwatched_grace)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_name.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }

@@ -10,6 +10,6 @@ pub trait OperationIds: Send + Sync {
 /// Why no name could be made.
 #[derive(Debug, thiserror::Error)]
 pub enum OperationIdError {
-    #[error("failed to read random bits from the operating system for an operation name")]
-    Randomness(#[source] getrandom::Error),
+    #[error("failed to make an operation name")]
+    Randomness(#[source] corral_proto::ids::RandomnessError),
 }

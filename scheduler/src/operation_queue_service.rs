@@ -28,7 +28,7 @@ use crate::operation::Operations;
 use crate::operation_ids::OperationIds;
 use crate::queue::PlatformKey;
 use crate::task::AbortOnDrop;
-use crate::timing::timestamp;
+use corral_proto::time::timestamp;
 
 /// The Synchronize service over shared [`Assignments`].
 pub struct OperationQueueService {

@@ -158,10 +158,7 @@ impl OperationsApi for OperationsService {
         let operation = self.find(&req.name)?;
         access::check_watch(&self.authorizer, &caller, &operation)?;
         let wait = match req.timeout {
-            Some(t) if t.seconds > 0 || t.nanos > 0 => {
-                Duration::from_secs(t.seconds.max(0) as u64)
-                    + Duration::from_nanos(t.nanos.max(0) as u64)
-            }
+            Some(t) if t.seconds > 0 || t.nanos > 0 => corral_proto::time::std_duration(&t),
             _ => DEFAULT_WAIT,
         };
         let mut watch = operation.watch();

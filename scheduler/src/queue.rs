@@ -5,6 +5,11 @@
 //! client invocations (`RequestMetadata.tool_invocation_id`) take turns,
 //! one action each, so one huge build cannot starve a small one started
 //! after it; within an invocation, first in, first out.
+//!
+//! Each item carries a sequence number, increasing across every queue of
+//! the scheduler, so that the heads of several queues can be compared by
+//! age ([`Queue::head`]); which queue a worker takes from is
+//! [`crate::dispatch`]'s choice.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -52,7 +57,8 @@ impl std::fmt::Display for PlatformKey {
 #[derive(Debug)]
 struct Level<T> {
     turns: VecDeque<String>,
-    waiting: HashMap<String, VecDeque<T>>,
+    /// Each invocation's items, with their sequence numbers.
+    waiting: HashMap<String, VecDeque<(u64, T)>>,
 }
 
 impl<T> Default for Level<T> {
@@ -82,14 +88,15 @@ impl<T> Default for Queue<T> {
 
 impl<T> Queue<T> {
     /// Queues `item` at `priority` for client invocation `invocation`
-    /// (empty when the client sent none: such actions share one turn).
-    pub fn push(&mut self, item: T, priority: i32, invocation: &str) {
+    /// (empty when the client sent none: such actions share one turn),
+    /// numbered `seq` (larger than every number pushed before).
+    pub fn push(&mut self, item: T, priority: i32, invocation: &str, seq: u64) {
         let level = self.levels.entry(priority).or_default();
         let waiting = level.waiting.entry(invocation.to_owned()).or_default();
         if waiting.is_empty() {
             level.turns.push_back(invocation.to_owned());
         }
-        waiting.push_back(item);
+        waiting.push_back((seq, item));
         self.len += 1;
     }
 
@@ -99,7 +106,7 @@ impl<T> Queue<T> {
         let (&priority, level) = self.levels.iter_mut().next()?;
         let invocation = level.turns.pop_front()?;
         let waiting = level.waiting.get_mut(&invocation)?;
-        let item = waiting.pop_front();
+        let item = waiting.pop_front().map(|(_, item)| item);
         if waiting.is_empty() {
             level.waiting.remove(&invocation);
         } else {
@@ -115,13 +122,22 @@ impl<T> Queue<T> {
         item
     }
 
+    /// The priority and sequence number of the item [`pop`](Self::pop)
+    /// returns next.
+    pub fn head(&self) -> Option<(i32, u64)> {
+        let (&priority, level) = self.levels.iter().next()?;
+        let invocation = level.turns.front()?;
+        let (seq, _) = level.waiting.get(invocation)?.front()?;
+        Some((priority, *seq))
+    }
+
     /// Removes the items `matches` accepts (a cancelled or merged
     /// action); returns how many.
     pub fn remove_where(&mut self, mut matches: impl FnMut(&T) -> bool) -> usize {
         let before = self.len;
         self.levels.retain(|_, level| {
             level.waiting.retain(|_, items| {
-                items.retain(|item| !matches(item));
+                items.retain(|(_, item)| !matches(item));
                 !items.is_empty()
             });
             level.turns.retain(|inv| level.waiting.contains_key(inv));
@@ -158,11 +174,11 @@ mod tests {
     #[test]
     fn lower_priority_numbers_run_first_and_fifo_within_one() {
         let mut q = Queue::default();
-        q.push("a", 0, "");
-        q.push("b", 0, "");
-        q.push("urgent", -5, "");
-        q.push("later", 10, "");
-        q.push("c", 0, "");
+        q.push("a", 0, "", 0);
+        q.push("b", 0, "", 0);
+        q.push("urgent", -5, "", 0);
+        q.push("later", 10, "", 0);
+        q.push("c", 0, "", 0);
         assert_eq!(q.len(), 5);
         assert_eq!(drain(&mut q), ["urgent", "a", "b", "c", "later"]);
         assert!(q.is_empty());
@@ -172,10 +188,10 @@ mod tests {
     fn invocations_take_turns_so_a_big_build_does_not_starve_a_small_one() {
         let mut q = Queue::default();
         for item in ["big1", "big2", "big3", "big4"] {
-            q.push(item, 0, "huge-build");
+            q.push(item, 0, "huge-build", 0);
         }
-        q.push("small1", 0, "small-build");
-        q.push("small2", 0, "small-build");
+        q.push("small1", 0, "small-build", 0);
+        q.push("small2", 0, "small-build", 0);
         assert_eq!(
             drain(&mut q),
             ["big1", "small1", "big2", "small2", "big3", "big4"]
@@ -183,12 +199,29 @@ mod tests {
     }
 
     #[test]
+    fn the_head_is_what_pop_returns_next() {
+        let mut q = Queue::default();
+        assert_eq!(q.head(), None);
+        q.push("old", 0, "x", 1);
+        q.push("urgent", -1, "y", 2);
+        q.push("turn", 0, "z", 3);
+        let mut heads = Vec::new();
+        while let Some(head) = q.head() {
+            heads.push((head, q.pop().unwrap()));
+        }
+        assert_eq!(
+            heads,
+            [((-1, 2), "urgent"), ((0, 1), "old"), ((0, 3), "turn")]
+        );
+    }
+
+    #[test]
     fn removed_items_never_come_out() {
         let mut q = Queue::default();
-        q.push("keep1", 0, "x");
-        q.push("drop", 0, "x");
-        q.push("drop", 3, "y");
-        q.push("keep2", 3, "y");
+        q.push("keep1", 0, "x", 0);
+        q.push("drop", 0, "x", 0);
+        q.push("drop", 3, "y", 0);
+        q.push("keep2", 3, "y", 0);
         assert_eq!(q.remove_where(|i| *i == "drop"), 2);
         assert_eq!(q.len(), 2);
         assert_eq!(drain(&mut q), ["keep1", "keep2"]);
@@ -215,7 +248,7 @@ mod tests {
     fn a_large_queue_keeps_turns_across_a_hundred_invocations() {
         let mut q: Queue<u64> = Queue::default();
         for i in 0..100_000u64 {
-            q.push(i, 0, &format!("inv-{}", i % 100));
+            q.push(i, 0, &format!("inv-{}", i % 100), 0);
         }
         assert_eq!(q.len(), 100_000);
         // Each invocation's first action comes before any second one.

@@ -5,8 +5,10 @@
 //! Buildbarn's model, mapped onto Corral's:
 //! - A platform queue is what workers announce: an instance name prefix
 //!   and a platform. Operations sit in the queue of the longest prefix
-//!   covering their instance name, among live workers of their exact
-//!   platform; an operation no live worker can take sits in a queue named
+//!   covering their instance name, among live workers whose platform
+//!   satisfies theirs (exactly, unless `[platform_matching]` says
+//!   otherwise; the first such platform, sorted, when several do); an
+//!   operation no live worker can take sits in a queue named
 //!   after its own instance name, with no workers (where it waits out the
 //!   platform grace). Workers announce no size class yet: every platform
 //!   queue has one size class queue, class 0.
@@ -37,14 +39,16 @@ use corral_proto::buildqueuestate::{
 use corral_proto::invocation_ids::InstanceName;
 use corral_proto::protobuf::{Any, Empty};
 use corral_proto::reapi::{platform, ExecuteResponse, Platform, RequestMetadata};
+use corral_proto::time::timestamp;
 use prost::Message;
 use tokio::time::Instant;
 
 use crate::assignment::{instance_matches, WorkerId, WorkerView, WorkersView};
 use crate::drain::DrainQueue;
 use crate::operation::{Operation, Progress};
+use crate::platform_matching::PlatformMatcher;
 use crate::queue::PlatformKey;
-use crate::timing::{timestamp, wall_clock};
+use crate::timing::wall_clock;
 
 const INSTANCE_NAME_TYPE_URL: &str = "type.googleapis.com/corral.buildqueuestate.InstanceName";
 const REQUEST_METADATA_TYPE_URL: &str =
@@ -122,8 +126,8 @@ pub fn invocation_path(operation: &Operation) -> [InvocationKey; 2] {
 #[derive(Debug, Clone)]
 pub enum Stage {
     Queued,
-    /// Held by this worker.
-    Executing(WorkerId),
+    /// Held by a worker (Buildbarn's OperationState names none).
+    Executing,
     Completed(Box<ExecuteResponse>),
 }
 
@@ -154,6 +158,8 @@ pub struct View {
     /// Prefixes live workers announce, per platform, for placing
     /// operations.
     worker_queues: BTreeSet<QueueName>,
+    /// Whether a worker's platform satisfies an operation's.
+    matcher: PlatformMatcher,
     /// Which worker holds each executing operation, by the operation's
     /// address (a number, so the view may cross threads).
     running: HashMap<usize, WorkerId>,
@@ -187,6 +193,7 @@ impl View {
         let mut view = View {
             queues: BTreeMap::new(),
             worker_queues,
+            matcher: workers.matcher.clone(),
             running,
             removals: removals
                 .into_iter()
@@ -255,7 +262,11 @@ impl View {
         let instance = operation.instance_name();
         self.worker_queues
             .iter()
-            .filter(|(prefix, p)| *p == platform && instance_matches(prefix, instance))
+            .filter(|(prefix, p)| {
+                instance_matches(prefix, instance) && self.matcher.satisfies(p, &platform)
+            })
+            // The first of the longest: max_by_key keeps the last.
+            .rev()
             .max_by_key(|(prefix, _)| prefix.len())
             .cloned()
             .unwrap_or_else(|| (instance.to_owned(), platform))
@@ -266,10 +277,10 @@ impl View {
         match operation.current() {
             Progress::Completed(response) => Stage::Completed(response),
             _ => match self.running.get(&(operation as *const Operation as usize)) {
-                Some(worker) => Stage::Executing(worker.clone()),
+                Some(_) => Stage::Executing,
                 // Run by a worker from before a restart (crate::adoption),
-                // which no queue holds: executing, its worker unnamed.
-                None if operation.is_adopted() => Stage::Executing(WorkerId::default()),
+                // which no queue holds: executing too.
+                None if operation.is_adopted() => Stage::Executing,
                 None => Stage::Queued,
             },
         }
@@ -281,7 +292,7 @@ impl View {
         let description = operation.description();
         let stage = match self.stage(operation) {
             Stage::Queued => operation_state::Stage::Queued(Empty {}),
-            Stage::Executing(_) => operation_state::Stage::Executing(Empty {}),
+            Stage::Executing => operation_state::Stage::Executing(Empty {}),
             Stage::Completed(response) => operation_state::Stage::Completed(*response),
         };
         let path = invocation_path(operation);
@@ -492,6 +503,45 @@ mod tests {
             assert_eq!(InvocationKey::of(&key.to_any()), Some(key));
         }
         assert_eq!(InvocationKey::of(&Any::default()), None);
+    }
+
+    #[tokio::test]
+    async fn an_operation_sits_in_a_queue_whose_platform_satisfies_its_own() {
+        let cores = |n: &str| {
+            PlatformKey::new([
+                ("OSFamily".to_owned(), "linux".to_owned()),
+                ("cores".to_owned(), n.to_owned()),
+            ])
+        };
+        let workers = WorkersView {
+            workers: vec![
+                worker("small", "", cores("4")),
+                worker("big", "", cores("16")),
+            ],
+            matcher: PlatformMatcher::new(
+                [(
+                    "cores".to_owned(),
+                    crate::platform_matching::Matching::Minimum,
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        let ops = [
+            operation("operations/a", "", cores("2")),
+            operation("operations/b", "", cores("8")),
+            operation("operations/c", "", cores("64")),
+        ];
+        let view = View::new(
+            workers,
+            &ops,
+            HashMap::new(),
+            Duration::from_secs(60),
+            |_| true,
+        );
+        assert_eq!(view.place(&ops[0]), (String::new(), cores("16")));
+        assert_eq!(view.place(&ops[1]), (String::new(), cores("16")));
+        assert_eq!(view.place(&ops[2]), (String::new(), cores("64")));
     }
 
     #[tokio::test]

@@ -55,14 +55,3 @@ pub fn wall_clock(at: tokio::time::Instant) -> std::time::SystemTime {
             .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
     }
 }
-
-/// `at` as a protobuf Timestamp (before the epoch: the epoch).
-pub fn timestamp(at: std::time::SystemTime) -> corral_proto::protobuf::Timestamp {
-    let since = at
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    corral_proto::protobuf::Timestamp {
-        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
-    }
-}

@@ -40,6 +40,8 @@ pub enum Error {
     Disk(#[from] DiskError),
     #[error("recording which instance names hold a blob failed")]
     Membership(#[from] MembershipError),
+    #[error("failed to name an upload to remote storage")]
+    UploadName(#[source] corral_proto::ids::RandomnessError),
     // Boxed: a Status is large and remote failures are rare.
     #[error("remote storage failed during {operation}")]
     Remote {

@@ -955,45 +955,6 @@ pub(crate) mod tests {
         assert!(store.read(&d, 0, None).await.unwrap().is_none());
     }
 
-    /// A tmpfs of `size` (mount's syntax: "8m") on a fresh directory,
-    /// unmounted when dropped; `None`, after one line saying why, when
-    /// not root (never under CI).
-    pub(crate) struct Tmpfs(tempfile::TempDir);
-
-    impl Tmpfs {
-        pub(crate) fn mount(test: &str, size: &str) -> Option<Tmpfs> {
-            use std::os::unix::fs::MetadataExt as _;
-            if !fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
-                assert!(std::env::var_os("CI").is_none(), "{test}: CI runs as root");
-                eprintln!("skipped {test}: needs root to mount a tmpfs");
-                return None;
-            }
-            let dir = temp_dir();
-            let status = std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(dir.path())
-                .status()
-                .unwrap();
-            assert!(status.success(), "mount tmpfs on {}", dir.path().display());
-            Some(Tmpfs(dir))
-        }
-
-        pub(crate) fn path(&self) -> &Path {
-            self.0.path()
-        }
-    }
-
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            // Lazily: a descriptor a child of another test thread briefly holds
-            // (inherited until its exec) must not leave the mount behind.
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(self.0.path())
-                .status();
-        }
-    }
-
     /// Streams `data` into `store` in 64 KiB writes, as ByteStream does.
     async fn stream(store: &DiskBlobStore, d: &Digest, data: &[u8]) -> Result<(), Error> {
         let mut write = store.begin_write(d).await?;
@@ -1023,7 +984,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_full_disk_refuses_writes_as_resource_exhausted_leaving_nothing_until_space_returns()
     {
-        let Some(fs_) = Tmpfs::mount("a_full_disk_refuses_writes", "8m") else {
+        let Some(fs_) = corral_testkit::Tmpfs::mount("a_full_disk_refuses_writes", "8m") else {
             return;
         };
         let dir = fs_.path().join("store");
@@ -1082,7 +1043,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_disk_smaller_than_the_bound_evicts_to_make_room() {
-        let Some(fs_) = Tmpfs::mount("a_disk_smaller_than_the_bound", "8m") else {
+        let Some(fs_) = corral_testkit::Tmpfs::mount("a_disk_smaller_than_the_bound", "8m") else {
             return;
         };
         let dir = fs_.path().join("store");

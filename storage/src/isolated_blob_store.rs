@@ -48,11 +48,11 @@ impl InstanceBlobs {
     pub fn for_instance(&self, instance: &str) -> Arc<dyn BlobStore> {
         match &self.membership {
             None => Arc::clone(&self.shared),
-            Some(membership) => Arc::new(IsolatedBlobStore {
-                shared: Arc::clone(&self.shared),
-                membership: membership.clone(),
-                instance: Arc::from(instance),
-            }),
+            Some(membership) => Arc::new(IsolatedBlobStore::new(
+                Arc::clone(&self.shared),
+                membership.clone(),
+                instance,
+            )),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Storage: the Content Addressable Storage and the Action Cache.
 //!
-//! Backends (memory, local disk; later a remote REAPI store) sit behind
-//! the [`BlobStore`] and [`ActionCache`] traits, and the REAPI services
+//! Backends (memory, local disk, another REAPI store over gRPC, and a
+//! local store in front of a remote one) sit behind the [`BlobStore`] and
+//! [`ActionCache`] traits, and the REAPI services
 //! (`ContentAddressableStorage`, `ByteStream`, `ActionCache`,
 //! `Capabilities`) are served over them, all on one port. [`run`] serves
 //! them alone; [`routes`] hands them to a daemon that serves more (the
@@ -9,18 +10,23 @@
 //!
 //! Modules:
 //! - [`config`] — `storage.toml`.
-//! - [`error`] — the crate's error type.
+//! - `error` — the crate's error type.
 //! - [`digest`] — digests, digest functions, hashing and verification.
-//! - [`blob_store`] — the CAS trait; [`blob_write`] — one write to it.
-//! - [`action_cache`] — the Action Cache trait.
-//! - [`lru_index`] — what a bounded store holds, in order of use.
-//! - [`memory_blob_store`], [`disk_blob_store`] — the backends.
-//! - [`membership`], [`isolated_blob_store`] — which instance names see
+//! - `blob_store` — the CAS trait; `blob_write` — one write to it.
+//! - `action_cache` — the Action Cache trait.
+//! - `lru_index` — what a bounded store holds, in order of use (the
+//!   shared `corral_lru::Lru`, keyed by table and digest).
+//! - `memory_blob_store`, `disk_blob_store` — the local backends;
+//!   `remote_blob_store` — another REAPI storage over gRPC;
+//!   `read_through_blob_store` — a local store in front of a remote one
+//!   (the read-through tier, `[backend.cache]`).
+//! - `membership`, `isolated_blob_store` — which instance names see
 //!   which blobs, under `isolate_instances`.
-//! - [`cas_service`], [`ac_service`], [`bytestream_service`],
+//! - [`cas_service`], [`ac_service`], `bytestream_service`,
 //!   [`capabilities_service`] — the gRPC services, one per module, each
 //!   with its errors and their status codes.
-//! - [`resource_name`] — ByteStream resource names.
+//! - [`resource_name`] — ByteStream resource names; `zstd_codec` —
+//!   `compressed-blobs/zstd/` reads and writes.
 //! - [`status`] — what the services share in building statuses.
 //!
 //! Storage never trusts a digest it is given: every write is verified
@@ -32,25 +38,25 @@
 #![forbid(unsafe_code)]
 
 pub mod ac_service;
-pub mod action_cache;
-pub mod blob_store;
-pub mod blob_write;
-pub mod bytestream_service;
+mod action_cache;
+mod blob_store;
+mod blob_write;
+mod bytestream_service;
 pub mod capabilities_service;
 pub mod cas_service;
 pub mod config;
 pub mod digest;
-pub mod disk_blob_store;
-pub mod error;
-pub mod isolated_blob_store;
-pub mod lru_index;
-pub mod membership;
-pub mod memory_blob_store;
-pub mod read_through_blob_store;
-pub mod remote_blob_store;
+mod disk_blob_store;
+mod error;
+mod isolated_blob_store;
+mod lru_index;
+mod membership;
+mod memory_blob_store;
+mod read_through_blob_store;
+mod remote_blob_store;
 pub mod resource_name;
 pub mod status;
-pub mod zstd_codec;
+mod zstd_codec;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -803,10 +809,7 @@ mod tenant_tests {
     const SECRET: &str = "a secret of at least thirty-two bytes";
 
     fn token(sub: &str, groups: &[&str], exp_from_now: i64) -> String {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
+        let now = corral_proto::time::unix_now() as i64;
         let claims = serde_json::json!({
             "sub": sub, "groups": groups, "iss": "test-idp", "aud": "corral",
             "exp": now + exp_from_now,
@@ -1003,7 +1006,7 @@ mod full_disk_tests {
 
     #[tokio::test]
     async fn a_full_disk_answers_resource_exhausted_per_blob_and_per_write_until_space_returns() {
-        use crate::disk_blob_store::tests::Tmpfs;
+        use corral_testkit::Tmpfs;
         let Some(disk) = Tmpfs::mount("a_full_disk_answers_resource_exhausted", "8m") else {
             return;
         };

@@ -215,8 +215,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_local_disk_still_serves_what_the_remote_holds() {
-        use crate::disk_blob_store::tests::Tmpfs;
         use crate::disk_blob_store::DiskBlobStore;
+        use corral_testkit::Tmpfs;
         let Some(disk) = Tmpfs::mount("a_full_local_disk_still_serves", "8m") else {
             return;
         };

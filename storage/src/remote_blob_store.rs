@@ -108,19 +108,17 @@ impl RemoteBlobStore {
         )
     }
 
-    fn upload_name(&self, digest: &Digest) -> String {
-        // Unique per upload: process, time and the digest's own hash.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        format!(
-            "{}uploads/{:x}-{nanos:x}/blobs/{}{}/{}",
+    fn upload_name(&self, digest: &Digest) -> Result<String, Error> {
+        // A random UUID, as REAPI asks: the remote keys concurrent uploads
+        // by it, and a pid or a clock repeats across hosts and containers.
+        let uuid = corral_proto::ids::uuid_v4().map_err(Error::UploadName)?;
+        Ok(format!(
+            "{}uploads/{uuid}/blobs/{}{}/{}",
             self.prefix(),
-            std::process::id(),
             Self::function_segment(digest),
             digest.hash_hex(),
             digest.size_bytes()
-        )
+        ))
     }
 
     /// A ranged read from the remote; `None` when it has no such blob.
@@ -309,7 +307,7 @@ impl BlobWrite for RemoteWrite {
             .map_err(spool("rewinding the spool file"))?;
         // Stream the spool in chunks, read as the upload goes (through a
         // small channel), so a large output is never held in memory.
-        let name = store.upload_name(&digest);
+        let name = store.upload_name(&digest)?;
         let size = digest.size_bytes();
         let mut file = tokio::fs::File::from_std(spool_file);
         let (tx, rx) = tokio::sync::mpsc::channel::<WriteRequest>(4);

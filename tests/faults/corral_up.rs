@@ -275,9 +275,10 @@ async fn corral_up_on_sigterm_finishes_the_running_action_then_stops() {
 #[tokio::test(flavor = "multi_thread")]
 async fn corral_up_on_a_second_signal_kills_the_running_action_and_stops_at_once() {
     let mut farm = Farm::start();
-    let _stream = executing(&farm, "sleep 30.11; exit 0").await;
+    let sleeping = crate::graceful_stop::sleep_command("30.11");
+    let _stream = executing(&farm, &format!("{sleeping}; exit 0")).await;
     let start = Instant::now();
-    while crate::graceful_stop::processes("sleep 30.11") == 0 {
+    while crate::graceful_stop::processes(&sleeping) == 0 {
         assert!(
             start.elapsed() < LIMIT,
             "the action never ran\n{}",
@@ -308,7 +309,7 @@ async fn corral_up_on_a_second_signal_kills_the_running_action_and_stops_at_once
     let logs = farm.logs();
     assert!(logs.contains("killed the action"), "{logs}");
     assert_eq!(
-        crate::graceful_stop::processes("sleep 30.11"),
+        crate::graceful_stop::processes(&sleeping),
         0,
         "the action outlived corral up"
     );

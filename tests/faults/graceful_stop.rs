@@ -87,6 +87,14 @@ async fn outcome_of(mut task: JoinSet<Outcome>) -> Outcome {
 
 /// Processes whose command line is exactly `cmdline` (words joined by
 /// spaces): the sandboxed command, seen from the host.
+/// `sleep` for about `seconds`, spelled so that no other test run on this
+/// host has the same command line (this process's id in the last
+/// digits): [`processes`] then counts this run's alone, even while
+/// another checkout runs the same tests.
+pub(crate) fn sleep_command(seconds: &str) -> String {
+    format!("sleep {seconds}{:07}", std::process::id())
+}
+
 pub(crate) fn processes(cmdline: &str) -> usize {
     std::fs::read_dir("/proc")
         .into_iter()
@@ -191,7 +199,7 @@ async fn killed_on_stop_the_action_is_queued_again_at_once(how: Kill, sleep: &st
     };
     let (mut farm, metrics_port) = farm_with(keys);
     let client = Client::new(&farm);
-    let sleeping = format!("sleep {sleep}");
+    let sleeping = sleep_command(sleep);
     let action = client
         .action(&format!("{sleeping}; echo 'slept {sleep}s'"))
         .await;

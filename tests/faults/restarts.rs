@@ -515,11 +515,10 @@ fn bazel_available(test: &str) -> bool {
         .output()
         .is_ok();
     if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: CI must install bazel-bootstrap"
+        corral_testkit::skip(
+            test,
+            "bazel not installed (apt-get install bazel-bootstrap)",
         );
-        eprintln!("skipped {test}: bazel not installed (apt-get install bazel-bootstrap)");
     }
     found
 }

@@ -48,6 +48,8 @@ pub enum Error {
     Corrupt { digest: Digest, got: String },
     #[error("failed to read blobs from the CAS")]
     Read(#[source] tonic::Status),
+    #[error("failed to name an upload to the CAS")]
+    UploadName(#[source] corral_proto::ids::RandomnessError),
     #[error("failed to ask the CAS which blobs are missing")]
     FindMissing(#[source] tonic::Status),
     #[error("failed to write blobs to the CAS")]
@@ -486,15 +488,10 @@ impl CasClient {
     }
 
     async fn write_stream(&self, digest: &Digest, blob: Blob) -> Result<(), Error> {
-        static UPLOADS: AtomicU64 = AtomicU64::new(0);
         let mut bytestream = ByteStreamClient::new(self.channel.clone());
-        // Unique per upload within this process, and across processes by
-        // the pid: storage keys concurrent uploads by this name.
-        let upload_id = format!(
-            "{:08x}-{:016x}",
-            std::process::id(),
-            UPLOADS.fetch_add(1, Ordering::Relaxed)
-        );
+        // A random UUID, as REAPI asks: storage keys concurrent uploads by
+        // it, and a pid repeats across containers.
+        let upload_id = corral_proto::ids::uuid_v4().map_err(Error::UploadName)?;
         let resource_name = join_instance(
             &self.instance,
             &format!(

@@ -43,6 +43,14 @@ pub struct Config {
     pub input_root_max_entries: u64,
     /// Instance name prefix this worker serves. Default empty: all.
     pub instance_name_prefix: String,
+    /// Pairs added to every slot's worker id, which is otherwise
+    /// `{"hostname": …, "slot": "N"}`, e.g. `{ pool = "large" }`. The
+    /// scheduler knows a worker by its id: two workers on one host must
+    /// differ here, or each would report on the other's actions. Keep it
+    /// across restarts (a restarted worker then gives back what it was
+    /// running at once). `hostname` and `slot` are set by the worker.
+    /// Default: none.
+    pub worker_id: BTreeMap<String, String>,
     /// Build slots. Default: one slot group with a slot per core, on the
     /// local runner.
     pub slots: Vec<SlotGroup>,
@@ -124,9 +132,36 @@ pub struct SlotGroup {
     /// slots whose platform matches theirs.
     #[serde(default)]
     pub platform: BTreeMap<String, String>,
+    /// Platform properties offered with several values: the worker sends
+    /// the name once per value (REAPI allows repeated names), which a
+    /// scheduler matching the name as `subset` reads as "any of these",
+    /// e.g. `cpu-feature = ["avx2", "sse4_2"]`. A name may not be in
+    /// `platform` too. Default: none.
+    #[serde(default)]
+    pub platform_lists: BTreeMap<String, Vec<String>>,
     /// Size class reported to the scheduler. Default 0.
     #[serde(default)]
     pub size_class: u32,
+}
+
+impl SlotGroup {
+    /// The platform properties offered, `platform` and every value of
+    /// `platform_lists`, sorted by name then value, as REAPI requires.
+    pub fn offered(&self) -> Vec<(String, String)> {
+        let lists = self
+            .platform_lists
+            .iter()
+            .flat_map(|(name, values)| values.iter().map(move |value| (name, value)));
+        let mut offered: Vec<(String, String)> = self
+            .platform
+            .iter()
+            .chain(lists)
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        offered.sort();
+        offered.dedup();
+        offered
+    }
 }
 
 impl Default for Config {
@@ -139,10 +174,12 @@ impl Default for Config {
             directory_cache_max_size_bytes: 64 << 20,
             input_root_max_entries: 1_000_000,
             instance_name_prefix: String::new(),
+            worker_id: BTreeMap::new(),
             slots: vec![SlotGroup {
                 concurrency: 0,
                 runner: PathBuf::from("corral-data/runner.sock"),
                 platform: BTreeMap::new(),
+                platform_lists: BTreeMap::new(),
                 size_class: 0,
             }],
             metrics: None,
@@ -166,6 +203,27 @@ impl Config {
             corral_auth::channel::check_endpoint(key, url, self.client_tls.is_some())
                 .map_err(Error::Client)?;
         }
+        if let Some(key) = ["hostname", "slot"]
+            .into_iter()
+            .find(|k| self.worker_id.contains_key(*k))
+        {
+            return Err(Error::InvalidConfig {
+                field: "worker_id",
+                reason: format!("{key} is set by the worker; name the worker with another key"),
+            });
+        }
+        for group in &self.slots {
+            if let Some(name) = group
+                .platform_lists
+                .keys()
+                .find(|n| group.platform.contains_key(*n))
+            {
+                return Err(Error::InvalidConfig {
+                    field: "slots.platform_lists",
+                    reason: format!("{name} is in slots.platform too; list every value here"),
+                });
+            }
+        }
         if let Some(client_tls) = &self.client_tls {
             client_tls.validate().map_err(Error::Tls)?;
         }
@@ -173,5 +231,47 @@ impl Config {
             tls.validate("metrics.tls").map_err(Error::Tls)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_id_names_the_worker_but_not_its_host_or_slot() {
+        let mut cfg = Config {
+            worker_id: [("pool".to_owned(), "large".to_owned())].into(),
+            ..Config::default()
+        };
+        cfg.validate().unwrap();
+        cfg.worker_id.insert("slot".to_owned(), "7".to_owned());
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("worker_id") && err.contains("slot"), "{err}");
+    }
+
+    #[test]
+    fn a_platform_list_is_offered_once_per_value_sorted() {
+        let mut cfg = Config::default();
+        let group = &mut cfg.slots[0];
+        group.platform = [("OSFamily".to_owned(), "linux".to_owned())].into();
+        group.platform_lists = [(
+            "cpu-feature".to_owned(),
+            vec!["sse4_2".to_owned(), "avx2".to_owned()],
+        )]
+        .into();
+        let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
+        assert_eq!(
+            group.offered(),
+            [
+                pair("OSFamily", "linux"),
+                pair("cpu-feature", "avx2"),
+                pair("cpu-feature", "sse4_2")
+            ]
+        );
+        cfg.validate().unwrap();
+        cfg.slots[0].platform_lists = [("OSFamily".to_owned(), vec!["linux".to_owned()])].into();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("slots.platform_lists"), "{err}");
     }
 }

@@ -9,34 +9,18 @@
 //! Bounded by an estimate of the memory its entries take; the least
 //! recently used go first.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use corral_proto::reapi::Digest;
 
 use crate::input_root::CheckedDirectory;
 
-#[derive(Debug)]
-struct Entry {
-    directory: Arc<CheckedDirectory>,
-    size: u64,
-    last_used: u64,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    entries: HashMap<Digest, Entry>,
-    /// `last_used` to digest, oldest first: eviction order.
-    order: BTreeMap<u64, Digest>,
-    total: u64,
-    clock: u64,
-}
-
 /// The cache. One per worker, shared by its slots.
 #[derive(Debug)]
 pub struct DirectoryCache {
     max_size: u64,
-    state: Mutex<State>,
+    /// Directories by digest with their estimated size, in order of use.
+    state: Mutex<corral_lru::Lru<Digest, Arc<CheckedDirectory>>>,
 }
 
 impl DirectoryCache {
@@ -44,11 +28,11 @@ impl DirectoryCache {
     pub fn new(max_size_bytes: u64) -> DirectoryCache {
         DirectoryCache {
             max_size: max_size_bytes,
-            state: Mutex::default(),
+            state: Mutex::new(corral_lru::Lru::new(max_size_bytes)),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, corral_lru::Lru<Digest, Arc<CheckedDirectory>>> {
         // A panic while holding the lock leaves a consistent map behind:
         // every update below completes before the next can fail.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -61,17 +45,9 @@ impl DirectoryCache {
         digests: impl IntoIterator<Item = &'a Digest>,
     ) -> Vec<Option<Arc<CheckedDirectory>>> {
         let mut state = self.lock();
-        let state = &mut *state;
         digests
             .into_iter()
-            .map(|digest| {
-                let entry = state.entries.get_mut(digest)?;
-                state.clock += 1;
-                state.order.remove(&entry.last_used);
-                entry.last_used = state.clock;
-                state.order.insert(entry.last_used, digest.clone());
-                Some(Arc::clone(&entry.directory))
-            })
+            .map(|digest| state.get(digest).map(Arc::clone))
             .collect()
     }
 
@@ -84,40 +60,18 @@ impl DirectoryCache {
             return;
         }
         let mut state = self.lock();
-        if state.entries.contains_key(&digest) {
+        if state.contains(&digest) {
             // Another slot read it meanwhile: same digest, same contents.
             return;
         }
-        state.clock += 1;
-        let now = state.clock;
-        state.order.insert(now, digest.clone());
-        state.entries.insert(
-            digest,
-            Entry {
-                directory,
-                size,
-                last_used: now,
-            },
-        );
-        state.total += size;
-        while state.total > self.max_size {
-            let Some((_, oldest)) = state.order.pop_first() else {
-                break;
-            };
-            if let Some(entry) = state.entries.remove(&oldest) {
-                state.total -= entry.size;
-            }
-        }
+        // What no longer fits is only memory: dropping it is the cleanup.
+        drop(state.insert(digest, directory, size));
     }
 
     /// Directories held now.
-    pub fn len(&self) -> usize {
-        self.lock().entries.len()
-    }
-
-    /// Whether it holds no directory.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
     }
 }
 

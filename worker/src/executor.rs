@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use corral_proto::protobuf::{Any, Timestamp};
 use corral_proto::reapi::{
@@ -19,6 +18,7 @@ use corral_proto::reapi::{
 };
 use corral_proto::rpc;
 use corral_proto::runner::RunRequest;
+use corral_proto::time::now;
 use prost::Message;
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
@@ -134,20 +134,6 @@ pub struct Shared {
     /// The `[limits]` table: what an action's outputs may take.
     pub output_limits: crate::config::Limits,
     pub metrics: Arc<Metrics>,
-}
-
-/// Now, as a protobuf timestamp.
-pub fn now() -> Timestamp {
-    timestamp(SystemTime::now())
-}
-
-/// `t` as a protobuf timestamp.
-pub fn timestamp(t: SystemTime) -> Timestamp {
-    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
-    }
 }
 
 /// The build directory of one action, removed on every path: by

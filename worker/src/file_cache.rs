@@ -12,7 +12,7 @@
 //! kept in eviction order, so each eviction costs O(log n) under the
 //! lock, however large the cache.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -161,58 +161,9 @@ fn file_name(hash: &str, size: i64, executable: bool) -> String {
     format!("{hash}-{size}-{kind}")
 }
 
-#[derive(Debug)]
-struct Entry {
-    size: u64,
-    last_used: u64,
-    /// Links being made from it now; such entries are not evicted.
-    pins: u32,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    entries: HashMap<Key, Entry>,
-    /// `last_used` to key of every entry with no pins, and only those,
-    /// oldest first: eviction order. Each `last_used` is a distinct tick
-    /// of `clock`, so none hides another.
-    unpinned: BTreeMap<u64, Key>,
-    total: u64,
-    clock: u64,
-}
-
-impl State {
-    /// Pins the entry of `key` and marks it used now; false if there is
-    /// none.
-    fn pin(&mut self, key: &Key) -> bool {
-        self.clock += 1;
-        let now = self.clock;
-        let Some(entry) = self.entries.get_mut(key) else {
-            return false;
-        };
-        if entry.pins == 0 {
-            self.unpinned.remove(&entry.last_used);
-        }
-        entry.pins += 1;
-        entry.last_used = now;
-        true
-    }
-
-    /// Releases one pin of `key`'s entry; once none is left, it may be
-    /// evicted, in the order it was last used.
-    fn unpin(&mut self, key: &Key) {
-        let Some(entry) = self.entries.get_mut(key) else {
-            return;
-        };
-        // Pins are only released by their owner: never below 0.
-        if entry.pins == 0 {
-            return;
-        }
-        entry.pins -= 1;
-        if entry.pins == 0 {
-            self.unpinned.insert(entry.last_used, key.clone());
-        }
-    }
-}
+/// Sizes of the cached files by key, in order of last use; an entry is
+/// pinned while an input root is linked from it, and not evicted then.
+type State = corral_lru::Lru<Key, ()>;
 
 /// The cache. One per worker, shared by its slots.
 #[derive(Debug)]
@@ -315,7 +266,7 @@ impl FileCache {
         Ok(FileCache {
             dir,
             max_size,
-            state: Mutex::default(),
+            state: Mutex::new(State::new(max_size)),
             downloads: AtomicU64::new(0),
             next_temp: AtomicU64::new(0),
             confirmed: Confirmed::default(),
@@ -395,7 +346,7 @@ impl FileCache {
     /// Bytes and files in the cache now.
     pub fn usage(&self) -> (u64, usize) {
         let state = self.lock();
-        (state.total, state.entries.len())
+        (state.total_bytes(), state.len())
     }
 
     /// Which instance names storage showed which cached blobs to: for the
@@ -619,9 +570,10 @@ impl FileCache {
         let wanted = bytes.saturating_add(ROOM_SLACK_BYTES);
         let (evicted, held) = {
             let mut state = self.lock();
-            let before = state.total;
-            let evicted = self.evict_while(&mut state, |state| before - state.total < wanted);
-            (evicted, state.total)
+            let before = state.total_bytes();
+            let evicted =
+                self.evict_while(&mut state, |state| before - state.total_bytes() < wanted);
+            (evicted, state.total_bytes())
         };
         if evicted.is_empty() {
             tracing::warn!(
@@ -680,16 +632,7 @@ impl FileCache {
             // file with identical bytes, and its links keep the old inode.
             return Ok(());
         }
-        let now = state.clock;
-        state.total += size;
-        state.entries.insert(
-            key.clone(),
-            Entry {
-                size,
-                last_used: now,
-                pins: 1,
-            },
-        );
+        state.insert_pinned(key.clone(), (), size);
         Ok(())
     }
 
@@ -716,7 +659,7 @@ impl FileCache {
     /// one directory is a metadata update; the unlink, which frees the
     /// file's blocks, is what waits for the lock to be released.
     fn evict_locked(&self, state: &mut State) -> Vec<PathBuf> {
-        self.evict_while(state, |state| state.total > self.max_size)
+        self.evict_while(state, |state| state.total_bytes() > self.max_size)
     }
 
     /// Takes least recently used, unpinned entries out of `state` while
@@ -724,12 +667,9 @@ impl FileCache {
     fn evict_while(&self, state: &mut State, mut more: impl FnMut(&State) -> bool) -> Vec<PathBuf> {
         let mut evicted = Vec::new();
         while more(state) {
-            let Some((_, key)) = state.unpinned.pop_first() else {
+            let Some((key, (), _)) = state.pop_oldest() else {
                 break;
             };
-            if let Some(entry) = state.entries.remove(&key) {
-                state.total -= entry.size;
-            }
             let path = self.dir.join(key.file_name());
             let doomed = self.temp_path("evicted");
             match std::fs::rename(&path, &doomed) {
@@ -744,8 +684,7 @@ impl FileCache {
 
     /// Entries pinned now: linked from by an input root being laid out.
     pub fn pinned(&self) -> usize {
-        let state = self.lock();
-        state.entries.len() - state.unpinned.len()
+        self.lock().pinned()
     }
 
     /// The directory holding the cache files.
@@ -824,10 +763,10 @@ mod tests {
         }
         cache.evict();
         let state = cache.lock();
-        assert!(state.entries.contains_key(&key(0)));
-        assert!(!state.entries.contains_key(&key(1)));
-        assert!(state.entries.contains_key(&key(2)));
-        assert_eq!(state.total, 20);
+        assert!(state.contains(&key(0)));
+        assert!(!state.contains(&key(1)));
+        assert!(state.contains(&key(2)));
+        assert_eq!(state.total_bytes(), 20);
         assert!(!cache.directory().join(key(1).file_name()).exists());
     }
 
@@ -875,7 +814,7 @@ mod tests {
             names(&[0, 1, 4]),
             "moved-away files removed"
         );
-        assert_eq!(cache.lock().total, 30);
+        assert_eq!(cache.lock().total_bytes(), 30);
         assert_eq!(cache.pinned(), 2);
 
         // A new entry past the bound: the least recently used of the
@@ -891,9 +830,9 @@ mod tests {
         // Every entry unpinned again, in eviction order: by last use,
         // not by release.
         let state = cache.lock();
-        let order: Vec<&Key> = state.unpinned.values().collect();
+        let order: Vec<&Key> = state.eviction_order().collect();
         assert_eq!(order, [&key(4), &key(0), &key(6)]);
-        assert_eq!(state.entries.len(), 3);
+        assert_eq!(state.len(), 3);
     }
 
     #[test]
@@ -906,7 +845,7 @@ mod tests {
         // 0 is evicted; its file is removed only after the lock is let go.
         let evicted = cache.evict_locked(&mut cache.lock());
         assert_eq!(evicted.len(), 1);
-        assert!(!cache.lock().entries.contains_key(&key(0)));
+        assert!(!cache.lock().contains(&key(0)));
         // Meanwhile another slot fetches 0 again, and pins it.
         cache.insert(&key(0), &[0; 10]).unwrap();
         remove_evicted(evicted);
@@ -958,27 +897,14 @@ mod tests {
         assert_eq!(cache.copies(CopyReason::Unprotected), 1);
     }
 
-    /// Unmounts a test file system when dropped.
-    struct Mounted(PathBuf);
-
-    impl Drop for Mounted {
-        fn drop(&mut self) {
-            // Lazily: a descriptor a child of another test thread briefly holds
-            // (inherited until its exec) must not leave the mount behind.
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-
     #[test]
     fn laying_out_past_ext4s_link_limit_copies_instead_of_failing() {
         use std::os::unix::fs::MetadataExt as _;
-        let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-        if !root {
-            assert!(std::env::var_os("CI").is_none(), "CI must run as root");
-            eprintln!("skipped: needs root to mount an ext4 image");
+        if !corral_testkit::is_root() {
+            corral_testkit::skip(
+                "laying_out_past_ext4s_link_limit_copies_instead_of_failing",
+                "needs root to mount an ext4 image",
+            );
             return;
         }
         // ext4 allows 65,000 links to a file: the cache's own name and
@@ -1007,7 +933,7 @@ mod tests {
                 mnt.as_os_str(),
             ],
         );
-        let _mounted = Mounted(mnt.clone());
+        let _mounted = corral_testkit::Mounted(mnt.clone());
         let cache = FileCache::open(mnt.join("cache"), 1 << 20).unwrap();
         cache.insert(&key(7), &[7; 10]).unwrap();
         let inputs = mnt.join("inputs");
@@ -1030,27 +956,6 @@ mod tests {
         );
     }
 
-    /// A tmpfs of `size` (mount's syntax: "8m") on a fresh directory,
-    /// unmounted when dropped; `None`, after one line saying why, when
-    /// not root (never under CI).
-    fn tmpfs(test: &str, size: &str) -> Option<(tempfile::TempDir, Mounted)> {
-        use std::os::unix::fs::MetadataExt as _;
-        if !std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
-            assert!(std::env::var_os("CI").is_none(), "{test}: CI runs as root");
-            eprintln!("skipped {test}: needs root to mount a tmpfs");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount tmpfs on {}", dir.path().display());
-        let mounted = Mounted(dir.path().to_owned());
-        Some((dir, mounted))
-    }
-
     fn mib_key(n: u8, mib: i64) -> Key {
         Key {
             hash: format!("{n:064}"),
@@ -1061,7 +966,7 @@ mod tests {
 
     #[test]
     fn a_full_cache_disk_fails_naming_the_cache_leaves_no_partial_file_and_recovers() {
-        let Some((dir, _mounted)) = tmpfs("a_full_cache_disk_fails", "8m") else {
+        let Some(dir) = corral_testkit::Tmpfs::mount("a_full_cache_disk_fails", "8m") else {
             return;
         };
         let cache = FileCache::open(dir.path().join("cache"), 1 << 30).unwrap();
@@ -1093,7 +998,7 @@ mod tests {
 
     #[test]
     fn a_copied_input_on_a_full_disk_makes_room_from_unpinned_files() {
-        let Some((dir, _mounted)) = tmpfs("a_copied_input_on_a_full_disk", "8m") else {
+        let Some(dir) = corral_testkit::Tmpfs::mount("a_copied_input_on_a_full_disk", "8m") else {
             return;
         };
         let cache = FileCache::open(dir.path().join("cache"), 1 << 30).unwrap();
@@ -1108,16 +1013,14 @@ mod tests {
         let to = dir.path().join("copied");
         cache.place(&input.digest(), false, &to).unwrap();
         assert_eq!(std::fs::read(&to).unwrap(), [0; 2 << 20]);
-        assert!(
-            cache.lock().entries.contains_key(&input),
-            "pinned files stay"
-        );
+        assert!(cache.lock().contains(&input), "pinned files stay");
         assert!(cache.usage().0 < 7 << 20, "unpinned files made room");
     }
 
     #[test]
     fn a_cache_disk_smaller_than_the_bound_evicts_unpinned_files_to_make_room() {
-        let Some((dir, _mounted)) = tmpfs("a_cache_disk_smaller_than_the_bound", "8m") else {
+        let Some(dir) = corral_testkit::Tmpfs::mount("a_cache_disk_smaller_than_the_bound", "8m")
+        else {
             return;
         };
         let cache = FileCache::open(dir.path().join("cache"), 1 << 30).unwrap();
@@ -1140,15 +1043,9 @@ mod tests {
         assert_eq!(files, files_in(&cache).len(), "no temporary file is left");
         assert!(bytes <= 8 << 20);
         let state = cache.lock();
-        assert!(
-            state.entries.contains_key(&mib_key(0, 1)),
-            "pinned files stay"
-        );
-        assert!(state.entries.contains_key(&mib_key(11, 1)));
-        assert!(
-            !state.entries.contains_key(&mib_key(1, 1)),
-            "the oldest went first"
-        );
+        assert!(state.contains(&mib_key(0, 1)), "pinned files stay");
+        assert!(state.contains(&mib_key(11, 1)));
+        assert!(!state.contains(&mib_key(1, 1)), "the oldest went first");
     }
 
     #[test]

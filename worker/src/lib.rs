@@ -8,19 +8,19 @@
 //!
 //! Modules:
 //! - [`config`] — `worker.toml`.
-//! - [`error`] — the crate's error type.
+//! - `error` — the crate's error type.
 //! - [`cas_client`] — blobs and Action Cache entries, verified by digest.
 //! - [`file_cache`] — content-addressed, read-only files to hardlink.
 //! - [`directory_cache`] — Directory messages already read, by digest.
-//! - [`confirmed`] — which cached blobs storage has shown to which
+//! - `confirmed` — which cached blobs storage has shown to which
 //!   instance names.
 //! - [`input_root`] — lays out an action's input root.
 //! - [`runner_client`] — the runner over its Unix socket.
-//! - [`outputs`] — output parents before the run, outputs after it.
+//! - `outputs` — output parents before the run, outputs after it.
 //! - [`executor`] — one action, from Action to ExecuteResponse.
 //! - [`metrics`] — Prometheus metrics of the worker.
-//! - [`health`] — what `/readyz` checks: runners and the scheduler.
-//! - [`slot`] — one build slot synchronizing with the scheduler.
+//! - `health` — what `/readyz` checks: runners and the scheduler.
+//! - `slot` — one build slot synchronizing with the scheduler.
 //!
 //! [`Worker`] (or [`run`]) is the entry point: one slot per unit of
 //! concurrency, all sharing the file and directory caches, the storage
@@ -36,22 +36,21 @@
 
 pub mod cas_client;
 pub mod config;
-pub mod confirmed;
+mod confirmed;
 pub mod directory_cache;
-pub mod error;
+mod error;
 pub mod executor;
 pub mod file_cache;
-pub mod health;
+mod health;
 pub mod input_root;
 pub mod metrics;
-pub mod outputs;
+mod outputs;
 pub mod runner_client;
-pub mod slot;
+mod slot;
 
 pub use config::Config;
 pub use error::Error;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -285,23 +284,17 @@ impl Worker {
         let mut number = 0usize;
         for group in &cfg.slots {
             let platform = Platform {
-                // BTreeMap order: sorted by name, as REAPI requires.
                 properties: group
-                    .platform
-                    .iter()
-                    .map(|(name, value)| Property {
-                        name: name.clone(),
-                        value: value.clone(),
-                    })
+                    .offered()
+                    .into_iter()
+                    .map(|(name, value)| Property { name, value })
                     .collect(),
             };
             let runner = runner_client::RunnerClient::new(&group.runner);
             for _ in 0..concurrency(group) {
-                let worker_id: BTreeMap<String, String> = [
-                    ("hostname".to_owned(), host.clone()),
-                    ("slot".to_owned(), number.to_string()),
-                ]
-                .into();
+                let mut worker_id = cfg.worker_id.clone();
+                worker_id.insert("hostname".to_owned(), host.clone());
+                worker_id.insert("slot".to_owned(), number.to_string());
                 let executor = executor::Executor::new(
                     format!("{host}/slot-{number}"),
                     build_dir.clone(),

@@ -88,9 +88,9 @@ impl Drop for Executing<'_> {
 
 /// `to - from`, when both are set and in order.
 fn between(from: Option<&Timestamp>, to: Option<&Timestamp>) -> Option<Duration> {
-    let nanos = |t: &Timestamp| i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
-    let took = nanos(to?) - nanos(from?);
-    u64::try_from(took).ok().map(Duration::from_nanos)
+    let (from, to) = (from?, to?);
+    let system_time = corral_proto::time::system_time;
+    system_time(to).duration_since(system_time(from)).ok()
 }
 
 impl Metrics {

@@ -18,6 +18,8 @@ const START_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Why the worker cannot work with its runner.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("failed to name the marker the runner is asked to find")]
+    MarkerName(#[source] corral_proto::ids::RandomnessError),
     #[error("failed to write {path}, the marker the runner is asked to find")]
     WriteMarker {
         path: PathBuf,
@@ -96,12 +98,12 @@ impl RunnerClient {
     /// logging why, while the runner cannot be reached or its sandbox is
     /// not ready yet: runner and worker may start in any order.
     pub async fn check_build_directory(&self, build_dir: &Path) -> Result<(), Error> {
-        // Unique per process and runner, so that two workers sharing a
-        // directory by mistake cannot answer for each other.
+        // Unique per check (a random UUID: a pid repeats across
+        // containers), so that two workers sharing a directory by mistake
+        // cannot answer for each other.
         let name = format!(
-            "corral-build-directory-check-{}-{}",
-            std::process::id(),
-            marker_suffix(&self.socket)
+            "corral-build-directory-check-{}",
+            corral_proto::ids::uuid_v4().map_err(Error::MarkerName)?
         );
         let marker = build_dir.join(&name);
         std::fs::write(&marker, b"").map_err(|source| Error::WriteMarker {
@@ -152,12 +154,4 @@ impl RunnerClient {
             .await
             .map(tonic::Response::into_inner)
     }
-}
-
-/// A short stable tag of `socket`, for marker names.
-fn marker_suffix(socket: &Path) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    socket.hash(&mut hasher);
-    hasher.finish()
 }

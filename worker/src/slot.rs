@@ -108,9 +108,8 @@ fn state(s: current_state::WorkerState) -> CurrentState {
 /// How long until `at`, capped at `max`; zero if it has passed.
 fn until(at: Option<&Timestamp>, max: Duration) -> Duration {
     let Some(at) = at else { return max };
-    let at =
-        SystemTime::UNIX_EPOCH + Duration::new(at.seconds.max(0) as u64, at.nanos.max(0) as u32);
-    at.duration_since(SystemTime::now())
+    corral_proto::time::system_time(at)
+        .duration_since(SystemTime::now())
         .unwrap_or_default()
         .min(max)
 }

@@ -160,8 +160,9 @@ async fn killing_the_runner_ends_the_action_and_its_cgroup() {
     if !gone() {
         // Leave nothing behind for the next run.
         for pid in &running {
-            // SAFETY: kill takes plain integers.
-            unsafe { libc::kill(*pid, libc::SIGKILL) };
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
         }
         if let Some(c) = &cgroups {
             for group in c.leftovers(&prefix) {

@@ -18,18 +18,8 @@ use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: CI must run as root"
-        );
-        eprintln!("skipped {test}: needs root (the sandbox maps ids and writes cgroups)");
-    }
-    root
-}
+// The sandbox maps ids and writes cgroups.
+use corral_testkit::privileged;
 
 struct Runner {
     dir: tempfile::TempDir,

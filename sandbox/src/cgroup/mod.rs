@@ -111,14 +111,6 @@ impl CgroupRoot {
         }
     }
 
-    /// Which cgroup version this is, for reports.
-    pub fn version(&self) -> u32 {
-        match self {
-            CgroupRoot::V1(_) => 1,
-            CgroupRoot::V2(_) => 2,
-        }
-    }
-
     /// Creates the group `name` with `limits` applied.
     pub fn create(&self, name: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
         match self {

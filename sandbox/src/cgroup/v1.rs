@@ -48,7 +48,8 @@ impl Hierarchies {
         Some(Hierarchies { parents })
     }
 
-    /// Parents rooted at explicit directories (tests, fixed layouts).
+    /// Parents rooted at explicit directories (tests).
+    #[cfg(test)]
     pub fn at(parents: Vec<(&'static str, PathBuf)>) -> Hierarchies {
         Hierarchies { parents }
     }

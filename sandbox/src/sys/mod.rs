@@ -2,8 +2,12 @@
 //! place in the crate with `unsafe`.
 //!
 //! Each wrapper turns a `-1`/errno return into `io::Error` and takes Rust
-//! types, so callers stay safe. Nothing here allocates, so the wrappers are
-//! usable between fork and exec.
+//! types, so callers stay safe. The wrappers the children call between
+//! fork and exec allocate nothing, except `close_fds_except`, which sorts
+//! the few descriptors to keep in a `Vec`: the children are forked with
+//! glibc's `fork` (see [`fork`]), which leaves malloc usable in them.
+//! `supplementary_groups` allocates too, and is for the caller only; the
+//! `dir` module allocates, and runs in the supervisor.
 
 use std::ffi::CStr;
 use std::io;
@@ -194,6 +198,7 @@ pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
 }
 
 /// Closes every descriptor from `lowest` up, except those in `keep`.
+/// Allocates (a sorted copy of `keep`): safe in a child of [`fork`].
 pub fn close_fds_except(lowest: RawFd, keep: &[RawFd]) {
     let mut kept: Vec<RawFd> = keep.iter().copied().filter(|&fd| fd >= lowest).collect();
     kept.sort_unstable();

@@ -14,39 +14,43 @@ use corral_sandbox::{Command, Error, Sandbox};
 
 use crate::{default_policy, input_root, privileged, python, run_with};
 
-/// Supplementary groups of the calling thread only (the raw system call,
-/// not glibc's process-wide wrapper), restored when dropped; the sandbox
-/// forks from this thread, so its processes start with them.
-struct ThreadGroups(Vec<libc::gid_t>);
-
-impl ThreadGroups {
-    fn set(groups: &[libc::gid_t]) -> ThreadGroups {
-        let mut old = vec![0; 256];
-        // SAFETY: old has room for 256 groups.
-        let n = unsafe { libc::getgroups(256, old.as_mut_ptr()) };
-        assert!(n >= 0, "getgroups: {}", std::io::Error::last_os_error());
-        old.truncate(n as usize);
-        // SAFETY: groups is a valid array of groups.len() gids.
-        let ret = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
-        assert_eq!(ret, 0, "setgroups: {}", std::io::Error::last_os_error());
-        ThreadGroups(old)
-    }
-}
-
-impl Drop for ThreadGroups {
-    fn drop(&mut self) {
-        // SAFETY: as in set.
-        unsafe { libc::syscall(libc::SYS_setgroups, self.0.len(), self.0.as_ptr()) };
-    }
-}
+/// Set in the run of this test binary that `supplementary_groups_are_dropped`
+/// starts with supplementary groups.
+const WITH_GROUPS: &str = "CORRAL_TEST_WITH_GROUPS";
 
 #[test]
 fn supplementary_groups_are_dropped() {
     if !privileged("supplementary_groups_are_dropped") {
         return;
     }
-    // Groups 4 (adm) and 24 (cdrom), as a daemon under systemd may have.
-    let _groups = ThreadGroups::set(&[4, 24]);
+    // Groups 4 (adm) and 24 (cdrom), as a daemon under systemd may have:
+    // setpriv gives them to a fresh run of this test, whose sandbox then
+    // forks from a process that has them (setgroups here would need unsafe,
+    // which the workspace denies outside the sandbox's sys module).
+    if std::env::var_os(WITH_GROUPS).is_none() {
+        let test = "isolation::supplementary_groups_are_dropped";
+        let out = std::process::Command::new("setpriv")
+            .args(["--groups", "4,24", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--test-threads=1"])
+            .env(WITH_GROUPS, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().eq(["Groups:", "4", "24"])),
+        "setpriv did not give the groups\n{status}"
+    );
     let ran = run_with(
         default_policy(),
         &[
@@ -182,8 +186,9 @@ fn killing_the_supervisor_ends_the_action_and_its_cgroup() {
     if gone.is_none() {
         // Leave nothing behind for the next test run.
         for pid in &running {
-            // SAFETY: kill takes plain integers.
-            unsafe { libc::kill(*pid, libc::SIGKILL) };
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
         }
         if let Some(c) = &cgroups {
             for group in c.leftovers(&prefix) {

@@ -18,19 +18,8 @@ use std::time::Duration;
 
 use corral_sandbox::{Command, Outcome, Policy, Sandbox};
 
-/// True when the kernel-effect tests can run; prints the reason otherwise.
-pub fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: CI must run the sandbox tests as root"
-        );
-        eprintln!("skipped {test}: needs root (id maps to another uid, cgroups)");
-    }
-    root
-}
+// The kernel-effect tests map ids to another uid and write cgroups.
+pub use corral_testkit::privileged;
 
 /// A run's outcome with its captured output.
 pub struct Ran {

@@ -716,10 +716,11 @@ fn one_allocation_past_the_disk_limit_fails_at_once() {
     }
     // RLIMIT_FSIZE is the disk limit: allocating 4 GiB, or extending a
     // file to 8 GiB, fails with EFBIG in the call, before any walk (python
-    // ignores SIGXFSZ, so it sees the errno).
+    // ignores SIGXFSZ, so it sees the errno). EFBIG is the proof it was
+    // the call that failed: the walk kills, it returns no errno (and the
+    // outcome then says disk_exceeded). No clock: a loaded VM is slow.
     let script = r#"
-import errno, os, time
-t = time.monotonic()
+import errno, os
 for name, grow in [('fallocate', lambda fd: os.posix_fallocate(fd, 0, 4 << 30)),
                    ('truncate', lambda fd: os.ftruncate(fd, 8 << 30))]:
     fd = os.open(name, os.O_WRONLY | os.O_CREAT)
@@ -741,7 +742,6 @@ print('DENIED' if r != 0 and e == errno.EOPNOTSUPP else 'ESCAPED', 'keep_size', 
 os.write(fd, bytes(8192))
 r = libc.fallocate(fd, 3, ctypes.c_long(0), ctypes.c_long(4096))
 print('DENIED punch_hole works' if r == 0 else 'ESCAPED punch_hole refused %d' % ctypes.get_errno())
-print('DENIED fast' if time.monotonic() - t < 0.5 else 'ESCAPED slow')
 "#;
     let ran = python_with_8_mib_of_disk(script, Duration::from_secs(30));
     all_denied(&ran);
@@ -883,8 +883,7 @@ fn on_a_btrfs_subvolume_writes_past_the_disk_limit_fail_at_once() {
     let image = match BtrfsImage::make() {
         Ok(image) => image,
         Err(why) => {
-            assert!(std::env::var_os("CI").is_none(), "{test}: {why}");
-            eprintln!("skipped {test}: no btrfs image: {why}");
+            corral_testkit::skip(test, &format!("no btrfs image: {why}"));
             return;
         }
     };
@@ -1004,13 +1003,19 @@ fn an_action_exhausting_inotify_leaves_other_slots_and_the_host_theirs() {
         );
         // And the host's root, whose own counter a namespace created by
         // root would have been charged.
-        // SAFETY: inotify_init has no preconditions; the fd is closed below.
-        let host_fd = unsafe { libc::inotify_init() };
-        let host_errno = std::io::Error::last_os_error();
-        if host_fd >= 0 {
-            // SAFETY: our own descriptor, closed once.
-            unsafe { libc::close(host_fd) };
-        }
+        // A host process of root's, as this test is (ctypes: no unsafe here).
+        let host = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import ctypes\n\
+                 libc = ctypes.CDLL(None, use_errno=True)\n\
+                 print(libc.inotify_init(), ctypes.get_errno())\n",
+            ])
+            .output()
+            .unwrap();
+        let host = String::from_utf8_lossy(&host.stdout).into_owned();
+        let (host_fd, host_errno) = host.trim().split_once(' ').unwrap_or(("-1", "?"));
+        let host_fd: i32 = host_fd.parse().unwrap_or(-1);
         std::fs::write(hog_root.join("release"), "").unwrap();
         let hog = hogging.join().unwrap();
         assert!(

@@ -179,7 +179,7 @@ pub async fn page(State(web): State<Arc<Web>>, extensions: Extensions) -> Page {
                             @match &worker.current_operation {
                                 Some(op) => {
                                     td { (operation_link(&op.name)) br; "action " (action_or_nothing(op)) }
-                                    td { @if let Some(t) = web.handed_out(&op.name).map(crate::timing::timestamp) { (time(&t)) " (" (age(&t)) ")" } }
+                                    td { @if let Some(t) = web.handed_out(&op.name).map(corral_proto::time::timestamp) { (time(&t)) " (" (age(&t)) ")" } }
                                 }
                                 None => { td { "idle" } td {} }
                             }

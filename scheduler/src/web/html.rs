@@ -103,14 +103,8 @@ pub fn time(t: &Timestamp) -> String {
 
 /// How long ago `t` was, roughly: `4s`, `3m 12s`, `2h 5m`.
 pub fn age(t: &Timestamp) -> String {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let then = Duration::new(
-        u64::try_from(t.seconds).unwrap_or(0),
-        u32::try_from(t.nanos).unwrap_or(0),
-    );
-    duration(now.saturating_sub(then))
+    let then = corral_proto::time::system_time(t);
+    duration(SystemTime::now().duration_since(then).unwrap_or_default())
 }
 
 /// `d` roughly: `4s`, `3m 12s`, `2h 5m`; below a second, in ms.

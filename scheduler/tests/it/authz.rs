@@ -582,6 +582,7 @@ async fn a_tenant_sees_only_its_instance_names_in_build_queue_state() {
     let farm = farm_built(
         patient_timing(),
         Some(Authorizer::with_grants(Grants::parse(GRANTS).unwrap())),
+        |_| (),
     )
     .await;
     let mut state = admin(&farm);

@@ -9,6 +9,7 @@
 mod authz;
 mod build_queue_state;
 mod crafted;
+mod fairness;
 mod tls;
 mod web;
 
@@ -76,17 +77,26 @@ async fn farm() -> Farm {
 }
 
 async fn farm_with(timing: Timing) -> Farm {
-    farm_built(timing, None).await
+    farm_built(timing, None, |_| ()).await
+}
+
+/// A farm whose scheduler's config `configure` changes.
+async fn farm_configured(configure: impl FnOnce(&mut corral_scheduler::Config)) -> Farm {
+    farm_built(timing(), None, configure).await
 }
 
 /// A farm whose scheduler asks `authorizer`, with each call's caller
 /// taken from its `x-test-sub` header (see `authz::as_test_caller`), in
 /// place of the authentication layer.
 async fn farm_with_authorizer(authorizer: corral_auth::Authorizer) -> Farm {
-    farm_built(timing(), Some(authorizer)).await
+    farm_built(timing(), Some(authorizer), |_| ()).await
 }
 
-async fn farm_built(timing: Timing, authorizer: Option<corral_auth::Authorizer>) -> Farm {
+async fn farm_built(
+    timing: Timing,
+    authorizer: Option<corral_auth::Authorizer>,
+    configure: impl FnOnce(&mut corral_scheduler::Config),
+) -> Farm {
     let mut servers = tokio::task::JoinSet::new();
     let storage_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let storage_url = format!("http://{}", storage_listener.local_addr().unwrap());
@@ -103,11 +113,12 @@ async fn farm_built(timing: Timing, authorizer: Option<corral_auth::Authorizer>)
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let cfg = corral_scheduler::Config {
+    let mut cfg = corral_scheduler::Config {
         storage: storage_url.clone(),
         max_retries: 1,
         ..corral_scheduler::Config::default()
     };
+    configure(&mut cfg);
     let mut builder = Scheduler::builder(cfg).timing(timing);
     if let Some(authorizer) = &authorizer {
         builder = builder.authorizer(authorizer.clone());
@@ -561,7 +572,10 @@ async fn an_action_no_worker_can_take_fails_naming_the_platforms_on_offer() {
         status.message
     );
     assert!(
-        status.message.ends_with("workers offer: {OSFamily=linux}"),
+        status.message.ends_with(
+            ": property OSFamily (exact) asks macos, workers offer linux; \
+             workers offer: {OSFamily=linux}"
+        ),
         "{}",
         status.message
     );

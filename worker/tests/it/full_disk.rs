@@ -2,10 +2,10 @@
 //! retries, naming the cache, leaves no partial file, and the next layout
 //! succeeds once space returns.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use corral_proto::reapi::{Directory, FileNode};
+use corral_testkit::Tmpfs;
 use corral_worker::cas_client::CasClient;
 use corral_worker::directory_cache::DirectoryCache;
 use corral_worker::executor;
@@ -15,44 +15,6 @@ use tokio::task::JoinSet;
 use tonic::Code;
 
 use super::{code, privileged, put, put_message, shell, start_storage, Farm, MAX_ENTRIES};
-
-/// A tmpfs mounted on a fresh directory, unmounted when dropped.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    /// `None`, after one line saying why, when not root (never under CI).
-    fn mount(test: &str, size: &str) -> Option<Tmpfs> {
-        use std::os::unix::fs::MetadataExt as _;
-        if !std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
-            assert!(std::env::var_os("CI").is_none(), "{test}: CI runs as root");
-            eprintln!("skipped {test}: needs root to mount a tmpfs");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount tmpfs on {}", dir.path().display());
-        Some(Tmpfs(dir))
-    }
-
-    fn path(&self) -> &Path {
-        self.0.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazily: a descriptor a child of another test thread briefly holds
-        // (inherited until its exec) must not leave the mount behind.
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.0.path())
-            .status();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_cache_disk_fails_the_layout_as_unavailable_and_the_next_one_succeeds() {

@@ -1,14 +1,14 @@
 //! The worker's `/readyz`: not ready while its runner or the scheduler
 //! does not answer, and saying which.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use corral_proto::remoteworker::operation_queue_server::OperationQueueServer;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 
-use super::{privileged, FakeQueue, Farm};
+use super::fake_scheduler::FakeScheduler;
+use super::{privileged, Farm};
 
 /// GET /readyz on `addr`: the whole response.
 async fn readyz(addr: std::net::SocketAddr) -> String {
@@ -49,11 +49,7 @@ async fn readyz_is_ok_once_the_runner_answers_and_the_scheduler_answered() {
         return;
     }
     let farm = Farm::start().await;
-    let (done, _completed) = tokio::sync::mpsc::unbounded_channel();
-    let queue = FakeQueue {
-        pending: Mutex::new(None),
-        done,
-    };
+    let (queue, _seen) = FakeScheduler::new(vec![]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let scheduler = format!("http://{}", listener.local_addr().unwrap());
     let mut tasks = tokio::task::JoinSet::new();
@@ -72,6 +68,7 @@ async fn readyz_is_ok_once_the_runner_answers_and_the_scheduler_answered() {
             concurrency: 1,
             runner: farm.runner_socket.clone(),
             platform: Default::default(),
+            platform_lists: Default::default(),
             size_class: 0,
         }],
         ..corral_worker::Config::default()
@@ -116,6 +113,7 @@ async fn readyz_names_a_missing_runner_and_an_unreached_scheduler() {
             concurrency: 1,
             runner: dir.path().join("no-runner.sock"),
             platform: Default::default(),
+            platform_lists: Default::default(),
             size_class: 0,
         }],
         ..corral_worker::Config::default()

@@ -6,28 +6,24 @@
 #![allow(clippy::unwrap_used)]
 
 mod crafted;
+mod fake_scheduler;
 mod full_disk;
 mod health;
 mod runner_faults;
 mod stopping;
 mod tls;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
-use corral_proto::protobuf::Timestamp;
 use corral_proto::reapi::action_cache_client::ActionCacheClient;
 use corral_proto::reapi::command::EnvironmentVariable;
 use corral_proto::reapi::{
     Action, ActionResult, Command, Digest, Directory, DirectoryNode, ExecuteResponse, FileNode,
     GetActionResultRequest, SymlinkNode, Tree,
 };
-use corral_proto::remoteworker::operation_queue_server::{OperationQueue, OperationQueueServer};
-use corral_proto::remoteworker::{
-    current_state, desired_state, DesiredState, SynchronizeRequest, SynchronizeResponse,
-};
+use corral_proto::remoteworker::operation_queue_server::OperationQueueServer;
 use corral_worker::cas_client::{digest_of, Blob, CasClient};
 use corral_worker::directory_cache::DirectoryCache;
 use corral_worker::executor::{Executor, Job, Shared, Stage};
@@ -43,23 +39,9 @@ use tonic::Code;
 /// any tree here.
 const MAX_ENTRIES: u64 = 1_000_000;
 
-fn privileged(test: &str) -> bool {
-    // The runner's sandbox maps ids and writes cgroups: root only.
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        .unwrap_or(false);
-    if !root {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: CI must run as root"
-        );
-        eprintln!("skipped {test}: needs root (the runner's sandbox)");
-    }
-    root
-}
+// The runner's sandbox maps ids and writes cgroups: root only.
+use corral_testkit::privileged;
+use fake_scheduler::FakeScheduler;
 
 /// Starts an in-process storage (memory backend) on loopback; returns
 /// its endpoint.
@@ -567,64 +549,6 @@ async fn bad_programs_and_escaping_outputs_are_invalid_arguments() {
     assert!(farm.build_is_empty());
 }
 
-/// A scheduler that hands out one action and records what comes back.
-struct FakeQueue {
-    pending: Mutex<Option<(Digest, Action)>>,
-    done: tokio::sync::mpsc::UnboundedSender<(BTreeMap<String, String>, ExecuteResponse)>,
-}
-
-fn soon() -> Timestamp {
-    let t = SystemTime::now() + Duration::from_secs(1);
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
-    Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: 0,
-    }
-}
-
-#[tonic::async_trait]
-impl OperationQueue for FakeQueue {
-    async fn synchronize(
-        &self,
-        request: tonic::Request<SynchronizeRequest>,
-    ) -> Result<tonic::Response<SynchronizeResponse>, tonic::Status> {
-        let req = request.into_inner();
-        let state = req.current_state.and_then(|s| s.worker_state);
-        let mut desired = None;
-        match state {
-            // As bb_scheduler reads a result: executing, stage completed.
-            Some(current_state::WorkerState::Executing(current_state::Executing {
-                execution_state: Some(current_state::executing::ExecutionState::Completed(response)),
-                ..
-            })) => {
-                let _ = self.done.send((req.worker_id, response));
-            }
-            Some(current_state::WorkerState::Idle(_)) if !req.prefer_being_idle => {
-                let next = self.pending.lock().unwrap().take();
-                if let Some((digest, action)) = next {
-                    desired = Some(DesiredState {
-                        worker_state: Some(desired_state::WorkerState::Executing(
-                            desired_state::Executing {
-                                action_digest: Some(digest),
-                                action: Some(action),
-                                corral_inline_stdout: true,
-                                ..Default::default()
-                            },
-                        )),
-                    });
-                } else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-            _ => {}
-        }
-        Ok(tonic::Response::new(SynchronizeResponse {
-            next_synchronization_at: Some(soon()),
-            desired_state: desired,
-        }))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
     if !privileged("the_worker_takes_an_action_from_the_scheduler_and_reports_it") {
@@ -635,11 +559,8 @@ async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
     let mut command = shell("cat link > out.txt; echo done; echo err >&2");
     command.output_paths = vec!["out.txt".into()];
     let job = farm.job(command, root, None).await;
-    let (done, mut completed) = tokio::sync::mpsc::unbounded_channel();
-    let queue = FakeQueue {
-        pending: Mutex::new(Some((job.action_digest.clone(), job.action.clone()))),
-        done,
-    };
+    let (queue, mut seen) =
+        FakeScheduler::new(vec![(job.action_digest.clone(), job.action.clone())]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let scheduler = format!("http://{}", listener.local_addr().unwrap());
     let mut tasks = JoinSet::new();
@@ -659,10 +580,12 @@ async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
         directory_cache_max_size_bytes: 1 << 20,
         input_root_max_entries: MAX_ENTRIES,
         instance_name_prefix: String::new(),
+        worker_id: Default::default(),
         slots: vec![corral_worker::config::SlotGroup {
             concurrency: 1,
             runner: farm.runner_socket.clone(),
             platform: [("OSFamily".to_owned(), "linux".to_owned())].into(),
+            platform_lists: Default::default(),
             size_class: 0,
         }],
         metrics: None,
@@ -681,10 +604,7 @@ async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
             .await
             .unwrap();
     });
-    let (worker_id, response) = tokio::time::timeout(Duration::from_secs(60), completed.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let (worker_id, response) = fake_scheduler::completed(&mut seen).await;
     assert_eq!(worker_id.get("slot").map(String::as_str), Some("0"));
     assert!(worker_id.contains_key("hostname"));
     assert_eq!(code(&response), 0, "{:?}", response.status);

@@ -4,107 +4,14 @@
 //! start, before any action fails.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
-use corral_proto::reapi::{Action, Digest, ExecuteResponse};
-use corral_proto::remoteworker::operation_queue_server::{OperationQueue, OperationQueueServer};
-use corral_proto::remoteworker::{
-    current_state, desired_state, DesiredState, SynchronizeRequest, SynchronizeResponse,
-};
+use corral_proto::remoteworker::operation_queue_server::OperationQueueServer;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::{code, privileged, shell, soon, Farm, MAX_ENTRIES};
-
-/// What the fake scheduler saw, in order.
-#[derive(Debug)]
-enum Seen {
-    Assigned,
-    Running,
-    /// The worker said Idle while it had the action: it gave it back.
-    GivenBack {
-        prefer_being_idle: bool,
-    },
-    Completed(Box<ExecuteResponse>),
-}
-
-/// The one action of the test.
-type Job = Option<(Digest, Action)>;
-
-/// A scheduler with one action that, like the real one, queues it again
-/// when its worker says Idle while it runs it.
-struct RequeueingQueue {
-    /// Queued, and assigned (to the one slot).
-    action: Mutex<(Job, Job)>,
-    seen: mpsc::UnboundedSender<Seen>,
-}
-
-#[tonic::async_trait]
-impl OperationQueue for RequeueingQueue {
-    async fn synchronize(
-        &self,
-        request: tonic::Request<SynchronizeRequest>,
-    ) -> Result<tonic::Response<SynchronizeResponse>, tonic::Status> {
-        let req = request.into_inner();
-        let mut desired = None;
-        match req.current_state.and_then(|s| s.worker_state) {
-            Some(current_state::WorkerState::Executing(current_state::Executing {
-                execution_state: Some(current_state::executing::ExecutionState::Completed(response)),
-                ..
-            })) => {
-                self.action.lock().unwrap().1 = None;
-                let _ = self.seen.send(Seen::Completed(Box::new(response)));
-            }
-            Some(current_state::WorkerState::Executing(executing)) => {
-                if let Some(current_state::executing::ExecutionState::Running(_)) =
-                    executing.execution_state
-                {
-                    let _ = self.seen.send(Seen::Running);
-                }
-            }
-            Some(current_state::WorkerState::Idle(_)) | None => {
-                let next = {
-                    let mut action = self.action.lock().unwrap();
-                    if let Some(lost) = action.1.take() {
-                        let _ = self.seen.send(Seen::GivenBack {
-                            prefer_being_idle: req.prefer_being_idle,
-                        });
-                        action.0 = Some(lost);
-                    }
-                    if req.prefer_being_idle {
-                        None
-                    } else {
-                        let next = action.0.take();
-                        action.1.clone_from(&next);
-                        next
-                    }
-                };
-                match next {
-                    Some((digest, action)) => {
-                        let _ = self.seen.send(Seen::Assigned);
-                        desired = Some(DesiredState {
-                            worker_state: Some(desired_state::WorkerState::Executing(
-                                desired_state::Executing {
-                                    action_digest: Some(digest),
-                                    action: Some(action),
-                                    corral_inline_stdout: true,
-                                    ..Default::default()
-                                },
-                            )),
-                        });
-                    }
-                    None => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
-        }
-        Ok(tonic::Response::new(SynchronizeResponse {
-            next_synchronization_at: Some(soon()),
-            desired_state: desired,
-        }))
-    }
-}
+use crate::fake_scheduler::{next, FakeScheduler, Seen};
+use crate::{code, privileged, shell, Farm, MAX_ENTRIES};
 
 /// A Unix socket forwarding to the runner's, which the test can cut and
 /// open again: to the worker, exactly a runner that dies (every
@@ -168,10 +75,12 @@ pub(crate) fn worker_config(
         directory_cache_max_size_bytes: 1 << 20,
         input_root_max_entries: MAX_ENTRIES,
         instance_name_prefix: String::new(),
+        worker_id: Default::default(),
         slots: vec![corral_worker::config::SlotGroup {
             concurrency: 1,
             runner: runner.to_owned(),
             platform: [("OSFamily".to_owned(), "linux".to_owned())].into(),
+            platform_lists: Default::default(),
             size_class: 0,
         }],
         metrics: None,
@@ -179,13 +88,6 @@ pub(crate) fn worker_config(
         client_tls: None,
         stop_grace_s: 60,
     }
-}
-
-async fn next(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
-    tokio::time::timeout(Duration::from_secs(60), seen.recv())
-        .await
-        .expect("the fake scheduler heard from the worker within 60 s")
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -198,11 +100,8 @@ async fn a_runner_dying_mid_action_costs_a_retry_and_the_client_gets_the_real_re
     let job = farm
         .job(shell("sleep 2; echo ran; exit 7"), root, None)
         .await;
-    let (tx, mut seen) = mpsc::unbounded_channel();
-    let queue = RequeueingQueue {
-        action: Mutex::new((Some((job.action_digest.clone(), job.action.clone())), None)),
-        seen: tx,
-    };
+    let (queue, mut seen) =
+        FakeScheduler::new(vec![(job.action_digest.clone(), job.action.clone())]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let scheduler = format!("http://{}", listener.local_addr().unwrap());
     let mut tasks = JoinSet::new();
@@ -232,11 +131,13 @@ async fn a_runner_dying_mid_action_costs_a_retry_and_the_client_gets_the_real_re
             .unwrap()
     });
 
-    assert!(matches!(next(&mut seen).await, Seen::Assigned));
     loop {
         match next(&mut seen).await {
             Seen::Running => break,
-            other => assert!(matches!(other, Seen::Assigned), "{other:?}"),
+            other => assert!(
+                matches!(other, Seen::Idle { .. } | Seen::Assigned),
+                "{other:?}"
+            ),
         }
     }
     // The command sleeps now; the runner dies under it.
@@ -246,8 +147,8 @@ async fn a_runner_dying_mid_action_costs_a_retry_and_the_client_gets_the_real_re
     while given_back.is_none() {
         match next(&mut seen).await {
             Seen::GivenBack { prefer_being_idle } => given_back = Some(prefer_being_idle),
-            Seen::Running => {}
-            Seen::Completed(response) => {
+            Seen::Running | Seen::Idle { .. } => {}
+            Seen::Completed { response, .. } => {
                 panic!("the runner's death reached the client as its result: {response:?}")
             }
             other => panic!("{other:?}"),
@@ -263,9 +164,9 @@ async fn a_runner_dying_mid_action_costs_a_retry_and_the_client_gets_the_real_re
     proxy.start();
     let response = loop {
         match next(&mut seen).await {
-            Seen::Completed(response) => break response,
+            Seen::Completed { response, .. } => break response,
             Seen::GivenBack { .. } => panic!("given back again with the runner up"),
-            Seen::Assigned | Seen::Running => {}
+            Seen::Idle { .. } | Seen::Assigned | Seen::Running => {}
         }
     };
     assert_eq!(code(&response), 0, "{:?}", response.status);

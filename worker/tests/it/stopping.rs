@@ -3,26 +3,20 @@
 //! idle and is handed nothing more; stopped now, it kills the action and
 //! gives it back with an Idle report, also preferring to be idle.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::time::Duration;
 
-use corral_proto::reapi::{Action, Digest};
-use corral_proto::remoteworker::operation_queue_server::{OperationQueue, OperationQueueServer};
-use corral_proto::remoteworker::{
-    current_state, desired_state, DesiredState, SynchronizeRequest, SynchronizeResponse,
-};
+use corral_proto::remoteworker::operation_queue_server::OperationQueueServer;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
+use crate::fake_scheduler::{self, FakeScheduler, Seen};
 use crate::runner_faults::worker_config;
-use crate::{code, privileged, shell, soon, Farm};
+use crate::{code, privileged, shell, Farm};
 
-/// What the fake scheduler heard, in order.
+/// What the fake scheduler heard, in order, as these tests compare it.
 #[derive(Debug, PartialEq)]
 enum Heard {
-    /// It handed out the action with this exit code.
-    Assigned(i32),
+    Assigned,
     Running,
     /// A result, with the action's exit code and the status code.
     Completed {
@@ -40,89 +34,32 @@ enum Heard {
     },
 }
 
-/// A scheduler with a queue of actions for one slot, telling the test
-/// what it hears.
-struct Queue {
-    /// Queued: each action's digest, Action and exit code.
-    queued: Mutex<VecDeque<(Digest, Action, i32)>>,
-    /// Whether an action is handed out and not yet reported.
-    assigned: Mutex<bool>,
-    heard: mpsc::UnboundedSender<Heard>,
-}
-
-#[tonic::async_trait]
-impl OperationQueue for Queue {
-    async fn synchronize(
-        &self,
-        request: tonic::Request<SynchronizeRequest>,
-    ) -> Result<tonic::Response<SynchronizeResponse>, tonic::Status> {
-        let req = request.into_inner();
-        let prefer_being_idle = req.prefer_being_idle;
-        let answer = |desired| {
-            Ok(tonic::Response::new(SynchronizeResponse {
-                next_synchronization_at: Some(soon()),
-                desired_state: desired,
-            }))
-        };
-        match req.current_state.and_then(|s| s.worker_state) {
-            Some(current_state::WorkerState::Executing(current_state::Executing {
-                execution_state: Some(current_state::executing::ExecutionState::Completed(response)),
+impl From<Seen> for Heard {
+    fn from(seen: Seen) -> Heard {
+        match seen {
+            Seen::Idle { prefer_being_idle } => Heard::Idle { prefer_being_idle },
+            Seen::Assigned => Heard::Assigned,
+            Seen::Running => Heard::Running,
+            Seen::GivenBack { prefer_being_idle } => Heard::GivenBack { prefer_being_idle },
+            Seen::Completed {
+                response,
+                prefer_being_idle,
                 ..
-            })) => {
-                *self.assigned.lock().unwrap() = false;
-                let _ = self.heard.send(Heard::Completed {
-                    exit_code: response.result.as_ref().map_or(-1, |r| r.exit_code),
-                    code: code(&response),
-                    prefer_being_idle,
-                });
-            }
-            Some(current_state::WorkerState::Executing(executing)) => {
-                if let Some(current_state::executing::ExecutionState::Running(_)) =
-                    executing.execution_state
-                {
-                    let _ = self.heard.send(Heard::Running);
-                }
-                return answer(None);
-            }
-            Some(current_state::WorkerState::Idle(_)) | None => {
-                let had = std::mem::take(&mut *self.assigned.lock().unwrap());
-                let _ = self.heard.send(if had {
-                    Heard::GivenBack { prefer_being_idle }
-                } else {
-                    Heard::Idle { prefer_being_idle }
-                });
-            }
+            } => Heard::Completed {
+                exit_code: response.result.as_ref().map_or(-1, |r| r.exit_code),
+                code: code(&response),
+                prefer_being_idle,
+            },
         }
-        if prefer_being_idle {
-            return answer(None);
-        }
-        let next = self.queued.lock().unwrap().pop_front();
-        let Some((digest, action, exit_code)) = next else {
-            // A short long poll.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            return answer(None);
-        };
-        *self.assigned.lock().unwrap() = true;
-        let _ = self.heard.send(Heard::Assigned(exit_code));
-        answer(Some(DesiredState {
-            worker_state: Some(desired_state::WorkerState::Executing(
-                desired_state::Executing {
-                    action_digest: Some(digest),
-                    action: Some(action),
-                    ..Default::default()
-                },
-            )),
-        }))
     }
 }
 
-/// A farm, a fake scheduler queuing `scripts` (each with the exit code
-/// it ends with) and a one-slot worker with `stop_grace_s`, run until
+/// A farm, a fake scheduler queuing `scripts` and a one-slot worker with `stop_grace_s`, run until
 /// `stop` or `stop_now` fires. Returns what the scheduler hears and the
 /// worker's task.
 struct Stopping {
     farm: Farm,
-    heard: mpsc::UnboundedReceiver<Heard>,
+    heard: mpsc::UnboundedReceiver<Seen>,
     worker: JoinSet<Result<(), corral_worker::Error>>,
     stop: Option<oneshot::Sender<()>>,
     stop_now: Option<oneshot::Sender<()>>,
@@ -130,20 +67,15 @@ struct Stopping {
 }
 
 impl Stopping {
-    async fn start(scripts: &[(&str, i32)], stop_grace_s: u64) -> Stopping {
+    async fn start(scripts: &[&str], stop_grace_s: u64) -> Stopping {
         let farm = Farm::start().await;
         let (root, _) = farm.input_root().await;
-        let mut queued = VecDeque::new();
-        for (script, exit_code) in scripts {
+        let mut queued = Vec::new();
+        for script in scripts {
             let job = farm.job(shell(script), root.clone(), None).await;
-            queued.push_back((job.action_digest, job.action, *exit_code));
+            queued.push((job.action_digest, job.action));
         }
-        let (tx, heard) = mpsc::unbounded_channel();
-        let queue = Queue {
-            queued: Mutex::new(queued),
-            assigned: Mutex::new(false),
-            heard: tx,
-        };
+        let (queue, heard) = FakeScheduler::new(queued);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let scheduler = format!("http://{}", listener.local_addr().unwrap());
         let mut servers = JoinSet::new();
@@ -188,10 +120,7 @@ impl Stopping {
     }
 
     async fn next(&mut self) -> Heard {
-        tokio::time::timeout(Duration::from_secs(60), self.heard.recv())
-            .await
-            .expect("the fake scheduler heard from the worker within 60 s")
-            .unwrap()
+        fake_scheduler::next(&mut self.heard).await.into()
     }
 
     /// Waits until the first action's command runs.
@@ -203,7 +132,7 @@ impl Stopping {
             }
         );
         let first = self.next().await;
-        assert!(matches!(first, Heard::Assigned(_)), "{first:?}");
+        assert_eq!(first, Heard::Assigned);
         while self.next().await != Heard::Running {}
         // The command itself starts a moment after its stage.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -219,7 +148,7 @@ impl Stopping {
             .expect("the worker did not panic");
         ended.expect("the worker stopped without an error");
         let mut heard = Vec::new();
-        while let Ok(h) = self.heard.try_recv() {
+        while let Ok(h) = self.heard.try_recv().map(Heard::from) {
             if h != Heard::Running {
                 heard.push(h);
             }
@@ -233,7 +162,7 @@ async fn a_draining_worker_reports_its_result_preferring_idle_and_takes_nothing_
     if !privileged("a_draining_worker_reports_its_result_preferring_idle_and_takes_nothing_more") {
         return;
     }
-    let mut s = Stopping::start(&[("sleep 2; exit 3", 3), ("exit 4", 4)], 60).await;
+    let mut s = Stopping::start(&["sleep 2; exit 3", "exit 4"], 60).await;
     s.until_running().await;
     let _ = s.stop.take().unwrap().send(());
     let heard = s.stopped(Duration::from_secs(20)).await;
@@ -265,7 +194,7 @@ async fn a_worker_stopped_now_kills_its_action_and_gives_it_back_preferring_idle
     if !privileged("a_worker_stopped_now_kills_its_action_and_gives_it_back_preferring_idle") {
         return;
     }
-    let mut s = Stopping::start(&[("sleep 30; exit 3", 3)], 60).await;
+    let mut s = Stopping::start(&["sleep 30; exit 3"], 60).await;
     s.until_running().await;
     let _ = s.stop.take().unwrap().send(());
     // Draining: the action runs on.
@@ -289,7 +218,7 @@ async fn a_worker_past_its_stop_grace_gives_its_action_back() {
     if !privileged("a_worker_past_its_stop_grace_gives_its_action_back") {
         return;
     }
-    let mut s = Stopping::start(&[("sleep 30; exit 3", 3)], 1).await;
+    let mut s = Stopping::start(&["sleep 30; exit 3"], 1).await;
     s.until_running().await;
     let _ = s.stop.take().unwrap().send(());
     let heard = s.stopped(Duration::from_secs(10)).await;

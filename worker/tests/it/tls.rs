@@ -5,14 +5,14 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use corral_auth::certs::{Files, TestPki};
 use corral_auth::tls::{ClientCertificate, ClientTls, ServerTls};
 use corral_proto::remoteworker::operation_queue_server::OperationQueueServer;
 use tokio::task::JoinSet;
 
-use crate::{code, privileged, shell, FakeQueue, Farm, MAX_ENTRIES};
+use crate::fake_scheduler::{self, FakeScheduler};
+use crate::{code, privileged, shell, Farm, MAX_ENTRIES};
 
 fn server_tls(files: &Files) -> ServerTls {
     ServerTls {
@@ -40,10 +40,12 @@ fn worker_config(
         directory_cache_max_size_bytes: 1 << 20,
         input_root_max_entries: MAX_ENTRIES,
         instance_name_prefix: String::new(),
+        worker_id: Default::default(),
         slots: vec![corral_worker::config::SlotGroup {
             concurrency: 1,
             runner: runner.to_owned(),
             platform: [("OSFamily".to_owned(), "linux".to_owned())].into(),
+            platform_lists: Default::default(),
             size_class: 0,
         }],
         metrics: None,
@@ -64,10 +66,7 @@ async fn over_mtls_the_worker_runs_an_action_and_shows_its_token_to_the_schedule
     // token keys refuses a call that shows a token).
     let secret = farm.dir.path().join("token.key");
     std::fs::write(&secret, "a secret of at least thirty-two bytes\n").unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = corral_proto::time::unix_now();
     let claims = serde_json::json!({
         "sub": "worker", "iss": "test", "aud": "corral", "exp": now + 3600,
     });
@@ -113,11 +112,8 @@ async fn over_mtls_the_worker_runs_an_action_and_shows_its_token_to_the_schedule
     let mut command = shell("cat link > out.txt");
     command.output_paths = vec!["out.txt".into()];
     let job = farm.job(command, root, None).await;
-    let (done, mut completed) = tokio::sync::mpsc::unbounded_channel();
-    let queue = FakeQueue {
-        pending: Mutex::new(Some((job.action_digest.clone(), job.action.clone()))),
-        done,
-    };
+    let (queue, mut seen) =
+        FakeScheduler::new(vec![(job.action_digest.clone(), job.action.clone())]);
     let shown = Arc::new(Mutex::new(Vec::<String>::new()));
     let record = {
         let shown = Arc::clone(&shown);
@@ -186,10 +182,7 @@ async fn over_mtls_the_worker_runs_an_action_and_shows_its_token_to_the_schedule
             .await
             .unwrap();
     });
-    let (_, response) = tokio::time::timeout(Duration::from_secs(60), completed.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, response) = fake_scheduler::completed(&mut seen).await;
     assert_eq!(code(&response), 0, "{:?}", response.status);
     let result = response.result.unwrap();
     // Uploaded through the TLS front, readable from the storage behind it.
