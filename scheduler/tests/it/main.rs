@@ -11,6 +11,7 @@ mod build_queue_state;
 mod crafted;
 mod fairness;
 mod tls;
+mod web;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -127,7 +128,7 @@ async fn farm_built(
     let metrics = metrics_listener.local_addr().unwrap();
     servers.spawn(corral_metrics::serve(
         corral_metrics::Listener::plaintext(metrics_listener),
-        scheduler.metrics_page(),
+        scheduler.http_routes(),
         std::future::pending(),
     ));
     match authorizer {
