@@ -15,6 +15,7 @@ APT_PACKAGES=(
     python3-venv    # tests/python.rs: the venv below, with Debian's python3
     uidmap          # corral/tests/cli.rs: newuidmap for rootless runs with subordinate ids
     btrfs-progs     # sandbox probes: a loop-mounted btrfs image with qgroups (disk limit)
+    chromium        # tests/browser.rs: the web UI in headless Chromium (20 s to install)
 )
 
 missing=()

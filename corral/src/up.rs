@@ -54,7 +54,8 @@ pub struct UpArgs {
     /// `corral storage --max-size` takes it.
     #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = crate::storage::parse_size)]
     pub max_size: u64,
-    /// Serve Prometheus metrics (`GET /metrics`) on this address.
+    /// Serve the web UI (`/`), Prometheus metrics (`/metrics`) and
+    /// health (`/healthz`, `/readyz`) on this address.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
     /// TLS and authentication: make (or reuse) a local CA, certificates,
@@ -249,16 +250,21 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
             .await
             .with_context(|| format!("listening for metrics on {}", metrics.listen))?;
         let metrics_stop = signal();
-        // One page for the whole farm: the scheduler's, then the worker's.
+        // One page for the whole farm: the scheduler's, then the worker's;
+        // ready when storage, the runner and the scheduler all are; the
+        // scheduler's web UI beside them.
         let scheduler_page = scheduler.metrics_page();
         let worker_page = worker.metrics_page();
         let page = move || scheduler_page() + &worker_page.render();
+        let mut checks = scheduler.readiness_checks();
+        checks.extend(worker.readiness_checks());
+        let routes = corral_metrics::http::router(page, checks).merge(scheduler.web_routes());
         let bound = match &metrics_tls {
             Some(tls) => corral_metrics::Listener::tls(bound, tls.rustls()),
             None => corral_metrics::Listener::plaintext(bound),
         };
         parts.spawn(async move {
-            corral_metrics::serve(bound, page, metrics_stop).await;
+            corral_metrics::serve(bound, routes, metrics_stop).await;
             Ok(())
         });
     }
@@ -540,7 +546,10 @@ fn print_welcome(farm: &Farm, listen: SocketAddr, data_dir: &Path) {
         } else {
             "http"
         };
-        eprintln!("  metrics: {http}://{}/metrics", metrics.listen);
+        eprintln!(
+            "  web UI: {http}://{addr}/ (metrics at /metrics, health at /healthz and /readyz)",
+            addr = metrics.listen
+        );
     }
     match &farm.secure {
         None => {

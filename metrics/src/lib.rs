@@ -1,21 +1,26 @@
-//! Prometheus text pages for Corral's daemons: histograms of durations,
-//! label escaping, status code names, and a deliberately tiny HTTP/1.1
-//! responder for `GET /metrics`, since one fixed page does not justify an
-//! HTTP stack. Each daemon keeps its own metrics and renders its own page
-//! with these; `corral up` serves several pages as one. The page is served
-//! over TLS when the daemon hands a rustls config in ([`Listener::tls`]):
-//! this crate builds none itself, so it stays free of our other crates.
+//! Prometheus text pages for Corral's daemons (histograms of durations,
+//! label escaping, status code names) and the daemons' HTTP port.
+//!
+//! Modules:
+//! - this file — the exposition format: each daemon keeps its own
+//!   metrics and renders its own page with these; `corral up` serves
+//!   several pages as one.
+//! - [`http`] — the HTTP port: `/metrics`, `/healthz`, `/readyz`, and
+//!   whatever else a daemon routes there (the scheduler's web UI), over
+//!   TLS when the daemon hands a rustls config in ([`Listener::tls`]).
+//!
+//! This crate builds no TLS config and checks no readiness itself, so it
+//! stays free of our other crates.
 
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
-use std::future::Future;
 use std::time::Duration;
 
-use std::sync::Arc;
+pub mod http;
 
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio::net::TcpListener;
+pub use axum;
+pub use http::{check, serve, serving_while, Check, Listener, PeerCertificate};
 pub use tokio_rustls::rustls;
 
 /// Bucket bounds, in seconds, of every histogram: from a cache-warm
@@ -151,123 +156,6 @@ pub fn code_name(code: i32) -> &'static str {
         15 => "DATA_LOSS",
         16 => "UNAUTHENTICATED",
         _ => "UNKNOWN",
-    }
-}
-
-/// Largest request head read before answering; scrapers send a few
-/// hundred bytes.
-const MAX_REQUEST_BYTES: usize = 8 << 10;
-
-/// Where the page is served: a bound socket, and TLS when configured.
-pub struct Listener {
-    tcp: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-}
-
-impl Listener {
-    /// Plain HTTP on `tcp`.
-    pub fn plaintext(tcp: TcpListener) -> Listener {
-        Listener { tcp, tls: None }
-    }
-
-    /// HTTPS on `tcp` with `config` (which may ask for client
-    /// certificates).
-    pub fn tls(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> Listener {
-        Listener {
-            tcp,
-            tls: Some(tokio_rustls::TlsAcceptor::from(config)),
-        }
-    }
-}
-
-/// Answers one connection: the TLS handshake when `tls` is set, then the
-/// scrape.
-async fn connection(
-    stream: tokio::net::TcpStream,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    page: impl FnOnce() -> String,
-) -> std::io::Result<()> {
-    match tls {
-        Some(tls) => answer(tls.accept(stream).await?, page).await,
-        None => answer(stream, page).await,
-    }
-}
-
-/// Answers one scrape: `GET /metrics` gets `page()`, anything else 404.
-async fn answer(
-    mut stream: impl AsyncRead + AsyncWrite + Unpin,
-    page: impl FnOnce() -> String,
-) -> std::io::Result<()> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_BYTES {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let (status, body) = if line.starts_with(b"GET /metrics ") {
-        ("200 OK", page())
-    } else {
-        ("404 Not Found", "try GET /metrics\n".to_owned())
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-/// Serves `page()` on `listener` until `shutdown`.
-pub async fn serve(
-    listener: Listener,
-    page: impl Fn() -> String + Clone + Send + 'static,
-    shutdown: impl Future<Output = ()>,
-) {
-    let mut scrapes = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            accepted = listener.tcp.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let page = page.clone();
-                let tls = listener.tls.clone();
-                // A scraper that stalls holds only its own connection;
-                // finished ones are reaped as others arrive.
-                scrapes.spawn(async move {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(10),
-                        connection(stream, tls, page),
-                    )
-                    .await;
-                });
-                while scrapes.try_join_next().is_some() {}
-            }
-        }
-    }
-}
-
-/// Runs `work`, serving `page` on `listener` (when there is one) until
-/// `work` ends: for a daemon whose metrics live exactly as long as it.
-pub async fn serving_while<T>(
-    listener: Option<Listener>,
-    page: impl Fn() -> String + Clone + Send + 'static,
-    work: impl Future<Output = T>,
-) -> T {
-    let Some(listener) = listener else {
-        return work.await;
-    };
-    // The page never ends by itself: it stops when `work` has, and this
-    // select drops it.
-    tokio::pin!(work);
-    tokio::select! {
-        done = &mut work => done,
-        () = serve(listener, page, std::future::pending()) => work.await,
     }
 }
 

@@ -40,6 +40,8 @@
 //! - [`storage_client`] — what the scheduler reads from storage.
 //! - [`sweeper`] — what happens as time passes.
 //! - [`task`] — the one way to start a background task.
+//! - [`web`] — the web UI on the HTTP port: queues, workers, operations,
+//!   actions (one file per page).
 //! - [`error`] — the crate's error type.
 //!
 //! The scheduler never runs anything itself, and writes to storage only
@@ -74,6 +76,7 @@ pub mod storage_client;
 mod sweeper;
 mod task;
 mod timing;
+mod web;
 
 pub use capabilities_service::CacheCapabilitiesSource;
 pub use config::Config;
@@ -313,14 +316,53 @@ impl Scheduler {
     /// The Prometheus page as a function to call when scraped, for a
     /// daemon that serves it (`corral_metrics::serve`), alone or with
     /// other pages.
-    pub fn metrics_page(&self) -> impl Fn() -> String + Clone + Send + 'static {
+    pub fn metrics_page(&self) -> impl Fn() -> String + Clone + Send + Sync + 'static {
         let assignments = Arc::clone(&self.assignments);
         let operations = Arc::clone(&self.operations);
         move || assignments.metrics().render(&assignments, &operations)
     }
 
+    /// What `/readyz` checks for the scheduler: that storage answers (a
+    /// GetCapabilities, cheap on any storage).
+    pub fn readiness_checks(&self) -> Vec<(&'static str, corral_metrics::Check)> {
+        let storage = self.storage.clone();
+        let storage = corral_metrics::check(move || {
+            let storage = storage.clone();
+            async move {
+                storage
+                    .capabilities("")
+                    .await
+                    .map(|_| ())
+                    .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+            }
+        });
+        vec![("storage", storage)]
+    }
+
+    /// The web UI's routes ([`web`]), to serve on the HTTP port.
+    pub fn web_routes(&self) -> corral_metrics::axum::Router {
+        web::routes(web::Web {
+            queue_state: build_queue_state_service::BuildQueueStateService::new(
+                Arc::clone(&self.assignments),
+                Arc::clone(&self.operations),
+                self.timing.clone(),
+                self.authorizer.clone(),
+            ),
+            operations: Arc::clone(&self.operations),
+            storage: self.storage.clone(),
+            authorizer: self.authorizer.clone(),
+        })
+    }
+
+    /// The scheduler's HTTP port: `/metrics`, `/healthz`, `/readyz` and
+    /// the web UI.
+    pub fn http_routes(&self) -> corral_metrics::axum::Router {
+        corral_metrics::http::router(self.metrics_page(), self.readiness_checks())
+            .merge(self.web_routes())
+    }
+
     /// Serves the scheduler alone on `listener` until `shutdown`, and its
-    /// metrics when `[metrics]` is configured.
+    /// HTTP port (metrics, health) when `[metrics]` is configured.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -361,7 +403,7 @@ impl Scheduler {
             .layer(self.authentication.clone())
             .add_routes(self.routes())
             .serve_with_incoming_shutdown(corral_storage::no_delay(listener), shutdown);
-        let served = corral_metrics::serving_while(metrics, self.metrics_page(), grpc).await;
+        let served = corral_metrics::serving_while(metrics, self.http_routes(), grpc).await;
         served.map_err(|source| Error::Serve { addr, source })?;
         tracing::info!(%addr, "scheduler stopped");
         Ok(())

@@ -102,6 +102,9 @@ pub struct Operation {
     /// ([`crate::adoption`]): no worker of this scheduler takes it.
     adopted: AtomicBool,
     description: OnceLock<Description>,
+    /// When it was last handed to a worker (wall clock, for people: the
+    /// web UI's "since").
+    handed_out: Mutex<Option<SystemTime>>,
 }
 
 impl Operation {
@@ -122,6 +125,7 @@ impl Operation {
             inline_stderr: AtomicBool::new(false),
             adopted: AtomicBool::new(false),
             description: OnceLock::new(),
+            handed_out: Mutex::new(None),
         }
     }
 
@@ -213,8 +217,21 @@ impl Operation {
         self.progress.subscribe()
     }
 
-    /// Moves to EXECUTING (ignored once completed).
+    /// When it was last handed to a worker, if ever.
+    pub fn handed_out(&self) -> Option<SystemTime> {
+        *self
+            .handed_out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Moves to EXECUTING (ignored once completed); called each time a
+    /// worker is given it.
     pub fn executing(&self) {
+        *self
+            .handed_out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(SystemTime::now());
         self.progress.send_if_modified(|p| {
             let change = matches!(p, Progress::Queued);
             if change {

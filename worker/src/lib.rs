@@ -19,6 +19,7 @@
 //! - `outputs` — output parents before the run, outputs after it.
 //! - [`executor`] — one action, from Action to ExecuteResponse.
 //! - [`metrics`] — Prometheus metrics of the worker.
+//! - `health` — what `/readyz` checks: runners and the scheduler.
 //! - `slot` — one build slot synchronizing with the scheduler.
 //!
 //! [`Worker`] (or [`run`]) is the entry point: one slot per unit of
@@ -40,6 +41,7 @@ pub mod directory_cache;
 mod error;
 pub mod executor;
 pub mod file_cache;
+mod health;
 pub mod input_root;
 pub mod metrics;
 mod outputs;
@@ -50,7 +52,7 @@ pub use config::Config;
 pub use error::Error;
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,6 +112,8 @@ pub struct Worker {
     /// Channels to the scheduler and storage, as `[client_tls]` says.
     connector: Connector,
     shared: executor::Shared,
+    /// Whether the slots' last Synchronize was answered, for `/readyz`.
+    contact: Arc<health::SchedulerContact>,
 }
 
 impl Worker {
@@ -136,6 +140,7 @@ impl Worker {
         Ok(Worker {
             cfg,
             connector,
+            contact: Arc::default(),
             shared,
         })
     }
@@ -162,8 +167,48 @@ impl Worker {
         }
     }
 
-    /// Runs the slots, and serves the metrics when `[metrics]` is
-    /// configured, until told to stop:
+    /// What `/readyz` checks for the worker: each runner answers its
+    /// readiness check, and the scheduler answered the last Synchronize.
+    pub fn readiness_checks(&self) -> Vec<(&'static str, corral_metrics::Check)> {
+        let mut sockets: Vec<PathBuf> = self.cfg.slots.iter().map(|g| g.runner.clone()).collect();
+        sockets.sort();
+        sockets.dedup();
+        let runners: Vec<runner_client::RunnerClient> = sockets
+            .iter()
+            .map(|socket| runner_client::RunnerClient::new(socket))
+            .collect();
+        let runner = corral_metrics::check(move || {
+            let runners = runners.clone();
+            async move {
+                for runner in &runners {
+                    runner.check_readiness().await.map_err(|status| {
+                        format!(
+                            "{}: {:?}: {}",
+                            runner.socket().display(),
+                            status.code(),
+                            status.message()
+                        )
+                    })?;
+                }
+                Ok(())
+            }
+        });
+        let contact = Arc::clone(&self.contact);
+        let scheduler = corral_metrics::check(move || {
+            let answer = contact.check();
+            async move { answer }
+        });
+        vec![("runner", runner), ("scheduler", scheduler)]
+    }
+
+    /// The worker's HTTP port: `/metrics`, `/healthz`, `/readyz`.
+    pub fn http_routes(&self) -> corral_metrics::axum::Router {
+        let page = self.metrics_page();
+        corral_metrics::http::router(move || page.render(), self.readiness_checks())
+    }
+
+    /// Runs the slots, and serves the HTTP port (metrics, health) when
+    /// `[metrics]` is configured, until told to stop:
     /// - when `stop` completes, the slots take no new action; the running
     ///   ones get `stop_grace_s` to finish and be reported;
     /// - when `stop_now` completes, or the grace is over, the running
@@ -204,13 +249,8 @@ impl Worker {
             }
             None => None,
         };
-        let page = self.metrics_page();
-        corral_metrics::serving_while(
-            metrics,
-            move || page.render(),
-            self.run_slots(stop, stop_now),
-        )
-        .await
+        let routes = self.http_routes();
+        corral_metrics::serving_while(metrics, routes, self.run_slots(stop, stop_now)).await
     }
 
     async fn run_slots(
@@ -273,6 +313,7 @@ impl Worker {
                     runner: runner.clone(),
                     executor,
                     stop: stop_rx.clone(),
+                    contact: Arc::clone(&self.contact),
                 };
                 let span = tracing::info_span!("slot", slot = number);
                 slots.spawn(tracing::Instrument::instrument(slot.run(), span));

@@ -95,6 +95,8 @@ pub struct Slot {
     pub executor: Executor,
     /// How far the worker is in stopping.
     pub stop: watch::Receiver<Stop>,
+    /// Where answered and failed Synchronizes are noted, for `/readyz`.
+    pub contact: std::sync::Arc<crate::health::SchedulerContact>,
 }
 
 fn state(s: current_state::WorkerState) -> CurrentState {
@@ -232,8 +234,12 @@ impl Slot {
         loop {
             let request = self.request(current.clone(), prefer_being_idle);
             match self.scheduler.synchronize(request).await {
-                Ok(response) => return response.into_inner(),
+                Ok(response) => {
+                    self.contact.answered();
+                    return response.into_inner();
+                }
                 Err(status) => {
+                    self.contact.failed(&status);
                     warn!(code = ?status.code(), message = status.message(), "synchronizing with the scheduler failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);

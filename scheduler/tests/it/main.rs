@@ -12,6 +12,7 @@ mod crafted;
 mod fairness;
 mod size_classes;
 mod tls;
+mod web;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -128,7 +129,7 @@ async fn farm_built(
     let metrics = metrics_listener.local_addr().unwrap();
     servers.spawn(corral_metrics::serve(
         corral_metrics::Listener::plaintext(metrics_listener),
-        scheduler.metrics_page(),
+        scheduler.http_routes(),
         std::future::pending(),
     ));
     match authorizer {

@@ -12,7 +12,7 @@ use corral_proto::reapi::GetCapabilitiesRequest;
 use tokio::net::TcpListener;
 
 /// `[tls]` with mTLS required, from `files`.
-fn server_tls(files: &Files) -> ServerTls {
+pub(crate) fn server_tls(files: &Files) -> ServerTls {
     ServerTls {
         certificate: files.server_certificate.clone(),
         private_key: files.server_key.clone(),
@@ -34,6 +34,16 @@ fn client_tls(files: &Files) -> ClientTls {
 /// GET /metrics over HTTPS on `addr`, showing the client certificate of
 /// `files`: the status line and the body.
 async fn https_get_metrics(addr: std::net::SocketAddr, files: &Files) -> (String, String) {
+    https_get(addr, files, "/metrics").await
+}
+
+/// GET `path` over HTTPS on `addr`, showing the client certificate of
+/// `files`: the status line and the body.
+pub(crate) async fn https_get(
+    addr: std::net::SocketAddr,
+    files: &Files,
+    path: &str,
+) -> (String, String) {
     use rustls_pki_types::pem::PemObject as _;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -53,7 +63,7 @@ async fn https_get_metrics(addr: std::net::SocketAddr, files: &Files) -> (String
     let name = ServerName::try_from("localhost").unwrap();
     let mut stream = connector.connect(name, tcp).await.unwrap();
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut response = Vec::new();

@@ -8,6 +8,7 @@
 mod crafted;
 mod fake_scheduler;
 mod full_disk;
+mod health;
 mod runner_faults;
 mod stopping;
 mod tls;
