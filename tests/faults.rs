@@ -12,3 +12,5 @@ mod corral_up;
 mod graceful_stop;
 #[path = "faults/restarts.rs"]
 mod restarts;
+#[path = "faults/size_classes.rs"]
+mod size_classes;

@@ -185,6 +185,7 @@ fn resource_usage_messages_round_trip_with_every_field_set() {
         voluntary_context_switches: 15,
         involuntary_context_switches: 16,
         termination_signal: "SEGV".into(),
+        corral_oom_killed: true,
     });
     round_trip(&FilePoolResourceUsage {
         files_created: 1,
@@ -690,6 +691,16 @@ fn resource_usage_field_numbers_match_buildbarn() {
         };
         pin(name, m, number, wire);
     }
+    // Our extension, beyond Buildbarn's numbers.
+    pin(
+        "corral_oom_killed",
+        PosixResourceUsage {
+            corral_oom_killed: true,
+            ..p()
+        },
+        1000,
+        VARINT,
+    );
 
     let f: [Setter<FilePoolResourceUsage>; 8] = [
         ("files_created", |m| m.files_created = 1, 1),

@@ -225,6 +225,7 @@ fn posix_usage(outcome: &Outcome) -> PosixResourceUsage {
         voluntary_context_switches: u.voluntary_context_switches,
         involuntary_context_switches: u.involuntary_context_switches,
         termination_signal: outcome.signal_name().unwrap_or_default().to_owned(),
+        corral_oom_killed: outcome.oom_killed,
     }
 }
 

@@ -59,6 +59,7 @@ fn queued(n: usize, instance: &str, platform: &PlatformKey) -> Queued {
         queued_at: SystemTime::now(),
         waiting_since: tokio::time::Instant::now(),
         retries: 0,
+        size_class: Default::default(),
     }
 }
 

@@ -206,6 +206,7 @@ fn memory_per_queued() -> f64 {
                 queued_at: SystemTime::now(),
                 waiting_since: tokio::time::Instant::now(),
                 retries: 0,
+                size_class: Default::default(),
             },
             0,
             &format!("invocation-{}", n % 100),

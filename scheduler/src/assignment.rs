@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::operation::Operation;
 use crate::platform_matching::{Mismatch, PlatformError, PlatformMatcher};
 use crate::queue::{PlatformKey, Queue};
+use crate::size_class::{self, SizeClasses};
 use crate::timing::Timing;
 
 /// A worker (or one build slot of one), as its `worker_id` map names it.
@@ -47,6 +48,9 @@ pub struct Queued {
     pub waiting_since: Instant,
     /// Times it was given back after losing its worker.
     pub retries: u32,
+    /// The smallest size class of worker that may take it, and the key
+    /// its outcomes are learned under.
+    pub size_class: size_class::Choice,
 }
 
 /// What the worker is told to run.
@@ -115,6 +119,8 @@ struct Inner {
     /// handed out before a restart) is let finish: its result reaches
     /// the Action Cache, where a client's retried Execute finds it.
     taken_back: HashMap<WorkerId, Digest>,
+    /// The size class each live worker announced.
+    worker_classes: HashMap<WorkerId, u32>,
 }
 
 impl Inner {
@@ -132,12 +138,77 @@ impl Inner {
         self.identities
             .retain(|w, _| workers.contains_key(w) || running.contains_key(w));
         self.taken_back.retain(|w, _| workers.contains_key(w));
+        self.worker_classes.retain(|w, _| workers.contains_key(w));
         let live: std::collections::HashSet<(&str, &PlatformKey)> = workers
             .values()
             .map(|w| (w.prefix.as_str(), &w.platform))
             .collect();
         self.dispatch
             .retain_classes(|(prefix, platform)| live.contains(&(prefix.as_str(), platform)));
+    }
+
+    /// The size classes of the live workers serving `instance` with
+    /// `platform`, sorted.
+    fn offered_size_classes(&self, instance: &str, platform: &PlatformKey) -> Vec<u32> {
+        let mut classes: Vec<u32> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| {
+                instance_matches(&w.prefix, instance)
+                    && self.dispatch.matcher().satisfies(&w.platform, platform)
+            })
+            .map(|(id, _)| self.worker_classes.get(id).copied().unwrap_or(0))
+            .collect();
+        classes.sort_unstable();
+        classes.dedup();
+        classes
+    }
+
+    /// With size classes: the next action for a worker of `class` and
+    /// size class `size` that it may run: of its size class, or of a
+    /// smaller one no live worker offers any more (gone since the action
+    /// was queued). The queue the index picks first, then, if it holds
+    /// none such, every other queue the worker serves.
+    fn pop_sized(
+        &mut self,
+        class: &crate::dispatch::ClassKey,
+        prefix: &str,
+        platform: &PlatformKey,
+        size: u32,
+    ) -> Option<Queued> {
+        let picked = self.dispatch.pick(class)?;
+        let mut keys = vec![picked.clone()];
+        keys.extend(
+            self.queues
+                .iter()
+                .filter(|(key, queue)| {
+                    **key != picked
+                        && !queue.is_empty()
+                        && self.dispatch.may_start(&key.0)
+                        && instance_matches(prefix, &key.0)
+                        && self.dispatch.matcher().satisfies(platform, &key.1)
+                })
+                .map(|(key, _)| key.clone()),
+        );
+        // Cancelled operations may still sit in the queue, and ones a
+        // worker from before a restart runs (adopted): skip them.
+        let live = |q: &Queued| !q.operation.is_completed() && !q.operation.is_adopted();
+        for key in keys {
+            let offered = self.offered_size_classes(&key.0, &key.1);
+            let fits = |q: &Queued| {
+                let wanted = q.size_class.class;
+                wanted == size || (wanted < size && !offered.contains(&wanted))
+            };
+            let Some(queue) = self.queues.get_mut(&key) else {
+                continue;
+            };
+            let found = std::iter::from_fn(|| queue.pop_first(|q| fits(q) || !live(q))).find(live);
+            self.queue_changed(&key);
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
     }
 
     /// Tells the index what `key`'s queue holds now.
@@ -254,6 +325,9 @@ pub struct Assignments {
     liveness: Duration,
     max_retries: u32,
     metrics: Arc<Metrics>,
+    /// Learns from each completion where actions fit; `None`: size
+    /// classes are off.
+    size_classes: Option<Arc<SizeClasses>>,
 }
 
 /// Queue lengths and worker counts, for metrics.
@@ -280,6 +354,7 @@ impl Assignments {
             liveness: timing.long_poll.max(timing.sync_interval) + timing.worker_timeout,
             max_retries,
             metrics: Arc::default(),
+            size_classes: None,
         }
     }
 
@@ -302,6 +377,24 @@ impl Assignments {
     /// Queued and running actions of `instance` (a tenant).
     pub fn load(&self, instance: &str) -> (usize, usize) {
         self.lock().dispatch.load(instance)
+    }
+
+    /// Learns where actions fit from their completions, and queues one
+    /// that ran out of memory or time again for a larger class.
+    pub fn with_size_classes(mut self, size_classes: Arc<SizeClasses>) -> Self {
+        self.size_classes = Some(size_classes);
+        self
+    }
+
+    /// `worker` announced size class `class`.
+    pub fn saw_size_class(&self, worker: &WorkerId, class: u32) {
+        self.lock().worker_classes.insert(worker.clone(), class);
+    }
+
+    /// The size classes live workers offer for `instance` and `platform`,
+    /// sorted: where an action may start.
+    pub fn offered_size_classes(&self, instance: &str, platform: &PlatformKey) -> Vec<u32> {
+        self.lock().offered_size_classes(instance, platform)
     }
 
     /// Where results, waits and execution times are recorded.
@@ -414,21 +507,26 @@ impl Assignments {
             self.requeue_or_fail(&mut inner, dropped.queued);
         }
         let class = inner.dispatch.class(prefix, platform);
-        let queued = loop {
-            let key = inner.dispatch.pick(&class)?;
-            let popped = inner.queues.get_mut(&key).and_then(Queue::pop);
-            inner.queue_changed(&key);
-            match popped {
-                // Cancelled operations may still sit in the queue, and ones
-                // a worker from before a restart runs (adopted): skip them.
-                Some(queued)
-                    if queued.operation.is_completed() || queued.operation.is_adopted() =>
-                {
-                    continue
+        let queued = if self.size_classes.is_some() {
+            let size = inner.worker_classes.get(worker).copied().unwrap_or(0);
+            inner.pop_sized(&class, prefix, platform, size)?
+        } else {
+            loop {
+                let key = inner.dispatch.pick(&class)?;
+                let popped = inner.queues.get_mut(&key).and_then(Queue::pop);
+                inner.queue_changed(&key);
+                match popped {
+                    // Cancelled operations may still sit in the queue, and ones
+                    // a worker from before a restart runs (adopted): skip them.
+                    Some(queued)
+                        if queued.operation.is_completed() || queued.operation.is_adopted() =>
+                    {
+                        continue
+                    }
+                    Some(queued) => break queued,
+                    // The index named an empty queue: it is corrected now.
+                    None => continue,
                 }
-                Some(queued) => break queued,
-                // The index named an empty queue: it is corrected now.
-                None => continue,
             }
         };
         inner.dispatch.started(&queued.instance_name);
@@ -521,6 +619,13 @@ impl Assignments {
         let running = inner
             .stop_running(worker)
             .ok_or(ReportError::NothingAssigned)?;
+        let ran = Instant::now().duration_since(running.started);
+        let Some(running) = self.learn_size_class(&mut inner, worker, running, &response, ran)
+        else {
+            drop(inner);
+            self.work.notify_waiters();
+            return Ok(());
+        };
         let code = response
             .status
             .as_ref()
@@ -531,6 +636,51 @@ impl Assignments {
             self.metrics.result(code, false);
         }
         Ok(())
+    }
+
+    /// Records how `running` fared on `worker`'s size class; when it ran
+    /// out of memory or time and a larger class is offered, queues it
+    /// again for that class, ahead of everything (its client still
+    /// waits), and returns `None`.
+    fn learn_size_class(
+        &self,
+        inner: &mut Inner,
+        worker: &WorkerId,
+        running: Running,
+        response: &ExecuteResponse,
+        ran: Duration,
+    ) -> Option<Running> {
+        let (Some(sizes), Some(key)) = (&self.size_classes, &running.queued.size_class.key) else {
+            return Some(running);
+        };
+        let queued = &running.queued;
+        let class = inner
+            .worker_classes
+            .get(worker)
+            .copied()
+            .unwrap_or(queued.size_class.class);
+        let outcome = size_class::Outcome::of(response, ran);
+        sizes.record(key, class, outcome);
+        if !outcome.is_failure() || queued.operation.is_completed() {
+            return Some(running);
+        }
+        let offered = inner.offered_size_classes(&queued.instance_name, &queued.platform);
+        let Some(larger) = size_class::next_larger(class, &offered) else {
+            // The largest class failed too: that is the answer.
+            return Some(running);
+        };
+        tracing::info!(
+            ?outcome,
+            from = class,
+            to = larger,
+            "queued again for a larger size class"
+        );
+        let mut queued = running.queued;
+        queued.size_class.class = larger;
+        queued.size_class.probing = false;
+        queued.waiting_since = Instant::now();
+        inner.push(queued, i32::MIN, "");
+        None
     }
 
     /// Workers silent past their deadline plus the grace are gone: their
@@ -873,6 +1023,7 @@ mod tests {
             queued_at: std::time::SystemTime::UNIX_EPOCH,
             waiting_since: Instant::now(),
             retries: 0,
+            size_class: size_class::Choice::default(),
         }
     }
 
@@ -1112,6 +1263,64 @@ mod tests {
             failure(&first.queued.operation).code,
             tonic::Code::Unavailable as i32
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_size_classes_a_worker_takes_its_class_and_classes_no_one_offers() {
+        let sizes = crate::size_class::SizeClasses::new(
+            crate::config::SizeClassesConfig::default(),
+            Box::new(|| 0.99),
+            None,
+        );
+        let a = assignments().with_size_classes(sizes);
+        let (small, large) = (worker(1), worker(4));
+        for (w, class) in [(&small, 1), (&large, 4)] {
+            a.saw_worker(w, "", &linux());
+            a.saw_size_class(w, class);
+        }
+        assert_eq!(a.offered_size_classes("", &linux()), [1, 4]);
+        let mut on_small = queued(15, "");
+        on_small.size_class.class = 1;
+        a.enqueue(on_small, 0, "");
+        assert!(a.try_assign(&large, "", &linux()).is_none());
+        // The small worker goes silent past its liveness (30 + 60 s)
+        // while the large one keeps calling: its class is gone, so the
+        // large worker takes the action.
+        tokio::time::advance(Duration::from_secs(91)).await;
+        a.saw_worker(&large, "", &linux());
+        a.fail_unserved(Duration::from_secs(3600));
+        assert_eq!(a.offered_size_classes("", &linux()), [4]);
+        assert!(a.try_assign(&large, "", &linux()).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_size_classes_a_worker_finds_its_class_in_another_tenants_queue() {
+        let sizes = crate::size_class::SizeClasses::new(
+            crate::config::SizeClassesConfig::default(),
+            Box::new(|| 0.99),
+            None,
+        );
+        let a = assignments().with_size_classes(sizes);
+        let (small, large) = (worker(1), worker(4));
+        for (w, class) in [(&small, 1), (&large, 4)] {
+            a.saw_worker(w, "", &linux());
+            a.saw_size_class(w, class);
+        }
+        // Whichever tenant's turn it is, the small worker gets the small
+        // action and the large worker the large one.
+        for (n, tenant, class) in [(16, "team-a", 4), (17, "team-b", 1)] {
+            let mut q = queued(n, tenant);
+            q.size_class.class = class;
+            a.enqueue(q, 0, "");
+        }
+        let got = a.try_assign(&small, "", &linux()).unwrap();
+        assert_eq!(got.queued.action_digest, digest(17));
+        let other_small = worker(2);
+        a.saw_worker(&other_small, "", &linux());
+        a.saw_size_class(&other_small, 1);
+        assert!(a.try_assign(&other_small, "", &linux()).is_none());
+        let got = a.try_assign(&large, "", &linux()).unwrap();
+        assert_eq!(got.queued.action_digest, digest(16));
     }
 
     #[tokio::test(start_paused = true)]

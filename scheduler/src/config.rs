@@ -68,6 +68,65 @@ pub struct Config {
     /// docs/config.md and docs/shared-farm.md). Unset: every caller is
     /// anonymous and may do everything.
     pub auth: Option<corral_auth::AuthConfig>,
+    /// Size classes learned per action (`[size_classes]`, see
+    /// docs/decisions/0014-size-classes.md). Default: off; every action
+    /// may run on any worker of its platform, whatever its `size_class`.
+    pub size_classes: Option<SizeClassesConfig>,
+}
+
+/// The `[size_classes]` table: actions start on the smallest size class
+/// workers announce, move up after running out of memory or time, and
+/// the scheduler remembers where each action fits.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SizeClassesConfig {
+    /// What makes two actions "the same" for their history: `command`
+    /// (the Command message: arguments, environment, outputs, platform)
+    /// or `action_without_input_root` (the Action with its input root
+    /// left out: also its timeout and platform). Default `command`.
+    pub key: SizeClassKey,
+    /// A platform property whose value, when an action sets it, is the
+    /// key instead (e.g. `size-class-key = "javac"` groups every javac
+    /// run). Default: none.
+    pub key_platform_property: Option<String>,
+    /// The Action Cache instance name the histories are stored under
+    /// (one entry per key, the key naming the action's instance name).
+    /// Only the scheduler should hold `ac-read` and `ac-write` on it.
+    /// Default `size-class-history`.
+    pub history_instance_name: String,
+    /// Outcomes kept per key and size class. Default 8.
+    pub history_size: usize,
+    /// How often, between 0 and 1, an action is tried one class below
+    /// where its history says it fits, to learn whether it fits there
+    /// now. Each probe that fails costs one run on the smaller class.
+    /// Default 0.05.
+    pub probe_probability: f64,
+    /// How many times slower than on a larger class (median of the
+    /// completed runs kept) an action may run on a class that is still
+    /// chosen for it; past it the larger class is chosen. At least 1.
+    /// Default 2.0.
+    pub max_slowdown: f64,
+}
+
+/// What a size class history is kept per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SizeClassKey {
+    Command,
+    ActionWithoutInputRoot,
+}
+
+impl Default for SizeClassesConfig {
+    fn default() -> Self {
+        Self {
+            key: SizeClassKey::Command,
+            key_platform_property: None,
+            history_instance_name: "size-class-history".to_owned(),
+            history_size: 8,
+            probe_probability: 0.05,
+            max_slowdown: 2.0,
+        }
+    }
 }
 
 /// The `[fairness]` table: instance names take turns for workers, each
@@ -188,6 +247,7 @@ impl Default for Config {
             tls: None,
             client_tls: None,
             auth: None,
+            size_classes: None,
         }
     }
 }
@@ -218,6 +278,26 @@ impl Config {
         self.fairness.validate()?;
         corral_auth::channel::check_endpoint("storage", &self.storage, self.client_tls.is_some())
             .map_err(Error::Client)?;
+        if let Some(sizes) = &self.size_classes {
+            if !(0.0..=1.0).contains(&sizes.probe_probability) {
+                return Err(Error::InvalidConfig {
+                    field: "size_classes.probe_probability",
+                    reason: format!("must be between 0 and 1, got {}", sizes.probe_probability),
+                });
+            }
+            if sizes.max_slowdown.is_nan() || sizes.max_slowdown < 1.0 {
+                return Err(Error::InvalidConfig {
+                    field: "size_classes.max_slowdown",
+                    reason: format!("must be at least 1, got {}", sizes.max_slowdown),
+                });
+            }
+            if sizes.history_size == 0 {
+                return Err(Error::InvalidConfig {
+                    field: "size_classes.history_size",
+                    reason: "at least one outcome must be kept".to_owned(),
+                });
+            }
+        }
         if let Some(tls) = &self.tls {
             tls.validate("tls").map_err(Error::Tls)?;
         }

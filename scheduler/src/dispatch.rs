@@ -150,6 +150,15 @@ impl Dispatch {
             .map_or((0, 0), |t| (t.queued, t.executing))
     }
 
+    /// Whether `instance` may start one more action (under its
+    /// `max_executing`): for callers that choose a queue themselves
+    /// (size classes, `Inner::pop_sized`).
+    pub fn may_start(&self, instance: &str) -> bool {
+        self.tenants
+            .get(instance)
+            .is_none_or(|tenant| self.under_running_cap(instance, tenant))
+    }
+
     fn under_running_cap(&self, instance: &str, tenant: &Tenant) -> bool {
         let (_, _, max_executing) = self.fairness.of(instance);
         max_executing.is_none_or(|cap| (tenant.executing as u64) < cap)

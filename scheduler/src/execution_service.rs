@@ -31,6 +31,7 @@ use crate::assignment::{Assignments, Queued};
 use crate::capabilities_service::PRIORITIES;
 use crate::operation::{DedupKey, Description, Inline, Operation, Operations, Progress};
 use crate::operation_ids::OperationIds;
+use crate::size_class::{self, SizeClasses};
 use crate::storage_client::StorageClient;
 use crate::task::AbortOnDrop;
 
@@ -48,6 +49,8 @@ pub struct ExecutionService {
     default_timeout: Duration,
     max_timeout: Duration,
     authorizer: Authorizer,
+    /// Where each action starts; `None`: size classes are off.
+    size_classes: Option<Arc<SizeClasses>>,
     /// Keeps the background sweep running while this service is served.
     _sweeper: Option<Arc<AbortOnDrop>>,
 }
@@ -70,8 +73,15 @@ impl ExecutionService {
             default_timeout,
             max_timeout,
             authorizer,
+            size_classes: None,
             _sweeper: None,
         }
+    }
+
+    /// Starts each action on the size class its history points to.
+    pub fn with_size_classes(mut self, size_classes: Arc<SizeClasses>) -> Self {
+        self.size_classes = Some(size_classes);
+        self
     }
 
     /// Ties the background sweep's life to this service's.
@@ -315,6 +325,17 @@ impl Execution for ExecutionService {
             return Ok(Response::new(follow(operation, inline)));
         }
 
+        // Read before the operation exists, so that no other client
+        // joins one that is not queued yet.
+        let size_class = match &self.size_classes {
+            Some(sizes) => {
+                let key = size_class::key(sizes.config(), &instance, &action, &command, &platform);
+                let offered = self.assignments.offered_size_classes(&instance, &platform);
+                sizes.choose(key, &offered).await
+            }
+            None => size_class::Choice::default(),
+        };
+
         let key =
             (!action.do_not_cache).then(|| DedupKey::new(&instance, function, &action_digest));
         // Drawn before the lock, and used only if no identical action is
@@ -340,6 +361,7 @@ impl Execution for ExecutionService {
                     queued_at,
                     waiting_since: tokio::time::Instant::now(),
                     retries: 0,
+                    size_class,
                 },
                 priority,
                 &invocation,

@@ -34,6 +34,9 @@
 //! - [`operations_service`] — `google.longrunning.Operations`.
 //! - [`platform_matching`] — exact, subset and minimum platform properties.
 //! - [`queue`] — per-platform queues: priority, fairness, FIFO.
+//! - [`size_class`] — which size class an action runs on first, learned
+//!   from its past runs; [`size_class_history`] — that history in the
+//!   Action Cache.
 //! - [`storage_client`] — what the scheduler reads from storage.
 //! - [`sweeper`] — what happens as time passes.
 //! - [`task`] — the one way to start a background task.
@@ -41,8 +44,8 @@
 //!   actions (one file per page).
 //! - [`error`] — the crate's error type.
 //!
-//! The scheduler never runs anything itself, and never writes storage:
-//! workers store results.
+//! The scheduler never runs anything itself, and writes to storage only
+//! its size class histories: workers store results.
 
 #![forbid(unsafe_code)]
 
@@ -66,7 +69,10 @@ pub mod platform_matching;
 pub mod queue;
 mod queue_state;
 mod random_operation_ids;
-mod storage_client;
+pub mod size_class;
+pub mod size_class_history;
+// Public for the size class tests, which read histories from storage.
+pub mod storage_client;
 mod sweeper;
 mod task;
 mod timing;
@@ -108,6 +114,8 @@ pub struct Scheduler {
     timing: Timing,
     storage: StorageClient,
     cache_capabilities: CacheCapabilitiesSource,
+    /// Where actions start, learned from their runs; `None`: off.
+    size_classes: Option<Arc<size_class::SizeClasses>>,
     ids: Arc<dyn OperationIds>,
     assignments: Arc<Assignments>,
     operations: Arc<Mutex<Operations>>,
@@ -188,12 +196,21 @@ impl Builder {
             None => CacheCapabilitiesSource::Storage(storage.clone()),
         };
         let auth = Auth::from_config(self.cfg.auth.as_ref()).map_err(Error::Auth)?;
-        let assignments = Arc::new(
-            Assignments::new(&self.timing, self.cfg.max_retries).with_rules(
-                platform_matching::PlatformMatcher::new(self.cfg.platform_matching.clone()),
-                self.cfg.fairness.clone(),
-            ),
+        let size_classes = self.cfg.size_classes.clone().map(|cfg| {
+            let store = size_class_history::HistoryStore::new(
+                storage.clone(),
+                cfg.history_instance_name.clone(),
+            );
+            size_class::SizeClasses::new(cfg, size_class::os_random(), Some(store))
+        });
+        let mut assignments = Assignments::new(&self.timing, self.cfg.max_retries).with_rules(
+            platform_matching::PlatformMatcher::new(self.cfg.platform_matching.clone()),
+            self.cfg.fairness.clone(),
         );
+        if let Some(sizes) = &size_classes {
+            assignments = assignments.with_size_classes(Arc::clone(sizes));
+        }
+        let assignments = Arc::new(assignments);
         let operations = Arc::new(Mutex::new(Operations::default()));
         let adoptions = Arc::new(Adoptions::new(
             self.timing.sync_interval,
@@ -210,6 +227,7 @@ impl Builder {
             timing: self.timing,
             storage,
             cache_capabilities,
+            size_classes,
             ids: self.ids,
             assignments,
             operations,
@@ -250,7 +268,7 @@ impl Scheduler {
     /// serves more on the same port: `corral up` passes
     /// `corral_storage::routes_without_capabilities(..)`.
     pub fn add_routes(&self, routes: Routes) -> Routes {
-        let execution = execution_service::ExecutionService::new(
+        let mut execution = execution_service::ExecutionService::new(
             self.storage.clone(),
             Arc::clone(&self.assignments),
             Arc::clone(&self.operations),
@@ -260,6 +278,9 @@ impl Scheduler {
             self.authorizer.clone(),
         )
         .with_sweeper(Arc::clone(&self.sweeper));
+        if let Some(sizes) = &self.size_classes {
+            execution = execution.with_size_classes(Arc::clone(sizes));
+        }
         let operations = operations_service::OperationsService::new(
             Arc::clone(&self.operations),
             Arc::clone(&self.assignments),

@@ -162,6 +162,7 @@ impl OperationQueue for OperationQueueService {
         // any worker could ever take a queued action).
         self.assignments
             .saw_worker(&worker, &req.instance_name_prefix, &platform);
+        self.assignments.saw_size_class(&worker, req.size_class);
         let state = req.current_state.and_then(|s| s.worker_state);
         let next_sync = SystemTime::now() + self.assignments.next_report_in();
         let answer = |desired: Option<DesiredState>| {
@@ -301,6 +302,7 @@ mod tests {
                 queued_at: SystemTime::UNIX_EPOCH,
                 waiting_since: tokio::time::Instant::now(),
                 retries: 0,
+                size_class: Default::default(),
             },
             0,
             "",

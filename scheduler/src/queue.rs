@@ -131,6 +131,42 @@ impl<T> Queue<T> {
         Some((priority, *seq))
     }
 
+    /// The next item, in [`pop`](Self::pop)'s order, that `accept`
+    /// takes; the items skipped keep their places (a size class too
+    /// large for the worker asking).
+    pub fn pop_first(&mut self, mut accept: impl FnMut(&T) -> bool) -> Option<T> {
+        let mut found = None;
+        'levels: for (&priority, level) in self.levels.iter_mut() {
+            for turn in 0..level.turns.len() {
+                let invocation = &level.turns[turn];
+                let Some(items) = level.waiting.get_mut(invocation) else {
+                    continue;
+                };
+                if let Some(at) = items.iter().position(|(_, item)| accept(item)) {
+                    found = Some((priority, turn, at));
+                    break 'levels;
+                }
+            }
+        }
+        let (priority, turn, at) = found?;
+        let level = self.levels.get_mut(&priority)?;
+        let invocation = level.turns.remove(turn)?;
+        let items = level.waiting.get_mut(&invocation)?;
+        let item = items.remove(at).map(|(_, item)| item);
+        if items.is_empty() {
+            level.waiting.remove(&invocation);
+        } else {
+            level.turns.push_back(invocation);
+        }
+        if level.turns.is_empty() {
+            self.levels.remove(&priority);
+        }
+        if item.is_some() {
+            self.len -= 1;
+        }
+        item
+    }
+
     /// Removes the items `matches` accepts (a cancelled or merged
     /// action); returns how many.
     pub fn remove_where(&mut self, mut matches: impl FnMut(&T) -> bool) -> usize {
@@ -226,6 +262,22 @@ mod tests {
         assert_eq!(q.len(), 2);
         assert_eq!(drain(&mut q), ["keep1", "keep2"]);
         assert_eq!(q.remove_where(|_| true), 0);
+    }
+
+    #[test]
+    fn pop_first_skips_what_is_not_accepted_and_keeps_its_place() {
+        let mut q = Queue::default();
+        q.push("big1", 0, "a", 1);
+        q.push("small1", 0, "a", 2);
+        q.push("big2", 0, "b", 3);
+        q.push("small2", 0, "b", 4);
+        q.push("urgent-big", -1, "c", 5);
+        let small = |i: &&str| i.starts_with("small");
+        assert_eq!(q.pop_first(small), Some("small1"));
+        assert_eq!(q.pop_first(small), Some("small2"));
+        assert_eq!(q.pop_first(small), None);
+        assert_eq!(q.len(), 3);
+        assert_eq!(drain(&mut q), ["urgent-big", "big1", "big2"]);
     }
 
     #[test]

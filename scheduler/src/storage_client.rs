@@ -1,6 +1,7 @@
 //! What the scheduler reads from storage: the Action and Command to check
 //! before queueing, whether the input root exists, the Action Cache, and
-//! storage's capabilities. It never writes: the worker stores results.
+//! storage's capabilities. The one thing it writes is its own size class
+//! histories ([`crate::size_class_history`]): the worker stores results.
 //!
 //! Storage is reached over gRPC, or, when one process serves both (`corral
 //! up`), by calling storage's service handlers directly: the same checks
@@ -12,7 +13,7 @@ use corral_proto::reapi::capabilities_client::CapabilitiesClient;
 use corral_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use corral_proto::reapi::{
     ActionResult, BatchReadBlobsRequest, Digest, FindMissingBlobsRequest, GetActionResultRequest,
-    GetCapabilitiesRequest, ServerCapabilities,
+    GetCapabilitiesRequest, ServerCapabilities, UpdateActionResultRequest,
 };
 use std::sync::Arc;
 
@@ -177,6 +178,35 @@ impl StorageClient {
             Err(status) if status.code() == Code::NotFound => Ok(None),
             Err(status) => Err(status),
         }
+    }
+
+    /// Stores `result` as the Action Cache entry of `key` in `instance`
+    /// (SHA-256): for the scheduler's own entries only.
+    pub async fn update_action_result(
+        &self,
+        instance: &str,
+        key: &Digest,
+        result: ActionResult,
+    ) -> Result<(), Status> {
+        let request = UpdateActionResultRequest {
+            instance_name: instance.to_owned(),
+            action_digest: Some(key.clone()),
+            action_result: Some(result),
+            ..Default::default()
+        };
+        match self {
+            Self::Remote(channel) => {
+                ActionCacheClient::new(channel.clone())
+                    .update_action_result(request)
+                    .await?;
+            }
+            Self::InProcess { action_cache, .. } => {
+                action_cache
+                    .update_action_result(Request::new(request))
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Storage's own capabilities, for the scheduler to add to.

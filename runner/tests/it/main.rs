@@ -196,6 +196,38 @@ async fn signals_are_reported_the_shell_way() {
         .unwrap()
         .unwrap();
     assert_eq!(usage.termination_signal, "KILL");
+    assert!(!usage.corral_oom_killed, "a KILL of its own is no OOM kill");
+}
+
+/// The scheduler moves an action to a larger size class on this flag
+/// (docs/decisions/0014-size-classes.md): the cgroup's OOM kill, told
+/// apart from any other KILL.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oom_kill_is_reported_in_the_resource_usage() {
+    if !privileged("an_oom_kill_is_reported_in_the_resource_usage") {
+        return;
+    }
+    let default = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/default.toml"),
+    )
+    .unwrap();
+    let line = default
+        .lines()
+        .find(|l| l.trim_start().starts_with("memory_max_bytes"))
+        .unwrap();
+    let small = default.replace(line, "memory_max_bytes = 67108864");
+    let mut runner = Runner::start_with_policies(&[("small", &small)]).await;
+    let mut request = runner.action(
+        "m1",
+        &["/usr/bin/python3", "-c", "b = bytearray(256 << 20)"],
+    );
+    request.corral_policy = "small".into();
+    let response = runner.client.run(request).await.unwrap().into_inner();
+    assert_eq!(response.exit_code, 128 + 9);
+    let usage = PosixResourceUsage::unpack(&response.resource_usage[0])
+        .unwrap()
+        .unwrap();
+    assert!(usage.corral_oom_killed, "{usage:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -184,6 +184,7 @@ fn enqueue(assignments: &Assignments, n: u8) -> Arc<Operation> {
             queued_at: SystemTime::UNIX_EPOCH,
             waiting_since: tokio::time::Instant::now(),
             retries: 0,
+            size_class: Default::default(),
         },
         0,
         "",

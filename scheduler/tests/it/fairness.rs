@@ -67,6 +67,7 @@ fn numbered(n: u32, instance: &str, platform: &PlatformKey) -> Queued {
         queued_at: std::time::SystemTime::UNIX_EPOCH,
         waiting_since: tokio::time::Instant::now(),
         retries: 0,
+        size_class: Default::default(),
     }
 }
 

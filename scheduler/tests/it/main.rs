@@ -10,6 +10,7 @@ mod authz;
 mod build_queue_state;
 mod crafted;
 mod fairness;
+mod size_classes;
 mod tls;
 mod web;
 
@@ -255,6 +256,7 @@ impl Farm {
             slot: slot.to_owned(),
             platform: to_platform(platform),
             identity: None,
+            size_class: 0,
         }
     }
 }
@@ -281,6 +283,8 @@ struct FakeWorker {
     platform: Platform,
     /// Who it authenticates as (`x-test-sub`); anonymous when `None`.
     identity: Option<String>,
+    /// The size class it announces.
+    size_class: u32,
 }
 
 impl FakeWorker {
@@ -305,6 +309,7 @@ impl FakeWorker {
                 worker_state: Some(state),
             }),
             prefer_being_idle,
+            size_class: self.size_class,
             ..Default::default()
         });
         if let Some(identity) = &self.identity {
