@@ -103,23 +103,8 @@ impl<T> Queue<T> {
     /// The next item: lowest priority number, then the invocation whose
     /// turn it is, then the oldest of its items.
     pub fn pop(&mut self) -> Option<T> {
-        let (&priority, level) = self.levels.iter_mut().next()?;
-        let invocation = level.turns.pop_front()?;
-        let waiting = level.waiting.get_mut(&invocation)?;
-        let item = waiting.pop_front().map(|(_, item)| item);
-        if waiting.is_empty() {
-            level.waiting.remove(&invocation);
-        } else {
-            // Its next action waits for every other invocation's turn.
-            level.turns.push_back(invocation);
-        }
-        if level.turns.is_empty() {
-            self.levels.remove(&priority);
-        }
-        if item.is_some() {
-            self.len -= 1;
-        }
-        item
+        // The first item found is the first invocation's first.
+        self.pop_first(|_| true)
     }
 
     /// The priority and sequence number of the item [`pop`](Self::pop)
@@ -156,6 +141,7 @@ impl<T> Queue<T> {
         if items.is_empty() {
             level.waiting.remove(&invocation);
         } else {
+            // Its next action waits for every other invocation's turn.
             level.turns.push_back(invocation);
         }
         if level.turns.is_empty() {
