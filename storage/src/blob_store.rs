@@ -40,6 +40,20 @@ pub enum Error {
     Disk(#[from] DiskError),
     #[error("recording which instance names hold a blob failed")]
     Membership(#[from] MembershipError),
+    // Boxed: object_store's errors are large.
+    #[error("object store failed during {operation} of {key}")]
+    ObjectStore {
+        operation: &'static str,
+        key: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    #[error("object store failed to complete the upload of {key}")]
+    ObjectStoreUpload {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
     // Boxed: a Status is large and remote failures are rare.
     #[error("remote storage failed during {operation}")]
     Remote {

@@ -15,6 +15,8 @@
 //! - [`action_cache`] — the Action Cache trait.
 //! - [`lru_index`] — what a bounded store holds, in order of use.
 //! - [`memory_blob_store`], [`disk_blob_store`] — the backends.
+//! - [`object_tier`] — an object store (S3, a directory) behind them, as
+//!   the durable copy (`[object_store]`).
 //! - [`membership`], [`isolated_blob_store`] — which instance names see
 //!   which blobs, under `isolate_instances`.
 //! - [`cas_service`], [`ac_service`], [`bytestream_service`],
@@ -46,6 +48,7 @@ pub mod isolated_blob_store;
 pub mod lru_index;
 pub mod membership;
 pub mod memory_blob_store;
+pub mod object_tier;
 pub mod read_through_blob_store;
 pub mod remote_blob_store;
 pub mod resource_name;
@@ -110,6 +113,9 @@ impl Stores {
 /// Opens the configured backend (for disk: creates the directory and
 /// rebuilds the index).
 pub async fn open(cfg: &Config) -> Result<Stores, Error> {
+    if let Some(object_store) = &cfg.object_store {
+        return open_object_tier(cfg, object_store).await;
+    }
     match &cfg.backend {
         config::Backend::Memory { max_size_bytes } => {
             let store = Arc::new(MemoryBlobStore::new(*max_size_bytes));
@@ -183,6 +189,44 @@ pub async fn open(cfg: &Config) -> Result<Stores, Error> {
             })
         }
     }
+}
+
+/// The backend as a cache in front of the object store of
+/// `[object_store]`, which holds the durable copy.
+async fn open_object_tier(
+    cfg: &Config,
+    object_store: &config::ObjectStoreConfig,
+) -> Result<Stores, Error> {
+    let (local, max_size_bytes): (Arc<dyn read_through_blob_store::Store>, u64) = match &cfg.backend
+    {
+        config::Backend::Memory { max_size_bytes } => (
+            Arc::new(MemoryBlobStore::new(*max_size_bytes)),
+            *max_size_bytes,
+        ),
+        config::Backend::Disk {
+            dir,
+            max_size_bytes,
+            fsync,
+        } => (
+            Arc::new(DiskBlobStore::open(dir.clone(), *max_size_bytes, *fsync).await?),
+            *max_size_bytes,
+        ),
+        config::Backend::Remote { .. } => {
+            return Err(Error::InvalidConfig {
+                field: "object_store",
+                reason: "needs a memory or disk backend in front of it".to_owned(),
+            })
+        }
+    };
+    let tier = Arc::new(
+        object_tier::ObjectTier::open(local, object_store).map_err(Error::OpenObjectStore)?,
+    );
+    Ok(Stores {
+        blobs: tier.clone(),
+        action_cache: tier,
+        max_size_bytes,
+        membership: None,
+    })
 }
 
 /// The four storage services over `stores`, ready to be served alone or
