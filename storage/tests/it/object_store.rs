@@ -371,3 +371,245 @@ async fn a_corrupted_object_is_refused_and_reported() {
     write(&stores, &data).await.unwrap();
     assert_eq!(read_all(&stores, &d, 0, None).await.unwrap(), data);
 }
+
+/// The Garage binary: `CORRAL_TEST_GARAGE`, or target/test-tools/bin/garage
+/// (scripts/test.sh installs it there only with CORRAL_TEST_WITH_GARAGE=1:
+/// its build takes most of CI's budget, docs/decisions/0015).
+fn garage_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("CORRAL_TEST_GARAGE") {
+        return Some(PathBuf::from(path));
+    }
+    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-tools/bin/garage");
+    installed.exists().then_some(installed)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Three Garage nodes on loopback, replication factor 3, one bucket and
+/// one key, made through Garage's own CLI.
+struct Garage {
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    s3_ports: Vec<u16>,
+    nodes: Vec<Option<Child>>,
+    key_id: String,
+    secret: String,
+}
+
+impl Garage {
+    fn start(binary: PathBuf) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let secret: String = (0..32).map(|i| format!("{:02x}", i * 7 + 3)).collect();
+        let mut s3_ports = Vec::new();
+        let mut nodes = Vec::new();
+        for node in 0..3 {
+            let (s3, rpc) = (free_port(), free_port());
+            let root = dir.path().join(format!("n{node}"));
+            std::fs::create_dir_all(&root).unwrap();
+            std::fs::write(
+                root.join("garage.toml"),
+                format!(
+                    "metadata_dir = \"{root}/meta\"\ndata_dir = \"{root}/data\"\n\
+                     db_engine = \"sqlite\"\nreplication_factor = 3\n\
+                     rpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\n\
+                     rpc_secret = \"{secret}\"\n[s3_api]\ns3_region = \"garage\"\n\
+                     api_bind_addr = \"127.0.0.1:{s3}\"\nroot_domain = \".s3.garage\"\n",
+                    root = root.display()
+                ),
+            )
+            .unwrap();
+            s3_ports.push(s3);
+            nodes.push(None);
+        }
+        let mut garage = Self {
+            binary,
+            dir,
+            s3_ports,
+            nodes,
+            key_id: String::new(),
+            secret: String::new(),
+        };
+        for node in 0..3 {
+            garage.resume(node);
+        }
+        let ids: Vec<String> = (0..3)
+            .map(|node| garage.cli(node, &["node", "id", "-q"]).trim().to_owned())
+            .collect();
+        for id in &ids[1..] {
+            garage.cli(0, &["node", "connect", id]);
+        }
+        for id in &ids {
+            let short = &id[..16];
+            garage.cli(0, &["layout", "assign", "-z", "dc1", "-c", "1G", short]);
+        }
+        garage.cli(0, &["layout", "apply", "--version", "1"]);
+        garage.cli(0, &["bucket", "create", BUCKET]);
+        let key = garage.cli(0, &["key", "create", "corral-test"]);
+        let field = |name: &str| {
+            key.lines()
+                .find_map(|line| line.strip_prefix(name))
+                .map(|value| value.trim().to_owned())
+                .unwrap_or_else(|| panic!("no {name} in {key}"))
+        };
+        garage.key_id = field("Key ID:");
+        garage.secret = field("Secret key:");
+        garage.cli(
+            0,
+            &[
+                "bucket",
+                "allow",
+                "--read",
+                "--write",
+                "--owner",
+                BUCKET,
+                "--key",
+                "corral-test",
+            ],
+        );
+        garage
+    }
+
+    fn config(&self, node: usize) -> PathBuf {
+        self.dir.path().join(format!("n{node}/garage.toml"))
+    }
+
+    fn cli(&self, node: usize, args: &[&str]) -> String {
+        let out = Command::new(&self.binary)
+            .arg("-c")
+            .arg(self.config(node))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "garage {args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
+    fn resume(&mut self, node: usize) {
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(self.config(node))
+            .arg("server")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.nodes[node] = Some(child);
+        for _ in 0..400 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.s3_ports[node])).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("garage node {node} did not listen within 10 s");
+    }
+
+    fn stop(&mut self, node: usize) {
+        if let Some(mut child) = self.nodes[node].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Storage in front of node `node`'s S3 endpoint.
+    fn storage_config(&self, disk: &Path, node: usize) -> Config {
+        Config {
+            backend: Backend::Disk {
+                dir: disk.to_owned(),
+                max_size_bytes: 256 << 20,
+                fsync: false,
+            },
+            object_store: Some(ObjectStoreConfig {
+                url: format!("s3://{BUCKET}/farm"),
+                endpoint: Some(format!("http://127.0.0.1:{}", self.s3_ports[node])),
+                region: "garage".to_owned(),
+                credentials_file: Some(self.credentials()),
+                allow_http: true,
+                part_size_bytes: 5 << 20,
+                request_timeout_s: 10,
+                max_retries: 2,
+                retry_timeout_s: 10,
+                ..ObjectStoreConfig::default()
+            }),
+            ..Config::default()
+        }
+    }
+
+    fn credentials(&self) -> PathBuf {
+        let path = self.dir.path().join("credentials.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "access_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+                self.key_id, self.secret
+            ),
+        )
+        .unwrap();
+        path
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        for node in 0..3 {
+            self.stop(node);
+        }
+    }
+}
+
+#[tokio::test]
+async fn garage_with_one_node_of_three_stopped_loses_nothing() {
+    let test = "garage_with_one_node_of_three_stopped_loses_nothing";
+    let Some(binary) = garage_binary() else {
+        assert!(
+            std::env::var_os("CI").is_none()
+                || std::env::var_os("CORRAL_TEST_WITH_GARAGE").is_none(),
+            "{test}: CORRAL_TEST_WITH_GARAGE is set but no garage is installed"
+        );
+        println!(
+            "{test}: skipped: no garage (CORRAL_TEST_WITH_GARAGE=1 scripts/test.sh installs it)"
+        );
+        return;
+    };
+    let mut garage = Garage::start(binary);
+    let disks = tempfile::tempdir().unwrap();
+    let stores = corral_storage::open(&garage.storage_config(&disks.path().join("a"), 0))
+        .await
+        .unwrap();
+    let before = [blob(7, 2000), blob(8, 12 * MIB + 3)];
+    for data in &before {
+        write(&stores, data).await.unwrap();
+    }
+    // One node of three stopped in the middle of the build.
+    garage.stop(2);
+    let after = [blob(9, 3000), blob(10, 6 * MIB)];
+    for data in &after {
+        write(&stores, data).await.unwrap();
+    }
+    drop(stores);
+
+    // Every blob, written before or after, read back through an empty
+    // disk tier while the node is still down.
+    let stores = corral_storage::open(&garage.storage_config(&disks.path().join("b"), 1))
+        .await
+        .unwrap();
+    for data in before.iter().chain(&after) {
+        assert!(stores
+            .blobs
+            .find_missing(&[sha(data)])
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(&read_all(&stores, &sha(data), 0, None).await.unwrap(), data);
+    }
+}
