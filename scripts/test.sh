@@ -52,7 +52,7 @@ fi
 
 # An S3-compatible server for storage/tests/it/object_store.rs: s3s-fs
 # from crates.io (objects as files, multipart uploads, ranged GETs), built
-# once into target/test-tools: about 3 CPU-minutes. 0.14.1 is the newest
+# once into target/test-tools: about 3 minutes on 2 cores. 0.14.1 is the newest
 # that builds with our rustc. Garage, which issue 17 names, takes far
 # longer to build (docs/decisions/0015-object-store-tier.md).
 tools=target/test-tools
