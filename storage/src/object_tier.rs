@@ -411,6 +411,7 @@ impl BlobStore for ObjectTier {
             verifier: Verifier::new(*digest),
             local,
             upload,
+            failed: false,
         }))
     }
 }
@@ -459,6 +460,19 @@ struct TierWrite {
     verifier: Verifier,
     local: Option<Box<dyn BlobWrite>>,
     upload: object_store::buffered::BufWriter,
+    /// An upload request failed: the writer's state is then unknown (a
+    /// failed start of a multipart upload leaves it without its key), so
+    /// nothing more goes through it.
+    failed: bool,
+}
+
+impl TierWrite {
+    fn failed_before(&self) -> Error {
+        Error::ObjectStoreUpload {
+            key: self.key.to_string(),
+            source: std::io::Error::other("an earlier part of this upload failed"),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -472,6 +486,9 @@ impl BlobWrite for TierWrite {
     }
 
     async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        if self.failed {
+            return Err(self.failed_before());
+        }
         self.verifier.update(data)?;
         if let Some(local) = &mut self.local {
             if let Err(err) = local.write(data).await {
@@ -479,13 +496,17 @@ impl BlobWrite for TierWrite {
                 self.local = None;
             }
         }
-        self.upload
-            .put(Bytes::copy_from_slice(data))
-            .await
-            .map_err(|source| self.remote.error("upload", &self.key, source))
+        let put = self.upload.put(Bytes::copy_from_slice(data)).await;
+        put.map_err(|source| {
+            self.failed = true;
+            self.remote.error("upload", &self.key, source)
+        })
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), Error> {
+        if self.failed {
+            return Err(self.failed_before());
+        }
         let digest = *self.verifier.expected();
         // Verified before the upload completes: the object becomes visible
         // at completion, and must never hold what its key does not promise.

@@ -302,7 +302,18 @@ async fn a_stopped_object_store_is_unavailable_and_loses_nothing() {
     server.stop();
     let err = match upload.write(&during[6 * MIB..]).await {
         Ok(()) => upload.commit().await.unwrap_err(),
-        Err(err) => err,
+        Err(err) => {
+            // Nothing more goes through an upload that failed, even once
+            // the server is back.
+            server.resume();
+            let again = upload.commit().await.unwrap_err();
+            assert_eq!(
+                corral_storage::status::store_code(&again),
+                Code::Unavailable
+            );
+            server.stop();
+            err
+        }
     };
     assert_eq!(
         corral_storage::status::store_code(&err),
