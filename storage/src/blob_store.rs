@@ -42,6 +42,20 @@ pub enum Error {
     Membership(#[from] MembershipError),
     #[error("failed to name an upload to remote storage")]
     UploadName(#[source] corral_proto::ids::RandomnessError),
+    // Boxed: object_store's errors are large.
+    #[error("object store failed during {operation} of {key}")]
+    ObjectStore {
+        operation: &'static str,
+        key: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    #[error("object store failed to complete the upload of {key}")]
+    ObjectStoreUpload {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
     // Boxed: a Status is large and remote failures are rare.
     #[error("remote storage failed during {operation}")]
     Remote {

@@ -45,6 +45,11 @@ pub struct Config {
     /// uploaded under one instance name must be uploaded again under
     /// another. Memory and disk backends only.
     pub isolate_instances: bool,
+    /// An object store behind the backend (`[object_store]`), holding the
+    /// durable copy of every blob and Action Cache entry; the backend
+    /// (disk or memory) becomes a cache in front of it. Unset: no object
+    /// store. See [`ObjectStoreConfig`] and docs/decisions/0015.
+    pub object_store: Option<ObjectStoreConfig>,
 }
 
 /// Where blobs are kept: a `[backend]` table whose `kind` names the
@@ -211,6 +216,7 @@ impl Default for Config {
             client_tls: None,
             auth: None,
             isolate_instances: false,
+            object_store: None,
         }
     }
 }
@@ -242,6 +248,9 @@ impl Config {
                     .to_owned(),
             });
         }
+        if let Some(object_store) = &self.object_store {
+            object_store.validate(self)?;
+        }
         if max_size == 0 {
             return Err(Error::InvalidConfig {
                 field: "backend.max_size_bytes",
@@ -261,6 +270,208 @@ impl Config {
             });
         }
         Ok(())
+    }
+}
+
+/// `[object_store]`: where the object-store tier keeps its durable copy.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObjectStoreConfig {
+    /// The bucket and key prefix, `s3://bucket/prefix` (S3 or an
+    /// S3-compatible server), or a local directory, `file:///abs/dir`.
+    /// Required.
+    pub url: String,
+    /// The S3 endpoint, for S3-compatible servers, e.g.
+    /// `http://127.0.0.1:3900`. Default: none, AWS's endpoint for
+    /// `region`. Requests use path-style addressing.
+    pub endpoint: Option<String>,
+    /// The S3 region. Default `us-east-1`; S3-compatible servers name
+    /// their own (Garage: `garage`).
+    pub region: String,
+    /// A TOML file with `access_key_id`, `secret_access_key` and an
+    /// optional `session_token`. Default: none, credentials come from the
+    /// environment as AWS's tools read them (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, or an instance role).
+    pub credentials_file: Option<PathBuf>,
+    /// Allow `http://` endpoints. Default false; set it only for a server
+    /// on loopback or a trusted network (tests).
+    pub allow_http: bool,
+    /// Size of each part of a multipart upload, in bytes, and the size
+    /// from which a blob is uploaded in parts rather than in one PUT.
+    /// Default 8 MiB; at least 5 MiB (S3's smallest part). An upload holds
+    /// at most three parts in memory.
+    pub part_size_bytes: u64,
+    /// How many digests found in the object store FindMissingBlobs
+    /// remembers, so it need not ask again. Default 1,000,000 (about
+    /// 100 MiB of memory).
+    pub known_digests_max_entries: u64,
+    /// How long a digest found in the object store is believed present
+    /// without asking again, in seconds. Default 300. Lower it if a
+    /// lifecycle rule deletes objects from the bucket.
+    pub known_digests_ttl_s: u64,
+    /// Time limit of one request to the object store, in seconds.
+    /// Default 30.
+    pub request_timeout_s: u64,
+    /// How often a failed request is retried. Default 3.
+    pub max_retries: usize,
+    /// How long a request is retried before its failure is reported
+    /// (UNAVAILABLE to the client), in seconds. Default 30.
+    pub retry_timeout_s: u64,
+}
+
+impl Default for ObjectStoreConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            endpoint: None,
+            region: "us-east-1".to_owned(),
+            credentials_file: None,
+            allow_http: false,
+            part_size_bytes: 8 << 20,
+            known_digests_max_entries: 1_000_000,
+            known_digests_ttl_s: 300,
+            request_timeout_s: 30,
+            max_retries: 3,
+            retry_timeout_s: 30,
+        }
+    }
+}
+
+/// The file `credentials_file` names.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Credentials {
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: Option<String>,
+}
+
+/// Where `url` points.
+enum ObjectStoreUrl<'a> {
+    S3 { bucket: &'a str, prefix: &'a str },
+    Directory { dir: &'a str },
+}
+
+impl ObjectStoreConfig {
+    fn parse_url(&self) -> Result<ObjectStoreUrl<'_>, Error> {
+        if let Some(rest) = self.url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if !bucket.is_empty() {
+                return Ok(ObjectStoreUrl::S3 { bucket, prefix });
+            }
+        } else if let Some(dir) = self.url.strip_prefix("file://") {
+            if dir.starts_with('/') {
+                return Ok(ObjectStoreUrl::Directory { dir });
+            }
+        }
+        Err(Error::InvalidConfig {
+            field: "object_store.url",
+            reason: format!(
+                "{:?} is neither s3://bucket[/prefix] nor file:///absolute/dir",
+                self.url
+            ),
+        })
+    }
+
+    fn validate(&self, cfg: &Config) -> Result<(), Error> {
+        self.parse_url()?;
+        let invalid = |field, reason: &str| {
+            Err(Error::InvalidConfig {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if matches!(cfg.backend, Backend::Remote { .. }) {
+            return invalid(
+                "object_store",
+                "needs a memory or disk backend in front of it, not a remote one",
+            );
+        }
+        if cfg.isolate_instances {
+            return invalid(
+                "isolate_instances",
+                "is not supported with an object store yet (docs/decisions/0015)",
+            );
+        }
+        if self.part_size_bytes < 5 << 20 {
+            return invalid("object_store.part_size_bytes", "must be at least 5 MiB");
+        }
+        if let Some(endpoint) = &self.endpoint {
+            if endpoint.starts_with("http://") && !self.allow_http {
+                return invalid(
+                    "object_store.endpoint",
+                    "is http:// but object_store.allow_http is false",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The object store `url` names, and the key prefix inside it.
+    pub fn build(
+        &self,
+    ) -> Result<
+        (
+            std::sync::Arc<dyn object_store::ObjectStore>,
+            object_store::path::Path,
+        ),
+        object_store::Error,
+    > {
+        use std::time::Duration;
+
+        use object_store::aws::AmazonS3Builder;
+        use object_store::path::Path;
+        use object_store::{ClientOptions, RetryConfig};
+
+        let generic =
+            |source: Box<dyn std::error::Error + Send + Sync>| object_store::Error::Generic {
+                store: "config",
+                source,
+            };
+        let url = self.parse_url().map_err(|err| generic(Box::new(err)))?;
+        match url {
+            ObjectStoreUrl::Directory { dir } => {
+                std::fs::create_dir_all(dir).map_err(|err| generic(Box::new(err)))?;
+                let store = object_store::local::LocalFileSystem::new_with_prefix(dir)?;
+                Ok((std::sync::Arc::new(store), Path::default()))
+            }
+            ObjectStoreUrl::S3 { bucket, prefix } => {
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_region(&self.region)
+                    .with_allow_http(self.allow_http)
+                    .with_virtual_hosted_style_request(false)
+                    .with_client_options(
+                        ClientOptions::new()
+                            .with_allow_http(self.allow_http)
+                            .with_timeout(Duration::from_secs(self.request_timeout_s))
+                            .with_connect_timeout(Duration::from_secs(
+                                self.request_timeout_s.min(5),
+                            )),
+                    )
+                    .with_retry(RetryConfig {
+                        max_retries: self.max_retries,
+                        retry_timeout: Duration::from_secs(self.retry_timeout_s),
+                        ..RetryConfig::default()
+                    });
+                if let Some(endpoint) = &self.endpoint {
+                    builder = builder.with_endpoint(endpoint);
+                }
+                if let Some(file) = &self.credentials_file {
+                    let text =
+                        std::fs::read_to_string(file).map_err(|err| generic(Box::new(err)))?;
+                    let credentials: Credentials =
+                        toml::from_str(&text).map_err(|err| generic(Box::new(err)))?;
+                    builder = builder
+                        .with_access_key_id(credentials.access_key_id)
+                        .with_secret_access_key(credentials.secret_access_key);
+                    if let Some(token) = credentials.session_token {
+                        builder = builder.with_token(token);
+                    }
+                }
+                Ok((std::sync::Arc::new(builder.build()?), Path::from(prefix)))
+            }
+        }
     }
 }
 
@@ -304,6 +515,33 @@ mod tests {
             }
         );
         assert_eq!(parse("").unwrap().backend, Backend::default());
+    }
+
+    #[test]
+    fn the_object_store_example_parses_and_validates() {
+        let cfg = parse(include_str!(
+            "../../docs/examples/storage-object-store.toml"
+        ))
+        .unwrap();
+        cfg.validate().unwrap();
+        let object_store = cfg.object_store.as_ref().unwrap();
+        assert_eq!(object_store.url, "s3://corral-cas/farm-a");
+        assert_eq!(object_store.region, "garage");
+        let bad = |edit: &dyn Fn(&mut ObjectStoreConfig)| {
+            let mut cfg = cfg.clone();
+            edit(cfg.object_store.as_mut().unwrap());
+            cfg.validate().unwrap_err().to_string()
+        };
+        assert!(bad(&|c| c.url = "s3:/x".into()).contains("object_store.url"));
+        assert!(bad(&|c| c.url = "file://rel".into()).contains("object_store.url"));
+        assert!(bad(&|c| c.allow_http = false).contains("allow_http"));
+        assert!(bad(&|c| c.part_size_bytes = 1 << 20).contains("part_size_bytes"));
+        let mut isolated = cfg.clone();
+        isolated.isolate_instances = true;
+        assert!(isolated.validate().is_err());
+        assert!(parse("[object_store]\nurl = \"s3://b\"\nbucket = \"x\"\n")
+            .unwrap_err()
+            .contains("bucket"));
     }
 
     /// Found by tests/crafted.rs: with serde's internally tagged enum,

@@ -19,6 +19,8 @@ pub enum Error {
     /// `[tls]` or `[client_tls]`; the message names the key and file.
     #[error(transparent)]
     Tls(corral_auth::tls::Error),
+    #[error("failed to set up the object store of [object_store]")]
+    OpenObjectStore(#[source] crate::blob_store::Error),
     #[error("failed to set up authentication")]
     Auth(#[source] corral_auth::config::AuthConfigError),
     #[error("failed to read the listener's address")]

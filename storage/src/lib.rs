@@ -21,6 +21,8 @@
 //!   `read_through_blob_store` — a local store in front of a remote one
 //!   (the read-through tier, `[backend.cache]`).
 //! - `membership`, `isolated_blob_store` — which instance names see
+//! - `object_tier` — an object store (S3, a directory) behind the local
+//!   store, as the durable copy (`[object_store]`).
 //!   which blobs, under `isolate_instances`.
 //! - [`cas_service`], [`ac_service`], `bytestream_service`,
 //!   [`capabilities_service`] — the gRPC services, one per module, each
@@ -52,6 +54,7 @@ mod isolated_blob_store;
 mod lru_index;
 mod membership;
 mod memory_blob_store;
+mod object_tier;
 mod read_through_blob_store;
 mod remote_blob_store;
 pub mod resource_name;
@@ -72,7 +75,7 @@ use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 
 pub use action_cache::ActionCache;
-pub use blob_store::BlobStore;
+pub use blob_store::{BlobStore, Error as BlobStoreError};
 pub use blob_write::BlobWrite;
 pub use config::Config;
 pub use digest::{Digest, DigestFunction};
@@ -116,6 +119,9 @@ impl Stores {
 /// Opens the configured backend (for disk: creates the directory and
 /// rebuilds the index).
 pub async fn open(cfg: &Config) -> Result<Stores, Error> {
+    if let Some(object_store) = &cfg.object_store {
+        return open_object_tier(cfg, object_store).await;
+    }
     match &cfg.backend {
         config::Backend::Memory { max_size_bytes } => {
             let store = Arc::new(MemoryBlobStore::new(*max_size_bytes));
@@ -189,6 +195,44 @@ pub async fn open(cfg: &Config) -> Result<Stores, Error> {
             })
         }
     }
+}
+
+/// The backend as a cache in front of the object store of
+/// `[object_store]`, which holds the durable copy.
+async fn open_object_tier(
+    cfg: &Config,
+    object_store: &config::ObjectStoreConfig,
+) -> Result<Stores, Error> {
+    let (local, max_size_bytes): (Arc<dyn read_through_blob_store::Store>, u64) = match &cfg.backend
+    {
+        config::Backend::Memory { max_size_bytes } => (
+            Arc::new(MemoryBlobStore::new(*max_size_bytes)),
+            *max_size_bytes,
+        ),
+        config::Backend::Disk {
+            dir,
+            max_size_bytes,
+            fsync,
+        } => (
+            Arc::new(DiskBlobStore::open(dir.clone(), *max_size_bytes, *fsync).await?),
+            *max_size_bytes,
+        ),
+        config::Backend::Remote { .. } => {
+            return Err(Error::InvalidConfig {
+                field: "object_store",
+                reason: "needs a memory or disk backend in front of it".to_owned(),
+            })
+        }
+    };
+    let tier = Arc::new(
+        object_tier::ObjectTier::open(local, object_store).map_err(Error::OpenObjectStore)?,
+    );
+    Ok(Stores {
+        blobs: tier.clone(),
+        action_cache: tier,
+        max_size_bytes,
+        membership: None,
+    })
 }
 
 /// The four storage services over `stores`, ready to be served alone or

@@ -42,6 +42,11 @@ pub fn store_code(err: &blob_store::Error) -> Code {
         blob_store::Error::Disk(_)
         | blob_store::Error::Membership(_)
         | blob_store::Error::UploadName(_) => Code::Internal,
+        // The object store down or refusing: the durable copy is out of
+        // reach, so nothing is acknowledged and the client retries.
+        blob_store::Error::ObjectStore { .. } | blob_store::Error::ObjectStoreUpload { .. } => {
+            Code::Unavailable
+        }
         // The remote store's own verdict, passed on: UNAVAILABLE when it is
         // down, so clients retry.
         blob_store::Error::Remote { source, .. } => source.code(),

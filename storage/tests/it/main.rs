@@ -1,3 +1,4 @@
 //! Storage's integration tests: one binary, a module per concern.
 
 mod crafted;
+mod object_store;
