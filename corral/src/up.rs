@@ -207,9 +207,15 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
     };
     // The runner first, before any thread of the worker writes a file.
     let runner = start_runner(&farm.runner_socket, &farm.build_directory).await?;
-    let stores = corral_storage::open(&farm.storage)
-        .await
-        .context("opening storage")?;
+    // Storage's calls, bytes and lookups, on the farm's one page.
+    let storage_metrics = corral_storage::metrics::Metrics::default();
+    let stores = std::sync::Arc::new(
+        storage_metrics.meter(
+            corral_storage::open(&farm.storage)
+                .await
+                .context("opening storage")?,
+        ),
+    );
     // The scheduler reads storage in this process: no loopback round
     // trips before an action is queued.
     let auth = corral_auth::Auth::from_config(farm.storage.auth.as_ref())
@@ -225,6 +231,7 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
         &auth.authorizer,
     ));
     let authentication = corral_auth::AuthenticationLayer::new(auth.authenticator);
+    let storage_layer = storage_metrics.layer();
 
     // Each part is a task; the first to stop (an error) stops them all,
     // as a signal does (the worker first, below), and the first error is
@@ -235,6 +242,7 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
         shutdown::with_grace("storage and scheduler", server_stop, |graceful| async {
             corral_auth::tls::server(corral_storage::server(), tls.as_ref())
                 .context("setting up TLS")?
+                .layer(storage_layer)
                 .layer(authentication)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(corral_storage::no_delay(listener), graceful)
@@ -250,12 +258,14 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
             .await
             .with_context(|| format!("listening for metrics on {}", metrics.listen))?;
         let metrics_stop = signal();
-        // One page for the whole farm: the scheduler's, then the worker's;
-        // ready when storage, the runner and the scheduler all are; the
-        // scheduler's web UI beside them.
+        // One page for the whole farm: the scheduler's, the worker's,
+        // then storage's; ready when storage, the runner and the scheduler
+        // all are; the scheduler's web UI beside them.
         let scheduler_page = scheduler.metrics_page();
         let worker_page = worker.metrics_page();
-        let page = move || scheduler_page() + &worker_page.render();
+        let stores = std::sync::Arc::clone(&stores);
+        let page =
+            move || scheduler_page() + &worker_page.render() + &storage_metrics.render(&stores);
         let mut checks = scheduler.readiness_checks();
         checks.extend(worker.readiness_checks());
         let routes = corral_metrics::http::router(page, checks).merge(scheduler.web_routes());

@@ -45,6 +45,11 @@ pub struct Config {
     /// uploaded under one instance name must be uploaded again under
     /// another. Memory and disk backends only.
     pub isolate_instances: bool,
+    /// Prometheus metrics over HTTP (`GET /metrics`, `/healthz`,
+    /// `/readyz`) on their own port. Default: off; add a `[metrics]`
+    /// table to serve them. `corral up` ignores it: its one page has
+    /// storage's metrics.
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// Where blobs are kept: a `[backend]` table whose `kind` names the
@@ -211,6 +216,7 @@ impl Default for Config {
             client_tls: None,
             auth: None,
             isolate_instances: false,
+            metrics: None,
         }
     }
 }
@@ -261,6 +267,33 @@ impl Config {
             });
         }
         Ok(())
+    }
+}
+
+/// The `[metrics]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP server for `GET /metrics`, e.g.
+    /// `127.0.0.1:9982`. Required in the table.
+    pub listen: SocketAddr,
+    /// HTTPS for the page (`[metrics.tls]`). Default: storage's `[tls]`,
+    /// so that TLS on storage covers its metrics too; without either,
+    /// plain HTTP.
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+}
+
+impl Config {
+    /// The TLS of the metrics page and the key it comes from:
+    /// `[metrics.tls]`, else `[tls]`.
+    pub fn metrics_tls(&self) -> Option<(&ServerTls, &'static str)> {
+        let metrics = self.metrics.as_ref()?;
+        match (&metrics.tls, &self.tls) {
+            (Some(tls), _) => Some((tls, "metrics.tls")),
+            (None, Some(tls)) => Some((tls, "tls")),
+            (None, None) => None,
+        }
     }
 }
 
