@@ -157,7 +157,7 @@ fn a_python_reapi_client_drives_the_farm() {
     generate_stubs(&python, stubs.path());
     run_suite(&python, &farm, stubs.path(), "test_reapi", &[]);
 
-    // One page has the scheduler's, the worker's and storage's metrics, and counts
+    // One page has the scheduler's, the worker's, storage's and the runner's metrics, and counts
     // the actions the client ran.
     let page = farm.metrics();
     let ok_actions: u64 = page
@@ -191,6 +191,20 @@ fn a_python_reapi_client_drives_the_farm() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_default();
     assert!(written > 0, "nothing written\n{page}");
+    // And the runner child's: every action the worker ran went through it.
+    let runs: u64 = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("corral_runner_runs_total{landlock="))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum();
+    assert!(
+        runs >= ok_actions,
+        "{runs} runs, {ok_actions} actions\n{page}"
+    );
+    assert!(
+        page.contains("# TYPE corral_runner_spawn_seconds histogram\n"),
+        "{page}"
+    );
 
     assert!(farm.stop().success(), "corral up did not exit cleanly");
     let leftovers = farm.leftover_processes();
