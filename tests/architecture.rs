@@ -155,10 +155,18 @@ fn worker_never_links_the_sandbox() {
 fn daemon_crates_depend_only_where_the_design_allows() {
     let graph = graph();
     let allowed: &[(&str, &[&str])] = &[
-        ("corral-runner", &["corral-proto", "corral-sandbox"]),
+        (
+            "corral-runner",
+            &["corral-proto", "corral-sandbox", "corral-metrics"],
+        ),
         (
             "corral-storage",
-            &["corral-proto", "corral-auth", "corral-lru"],
+            &[
+                "corral-proto",
+                "corral-auth",
+                "corral-lru",
+                "corral-metrics",
+            ],
         ),
         (
             "corral-worker",

@@ -157,7 +157,7 @@ fn a_python_reapi_client_drives_the_farm() {
     generate_stubs(&python, stubs.path());
     run_suite(&python, &farm, stubs.path(), "test_reapi", &[]);
 
-    // One page has the scheduler's and the worker's metrics, and counts
+    // One page has the scheduler's, the worker's, storage's and the runner's metrics, and counts
     // the actions the client ran.
     let page = farm.metrics();
     let ok_actions: u64 = page
@@ -171,6 +171,40 @@ fn a_python_reapi_client_drives_the_farm() {
         "{page}"
     );
     assert!(page.contains("corral_worker_file_cache_files "), "{page}");
+    // And storage's (the same port serves storage to the client): its
+    // calls, and the blobs the client uploaded.
+    for (name, kind, _) in corral_storage::metrics::DECLARED {
+        assert!(
+            page.contains(&format!("# TYPE {name} {kind}\n")),
+            "{name}\n{page}"
+        );
+    }
+    assert!(
+        page.lines().any(|l| l.starts_with(
+            "corral_storage_requests_total{method=\"FindMissingBlobs\",code=\"OK\"} "
+        )),
+        "{page}"
+    );
+    let written: u64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("corral_storage_written_bytes_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_default();
+    assert!(written > 0, "nothing written\n{page}");
+    // And the runner child's: every action the worker ran went through it.
+    let runs: u64 = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("corral_runner_runs_total{landlock="))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum();
+    assert!(
+        runs >= ok_actions,
+        "{runs} runs, {ok_actions} actions\n{page}"
+    );
+    assert!(
+        page.contains("# TYPE corral_runner_spawn_seconds histogram\n"),
+        "{page}"
+    );
 
     assert!(farm.stop().success(), "corral up did not exit cleanly");
     let leftovers = farm.leftover_processes();

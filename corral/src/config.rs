@@ -35,14 +35,12 @@ mod tests {
     fn every_example_config_parses_and_validates() {
         let dir = examples();
         let path = |name: &str| dir.join(name);
-        load::<corral_runner::Config>(Some(&path("runner.toml")))
-            .unwrap()
-            .validate()
-            .unwrap();
-        load::<corral_storage::Config>(Some(&path("storage.toml")))
-            .unwrap()
-            .validate()
-            .unwrap();
+        let runner = load::<corral_runner::Config>(Some(&path("runner.toml"))).unwrap();
+        runner.validate().unwrap();
+        assert!(runner.metrics.is_some(), "runner.toml shows [metrics]");
+        let storage = load::<corral_storage::Config>(Some(&path("storage.toml"))).unwrap();
+        storage.validate().unwrap();
+        assert!(storage.metrics.is_some(), "storage.toml shows [metrics]");
         load::<corral_worker::Config>(Some(&path("worker.toml")))
             .unwrap()
             .validate()

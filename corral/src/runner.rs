@@ -1,7 +1,8 @@
 //! `corral runner`: the runner daemon alone, until Ctrl-C or SIGTERM.
 //!
 //! Flags override the file: `--socket` sets `listen_path`, `--build-dir`
-//! sets `build_directory`, `--policy-dir` sets `policies_directory`.
+//! sets `build_directory`, `--policy-dir` sets `policies_directory`,
+//! `--metrics` sets `[metrics] listen`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +28,10 @@ pub struct RunnerArgs {
     /// (overrides `policies_directory`).
     #[arg(long, value_name = "DIR")]
     policy_dir: Option<PathBuf>,
+    /// Serve the runner's Prometheus page (`GET /metrics`, plain HTTP)
+    /// on this address (overrides `[metrics] listen`).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Stop when standard input closes: `corral up` holds the other end,
     /// so the runner ends with it even if it is killed outright.
     #[arg(long, hide = true)]
@@ -43,6 +48,9 @@ pub fn run(args: RunnerArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(dir) = args.policy_dir {
         cfg.policies_directory = Some(dir);
+    }
+    if let Some(listen) = args.metrics {
+        cfg.metrics = Some(corral_runner::config::MetricsConfig { listen });
     }
     cfg.validate()?;
     let stop_on_stdin_close = args.stop_on_stdin_close;

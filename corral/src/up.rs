@@ -206,10 +206,22 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
         }
     };
     // The runner first, before any thread of the worker writes a file.
-    let runner = start_runner(&farm.runner_socket, &farm.build_directory).await?;
-    let stores = corral_storage::open(&farm.storage)
-        .await
-        .context("opening storage")?;
+    // With a metrics port, the runner child serves its page on a loopback
+    // port of its own, and the farm's page appends it.
+    let runner_metrics = match &farm.scheduler.metrics {
+        Some(_) => Some(loopback_port().context("choosing the runner's metrics port")?),
+        None => None,
+    };
+    let runner = start_runner(&farm.runner_socket, &farm.build_directory, runner_metrics).await?;
+    // Storage's calls, bytes and lookups, on the farm's one page.
+    let storage_metrics = corral_storage::metrics::Metrics::default();
+    let stores = std::sync::Arc::new(
+        storage_metrics.meter(
+            corral_storage::open(&farm.storage)
+                .await
+                .context("opening storage")?,
+        ),
+    );
     // The scheduler reads storage in this process: no loopback round
     // trips before an action is queued.
     let auth = corral_auth::Auth::from_config(farm.storage.auth.as_ref())
@@ -225,6 +237,7 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
         &auth.authorizer,
     ));
     let authentication = corral_auth::AuthenticationLayer::new(auth.authenticator);
+    let storage_layer = storage_metrics.layer();
 
     // Each part is a task; the first to stop (an error) stops them all,
     // as a signal does (the worker first, below), and the first error is
@@ -235,6 +248,7 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
         shutdown::with_grace("storage and scheduler", server_stop, |graceful| async {
             corral_auth::tls::server(corral_storage::server(), tls.as_ref())
                 .context("setting up TLS")?
+                .layer(storage_layer)
                 .layer(authentication)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(corral_storage::no_delay(listener), graceful)
@@ -250,15 +264,24 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
             .await
             .with_context(|| format!("listening for metrics on {}", metrics.listen))?;
         let metrics_stop = signal();
-        // One page for the whole farm: the scheduler's, then the worker's;
-        // ready when storage, the runner and the scheduler all are; the
-        // scheduler's web UI beside them.
+        // One page for the whole farm: the scheduler's, the worker's,
+        // then storage's; ready when storage, the runner and the scheduler
+        // all are; the scheduler's web UI beside them.
         let scheduler_page = scheduler.metrics_page();
         let worker_page = worker.metrics_page();
-        let page = move || scheduler_page() + &worker_page.render();
+        let stores = std::sync::Arc::clone(&stores);
+        let page = move || {
+            let page = scheduler_page() + &worker_page.render() + &storage_metrics.render(&stores);
+            async move {
+                match runner_metrics {
+                    Some(addr) => page + &runner_page(addr).await,
+                    None => page,
+                }
+            }
+        };
         let mut checks = scheduler.readiness_checks();
         checks.extend(worker.readiness_checks());
-        let routes = corral_metrics::http::router(page, checks).merge(scheduler.web_routes());
+        let routes = corral_metrics::http::router_async(page, checks).merge(scheduler.web_routes());
         let bound = match &metrics_tls {
             Some(tls) => corral_metrics::Listener::tls(bound, tls.rustls()),
             None => corral_metrics::Listener::plaintext(bound),
@@ -294,6 +317,7 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
         runner,
         farm.runner_socket.clone(),
         farm.build_directory.clone(),
+        runner_metrics,
         runner_stop,
     ));
 
@@ -351,14 +375,58 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
 }
 
 /// Starts `corral runner` as a child and waits until it serves its socket.
-async fn start_runner(socket: &Path, build_directory: &Path) -> anyhow::Result<Child> {
+/// A free port on 127.0.0.1, for the runner child's metrics: bound and
+/// released, so another process could take it first (the runner then
+/// fails to start and says so).
+fn loopback_port() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()
+}
+
+/// How long the farm's page waits for the runner's.
+const RUNNER_PAGE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The runner child's Prometheus page at `addr`, or nothing (logged) when
+/// it does not answer in time: the rest of the farm's page still serves.
+async fn runner_page(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: runner\r\n\r\n")
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    match tokio::time::timeout(RUNNER_PAGE_TIMEOUT, fetch).await {
+        Ok(Ok(response)) if response.starts_with("HTTP/1.1 200") => response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default(),
+        outcome => {
+            tracing::warn!(%addr, ?outcome, "the runner's metrics page did not answer");
+            String::new()
+        }
+    }
+}
+
+async fn start_runner(
+    socket: &Path,
+    build_directory: &Path,
+    metrics: Option<SocketAddr>,
+) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("finding the corral binary")?;
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("runner")
         .arg("--socket")
         .arg(socket)
         .arg("--build-dir")
-        .arg(build_directory)
+        .arg(build_directory);
+    if let Some(metrics) = metrics {
+        command.arg("--metrics").arg(metrics.to_string());
+    }
+    let mut child = command
         .arg("--stop-on-stdin-close")
         .stdin(Stdio::piped())
         .process_group(0)
@@ -442,6 +510,7 @@ async fn supervise_runner(
     mut runner: Child,
     socket: PathBuf,
     build_directory: PathBuf,
+    metrics: Option<SocketAddr>,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(stop);
@@ -482,7 +551,7 @@ async fn supervise_runner(
             // holds them only until its exec (they are close-on-exec),
             // and no sandbox execs anything meanwhile: its runner is dead.
             let started = tokio::select! {
-                started = start_runner(&socket, &build_directory) => started,
+                started = start_runner(&socket, &build_directory, metrics) => started,
                 () = &mut stop => return Ok(()),
             };
             match started {

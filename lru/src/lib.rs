@@ -37,6 +37,8 @@ pub struct Lru<K, V> {
     clock: u64,
     total_bytes: u64,
     max_bytes: u64,
+    /// Entries taken out as least recently used, ever: for metrics.
+    evictions: u64,
 }
 
 /// A summary: the entries themselves can be many.
@@ -60,6 +62,7 @@ impl<K: Clone + Eq + Hash, V> Lru<K, V> {
             clock: 0,
             total_bytes: 0,
             max_bytes,
+            evictions: 0,
         }
     }
 
@@ -171,7 +174,14 @@ impl<K: Clone + Eq + Hash, V> Lru<K, V> {
         let (_, oldest) = self.unpinned.pop_first()?;
         let entry = self.entries.remove(&oldest)?;
         self.total_bytes -= entry.size_bytes;
+        self.evictions += 1;
         Some((oldest, entry.value, entry.size_bytes))
+    }
+
+    /// How many entries [`pop_oldest`](Self::pop_oldest) has taken out,
+    /// directly or to make room: the evictions a store reports.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
     }
 
     /// Takes out `key`'s entry, pinned or not.
@@ -260,11 +270,13 @@ mod tests {
         assert_eq!(lru.eviction_order().collect::<Vec<_>>(), [&"c", &"a"]);
         // Past the bound: c and a go, the pinned b stays although oldest.
         assert_eq!(keys(lru.insert("d", (), 20)), ["c", "a"]);
+        assert_eq!(lru.evictions(), 2);
         assert!(lru.contains(&"b"));
         // Released, b takes its place by last use (before d), not release.
         lru.unpin(&"b");
         assert_eq!(lru.eviction_order().collect::<Vec<_>>(), [&"b", &"d"]);
         assert_eq!(lru.pop_oldest(), Some(("b", (), 10)));
+        assert_eq!(lru.evictions(), 3);
     }
 
     #[test]

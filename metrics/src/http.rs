@@ -81,13 +81,29 @@ pub fn router(
     page: impl Fn() -> String + Clone + Send + Sync + 'static,
     checks: Vec<(&'static str, Check)>,
 ) -> Router {
+    router_async(
+        move || {
+            let body = page();
+            async move { body }
+        },
+        checks,
+    )
+}
+
+/// Like [`router`], for a page that must await something when scraped
+/// (`corral up` reads its runner child's page).
+pub fn router_async<F, Fut>(page: F, checks: Vec<(&'static str, Check)>) -> Router
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = String> + Send + 'static,
+{
     let checks = Arc::new(checks);
     Router::new()
         .route(
             "/metrics",
             get(move || {
                 let body = page();
-                async move { ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body) }
+                async move { ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body.await) }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))

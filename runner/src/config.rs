@@ -30,6 +30,20 @@ pub struct Config {
     /// runner runs as root; without root, the runner's subordinate range
     /// in /etc/subuid is used instead (at most `count` of it).
     pub action_ids: ActionIdsConfig,
+    /// Prometheus metrics over plain HTTP (`GET /metrics`, `/healthz`)
+    /// on their own port: spawn latency, kills, landlock levels. Default:
+    /// off; add a `[metrics]` table to serve them. Bind it to loopback or
+    /// a private network: the page has no TLS.
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// The `[metrics]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP server for `GET /metrics`, e.g.
+    /// `127.0.0.1:9983`. Required in the table.
+    pub listen: std::net::SocketAddr,
 }
 
 /// The `[action_ids]` table: `count` consecutive uids from `first_uid`
@@ -78,6 +92,7 @@ impl Default for Config {
             policies_directory: None,
             default_policy: "default".to_owned(),
             action_ids: ActionIdsConfig::default(),
+            metrics: None,
         }
     }
 }

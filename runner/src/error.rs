@@ -22,6 +22,12 @@ pub enum Error {
         #[source]
         source: corral_sandbox::Error,
     },
+    #[error("failed to listen for metrics on {addr}")]
+    BindMetrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
     #[error("the default policy {name:?} does not exist")]
     NoDefaultPolicy { name: String },
     #[error("unknown sandbox policy {name:?} (known: {known})")]

@@ -11,6 +11,7 @@
 //! - `action_ids` — host ids leased to runs, one per concurrent run.
 //! - `service` — the gRPC service: paths, timeouts, outcomes.
 //! - `server_logs` — each run's report, for the client's server logs.
+//! - [`metrics`] — spawn latency, kills, landlock levels (`[metrics]`).
 //! - `error` — the crate's error type.
 //!
 //! The runner never talks to storage or the scheduler. Each run blocks a
@@ -23,6 +24,7 @@
 mod action_ids;
 pub mod config;
 mod error;
+pub mod metrics;
 mod policies;
 mod server_logs;
 mod service;
@@ -74,10 +76,29 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     );
     let mapping = policies.default_sandbox().mapping().clone();
     let ids = action_ids::ActionIds::new(&mapping, cfg.action_ids.range());
-    let service = RunnerService::new(build_directory, policies, mapping, ids);
-    let result = tonic::transport::Server::builder()
+    let metrics = metrics::Metrics::default();
+    let http = match &cfg.metrics {
+        Some(m) => {
+            let bound = tokio::net::TcpListener::bind(m.listen)
+                .await
+                .map_err(|source| Error::BindMetrics {
+                    addr: m.listen,
+                    source,
+                })?;
+            info!(addr = %m.listen, "runner metrics serving");
+            Some(corral_metrics::Listener::plaintext(bound))
+        }
+        None => None,
+    };
+    let service =
+        RunnerService::new(build_directory, policies, mapping, ids).with_metrics(metrics.clone());
+    let grpc = tonic::transport::Server::builder()
         .add_service(RunnerServer::new(service))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+    // The runner's readiness is the worker's to check (its Ready call):
+    // the port reports only that the process serves.
+    let routes = corral_metrics::http::router(move || metrics.render(), Vec::new());
+    let result = corral_metrics::serving_while(http, routes, grpc)
         .await
         .map_err(Error::Serve);
     let _ = std::fs::remove_file(&cfg.listen_path);

@@ -196,6 +196,7 @@ mod tests {
             stdout_truncated: false,
             stderr_truncated: false,
             landlock: LandlockState::PartiallyEnforced,
+            spawn_time: None,
         }
     }
 

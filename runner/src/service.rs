@@ -19,6 +19,7 @@ use tracing::{debug, instrument, warn};
 
 use crate::action_ids::ActionIds;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::policies::Policies;
 use crate::server_logs;
 
@@ -33,6 +34,7 @@ pub struct RunnerService {
     mapping: Arc<Mapping>,
     ids: Arc<ActionIds>,
     last_ready: Mutex<Option<Instant>>,
+    metrics: Metrics,
 }
 
 impl RunnerService {
@@ -50,7 +52,14 @@ impl RunnerService {
             mapping: Arc::new(mapping),
             ids: Arc::new(ids),
             last_ready: Mutex::new(None),
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Records every run's outcome in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> RunnerService {
+        self.metrics = metrics;
+        self
     }
 
     /// `relative` under the build directory, refusing absolute paths and
@@ -313,6 +322,7 @@ impl Runner for RunnerService {
         .map_err(|_| status(&Error::Cancelled))?
         .map_err(|e| status(&e))?;
         debug!(exit = ?outcome.exit, timed_out = outcome.timed_out, oom = outcome.oom_killed, disk_bound = ?outcome.disk_bound, "action ended");
+        self.metrics.ran(&outcome);
         if let Some(logs) = logs {
             let report = server_logs::Report {
                 policy_name: &policy_name,

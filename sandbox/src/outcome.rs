@@ -60,6 +60,9 @@ pub struct Outcome {
     pub stderr_truncated: bool,
     /// How far landlock was enforced.
     pub landlock: LandlockState,
+    /// From the start of setup until the command was about to exec (its
+    /// last setup step reported); `None` when setup never got there.
+    pub spawn_time: Option<Duration>,
 }
 
 impl Outcome {

@@ -274,6 +274,8 @@ impl Sandbox {
             exit: None,
             failure: None,
             landlock: LandlockState::NotEnforced,
+            start,
+            spawned: None,
         };
         let result = run
             .release(&report_r, go_w, &self.mapping, host, &self.policy)
@@ -340,6 +342,7 @@ impl Sandbox {
             stdout_truncated: streams.truncated[0],
             stderr_truncated: streams.truncated[1],
             landlock: run.landlock,
+            spawn_time: run.spawned,
         })
     }
 
@@ -413,6 +416,10 @@ struct Supervision<'a> {
     exit: Option<Exit>,
     failure: Option<(Stage, i32)>,
     landlock: LandlockState,
+    /// When setup started, and how long after it the command was about
+    /// to exec (landlock, the last step, reported): for spawn latency.
+    start: Instant,
+    spawned: Option<Duration>,
 }
 
 impl Supervision<'_> {
@@ -424,7 +431,10 @@ impl Supervision<'_> {
             }
             Record::Exited(code) => self.exit = Some(Exit::Exited(code)),
             Record::Signaled(signal) => self.exit = Some(Exit::Signaled(signal)),
-            Record::Landlock(state) => self.landlock = state,
+            Record::Landlock(state) => {
+                self.landlock = state;
+                self.spawned = Some(self.start.elapsed());
+            }
         }
     }
 

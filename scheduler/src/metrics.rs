@@ -1,36 +1,24 @@
 //! Prometheus metrics: queue length per platform, operations by stage,
 //! workers by state, queue wait and execution time histograms, results
 //! by status. Gauges are read from the state when scraped; histograms and
-//! counters are recorded as things happen.
+//! counters are recorded as things happen. On prometheus-client, through
+//! `corral_metrics`.
 //!
 //! Served as text on `GET /metrics` by `corral_metrics::serve`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use corral_metrics::{code_name, header, label, Declared, Histogram};
+use corral_metrics::prometheus_client::metrics::histogram::Histogram;
+use corral_metrics::prometheus_client::registry::Registry;
+use corral_metrics::{code_name, labels, observe, Counters, Declared, Gauges};
 
 use crate::assignment::Assignments;
 use crate::operation::{Operations, Progress};
 
-#[derive(Debug, Default)]
-struct Recorded {
-    queue_wait: Histogram,
-    execution: Histogram,
-    /// (status code name, from the cache) → operations completed.
-    results: BTreeMap<(&'static str, bool), u64>,
-}
-
-/// What is recorded as it happens.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    recorded: Mutex<Recorded>,
-}
-
-/// Everything [`Metrics::render`] writes, with its help text: the list a
-/// test checks every metric against, so none is declared and never set.
+/// Everything [`Metrics::render`] writes, with its help text: the names
+/// operators' dashboards use, pinned by a test, and the list a test
+/// checks every metric against, so none is declared and never set.
 pub const DECLARED: [Declared; 6] = [
     (
         "corral_scheduler_queued_actions",
@@ -64,41 +52,80 @@ pub const DECLARED: [Declared; 6] = [
     ),
 ];
 
-impl Metrics {
-    fn recorded(&self) -> std::sync::MutexGuard<'_, Recorded> {
-        // Counters only ever add: a panic mid-update loses one sample.
-        self.recorded.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+/// The scheduler's metrics and the registry that renders them.
+#[derive(Debug)]
+pub struct Metrics {
+    queued: Gauges,
+    operations: Gauges,
+    workers: Gauges,
+    queue_wait: Histogram,
+    execution: Histogram,
+    /// By `code` (status code name) and `cached`.
+    results: Counters,
+    /// Held while the gauges are set and the page encoded, so two scrapes
+    /// at once do not clear each other's queues.
+    registry: Mutex<Registry>,
+}
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let queued = Gauges::default();
+        let operations = Gauges::default();
+        let workers = Gauges::default();
+        let queue_wait = corral_metrics::duration_histogram();
+        let execution = corral_metrics::duration_histogram();
+        let results = Counters::default();
+        let mut registry = Registry::default();
+        let r = &mut registry;
+        corral_metrics::register(r, DECLARED[0], queued.clone());
+        corral_metrics::register(r, DECLARED[1], operations.clone());
+        corral_metrics::register(r, DECLARED[2], workers.clone());
+        corral_metrics::register(r, DECLARED[3], queue_wait.clone());
+        corral_metrics::register(r, DECLARED[4], execution.clone());
+        corral_metrics::register(r, DECLARED[5], results.clone());
+        Metrics {
+            queued,
+            operations,
+            workers,
+            queue_wait,
+            execution,
+            results,
+            registry: Mutex::new(registry),
+        }
+    }
+}
+
+impl Metrics {
     pub fn queue_wait(&self, waited: Duration) {
-        self.recorded().queue_wait.observe(waited);
+        observe(&self.queue_wait, waited);
     }
 
     pub fn execution(&self, took: Duration) {
-        self.recorded().execution.observe(took);
+        observe(&self.execution, took);
     }
 
     /// An operation completed with `code`; `cached` for Action Cache hits.
     pub fn result(&self, code: tonic::Code, cached: bool) {
         let name = code_name(code as i32);
-        *self.recorded().results.entry((name, cached)).or_default() += 1;
+        let cached = if cached { "true" } else { "false" };
+        self.results
+            .get_or_create(&labels([("code", name), ("cached", cached)]))
+            .inc();
     }
 
     /// The Prometheus text page.
     pub fn render(&self, assignments: &Assignments, operations: &Mutex<Operations>) -> String {
-        let mut out = String::new();
-        let header = |out: &mut String, index: usize| header(out, DECLARED[index]);
+        // The page is encoded from the registry only: a panic mid-render
+        // leaves nothing half-updated that the next scrape does not set.
+        let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
         let snapshot = assignments.snapshot();
-        let name = header(&mut out, 0);
+        // Queues that emptied since the last scrape go from the page.
+        self.queued.clear();
         for ((instance, platform), len) in &snapshot.queued {
-            let _ = writeln!(
-                out,
-                "{name}{{instance=\"{}\",platform=\"{}\"}} {len}",
-                label(instance),
-                label(&platform.to_string())
-            );
+            let platform = platform.to_string();
+            let key = labels([("instance", instance.as_str()), ("platform", &platform)]);
+            self.queued.get_or_create(&key).set(gauge(*len));
         }
-        let name = header(&mut out, 1);
         let mut stages = [("queued", 0usize), ("executing", 0), ("completed", 0)];
         for op in operations
             .lock()
@@ -113,25 +140,45 @@ impl Metrics {
             stages[at].1 += 1;
         }
         for (stage, n) in stages {
-            let _ = writeln!(out, "{name}{{stage=\"{stage}\"}} {n}");
+            let key = labels([("stage", stage)]);
+            self.operations.get_or_create(&key).set(gauge(n));
         }
-        let name = header(&mut out, 2);
         for (state, n) in [
             ("idle", snapshot.idle_workers),
             ("executing", snapshot.executing_workers),
             ("draining", snapshot.draining_workers),
         ] {
-            let _ = writeln!(out, "{name}{{state=\"{state}\"}} {n}");
+            let key = labels([("state", state)]);
+            self.workers.get_or_create(&key).set(gauge(n));
         }
-        let recorded = self.recorded();
-        let name = header(&mut out, 3);
-        recorded.queue_wait.render(&mut out, name);
-        let name = header(&mut out, 4);
-        recorded.execution.render(&mut out, name);
-        let name = header(&mut out, 5);
-        for ((code, cached), n) in &recorded.results {
-            let _ = writeln!(out, "{name}{{code=\"{code}\",cached=\"{cached}\"}} {n}");
-        }
-        out
+        corral_metrics::encode(&registry)
+    }
+}
+
+/// A count as a gauge's value.
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Operators' dashboards and alerts use these names: a change here is
+    /// a change for every farm that scrapes a scheduler.
+    #[test]
+    fn the_scheduler_metric_names_are_pinned() {
+        let names: Vec<&str> = DECLARED.iter().map(|(name, _, _)| *name).collect();
+        assert_eq!(
+            names,
+            [
+                "corral_scheduler_queued_actions",
+                "corral_scheduler_operations",
+                "corral_scheduler_workers",
+                "corral_scheduler_queue_wait_seconds",
+                "corral_scheduler_execution_seconds",
+                "corral_scheduler_results_total",
+            ]
+        );
     }
 }

@@ -99,6 +99,13 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Starts writing a blob; see [`BlobWrite`].
     async fn begin_write(&self, digest: &Digest) -> Result<Box<dyn BlobWrite>, Error>;
 
+    /// How many blobs and Action Cache entries this store has evicted as
+    /// least recently used since it opened, for metrics; 0 for a store
+    /// that does not evict (a remote one evicts on its own).
+    fn evictions(&self) -> u64 {
+        0
+    }
+
     /// Writes a whole blob held in memory.
     async fn put(&self, digest: &Digest, data: Vec<u8>) -> Result<(), Error> {
         let mut write = self.begin_write(digest).await?;

@@ -50,6 +50,11 @@ pub struct Config {
     /// (disk or memory) becomes a cache in front of it. Unset: no object
     /// store. See [`ObjectStoreConfig`] and docs/decisions/0015.
     pub object_store: Option<ObjectStoreConfig>,
+    /// Prometheus metrics over HTTP (`GET /metrics`, `/healthz`,
+    /// `/readyz`) on their own port. Default: off; add a `[metrics]`
+    /// table to serve them. `corral up` ignores it: its one page has
+    /// storage's metrics.
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// Where blobs are kept: a `[backend]` table whose `kind` names the
@@ -217,6 +222,7 @@ impl Default for Config {
             auth: None,
             isolate_instances: false,
             object_store: None,
+            metrics: None,
         }
     }
 }
@@ -471,6 +477,33 @@ impl ObjectStoreConfig {
                 }
                 Ok((std::sync::Arc::new(builder.build()?), Path::from(prefix)))
             }
+        }
+    }
+}
+
+/// The `[metrics]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP server for `GET /metrics`, e.g.
+    /// `127.0.0.1:9982`. Required in the table.
+    pub listen: SocketAddr,
+    /// HTTPS for the page (`[metrics.tls]`). Default: storage's `[tls]`,
+    /// so that TLS on storage covers its metrics too; without either,
+    /// plain HTTP.
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+}
+
+impl Config {
+    /// The TLS of the metrics page and the key it comes from:
+    /// `[metrics.tls]`, else `[tls]`.
+    pub fn metrics_tls(&self) -> Option<(&ServerTls, &'static str)> {
+        let metrics = self.metrics.as_ref()?;
+        match (&metrics.tls, &self.tls) {
+            (Some(tls), _) => Some((tls, "metrics.tls")),
+            (None, Some(tls)) => Some((tls, "tls")),
+            (None, None) => None,
         }
     }
 }

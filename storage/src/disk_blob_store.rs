@@ -593,6 +593,10 @@ impl BlobStore for DiskBlobStore {
         })?
     }
 
+    fn evictions(&self) -> u64 {
+        self.inner.lock().evictions()
+    }
+
     async fn begin_write(&self, digest: &Digest) -> Result<Box<dyn BlobWrite>, Error> {
         self.check_fits(digest)?;
         let (file, temp) = self.blocking(|inner| inner.new_temp()).await?;

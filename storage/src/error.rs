@@ -23,6 +23,12 @@ pub enum Error {
     OpenObjectStore(#[source] crate::blob_store::Error),
     #[error("failed to set up authentication")]
     Auth(#[source] corral_auth::config::AuthConfigError),
+    #[error("failed to listen for metrics on {addr}")]
+    BindMetrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("failed to read the listener's address")]
     ListenerAddress(#[source] std::io::Error),
     #[error("serving on {addr} failed")]

@@ -30,6 +30,8 @@
 //! - [`resource_name`] — ByteStream resource names; `zstd_codec` —
 //!   `compressed-blobs/zstd/` reads and writes.
 //! - [`status`] — what the services share in building statuses.
+//! - [`metrics`] — the Prometheus page (`[metrics]`): calls, bytes,
+//!   hits and misses, evictions.
 //!
 //! Storage never trusts a digest it is given: every write is verified
 //! against its content, and nothing half-written is ever visible.
@@ -54,6 +56,7 @@ mod isolated_blob_store;
 mod lru_index;
 mod membership;
 mod memory_blob_store;
+pub mod metrics;
 mod object_tier;
 mod read_through_blob_store;
 mod remote_blob_store;
@@ -299,18 +302,50 @@ pub async fn run(
         .transpose()
         .map_err(Error::Tls)?;
     let auth = Auth::from_config(cfg.auth.as_ref()).map_err(Error::Auth)?;
-    let stores = open(&cfg).await?;
+    let metrics = metrics::Metrics::default();
+    let stores = Arc::new(metrics.meter(open(&cfg).await?));
     let addr = listener.local_addr().map_err(Error::ListenerAddress)?;
+    let http = metrics_listener(&cfg).await?;
     tracing::info!(%addr, tls = tls.is_some(), "storage serving");
-    corral_auth::tls::server(server(), tls.as_ref())
+    let grpc = corral_auth::tls::server(server(), tls.as_ref())
         .map_err(|source| Error::Serve { addr, source })?
+        .layer(metrics.layer())
         .layer(AuthenticationLayer::new(auth.authenticator))
         .add_routes(routes(&cfg, &stores, &auth.authorizer))
-        .serve_with_incoming_shutdown(no_delay(listener), shutdown)
+        .serve_with_incoming_shutdown(no_delay(listener), shutdown);
+    let page = {
+        let stores = Arc::clone(&stores);
+        move || metrics.render(&stores)
+    };
+    // Storage depends on nothing it could check: ready while it serves.
+    let http_routes = corral_metrics::http::router(page, Vec::new());
+    corral_metrics::serving_while(http, http_routes, grpc)
         .await
         .map_err(|source| Error::Serve { addr, source })?;
     tracing::info!(%addr, "storage stopped");
     Ok(())
+}
+
+/// The HTTP port of `[metrics]`, bound, when configured.
+async fn metrics_listener(cfg: &Config) -> Result<Option<corral_metrics::Listener>, Error> {
+    let Some(m) = &cfg.metrics else {
+        return Ok(None);
+    };
+    let tls = match cfg.metrics_tls() {
+        Some((tls, key)) => Some(tls.load(key).map_err(Error::Tls)?),
+        None => None,
+    };
+    let bound = TcpListener::bind(m.listen)
+        .await
+        .map_err(|source| Error::BindMetrics {
+            addr: m.listen,
+            source,
+        })?;
+    tracing::info!(addr = %m.listen, tls = tls.is_some(), "storage metrics serving");
+    Ok(Some(match &tls {
+        Some(tls) => corral_metrics::Listener::tls(bound, tls.rustls()),
+        None => corral_metrics::Listener::plaintext(bound),
+    }))
 }
 
 /// A gRPC server tuned for blob traffic: flow-control windows large

@@ -103,6 +103,10 @@ impl BlobStore for MemoryBlobStore {
         Ok(Some(Box::pin(stream::iter(chunks))))
     }
 
+    fn evictions(&self) -> u64 {
+        self.lock().evictions()
+    }
+
     async fn begin_write(&self, digest: &Digest) -> Result<Box<dyn BlobWrite>, Error> {
         let max_size_bytes = self.lock().max_bytes();
         if digest.size_bytes() > max_size_bytes {

@@ -94,6 +94,11 @@ impl BlobStore for ReadThroughBlobStore {
         }
     }
 
+    /// The local tier's: the remote evicts on its own.
+    fn evictions(&self) -> u64 {
+        self.local.evictions()
+    }
+
     async fn begin_write(&self, digest: &Digest) -> Result<Box<dyn BlobWrite>, Error> {
         Ok(Box::new(WriteBoth {
             remote: self.remote.begin_write(digest).await?,

@@ -1,22 +1,27 @@
 //! Prometheus metrics of one worker: actions finished by status, the time
 //! each spent in its three stages, slots by state, and the file cache.
 //! Counters and histograms are recorded as actions end; gauges are read
-//! when the page is scraped.
+//! when the page is scraped. On prometheus-client, through
+//! `corral_metrics`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use corral_metrics::{code_name, header, Declared, Histogram};
+use corral_metrics::prometheus_client::metrics::counter::Counter;
+use corral_metrics::prometheus_client::metrics::gauge::Gauge;
+use corral_metrics::prometheus_client::registry::Registry;
+use corral_metrics::{
+    code_name, labels, observe, register, Counters, Declared, Gauges, Histograms,
+};
 use corral_proto::protobuf::Timestamp;
 use corral_proto::reapi::ExecutedActionMetadata;
 
 use crate::file_cache::{CopyReason, FileCache};
 
-/// Everything [`Page::render`] writes, with its help text: the list a
-/// test checks every metric against, so none is declared and never set.
+/// Everything [`Page::render`] writes, with its help text: the names
+/// operators' dashboards use, pinned by a test, and the list a test
+/// checks every metric against, so none is declared and never set.
 pub const DECLARED: [Declared; 7] = [
     (
         "corral_worker_actions_total",
@@ -58,19 +63,13 @@ pub const DECLARED: [Declared; 7] = [
     ),
 ];
 
-#[derive(Debug, Default)]
-struct Recorded {
-    /// Status code name → actions.
-    actions: BTreeMap<&'static str, u64>,
-    fetch_inputs: Histogram,
-    execute: Histogram,
-    upload_outputs: Histogram,
-}
-
 /// What the worker records as actions run; shared by its slots.
 #[derive(Debug)]
 pub struct Metrics {
-    recorded: Mutex<Recorded>,
+    /// By `code`, the status code name.
+    actions: Counters,
+    /// By `stage`.
+    stages: Histograms,
     slots: usize,
     executing: AtomicUsize,
 }
@@ -93,19 +92,23 @@ fn between(from: Option<&Timestamp>, to: Option<&Timestamp>) -> Option<Duration>
     system_time(to).duration_since(system_time(from)).ok()
 }
 
+/// The worker's stages, as their `stage` label says them.
+const STAGES: [&str; 3] = ["fetch_inputs", "execute", "upload_outputs"];
+
 impl Metrics {
     /// Metrics of a worker with `slots` build slots.
     pub fn new(slots: usize) -> Metrics {
+        let stages = corral_metrics::duration_histograms();
+        // Every stage has its series from the start, at zero.
+        for stage in STAGES {
+            let _ = stages.get_or_create(&labels([("stage", stage)]));
+        }
         Metrics {
-            recorded: Mutex::default(),
+            actions: Counters::default(),
+            stages,
             slots,
             executing: AtomicUsize::new(0),
         }
-    }
-
-    fn recorded(&self) -> std::sync::MutexGuard<'_, Recorded> {
-        // Counters only ever add: a panic mid-update loses one sample.
-        self.recorded.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// How many slots run an action now.
@@ -122,29 +125,29 @@ impl Metrics {
     /// An action finished with status `code`; its stages' times come from
     /// the timestamps in `meta` (a stage it never reached has none).
     pub fn finished(&self, code: i32, meta: &ExecutedActionMetadata) {
-        let mut guard = self.recorded();
-        let recorded = &mut *guard;
-        *recorded.actions.entry(code_name(code)).or_default() += 1;
+        self.actions
+            .get_or_create(&labels([("code", code_name(code))]))
+            .inc();
         let stages = [
             (
                 &meta.input_fetch_start_timestamp,
                 &meta.input_fetch_completed_timestamp,
-                &mut recorded.fetch_inputs,
             ),
             (
                 &meta.execution_start_timestamp,
                 &meta.execution_completed_timestamp,
-                &mut recorded.execute,
             ),
             (
                 &meta.output_upload_start_timestamp,
                 &meta.output_upload_completed_timestamp,
-                &mut recorded.upload_outputs,
             ),
         ];
-        for (from, to, histogram) in stages {
+        for (stage, (from, to)) in STAGES.into_iter().zip(stages) {
             if let Some(took) = between(from.as_ref(), to.as_ref()) {
-                histogram.observe(took);
+                observe(
+                    &self.stages.get_or_create(&labels([("stage", stage)])),
+                    took,
+                );
             }
         }
     }
@@ -161,40 +164,49 @@ pub struct Page {
 impl Page {
     /// The Prometheus text page, now.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let recorded = self.metrics.recorded();
-        let name = header(&mut out, DECLARED[0]);
-        for (code, n) in &recorded.actions {
-            let _ = writeln!(out, "{name}{{code=\"{code}\"}} {n}");
+        // Gauges are read now, into a registry made for this page: cheap
+        // (a handful of metrics), and two scrapes share nothing to race on.
+        let mut registry = Registry::default();
+        let r = &mut registry;
+        let metrics = &self.metrics;
+        register(r, DECLARED[0], metrics.actions.clone());
+        register(r, DECLARED[1], metrics.stages.clone());
+        let executing = metrics.executing.load(Ordering::Relaxed);
+        let idle = metrics.slots.saturating_sub(executing);
+        let slots = Gauges::default();
+        for (state, n) in [("idle", idle), ("executing", executing)] {
+            slots
+                .get_or_create(&labels([("state", state)]))
+                .set(count(n));
         }
-        let name = header(&mut out, DECLARED[1]);
-        for (stage, histogram) in [
-            ("fetch_inputs", &recorded.fetch_inputs),
-            ("execute", &recorded.execute),
-            ("upload_outputs", &recorded.upload_outputs),
-        ] {
-            histogram.render_labeled(&mut out, name, &format!("stage=\"{stage}\""));
-        }
-        drop(recorded);
-        let executing = self.metrics.executing.load(Ordering::Relaxed);
-        let name = header(&mut out, DECLARED[2]);
-        let idle = self.metrics.slots.saturating_sub(executing);
-        let _ = writeln!(out, "{name}{{state=\"idle\"}} {idle}");
-        let _ = writeln!(out, "{name}{{state=\"executing\"}} {executing}");
+        register(r, DECLARED[2], slots);
         let (bytes, files) = self.cache.usage();
-        let name = header(&mut out, DECLARED[3]);
-        let _ = writeln!(out, "{name} {bytes}");
-        let name = header(&mut out, DECLARED[4]);
-        let _ = writeln!(out, "{name} {files}");
-        let name = header(&mut out, DECLARED[5]);
-        let _ = writeln!(out, "{name} {}", self.cache.downloads());
-        let name = header(&mut out, DECLARED[6]);
+        register(r, DECLARED[3], gauge_of(count(bytes)));
+        register(r, DECLARED[4], gauge_of(count(files)));
+        let downloads = Counter::<u64>::default();
+        downloads.inc_by(self.cache.downloads());
+        register(r, DECLARED[5], downloads);
+        let copies = Counters::default();
         for reason in [CopyReason::LinkLimit, CopyReason::Unprotected] {
-            let copies = self.cache.copies(reason);
-            let _ = writeln!(out, "{name}{{reason=\"{}\"}} {copies}", reason.label());
+            copies
+                .get_or_create(&labels([("reason", reason.label())]))
+                .inc_by(self.cache.copies(reason));
         }
-        out
+        register(r, DECLARED[6], copies);
+        corral_metrics::encode(&registry)
     }
+}
+
+/// A gauge set to `value`.
+fn gauge_of(value: i64) -> Gauge {
+    let gauge = Gauge::default();
+    gauge.set(value);
+    gauge
+}
+
+/// A count as a gauge's value.
+fn count(n: impl TryInto<i64>) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -237,7 +249,7 @@ mod tests {
             "corral_worker_actions_total{code=\"DEADLINE_EXCEEDED\"} 1",
             "corral_worker_stage_seconds_bucket{stage=\"fetch_inputs\",le=\"0.5\"} 1",
             "corral_worker_stage_seconds_sum{stage=\"fetch_inputs\"} 0.5",
-            "corral_worker_stage_seconds_sum{stage=\"execute\"} 2",
+            "corral_worker_stage_seconds_sum{stage=\"execute\"} 2.0",
             "corral_worker_stage_seconds_count{stage=\"upload_outputs\"} 0",
             "corral_worker_slots{state=\"idle\"} 2",
             "corral_worker_slots{state=\"executing\"} 1",
@@ -251,6 +263,25 @@ mod tests {
         }
         drop(busy);
         assert_eq!(metrics.executing.load(Ordering::Relaxed), 0);
+    }
+
+    /// Operators' dashboards and alerts use these names: a change here is
+    /// a change for every farm that scrapes a worker.
+    #[test]
+    fn the_worker_metric_names_are_pinned() {
+        let names: Vec<&str> = DECLARED.iter().map(|(name, _, _)| *name).collect();
+        assert_eq!(
+            names,
+            [
+                "corral_worker_actions_total",
+                "corral_worker_stage_seconds",
+                "corral_worker_slots",
+                "corral_worker_file_cache_bytes",
+                "corral_worker_file_cache_files",
+                "corral_worker_file_cache_downloads_total",
+                "corral_worker_input_copies_total",
+            ]
+        );
     }
 
     #[test]

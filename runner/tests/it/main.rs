@@ -166,6 +166,74 @@ async fn a_request_runs_in_the_sandbox_and_reports_usage() {
     assert!(exists(&runner.build().join("a1/root")));
 }
 
+/// GETs `/metrics` on `addr` over plain HTTP/1.1; the body.
+async fn metrics_page(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: runner\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_metrics_port_counts_a_timeout_kill_the_landlock_level_and_spawn_time() {
+    if !privileged("the_metrics_port_counts_a_timeout_kill_the_landlock_level_and_spawn_time") {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = port.local_addr().unwrap();
+    drop(port);
+    let mut runner = Runner::start_with(&[], |cfg| {
+        cfg.metrics = Some(corral_runner::config::MetricsConfig { listen: addr });
+    })
+    .await;
+    let ok = runner.action("m1", &["/bin/true"]);
+    runner.client.run(ok).await.unwrap();
+    let mut slow = runner.action("m2", &["/bin/sleep", "30"]);
+    slow.corral_timeout = Some(corral_proto::protobuf::Duration {
+        seconds: 1,
+        nanos: 0,
+    });
+    let err = runner.client.run(slow).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    let page = metrics_page(addr).await;
+    assert_eq!(corral_metrics_check(&page), Ok(()), "{page}");
+    let series = |prefix: &str| -> u64 {
+        page.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{page}"))
+    };
+    assert_eq!(series("corral_runner_killed_total{reason=\"timeout\"}"), 1);
+    assert_eq!(series("corral_runner_killed_total{reason=\"oom\"}"), 0);
+    assert_eq!(series("corral_runner_spawn_seconds_count"), 2);
+    let runs: u64 = ["not_enforced", "partially_enforced", "fully_enforced"]
+        .iter()
+        .map(|level| series(&format!("corral_runner_runs_total{{landlock=\"{level}\"}}")))
+        .sum();
+    assert_eq!(runs, 2);
+}
+
+/// Every metric the runner declares is on `page`, and nothing else.
+fn corral_metrics_check(page: &str) -> Result<(), String> {
+    for (name, kind, _) in corral_runner::metrics::DECLARED {
+        if !page.contains(&format!("# TYPE {name} {kind}\n")) {
+            return Err(format!("{name} missing"));
+        }
+    }
+    match page
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.starts_with("corral_runner_"))
+    {
+        Some(other) => Err(format!("undeclared: {other}")),
+        None => Ok(()),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_actions_timeout_answers_deadline_exceeded() {
     if !privileged("the_actions_timeout_answers_deadline_exceeded") {

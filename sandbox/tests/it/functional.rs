@@ -262,6 +262,10 @@ fn usage_is_reported() {
     );
     assert!(usage.memory_peak_bytes > 0, "{usage:?}");
     assert!(usage.wall_time >= usage.user_time / 2, "{usage:?}");
+    // The command started before it ended: spawn time is part of the
+    // wall time, and well under the loop's.
+    let spawned = ran.outcome.spawn_time.expect("the command was spawned");
+    assert!(spawned < usage.wall_time, "{spawned:?} {usage:?}");
 }
 
 /// A command in a fresh input root that writes `marker` after `delay`
