@@ -14,6 +14,7 @@ const OURS: &[&str] = &[
     "corral-proto",
     "corral-metrics",
     "corral-auth",
+    "corral-cas-client",
     "corral-sandbox",
     "corral-runner",
     "corral-storage",
@@ -156,9 +157,16 @@ fn daemon_crates_depend_only_where_the_design_allows() {
     let graph = graph();
     let allowed: &[(&str, &[&str])] = &[
         ("corral-runner", &["corral-proto", "corral-sandbox"]),
+        // The one CAS client: the protocols, and the channel it speaks on.
+        ("corral-cas-client", &["corral-proto", "corral-auth"]),
         (
             "corral-storage",
-            &["corral-proto", "corral-auth", "corral-lru"],
+            &[
+                "corral-proto",
+                "corral-auth",
+                "corral-cas-client",
+                "corral-lru",
+            ],
         ),
         (
             "corral-worker",
@@ -166,6 +174,7 @@ fn daemon_crates_depend_only_where_the_design_allows() {
                 "corral-proto",
                 "corral-metrics",
                 "corral-auth",
+                "corral-cas-client",
                 "corral-lru",
             ],
         ),
@@ -175,6 +184,7 @@ fn daemon_crates_depend_only_where_the_design_allows() {
                 "corral-proto",
                 "corral-metrics",
                 "corral-auth",
+                "corral-cas-client",
                 "corral-storage",
                 "corral-lru",
             ],

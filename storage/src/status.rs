@@ -39,9 +39,7 @@ pub fn store_code(err: &blob_store::Error) -> Code {
         blob_store::Error::TooLarge { .. } | blob_store::Error::Refused(_) => Code::InvalidArgument,
         blob_store::Error::Corrupt { .. } => Code::NotFound,
         blob_store::Error::Disk(disk) if disk.is_storage_full() => Code::ResourceExhausted,
-        blob_store::Error::Disk(_)
-        | blob_store::Error::Membership(_)
-        | blob_store::Error::UploadName(_) => Code::Internal,
+        blob_store::Error::Disk(_) | blob_store::Error::Membership(_) => Code::Internal,
         // The remote store's own verdict, passed on: UNAVAILABLE when it is
         // down, so clients retry.
         blob_store::Error::Remote { source, .. } => source.code(),
