@@ -839,6 +839,50 @@ fn verify(function: DigestFunction, digest: &Digest, data: Vec<u8>) -> Result<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+    use corral_proto::reapi::batch_read_blobs_response;
+
+    fn answer(
+        digest: &Digest,
+        data: &[u8],
+        code: tonic::Code,
+    ) -> batch_read_blobs_response::Response {
+        batch_read_blobs_response::Response {
+            digest: Some(digest.clone()),
+            data: data.to_vec(),
+            status: Some(corral_proto::rpc::Status {
+                code: code as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// What a batch answer holds is checked blob by blob: right bytes are
+    /// found, NOT_FOUND and left-out digests are missing, and wrong bytes
+    /// fail naming the digest.
+    #[test]
+    fn batch_answers_are_verified() {
+        let sha = DigestFunction::Sha256;
+        let (good, gone, skipped) = (digest_of(b"good"), digest_of(b"gone"), digest_of(b"skip"));
+        let response = BatchReadBlobsResponse {
+            responses: vec![
+                answer(&good, b"good", tonic::Code::Ok),
+                answer(&gone, b"", tonic::Code::NotFound),
+            ],
+        };
+        let asked = [good.clone(), gone.clone(), skipped.clone()];
+        let fetched = read_response(sha, &asked, response).unwrap();
+        assert_eq!(fetched.found, [(good.clone(), b"good".to_vec())]);
+        assert_eq!(fetched.missing, [gone, skipped]);
+
+        let response = BatchReadBlobsResponse {
+            responses: vec![answer(&good, b"evil", tonic::Code::Ok)],
+        };
+        let err = read_response(sha, std::slice::from_ref(&good), response).unwrap_err();
+        assert!(matches!(&err, Error::Corrupt { digest, .. } if *digest == good));
+        assert!(err.to_string().contains(&good.hash), "{err}");
+        assert_eq!(err.into_status().code(), tonic::Code::DataLoss);
+    }
 
     #[test]
     fn verify_refuses_other_contents() {
