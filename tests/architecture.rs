@@ -14,6 +14,7 @@ const OURS: &[&str] = &[
     "corral-proto",
     "corral-metrics",
     "corral-auth",
+    "corral-cas-client",
     "corral-sandbox",
     "corral-runner",
     "corral-storage",
@@ -159,11 +160,14 @@ fn daemon_crates_depend_only_where_the_design_allows() {
             "corral-runner",
             &["corral-proto", "corral-sandbox", "corral-metrics"],
         ),
+        // The one CAS client: the protocols, and the channel it speaks on.
+        ("corral-cas-client", &["corral-proto", "corral-auth"]),
         (
             "corral-storage",
             &[
                 "corral-proto",
                 "corral-auth",
+                "corral-cas-client",
                 "corral-lru",
                 "corral-metrics",
             ],
@@ -174,6 +178,7 @@ fn daemon_crates_depend_only_where_the_design_allows() {
                 "corral-proto",
                 "corral-metrics",
                 "corral-auth",
+                "corral-cas-client",
                 "corral-lru",
             ],
         ),
@@ -183,6 +188,7 @@ fn daemon_crates_depend_only_where_the_design_allows() {
                 "corral-proto",
                 "corral-metrics",
                 "corral-auth",
+                "corral-cas-client",
                 "corral-storage",
                 "corral-lru",
             ],

@@ -3,39 +3,38 @@
 //! storage's capabilities. The one thing it writes is its own size class
 //! histories ([`crate::size_class_history`]): the worker stores results.
 //!
-//! Storage is reached over gRPC, or, when one process serves both (`corral
-//! up`), by calling storage's service handlers directly: the same checks
-//! (digests, batch limits, complete Action Cache entries) without
-//! encoding, a socket and a round trip per call.
+//! Storage is reached through the shared CAS client (`corral-cas-client`),
+//! or, when one process serves both (`corral up`), by calling storage's
+//! service handlers directly: the same checks (digests, batch limits,
+//! complete Action Cache entries) without encoding, a socket and a round
+//! trip per call. Either way every blob read is verified by its digest.
 
-use corral_proto::reapi::action_cache_client::ActionCacheClient;
-use corral_proto::reapi::capabilities_client::CapabilitiesClient;
-use corral_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+use std::sync::Arc;
+
+use corral_auth::channel::Connector;
+use corral_cas_client::CasClient;
+use corral_proto::reapi::action_cache_server::ActionCache as _;
+use corral_proto::reapi::capabilities_server::Capabilities as _;
+use corral_proto::reapi::content_addressable_storage_server::ContentAddressableStorage as _;
 use corral_proto::reapi::{
     ActionResult, BatchReadBlobsRequest, Digest, FindMissingBlobsRequest, GetActionResultRequest,
     GetCapabilitiesRequest, ServerCapabilities, UpdateActionResultRequest,
 };
-use std::sync::Arc;
-
-use corral_auth::channel::{Channel, Connector};
-use corral_proto::reapi::action_cache_server::ActionCache as _;
-use corral_proto::reapi::capabilities_server::Capabilities as _;
-use corral_proto::reapi::content_addressable_storage_server::ContentAddressableStorage as _;
 use corral_storage::ac_service::AcService;
 use corral_storage::capabilities_service::CapabilitiesService;
 use corral_storage::cas_service::CasService;
+use corral_storage::DigestFunction;
 use tonic::{Code, Request, Status};
 
 use crate::operation::Inline;
 
-/// Largest message accepted from storage (a batch of Action + Command).
-const MAX_MESSAGE_BYTES: usize = 16 << 20;
+pub use corral_cas_client::Fetched;
 
 /// A lazily connected client of a REAPI storage, or storage's own
 /// handlers in this process.
 #[derive(Clone)]
 pub enum StorageClient {
-    Remote(Channel),
+    Remote(CasClient),
     InProcess {
         cas: Arc<CasService>,
         action_cache: Arc<AcService>,
@@ -43,17 +42,20 @@ pub enum StorageClient {
     },
 }
 
-/// Blobs read, and those storage did not have.
-pub struct Fetched {
-    pub found: Vec<(Digest, Vec<u8>)>,
-    pub missing: Vec<Digest>,
+/// The remote client for `instance` and the request's digest function.
+fn remote(client: &CasClient, instance: &str, digest_function: i32) -> Result<CasClient, Status> {
+    client
+        .with_instance(instance)
+        .with_digest_function(digest_function)
+        .map_err(corral_cas_client::Error::into_status)
 }
 
 impl StorageClient {
     /// A client of `endpoint` (config key `storage`) through `connector`;
     /// connects on first use.
     pub fn new(connector: &Connector, endpoint: &str) -> Result<Self, corral_auth::channel::Error> {
-        Ok(Self::Remote(connector.connect_lazy("storage", endpoint)?))
+        let channel = connector.connect_lazy("storage", endpoint)?;
+        Ok(Self::Remote(CasClient::from_channel(channel)))
     }
 
     /// Storage's handlers over `stores`, in this process. With
@@ -77,50 +79,32 @@ impl StorageClient {
         }
     }
 
-    /// Reads `digests` in one batch.
+    /// Reads `digests` in one batch, each verified by its digest.
     pub async fn fetch(
         &self,
         instance: &str,
         digest_function: i32,
         digests: &[Digest],
     ) -> Result<Fetched, Status> {
-        let request = BatchReadBlobsRequest {
-            instance_name: instance.to_owned(),
-            digests: digests.to_vec(),
-            digest_function,
-            ..Default::default()
-        };
-        let response = match self {
-            Self::Remote(channel) => {
-                ContentAddressableStorageClient::new(channel.clone())
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .batch_read_blobs(request)
-                    .await?
-            }
-            Self::InProcess { cas, .. } => cas.batch_read_blobs(Request::new(request)).await?,
-        }
-        .into_inner();
-        let mut fetched = Fetched {
-            found: Vec::new(),
-            missing: Vec::new(),
-        };
-        for blob in response.responses {
-            let digest = blob.digest.unwrap_or_default();
-            match blob.status.map_or(0, |s| s.code) {
-                0 => fetched.found.push((digest, blob.data)),
-                code if code == Code::NotFound as i32 => fetched.missing.push(digest),
-                code => {
-                    return Err(Status::new(
-                        Code::from(code),
-                        format!(
-                            "reading {}/{} from storage failed",
-                            digest.hash, digest.size_bytes
-                        ),
-                    ))
-                }
+        match self {
+            Self::Remote(client) => remote(client, instance, digest_function)?
+                .fetch(digests)
+                .await
+                .map_err(corral_cas_client::Error::into_status),
+            Self::InProcess { cas, .. } => {
+                let function = DigestFunction::from_proto(digest_function)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let request = BatchReadBlobsRequest {
+                    instance_name: instance.to_owned(),
+                    digests: digests.to_vec(),
+                    digest_function,
+                    ..Default::default()
+                };
+                let response = cas.batch_read_blobs(Request::new(request)).await?;
+                corral_cas_client::read_response(function, digests, response.into_inner())
+                    .map_err(corral_cas_client::Error::into_status)
             }
         }
-        Ok(fetched)
     }
 
     /// Which of `digests` storage lacks.
@@ -130,20 +114,21 @@ impl StorageClient {
         digest_function: i32,
         digests: &[Digest],
     ) -> Result<Vec<Digest>, Status> {
-        let request = FindMissingBlobsRequest {
-            instance_name: instance.to_owned(),
-            blob_digests: digests.to_vec(),
-            digest_function,
-        };
-        let response = match self {
-            Self::Remote(channel) => {
-                ContentAddressableStorageClient::new(channel.clone())
-                    .find_missing_blobs(request)
-                    .await?
+        match self {
+            Self::Remote(client) => remote(client, instance, digest_function)?
+                .find_missing(digests)
+                .await
+                .map_err(corral_cas_client::Error::into_status),
+            Self::InProcess { cas, .. } => {
+                let request = FindMissingBlobsRequest {
+                    instance_name: instance.to_owned(),
+                    blob_digests: digests.to_vec(),
+                    digest_function,
+                };
+                let response = cas.find_missing_blobs(Request::new(request)).await?;
+                Ok(response.into_inner().missing_blob_digests)
             }
-            Self::InProcess { cas, .. } => cas.find_missing_blobs(Request::new(request)).await?,
-        };
-        Ok(response.into_inner().missing_blob_digests)
+        }
     }
 
     /// The cached result of `action`, if any (and complete, which the
@@ -155,28 +140,26 @@ impl StorageClient {
         action: &Digest,
         inline: Inline,
     ) -> Result<Option<ActionResult>, Status> {
-        let request = GetActionResultRequest {
-            instance_name: instance.to_owned(),
-            action_digest: Some(action.clone()),
-            digest_function,
-            inline_stdout: inline.stdout,
-            inline_stderr: inline.stderr,
-            ..Default::default()
-        };
-        let response = match self {
-            Self::Remote(channel) => {
-                ActionCacheClient::new(channel.clone())
-                    .get_action_result(request)
-                    .await
-            }
+        match self {
+            Self::Remote(client) => remote(client, instance, digest_function)?
+                .get_action_result(action, inline.stdout, inline.stderr)
+                .await
+                .map_err(corral_cas_client::Error::into_status),
             Self::InProcess { action_cache, .. } => {
-                action_cache.get_action_result(Request::new(request)).await
+                let request = GetActionResultRequest {
+                    instance_name: instance.to_owned(),
+                    action_digest: Some(action.clone()),
+                    digest_function,
+                    inline_stdout: inline.stdout,
+                    inline_stderr: inline.stderr,
+                    ..Default::default()
+                };
+                match action_cache.get_action_result(Request::new(request)).await {
+                    Ok(result) => Ok(Some(result.into_inner())),
+                    Err(status) if status.code() == Code::NotFound => Ok(None),
+                    Err(status) => Err(status),
+                }
             }
-        };
-        match response {
-            Ok(result) => Ok(Some(result.into_inner())),
-            Err(status) if status.code() == Code::NotFound => Ok(None),
-            Err(status) => Err(status),
         }
     }
 
@@ -188,50 +171,49 @@ impl StorageClient {
         key: &Digest,
         result: ActionResult,
     ) -> Result<(), Status> {
-        let request = UpdateActionResultRequest {
-            instance_name: instance.to_owned(),
-            action_digest: Some(key.clone()),
-            action_result: Some(result),
-            ..Default::default()
-        };
         match self {
-            Self::Remote(channel) => {
-                ActionCacheClient::new(channel.clone())
-                    .update_action_result(request)
-                    .await?;
-            }
+            Self::Remote(client) => client
+                .with_instance(instance)
+                .update_action_result(key, result)
+                .await
+                .map_err(corral_cas_client::Error::into_status),
             Self::InProcess { action_cache, .. } => {
+                let request = UpdateActionResultRequest {
+                    instance_name: instance.to_owned(),
+                    action_digest: Some(key.clone()),
+                    action_result: Some(result),
+                    ..Default::default()
+                };
                 action_cache
                     .update_action_result(Request::new(request))
                     .await?;
+                Ok(())
             }
         }
-        Ok(())
     }
 
     /// Storage's own capabilities, for the scheduler to add to.
     pub async fn capabilities(&self, instance: &str) -> Result<ServerCapabilities, Status> {
-        let request = GetCapabilitiesRequest {
-            instance_name: instance.to_owned(),
-        };
-        let response = match self {
-            Self::Remote(channel) => {
-                CapabilitiesClient::new(channel.clone())
-                    .get_capabilities(request)
-                    .await?
-            }
+        match self {
+            Self::Remote(client) => client
+                .with_instance(instance)
+                .capabilities()
+                .await
+                .map_err(corral_cas_client::Error::into_status),
             Self::InProcess { capabilities, .. } => {
-                capabilities.get_capabilities(Request::new(request)).await?
+                let request = GetCapabilitiesRequest {
+                    instance_name: instance.to_owned(),
+                };
+                let response = capabilities.get_capabilities(Request::new(request)).await?;
+                Ok(response.into_inner())
             }
-        };
-        Ok(response.into_inner())
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use corral_storage::config::Backend;
-    use corral_storage::DigestFunction;
 
     use super::*;
 

@@ -40,8 +40,6 @@ pub enum Error {
     Disk(#[from] DiskError),
     #[error("recording which instance names hold a blob failed")]
     Membership(#[from] MembershipError),
-    #[error("failed to name an upload to remote storage")]
-    UploadName(#[source] corral_proto::ids::RandomnessError),
     // Boxed: object_store's errors are large.
     #[error("object store failed during {operation} of {key}")]
     ObjectStore {

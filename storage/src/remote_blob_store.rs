@@ -1,7 +1,8 @@
 //! A store that forwards to another REAPI CAS and Action Cache over gRPC
 //! (bb-storage, bazel-remote, another Corral), so a farm can use storage
 //! it already runs. Usually wrapped in a read-through local cache
-//! (`read_through_blob_store`).
+//! (`read_through_blob_store`). It speaks to the remote through the shared
+//! CAS client (`corral-cas-client`), as the worker and scheduler do.
 //!
 //! What comes back is verified like everything else: a blob whose bytes do
 //! not match its digest is reported missing (it cannot be removed from
@@ -11,30 +12,22 @@
 
 use std::io::{Seek, SeekFrom, Write};
 
-use corral_auth::channel::{Channel, Connector};
-use corral_proto::bytestream::byte_stream_client::ByteStreamClient;
-use corral_proto::bytestream::{ReadRequest, WriteRequest};
-use corral_proto::reapi::action_cache_client::ActionCacheClient;
-use corral_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
-use corral_proto::reapi::{
-    ActionResult, FindMissingBlobsRequest, GetActionResultRequest, UpdateActionResultRequest,
-};
+use corral_auth::channel::Connector;
+use corral_cas_client::{Blob, CasClient};
+use corral_proto::reapi::ActionResult;
 use futures_util::StreamExt as _;
 use prost::Message as _;
-use tonic::Code;
 
 use crate::action_cache::ActionCache;
 use crate::blob_store::{BlobStore, BlobStream, Error, READ_CHUNK_BYTES};
 use crate::blob_write::BlobWrite;
 use crate::digest::{Digest, DigestFunction, Verifier};
 
-/// Largest ByteStream message we accept from the remote.
-const MAX_MESSAGE_BYTES: usize = 16 << 20;
-
-fn remote(operation: &'static str) -> impl FnOnce(tonic::Status) -> Error {
-    move |status| Error::Remote {
+/// A failure of the remote during `operation`, with the status it gave.
+fn remote(operation: &'static str) -> impl FnOnce(corral_cas_client::Error) -> Error {
+    move |error| Error::Remote {
         operation,
-        source: Box::new(status),
+        source: Box::new(error.into_status()),
     }
 }
 
@@ -48,8 +41,7 @@ fn spool(operation: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 /// The CAS and AC of a remote REAPI server, for one instance name.
 #[derive(Clone)]
 pub struct RemoteBlobStore {
-    channel: Channel,
-    instance: String,
+    client: CasClient,
 }
 
 impl RemoteBlobStore {
@@ -63,81 +55,13 @@ impl RemoteBlobStore {
     ) -> Result<Self, corral_auth::channel::Error> {
         let channel = connector.connect_lazy("backend.endpoint", endpoint)?;
         Ok(Self {
-            channel,
-            instance: instance.to_owned(),
+            client: CasClient::from_channel(channel).with_instance(instance),
         })
     }
 
-    fn cas(&self) -> ContentAddressableStorageClient<Channel> {
-        ContentAddressableStorageClient::new(self.channel.clone())
-    }
-
-    fn bytestream(&self) -> ByteStreamClient<Channel> {
-        ByteStreamClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES)
-    }
-
-    fn ac(&self) -> ActionCacheClient<Channel> {
-        ActionCacheClient::new(self.channel.clone())
-    }
-
-    /// `{instance}/` or nothing, as resource names want it.
-    fn prefix(&self) -> String {
-        if self.instance.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.instance)
-        }
-    }
-
-    /// The digest-function segment; SHA-256, REAPI's default, has none so
-    /// that servers predating the segment understand the name.
-    fn function_segment(digest: &Digest) -> String {
-        match digest.function() {
-            DigestFunction::Sha256 => String::new(),
-            other => format!("{}/", other.name()),
-        }
-    }
-
-    fn read_name(&self, digest: &Digest) -> String {
-        format!(
-            "{}blobs/{}{}/{}",
-            self.prefix(),
-            Self::function_segment(digest),
-            digest.hash_hex(),
-            digest.size_bytes()
-        )
-    }
-
-    fn upload_name(&self, digest: &Digest) -> Result<String, Error> {
-        // A random UUID, as REAPI asks: the remote keys concurrent uploads
-        // by it, and a pid or a clock repeats across hosts and containers.
-        let uuid = corral_proto::ids::uuid_v4().map_err(Error::UploadName)?;
-        Ok(format!(
-            "{}uploads/{uuid}/blobs/{}{}/{}",
-            self.prefix(),
-            Self::function_segment(digest),
-            digest.hash_hex(),
-            digest.size_bytes()
-        ))
-    }
-
-    /// A ranged read from the remote; `None` when it has no such blob.
-    async fn remote_read(
-        &self,
-        digest: &Digest,
-        offset: u64,
-        limit: Option<u64>,
-    ) -> Result<Option<tonic::Streaming<corral_proto::bytestream::ReadResponse>>, Error> {
-        let request = ReadRequest {
-            resource_name: self.read_name(digest),
-            read_offset: i64::try_from(offset).unwrap_or(i64::MAX),
-            read_limit: limit.map_or(0, |l| i64::try_from(l).unwrap_or(i64::MAX)),
-        };
-        match self.bytestream().read(request).await {
-            Ok(response) => Ok(Some(response.into_inner())),
-            Err(status) if status.code() == Code::NotFound => Ok(None),
-            Err(status) => Err(remote("reading a blob")(status)),
-        }
+    /// The client for blobs made by `digest`'s function.
+    fn client(&self, digest: &Digest) -> CasClient {
+        self.client.with_function(digest.function())
     }
 }
 
@@ -150,21 +74,18 @@ impl BlobStore for RemoteBlobStore {
             let asked: Vec<_> = digests
                 .iter()
                 .filter(|d| d.function() == function && !d.is_empty_blob())
+                .map(Digest::to_proto)
                 .collect();
             if asked.is_empty() {
                 continue;
             }
-            let response = self
-                .cas()
-                .find_missing_blobs(FindMissingBlobsRequest {
-                    instance_name: self.instance.clone(),
-                    blob_digests: asked.iter().map(|d| d.to_proto()).collect(),
-                    digest_function: function.to_proto() as i32,
-                })
+            let answer = self
+                .client
+                .with_function(function)
+                .find_missing(&asked)
                 .await
-                .map_err(remote("finding missing blobs"))?
-                .into_inner();
-            for proto in &response.missing_blob_digests {
+                .map_err(remote("finding missing blobs"))?;
+            for proto in &answer {
                 if let Ok(digest) = Digest::from_proto(function, proto) {
                     missing.push(digest);
                 }
@@ -177,24 +98,14 @@ impl BlobStore for RemoteBlobStore {
         if digest.is_empty_blob() {
             return Ok(Some(Vec::new()));
         }
-        let Some(mut stream) = self.remote_read(digest, 0, None).await? else {
-            return Ok(None);
-        };
-        let mut data = Vec::with_capacity(usize::try_from(digest.size_bytes()).unwrap_or(0));
-        let mut verifier = Verifier::new(*digest);
-        while let Some(chunk) = stream.next().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk.data,
-                Err(status) if status.code() == Code::NotFound => return Ok(None),
-                Err(status) => return Err(remote("reading a blob")(status)),
-            };
+        match self.client(digest).read(&digest.to_proto()).await {
+            Ok(data) => Ok(Some(data)),
             // Wrong content from the remote is as good as missing.
-            if verifier.update(&chunk).is_err() {
-                return Ok(None);
-            }
-            data.extend_from_slice(&chunk);
+            Err(
+                corral_cas_client::Error::Missing { .. } | corral_cas_client::Error::Corrupt { .. },
+            ) => Ok(None),
+            Err(error) => Err(remote("reading a blob")(error)),
         }
-        Ok(verifier.finish().ok().map(|()| data))
     }
 
     async fn read(
@@ -215,12 +126,18 @@ impl BlobStore for RemoteBlobStore {
                 .collect();
             return Ok(Some(Box::pin(futures_util::stream::iter(chunks))));
         }
-        let Some(stream) = self.remote_read(digest, offset, limit).await? else {
-            return Ok(None);
+        let stream = match self
+            .client(digest)
+            .read_range(&digest.to_proto(), offset, limit)
+            .await
+        {
+            Ok(stream) => stream,
+            Err(corral_cas_client::Error::Missing { .. }) => return Ok(None),
+            Err(error) => return Err(remote("reading a blob")(error)),
         };
-        Ok(Some(Box::pin(stream.map(|chunk| {
-            chunk.map(|c| c.data).map_err(remote("reading a blob"))
-        }))))
+        Ok(Some(Box::pin(
+            stream.map(|chunk| chunk.map_err(remote("reading a blob"))),
+        )))
     }
 
     async fn begin_write(&self, digest: &Digest) -> Result<Box<dyn BlobWrite>, Error> {
@@ -235,17 +152,12 @@ impl BlobStore for RemoteBlobStore {
 #[tonic::async_trait]
 impl ActionCache for RemoteBlobStore {
     async fn get_action_result(&self, action: &Digest) -> Result<Option<Vec<u8>>, Error> {
-        let request = GetActionResultRequest {
-            instance_name: self.instance.clone(),
-            action_digest: Some(action.to_proto()),
-            digest_function: action.function().to_proto() as i32,
-            ..Default::default()
-        };
-        match self.ac().get_action_result(request).await {
-            Ok(result) => Ok(Some(result.into_inner().encode_to_vec())),
-            Err(status) if status.code() == Code::NotFound => Ok(None),
-            Err(status) => Err(remote("reading an action result")(status)),
-        }
+        let result = self
+            .client(action)
+            .get_action_result(&action.to_proto(), false, false)
+            .await
+            .map_err(remote("reading an action result"))?;
+        Ok(result.map(|r| r.encode_to_vec()))
     }
 
     async fn put_action_result(&self, action: &Digest, encoded: Vec<u8>) -> Result<(), Error> {
@@ -253,17 +165,10 @@ impl ActionCache for RemoteBlobStore {
             operation: "decoding an action result",
             source: Box::new(tonic::Status::invalid_argument(e.to_string())),
         })?;
-        self.ac()
-            .update_action_result(UpdateActionResultRequest {
-                instance_name: self.instance.clone(),
-                action_digest: Some(action.to_proto()),
-                action_result: Some(result),
-                digest_function: action.function().to_proto() as i32,
-                ..Default::default()
-            })
+        self.client(action)
+            .update_action_result(&action.to_proto(), result)
             .await
-            .map_err(remote("storing an action result"))?;
-        Ok(())
+            .map_err(remote("storing an action result"))
     }
 }
 
@@ -305,46 +210,13 @@ impl BlobWrite for RemoteWrite {
         spool_file
             .seek(SeekFrom::Start(0))
             .map_err(spool("rewinding the spool file"))?;
-        // Stream the spool in chunks, read as the upload goes (through a
-        // small channel), so a large output is never held in memory.
-        let name = store.upload_name(&digest)?;
-        let size = digest.size_bytes();
-        let mut file = tokio::fs::File::from_std(spool_file);
-        let (tx, rx) = tokio::sync::mpsc::channel::<WriteRequest>(4);
-        let produce = async move {
-            use tokio::io::AsyncReadExt as _;
-            let mut offset = 0u64;
-            loop {
-                let mut chunk = vec![0u8; READ_CHUNK_BYTES];
-                let n = file
-                    .read(&mut chunk)
-                    .await
-                    .map_err(spool("reading the spool file"))?;
-                chunk.truncate(n);
-                let finish = offset + n as u64 >= size || n == 0;
-                let request = WriteRequest {
-                    resource_name: if offset == 0 {
-                        name.clone()
-                    } else {
-                        String::new()
-                    },
-                    write_offset: i64::try_from(offset).unwrap_or(i64::MAX),
-                    finish_write: finish,
-                    data: chunk,
-                };
-                offset += n as u64;
-                // A closed channel means the upload ended; it reports why.
-                if tx.send(request).await.is_err() || finish {
-                    return Ok::<(), Error>(());
-                }
-            }
-        };
-        let mut client = store.bytestream();
-        let upload = client.write(tokio_stream::wrappers::ReceiverStream::new(rx));
-        let (produced, uploaded) = tokio::join!(produce, upload);
-        produced?;
-        uploaded.map_err(remote("uploading a blob"))?;
-        Ok(())
+        // The client reads the spool a chunk at a time as the upload goes,
+        // so a large output is never held in memory.
+        store
+            .client(&digest)
+            .write_stream(&digest.to_proto(), Blob::Open(spool_file))
+            .await
+            .map_err(remote("uploading a blob"))
     }
 }
 
@@ -352,6 +224,7 @@ impl BlobWrite for RemoteWrite {
 pub(crate) mod tests {
     use futures_util::TryStreamExt as _;
     use tokio::net::TcpListener;
+    use tonic::Code;
 
     use super::*;
     use crate::blob_store::conformance::blob;

@@ -39,9 +39,7 @@ pub fn store_code(err: &blob_store::Error) -> Code {
         blob_store::Error::TooLarge { .. } | blob_store::Error::Refused(_) => Code::InvalidArgument,
         blob_store::Error::Corrupt { .. } => Code::NotFound,
         blob_store::Error::Disk(disk) if disk.is_storage_full() => Code::ResourceExhausted,
-        blob_store::Error::Disk(_)
-        | blob_store::Error::Membership(_)
-        | blob_store::Error::UploadName(_) => Code::Internal,
+        blob_store::Error::Disk(_) | blob_store::Error::Membership(_) => Code::Internal,
         // The object store down or refusing: the durable copy is out of
         // reach, so nothing is acknowledged and the client retries.
         blob_store::Error::ObjectStore { .. } | blob_store::Error::ObjectStoreUpload { .. } => {

@@ -1,0 +1,17 @@
+//! The one CAS client of Corral: the worker, the scheduler and storage's
+//! remote backend all reach a REAPI CAS through it.
+//!
+//! - [`digest`] — digests, their functions (SHA-256, BLAKE3), and the
+//!   [`digest::Verifier`] storage also checks uploads with.
+//! - [`resource`] — ByteStream resource names.
+//! - [`CasClient`] — batched reads and writes for small blobs, ByteStream
+//!   for large ones, chunked so nothing large is held whole, and every
+//!   blob read checked against its digest.
+
+#![forbid(unsafe_code)]
+
+mod client;
+pub mod digest;
+pub mod resource;
+
+pub use client::{digest_of, read_response, Blob, CasClient, Error, Fetched, BATCH_BLOB_MAX_BYTES};
