@@ -152,7 +152,7 @@ pub(crate) mod conformance {
         least_recently_used_blob_is_evicted(harness.make(MIB).await).await;
     }
 
-    async fn read_all<S: BlobStore>(
+    pub(crate) async fn read_all<S: BlobStore + ?Sized>(
         store: &S,
         d: &Digest,
         offset: u64,

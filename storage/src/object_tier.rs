@@ -564,22 +564,6 @@ mod tests {
         (tier, local)
     }
 
-    async fn read_all(
-        store: &dyn BlobStore,
-        d: &Digest,
-        offset: u64,
-        limit: Option<u64>,
-    ) -> Vec<u8> {
-        let stream = store
-            .read(d, offset, limit)
-            .await
-            .unwrap()
-            .expect("present");
-        let chunks: Vec<Vec<u8>> = stream.try_collect().await.unwrap();
-        assert!(chunks.iter().all(|c| c.len() <= READ_CHUNK_BYTES));
-        chunks.concat()
-    }
-
     #[tokio::test]
     async fn a_fresh_local_tier_is_filled_from_the_object_store() {
         let store = Arc::new(InMemory::new());
@@ -594,7 +578,10 @@ mod tests {
         let (second, local) = tier(&store, &cfg());
         assert!(second.find_missing(&[d]).await.unwrap().is_empty());
         assert_eq!(local.get(&d).await.unwrap(), None, "find does not fill");
-        assert_eq!(read_all(&second, &d, 10, Some(100)).await, data[10..110]);
+        assert_eq!(
+            crate::blob_store::conformance::read_all(&second, &d, 10, Some(100)).await,
+            data[10..110]
+        );
         assert_eq!(
             local.get(&d).await.unwrap(),
             Some(data.clone()),
