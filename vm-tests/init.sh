@@ -10,6 +10,9 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+# Loopback up, as on any host: tests that serve on 127.0.0.1 (the
+# runner's metrics port) need it; the guest has no other network.
+ip link set lo up || echo "corral-vm: loopback not up"
 
 arg() { sed -n "s/.*corral\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 LAYOUT=$(arg cgroup)

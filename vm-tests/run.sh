@@ -74,7 +74,7 @@ trap 'rm -rf "$work"' EXIT
 initrd=$work/initrd
 mkdir -p "$initrd"/{bin,proc,sys,dev,modules,newroot,results}
 cp /bin/busybox "$initrd/bin/busybox"
-for applet in sh mount mkdir insmod cat echo sed sleep switch_root poweroff uname; do
+for applet in sh mount mkdir insmod cat echo sed sleep switch_root poweroff uname ip; do
     ln -s busybox "$initrd/bin/$applet"
 done
 cp "$kdir"/modules/*.ko "$initrd/modules/"

@@ -49,6 +49,11 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap();
+        // Storage with an object-store tier behind its disk.
+        let storage =
+            load::<corral_storage::Config>(Some(&path("storage-object-store.toml"))).unwrap();
+        storage.validate().unwrap();
+        assert!(storage.object_store.is_some());
         // A farm across machines over TLS: every table present.
         let storage = load::<corral_storage::Config>(Some(&path("storage-tls.toml"))).unwrap();
         storage.validate().unwrap();
@@ -86,7 +91,7 @@ mod tests {
             .count();
         assert_eq!(
             count,
-            8,
+            9,
             "a new example in {} needs a line here",
             dir.display()
         );
