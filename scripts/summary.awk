@@ -51,9 +51,11 @@ function open_binary(name) {
     open_binary("doc-tests " $2)
     next
 }
-/corral-vm: running / {
+# At the start of the line only: the console dump after a failed guest
+# ("console| corral-vm: running …") repeats it, and is not a new binary.
+/^corral-vm: running / {
     line = $0
-    sub(/.*corral-vm: running /, "", line)
+    sub(/^corral-vm: running /, "", line)
     open_binary("guest " line)
     next
 }

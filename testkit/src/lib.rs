@@ -199,6 +199,7 @@ corral-vm: running /work/target/debug/deps/it-4
 test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.00s
 corral-vm: done, status 1
 vm-tests: cgroup v2 FAILED (status 1) after 20s; console:
+console| corral-vm: running /work/target/debug/deps/it-4
 console| test result: FAILED. 1 passed; 2 failed; 0 ignored
 console| SKIP: v1_only: cgroup v1 layout only
 ";
