@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use corral_proto::protobuf::Timestamp;
 use corral_proto::reapi::{Action, Digest, ExecuteResponse};
-use corral_proto::remoteworker::operation_queue_server::OperationQueue;
+use corral_proto::remoteworker::operation_queue_server::{OperationQueue, OperationQueueServer};
 use corral_proto::remoteworker::{
     current_state, desired_state, DesiredState, SynchronizeRequest, SynchronizeResponse,
 };
@@ -51,6 +51,20 @@ pub struct FakeScheduler {
 }
 
 impl FakeScheduler {
+    /// Serves it on a free loopback port, as a task of `tasks`; its URL.
+    pub async fn serve(self, tasks: &mut tokio::task::JoinSet<()>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tasks.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(OperationQueueServer::new(self))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+        url
+    }
+
     /// A scheduler with `actions` queued, in order, and what it will see.
     pub fn new(actions: Vec<Job>) -> (FakeScheduler, mpsc::UnboundedReceiver<Seen>) {
         let (seen, receiver) = mpsc::unbounded_channel();

@@ -23,7 +23,6 @@ use corral_proto::reapi::{
     Action, ActionResult, Command, Digest, Directory, DirectoryNode, ExecuteResponse, FileNode,
     GetActionResultRequest, SymlinkNode, Tree,
 };
-use corral_proto::remoteworker::operation_queue_server::OperationQueueServer;
 use corral_worker::cas_client::{digest_of, Blob, CasClient};
 use corral_worker::directory_cache::DirectoryCache;
 use corral_worker::executor::{Executor, Job, Shared, Stage};
@@ -561,16 +560,8 @@ async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
     let job = farm.job(command, root, None).await;
     let (queue, mut seen) =
         FakeScheduler::new(vec![(job.action_digest.clone(), job.action.clone())]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let scheduler = format!("http://{}", listener.local_addr().unwrap());
     let mut tasks = JoinSet::new();
-    tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(OperationQueueServer::new(queue))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
+    let scheduler = queue.serve(&mut tasks).await;
     let worker_dir: &Path = &farm.dir.path().join("worker");
     let cfg = corral_worker::Config {
         scheduler,

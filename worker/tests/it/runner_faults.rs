@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use corral_proto::remoteworker::operation_queue_server::OperationQueueServer;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 
@@ -102,16 +101,8 @@ async fn a_runner_dying_mid_action_costs_a_retry_and_the_client_gets_the_real_re
         .await;
     let (queue, mut seen) =
         FakeScheduler::new(vec![(job.action_digest.clone(), job.action.clone())]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let scheduler = format!("http://{}", listener.local_addr().unwrap());
     let mut tasks = JoinSet::new();
-    tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(OperationQueueServer::new(queue))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
+    let scheduler = queue.serve(&mut tasks).await;
     let mut proxy = RunnerProxy::new(
         farm.dir.path().join("proxy.sock"),
         farm.runner_socket.clone(),

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use corral_proto::remoteworker::operation_queue_server::OperationQueueServer;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -76,16 +75,8 @@ impl Stopping {
             queued.push((job.action_digest, job.action));
         }
         let (queue, heard) = FakeScheduler::new(queued);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let scheduler = format!("http://{}", listener.local_addr().unwrap());
         let mut servers = JoinSet::new();
-        servers.spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(OperationQueueServer::new(queue))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await
-                .unwrap();
-        });
+        let scheduler = queue.serve(&mut servers).await;
         let mut cfg = worker_config(
             scheduler,
             farm.storage.clone(),
