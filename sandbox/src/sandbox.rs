@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::access_report::{UndeclaredInputs, Watch};
 use crate::cancellation::Cancellation;
 use crate::cgroup::{Cgroup, CgroupRoot, CgroupUsage};
 use crate::child::{self, Fds, Plan};
@@ -248,6 +249,13 @@ impl Sandbox {
         let cgroup = CgroupGuard(cgroup);
 
         let pipe = |step| sys::pipe().map_err(|source| Error::Spawn { step, source });
+        // The undeclared-input report: a fanotify group now, marks once
+        // init has built the mounts (it waits on the watch pipe for them).
+        let mut watch = self.policy.report.undeclared_inputs.then(Watch::new);
+        let watch_pipe = match &watch {
+            Some(w) if w.is_watching() => Some(pipe("create the watch pipe")?),
+            _ => None,
+        };
         let (report_r, report_w) = pipe("create the report pipe")?;
         let (go_r, go_w) = pipe("create the start pipe")?;
         let (out_r, out_w) = pipe("create the stdout pipe")?;
@@ -257,6 +265,7 @@ impl Sandbox {
             go: go_r.as_fd(),
             stdout: out_w.as_fd(),
             stderr: err_w.as_fd(),
+            watch: watch_pipe.as_ref().map(|(r, _)| r.as_fd()),
         };
         let pid = match sys::fork().map_err(|source| Error::Spawn {
             step: "fork the sandbox",
@@ -266,6 +275,10 @@ impl Sandbox {
             Fork::Parent(pid) => pid,
         };
         drop((report_w, go_r, out_w, err_w));
+        let watch_w = watch_pipe.map(|(r, w)| {
+            drop(r);
+            w
+        });
 
         let mut run = Supervision {
             pid,
@@ -276,9 +289,17 @@ impl Sandbox {
             landlock: LandlockState::NotEnforced,
             start,
             spawned: None,
+            init: None,
+            mounted: false,
         };
         let result = run
             .release(&report_r, go_w, &self.mapping, host, &self.policy)
+            .and_then(|()| match (watch.as_mut(), watch_w) {
+                (Some(watch), Some(watch_w)) => {
+                    run.let_init_go_watched(&report_r, watch_w, watch, workdir)
+                }
+                _ => Ok(()),
+            })
             .and_then(|()| {
                 let disk = DiskWatch::new(
                     command.input_root.clone(),
@@ -326,6 +347,11 @@ impl Sandbox {
                 host.uid,
             ));
         }
+        // Every process of the action is gone (init's exit waited for
+        // them): every open is queued.
+        let undeclared_inputs = watch.map_or(UndeclaredInputs::Off, |w| {
+            w.finish(std::process::id() as i32)
+        });
         let exit = match (run.exit, streams.timed_out || streams.disk_excess.is_some()) {
             (Some(exit), _) => exit,
             (None, true) => Exit::Signaled(libc::SIGKILL),
@@ -343,6 +369,7 @@ impl Sandbox {
             stderr_truncated: streams.truncated[1],
             landlock: run.landlock,
             spawn_time: run.spawned,
+            undeclared_inputs,
         })
     }
 
@@ -420,6 +447,10 @@ struct Supervision<'a> {
     /// to exec (landlock, the last step, reported): for spawn latency.
     start: Instant,
     spawned: Option<Duration>,
+    /// Init's pid in the caller's namespace, and whether it has built the
+    /// mounts (both only when the opens are watched).
+    init: Option<libc::pid_t>,
+    mounted: bool,
 }
 
 impl Supervision<'_> {
@@ -435,6 +466,8 @@ impl Supervision<'_> {
                 self.landlock = state;
                 self.spawned = Some(self.start.elapsed());
             }
+            Record::InitStarted(pid) => self.init = Some(pid),
+            Record::Mounted => self.mounted = true,
         }
     }
 
@@ -510,6 +543,61 @@ impl Supervision<'_> {
         }
         sys::write_all(go.as_fd(), &[1]).map_err(|source| Error::Spawn {
             step: "start the sandbox",
+            source,
+        })
+    }
+
+    /// Waits for init to build the mounts, marks them for the report, and
+    /// lets init fork the action. A failure to mark is the report's to
+    /// tell, never the action's.
+    fn let_init_go_watched(
+        &mut self,
+        report: &OwnedFd,
+        go: OwnedFd,
+        watch: &mut Watch,
+        working_directory: &Path,
+    ) -> Result<(), Error> {
+        let deadline = Instant::now() + SETUP_TIMEOUT;
+        let mut buf = [0u8; 64];
+        while !self.mounted && self.failure.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut pfd = [libc::pollfd {
+                fd: report.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let ready = sys::poll(&mut pfd, left.as_millis().min(i32::MAX as u128) as i32)
+                .map_err(|source| Error::Spawn {
+                    step: "wait for the sandbox's mounts",
+                    source,
+                })?;
+            if ready == 0 {
+                return Err(Error::Spawn {
+                    step: "build the sandbox's mounts in time",
+                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                });
+            }
+            let n = sys::read(report.as_fd(), &mut buf).map_err(|source| Error::Spawn {
+                step: "read the sandbox's report",
+                source,
+            })?;
+            if n == 0 {
+                // Everything is gone; supervise finds out why.
+                return Ok(());
+            }
+            for record in self.reader.push(&buf[..n]) {
+                self.note(record);
+            }
+        }
+        if let Some((stage, errno)) = self.failure {
+            return Err(Error::Setup {
+                stage,
+                source: std::io::Error::from_raw_os_error(errno),
+            });
+        }
+        watch.mark(self.init, working_directory);
+        sys::write_all(go.as_fd(), &[1]).map_err(|source| Error::Spawn {
+            step: "start the action",
             source,
         })
     }
