@@ -76,7 +76,9 @@ fn main() {
     cat_argv.extend(headers.iter().map(|h| h.clone().into_os_string()));
     let compile = command(cat_argv);
 
-    let default = Policy::builtin("default").expect("built-in").expect("valid");
+    let default = Policy::builtin("default")
+        .expect("built-in")
+        .expect("valid");
     let mut off = default.clone();
     off.report.undeclared_inputs = false;
     let with_report = Sandbox::new(default).expect("sandbox");

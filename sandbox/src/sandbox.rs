@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::access_report::{UndeclaredInputs, Watch};
+use crate::access_report::{Groups, UndeclaredInputs, Watch};
 use crate::cancellation::Cancellation;
 use crate::cgroup::{Cgroup, CgroupRoot, CgroupUsage};
 use crate::child::{self, Fds, Plan};
@@ -53,6 +53,8 @@ pub struct Sandbox {
     drop_groups: bool,
     /// Removes this process's action cgroups if it dies mid-run.
     _watchdog: Option<Watchdog>,
+    /// fanotify groups for the undeclared-input report, between runs.
+    watch_groups: Groups,
     warnings: Vec<String>,
 }
 
@@ -139,6 +141,7 @@ impl Sandbox {
             last_capability: last_capability(),
             drop_groups,
             _watchdog: watchdog,
+            watch_groups: Groups::default(),
             warnings,
         })
     }
@@ -251,7 +254,11 @@ impl Sandbox {
         let pipe = |step| sys::pipe().map_err(|source| Error::Spawn { step, source });
         // The undeclared-input report: a fanotify group now, marks once
         // init has built the mounts (it waits on the watch pipe for them).
-        let mut watch = self.policy.report.undeclared_inputs.then(Watch::new);
+        let mut watch = self
+            .policy
+            .report
+            .undeclared_inputs
+            .then(|| Watch::new(&self.watch_groups));
         let watch_pipe = match &watch {
             Some(w) if w.is_watching() => Some(pipe("create the watch pipe")?),
             _ => None,
@@ -350,7 +357,7 @@ impl Sandbox {
         // Every process of the action is gone (init's exit waited for
         // them): every open is queued.
         let undeclared_inputs = watch.map_or(UndeclaredInputs::Off, |w| {
-            w.finish(std::process::id() as i32)
+            w.finish(std::process::id() as i32, &self.watch_groups)
         });
         let exit = match (run.exit, streams.timed_out || streams.disk_excess.is_some()) {
             (Some(exit), _) => exit,

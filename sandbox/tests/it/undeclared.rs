@@ -72,3 +72,48 @@ fn with_the_switch_off_there_is_no_report() {
     assert_eq!(ran.outcome.undeclared_inputs, UndeclaredInputs::Off);
     assert_eq!(ran.outcome.undeclared_inputs.text(), None);
 }
+
+#[test]
+fn a_report_holds_its_own_runs_opens_only() {
+    if !privileged("a_report_holds_its_own_runs_opens_only") {
+        return;
+    }
+    // One sandbox, as the runner keeps one per policy: its fanotify
+    // groups go from run to run, and nothing of one run may reach the next.
+    let sandbox = corral_sandbox::Sandbox::new(default_policy()).unwrap();
+    let root = crate::input_root();
+    let out = tempfile::tempdir().unwrap();
+    let run = |script: &str| {
+        let command = corral_sandbox::Command {
+            argv: ["/bin/sh", "-c", script]
+                .iter()
+                .map(std::ffi::OsString::from)
+                .collect(),
+            env: vec![],
+            input_root: root.path().to_owned(),
+            working_dir: PathBuf::new(),
+            stdout: out.path().join("o"),
+            stderr: out.path().join("e"),
+            timeout: Some(Duration::from_secs(30)),
+        };
+        let outcome = sandbox.run(&command).unwrap();
+        assert_eq!(outcome.exit_code(), 0, "{outcome:?}");
+        outcome.undeclared_inputs
+    };
+    for _ in 0..3 {
+        let first = run("cat /etc/hostname > /dev/null");
+        assert!(
+            paths(&first).contains(&PathBuf::from("/etc/hostname")),
+            "{first:?}"
+        );
+        let second = run("cat /etc/passwd > /dev/null");
+        assert!(
+            paths(&second).contains(&PathBuf::from("/etc/passwd")),
+            "{second:?}"
+        );
+        assert!(
+            !paths(&second).contains(&PathBuf::from("/etc/hostname")),
+            "the previous run's open is in this one's report: {second:?}"
+        );
+    }
+}
