@@ -379,6 +379,8 @@ mod tests {
         assert!(text.ends_with("\n/etc/hostname\n"), "{text}");
         let why = why_unavailable("mark", &io::Error::from_raw_os_error(libc::EPERM));
         assert!(why.contains("CAP_SYS_ADMIN"), "{why}");
+        let why = why_unavailable("create", &io::Error::from_raw_os_error(libc::ENOSYS));
+        assert!(why.contains("no fanotify (CONFIG_FANOTIFY)"), "{why}");
         assert_eq!(UndeclaredInputs::Off.text(), None);
     }
 }
