@@ -57,6 +57,7 @@ mod lru_index;
 mod membership;
 mod memory_blob_store;
 pub mod metrics;
+mod object_store_builder;
 mod object_tier;
 mod read_through_blob_store;
 mod remote_blob_store;
