@@ -169,6 +169,12 @@ impl Farm {
         farm
     }
 
+    /// The process id of `corral up` (its runner and the sandboxes are
+    /// under it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The REAPI endpoint, as Bazel flags want it.
     pub fn grpc_url(&self) -> String {
         let scheme = if self.secure { "grpcs" } else { "grpc" };
