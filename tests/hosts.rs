@@ -7,7 +7,8 @@
 //! tests/bazel through them; one worker is killed with SIGKILL while it
 //! runs the slow genrule, which runs again on another host, and the build
 //! ends green. The workers' metrics pages show the actions spread over
-//! them.
+//! them. Last, an action tries to open storage's address, which its
+//! worker's host reaches, and cannot.
 //!
 //! Needs root (namespaces, the sandbox), `ip`, util-linux, `curl` and
 //! Bazel with libnetty-tcnative-jni (scripts/test.sh installs them);
@@ -311,6 +312,62 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// Bazel in a scratch copy of tests/bazel with its own output root, on
+/// the client host.
+struct Bazel {
+    workspace: tempfile::TempDir,
+    output_root: tempfile::TempDir,
+}
+
+impl Bazel {
+    fn scratch() -> Bazel {
+        Bazel {
+            workspace: bazel::scratch_workspace(),
+            output_root: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// `bazel build ARGS` executing remotely on `farm` only, over mTLS
+    /// with the client's certificate.
+    fn build(&self, farm: &HostsFarm, args: &[&str]) -> Command {
+        let file = |name: &str| farm.path(name).display().to_string();
+        let mut command = farm.host("client").command("bazel");
+        command
+            .arg("--batch")
+            .arg(format!(
+                "--output_user_root={}",
+                self.output_root.path().display()
+            ))
+            .arg(bazel::tls_startup_option(self.output_root.path()))
+            .arg("build")
+            .arg(format!(
+                "--remote_executor=grpcs://{}",
+                farm.host("scheduler").at(SCHEDULER_PORT)
+            ))
+            .arg(format!(
+                "--remote_cache=grpcs://{}",
+                farm.host("storage").at(STORAGE_PORT)
+            ))
+            .arg(format!("--tls_certificate={}", file("ca.crt")))
+            .arg(format!(
+                "--tls_client_certificate={}",
+                file("bazel-client.crt")
+            ))
+            .arg(format!("--tls_client_key={}", file("bazel-client.key")))
+            .args([
+                "--spawn_strategy=remote",
+                "--remote_local_fallback=false",
+                // The system bazelrc turns on --sandbox_debug; offline,
+                // any download must fail at once instead of hanging.
+                "--nosandbox_debug",
+                "--experimental_repository_disable_download",
+            ])
+            .args(args)
+            .current_dir(self.workspace.path());
+        command
+    }
+}
+
 #[test]
 fn a_farm_across_hosts_over_tls_builds_green_when_a_worker_is_killed_mid_build() {
     let test = "a_farm_across_hosts_over_tls_builds_green_when_a_worker_is_killed_mid_build";
@@ -326,48 +383,18 @@ fn a_farm_across_hosts_over_tls_builds_green_when_a_worker_is_killed_mid_build()
     let mut farm = HostsFarm::start_all();
     let ready = started.elapsed();
 
-    let workspace = bazel::scratch_workspace();
-    let output_root = tempfile::tempdir().unwrap();
-    let certificate = |name: &str| farm.path(name).display().to_string();
-    let mut bazel = farm.host("client").command("bazel");
-    bazel
-        .arg("--batch")
-        .arg(format!(
-            "--output_user_root={}",
-            output_root.path().display()
-        ))
-        .arg(bazel::tls_startup_option(output_root.path()))
-        .arg("build")
-        .arg(format!(
-            "--remote_executor=grpcs://{}",
-            farm.host("scheduler").at(SCHEDULER_PORT)
-        ))
-        .arg(format!(
-            "--remote_cache=grpcs://{}",
-            farm.host("storage").at(STORAGE_PORT)
-        ))
-        .arg(format!("--tls_certificate={}", certificate("ca.crt")))
-        .arg(format!(
-            "--tls_client_certificate={}",
-            certificate("bazel-client.crt")
-        ))
-        .arg(format!(
-            "--tls_client_key={}",
-            certificate("bazel-client.key")
-        ))
-        .args([
-            "--spawn_strategy=remote",
-            "--remote_local_fallback=false",
+    let bazel = Bazel::scratch();
+    let build = bazel.build(
+        &farm,
+        &[
             // More than the workers' three slots: all of them get work.
             "--jobs=8",
-            "--nosandbox_debug",
-            "--experimental_repository_disable_download",
             "//...",
             "//faults:slow",
-        ])
-        .current_dir(workspace.path());
+        ],
+    );
     // Among the farm's processes: stopped with them if the test fails.
-    farm.processes.start("bazel", bazel);
+    farm.processes.start("bazel", build);
 
     // The slow genrule runs on some worker's host: kill that worker one
     // second in, and watch where the genrule runs until Bazel ends.
@@ -426,9 +453,9 @@ fn a_farm_across_hosts_over_tls_builds_green_when_a_worker_is_killed_mid_build()
         bazel::processes(&output, "remote") >= 7,
         "every action ran on the farm\n{output}"
     );
-    let slow = read(&workspace.path().join("bazel-bin/faults/slow.txt"));
+    let slow = read(&bazel.workspace.path().join("bazel-bin/faults/slow.txt"));
     assert_eq!(slow, "slow\n");
-    let hello = Command::new(workspace.path().join("bazel-bin/hello"))
+    let hello = Command::new(bazel.workspace.path().join("bazel-bin/hello"))
         .output()
         .unwrap();
     assert_eq!(
@@ -463,6 +490,28 @@ fn a_farm_across_hosts_over_tls_builds_green_when_a_worker_is_killed_mid_build()
         by_survivors <= remote as f64,
         "{executed:?}, {remote} remote"
     );
+    // An action cannot reach storage, which its worker's host reaches:
+    // it has a network namespace of its own, with no route.
+    let address = format!("--define=FARM_ADDRESS={}", farm.host("storage").address);
+    let port = format!("--define=FARM_PORT={STORAGE_PORT}");
+    let probe = bazel
+        .build(&farm, &[&address, &port, "//probes:reach_address"])
+        .output()
+        .unwrap();
+    let probe_output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&probe.stdout),
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    assert!(
+        !probe.status.success(),
+        "an action reached storage's host\n{probe_output}"
+    );
+    assert!(
+        probe_output.contains("Network is unreachable"),
+        "the connection failed for another reason than the sandbox\n{probe_output}"
+    );
+
     eprintln!(
         "{test}: farm ready in {:.1} s, build and checks in {:.1} s; \
          slow genrule on {ran_on:?}, {victim} killed; actions per surviving worker {executed:?}",
