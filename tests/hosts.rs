@@ -23,7 +23,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use corral_auth::certs::{write_private, Authority};
-use corral_e2e::network::{self, Host, Network, Processes};
+use corral_e2e::network::{self, Host, Network};
+use corral_e2e::processes::Processes;
 use corral_e2e::{bazel, corral_binary};
 
 const STORAGE_PORT: u16 = 8980;

@@ -2,8 +2,9 @@
 //! that crate dependencies point the way the design says. The tests are
 //! the `[[test]]` targets beside this file; this library holds what they
 //! share: starting `corral up` on a free port and stopping it cleanly,
-//! Bazel's workspace and TLS set-up ([`bazel`]), and test hosts on a
-//! bridge of network namespaces ([`network`]).
+//! Bazel's workspace and TLS set-up ([`bazel`]), test hosts on a
+//! bridge of network namespaces ([`network`]), and daemons started one by
+//! one with their logs ([`processes`]).
 
 #![forbid(unsafe_code)]
 
@@ -11,6 +12,8 @@
 pub mod bazel;
 #[path = "lib/network.rs"]
 pub mod network;
+#[path = "lib/processes.rs"]
+pub mod processes;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
