@@ -37,6 +37,10 @@ use crate::sys;
 /// what it needs to say in its first thousand.
 pub const MAX_PATHS: usize = 1000;
 
+/// Most distinct paths a run keeps while it runs (about 100 bytes each);
+/// past it the report says it is incomplete.
+const TRACKED_MAX: usize = 100_000;
+
 /// Mounts of the action's namespace that are not inputs from outside: the
 /// kernel's views and the action's own scratch space. The working
 /// directory (the input root) is left out as well.
@@ -58,7 +62,8 @@ pub enum UndeclaredInputs {
         /// How many distinct paths there were (more than `paths.len()`
         /// when the list was capped).
         total: usize,
-        /// The kernel's event queue overflowed: some opens were lost.
+        /// Some opens were not recorded: the kernel's event queue
+        /// overflowed, or there were more than 100,000 distinct files.
         overflowed: bool,
     },
 }
@@ -101,7 +106,8 @@ impl UndeclaredInputs {
                 if *overflowed {
                     let _ = writeln!(
                         text,
-                        "(incomplete: the kernel's event queue overflowed, some opens were lost)"
+                        "(incomplete: some opens were not recorded: the kernel's event queue \
+                         overflowed, or more than {TRACKED_MAX} distinct files were opened)"
                     );
                 }
                 for path in paths {
@@ -161,6 +167,9 @@ pub(crate) struct Watch {
     namespace: Option<OwnedFd>,
     /// Why there will be no report, once something failed.
     unavailable: Option<String>,
+    /// What the events read so far named.
+    seen: BTreeSet<PathBuf>,
+    overflowed: bool,
 }
 
 impl Watch {
@@ -181,11 +190,15 @@ impl Watch {
                 group: Some(group),
                 namespace: None,
                 unavailable: None,
+                seen: BTreeSet::new(),
+                overflowed: false,
             },
             Err(e) => Watch {
                 group: None,
                 namespace: None,
                 unavailable: Some(why_unavailable("create a fanotify group", &e)),
+                seen: BTreeSet::new(),
+                overflowed: false,
             },
         }
     }
@@ -235,10 +248,57 @@ impl Watch {
         Ok(())
     }
 
-    /// Reads every queued event and makes the report; gives the group
-    /// back to `idle`. Call once every process of the action is gone:
-    /// opens are queued as they happen, so none is still to come.
-    pub fn finish(self, caller: libc::pid_t, idle: &Groups) -> UndeclaredInputs {
+    /// Reads the events queued now. Called whenever the caller's
+    /// supervision wakes (output, the disk check about once a second), so
+    /// the kernel's queue (16,384 events) does not fill in a long action,
+    /// without waking the caller once more per event. `caller` is this
+    /// process's pid.
+    pub fn read_events(&mut self, caller: libc::pid_t) {
+        let Some(group) = &self.group else {
+            return;
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let events = match sys::fanotify_read(group.as_fd(), &mut buf) {
+                Ok(events) => events,
+                Err(e) => {
+                    self.unavailable = Some(why_unavailable("read the fanotify events", &e));
+                    self.group = None;
+                    return;
+                }
+            };
+            if events.is_empty() {
+                return;
+            }
+            for event in events {
+                if event.mask & libc::FAN_Q_OVERFLOW != 0 {
+                    self.overflowed = true;
+                }
+                // The caller itself (reaching a mount through /proc) is
+                // not the action.
+                if event.pid == caller {
+                    continue;
+                }
+                let Some(file) = event.file else {
+                    continue;
+                };
+                let link = format!("/proc/self/fd/{}", file.as_raw_fd());
+                if let Ok(path) = std::fs::read_link(link) {
+                    if self.seen.len() < TRACKED_MAX || self.seen.contains(&path) {
+                        self.seen.insert(path);
+                    } else {
+                        self.overflowed = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the events still queued and makes the report; gives the
+    /// group back to `idle`. Call once every process of the action is
+    /// gone: opens are queued as they happen, so none is still to come.
+    pub fn finish(mut self, caller: libc::pid_t, idle: &Groups) -> UndeclaredInputs {
+        self.read_events(caller);
         if let Some(reason) = self.unavailable {
             return UndeclaredInputs::Unavailable { reason };
         }
@@ -247,47 +307,15 @@ impl Watch {
                 reason: "the action's mounts were never marked".to_owned(),
             };
         };
-        let mut seen = BTreeSet::new();
-        let mut overflowed = false;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let events = match sys::fanotify_read(group.as_fd(), &mut buf) {
-                Ok(events) => events,
-                Err(e) => {
-                    return UndeclaredInputs::Unavailable {
-                        reason: why_unavailable("read the fanotify events", &e),
-                    }
-                }
-            };
-            if events.is_empty() {
-                break;
-            }
-            for event in events {
-                if event.mask & libc::FAN_Q_OVERFLOW != 0 {
-                    overflowed = true;
-                }
-                // The caller itself (reaching a mount through /proc) is
-                // not the action.
-                if event.pid == caller {
-                    continue;
-                }
-                if let Some(file) = event.file {
-                    let link = format!("/proc/self/fd/{}", file.as_raw_fd());
-                    if let Ok(path) = std::fs::read_link(link) {
-                        seen.insert(path);
-                    }
-                }
-            }
-        }
         // The last reference to the action's mounts: their marks go with
         // them, and the group is clean again.
         drop(self.namespace);
         idle.give_back(group);
-        let total = seen.len();
+        let total = self.seen.len();
         UndeclaredInputs::Collected {
-            paths: seen.into_iter().take(MAX_PATHS).collect(),
+            paths: self.seen.into_iter().take(MAX_PATHS).collect(),
             total,
-            overflowed,
+            overflowed: self.overflowed,
         }
     }
 }
@@ -373,7 +401,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("(incomplete: the kernel's event queue"),
+            text.contains("(incomplete: some opens were not recorded"),
             "{text}"
         );
         assert!(text.ends_with("\n/etc/hostname\n"), "{text}");

@@ -326,6 +326,7 @@ impl Sandbox {
                     self.policy.limits.output_max_bytes,
                     disk,
                     start,
+                    watch.as_mut(),
                 )
             });
         if result.is_err() {
@@ -622,7 +623,9 @@ impl Supervision<'_> {
         cap: u64,
         mut disk: DiskWatch,
         start: Instant,
+        mut watch: Option<&mut Watch>,
     ) -> Result<Streams, Error> {
+        let caller = std::process::id() as libc::pid_t;
         let mut deadline = command.timeout.map(|t| start + t);
         let mut timed_out = false;
         let mut cancelled = false;
@@ -684,6 +687,11 @@ impl Supervision<'_> {
                 step: "wait for the command",
                 source,
             })?;
+            // Whatever woke us, empty the report's queue (see
+            // Watch::read_events); a read of an empty one is one call.
+            if let Some(watch) = watch.as_mut() {
+                watch.read_events(caller);
+            }
             for pfd in pfds.iter().filter(|p| p.revents != 0) {
                 if Some(pfd.fd) == watched_cancel {
                     cancelled = true;
