@@ -170,6 +170,8 @@ pub(crate) struct Watch {
     /// What the events read so far named.
     seen: BTreeSet<PathBuf>,
     overflowed: bool,
+    /// For reading events; allocated at the first read, reused after.
+    buf: Vec<u8>,
 }
 
 impl Watch {
@@ -192,6 +194,7 @@ impl Watch {
                 unavailable: None,
                 seen: BTreeSet::new(),
                 overflowed: false,
+                buf: Vec::new(),
             },
             Err(e) => Watch {
                 group: None,
@@ -199,6 +202,7 @@ impl Watch {
                 unavailable: Some(why_unavailable("create a fanotify group", &e)),
                 seen: BTreeSet::new(),
                 overflowed: false,
+                buf: Vec::new(),
             },
         }
     }
@@ -257,9 +261,11 @@ impl Watch {
         let Some(group) = &self.group else {
             return;
         };
-        let mut buf = vec![0u8; 64 * 1024];
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; 64 * 1024];
+        }
         loop {
-            let events = match sys::fanotify_read(group.as_fd(), &mut buf) {
+            let events = match sys::fanotify_read(group.as_fd(), &mut self.buf) {
                 Ok(events) => events,
                 Err(e) => {
                     self.unavailable = Some(why_unavailable("read the fanotify events", &e));
