@@ -537,7 +537,7 @@ else:
     home = urllib.request.urlopen(f"http://127.0.0.1:{web}/").read().decode()
     digest = next(m for m in re.findall(r'href="/action/([0-9a-f]{64}-\d+)"', home)
                   if "sqlite3.c" in urllib.request.urlopen(f"http://127.0.0.1:{web}/action/{m}").read().decode())
-print(f"  action {digest}; Bazel's log: walltime {spawn.get('walltime', '?')}, runner {spawn.get('runner', '?')}")
+print(f"  action {digest} (runner in Bazel's log: {spawn.get('runner', '?')})")
 
 # The farm's action page: the result's stage timestamps.
 page = urllib.request.urlopen(f"http://127.0.0.1:{web}/action/{digest}").read().decode()
