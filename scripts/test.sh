@@ -16,6 +16,7 @@ APT_PACKAGES=(
     uidmap          # corral/tests/cli.rs: newuidmap for rootless runs with subordinate ids
     btrfs-progs     # sandbox probes: a loop-mounted btrfs image with qgroups (disk limit)
     chromium        # tests/browser.rs: the web UI in headless Chromium (20 s to install)
+    systemd         # tests/deploy.rs: systemd-analyze verify on deploy/systemd (in the base image)
 )
 
 missing=()
@@ -37,7 +38,7 @@ fi
 venv=target/test-venv
 requirements=tests/python/requirements.txt
 if ! cmp -s "$requirements" "$venv/requirements.txt" ||
-    ! "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
+    ! "$venv/bin/python" -c 'import grpc, grpc_tools, kubernetes_validate, yaml' 2>/dev/null; then
     rm -rf "$venv"
     if python3 -m venv "$venv" &&
         "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements"; then
