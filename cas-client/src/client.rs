@@ -64,6 +64,8 @@ pub enum Error {
         #[source]
         source: DigestError,
     },
+    #[error("not a digest the CAS client can check")]
+    Digest(#[source] DigestError),
     #[error("failed to name an upload to the CAS")]
     UploadName(#[source] corral_proto::ids::RandomnessError),
     #[error("failed to ask the CAS which blobs are missing")]
@@ -111,6 +113,9 @@ impl Error {
             Error::Missing { .. } => tonic::Status::not_found(self.to_string()),
             Error::Corrupt { .. } => tonic::Status::data_loss(self.to_string()),
             Error::DigestFunction { .. } => tonic::Status::invalid_argument(self.to_string()),
+            Error::Digest(ref source) => {
+                tonic::Status::invalid_argument(format!("{self}: {source}"))
+            }
             other => tonic::Status::internal(other.to_string()),
         }
     }
@@ -519,6 +524,23 @@ impl CasClient {
                 }
             }
         }))
+    }
+
+    /// The whole of `digest` as chunks through ByteStream, passed on as
+    /// they arrive and checked at the end (see [`crate::verify_chunks`]):
+    /// for a reader that streams the blob on and cannot hold it.
+    pub async fn read_chunks(
+        &self,
+        digest: &Digest,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<Vec<u8>, tonic::Status>> + Send + 'static,
+        Error,
+    > {
+        let expected =
+            crate::digest::Digest::from_proto(self.function, digest).map_err(Error::Digest)?;
+        let stream = self.open_read(digest).await?.0;
+        let chunks = futures_util::StreamExt::map(stream, |chunk| chunk.map(|c| c.data));
+        Ok(crate::verify_chunks(expected, chunks))
     }
 
     /// Streams one blob into `file` through ByteStream, hashing as it

@@ -24,7 +24,7 @@
 //! - `object_tier` — an object store (S3, a directory) behind the local
 //!   store, as the durable copy (`[object_store]`).
 //!   which blobs, under `isolate_instances`.
-//! - [`cas_service`], [`ac_service`], `bytestream_service`,
+//! - [`cas_service`], [`ac_service`], [`bytestream_service`],
 //!   [`capabilities_service`] — the gRPC services, one per module, each
 //!   with its errors and their status codes.
 //! - [`resource_name`] — ByteStream resource names; `zstd_codec` —
@@ -45,7 +45,7 @@ pub mod ac_service;
 mod action_cache;
 mod blob_store;
 mod blob_write;
-mod bytestream_service;
+pub mod bytestream_service;
 pub mod capabilities_service;
 pub mod cas_service;
 pub mod config;
@@ -57,6 +57,7 @@ mod lru_index;
 mod membership;
 mod memory_blob_store;
 pub mod metrics;
+mod object_store_builder;
 mod object_tier;
 mod read_through_blob_store;
 mod remote_blob_store;
