@@ -178,10 +178,34 @@ fn directive<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// What systemd makes of the runner unit's file system options, as a
+/// script that mounts them in a mount namespace of the runner's own
+/// (`unshare --mount`) and then runs "$@": the root read-only
+/// (ProtectSystem=strict), a private /tmp (PrivateTmp=yes), /home and
+/// /root hidden (ProtectHome=yes) unless this checkout is under them.
+fn runner_unit_mounts() -> String {
+    let checkout = repo();
+    let hidden: Vec<&str> = ["/home", "/root"]
+        .into_iter()
+        .filter(|dir| Path::new(dir).is_dir() && !checkout.starts_with(dir))
+        .collect();
+    format!(
+        "set -e
+mount --make-rprivate /
+mount -o remount,bind,ro /
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+for dir in {}; do mount -t tmpfs -o ro,mode=000 tmpfs $dir; done
+if touch /usr/.corral-deploy-probe 2>/dev/null; then echo 'root writable' >&2; exit 1; fi
+exec \"$@\"",
+        hidden.join(" ")
+    )
+}
+
 /// Runs `corral sandbox run --policy POLICY --timeout TIMEOUT -- sh -c
-/// SCRIPT` as root with only `capabilities` in the bounding set and
-/// no_new_privs, as systemd runs the runner unit: whether it succeeded,
-/// what it printed, and how long it took.
+/// SCRIPT` as root as systemd runs the runner unit: only `capabilities`
+/// in the bounding set, no_new_privs, and the unit's file system options
+/// ([`runner_unit_mounts`]). Whether it succeeded, what it printed, and
+/// how long it took.
 fn sandbox_run_with(
     capabilities: &[&str],
     policy: &Path,
@@ -196,7 +220,9 @@ fn sandbox_run_with(
         .collect::<Vec<_>>()
         .join(",");
     let started = std::time::Instant::now();
-    let output = Command::new("setpriv")
+    let output = Command::new("unshare")
+        .args(["--mount", "--", "sh", "-c", &runner_unit_mounts(), "sh"])
+        .arg("setpriv")
         .arg(format!("--bounding-set={bounding}"))
         .arg("--inh-caps=-all")
         .arg("--no-new-privs")
@@ -243,8 +269,9 @@ fn the_runner_units_capabilities_are_enough_for_the_sandbox() {
             .filter(|c| *c != dropped)
             .collect()
     };
-    // The default policy with a disk limit a test can pass quickly.
-    let dir = tempfile::tempdir().unwrap();
+    // The default policy with a disk limit a test can pass quickly, where
+    // the runner's read-only root shows it (its /tmp is private).
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let policy = dir.path().join("small-disk.toml");
     let default = read(&repo().join("policies/default.toml"));
     let small = default
