@@ -17,6 +17,7 @@ APT_PACKAGES=(
     btrfs-progs     # sandbox probes: a loop-mounted btrfs image with qgroups (disk limit)
     chromium        # tests/browser.rs: the web UI in headless Chromium (20 s to install)
     systemd         # tests/deploy.rs: systemd-analyze verify on deploy/systemd (in the base image)
+    strace          # tests/deploy.rs: the system calls each daemon makes, against its unit's filter
 )
 
 missing=()

@@ -4,8 +4,12 @@
 //!   with their ExecStart pointed at the `corral` this build made; any
 //!   warning it prints (an unknown directive, a system call group it does
 //!   not know) fails the test;
-//! - the runner unit's capability bounding set by running an action in the
-//!   sandbox with only those capabilities (`setpriv`, util-linux);
+//! - the runner unit's capability bounding set by running actions in the
+//!   sandbox with only those capabilities (`setpriv`, util-linux), under
+//!   the unit's read-only root;
+//! - the other units' system call filters, by tracing (`strace`) a farm
+//!   of the four daemons on the deploy configs through an action, and
+//!   checking every call each made is one its unit allows;
 //! - the Kubernetes manifests against the API's schemas, strictly (no
 //!   unknown field), with `kubernetes-validate` from PyPI, installed in the
 //!   test venv (tests/python/requirements.txt), which bundles the schemas
@@ -758,6 +762,338 @@ fn manifests_use_the_configmap_and_probe_the_configs_ports() {
         if name != "runner" {
             let privileged = &container(workload, name)["securityContext"]["privileged"];
             assert!(privileged.is_null() || privileged == false, "{name}");
+        }
+    }
+}
+
+// --- the units' system call filters, against a build ------------------------------
+
+/// Every system call in systemd's `group` (or `name` itself), groups
+/// inside it expanded.
+fn syscall_group(group: &str) -> std::collections::BTreeSet<String> {
+    if !group.starts_with('@') {
+        return [group.to_owned()].into();
+    }
+    let output = Command::new("systemd-analyze")
+        .args(["syscall-filter", group])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "systemd-analyze syscall-filter {group}"
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .skip(1) // the group's own name
+        .map(|line| line.split('#').next().unwrap_or("").trim())
+        .filter(|name| !name.is_empty())
+        .flat_map(syscall_group)
+        .collect()
+}
+
+/// What a unit's `SystemCallFilter=` lines allow: the allow list less
+/// the `~` deny lists.
+fn allowed_syscalls(unit: &str) -> std::collections::BTreeSet<String> {
+    let mut allowed = std::collections::BTreeSet::new();
+    let mut denied = std::collections::BTreeSet::new();
+    for line in directive(unit, "SystemCallFilter") {
+        match line.strip_prefix('~') {
+            Some(deny) => deny
+                .split_whitespace()
+                .for_each(|g| denied.extend(syscall_group(g))),
+            None => line
+                .split_whitespace()
+                .for_each(|g| allowed.extend(syscall_group(g))),
+        }
+    }
+    assert!(!allowed.is_empty(), "no allow list");
+    allowed.difference(&denied).cloned().collect()
+}
+
+/// The system calls an `strace -f -o` file shows, by name.
+fn traced_syscalls(trace: &Path) -> std::collections::BTreeSet<String> {
+    read(trace)
+        .lines()
+        .filter_map(|line| {
+            let call = line.split_once(' ')?.1.trim_start();
+            let name = &call[..call.find('(')?];
+            (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+                .then(|| name.to_owned())
+        })
+        .collect()
+}
+
+/// `deploy/config/<daemon>.toml` with `changes` (dotted key, value)
+/// applied, written into `dir`.
+fn local_config(dir: &Path, daemon: &str, changes: &[(&str, String)]) -> PathBuf {
+    let mut table: toml::Table = toml::from_str(&deploy_config(daemon)).unwrap();
+    for (key, value) in changes {
+        let mut at = &mut table;
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let last = parts.pop().unwrap();
+        for part in parts {
+            at = match part.strip_suffix("[0]") {
+                Some(array) => at[array].as_array_mut().unwrap()[0].as_table_mut().unwrap(),
+                None => at[part].as_table_mut().unwrap(),
+            };
+        }
+        assert!(at.contains_key(last), "{daemon}: {key}");
+        at.insert(last.to_owned(), toml::Value::String(value.clone()));
+    }
+    let path = dir.join(format!("{daemon}.toml"));
+    std::fs::write(&path, toml::to_string(&table).unwrap()).unwrap();
+    path
+}
+
+/// A daemon of the test farm; killed (the traced process, not strace,
+/// which would only detach) if the test ends early.
+struct Traced {
+    tracer: std::process::Child,
+}
+
+impl Traced {
+    /// The process strace started: the daemon.
+    fn daemon_pid(&self) -> Option<u32> {
+        let tracer = self.tracer.id();
+        let children = std::fs::read_to_string(format!("/proc/{tracer}/task/{tracer}/children"));
+        children.ok()?.split_whitespace().next()?.parse().ok()
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(pid) = self.daemon_pid() {
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        // Only while strace runs: once it is reaped its pid may be
+        // another process's, whose child this must not kill.
+        if matches!(self.tracer.try_wait(), Ok(None)) {
+            self.signal("KILL");
+            let _ = self.tracer.wait();
+        }
+    }
+}
+
+/// GET `path` on loopback `port`: the status line's code, if anything
+/// answers.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Uploads and executes one action through storage and the scheduler,
+/// with the test's REAPI client (tests/python); its outputs include a
+/// directory the action made unreadable, which the worker must read.
+const CLIENT: &str = r#"
+import os, subprocess, sys
+stubs, tests, storage, scheduler = sys.argv[1:5]
+protos = os.path.join(tests, "python", "protos")
+ours = os.path.join(tests, "..", "proto", "protos")
+subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I" + protos, "-I" + ours,
+                "--python_out=" + stubs, "--grpc_python_out=" + stubs,
+                "build/bazel/remote/execution/v2/remote_execution_subset.proto",
+                "google/longrunning/operations.proto", "google/rpc/status.proto",
+                "google/rpc/precondition_failure.proto"], check=True)
+sys.path[:0] = [stubs, os.path.join(tests, "python")]
+import reapi_client as rc
+p = rc.prepare(["/bin/sh", "-c", "mkdir -p out/d && cat in.txt > out/a && echo x > out/d/f && chmod 0 out/d"],
+               inputs={"in.txt": b"input"}, output_paths=["out"], salt=os.urandom(8))
+cas, ex = rc.Client(storage), rc.Client(scheduler)
+cas.upload(*p.blobs())
+r = rc.response(ex.execute(rc.digest_of(rc.encode(p.action)))[-1])
+tree = cas.read(r.result.output_directories[0].tree_digest)
+print("status", r.status.code, "exit", r.result.exit_code, "tree", len(tree))
+"#;
+
+#[test]
+fn storage_scheduler_and_worker_stay_within_their_units_system_call_filters() {
+    let test = "storage_scheduler_and_worker_stay_within_their_units_system_call_filters";
+    if !corral_testkit::privileged(test) {
+        return;
+    }
+    let Some(python) = python(test) else {
+        return;
+    };
+    for tool in ["strace", "systemd-analyze"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            corral_testkit::skip(test, &format!("{tool} is not installed"));
+            return;
+        }
+    }
+    // The deploy configs, on loopback ports and under a scratch directory.
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = dir.path();
+    let port = corral_e2e::free_port;
+    let (storage_port, scheduler_port) = (port(), port());
+    let (worker_http, scheduler_http) = (port(), port());
+    let addr = |port: u16| format!("127.0.0.1:{port}");
+    let socket = scratch.join("run/runner.sock").display().to_string();
+    let worker_dir = scratch.join("worker").display().to_string();
+    let configs = [
+        (
+            "storage",
+            local_config(
+                scratch,
+                "storage",
+                &[
+                    ("listen", addr(storage_port)),
+                    ("backend.dir", scratch.join("cas").display().to_string()),
+                    ("metrics.listen", addr(port())),
+                ],
+            ),
+        ),
+        (
+            "scheduler",
+            local_config(
+                scratch,
+                "scheduler",
+                &[
+                    ("listen", addr(scheduler_port)),
+                    ("storage", format!("http://{}", addr(storage_port))),
+                    ("metrics.listen", addr(scheduler_http)),
+                ],
+            ),
+        ),
+        (
+            "runner",
+            local_config(
+                scratch,
+                "runner",
+                &[
+                    ("listen_path", socket.clone()),
+                    ("build_directory", format!("{worker_dir}/build")),
+                    ("metrics.listen", addr(port())),
+                ],
+            ),
+        ),
+        (
+            "worker",
+            local_config(
+                scratch,
+                "worker",
+                &[
+                    ("scheduler", format!("http://{}", addr(scheduler_port))),
+                    ("storage", format!("http://{}", addr(storage_port))),
+                    ("directory", worker_dir),
+                    ("slots[0].runner", socket),
+                    ("metrics.listen", addr(worker_http)),
+                ],
+            ),
+        ),
+    ];
+    // Every daemon traced, the runner too: its calls (namespaces,
+    // mounts) must fail the check, or the check proves nothing.
+    let daemons: Vec<(&str, Traced)> = configs
+        .iter()
+        .map(|(daemon, config)| {
+            let log = std::fs::File::create(scratch.join(format!("{daemon}.log"))).unwrap();
+            let tracer = Command::new("strace")
+                .args(["-f", "-qq", "-o"])
+                .arg(scratch.join(format!("{daemon}.trace")))
+                .arg(corral_e2e::corral_binary())
+                .args([*daemon, "--config"])
+                .arg(config)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            (*daemon, Traced { tracer })
+        })
+        .collect();
+    let logs = || {
+        DAEMONS
+            .iter()
+            .map(|d| format!("--- {d}\n{}", read(&scratch.join(format!("{d}.log")))))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // Up: storage answers the scheduler, and the worker serves. Not the
+    // worker's /readyz: an idle worker is ready only once its first
+    // Synchronize is answered, a long poll of up to 50 s; the action
+    // below waits in the queue until the worker takes it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while http_status(scheduler_http, "/readyz") != Some(200)
+        || http_status(worker_http, "/healthz") != Some(200)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the farm is not up within 60 s\n{}",
+            logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::fs::create_dir_all(scratch.join("stubs")).unwrap();
+    let output = Command::new(&python)
+        .args(["-c", CLIENT])
+        .arg(scratch.join("stubs"))
+        .arg(repo().join("tests"))
+        .arg(addr(storage_port))
+        .arg(addr(scheduler_port))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && said.contains("status 0 exit 0 tree"),
+        "the action through the farm:\n{said}\n{}",
+        logs()
+    );
+    // SIGTERM, so that the stop is traced too.
+    for (_, daemon) in daemons.iter().rev() {
+        daemon.signal("TERM");
+    }
+    for (name, mut daemon) in daemons {
+        let status = daemon.tracer.wait().unwrap();
+        assert!(
+            status.success(),
+            "{name} under strace: {status}\n{}",
+            logs()
+        );
+    }
+    for daemon in ["storage", "scheduler", "worker", "runner"] {
+        let used = traced_syscalls(&scratch.join(format!("{daemon}.trace")));
+        assert!(
+            used.contains("connect") || used.contains("accept4"),
+            "{daemon}: {used:?}"
+        );
+        let unit_of = if daemon == "runner" {
+            "storage"
+        } else {
+            daemon
+        };
+        let allowed = allowed_syscalls(&read(&unit_path(unit_of)));
+        let outside: Vec<&String> = used.difference(&allowed).collect();
+        if daemon == "runner" {
+            assert!(
+                outside.iter().any(|c| *c == "unshare" || *c == "mount"),
+                "storage's filter would have let the runner's sandbox through: {outside:?}"
+            );
+        } else {
+            assert!(
+                outside.is_empty(),
+                "corral {daemon} made calls its unit's SystemCallFilter refuses: {outside:?}"
+            );
         }
     }
 }
