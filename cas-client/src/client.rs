@@ -29,10 +29,10 @@ use crate::digest::{DigestError, DigestFunction};
 use crate::resource;
 
 /// Blobs up to this size are read and written in batches; larger ones
-/// through ByteStream.
+/// through ByteStream. Lower when storage's batch limit is.
 pub const BATCH_BLOB_MAX_BYTES: i64 = 1 << 20;
 /// Total payload of one batch request: under gRPC's 4 MiB default with
-/// room for the framing.
+/// room for the framing. Lower when storage says its limit is.
 const BATCH_TOTAL_MAX_BYTES: i64 = 3 << 20;
 /// Batch reads and ByteStream reads in flight at once, per call: enough
 /// to hide round trips without flooding storage.
@@ -268,6 +268,34 @@ pub struct CasClient {
     digest_function: i32,
     /// Blobs read from the CAS since start (tests check cache hits).
     reads: std::sync::Arc<AtomicU64>,
+    /// Storage's batch limits, asked once (Capabilities) and shared by
+    /// every clone.
+    limits: Arc<tokio::sync::OnceCell<BatchLimits>>,
+}
+
+/// How large batches may be, from storage's `max_batch_total_size_bytes`
+/// (REAPI: the total of the blobs' sizes in one batch call; 0 is no
+/// limit) and our own, whichever is lower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Blobs larger than this go through ByteStream.
+    pub blob_max_bytes: i64,
+    /// The sizes of the blobs of one batch add up to at most this.
+    pub total_max_bytes: i64,
+}
+
+impl BatchLimits {
+    /// Ours, lowered to what storage announces.
+    pub fn from_server(max_batch_total_size_bytes: i64) -> Self {
+        let total = match max_batch_total_size_bytes {
+            n if n > 0 => n.min(BATCH_TOTAL_MAX_BYTES),
+            _ => BATCH_TOTAL_MAX_BYTES,
+        };
+        BatchLimits {
+            blob_max_bytes: BATCH_BLOB_MAX_BYTES.min(total),
+            total_max_bytes: total,
+        }
+    }
 }
 
 impl CasClient {
@@ -293,7 +321,36 @@ impl CasClient {
             function: DigestFunction::Sha256,
             digest_function: 0,
             reads: Default::default(),
+            limits: Default::default(),
         }
+    }
+
+    /// Storage's batch limits, asked once per client (and its clones).
+    /// Storage that cannot say (no Capabilities, or the caller may not
+    /// ask) gets ours, remembered; storage that does not answer gets ours
+    /// for this call and is asked again next time.
+    pub async fn batch_limits(&self) -> BatchLimits {
+        let asked = self
+            .limits
+            .get_or_try_init(|| async {
+                match self.capabilities().await {
+                    Ok(caps) => Ok(BatchLimits::from_server(
+                        caps.cache_capabilities
+                            .map_or(0, |c| c.max_batch_total_size_bytes),
+                    )),
+                    Err(Error::Capabilities(status))
+                        if matches!(
+                            status.code(),
+                            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                        ) =>
+                    {
+                        Err(())
+                    }
+                    Err(_) => Ok(BatchLimits::from_server(0)),
+                }
+            })
+            .await;
+        asked.copied().unwrap_or(BatchLimits::from_server(0))
     }
 
     /// The same storage under the digest function a request named
@@ -380,6 +437,7 @@ impl CasClient {
         let mut streams: Vec<Digest> = Vec::new();
         let mut batch: Vec<Digest> = Vec::new();
         let mut batch_bytes = 0;
+        let limits = self.batch_limits().await;
         for digest in digests {
             if !seen.insert(digest.hash.clone()) {
                 continue;
@@ -388,11 +446,11 @@ impl CasClient {
                 out.insert(digest.hash.clone(), self.verify(digest, Vec::new())?);
                 continue;
             }
-            if digest.size_bytes > BATCH_BLOB_MAX_BYTES {
+            if digest.size_bytes > limits.blob_max_bytes {
                 streams.push(digest.clone());
                 continue;
             }
-            if batch_bytes + digest.size_bytes > BATCH_TOTAL_MAX_BYTES {
+            if batch_bytes + digest.size_bytes > limits.total_max_bytes {
                 batches.push(std::mem::take(&mut batch));
                 batch_bytes = 0;
             }
@@ -600,15 +658,16 @@ impl CasClient {
             .collect();
         let mut batch = Vec::new();
         let mut batch_bytes = 0;
+        let limits = self.batch_limits().await;
         for (hash, (digest, data)) in unique {
             if !missing.contains(&hash) {
                 continue;
             }
-            if digest.size_bytes > BATCH_BLOB_MAX_BYTES {
+            if digest.size_bytes > limits.blob_max_bytes {
                 self.write_stream(&digest, data).await?;
                 continue;
             }
-            if batch_bytes + digest.size_bytes > BATCH_TOTAL_MAX_BYTES {
+            if batch_bytes + digest.size_bytes > limits.total_max_bytes {
                 self.write_batch(std::mem::take(&mut batch)).await?;
                 batch_bytes = 0;
             }

@@ -17,5 +17,7 @@ pub mod digest;
 pub mod resource;
 mod verified_stream;
 
-pub use client::{digest_of, read_response, Blob, CasClient, Error, Fetched, BATCH_BLOB_MAX_BYTES};
+pub use client::{
+    digest_of, read_response, BatchLimits, Blob, CasClient, Error, Fetched, BATCH_BLOB_MAX_BYTES,
+};
 pub use verified_stream::verify_chunks;
