@@ -9,7 +9,8 @@
 //!   the unit's read-only root;
 //! - the other units' system call filters, by tracing (`strace`) a farm
 //!   of the four daemons on the deploy configs through an action, and
-//!   checking every call each made is one its unit allows;
+//!   checking every call each made is one its unit allows (and its
+//!   sockets' families, and that no memory is made executable);
 //! - the Kubernetes manifests against the API's schemas, strictly (no
 //!   unknown field), with `kubernetes-validate` from PyPI, installed in the
 //!   test venv (tests/python/requirements.txt), which bundles the schemas
@@ -1094,6 +1095,55 @@ fn storage_scheduler_and_worker_stay_within_their_units_system_call_filters() {
                 outside.is_empty(),
                 "corral {daemon} made calls its unit's SystemCallFilter refuses: {outside:?}"
             );
+            let trace = read(&scratch.join(format!("{daemon}.trace")));
+            let unit = read(&unit_path(daemon));
+            check_families_and_memory(daemon, &trace, &unit)
+                .unwrap_or_else(|refused| panic!("corral {daemon}: {refused}"));
         }
+    }
+}
+
+/// Whether a trace keeps to the unit's RestrictAddressFamilies= (every
+/// `socket()` of a listed family) and MemoryDenyWriteExecute= (no
+/// mapping both writable and executable, no mprotect adding execute).
+fn check_families_and_memory(daemon: &str, trace: &str, unit: &str) -> Result<(), String> {
+    let families: Vec<&str> = directive(unit, "RestrictAddressFamilies")
+        .iter()
+        .flat_map(|line| line.split_whitespace())
+        .collect();
+    assert!(!families.is_empty(), "{daemon}: no RestrictAddressFamilies");
+    for line in trace.lines() {
+        if let Some(rest) = line.split_once("socket(").map(|(_, rest)| rest) {
+            let family = rest.split([',', ')']).next().unwrap_or("");
+            if !families.contains(&family) {
+                return Err(format!("socket of {family}, outside {families:?}: {line}"));
+            }
+        }
+    }
+    if directive(unit, "MemoryDenyWriteExecute") == ["yes"] {
+        for line in trace.lines() {
+            let writable_executable =
+                line.contains("PROT_WRITE|PROT_EXEC") || line.contains("PROT_EXEC|PROT_WRITE");
+            let mprotect_exec = line.contains("mprotect(") && line.contains("PROT_EXEC");
+            if writable_executable || mprotect_exec {
+                return Err(format!("memory made executable: {line}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_trace_outside_the_units_families_or_memory_rules_is_caught() {
+    let unit = "RestrictAddressFamilies=AF_INET AF_UNIX\nMemoryDenyWriteExecute=yes\n";
+    let fine = "12 socket(AF_INET, SOCK_STREAM, 0) = 3\n\
+                12 mmap(NULL, 4096, PROT_READ|PROT_EXEC, MAP_PRIVATE, 3, 0) = 0x7f\n";
+    assert_eq!(check_families_and_memory("t", fine, unit), Ok(()));
+    for bad in [
+        "12 socket(AF_NETLINK, SOCK_RAW, 0) = 3",
+        "12 mmap(NULL, 4096, PROT_READ|PROT_WRITE|PROT_EXEC, MAP_PRIVATE, -1, 0) = 0x7f",
+        "12 mprotect(0x7f, 4096, PROT_READ|PROT_EXEC) = 0",
+    ] {
+        assert!(check_families_and_memory("t", bad, unit).is_err(), "{bad}");
     }
 }
