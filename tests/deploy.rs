@@ -32,9 +32,10 @@ use std::process::Command;
 /// and PyYAML.
 const PYTHON_VARIABLE: &str = "CORRAL_TEST_PYTHON";
 
-/// The Kubernetes the manifests are checked against: the oldest they are
-/// written for (every field they use is GA there).
-const KUBERNETES_VERSION: &str = "1.30.0";
+/// The Kubernetes versions the manifests are checked against: the oldest
+/// they are written for (every field they use is GA there) and the newest
+/// kubernetes-validate knows.
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
 
 /// The daemons, by the name of their config file and unit.
 const DAEMONS: [&str; 4] = ["storage", "scheduler", "worker", "runner"];
@@ -569,20 +570,29 @@ fn manifests() -> Vec<PathBuf> {
     files
 }
 
-/// `kubernetes-validate --strict` on `files`: success, and what it said.
+/// `kubernetes-validate --strict` on `files` against every version of
+/// [`KUBERNETES_VERSIONS`]: success, and what it said.
 fn kubernetes_validate(python: &Path, files: &[PathBuf]) -> (bool, String) {
-    let output = Command::new(python)
-        .args(["-m", "kubernetes_validate", "--strict", "--quiet", "-k"])
-        .arg(KUBERNETES_VERSION)
-        .args(files)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    let mut ok = true;
+    let mut text = String::new();
+    for version in KUBERNETES_VERSIONS {
+        let output = Command::new(python)
+            .args([
+                "-m",
+                "kubernetes_validate",
+                "--strict",
+                "--quiet",
+                "-k",
+                version,
+            ])
+            .args(files)
+            .output()
+            .unwrap();
+        ok &= output.status.success();
+        text.push_str(&String::from_utf8_lossy(&output.stdout));
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+    }
+    (ok, text)
 }
 
 #[test]
