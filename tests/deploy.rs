@@ -25,6 +25,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -186,38 +187,47 @@ fn directive<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
 
 /// What systemd makes of the runner unit's file system options, as a
 /// script that mounts them in a mount namespace of the runner's own
-/// (`unshare --mount`) and then runs "$@": the root read-only
-/// (ProtectSystem=strict), a private /tmp (PrivateTmp=yes), /home and
-/// /root hidden (ProtectHome=yes) unless this checkout is under them.
-fn runner_unit_mounts() -> String {
+/// (`unshare --mount`) and then runs "$@": `writable` directories bound
+/// writable (StateDirectory=, RuntimeDirectory=), the rest of the root
+/// read-only (ProtectSystem=strict), a private /tmp (PrivateTmp=yes),
+/// /home and /root hidden (ProtectHome=yes) unless this checkout is under
+/// them.
+fn runner_unit_mounts(writable: &[&Path]) -> String {
     let checkout = repo();
     let hidden: Vec<&str> = ["/home", "/root"]
         .into_iter()
         .filter(|dir| Path::new(dir).is_dir() && !checkout.starts_with(dir))
         .collect();
+    let writable: Vec<String> = writable
+        .iter()
+        .map(|dir| format!("'{}'", dir.display()))
+        .collect();
     format!(
         "set -e
 mount --make-rprivate /
+for dir in {writable}; do mount --bind $dir $dir; done
 mount -o remount,bind,ro /
 mount -t tmpfs -o mode=1777 tmpfs /tmp
-for dir in {}; do mount -t tmpfs -o ro,mode=000 tmpfs $dir; done
+for dir in {hidden}; do mount -t tmpfs -o ro,mode=000 tmpfs $dir; done
 if touch /usr/.corral-deploy-probe 2>/dev/null; then echo 'root writable' >&2; exit 1; fi
 exec \"$@\"",
-        hidden.join(" ")
+        writable = writable.join(" "),
+        hidden = hidden.join(" ")
     )
 }
 
-/// Runs `corral sandbox run --policy POLICY --timeout TIMEOUT -- sh -c
-/// SCRIPT` as root as systemd runs the runner unit: only `capabilities`
-/// in the bounding set, no_new_privs, and the unit's file system options
-/// ([`runner_unit_mounts`]). Whether it succeeded, what it printed, and
-/// how long it took.
-fn sandbox_run_with(
-    capabilities: &[&str],
-    policy: &Path,
-    timeout_s: u32,
-    script: &str,
-) -> (bool, String, std::time::Duration) {
+/// The runner unit's capability bounding set.
+fn runner_capabilities() -> Vec<String> {
+    let unit = read(&unit_path("runner"));
+    let set = directive(&unit, "CapabilityBoundingSet");
+    assert_eq!(set.len(), 1, "one CapabilityBoundingSet line: {set:?}");
+    set[0].split_whitespace().map(str::to_owned).collect()
+}
+
+/// `command` as systemd runs the runner unit: in a mount namespace with
+/// its file system options ([`runner_unit_mounts`]), with only
+/// `capabilities` in the bounding set, and no_new_privs.
+fn as_runner_unit(capabilities: &[String], writable: &[&Path], command: &[&OsStr]) -> Command {
     let bounding = std::iter::once("-all".to_owned())
         .chain(capabilities.iter().map(|c| {
             let name = c.strip_prefix("CAP_").unwrap_or(c).to_ascii_lowercase();
@@ -225,25 +235,49 @@ fn sandbox_run_with(
         }))
         .collect::<Vec<_>>()
         .join(",");
-    let started = std::time::Instant::now();
-    let output = Command::new("unshare")
-        .args(["--mount", "--", "sh", "-c", &runner_unit_mounts(), "sh"])
+    let mut unshare = Command::new("unshare");
+    unshare
+        .args([
+            "--mount",
+            "--",
+            "sh",
+            "-c",
+            &runner_unit_mounts(writable),
+            "sh",
+        ])
         .arg("setpriv")
         .arg(format!("--bounding-set={bounding}"))
-        .arg("--inh-caps=-all")
-        .arg("--no-new-privs")
-        .arg("--")
-        .arg(corral_e2e::corral_binary())
-        .args(["sandbox", "run", "--policy"])
-        .arg(policy)
-        .args([
-            "--timeout",
-            &timeout_s.to_string(),
-            "--",
-            "/bin/sh",
-            "-c",
-            script,
-        ])
+        .args(["--inh-caps=-all", "--no-new-privs", "--"])
+        .args(command);
+    unshare
+}
+
+/// Runs `corral sandbox run --policy POLICY --timeout TIMEOUT -- sh -c
+/// SCRIPT` as the runner unit runs ([`as_runner_unit`]): whether it
+/// succeeded, what it printed, and how long it took.
+fn sandbox_run_with(
+    capabilities: &[String],
+    policy: &Path,
+    timeout_s: u32,
+    script: &str,
+) -> (bool, String, std::time::Duration) {
+    let binary = corral_e2e::corral_binary();
+    let timeout = timeout_s.to_string();
+    let command: Vec<&OsStr> = vec![
+        binary.as_os_str(),
+        OsStr::new("sandbox"),
+        OsStr::new("run"),
+        OsStr::new("--policy"),
+        policy.as_os_str(),
+        OsStr::new("--timeout"),
+        OsStr::new(&timeout),
+        OsStr::new("--"),
+        OsStr::new("/bin/sh"),
+        OsStr::new("-c"),
+        OsStr::new(script),
+    ];
+    let started = std::time::Instant::now();
+    let output = as_runner_unit(capabilities, &[], &command)
         .output()
         .unwrap();
     let text = format!(
@@ -254,27 +288,75 @@ fn sandbox_run_with(
     (output.status.success(), text, started.elapsed())
 }
 
+/// A run in the sandbox and what it must show.
+struct Case {
+    script: &'static str,
+    timeout_s: u32,
+    /// Whether what the run said and how long it took is what the
+    /// protection gives.
+    holds: fn(ok: bool, text: &str, took: std::time::Duration) -> bool,
+}
+
+/// An action runs, as uid 0 inside.
+const RUNS: Case = Case {
+    script: "echo sandboxed as $(id -u)",
+    timeout_s: 30,
+    holds: |ok, text, _| ok && text.contains("sandboxed as 0"),
+};
+
+/// A directory the action made unreadable is still measured: the action
+/// is not killed for it.
+const MEASURES_UNREADABLE: Case = Case {
+    script: "mkdir d && echo x > d/f && chmod 0 d && sleep 2.5 && echo survived",
+    timeout_s: 30,
+    holds: |ok, text, _| ok && text.contains("survived"),
+};
+
+/// Files unlinked but held open count toward the disk limit: 600 kB of
+/// them pass the policy's 500 kB, and the action is killed.
+const COUNTS_HELD_FILES: Case = Case {
+    script: "exec 3>a 4>b; head -c 300000 /dev/zero >&3; head -c 300000 /dev/zero >&4; \
+             rm a b; sleep 3; echo survived",
+    timeout_s: 30,
+    holds: |_, text, _| !text.contains("survived") && text.contains("disk_max_bytes"),
+};
+
+/// The timeout kills the action.
+const KILLS_AT_TIMEOUT: Case = Case {
+    script: "sleep 5; echo survived",
+    timeout_s: 1,
+    holds: |_, text, took| !text.contains("survived") && took < std::time::Duration::from_secs(4),
+};
+
+/// The case each capability of the runner unit is there for: it holds
+/// with the unit's set, and fails without that capability.
+const NEEDED_FOR: &[(&str, &Case)] = &[
+    ("CAP_SETUID", &RUNS),
+    ("CAP_SETGID", &RUNS),
+    ("CAP_SYS_ADMIN", &RUNS),
+    ("CAP_SETPCAP", &RUNS),
+    ("CAP_CHOWN", &RUNS),
+    ("CAP_FOWNER", &RUNS),
+    ("CAP_DAC_READ_SEARCH", &MEASURES_UNREADABLE),
+    ("CAP_KILL", &KILLS_AT_TIMEOUT),
+    ("CAP_SYS_PTRACE", &COUNTS_HELD_FILES),
+];
+
 #[test]
-fn the_runner_units_capabilities_are_enough_for_the_sandbox() {
-    let test = "the_runner_units_capabilities_are_enough_for_the_sandbox";
+fn each_of_the_runner_units_capabilities_is_needed_and_they_are_enough() {
+    let test = "each_of_the_runner_units_capabilities_is_needed_and_they_are_enough";
     if !corral_testkit::privileged(test) {
         return;
     }
-    let unit = read(&unit_path("runner"));
-    let set = directive(&unit, "CapabilityBoundingSet");
-    assert_eq!(set.len(), 1, "one CapabilityBoundingSet line: {set:?}");
-    let capabilities: Vec<&str> = set[0].split_whitespace().collect();
-    let without = |dropped: &str| -> Vec<&str> {
-        assert!(
-            capabilities.contains(&dropped),
-            "{dropped} in {capabilities:?}"
-        );
-        capabilities
-            .iter()
-            .copied()
-            .filter(|c| *c != dropped)
-            .collect()
-    };
+    let capabilities = runner_capabilities();
+    let mut listed: Vec<&str> = capabilities.iter().map(String::as_str).collect();
+    let mut needed: Vec<&str> = NEEDED_FOR.iter().map(|(c, _)| *c).collect();
+    listed.sort_unstable();
+    needed.sort_unstable();
+    assert_eq!(
+        listed, needed,
+        "every capability of the unit has its case here"
+    );
     // The default policy with a disk limit a test can pass quickly, where
     // the runner's read-only root shows it (its /tmp is private).
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -293,47 +375,35 @@ fn the_runner_units_capabilities_are_enough_for_the_sandbox() {
         .join("\n");
     assert_ne!(small, default.trim_end());
     std::fs::write(&policy, small).unwrap();
-
-    // An action runs, as uid 0 inside; without CAP_SYS_ADMIN the run's
-    // namespace cannot get its id maps.
-    let hello = "echo sandboxed as $(id -u)";
-    let (ok, text, _) = sandbox_run_with(&capabilities, &policy, 30, hello);
-    assert!(
-        ok && text.contains("sandboxed as 0"),
-        "with {capabilities:?}:\n{text}"
-    );
-    let (ok, text, _) = sandbox_run_with(&without("CAP_SYS_ADMIN"), &policy, 30, hello);
-    assert!(
-        !ok && text.contains("setgroups"),
-        "without CAP_SYS_ADMIN:\n{text}"
-    );
-
-    // A directory the action made unreadable is still measured (the
-    // DAC capabilities): the action is not killed for it.
-    let unreadable = "mkdir d && echo x > d/f && chmod 0 d && sleep 2.5 && echo survived";
-    let (ok, text, _) = sandbox_run_with(&capabilities, &policy, 30, unreadable);
-    assert!(ok && text.contains("survived"), "{text}");
-
-    // Files unlinked but held open count toward the disk limit
-    // (CAP_SYS_PTRACE reads the action's /proc/<pid>/fd): 600 kB of them
-    // pass the 500 kB limit.
-    let unlinked = "exec 3>a 4>b; head -c 300000 /dev/zero >&3; head -c 300000 /dev/zero >&4; \
-                    rm a b; sleep 3; echo survived";
-    let (_, text, _) = sandbox_run_with(&capabilities, &policy, 30, unlinked);
-    assert!(
-        !text.contains("survived") && text.contains("disk_max_bytes"),
-        "held files were not counted:\n{text}"
-    );
-    let (_, text, _) = sandbox_run_with(&without("CAP_SYS_PTRACE"), &policy, 30, unlinked);
-    assert!(text.contains("survived"), "without CAP_SYS_PTRACE:\n{text}");
-
-    // The timeout kills the action (CAP_KILL: its processes have the
-    // run's ids).
-    let (_, text, took) = sandbox_run_with(&capabilities, &policy, 1, "sleep 8; echo survived");
-    assert!(
-        !text.contains("survived") && took < std::time::Duration::from_secs(6),
-        "took {took:?}:\n{text}"
-    );
+    let check = |set: &[String], case: &Case| {
+        let (ok, text, took) = sandbox_run_with(set, &policy, case.timeout_s, case.script);
+        (
+            (case.holds)(ok, &text, took),
+            format!("took {took:?}:\n{text}"),
+        )
+    };
+    for case in [
+        &RUNS,
+        &MEASURES_UNREADABLE,
+        &COUNTS_HELD_FILES,
+        &KILLS_AT_TIMEOUT,
+    ] {
+        let (holds, said) = check(&capabilities, case);
+        assert!(holds, "with the unit's set, `{}` {said}", case.script);
+    }
+    for (capability, case) in NEEDED_FOR {
+        let fewer: Vec<String> = capabilities
+            .iter()
+            .filter(|c| c != capability)
+            .cloned()
+            .collect();
+        let (holds, said) = check(&fewer, case);
+        assert!(
+            !holds,
+            "without {capability}, `{}` still {said}",
+            case.script
+        );
+    }
 }
 
 // --- configs -----------------------------------------------------------------
@@ -948,9 +1018,15 @@ fn storage_scheduler_and_worker_stay_within_their_units_system_call_filters() {
             return;
         }
     }
-    // The deploy configs, on loopback ports and under a scratch directory.
-    let dir = tempfile::tempdir().unwrap();
+    // The deploy configs, on loopback ports and under a scratch directory
+    // that the runner's read-only root still shows (its /tmp is private).
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let scratch = dir.path();
+    // The runner's StateDirectory= and RuntimeDirectory=, writable to it.
+    let writable = [scratch.join("worker"), scratch.join("run")];
+    for dir in &writable {
+        std::fs::create_dir_all(dir).unwrap();
+    }
     let port = corral_e2e::free_port;
     let (storage_port, scheduler_port) = (port(), port());
     let (worker_http, scheduler_http) = (port(), port());
@@ -1010,17 +1086,37 @@ fn storage_scheduler_and_worker_stay_within_their_units_system_call_filters() {
         ),
     ];
     // Every daemon traced, the runner too: its calls (namespaces,
-    // mounts) must fail the check, or the check proves nothing.
+    // mounts) must fail the check, or the check proves nothing. The runner
+    // runs with its unit's capabilities and file system options, and so
+    // shows them enough for a worker's action.
     let daemons: Vec<(&str, Traced)> = configs
         .iter()
         .map(|(daemon, config)| {
             let log = std::fs::File::create(scratch.join(format!("{daemon}.log"))).unwrap();
+            let binary = corral_e2e::corral_binary();
+            let command = [
+                binary.as_os_str(),
+                OsStr::new(daemon),
+                OsStr::new("--config"),
+                config.as_os_str(),
+            ];
+            // The runner as its unit runs it: its capabilities, its file
+            // system options.
+            let command = match *daemon {
+                "runner" => {
+                    let writable: Vec<&Path> = writable.iter().map(PathBuf::as_path).collect();
+                    let unit = as_runner_unit(&runner_capabilities(), &writable, &command);
+                    std::iter::once(unit.get_program())
+                        .chain(unit.get_args())
+                        .map(OsStr::to_owned)
+                        .collect::<Vec<_>>()
+                }
+                _ => command.iter().map(|a| a.to_os_string()).collect(),
+            };
             let tracer = Command::new("strace")
                 .args(["-f", "-qq", "-o"])
                 .arg(scratch.join(format!("{daemon}.trace")))
-                .arg(corral_e2e::corral_binary())
-                .args([*daemon, "--config"])
-                .arg(config)
+                .args(command)
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
                 .spawn()
