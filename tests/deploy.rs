@@ -216,18 +216,19 @@ exec \"$@\"",
     )
 }
 
-/// The runner unit's capability bounding set.
-fn runner_capabilities() -> Vec<String> {
-    let unit = read(&unit_path("runner"));
+/// A unit's capability bounding set.
+fn unit_capabilities(daemon: &str) -> Vec<String> {
+    let unit = read(&unit_path(daemon));
     let set = directive(&unit, "CapabilityBoundingSet");
     assert_eq!(set.len(), 1, "one CapabilityBoundingSet line: {set:?}");
     set[0].split_whitespace().map(str::to_owned).collect()
 }
 
-/// `command` as systemd runs the runner unit: in a mount namespace with
-/// its file system options ([`runner_unit_mounts`]), with only
-/// `capabilities` in the bounding set, and no_new_privs.
-fn as_runner_unit(capabilities: &[String], writable: &[&Path], command: &[&OsStr]) -> Command {
+/// `command` as systemd runs the runner's or the worker's unit: in a
+/// mount namespace with their file system options
+/// ([`runner_unit_mounts`]), with only `capabilities` in the bounding
+/// set, and no_new_privs.
+fn as_unit(capabilities: &[String], writable: &[&Path], command: &[&OsStr]) -> Command {
     let bounding = std::iter::once("-all".to_owned())
         .chain(capabilities.iter().map(|c| {
             let name = c.strip_prefix("CAP_").unwrap_or(c).to_ascii_lowercase();
@@ -253,7 +254,7 @@ fn as_runner_unit(capabilities: &[String], writable: &[&Path], command: &[&OsStr
 }
 
 /// Runs `corral sandbox run --policy POLICY --timeout TIMEOUT -- sh -c
-/// SCRIPT` as the runner unit runs ([`as_runner_unit`]): whether it
+/// SCRIPT` as the runner unit runs ([`as_unit`]): whether it
 /// succeeded, what it printed, and how long it took.
 fn sandbox_run_with(
     capabilities: &[String],
@@ -277,9 +278,7 @@ fn sandbox_run_with(
         OsStr::new(script),
     ];
     let started = std::time::Instant::now();
-    let output = as_runner_unit(capabilities, &[], &command)
-        .output()
-        .unwrap();
+    let output = as_unit(capabilities, &[], &command).output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -348,7 +347,7 @@ fn each_of_the_runner_units_capabilities_is_needed_and_they_are_enough() {
     if !corral_testkit::privileged(test) {
         return;
     }
-    let capabilities = runner_capabilities();
+    let capabilities = unit_capabilities("runner");
     let mut listed: Vec<&str> = capabilities.iter().map(String::as_str).collect();
     let mut needed: Vec<&str> = NEEDED_FOR.iter().map(|(c, _)| *c).collect();
     listed.sort_unstable();
@@ -892,9 +891,20 @@ fn allowed_syscalls(unit: &str) -> std::collections::BTreeSet<String> {
     allowed.difference(&denied).cloned().collect()
 }
 
-/// The system calls an `strace -f -o` file shows, by name.
-fn traced_syscalls(trace: &Path) -> std::collections::BTreeSet<String> {
-    read(trace)
+/// The part of an `strace -f -o` file from the exec of `corral` on: what
+/// ran before it, unshare and setpriv setting up a unit's options, is
+/// systemd's part.
+fn since_corral(trace: &str) -> &str {
+    let exec = format!("execve(\"{}\"", corral_e2e::corral_binary().display());
+    let from = trace
+        .find(&exec)
+        .unwrap_or_else(|| panic!("no {exec} in the trace"));
+    &trace[from..]
+}
+
+/// The system calls a trace shows, by name.
+fn traced_syscalls(trace: &str) -> std::collections::BTreeSet<String> {
+    since_corral(trace)
         .lines()
         .filter_map(|line| {
             let call = line.split_once(' ')?.1.trim_start();
@@ -981,7 +991,8 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
 
 /// Uploads and executes one action through storage and the scheduler,
 /// with the test's REAPI client (tests/python); its outputs include a
-/// directory the action made unreadable, which the worker must read.
+/// directory the action made unreadable, which the worker must read, and
+/// a sticky one, from which it must remove what the action's uid owns.
 const CLIENT: &str = r#"
 import os, subprocess, sys
 stubs, tests, storage, scheduler = sys.argv[1:5]
@@ -994,7 +1005,8 @@ subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I" + protos, "-I" +
                 "google/rpc/precondition_failure.proto"], check=True)
 sys.path[:0] = [stubs, os.path.join(tests, "python")]
 import reapi_client as rc
-p = rc.prepare(["/bin/sh", "-c", "mkdir -p out/d && cat in.txt > out/a && echo x > out/d/f && chmod 0 out/d"],
+p = rc.prepare(["/bin/sh", "-c", "mkdir -p out/d out/s && cat in.txt > out/a && echo x > out/d/f"
+                " && chmod 0 out/d && echo y > out/s/g && chmod 1777 out/s"],
                inputs={"in.txt": b"input"}, output_paths=["out"], salt=os.urandom(8))
 cas, ex = rc.Client(storage), rc.Client(scheduler)
 cas.upload(*p.blobs())
@@ -1100,12 +1112,16 @@ fn storage_scheduler_and_worker_stay_within_their_units_system_call_filters() {
                 OsStr::new("--config"),
                 config.as_os_str(),
             ];
-            // The runner as its unit runs it: its capabilities, its file
-            // system options.
+            // The runner and the worker as their units run them: their
+            // capabilities, their file system options.
+            let writable: Vec<&Path> = match *daemon {
+                "runner" => writable.iter().map(PathBuf::as_path).collect(),
+                "worker" => vec![writable[0].as_path()],
+                _ => Vec::new(),
+            };
             let command = match *daemon {
-                "runner" => {
-                    let writable: Vec<&Path> = writable.iter().map(PathBuf::as_path).collect();
-                    let unit = as_runner_unit(&runner_capabilities(), &writable, &command);
+                "runner" | "worker" => {
+                    let unit = as_unit(&unit_capabilities(daemon), &writable, &command);
                     std::iter::once(unit.get_program())
                         .chain(unit.get_args())
                         .map(OsStr::to_owned)
@@ -1166,6 +1182,28 @@ fn storage_scheduler_and_worker_stay_within_their_units_system_call_filters() {
         "the action through the farm:\n{said}\n{}",
         logs()
     );
+    // The worker removed the action's directory, what the action's uid
+    // owns in it included (its unit's capabilities): nothing is left
+    // but the marker files of its start-up check.
+    let build = scratch.join("worker/build");
+    let left = || -> Vec<String> {
+        std::fs::read_dir(&build)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| !name.starts_with("corral-build-directory-check-"))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !left().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        left().is_empty(),
+        "left in {}: {:?}\n{}",
+        build.display(),
+        left(),
+        logs()
+    );
     // SIGTERM, so that the stop is traced too.
     for (_, daemon) in daemons.iter().rev() {
         daemon.signal("TERM");
@@ -1179,7 +1217,8 @@ fn storage_scheduler_and_worker_stay_within_their_units_system_call_filters() {
         );
     }
     for daemon in ["storage", "scheduler", "worker", "runner"] {
-        let used = traced_syscalls(&scratch.join(format!("{daemon}.trace")));
+        let trace = read(&scratch.join(format!("{daemon}.trace")));
+        let used = traced_syscalls(&trace);
         assert!(
             used.contains("connect") || used.contains("accept4"),
             "{daemon}: {used:?}"
@@ -1201,9 +1240,8 @@ fn storage_scheduler_and_worker_stay_within_their_units_system_call_filters() {
                 outside.is_empty(),
                 "corral {daemon} made calls its unit's SystemCallFilter refuses: {outside:?}"
             );
-            let trace = read(&scratch.join(format!("{daemon}.trace")));
             let unit = read(&unit_path(daemon));
-            check_families_and_memory(daemon, &trace, &unit)
+            check_families_and_memory(daemon, since_corral(&trace), &unit)
                 .unwrap_or_else(|refused| panic!("corral {daemon}: {refused}"));
         }
     }
