@@ -185,14 +185,14 @@ fn directive<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
         .collect()
 }
 
-/// What systemd makes of the runner unit's file system options, as a
+/// What systemd makes of the units' file system options, as a
 /// script that mounts them in a mount namespace of the runner's own
 /// (`unshare --mount`) and then runs "$@": `writable` directories bound
 /// writable (StateDirectory=, RuntimeDirectory=), the rest of the root
 /// read-only (ProtectSystem=strict), a private /tmp (PrivateTmp=yes),
 /// /home and /root hidden (ProtectHome=yes) unless this checkout is under
 /// them.
-fn runner_unit_mounts(writable: &[&Path]) -> String {
+fn unit_mounts(writable: &[&Path]) -> String {
     let checkout = repo();
     let hidden: Vec<&str> = ["/home", "/root"]
         .into_iter()
@@ -224,11 +224,16 @@ fn unit_capabilities(daemon: &str) -> Vec<String> {
     set[0].split_whitespace().map(str::to_owned).collect()
 }
 
-/// `command` as systemd runs the runner's or the worker's unit: in a
-/// mount namespace with their file system options
-/// ([`runner_unit_mounts`]), with only `capabilities` in the bounding
-/// set, and no_new_privs.
-fn as_unit(capabilities: &[String], writable: &[&Path], command: &[&OsStr]) -> Command {
+/// `command` as systemd runs it from a unit: in a mount namespace with
+/// the units' file system options ([`unit_mounts`]), `writable` bound
+/// writable, with only `capabilities` in the bounding set, no_new_privs,
+/// and as `user` (uid and gid; DynamicUser=) or root.
+fn as_unit(
+    capabilities: &[String],
+    writable: &[&Path],
+    user: Option<u32>,
+    command: &[&OsStr],
+) -> Command {
     let bounding = std::iter::once("-all".to_owned())
         .chain(capabilities.iter().map(|c| {
             let name = c.strip_prefix("CAP_").unwrap_or(c).to_ascii_lowercase();
@@ -238,18 +243,18 @@ fn as_unit(capabilities: &[String], writable: &[&Path], command: &[&OsStr]) -> C
         .join(",");
     let mut unshare = Command::new("unshare");
     unshare
-        .args([
-            "--mount",
-            "--",
-            "sh",
-            "-c",
-            &runner_unit_mounts(writable),
-            "sh",
-        ])
+        .args(["--mount", "--", "sh", "-c", &unit_mounts(writable), "sh"])
         .arg("setpriv")
         .arg(format!("--bounding-set={bounding}"))
-        .args(["--inh-caps=-all", "--no-new-privs", "--"])
-        .args(command);
+        .args(["--inh-caps=-all", "--no-new-privs"]);
+    if let Some(id) = user {
+        unshare.args([
+            format!("--reuid={id}"),
+            format!("--regid={id}"),
+            "--clear-groups".to_owned(),
+        ]);
+    }
+    unshare.arg("--").args(command);
     unshare
 }
 
@@ -278,7 +283,7 @@ fn sandbox_run_with(
         OsStr::new(script),
     ];
     let started = std::time::Instant::now();
-    let output = as_unit(capabilities, &[], &command).output().unwrap();
+    let output = as_unit(capabilities, &[], None, &command).output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -989,6 +994,10 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     response.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The uid and gid storage and the scheduler run as here, for the
+/// DynamicUser= of their units: one that owns nothing.
+const NOBODY: u32 = 65534;
+
 /// Uploads and executes one action through storage and the scheduler,
 /// with the test's REAPI client (tests/python); its outputs include a
 /// directory the action made unreadable, which the worker must read, and
@@ -1034,11 +1043,15 @@ fn storage_scheduler_and_worker_stay_within_their_units_system_call_filters() {
     // that the runner's read-only root still shows (its /tmp is private).
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let scratch = dir.path();
-    // The runner's StateDirectory= and RuntimeDirectory=, writable to it.
+    // The runner's StateDirectory= and RuntimeDirectory=, writable to it;
+    // storage's, its user's.
     let writable = [scratch.join("worker"), scratch.join("run")];
     for dir in &writable {
         std::fs::create_dir_all(dir).unwrap();
     }
+    let cas = scratch.join("cas");
+    std::fs::create_dir_all(&cas).unwrap();
+    std::os::unix::fs::chown(&cas, Some(NOBODY), Some(NOBODY)).unwrap();
     let port = corral_e2e::free_port;
     let (storage_port, scheduler_port) = (port(), port());
     let (worker_http, scheduler_http) = (port(), port());
@@ -1053,7 +1066,7 @@ fn storage_scheduler_and_worker_stay_within_their_units_system_call_filters() {
                 "storage",
                 &[
                     ("listen", addr(storage_port)),
-                    ("backend.dir", scratch.join("cas").display().to_string()),
+                    ("backend.dir", cas.join("store").display().to_string()),
                     ("metrics.listen", addr(port())),
                 ],
             ),
@@ -1112,23 +1125,20 @@ fn storage_scheduler_and_worker_stay_within_their_units_system_call_filters() {
                 OsStr::new("--config"),
                 config.as_os_str(),
             ];
-            // The runner and the worker as their units run them: their
-            // capabilities, their file system options.
-            let writable: Vec<&Path> = match *daemon {
-                "runner" => writable.iter().map(PathBuf::as_path).collect(),
-                "worker" => vec![writable[0].as_path()],
-                _ => Vec::new(),
+            // Each daemon as its unit runs it: its capabilities, its file
+            // system options, storage and the scheduler as a user that
+            // owns nothing but storage's directory (DynamicUser=).
+            let (writable, user): (Vec<&Path>, _) = match *daemon {
+                "runner" => (writable.iter().map(PathBuf::as_path).collect(), None),
+                "worker" => (vec![writable[0].as_path()], None),
+                "storage" => (vec![cas.as_path()], Some(NOBODY)),
+                _ => (Vec::new(), Some(NOBODY)),
             };
-            let command = match *daemon {
-                "runner" | "worker" => {
-                    let unit = as_unit(&unit_capabilities(daemon), &writable, &command);
-                    std::iter::once(unit.get_program())
-                        .chain(unit.get_args())
-                        .map(OsStr::to_owned)
-                        .collect::<Vec<_>>()
-                }
-                _ => command.iter().map(|a| a.to_os_string()).collect(),
-            };
+            let unit = as_unit(&unit_capabilities(daemon), &writable, user, &command);
+            let command: Vec<_> = std::iter::once(unit.get_program())
+                .chain(unit.get_args())
+                .map(OsStr::to_owned)
+                .collect();
             let tracer = Command::new("strace")
                 .args(["-f", "-qq", "-o"])
                 .arg(scratch.join(format!("{daemon}.trace")))
@@ -1203,6 +1213,13 @@ fn storage_scheduler_and_worker_stay_within_their_units_system_call_filters() {
         build.display(),
         left(),
         logs()
+    );
+    // Storage wrote its blobs as its unit's user.
+    let store = std::fs::metadata(cas.join("store")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&store),
+        NOBODY,
+        "storage ran as root"
     );
     // SIGTERM, so that the stop is traced too.
     for (_, daemon) in daemons.iter().rev() {
