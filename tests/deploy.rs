@@ -190,14 +190,13 @@ fn directive<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
 /// (`unshare --mount`) and then runs "$@": `writable` directories bound
 /// writable (StateDirectory=, RuntimeDirectory=), the rest of the root
 /// read-only (ProtectSystem=strict), a private /tmp (PrivateTmp=yes),
-/// /home and /root hidden (ProtectHome=yes) unless this checkout is under
-/// them.
+/// /home and /root hidden (ProtectHome=yes), each unless this checkout
+/// (the binary, the test's files) is under it.
 fn unit_mounts(writable: &[&Path]) -> String {
     let checkout = repo();
-    let hidden: Vec<&str> = ["/home", "/root"]
-        .into_iter()
-        .filter(|dir| Path::new(dir).is_dir() && !checkout.starts_with(dir))
-        .collect();
+    let outside = |dir: &&str| Path::new(dir).is_dir() && !checkout.starts_with(dir);
+    let hidden: Vec<&str> = ["/home", "/root"].into_iter().filter(outside).collect();
+    let private: Vec<&str> = ["/tmp"].into_iter().filter(outside).collect();
     let writable: Vec<String> = writable
         .iter()
         .map(|dir| format!("'{}'", dir.display()))
@@ -207,11 +206,12 @@ fn unit_mounts(writable: &[&Path]) -> String {
 mount --make-rprivate /
 for dir in {writable}; do mount --bind $dir $dir; done
 mount -o remount,bind,ro /
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+for dir in {private}; do mount -t tmpfs -o mode=1777 tmpfs $dir; done
 for dir in {hidden}; do mount -t tmpfs -o ro,mode=000 tmpfs $dir; done
 if touch /usr/.corral-deploy-probe 2>/dev/null; then echo 'root writable' >&2; exit 1; fi
 exec \"$@\"",
         writable = writable.join(" "),
+        private = private.join(" "),
         hidden = hidden.join(" ")
     )
 }
