@@ -321,7 +321,21 @@ impl SplitFarm {
     /// scheduler.toml and `worker_keys` (top-level keys, one per line)
     /// added to worker.toml.
     pub fn start_with(scheduler_toml: &str, worker_keys: &str) -> SplitFarm {
+        Self::start_with_files(scheduler_toml, worker_keys, &[])
+    }
+
+    /// Like [`start_with`](Self::start_with), with `storage.toml` and
+    /// `runner.toml` too (`(name, text)`; their flags still set the
+    /// ports and directories).
+    pub fn start_with_files(
+        scheduler_toml: &str,
+        worker_keys: &str,
+        files: &[(&str, &str)],
+    ) -> SplitFarm {
         let dir = tempfile::tempdir().expect("temp dir");
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).expect("write a daemon's config");
+        }
         let mut farm = SplitFarm {
             dir,
             storage_port: free_port(),
@@ -381,6 +395,10 @@ impl SplitFarm {
         let path = |name: &str| self.path(name).display().to_string();
         let listen = |port: u16| format!("127.0.0.1:{port}");
         let mut args = vec![daemon.name().to_owned()];
+        let own = self.path(&format!("{}.toml", daemon.name()));
+        if matches!(daemon, Daemon::Storage | Daemon::Runner) && own.exists() {
+            args.extend(["--config".to_owned(), own.display().to_string()]);
+        }
         match daemon {
             Daemon::Storage => args.extend([
                 "--listen".to_owned(),

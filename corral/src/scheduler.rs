@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
-use crate::{config, shutdown};
+use crate::{config, observability, shutdown};
 
 #[derive(Debug, Args)]
 pub struct SchedulerArgs {
@@ -36,6 +36,7 @@ pub fn run(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     }
     cfg.validate()?;
     shutdown::runtime()?.block_on(async {
+        let _tracing = observability::start(cfg.tracing.as_ref(), "corral-scheduler")?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;

@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::Args;
 use corral_storage::config::{Backend, LocalCache};
 
-use crate::{config, shutdown};
+use crate::{config, observability, shutdown};
 
 #[derive(Debug, Args)]
 pub struct StorageArgs {
@@ -39,6 +39,7 @@ pub fn run(args: StorageArgs) -> anyhow::Result<ExitCode> {
     apply(&args, &mut cfg);
     cfg.validate()?;
     shutdown::runtime()?.block_on(async {
+        let _tracing = observability::start(cfg.tracing.as_ref(), "corral-storage")?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::{config, shutdown};
+use crate::{config, observability, shutdown};
 
 /// Runs the worker from `config` (worker.toml; defaults when `None`).
 pub fn run(config: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -21,9 +21,11 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     // Inside the runtime: the worker's lazy channels to storage and the
     // scheduler need its reactor from the moment they are made.
     let runtime = shutdown::runtime()?;
-    let worker = {
+    let (worker, _tracing) = {
         let _entered = runtime.enter();
-        corral_worker::Worker::new(cfg).context("preparing the worker")?
+        let tracing = observability::start(cfg.tracing.as_ref(), "corral-worker")?;
+        let worker = corral_worker::Worker::new(cfg).context("preparing the worker")?;
+        (worker, tracing)
     };
     protect_the_cache(&worker);
     runtime
