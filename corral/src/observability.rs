@@ -14,7 +14,7 @@ use clap::ValueEnum;
 use corral_trace::TracingConfig;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::{filter_fn, FilterExt as _};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer as _;
@@ -58,16 +58,25 @@ fn install(
     format: LogFormat,
     export: Option<tracing_opentelemetry::OpenTelemetryLayer<Registry, SdkTracer>>,
 ) -> anyhow::Result<()> {
-    let filter = filter(std::env::var(LOG_ENV).ok().as_deref())?;
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    // The filter is global: what is logged is what is exported, but for
-    // the polls below. Without export, `None` is no layer at all:
-    // nothing bridged, nothing spent.
-    let export = export.map(|layer| layer.with_filter(filter_fn(exported)));
+    let corral_log = std::env::var(LOG_ENV).ok();
+    let logged = filter(corral_log.as_deref())?;
+    // What is logged is exported, and the spans that exist for traces
+    // (corral_trace::SPANS, at DEBUG), but not the polls (`exported`).
+    // Without export, `None` is no layer at all: those spans are then
+    // disabled where they are made, and cost nothing.
+    let export = match export {
+        Some(layer) => {
+            let traced = filter(corral_log.as_deref())?
+                .add_directive(format!("{}=debug", corral_trace::SPANS).parse()?);
+            Some(layer.with_filter(traced.and(filter_fn(exported))))
+        }
+        None => None,
+    };
     let registry = tracing_subscriber::registry().with(export);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let result = match format {
-        LogFormat::Text => registry.with(fmt).with(filter).try_init(),
-        LogFormat::Json => registry.with(fmt.json()).with(filter).try_init(),
+        LogFormat::Text => registry.with(fmt.with_filter(logged)).try_init(),
+        LogFormat::Json => registry.with(fmt.json().with_filter(logged)).try_init(),
     };
     result.map_err(|e| anyhow::anyhow!(e).context("installing the log subscriber"))
 }

@@ -318,8 +318,8 @@ impl RunnerService {
         let mapping = Arc::clone(&self.mapping);
         // The sandbox spawns and waits in one call: its span has the
         // moment the command was spawned as an event, and the spawn time.
-        let sandbox_span = tracing::info_span!(
-            "sandbox",
+        let sandbox_span = tracing::debug_span!(
+            target: corral_trace::SPANS, "sandbox",
             spawn_ms = tracing::field::Empty,
             exit_code = tracing::field::Empty,
         );

@@ -144,8 +144,10 @@ impl Operation {
     /// Starts its `operation` and `queued` spans, under the current span
     /// (its Execute's).
     pub fn trace_queued(&self) {
-        let operation = tracing::info_span!("operation", operation = %self.name);
-        let queued = tracing::info_span!(parent: &operation, "queued");
+        let operation =
+            tracing::debug_span!(target: corral_trace::SPANS, "operation", operation = %self.name);
+        let queued =
+            tracing::debug_span!(target: corral_trace::SPANS, parent: &operation, "queued");
         *self.trace.lock().unwrap_or_else(PoisonError::into_inner) = Trace {
             operation: Some(operation),
             queued: Some(queued),

@@ -27,6 +27,13 @@ use serde::Deserialize;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+/// The target of the spans that exist for traces (an operation's
+/// queueing, the worker's stages, the sandbox), at DEBUG: log lines stay
+/// as they were, and without `[tracing]` these spans are disabled at
+/// their call site and cost nothing; with it, the export layer enables
+/// them (corral/src/observability.rs).
+pub const SPANS: &str = "corral::trace";
+
 /// The `[tracing]` table: export spans over OTLP/gRPC. Absent (the
 /// default): nothing is exported and no connection is made.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -318,7 +318,7 @@ impl Executor {
         }
         stage.send_replace(Stage::FetchingInputs);
         // Its child `layout` is the input root's layout (input_root.rs).
-        let fetch_span = tracing::info_span!("fetch_inputs");
+        let fetch_span = tracing::debug_span!(target: corral_trace::SPANS, "fetch_inputs");
         meta.input_fetch_start_timestamp = Some(now());
         let command_digest = action.command_digest.as_ref().ok_or(Error::Malformed {
             field: "command_digest",
@@ -380,7 +380,7 @@ impl Executor {
         let ran = match self
             .runner
             .run(request)
-            .instrument(tracing::info_span!("run"))
+            .instrument(tracing::debug_span!(target: corral_trace::SPANS, "run"))
             .await
         {
             Err(status) if runner_lost(&status) => return Err(Error::RunnerLost(status)),
@@ -389,7 +389,7 @@ impl Executor {
         meta.execution_completed_timestamp = Some(now());
 
         stage.send_replace(Stage::UploadingOutputs);
-        let upload_span = tracing::info_span!("upload_outputs");
+        let upload_span = tracing::debug_span!(target: corral_trace::SPANS, "upload_outputs");
         meta.output_upload_start_timestamp = Some(now());
         let collect_outputs = match &ran {
             Ok(response) => {

@@ -326,7 +326,7 @@ pub async fn materialize(
         }
         Ok(())
     }
-    .instrument(tracing::info_span!("layout"))
+    .instrument(tracing::debug_span!(target: corral_trace::SPANS, "layout"))
     .await
 }
 
