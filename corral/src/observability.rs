@@ -3,8 +3,9 @@
 //! `CORRAL_LOG` takes an env-filter directive (default `info`);
 //! `--log-format` (or `CORRAL_LOG_FORMAT`) chooses text or JSON lines.
 //! A daemon whose configuration has a `[tracing]` table also exports its
-//! spans over OTLP ([`start`]): the same spans, bridged to
-//! OpenTelemetry by one layer, so logs and traces never disagree
+//! spans over OTLP ([`start`]): the spans it logs, and the DEBUG spans
+//! that exist for traces (`corral_trace::SPANS`), bridged to
+//! OpenTelemetry by one layer: one span tree for logs and traces
 //! (docs/decisions/0017-tracing.md).
 
 use std::sync::OnceLock;

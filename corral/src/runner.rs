@@ -2,7 +2,8 @@
 //!
 //! Flags override the file: `--socket` sets `listen_path`, `--build-dir`
 //! sets `build_directory`, `--policy-dir` sets `policies_directory`,
-//! `--metrics` sets `[metrics] listen`.
+//! `--metrics` sets `[metrics] listen`, `--otlp-endpoint` sets
+//! `[tracing] endpoint`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
