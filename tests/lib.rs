@@ -87,13 +87,13 @@ impl Farm {
     /// Starts `corral up` on a free port with a fresh data directory and
     /// waits until it is ready.
     pub fn start() -> Farm {
-        Self::start_as(None, None)
+        Self::start_as(None, None, &[])
     }
 
     /// Like [`start`](Self::start), run by the unprivileged user `nobody`
     /// (the caller must be root to switch to it).
     pub fn start_unprivileged() -> Farm {
-        Self::start_as(None, Some(NOBODY))
+        Self::start_as(None, Some(NOBODY), &[])
     }
 
     /// `corral up --secure`; with `grants`, that grants file instead of the
@@ -105,7 +105,7 @@ impl Farm {
             std::fs::create_dir_all(&secure).expect("create the secure dir");
             std::fs::write(secure.join("grants.toml"), grants).expect("write grants");
         }
-        Self::start_as(Some(data_dir), None)
+        Self::start_as(Some(data_dir), None, &[])
     }
 
     /// A file `corral up --secure` made: `ca.crt`, `client.crt`, `token`, ….
@@ -113,7 +113,12 @@ impl Farm {
         self.data_dir.path().join("data/secure").join(name)
     }
 
-    fn start_as(secure: Option<tempfile::TempDir>, user: Option<u32>) -> Farm {
+    /// Like [`start`](Self::start), with `args` added to `corral up`'s.
+    pub fn start_with_args(args: &[&str]) -> Farm {
+        Self::start_as(None, None, args)
+    }
+
+    fn start_as(secure: Option<tempfile::TempDir>, user: Option<u32>, args: &[&str]) -> Farm {
         let port = free_port();
         let metrics_port = free_port();
         let is_secure = secure.is_some();
@@ -144,6 +149,7 @@ impl Farm {
         let child = command
             .args(["up", "--listen", &format!("127.0.0.1:{port}")])
             .args(is_secure.then_some("--secure"))
+            .args(args)
             .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
             .arg("--data-dir")
             .arg(data_dir.path().join("data"))

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use corral_e2e::SplitFarm;
+use corral_e2e::{Farm, SplitFarm};
 use corral_proto::longrunning::operation;
 use corral_proto::reapi::batch_update_blobs_request::Request as UploadRequest;
 use corral_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
@@ -152,11 +152,11 @@ fn digest_of(data: &[u8]) -> Digest {
     }
 }
 
-/// Uploads an action running `script` and executes it with
-/// RequestMetadata naming `invocation` and `mnemonic`; returns the
-/// response.
+/// Uploads an action running `script` to `storage` and executes it at
+/// `scheduler` with RequestMetadata naming `invocation` and `mnemonic`;
+/// returns the response.
 async fn execute(
-    farm: &SplitFarm,
+    (storage, scheduler): (String, String),
     script: &str,
     invocation: &str,
     mnemonic: &str,
@@ -183,7 +183,7 @@ async fn execute(
             ..Default::default()
         })
         .collect();
-    ContentAddressableStorageClient::new(channel(farm.storage_url()))
+    ContentAddressableStorageClient::new(channel(storage))
         .batch_update_blobs(BatchUpdateBlobsRequest {
             requests,
             ..Default::default()
@@ -203,7 +203,7 @@ async fn execute(
         REQUEST_METADATA_HEADER,
         tonic::metadata::MetadataValue::from_bytes(&metadata.encode_to_vec()),
     );
-    let mut stream = ExecutionClient::new(channel(farm.scheduler_url()))
+    let mut stream = ExecutionClient::new(channel(scheduler))
         .execute(request)
         .await
         .unwrap()
@@ -242,6 +242,11 @@ async fn spans_of(
     }
 }
 
+/// Storage's and the scheduler's endpoints of a split farm.
+fn endpoints(farm: &SplitFarm) -> (String, String) {
+    (farm.storage_url(), farm.scheduler_url())
+}
+
 /// The names (`service/name`) from `span` up its parents, as far as they
 /// are in `spans`.
 fn chain(spans: &[Span], span: &Span) -> Vec<String> {
@@ -274,7 +279,7 @@ async fn one_action_is_one_trace_from_execute_through_the_worker_to_the_runner()
         )
     });
     let invocation = format!("invocation-{}", std::process::id());
-    let response = execute(&farm, "echo traced", &invocation, "CppCompile").await;
+    let response = execute(endpoints(&farm), "echo traced", &invocation, "CppCompile").await;
     assert_eq!(response.result.unwrap().exit_code, 0, "{}", farm.logs());
 
     let is_ours = |s: &Span| {
@@ -379,7 +384,13 @@ async fn without_a_tracing_table_nothing_connects_to_a_collector() {
     let collector = collector(OTLP_DEFAULT_PORT).await;
     let received = &collector.received;
     let farm = tokio::task::block_in_place(SplitFarm::start);
-    let response = execute(&farm, "echo untraced", "invocation-untraced", "Genrule").await;
+    let response = execute(
+        endpoints(&farm),
+        "echo untraced",
+        "invocation-untraced",
+        "Genrule",
+    )
+    .await;
     assert_eq!(response.result.unwrap().exit_code, 0, "{}", farm.logs());
     // Longer than an exporter waits before sending a batch (5 s).
     tokio::time::sleep(Duration::from_secs(7)).await;
@@ -389,5 +400,48 @@ async fn without_a_tracing_table_nothing_connects_to_a_collector() {
         !farm.logs().contains("exporting spans over OTLP"),
         "{}",
         farm.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corral_up_with_an_otlp_endpoint_traces_its_parts_and_its_runner_child() {
+    let collector = collector(0).await;
+    let received = &collector.received;
+    let endpoint = format!("http://127.0.0.1:{}", collector.port);
+    let farm = tokio::task::block_in_place(|| {
+        Farm::start_with_args(&["--otlp-endpoint", &endpoint, "--workers", "1"])
+    });
+    let url = format!("http://127.0.0.1:{}", farm.port);
+    let invocation = format!("up-invocation-{}", std::process::id());
+    let response = execute((url.clone(), url), "echo up", &invocation, "Genrule").await;
+    assert_eq!(response.result.unwrap().exit_code, 0, "{}", farm.logs());
+
+    let is_ours = |s: &Span| {
+        s.service == "corral-up"
+            && s.name == "execute"
+            && s.attributes.get("tool_invocation_id") == Some(&invocation)
+    };
+    let trace = |spans: &[Span]| {
+        spans
+            .iter()
+            .find(|s| is_ours(s))
+            .map(|s| s.trace_id.clone())
+    };
+    let wanted = [("corral-up", "operation"), ("corral-runner", "sandbox")];
+    let spans = spans_of(received, trace, &wanted).await;
+    let sandbox = spans
+        .iter()
+        .find(|s| s.service == "corral-runner" && s.name == "sandbox")
+        .unwrap_or_else(|| panic!("no runner span in the trace: {spans:?}\n{}", farm.logs()));
+    assert_eq!(
+        chain(&spans, sandbox),
+        [
+            "corral-runner/sandbox",
+            "corral-runner/run",
+            "corral-up/run",
+            "corral-up/execute",
+            "corral-up/operation",
+            "corral-up/execute"
+        ]
     );
 }
