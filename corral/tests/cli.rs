@@ -438,3 +438,40 @@ fn up_takes_its_size_as_storage_does_and_refuses_one_that_overflows() {
     assert!(stderr.contains("--max-size"), "{stderr}");
     assert!(stderr.contains("is not a size"), "{stderr}");
 }
+
+#[test]
+fn sandbox_run_report_lists_the_host_files_read() {
+    if !root("sandbox_run_report_lists_the_host_files_read") {
+        return;
+    }
+    let script = ["/bin/sh", "-c", "cat /etc/hostname > /dev/null"];
+    let out = corral()
+        .args(["sandbox", "run", "--report", "--"])
+        .args(script)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(" files opened outside the input root\n"),
+        "{stderr}"
+    );
+    assert!(stderr.lines().any(|l| l == "/etc/hostname"), "{stderr}");
+
+    // Without root there are no fanotify mount marks: the report says so,
+    // and the action runs all the same.
+    let out = Command::new("setpriv")
+        .args(["--reuid", "4242", "--regid", "4242", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_corral"))
+        .args(["sandbox", "run", "--report", "--"])
+        .args(script)
+        .env("CORRAL_LOG", "error")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("undeclared inputs: unavailable: ") && stderr.contains("CAP_SYS_ADMIN"),
+        "{stderr}"
+    );
+}
