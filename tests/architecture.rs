@@ -13,6 +13,7 @@ use serde_json::Value;
 const OURS: &[&str] = &[
     "corral-proto",
     "corral-metrics",
+    "corral-trace",
     "corral-auth",
     "corral-cas-client",
     "corral-sandbox",
@@ -121,6 +122,7 @@ fn proto_and_sandbox_depend_on_nothing_of_ours() {
     for leaf in [
         "corral-proto",
         "corral-metrics",
+        "corral-trace",
         "corral-auth",
         "corral-sandbox",
         "corral-testkit",
@@ -158,7 +160,12 @@ fn daemon_crates_depend_only_where_the_design_allows() {
     let allowed: &[(&str, &[&str])] = &[
         (
             "corral-runner",
-            &["corral-proto", "corral-sandbox", "corral-metrics"],
+            &[
+                "corral-proto",
+                "corral-sandbox",
+                "corral-metrics",
+                "corral-trace",
+            ],
         ),
         // The one CAS client: the protocols, and the channel it speaks on.
         ("corral-cas-client", &["corral-proto", "corral-auth"]),
@@ -170,6 +177,7 @@ fn daemon_crates_depend_only_where_the_design_allows() {
                 "corral-cas-client",
                 "corral-lru",
                 "corral-metrics",
+                "corral-trace",
             ],
         ),
         (
@@ -177,6 +185,7 @@ fn daemon_crates_depend_only_where_the_design_allows() {
             &[
                 "corral-proto",
                 "corral-metrics",
+                "corral-trace",
                 "corral-auth",
                 "corral-cas-client",
                 "corral-lru",
@@ -187,6 +196,7 @@ fn daemon_crates_depend_only_where_the_design_allows() {
             &[
                 "corral-proto",
                 "corral-metrics",
+                "corral-trace",
                 "corral-auth",
                 "corral-cas-client",
                 "corral-storage",

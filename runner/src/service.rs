@@ -15,7 +15,7 @@ use corral_sandbox::command::stays_inside;
 use corral_sandbox::{Cancellation, Command, Mapping, Outcome, Sandbox, Stage};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
-use tracing::{debug, instrument, warn};
+use tracing::{debug, instrument, warn, Instrument};
 
 use crate::action_ids::ActionIds;
 use crate::error::Error;
@@ -277,8 +277,23 @@ impl Runner for RunnerService {
         Ok(Response::new(Empty {}))
     }
 
-    #[instrument(skip_all, fields(program = request.get_ref().arguments.first().map(String::as_str).unwrap_or_default(), policy = %request.get_ref().corral_policy))]
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
+        let span = tracing::info_span!(
+            "run",
+            program = request.get_ref().arguments.first().map(String::as_str).unwrap_or_default(),
+            policy = %request.get_ref().corral_policy,
+        );
+        // In the worker's trace when it sent one (gRPC metadata).
+        corral_trace::continue_from_metadata(&span, request.metadata());
+        self.run_in_span(request).instrument(span).await
+    }
+}
+
+impl RunnerService {
+    async fn run_in_span(
+        &self,
+        request: Request<RunRequest>,
+    ) -> Result<Response<RunResponse>, Status> {
         let timeout = effective_timeout(&request);
         let req = request.into_inner();
         let (sandbox, command) = self.checked(&req, timeout).map_err(|e| status(&e))?;
@@ -301,6 +316,14 @@ impl Runner for RunnerService {
         let _kill_when_abandoned = CancelOnDrop(cancel.clone());
         let lease = self.ids.lease().map_err(|e| status(&e))?;
         let mapping = Arc::clone(&self.mapping);
+        // The sandbox spawns and waits in one call: its span has the
+        // moment the command was spawned as an event, and the spawn time.
+        let sandbox_span = tracing::debug_span!(
+            target: corral_trace::SPANS, "sandbox",
+            spawn_ms = tracing::field::Empty,
+            exit_code = tracing::field::Empty,
+        );
+        let started = std::time::SystemTime::now();
         let outcome = tokio::task::spawn_blocking(move || {
             // The directories become the run's (never world-writable), so
             // it can write outputs anywhere in its input root; files keep
@@ -318,9 +341,16 @@ impl Runner for RunnerService {
             reclaimed.map_err(Error::Ids)?;
             Ok(outcome)
         })
+        .instrument(sandbox_span.clone())
         .await
         .map_err(|_| status(&Error::Cancelled))?
         .map_err(|e| status(&e))?;
+        if let Some(spawn) = outcome.spawn_time {
+            sandbox_span.record("spawn_ms", spawn.as_secs_f64() * 1000.0);
+            corral_trace::event_at(&sandbox_span, "spawned", started + spawn);
+        }
+        sandbox_span.record("exit_code", outcome.exit_code());
+        drop(sandbox_span);
         debug!(exit = ?outcome.exit, timed_out = outcome.timed_out, oom = outcome.oom_killed, disk_bound = ?outcome.disk_bound, "action ended");
         self.metrics.ran(&outcome);
         if let Some(logs) = logs {

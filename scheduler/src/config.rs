@@ -56,6 +56,12 @@ pub struct Config {
     /// Prometheus metrics over HTTP (`GET /metrics`). Default: off; add
     /// a `[metrics]` table to serve them.
     pub metrics: Option<MetricsConfig>,
+    /// OpenTelemetry traces over OTLP/gRPC (`[tracing]`, the table every
+    /// daemon shares: `endpoint`, `sample_ratio`; docs/config.md): spans of
+    /// Execute span, queueing and the hand-over to a worker, whose spans
+    /// join the same trace. Default: off, nothing
+    /// exported and no connection made.
+    pub tracing: Option<corral_trace::TracingConfig>,
     /// TLS on the listening port (`[tls]`), for clients and workers:
     /// certificate, key, and an optional client CA for mTLS. Default:
     /// none, plaintext.
@@ -244,6 +250,7 @@ impl Default for Config {
             platform_matching: BTreeMap::new(),
             fairness: FairnessConfig::default(),
             metrics: None,
+            tracing: None,
             tls: None,
             client_tls: None,
             auth: None,

@@ -57,6 +57,12 @@ pub struct Config {
     /// Prometheus metrics over HTTP (`GET /metrics`). Default: off; add
     /// a `[metrics]` table to serve them.
     pub metrics: Option<MetricsConfig>,
+    /// OpenTelemetry traces over OTLP/gRPC (`[tracing]`, the table every
+    /// daemon shares: `endpoint`, `sample_ratio`; docs/config.md): spans of
+    /// its stages (fetch inputs, layout, run, upload outputs), in the
+    /// trace the scheduler started. Default: off, nothing
+    /// exported and no connection made.
+    pub tracing: Option<corral_trace::TracingConfig>,
     /// What one action's outputs may take: the `[limits]` table.
     pub limits: Limits,
     /// TLS for the worker's connections to the scheduler and storage
@@ -183,6 +189,7 @@ impl Default for Config {
                 size_class: 0,
             }],
             metrics: None,
+            tracing: None,
             limits: Limits::default(),
             client_tls: None,
             stop_grace_s: 60,

@@ -108,6 +108,9 @@ pub struct Job {
     /// A client asked for stdout (stderr) inline in the result.
     pub inline_stdout: bool,
     pub inline_stderr: bool,
+    /// The scheduler's W3C trace context (`w3c_trace_context`): this
+    /// run's spans join the action's trace. Empty: a trace of its own.
+    pub trace_context: std::collections::BTreeMap<String, String>,
 }
 
 /// Runs actions for one slot.
@@ -203,6 +206,7 @@ impl Executor {
             action = %format!("{}/{}", job.action_digest.hash, job.action_digest.size_bytes),
             instance = %job.instance_name,
         );
+        corral_trace::continue_from(&span, &job.trace_context);
         self.execute_in_span(job, stage).instrument(span).await
     }
 
@@ -313,6 +317,8 @@ impl Executor {
             return Err(Error::DigestFunction(job.digest_function));
         }
         stage.send_replace(Stage::FetchingInputs);
+        // Its child `layout` is the input root's layout (input_root.rs).
+        let fetch_span = tracing::debug_span!(target: corral_trace::SPANS, "fetch_inputs");
         meta.input_fetch_start_timestamp = Some(now());
         let command_digest = action.command_digest.as_ref().ok_or(Error::Malformed {
             field: "command_digest",
@@ -322,6 +328,7 @@ impl Executor {
         })?;
         let command = cas
             .read(command_digest)
+            .instrument(fetch_span.clone())
             .await
             .map_err(Error::FetchCommand)?;
         let command = Command::decode(command.as_slice()).map_err(Error::DecodeCommand)?;
@@ -346,6 +353,7 @@ impl Executor {
             &root,
             self.shared.input_root_max_entries,
         )
+        .instrument(fetch_span)
         .await
         .map_err(Error::InputRoot)?;
         outputs::prepare(&root, &command).map_err(Error::Outputs)?;
@@ -369,13 +377,19 @@ impl Executor {
             corral_timeout: action.timeout,
         };
         meta.execution_start_timestamp = Some(now());
-        let ran = match self.runner.run(request).await {
+        let ran = match self
+            .runner
+            .run(request)
+            .instrument(tracing::debug_span!(target: corral_trace::SPANS, "run"))
+            .await
+        {
             Err(status) if runner_lost(&status) => return Err(Error::RunnerLost(status)),
             ran => ran,
         };
         meta.execution_completed_timestamp = Some(now());
 
         stage.send_replace(Stage::UploadingOutputs);
+        let upload_span = tracing::debug_span!(target: corral_trace::SPANS, "upload_outputs");
         meta.output_upload_start_timestamp = Some(now());
         let collect_outputs = match &ran {
             Ok(response) => {
@@ -408,12 +422,17 @@ impl Executor {
             }
         };
         let (gathered_result, gathered, logs) = tokio::task::spawn_blocking(gather)
+            .instrument(upload_span.clone())
             .await
             .map_err(Error::Task)?;
         *result = gathered_result;
         *server_logs = logs;
         let (blobs, collected) = gathered;
-        let uploaded = cas.upload(blobs).await.map_err(Error::Upload);
+        let uploaded = cas
+            .upload(blobs)
+            .instrument(upload_span)
+            .await
+            .map_err(Error::Upload);
         meta.output_upload_completed_timestamp = Some(now());
         ran.map_err(Error::Runner)?;
         collected.map_err(Error::Outputs)?;

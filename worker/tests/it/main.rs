@@ -167,6 +167,7 @@ impl Farm {
             digest_function: 0,
             inline_stdout: false,
             inline_stderr: false,
+            trace_context: Default::default(),
         }
     }
 
@@ -580,6 +581,7 @@ async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
             size_class: 0,
         }],
         metrics: None,
+        tracing: None,
         limits: Default::default(),
         client_tls: None,
         stop_grace_s: 60,

@@ -83,6 +83,7 @@ pub(crate) fn worker_config(
             size_class: 0,
         }],
         metrics: None,
+        tracing: None,
         limits: Default::default(),
         client_tls: None,
         stop_grace_s: 60,

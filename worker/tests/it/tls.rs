@@ -49,6 +49,7 @@ fn worker_config(
             size_class: 0,
         }],
         metrics: None,
+        tracing: None,
         limits: Default::default(),
         client_tls,
         stop_grace_s: 60,
