@@ -24,6 +24,7 @@ const OURS: &[&str] = &[
     "corral-e2e",
     "corral-testkit",
     "corral-lru",
+    "corral-image",
 ];
 
 /// The host's target triple, from `rustc -vV`.
@@ -160,6 +161,9 @@ fn daemon_crates_depend_only_where_the_design_allows() {
             "corral-runner",
             &["corral-proto", "corral-sandbox", "corral-metrics"],
         ),
+        // Container images: references to directories, and nothing else
+        // of ours but the cache index.
+        ("corral-image", &["corral-lru"]),
         // The one CAS client: the protocols, and the channel it speaks on.
         ("corral-cas-client", &["corral-proto", "corral-auth"]),
         (
@@ -180,6 +184,7 @@ fn daemon_crates_depend_only_where_the_design_allows() {
                 "corral-auth",
                 "corral-cas-client",
                 "corral-lru",
+                "corral-image",
             ],
         ),
         (
