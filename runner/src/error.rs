@@ -69,6 +69,12 @@ pub enum Error {
     NoFreeIds { count: usize },
     #[error("failed to give the input root to the action's host ids or take it back")]
     Ids(#[source] corral_sandbox::ids::IdError),
+    #[error("the action's image root {path} is not a directory of the build directory")]
+    NoImageRoot {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("the runner stopped while the action ran")]
     Cancelled,
 }

@@ -100,13 +100,32 @@ impl RunnerService {
         &self,
         req: &RunRequest,
         timeout: Option<Duration>,
-    ) -> Result<(Arc<Sandbox>, Command), Error> {
+    ) -> Result<(Arc<Sandbox>, Command, Option<PathBuf>), Error> {
         let sandbox = self.policies.get(&req.corral_policy)?;
         let command = self.command(req, timeout)?;
         command
             .validate_fields()
             .map_err(|e| Error::Run(corral_sandbox::Error::Command(e)))?;
-        Ok((sandbox, command))
+        let image = self.image_root(&req.corral_image_root_directory)?;
+        Ok((sandbox, command, image))
+    }
+
+    /// The unpacked image the worker names, if any: a directory under the
+    /// build directory (the worker's image store lives there), never a
+    /// symlink out of it.
+    fn image_root(&self, relative: &str) -> Result<Option<PathBuf>, Error> {
+        if relative.is_empty() {
+            return Ok(None);
+        }
+        let path = self.resolve("corral_image_root_directory", relative)?;
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => Ok(Some(path)),
+            Ok(_) => Err(Error::NoImageRoot {
+                path,
+                source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
+            }),
+            Err(source) => Err(Error::NoImageRoot { path, source }),
+        }
     }
 
     fn command(&self, req: &RunRequest, timeout: Option<Duration>) -> Result<Command, Error> {
@@ -158,6 +177,8 @@ pub fn status(err: &Error) -> Status {
             stage: Stage::Exec, ..
         }) => Status::invalid_argument(message),
         Error::Run(Sandbox::LandlockRequired) => Status::failed_precondition(message),
+        // The worker removed or never made the tree it named.
+        Error::NoImageRoot { .. } => Status::failed_precondition(message),
         _ => Status::internal(message),
     }
 }
@@ -281,7 +302,7 @@ impl Runner for RunnerService {
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
         let timeout = effective_timeout(&request);
         let req = request.into_inner();
-        let (sandbox, command) = self.checked(&req, timeout).map_err(|e| status(&e))?;
+        let (sandbox, command, image) = self.checked(&req, timeout).map_err(|e| status(&e))?;
         // Where the run's report goes; a request without one (none of
         // Buildbarn's or ours) gets none.
         let logs = (!req.server_logs_directory.is_empty())
@@ -308,7 +329,7 @@ impl Runner for RunnerService {
             mapping
                 .hand_over(&command.input_root, lease.ids)
                 .map_err(Error::Ids)?;
-            let ran = sandbox.run_as(&command, Some(&cancel), lease.ids);
+            let ran = sandbox.run_in_image(&command, Some(&cancel), lease.ids, image.as_deref());
             // Whatever the outcome, the worker must be able to read and
             // remove what the action left.
             let reclaimed = mapping.reclaim(&command.input_root, lease.ids);
@@ -424,6 +445,31 @@ mod tests {
             service.resolve("stdout_path", "1/stdout").unwrap(),
             PathBuf::from("/build/1/stdout")
         );
+    }
+
+    #[test]
+    fn an_image_root_outside_the_build_directory_or_missing_is_refused() {
+        let build = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(build.path().join("images/ab/rootfs")).unwrap();
+        std::fs::write(build.path().join("images/file"), "").unwrap();
+        let policies = Policies::load(None, "default").unwrap();
+        let mapping = Mapping::detect();
+        let ids = ActionIds::new(&mapping, crate::config::ActionIdsConfig::default().range());
+        let service = RunnerService::new(build.path().to_owned(), policies, mapping, ids);
+        assert_eq!(service.image_root("").unwrap(), None);
+        assert_eq!(
+            service.image_root("images/ab/rootfs").unwrap(),
+            Some(build.path().join("images/ab/rootfs"))
+        );
+        for (bad, code) in [
+            ("../images/ab/rootfs", tonic::Code::InvalidArgument),
+            ("/usr", tonic::Code::InvalidArgument),
+            ("images/missing", tonic::Code::FailedPrecondition),
+            ("images/file", tonic::Code::FailedPrecondition),
+        ] {
+            let err = service.image_root(bad).unwrap_err();
+            assert_eq!(status(&err).code(), code, "{bad}: {err}");
+        }
     }
 
     /// Found by service_crafted.rs: "" and "." resolved to the build
