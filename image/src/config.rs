@@ -6,12 +6,16 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 /// Running actions in container images (`container-image` platform
-/// property). The table's presence makes the worker offer
-/// `container-image` to the scheduler, which then sends it actions
-/// naming any image.
+/// property).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Run actions that name a `container-image`. The worker then offers
+    /// `container-image=*` to the scheduler, which sends it actions naming
+    /// any image (and, as before, actions naming none). Default true; set
+    /// it false for a worker behind a scheduler that matches every
+    /// property exactly (bb_scheduler), or that must not reach registries.
+    pub enabled: bool,
     /// Most bytes of unpacked images kept, least recently used evicted
     /// first, never one an action is running in. Counted as the files'
     /// sizes plus 512 bytes per entry. An image larger than this alone
@@ -29,6 +33,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            enabled: true,
             max_bytes: 20 << 30,
             credentials_file: None,
             plain_http_registries: Vec::new(),
