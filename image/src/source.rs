@@ -331,30 +331,30 @@ impl Source<'_> {
         }
     }
 
-    /// A manifest, index or config by digest, verified.
+    /// A manifest or index by digest, verified.
     pub async fn document(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
+        self.small(digest, "manifests", Some(ACCEPT)).await
+    }
+
+    /// An image config by digest, verified: a blob.
+    pub async fn config(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
+        self.small(digest, "blobs", None).await
+    }
+
+    /// A document of at most [`DOCUMENT_MAX_BYTES`] from `endpoint`.
+    async fn small(
+        &self,
+        digest: &Digest,
+        endpoint: &str,
+        accept: Option<&str>,
+    ) -> Result<Vec<u8>, Error> {
         let body = match &self.reference.source {
             Origin::Registry { host, repository } => {
-                // Manifests and configs live at different endpoints; a
-                // config is a blob.
-                let response = match self
+                let response = self
                     .registries
-                    .get(
-                        host,
-                        repository,
-                        &format!("manifests/{digest}"),
-                        Some(ACCEPT),
-                    )
+                    .get(host, repository, &format!("{endpoint}/{digest}"), accept)
                     .await
-                {
-                    Err(Error::NotFound { .. }) => {
-                        self.registries
-                            .get(host, repository, &format!("blobs/{digest}"), None)
-                            .await
-                    }
-                    other => other,
-                }
-                .map_err(|e| e.not_found_as(digest.to_string()))?;
+                    .map_err(|e| e.not_found_as(digest.to_string()))?;
                 read_limited(response, &digest.to_string(), DOCUMENT_MAX_BYTES).await?
             }
             Origin::Layout { path } => {

@@ -322,7 +322,7 @@ impl ImageStore {
         let config_digest = manifest::digest_of(&config).ok_or_else(|| Error::BadDigest {
             digest: config.digest.clone(),
         })?;
-        let config_body = source.document(&config_digest).await?;
+        let config_body = source.config(&config_digest).await?;
         let config: manifest::Config =
             serde_json::from_slice(&config_body).map_err(|source| Error::Document {
                 what: format!("config {config_digest}"),
