@@ -9,13 +9,11 @@
 // Test code: a failed setup step should stop the test loudly.
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use corral_e2e::{free_port, Farm};
+use corral_e2e::Farm;
 use corral_proto::longrunning::operation;
 use corral_proto::reapi::command::EnvironmentVariable;
 use corral_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
@@ -25,63 +23,12 @@ use corral_proto::reapi::{
     batch_update_blobs_request, Action, BatchReadBlobsRequest, BatchUpdateBlobsRequest,
     Command as ReapiCommand, Digest, Directory, ExecuteRequest, ExecuteResponse, Platform,
 };
-use corral_testkit::images::{busybox_tree, oci_layout, push_layout, IMAGE_ONLY};
+use corral_testkit::images::{
+    busybox_tree, oci_layout, push_layout, Registry, IMAGE_ONLY, REGISTRY,
+};
 use prost::Message;
 use sha2::Digest as _;
 use tonic::transport::Channel;
-
-/// Debian's registry (scripts/test.sh installs docker-registry).
-const REGISTRY: &str = "/usr/bin/docker-registry";
-
-/// A registry on loopback, storing under a temporary directory; killed
-/// when dropped.
-struct Registry {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(REGISTRY)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("registry.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Registry {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn digest(data: &[u8]) -> Digest {
     Digest {
