@@ -18,6 +18,8 @@ APT_PACKAGES=(
     chromium        # tests/browser.rs: the web UI in headless Chromium (20 s to install)
     docker-registry # tests/images.rs: an OCI registry on loopback to pull images from (4 s to install, 20 MB)
     busybox-static  # tests/images.rs, sandbox and worker image tests: the test image's one binary
+    iproute2        # tests/hosts.rs: `ip netns`, veth pairs and a bridge for the test hosts
+    curl            # tests/hosts.rs: the metrics pages, read over HTTPS from a test host
 )
 
 missing=()
@@ -62,6 +64,18 @@ tools=target/test-tools
 if [[ ! -x $tools/bin/s3s-fs ]]; then
     cargo install --locked --quiet s3s-fs@0.14.1 --features binary --root "$tools" ||
         echo "scripts/test.sh: could not install s3s-fs in $tools: storage's object_store tests skip (fail under CI)" >&2
+fi
+# Azurite, the Azure Storage emulator, for storage/tests/it/azure.rs: from
+# npm into target/test-tools (25 s, 186 MiB). Node comes from Debian's npm
+# when the machine has none (a machine with NodeSource's nodejs has npm
+# already, and Debian's npm conflicts with it).
+if [[ ! -x $tools/node_modules/.bin/azurite-blob ]]; then
+    if ! command -v npm >/dev/null && [[ $(id -u) -eq 0 ]]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm
+    fi
+    npm install --prefix "$tools" --no-audit --no-fund --silent azurite@3.35.0 ||
+        echo "scripts/test.sh: could not install azurite in $tools: storage's azure test skips (fails under CI)" >&2
 fi
 # Garage (issue 17's distributed S3 store: three nodes on loopback, one
 # stopped) only on request: its build took 39 min wall (15.6 CPU-minutes)

@@ -8,45 +8,10 @@
 // Test code: a failed setup step should stop the test loudly.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
 use std::process::Command;
 
+use corral_e2e::bazel::{self, processes};
 use corral_e2e::Farm;
-
-fn bazel_available(test: &str) -> bool {
-    let found = Command::new("bazel").arg("--version").output().is_ok();
-    if !found {
-        corral_testkit::skip(
-            test,
-            "bazel not installed (apt-get install bazel-bootstrap)",
-        );
-    }
-    found
-}
-
-/// Copies tests/bazel to a scratch directory: Bazel writes its convenience
-/// symlinks into the workspace, which must not land in the source tree.
-fn scratch_workspace() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    copy_tree(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("bazel"),
-        dir.path(),
-    );
-    dir
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
 
 /// Bazel in a scratch copy of tests/bazel with its own output root, run
 /// with `--batch`; both directories go when it is dropped.
@@ -60,36 +25,18 @@ struct Bazel {
 impl Bazel {
     fn scratch() -> Bazel {
         Bazel {
-            workspace: scratch_workspace(),
+            workspace: bazel::scratch_workspace(),
             output_root: tempfile::tempdir().unwrap(),
             startup: Vec::new(),
         }
     }
 
-    /// A Bazel that can speak TLS to a gRPC server. Debian's Bazel 4.2.3
-    /// links a netty built without the JDK's ALPN, so gRPC over TLS fails
-    /// with "JDK provider does not support ALPN protocol"; netty's OpenSSL
-    /// provider works, from Debian's libnetty-tcnative-jni, once the
-    /// library is found under the name netty looks for. The library checks
-    /// the name it was loaded by, so it is copied, not linked.
+    /// A Bazel that can speak TLS to a gRPC server
+    /// ([`bazel::tls_startup_option`]).
     fn scratch_with_tls() -> Bazel {
         let mut bazel = Bazel::scratch();
-        let library = [
-            "/usr/lib/x86_64-linux-gnu",
-            "/usr/lib/aarch64-linux-gnu",
-            "/usr/lib",
-        ]
-        .iter()
-        .map(|dir| Path::new(dir).join("jni/libnetty-tcnative.so"))
-        .find(|path| path.exists())
-        .expect("libnetty-tcnative-jni is installed (scripts/test.sh installs it)");
-        let dir = bazel.output_root.path().join("tcnative");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(library, dir.join("libnetty_tcnative.so")).unwrap();
-        bazel.startup.push(format!(
-            "--host_jvm_args=-Djava.library.path={}",
-            dir.display()
-        ));
+        let option = bazel::tls_startup_option(bazel.output_root.path());
+        bazel.startup.push(option);
         bazel
     }
 
@@ -160,23 +107,9 @@ fn assert_stops_cleanly(farm: &mut Farm) {
     );
 }
 
-/// The count before `label` in Bazel's process summary, e.g.
-/// "INFO: 18 processes: 8 remote cache hit, 10 internal."
-fn processes(summary: &str, label: &str) -> usize {
-    summary
-        .lines()
-        .filter(|l| l.contains(" processes: ") || l.contains(" process: "))
-        .flat_map(|l| l.split([':', ',']))
-        .filter_map(|part| {
-            let part = part.trim().trim_end_matches('.');
-            part.strip_suffix(label)?.trim().parse::<usize>().ok()
-        })
-        .sum()
-}
-
 #[test]
 fn bazel_uses_the_farm_as_a_remote_cache() {
-    if !bazel_available("bazel_uses_the_farm_as_a_remote_cache") {
+    if !bazel::available("bazel_uses_the_farm_as_a_remote_cache") {
         return;
     }
     let mut farm = Farm::start();
@@ -209,7 +142,7 @@ fn bazel_uses_the_farm_as_a_remote_cache() {
 
 #[test]
 fn bazel_executes_remotely_on_the_farm() {
-    if !bazel_available("bazel_executes_remotely_on_the_farm") {
+    if !bazel::available("bazel_executes_remotely_on_the_farm") {
         return;
     }
     let mut farm = Farm::start();
@@ -275,7 +208,7 @@ fn bazel_executes_remotely_on_the_farm() {
 #[test]
 fn an_unprivileged_farm_executes_remotely_and_says_what_it_cannot_enforce() {
     let test = "an_unprivileged_farm_executes_remotely_and_says_what_it_cannot_enforce";
-    if !bazel_available(test) {
+    if !bazel::available(test) {
         return;
     }
     if !corral_testkit::is_root() {
@@ -312,7 +245,8 @@ fn the_process_summary_is_parsed() {
 
 #[test]
 fn bazel_builds_over_tls_with_the_certificate_or_the_token_and_not_without() {
-    if !bazel_available("bazel_builds_over_tls_with_the_certificate_or_the_token_and_not_without") {
+    if !bazel::available("bazel_builds_over_tls_with_the_certificate_or_the_token_and_not_without")
+    {
         return;
     }
     let mut farm = Farm::start_secure(None);

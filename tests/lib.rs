@@ -1,9 +1,19 @@
 //! End-to-end tests of whole farms, driven by real clients, and the check
 //! that crate dependencies point the way the design says. The tests are
 //! the `[[test]]` targets beside this file; this library holds what they
-//! share: starting `corral up` on a free port and stopping it cleanly.
+//! share: starting `corral up` on a free port and stopping it cleanly,
+//! Bazel's workspace and TLS set-up ([`bazel`]), test hosts on a
+//! bridge of network namespaces ([`network`]), and daemons started one by
+//! one with their logs ([`processes`]).
 
 #![forbid(unsafe_code)]
+
+#[path = "lib/bazel.rs"]
+pub mod bazel;
+#[path = "lib/network.rs"]
+pub mod network;
+#[path = "lib/processes.rs"]
+pub mod processes;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -167,6 +177,12 @@ impl Farm {
             farm.logs()
         );
         farm
+    }
+
+    /// The process id of `corral up` (its runner and the sandboxes are
+    /// under it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The REAPI endpoint, as Bazel flags want it.

@@ -29,10 +29,10 @@ use crate::digest::{DigestError, DigestFunction};
 use crate::resource;
 
 /// Blobs up to this size are read and written in batches; larger ones
-/// through ByteStream.
+/// through ByteStream. Lower when storage's batch limit is.
 pub const BATCH_BLOB_MAX_BYTES: i64 = 1 << 20;
 /// Total payload of one batch request: under gRPC's 4 MiB default with
-/// room for the framing.
+/// room for the framing. Lower when storage says its limit is.
 const BATCH_TOTAL_MAX_BYTES: i64 = 3 << 20;
 /// Batch reads and ByteStream reads in flight at once, per call: enough
 /// to hide round trips without flooding storage.
@@ -64,6 +64,8 @@ pub enum Error {
         #[source]
         source: DigestError,
     },
+    #[error("not a digest the CAS client can check")]
+    Digest(#[source] DigestError),
     #[error("failed to name an upload to the CAS")]
     UploadName(#[source] corral_proto::ids::RandomnessError),
     #[error("failed to ask the CAS which blobs are missing")]
@@ -111,6 +113,9 @@ impl Error {
             Error::Missing { .. } => tonic::Status::not_found(self.to_string()),
             Error::Corrupt { .. } => tonic::Status::data_loss(self.to_string()),
             Error::DigestFunction { .. } => tonic::Status::invalid_argument(self.to_string()),
+            Error::Digest(ref source) => {
+                tonic::Status::invalid_argument(format!("{self}: {source}"))
+            }
             other => tonic::Status::internal(other.to_string()),
         }
     }
@@ -263,6 +268,34 @@ pub struct CasClient {
     digest_function: i32,
     /// Blobs read from the CAS since start (tests check cache hits).
     reads: std::sync::Arc<AtomicU64>,
+    /// Storage's batch limits, asked once (Capabilities) and shared by
+    /// every clone.
+    limits: Arc<tokio::sync::OnceCell<BatchLimits>>,
+}
+
+/// How large batches may be, from storage's `max_batch_total_size_bytes`
+/// (REAPI: the total of the blobs' sizes in one batch call; 0 is no
+/// limit) and our own, whichever is lower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Blobs larger than this go through ByteStream.
+    pub blob_max_bytes: i64,
+    /// The sizes of the blobs of one batch add up to at most this.
+    pub total_max_bytes: i64,
+}
+
+impl BatchLimits {
+    /// Ours, lowered to what storage announces.
+    pub fn from_server(max_batch_total_size_bytes: i64) -> Self {
+        let total = match max_batch_total_size_bytes {
+            n if n > 0 => n.min(BATCH_TOTAL_MAX_BYTES),
+            _ => BATCH_TOTAL_MAX_BYTES,
+        };
+        BatchLimits {
+            blob_max_bytes: BATCH_BLOB_MAX_BYTES.min(total),
+            total_max_bytes: total,
+        }
+    }
 }
 
 impl CasClient {
@@ -288,7 +321,36 @@ impl CasClient {
             function: DigestFunction::Sha256,
             digest_function: 0,
             reads: Default::default(),
+            limits: Default::default(),
         }
+    }
+
+    /// Storage's batch limits, asked once per client (and its clones).
+    /// Storage that cannot say (no Capabilities, or the caller may not
+    /// ask) gets ours, remembered; storage that does not answer gets ours
+    /// for this call and is asked again next time.
+    pub async fn batch_limits(&self) -> BatchLimits {
+        let asked = self
+            .limits
+            .get_or_try_init(|| async {
+                match self.capabilities().await {
+                    Ok(caps) => Ok(BatchLimits::from_server(
+                        caps.cache_capabilities
+                            .map_or(0, |c| c.max_batch_total_size_bytes),
+                    )),
+                    Err(Error::Capabilities(status))
+                        if matches!(
+                            status.code(),
+                            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                        ) =>
+                    {
+                        Err(())
+                    }
+                    Err(_) => Ok(BatchLimits::from_server(0)),
+                }
+            })
+            .await;
+        asked.copied().unwrap_or(BatchLimits::from_server(0))
     }
 
     /// The same storage under the digest function a request named
@@ -375,6 +437,7 @@ impl CasClient {
         let mut streams: Vec<Digest> = Vec::new();
         let mut batch: Vec<Digest> = Vec::new();
         let mut batch_bytes = 0;
+        let limits = self.batch_limits().await;
         for digest in digests {
             if !seen.insert(digest.hash.clone()) {
                 continue;
@@ -383,11 +446,11 @@ impl CasClient {
                 out.insert(digest.hash.clone(), self.verify(digest, Vec::new())?);
                 continue;
             }
-            if digest.size_bytes > BATCH_BLOB_MAX_BYTES {
+            if digest.size_bytes > limits.blob_max_bytes {
                 streams.push(digest.clone());
                 continue;
             }
-            if batch_bytes + digest.size_bytes > BATCH_TOTAL_MAX_BYTES {
+            if batch_bytes + digest.size_bytes > limits.total_max_bytes {
                 batches.push(std::mem::take(&mut batch));
                 batch_bytes = 0;
             }
@@ -521,6 +584,23 @@ impl CasClient {
         }))
     }
 
+    /// The whole of `digest` as chunks through ByteStream, passed on as
+    /// they arrive and checked at the end (see [`crate::verify_chunks`]):
+    /// for a reader that streams the blob on and cannot hold it.
+    pub async fn read_chunks(
+        &self,
+        digest: &Digest,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<Vec<u8>, tonic::Status>> + Send + 'static,
+        Error,
+    > {
+        let expected =
+            crate::digest::Digest::from_proto(self.function, digest).map_err(Error::Digest)?;
+        let stream = self.open_read(digest).await?.0;
+        let chunks = futures_util::StreamExt::map(stream, |chunk| chunk.map(|c| c.data));
+        Ok(crate::verify_chunks(expected, chunks))
+    }
+
     /// Streams one blob into `file` through ByteStream, hashing as it
     /// goes: a large file never sits in memory. Fails, with the file
     /// holding junk the caller removes, if the bytes do not match the
@@ -578,15 +658,16 @@ impl CasClient {
             .collect();
         let mut batch = Vec::new();
         let mut batch_bytes = 0;
+        let limits = self.batch_limits().await;
         for (hash, (digest, data)) in unique {
             if !missing.contains(&hash) {
                 continue;
             }
-            if digest.size_bytes > BATCH_BLOB_MAX_BYTES {
+            if digest.size_bytes > limits.blob_max_bytes {
                 self.write_stream(&digest, data).await?;
                 continue;
             }
-            if batch_bytes + digest.size_bytes > BATCH_TOTAL_MAX_BYTES {
+            if batch_bytes + digest.size_bytes > limits.total_max_bytes {
                 self.write_batch(std::mem::take(&mut batch)).await?;
                 batch_bytes = 0;
             }

@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use corral_auth::channel::Connector;
 use corral_cas_client::CasClient;
+use corral_proto::bytestream::byte_stream_server::ByteStream as _;
+use corral_proto::bytestream::ReadRequest;
 use corral_proto::reapi::action_cache_server::ActionCache as _;
 use corral_proto::reapi::capabilities_server::Capabilities as _;
 use corral_proto::reapi::content_addressable_storage_server::ContentAddressableStorage as _;
@@ -21,6 +23,7 @@ use corral_proto::reapi::{
     GetCapabilitiesRequest, ServerCapabilities, UpdateActionResultRequest,
 };
 use corral_storage::ac_service::AcService;
+use corral_storage::bytestream_service::ByteStreamService;
 use corral_storage::capabilities_service::CapabilitiesService;
 use corral_storage::cas_service::CasService;
 use corral_storage::DigestFunction;
@@ -30,6 +33,10 @@ use crate::operation::Inline;
 
 pub use corral_cas_client::Fetched;
 
+/// A blob's chunks as [`StorageClient::read_chunks`] streams them.
+pub type BlobChunks =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Vec<u8>, Status>> + Send>>;
+
 /// A lazily connected client of a REAPI storage, or storage's own
 /// handlers in this process.
 #[derive(Clone)]
@@ -37,6 +44,7 @@ pub enum StorageClient {
     Remote(CasClient),
     InProcess {
         cas: Arc<CasService>,
+        bytestream: Arc<ByteStreamService>,
         action_cache: Arc<AcService>,
         capabilities: Arc<CapabilitiesService>,
     },
@@ -66,6 +74,10 @@ impl StorageClient {
         Self::InProcess {
             cas: Arc::new(
                 CasService::new(Arc::clone(&stores.blobs), cfg.max_batch_total_size_bytes)
+                    .with_membership(stores.membership.clone()),
+            ),
+            bytestream: Arc::new(
+                ByteStreamService::new(Arc::clone(&stores.blobs))
                     .with_membership(stores.membership.clone()),
             ),
             action_cache: Arc::new(
@@ -103,6 +115,46 @@ impl StorageClient {
                 let response = cas.batch_read_blobs(Request::new(request)).await?;
                 corral_cas_client::read_response(function, digests, response.into_inner())
                     .map_err(corral_cas_client::Error::into_status)
+            }
+        }
+    }
+
+    /// The whole of `digest` as a stream of chunks, for a reader that
+    /// passes it on (a download) and cannot hold it. The chunks are
+    /// checked as they pass: a blob that turns out not to match its
+    /// digest ends with DATA_LOSS in place of its end.
+    pub async fn read_chunks(
+        &self,
+        instance: &str,
+        digest_function: i32,
+        digest: &Digest,
+    ) -> Result<BlobChunks, Status> {
+        match self {
+            Self::Remote(client) => {
+                let chunks = remote(client, instance, digest_function)?
+                    .read_chunks(digest)
+                    .await
+                    .map_err(corral_cas_client::Error::into_status)?;
+                Ok(Box::pin(chunks))
+            }
+            Self::InProcess { bytestream, .. } => {
+                let function = DigestFunction::from_proto(digest_function)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let expected = corral_cas_client::digest::Digest::from_proto(function, digest)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let request = ReadRequest {
+                    resource_name: corral_cas_client::resource::read_name(
+                        instance,
+                        function,
+                        &digest.hash,
+                        digest.size_bytes,
+                    ),
+                    read_offset: 0,
+                    read_limit: 0,
+                };
+                let chunks = bytestream.read(Request::new(request)).await?.into_inner();
+                let chunks = futures_util::StreamExt::map(chunks, |r| r.map(|r| r.data));
+                Ok(Box::pin(corral_cas_client::verify_chunks(expected, chunks)))
             }
         }
     }
@@ -248,5 +300,40 @@ mod tests {
             client.find_missing("team-b", 0, &digests).await.unwrap(),
             digests
         );
+    }
+
+    /// A blob larger than one gRPC message streams whole, in chunks, in
+    /// process as over gRPC, and only to its own instance name.
+    #[tokio::test]
+    async fn in_process_chunked_reads_stream_a_large_blob_to_its_instance_name_only() {
+        let cfg = corral_storage::Config {
+            backend: Backend::Memory {
+                max_size_bytes: 64 << 20,
+            },
+            isolate_instances: true,
+            ..Default::default()
+        };
+        let stores = corral_storage::open(&cfg).await.unwrap();
+        let blob: Vec<u8> = (0..5u32 << 20).map(|i| (i % 251) as u8).collect();
+        let digest = DigestFunction::Sha256.digest_of(&blob);
+        stores
+            .instance_blobs()
+            .for_instance("team-a")
+            .put(&digest, blob.clone())
+            .await
+            .unwrap();
+        let client = StorageClient::in_process(&cfg, &stores);
+        let chunks: Vec<Vec<u8>> = futures_util::TryStreamExt::try_collect(
+            client
+                .read_chunks("team-a", 0, &digest.to_proto())
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert!(chunks.len() > 1, "one chunk of {} bytes", blob.len());
+        assert!(chunks.concat() == blob, "the chunks are not the blob");
+        let other = client.read_chunks("team-b", 0, &digest.to_proto()).await;
+        assert_eq!(other.err().map(|s| s.code()), Some(Code::NotFound));
     }
 }

@@ -43,7 +43,9 @@ pub struct Config {
     /// any instance name it may read (docs/decisions/0010). Set it when
     /// tenants must not read each other's blobs; the cost is that a blob
     /// uploaded under one instance name must be uploaded again under
-    /// another. Memory and disk backends only.
+    /// another. Memory and disk backends only, with or without an object
+    /// store behind them (membership then follows the disk tier: a blob
+    /// it evicts is hidden from its instance names until written again).
     pub isolate_instances: bool,
     /// An object store behind the backend (`[object_store]`), holding the
     /// durable copy of every blob and Action Cache entry; the backend
@@ -283,21 +285,31 @@ impl Config {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObjectStoreConfig {
-    /// The bucket and key prefix, `s3://bucket/prefix` (S3 or an
-    /// S3-compatible server), or a local directory, `file:///abs/dir`.
+    /// Where objects go: the bucket (or container) and key prefix.
+    /// `s3://bucket/prefix` (S3 or an S3-compatible server),
+    /// `gs://bucket/prefix` (Google Cloud Storage), `az://container/prefix`
+    /// (Azure Blob Storage), or a local directory, `file:///abs/dir`.
     /// Required.
     pub url: String,
-    /// The S3 endpoint, for S3-compatible servers, e.g.
-    /// `http://127.0.0.1:3900`. Default: none, AWS's endpoint for
-    /// `region`. Requests use path-style addressing.
+    /// The service's endpoint, for S3-compatible servers (e.g.
+    /// `http://127.0.0.1:3900`, requests use path-style addressing) and
+    /// Azure emulators or sovereign clouds (e.g.
+    /// `http://127.0.0.1:10000/devstoreaccount1`). Default: none, the
+    /// provider's public endpoint. Not for `gs://`: a GCS emulator is named
+    /// by `gcs_base_url` in the service account file.
     pub endpoint: Option<String>,
     /// The S3 region. Default `us-east-1`; S3-compatible servers name
-    /// their own (Garage: `garage`).
+    /// their own (Garage: `garage`). Only for `s3://`.
     pub region: String,
-    /// A TOML file with `access_key_id`, `secret_access_key` and an
-    /// optional `session_token`. Default: none, credentials come from the
-    /// environment as AWS's tools read them (`AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, or an instance role).
+    /// Credentials, by provider. `s3://`: a TOML file with
+    /// `access_key_id`, `secret_access_key` and an optional
+    /// `session_token`. `az://`: a TOML file with `account` and
+    /// `access_key`. `gs://`: a service account key (JSON), as Google's
+    /// tools write it. Default: none, credentials come from the
+    /// environment as each provider's tools read them (`AWS_*` or an
+    /// instance role; `AZURE_STORAGE_ACCOUNT_NAME` and
+    /// `AZURE_STORAGE_ACCOUNT_KEY` or a managed identity;
+    /// `GOOGLE_APPLICATION_CREDENTIALS` or the metadata server).
     pub credentials_file: Option<PathBuf>,
     /// Allow `http://` endpoints. Default false; set it only for a server
     /// on loopback or a trusted network (tests).
@@ -343,42 +355,7 @@ impl Default for ObjectStoreConfig {
     }
 }
 
-/// The file `credentials_file` names.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Credentials {
-    access_key_id: String,
-    secret_access_key: String,
-    session_token: Option<String>,
-}
-
-/// Where `url` points.
-enum ObjectStoreUrl<'a> {
-    S3 { bucket: &'a str, prefix: &'a str },
-    Directory { dir: &'a str },
-}
-
 impl ObjectStoreConfig {
-    fn parse_url(&self) -> Result<ObjectStoreUrl<'_>, Error> {
-        if let Some(rest) = self.url.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if !bucket.is_empty() {
-                return Ok(ObjectStoreUrl::S3 { bucket, prefix });
-            }
-        } else if let Some(dir) = self.url.strip_prefix("file://") {
-            if dir.starts_with('/') {
-                return Ok(ObjectStoreUrl::Directory { dir });
-            }
-        }
-        Err(Error::InvalidConfig {
-            field: "object_store.url",
-            reason: format!(
-                "{:?} is neither s3://bucket[/prefix] nor file:///absolute/dir",
-                self.url
-            ),
-        })
-    }
-
     fn validate(&self, cfg: &Config) -> Result<(), Error> {
         self.parse_url()?;
         let invalid = |field, reason: &str| {
@@ -393,16 +370,16 @@ impl ObjectStoreConfig {
                 "needs a memory or disk backend in front of it, not a remote one",
             );
         }
-        if cfg.isolate_instances {
-            return invalid(
-                "isolate_instances",
-                "is not supported with an object store yet (docs/decisions/0015)",
-            );
-        }
         if self.part_size_bytes < 5 << 20 {
             return invalid("object_store.part_size_bytes", "must be at least 5 MiB");
         }
         if let Some(endpoint) = &self.endpoint {
+            if self.url.starts_with("gs://") {
+                return invalid(
+                    "object_store.endpoint",
+                    "is not used for gs://: name a GCS emulator with gcs_base_url in the service account file",
+                );
+            }
             if endpoint.starts_with("http://") && !self.allow_http {
                 return invalid(
                     "object_store.endpoint",
@@ -411,73 +388,6 @@ impl ObjectStoreConfig {
             }
         }
         Ok(())
-    }
-
-    /// The object store `url` names, and the key prefix inside it.
-    pub fn build(
-        &self,
-    ) -> Result<
-        (
-            std::sync::Arc<dyn object_store::ObjectStore>,
-            object_store::path::Path,
-        ),
-        object_store::Error,
-    > {
-        use std::time::Duration;
-
-        use object_store::aws::AmazonS3Builder;
-        use object_store::path::Path;
-        use object_store::{ClientOptions, RetryConfig};
-
-        let generic =
-            |source: Box<dyn std::error::Error + Send + Sync>| object_store::Error::Generic {
-                store: "config",
-                source,
-            };
-        let url = self.parse_url().map_err(|err| generic(Box::new(err)))?;
-        match url {
-            ObjectStoreUrl::Directory { dir } => {
-                std::fs::create_dir_all(dir).map_err(|err| generic(Box::new(err)))?;
-                let store = object_store::local::LocalFileSystem::new_with_prefix(dir)?;
-                Ok((std::sync::Arc::new(store), Path::default()))
-            }
-            ObjectStoreUrl::S3 { bucket, prefix } => {
-                let mut builder = AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .with_region(&self.region)
-                    .with_allow_http(self.allow_http)
-                    .with_virtual_hosted_style_request(false)
-                    .with_client_options(
-                        ClientOptions::new()
-                            .with_allow_http(self.allow_http)
-                            .with_timeout(Duration::from_secs(self.request_timeout_s))
-                            .with_connect_timeout(Duration::from_secs(
-                                self.request_timeout_s.min(5),
-                            )),
-                    )
-                    .with_retry(RetryConfig {
-                        max_retries: self.max_retries,
-                        retry_timeout: Duration::from_secs(self.retry_timeout_s),
-                        ..RetryConfig::default()
-                    });
-                if let Some(endpoint) = &self.endpoint {
-                    builder = builder.with_endpoint(endpoint);
-                }
-                if let Some(file) = &self.credentials_file {
-                    let text =
-                        std::fs::read_to_string(file).map_err(|err| generic(Box::new(err)))?;
-                    let credentials: Credentials =
-                        toml::from_str(&text).map_err(|err| generic(Box::new(err)))?;
-                    builder = builder
-                        .with_access_key_id(credentials.access_key_id)
-                        .with_secret_access_key(credentials.secret_access_key);
-                    if let Some(token) = credentials.session_token {
-                        builder = builder.with_token(token);
-                    }
-                }
-                Ok((std::sync::Arc::new(builder.build()?), Path::from(prefix)))
-            }
-        }
     }
 }
 
@@ -571,7 +481,7 @@ mod tests {
         assert!(bad(&|c| c.part_size_bytes = 1 << 20).contains("part_size_bytes"));
         let mut isolated = cfg.clone();
         isolated.isolate_instances = true;
-        assert!(isolated.validate().is_err());
+        assert!(isolated.validate().is_ok(), "isolation works over the tier");
         assert!(parse("[object_store]\nurl = \"s3://b\"\nbucket = \"x\"\n")
             .unwrap_err()
             .contains("bucket"));

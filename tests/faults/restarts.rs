@@ -8,7 +8,6 @@
 //! The runner's death is the hook [`Daemon::Runner`]: same harness.
 //! docs/failures.md says what each death costs.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use corral_e2e::{Daemon, SplitFarm};
@@ -509,33 +508,6 @@ async fn a_retried_execute_joins_the_action_still_running_from_before_the_restar
     assert_result(&client, &farm, &done, 0, "next (adopted)\n").await;
 }
 
-fn bazel_available(test: &str) -> bool {
-    let found = std::process::Command::new("bazel")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !found {
-        corral_testkit::skip(
-            test,
-            "bazel not installed (apt-get install bazel-bootstrap)",
-        );
-    }
-    found
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 /// Whether a process whose command line contains `marker` runs (the
 /// host sees the sandboxes' processes).
 fn running(marker: &str) -> bool {
@@ -552,15 +524,11 @@ fn running(marker: &str) -> bool {
 #[test]
 fn bazel_builds_green_across_a_scheduler_restart_mid_build() {
     let test = "bazel_builds_green_across_a_scheduler_restart_mid_build";
-    if !bazel_available(test) {
+    if !corral_e2e::bazel::available(test) {
         return;
     }
     let mut farm = SplitFarm::start();
-    let workspace = tempfile::tempdir().unwrap();
-    copy_tree(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("bazel"),
-        workspace.path(),
-    );
+    let workspace = corral_e2e::bazel::scratch_workspace();
     let output_root = tempfile::tempdir().unwrap();
     let bazel = std::process::Command::new("bazel")
         .arg("--batch")

@@ -7,9 +7,9 @@
 //! on the large slot. docs/decisions/0014-size-classes.md.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Process, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command as Process;
 
+use corral_e2e::processes::Processes;
 use corral_e2e::{corral_binary, free_port};
 use corral_proto::longrunning::operation;
 use corral_proto::reapi::batch_update_blobs_request::Request as UploadRequest;
@@ -33,11 +33,12 @@ fn digest_of(data: &[u8]) -> Digest {
 /// class.
 const RETRY_LINE: &str = "queued again for a larger size class";
 
-/// Daemons started by the test, stopped (SIGINT, then SIGKILL) when
-/// dropped.
+/// Daemons started by the test ([`Processes`]: stopped, SIGINT then
+/// SIGKILL, when dropped), with their files in `dir`. Field order is drop
+/// order: the daemons stop before their directory goes.
 struct Daemons {
+    processes: Processes,
     dir: tempfile::TempDir,
-    children: Vec<Child>,
 }
 
 impl Daemons {
@@ -46,65 +47,22 @@ impl Daemons {
     }
 
     fn start(&mut self, name: &str, args: &[String]) {
-        let log = |stream: &str| {
-            std::fs::File::create(self.path(&format!("{name}.{stream}"))).expect("create a log")
-        };
-        let child = Process::new(corral_binary())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log("out"))
-            .stderr(log("err"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("start corral {name}: {e}"));
-        self.children.push(child);
+        let mut command = Process::new(corral_binary());
+        command.args(args);
+        self.processes.start(name, command);
     }
 
     fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.path(&format!("{name}.err"))).unwrap_or_default()
+        self.processes.log(name)
     }
 
     fn logs(&self) -> String {
-        [
-            "storage",
-            "scheduler",
-            "runner-small",
-            "runner-large",
-            "worker",
-        ]
-        .iter()
-        .map(|name| format!("--- {name}\n{}", self.log(name)))
-        .collect()
+        self.processes.logs()
     }
 
-    fn wait_until(&self, what: &str, ready: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !ready() {
-            assert!(
-                Instant::now() < deadline,
-                "{what} did not get ready\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemons {
-    fn drop(&mut self) {
-        for child in self.children.iter_mut().rev() {
-            let _ = Process::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !matches!(child.try_wait(), Ok(Some(_))) {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+    /// Waits for `ready`, failing if `name` exits first or after 60 s.
+    fn wait_until(&mut self, name: &str, ready: impl Fn() -> bool) {
+        self.processes.wait_until(name, ready);
     }
 }
 
@@ -125,9 +83,10 @@ fn policy_with_memory(dir: &Path, bytes: u64) {
 /// Storage, a scheduler with size classes, two runners and one worker
 /// with a small and a large slot.
 fn start() -> (Daemons, String, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
     let mut d = Daemons {
-        dir: tempfile::tempdir().expect("temp dir"),
-        children: Vec::new(),
+        processes: Processes::new(dir.path()),
+        dir,
     };
     let (storage_port, scheduler_port) = (free_port(), free_port());
     let storage = format!("http://127.0.0.1:{storage_port}");
@@ -211,7 +170,10 @@ fn start() -> (Daemons, String, String) {
         "worker",
         &["worker".into(), "--config".into(), p("worker.toml")],
     );
-    d.wait_until("worker", || d.log("worker").contains("worker running"));
+    let log = d.path("worker.err");
+    d.wait_until("worker", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("worker running"))
+    });
     (d, storage, scheduler)
 }
 

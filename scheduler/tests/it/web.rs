@@ -205,6 +205,28 @@ async fn the_action_page_shows_the_command_line_escaped_and_the_input_root() {
     assert_eq!(status, "HTTP/1.1 400 Bad Request");
 }
 
+/// A blob past one gRPC message (4 MiB) downloads whole: it streams from
+/// storage through ByteStream, not one batch read.
+#[tokio::test]
+async fn a_blob_larger_than_a_grpc_message_downloads_whole() {
+    let farm = farm().await;
+    let blob: Vec<u8> = b"0123456789abcdef\n".repeat(5 << 20 >> 4);
+    let digest = digest_of(&blob);
+    corral_cas_client::CasClient::from_channel(
+        corral_auth::channel::Connector::plaintext().wrap(farm.storage.clone()),
+    )
+    .upload(vec![(digest.clone(), blob.clone())])
+    .await
+    .unwrap();
+    let (status, body) = http_get(farm.metrics, &href("blob", &digest)).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(body.len(), blob.len());
+    assert!(body.as_bytes() == blob.as_slice(), "the download differs");
+    let missing = digest_of(b"never uploaded");
+    let (status, _) = http_get(farm.metrics, &href("blob", &missing)).await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+}
+
 #[tokio::test]
 async fn with_auth_the_web_ui_refuses_callers_without_a_client_certificate() {
     let farm = farm_with_authorizer(corral_auth::Authorizer::with_grants(

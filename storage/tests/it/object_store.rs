@@ -27,7 +27,7 @@ use tonic::Code;
 const BUCKET: &str = "corral-test";
 const ACCESS_KEY: &str = "corral-test-key";
 const SECRET_KEY: &str = "corral-test-secret";
-const MIB: usize = 1 << 20;
+pub(crate) const MIB: usize = 1 << 20;
 
 /// The s3s-fs binary: `CORRAL_TEST_S3S_FS`, or where scripts/test.sh
 /// installs it.
@@ -128,7 +128,8 @@ impl S3Server {
                 credentials_file: Some(credentials),
                 allow_http: true,
                 part_size_bytes: 5 << 20,
-                request_timeout_s: 5,
+                // Generous: a 12 MiB GET on a loaded 2-core machine took over 5 s.
+                request_timeout_s: 30,
                 max_retries: 1,
                 retry_timeout_s: 2,
                 ..ObjectStoreConfig::default()
@@ -154,17 +155,17 @@ impl Drop for S3Server {
     }
 }
 
-fn blob(seed: u8, len: usize) -> Vec<u8> {
+pub(crate) fn blob(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
         .collect()
 }
 
-fn sha(data: &[u8]) -> Digest {
+pub(crate) fn sha(data: &[u8]) -> Digest {
     DigestFunction::Sha256.digest_of(data)
 }
 
-async fn read_all(
+pub(crate) async fn read_all(
     stores: &corral_storage::Stores,
     d: &Digest,
     offset: u64,
@@ -176,7 +177,7 @@ async fn read_all(
 }
 
 /// Writes `data` in 1 MiB chunks, as ByteStream does.
-async fn write(stores: &corral_storage::Stores, data: &[u8]) -> Result<(), Error> {
+pub(crate) async fn write(stores: &corral_storage::Stores, data: &[u8]) -> Result<(), Error> {
     let mut write = stores.blobs.begin_write(&sha(data)).await?;
     for chunk in data.chunks(MIB) {
         write.write(chunk).await?;
@@ -189,6 +190,21 @@ async fn a_wiped_disk_tier_is_served_from_the_object_store() {
     let Some(server) = server_or_skip("a_wiped_disk_tier_is_served_from_the_object_store") else {
         return;
     };
+    let large = wiped_disk_tier_is_served_from(|disk| server.storage_config(disk)).await;
+    // Stored whole, though uploaded in parts.
+    assert!(
+        std::fs::metadata(server.object_file(&sha(&large)))
+            .unwrap()
+            .len()
+            == large.len() as u64
+    );
+}
+
+/// A farm writes blobs and an Action Cache entry through a disk tier in
+/// front of the object store `config` names; the disk tier is wiped; a
+/// new one in front of the same bucket serves them all, the Action Cache
+/// entry complete, ranged reads included. Returns the large blob.
+pub(crate) async fn wiped_disk_tier_is_served_from(config: impl Fn(&Path) -> Config) -> Vec<u8> {
     let disks = tempfile::tempdir().unwrap();
     let first_disk = disks.path().join("first");
     // Small (one PUT) and large (a multipart upload in three parts).
@@ -205,7 +221,7 @@ async fn a_wiped_disk_tier_is_served_from_the_object_store() {
         ..Default::default()
     };
     {
-        let cfg = server.storage_config(&first_disk);
+        let cfg = config(&first_disk);
         cfg.validate().unwrap();
         let stores = corral_storage::open(&cfg).await.unwrap();
         for data in [&small, &large, &output] {
@@ -217,19 +233,11 @@ async fn a_wiped_disk_tier_is_served_from_the_object_store() {
             .await
             .unwrap();
     }
-    assert!(
-        std::fs::metadata(server.object_file(&sha(&large)))
-            .unwrap()
-            .len()
-            == large.len() as u64
-    );
     std::fs::remove_dir_all(&first_disk).unwrap();
 
     // The disk tier wiped: a new one, empty, in front of the same bucket.
     let second_disk = disks.path().join("second");
-    let stores = corral_storage::open(&server.storage_config(&second_disk))
-        .await
-        .unwrap();
+    let stores = corral_storage::open(&config(&second_disk)).await.unwrap();
     let digests = [sha(&small), sha(&large), sha(&output)];
     assert!(stores
         .blobs
@@ -264,7 +272,7 @@ async fn a_wiped_disk_tier_is_served_from_the_object_store() {
 
     // A disk tier too small to keep the large blob: ranged GETs serve
     // parts of it, and a whole read streams verified from the bucket.
-    let mut cfg = server.storage_config(&disks.path().join("small"));
+    let mut cfg = config(&disks.path().join("small"));
     cfg.backend = Backend::Disk {
         dir: disks.path().join("small"),
         max_size_bytes: MIB as u64,
@@ -279,6 +287,7 @@ async fn a_wiped_disk_tier_is_served_from_the_object_store() {
         read_all(&stores, &sha(&large), 0, None).await.unwrap(),
         large
     );
+    large
 }
 
 #[tokio::test]
@@ -394,7 +403,7 @@ fn garage_binary() -> Option<PathBuf> {
     installed.exists().then_some(installed)
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -623,4 +632,71 @@ async fn garage_with_one_node_of_three_stopped_loses_nothing() {
             .is_empty());
         assert_eq!(&read_all(&stores, &sha(data), 0, None).await.unwrap(), data);
     }
+}
+
+/// `isolate_instances` over the tier: one instance name's blob is missing
+/// to another, though the bucket holds it; a wiped disk tier hides it from
+/// its own instance name too (the record of who wrote it went with the
+/// disk) until written again, never showing it to anyone else.
+#[tokio::test]
+async fn isolated_instance_names_stay_apart_over_the_object_store() {
+    let Some(server) = server_or_skip("isolated_instance_names_stay_apart_over_the_object_store")
+    else {
+        return;
+    };
+    let disks = tempfile::tempdir().unwrap();
+    let isolated = |disk: &Path| {
+        let mut cfg = server.storage_config(disk);
+        cfg.isolate_instances = true;
+        cfg.validate().unwrap();
+        cfg
+    };
+    let data = blob(11, 4000);
+    let d = sha(&data);
+    {
+        let stores = corral_storage::open(&isolated(&disks.path().join("a")))
+            .await
+            .unwrap();
+        let blobs = stores.instance_blobs();
+        let mut write = blobs.for_instance("team-a").begin_write(&d).await.unwrap();
+        write.write(&data).await.unwrap();
+        write.commit().await.unwrap();
+        assert!(blobs
+            .for_instance("team-a")
+            .find_missing(&[d])
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            blobs
+                .for_instance("team-b")
+                .find_missing(&[d])
+                .await
+                .unwrap(),
+            [d]
+        );
+        assert_eq!(blobs.for_instance("team-b").get(&d).await.unwrap(), None);
+    }
+    assert!(server.object_file(&d).exists(), "the bucket holds it");
+
+    // The disk tier wiped: nobody sees the blob until it is written again.
+    let stores = corral_storage::open(&isolated(&disks.path().join("b")))
+        .await
+        .unwrap();
+    let blobs = stores.instance_blobs();
+    for team in ["team-a", "team-b"] {
+        assert_eq!(
+            blobs.for_instance(team).find_missing(&[d]).await.unwrap(),
+            [d],
+            "{team}"
+        );
+    }
+    let mut write = blobs.for_instance("team-a").begin_write(&d).await.unwrap();
+    write.write(&data).await.unwrap();
+    write.commit().await.unwrap();
+    assert_eq!(
+        blobs.for_instance("team-a").get(&d).await.unwrap(),
+        Some(data)
+    );
+    assert_eq!(blobs.for_instance("team-b").get(&d).await.unwrap(), None);
 }
