@@ -11,6 +11,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use corral_e2e::Farm;
@@ -278,4 +279,174 @@ async fn an_unknown_tag_or_a_missing_image_fails_the_action_naming_both() {
             status.message
         );
     }
+}
+
+/// Packages whose files make the compiler image: a C/C++ toolchain and
+/// the shells Bazel's actions use, as installed on this host. Their
+/// dependencies are added; `base-files` is left out, so the host's
+/// `/etc/debian_version` is not in the image, and the sanitizer runtimes
+/// (only for `-fsanitize`) to keep the image small.
+const TOOLCHAIN: &[&str] = &[
+    "gcc",
+    "g++",
+    "bash",
+    "coreutils",
+    "binutils",
+    "libc-bin",
+    // Bazel's test wrappers (generate-xml.sh) use sed and grep.
+    "sed",
+    "grep",
+];
+const LEFT_OUT: &[&str] = &[
+    "base-files",
+    "libasan8",
+    "libtsan2",
+    "liblsan0",
+    "libubsan1",
+    "libgprofng0",
+];
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Writes a root tree at `tree` holding the files of [`TOOLCHAIN`]'s
+/// installed packages and their installed dependencies (docs left out),
+/// plus [`IMAGE_ONLY`].
+fn toolchain_tree(tree: &Path) {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo: Vec<String> = TOOLCHAIN.iter().map(|s| (*s).to_owned()).collect();
+    while let Some(package) = todo.pop() {
+        if LEFT_OUT.contains(&package.as_str()) || !seen.insert(package.clone()) {
+            continue;
+        }
+        let out = Command::new("dpkg-query")
+            .args(["-W", "-f=${Depends},${Pre-Depends}", &package])
+            .output()
+            .unwrap();
+        for dependency in String::from_utf8_lossy(&out.stdout).split(',') {
+            // The first installed alternative, without version or arch.
+            let chosen = dependency
+                .split('|')
+                .map(|a| a.trim().split([' ', ':']).next().unwrap_or("").to_owned())
+                .find(|a| !a.is_empty() && installed(a));
+            todo.extend(chosen);
+        }
+    }
+    let mut paths = std::collections::BTreeSet::new();
+    for package in &seen {
+        let out = Command::new("dpkg").args(["-L", package]).output().unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let skip = [
+                "/usr/share/doc",
+                "/usr/share/man",
+                "/usr/share/locale",
+                "/usr/share/info",
+            ];
+            if line.starts_with('/') && !skip.iter().any(|s| line.starts_with(s)) {
+                paths.insert(line.trim_start_matches('/').to_owned());
+            }
+        }
+    }
+    let list = tree.with_extension("list");
+    let text: String = paths.iter().map(|p| format!("{p}\n")).collect();
+    std::fs::write(&list, text).unwrap();
+    // Merged /usr: the host's /bin, /lib, /lib64, /sbin are symlinks
+    // into /usr, archived before what lies under them: their targets
+    // must exist for the files to land.
+    for dir in ["usr/bin", "usr/lib", "usr/lib64", "usr/sbin"] {
+        std::fs::create_dir_all(tree.join(dir)).unwrap();
+    }
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -C / --no-recursion -cf - -T {} 2>/dev/null | tar -C {} -xf -",
+            list.display(),
+            tree.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::write(tree.join(IMAGE_ONLY.0), IMAGE_ONLY.1).unwrap();
+}
+
+#[test]
+fn bazel_builds_the_cpp_workspace_in_an_image_from_the_registry() {
+    let test = "bazel_builds_the_cpp_workspace_in_an_image_from_the_registry";
+    if !corral_testkit::privileged(test) || !corral_e2e::bazel::available(test) {
+        return;
+    }
+    if !Path::new(REGISTRY).exists() {
+        corral_testkit::skip(test, "docker-registry is not installed");
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let tree = scratch.path().join("tree");
+    toolchain_tree(&tree);
+    let layout = scratch.path().join("layout");
+    oci_layout(&tree, &layout, "1");
+    let registry = Registry::start();
+    push_layout(registry.addr, &layout, "corral/cc", "1");
+    let image = format!("docker://{}/corral/cc:1", registry.addr);
+    let mut farm = Farm::start();
+    std::fs::set_permissions(farm.data_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let workspace = corral_e2e::bazel::scratch_workspace();
+    let output_root = tempfile::tempdir().unwrap();
+    let bazel = |args: &[&str]| {
+        let out = Command::new("bazel")
+            .arg("--batch")
+            .arg(format!(
+                "--output_user_root={}",
+                output_root.path().display()
+            ))
+            .args(args)
+            .arg(format!("--remote_executor={}", farm.grpc_url()))
+            .args(["--spawn_strategy=remote", "--remote_local_fallback=false"])
+            .arg(format!(
+                "--remote_default_exec_properties=container-image={image}"
+            ))
+            .args([
+                "--nosandbox_debug",
+                "--experimental_repository_disable_download",
+            ])
+            .current_dir(workspace.path())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, build) = bazel(&["build", "//...", "//image:in_image"]);
+    assert!(
+        ok,
+        "remote build in the image failed\n{build}\n{}",
+        farm.logs()
+    );
+    assert!(
+        corral_e2e::bazel::processes(&build, "remote") >= 7,
+        "expected remote executions\n{build}"
+    );
+    let proof =
+        std::fs::read_to_string(workspace.path().join("bazel-bin/image/in_image.txt")).unwrap();
+    assert_eq!(proof, format!("{}no host python3\n", IMAGE_ONLY.1));
+    let hello = Command::new(workspace.path().join("bazel-bin/hello"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&hello.stdout).trim(),
+        "hello corral"
+    );
+    let (ok, tested) = bazel(&["test", "//:greet_test"]);
+    assert!(
+        ok,
+        "remote test in the image failed\n{tested}\n{}",
+        farm.logs()
+    );
+    assert!(farm.stop().success());
 }
