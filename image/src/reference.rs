@@ -267,6 +267,20 @@ mod tests {
         assert_eq!(r.version, Version::Tag("latest".to_owned()));
     }
 
+    proptest::proptest! {
+        /// Any text: parsed or refused, never a panic; what parses prints
+        /// back as a value that parses to the same reference.
+        #[test]
+        fn any_value_parses_or_is_refused_and_round_trips(
+            value in "(docker://|oci:/)?[a-zA-Z0-9:@/._-]{0,40}(@sha256:[0-9a-f]{64})?"
+        ) {
+            if let Ok(reference) = Reference::parse(&value) {
+                let again = Reference::parse(&reference.to_string());
+                proptest::prop_assert_eq!(again, Ok(reference));
+            }
+        }
+    }
+
     #[test]
     fn bad_references_are_refused_naming_what_is_wrong() {
         for (value, want) in [

@@ -593,6 +593,97 @@ pub(crate) mod tests {
             .unwrap();
     }
 
+    mod crafted {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Path pieces a hostile layer would use: names, `..`, `.`,
+        /// whiteouts, and (for link targets) the absolute path of a
+        /// directory beside the tree.
+        fn piece() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "a",
+                "b",
+                "etc",
+                "..",
+                ".",
+                ".wh.a",
+                ".wh..wh..opq",
+                "OUT",
+            ])
+        }
+
+        fn path() -> impl Strategy<Value = Vec<&'static str>> {
+            prop::collection::vec(piece(), 1..4)
+        }
+
+        fn kind() -> impl Strategy<Value = tar::EntryType> {
+            prop::sample::select(vec![
+                tar::EntryType::Regular,
+                tar::EntryType::Directory,
+                tar::EntryType::Symlink,
+                tar::EntryType::Link,
+            ])
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+            /// Whatever two crafted layers hold, unpacking them writes
+            /// nothing outside the tree (an `outside` directory beside it,
+            /// which symlinks and hardlinks name absolutely and by `..`,
+            /// stays empty), and never panics.
+            #[test]
+            fn nothing_lands_outside_the_tree(
+                layers in prop::collection::vec(
+                    prop::collection::vec((path(), kind(), path(), any::<bool>()), 1..10),
+                    1..3,
+                )
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let outside = dir.path().join("outside");
+                fs::create_dir(&outside).unwrap();
+                let root = dir.path().join("rootfs");
+                fs::create_dir(&root).unwrap();
+                let out = outside.to_str().unwrap().to_owned();
+                let render = |parts: &[&str], absolute: bool| {
+                    let joined = parts
+                        .iter()
+                        .map(|p| if *p == "OUT" { out.as_str() } else { p })
+                        .collect::<Vec<_>>()
+                        .join("/");
+                    if absolute { format!("/{joined}") } else { joined }
+                };
+                let mut tree = Tree::new(root.clone());
+                let mut budget = Budget { written_bytes: 0, max_bytes: 1 << 20 };
+                for entries in &layers {
+                    let rendered: Vec<(String, tar::EntryType, String)> = entries
+                        .iter()
+                        .map(|(p, k, t, abs)| (render(p, false), *k, render(t, *abs)))
+                        .filter(|(p, _, t)| p.len() < 100 && t.len() < 100)
+                        .collect();
+                    let spec: Vec<(&str, tar::EntryType, &str, u32)> = rendered
+                        .iter()
+                        .map(|(p, k, t)| {
+                            let data = if matches!(k, tar::EntryType::Regular) { "x" } else { t };
+                            (p.as_str(), *k, data, 0o755)
+                        })
+                        .collect();
+                    let bytes = layer(&spec);
+                    // Refusals are fine; escapes and panics are not.
+                    let _ = tree.unpack(&bytes[..], Compression::None, None, &mut budget);
+                }
+                let leaked: Vec<_> = fs::read_dir(&outside).unwrap().collect();
+                prop_assert!(leaked.is_empty(), "written outside: {:?}", leaked);
+                let beside: Vec<_> = fs::read_dir(dir.path())
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name())
+                    .collect();
+                prop_assert_eq!(beside.len(), 2, "{:?}", beside);
+            }
+        }
+    }
+
     #[test]
     fn gzip_and_zstd_layers_unpack() {
         let l = layer(&[("f", Regular, "data", 0o644)]);
