@@ -61,7 +61,7 @@ pub enum ReferenceError {
         "{value:?} has an invalid digest: only sha256 with 64 lowercase hex digits is supported"
     )]
     Digest { value: String },
-    #[error("{value:?} names a layout path that is not absolute or not clean")]
+    #[error("{value:?} names a layout path that is not absolute, has `..`, or a colon in its last component")]
     LayoutPath { value: String },
 }
 
@@ -173,10 +173,15 @@ fn parse_registry(value: &str, rest: &str) -> Result<Reference, ReferenceError> 
 fn parse_layout(value: &str, rest: &str) -> Result<Reference, ReferenceError> {
     let (path, version) = split_version(value, rest)?;
     let path = PathBuf::from(path);
+    // A colon left in the last component would read as a tag when the
+    // value is printed and parsed again (found by the property test).
     let clean = path.is_absolute()
         && path
             .components()
-            .all(|c| !matches!(c, std::path::Component::ParentDir));
+            .all(|c| !matches!(c, std::path::Component::ParentDir))
+        && !path
+            .file_name()
+            .is_some_and(|n| n.as_encoded_bytes().contains(&b':'));
     if !clean {
         return Err(ReferenceError::LayoutPath {
             value: value.to_owned(),
@@ -291,7 +296,8 @@ mod tests {
             ("docker://host.io/a@sha256:abc", "invalid digest"),
             ("docker://host.io/a@md5:0123", "invalid digest"),
             ("oci:relative/path", "not absolute"),
-            ("oci:/a/../b", "not absolute"),
+            ("oci:/a/../b", "has `..`"),
+            ("oci:/a::t", "a colon"),
         ] {
             let err = Reference::parse(value).unwrap_err().to_string();
             assert!(err.contains(want), "{value}: {err}");

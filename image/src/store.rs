@@ -44,6 +44,8 @@ struct Shared {
     state: Mutex<State>,
     /// Names evicted entries are renamed to.
     trash: AtomicU64,
+    /// Images pulled and unpacked into the store, ever.
+    pulled: AtomicU64,
 }
 
 /// Unpacked images, shared read-only by the actions that run in them.
@@ -72,6 +74,16 @@ pub struct Image {
     pub pulled: bool,
     root: PathBuf,
     shared: Arc<Shared>,
+}
+
+/// A summary: the entries themselves can be many.
+impl std::fmt::Debug for ImageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageStore")
+            .field("dir", &self.shared.dir)
+            .field("lru", &self.shared.lock().lru)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for Image {
@@ -205,6 +217,7 @@ impl ImageStore {
                     pulls: HashMap::new(),
                 }),
                 trash: AtomicU64::new(0),
+                pulled: AtomicU64::new(0),
             }),
         })
     }
@@ -217,6 +230,12 @@ impl ImageStore {
     /// Bytes of unpacked images held.
     pub fn total_bytes(&self) -> u64 {
         self.shared.lock().lru.total_bytes()
+    }
+
+    /// Images pulled and unpacked into the store since it opened (a
+    /// pull shared by concurrent actions counts once).
+    pub fn pulls(&self) -> u64 {
+        self.shared.pulled.load(Ordering::Relaxed)
     }
 
     /// The image `value` names, pulled unless the store has it; kept
@@ -431,6 +450,7 @@ impl ImageStore {
             .lock()
             .lru
             .insert_pinned(digest.clone(), entry, budget.written_bytes);
+        self.shared.pulled.fetch_add(1, Ordering::Relaxed);
         debug!(%digest, bytes = budget.written_bytes, "image unpacked");
         Ok(())
     }
@@ -560,6 +580,7 @@ pub(crate) mod tests {
             images.push(image);
         }
         assert_eq!(pulled, 1, "one pull for eight concurrent actions");
+        assert_eq!(store.pulls(), 1);
         assert!(images.iter().all(|i| i.root() == images[0].root()));
     }
 

@@ -175,6 +175,7 @@ impl Worker {
         metrics::Page {
             metrics: Arc::clone(&self.shared.metrics),
             cache: Arc::clone(&self.shared.cache),
+            images: self.shared.images.clone(),
         }
     }
 
