@@ -11,6 +11,7 @@ mod functional;
 mod images;
 mod isolation;
 mod probes;
+mod undeclared;
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
