@@ -25,6 +25,7 @@ const OURS: &[&str] = &[
     "corral-e2e",
     "corral-testkit",
     "corral-lru",
+    "corral-image",
 ];
 
 /// The host's target triple, from `rustc -vV`.
@@ -167,6 +168,9 @@ fn daemon_crates_depend_only_where_the_design_allows() {
                 "corral-trace",
             ],
         ),
+        // Container images: references to directories, and nothing else
+        // of ours but the cache index.
+        ("corral-image", &["corral-lru"]),
         // The one CAS client: the protocols, and the channel it speaks on.
         ("corral-cas-client", &["corral-proto", "corral-auth"]),
         (
@@ -189,6 +193,7 @@ fn daemon_crates_depend_only_where_the_design_allows() {
                 "corral-auth",
                 "corral-cas-client",
                 "corral-lru",
+                "corral-image",
             ],
         ),
         (

@@ -47,8 +47,11 @@ pub struct Config {
     /// (the action's values are among those the worker offers, a worker
     /// offering a list by repeating the name) or `"minimum"` (numbers:
     /// the worker's is at least the action's, e.g. `cores`,
-    /// `memory-gib`). Default: empty, every property exact, as Buildbarn
-    /// matches. See `crate::platform_matching`.
+    /// `memory-gib`) or `"any"` (a worker offering the name takes every
+    /// value). Default: empty, every property exact, as Buildbarn
+    /// matches, except `container-image`, which is `"any"` (workers
+    /// that run images offer `container-image = "*"` and pull whichever
+    /// the action names). See `crate::platform_matching`.
     pub platform_matching: BTreeMap<String, Matching>,
     /// How workers are shared between instance names (tenants), and what
     /// each may hold (`[fairness]`). Default: equal weights, no caps.

@@ -80,6 +80,12 @@ pub struct Config {
     /// `terminationGracePeriodSeconds`, default 30 s: raise that) with a
     /// few seconds to spare for the last reports. 0 kills at once.
     pub stop_grace_s: u64,
+    /// Actions in container images (`[images]`): the `container-image`
+    /// platform property names an image (`docker://host/repo:tag`,
+    /// `oci:/path`) that the worker pulls, verifies, unpacks and keeps
+    /// under `<directory>/build/images`, and the runner uses as the
+    /// action's root. On by default.
+    pub images: corral_image::Config,
 }
 
 /// The `[limits]` table: bounds on an action's outputs, checked before
@@ -193,6 +199,7 @@ impl Default for Config {
             limits: Limits::default(),
             client_tls: None,
             stop_grace_s: 60,
+            images: corral_image::Config::default(),
         }
     }
 }

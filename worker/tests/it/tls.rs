@@ -53,6 +53,10 @@ fn worker_config(
         limits: Default::default(),
         client_tls,
         stop_grace_s: 60,
+        images: corral_image::Config {
+            enabled: false,
+            ..Default::default()
+        },
     }
 }
 
