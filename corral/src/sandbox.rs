@@ -35,6 +35,11 @@ pub enum SandboxCommand {
         /// Print the outcome as JSON on stderr after the command's output.
         #[arg(long)]
         json: bool,
+        /// Print the undeclared-input report on stderr after the command's
+        /// output: the files it opened outside its input root (the policy's
+        /// `report.undeclared_inputs` must be on, as in the built-in ones).
+        #[arg(long)]
+        report: bool,
         /// The command and its arguments.
         #[arg(required = true, last = true)]
         command: Vec<OsString>,
@@ -57,8 +62,17 @@ pub fn run(command: SandboxCommand) -> anyhow::Result<ExitCode> {
             env,
             timeout,
             json,
+            report,
             command,
-        } => run_one(&policy, root, workdir, &env, timeout, json, command),
+        } => run_one(
+            &policy,
+            root,
+            workdir,
+            &env,
+            timeout,
+            Print { json, report },
+            command,
+        ),
         SandboxCommand::CheckPolicy { files } => Ok(check_policies(&files)),
     }
 }
@@ -88,13 +102,20 @@ fn temp_dir(what: &str) -> anyhow::Result<TempDir> {
     Ok(TempDir(dir))
 }
 
+/// What `sandbox run` prints on stderr after the command's output.
+#[derive(Debug, Clone, Copy)]
+struct Print {
+    json: bool,
+    report: bool,
+}
+
 fn run_one(
     policy: &str,
     root: Option<PathBuf>,
     workdir: Option<PathBuf>,
     env: &[String],
     timeout: Option<f64>,
-    json: bool,
+    print: Print,
     argv: Vec<OsString>,
 ) -> anyhow::Result<ExitCode> {
     let policy = load_policy(policy)?;
@@ -146,7 +167,13 @@ fn run_one(
     mapping.reclaim(&command.input_root, mapping.default_ids())?;
     std::io::stdout().write_all(&std::fs::read(&command.stdout)?)?;
     std::io::stderr().write_all(&std::fs::read(&command.stderr)?)?;
-    if json {
+    if print.report {
+        let text = outcome.undeclared_inputs.text().unwrap_or_else(|| {
+            "undeclared inputs: off (the policy's report.undeclared_inputs is false)\n".to_owned()
+        });
+        eprint!("{text}");
+    }
+    if print.json {
         let text = serde_json::to_string_pretty(&outcome)?;
         eprintln!("{text}");
     }

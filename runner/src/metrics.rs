@@ -1,20 +1,22 @@
 //! The runner's Prometheus metrics: how long the sandbox takes to start a
 //! command, actions killed for their timeout, memory (OOM) or disk, and
-//! how far landlock was enforced on each run. Served on `[metrics]
+//! how far landlock was enforced on each run, and the undeclared-input
+//! report's summary (actions that opened host files, and how many). Served on `[metrics]
 //! listen` when runner.toml has it: the runner has no other TCP port, and
 //! its metrics are its own (the worker sees only exit codes).
 
 use std::sync::Arc;
 
+use corral_metrics::prometheus_client::metrics::counter::Counter;
 use corral_metrics::prometheus_client::metrics::histogram::Histogram;
 use corral_metrics::prometheus_client::registry::Registry;
 use corral_metrics::{labels, observe, register, Counters, Declared};
-use corral_sandbox::{LandlockState, Outcome};
+use corral_sandbox::{LandlockState, Outcome, UndeclaredInputs};
 
 /// Everything [`Metrics::render`] writes, with its help text: the names
 /// operators' dashboards use, pinned by a test, and the list a test
 /// checks every metric against, so none is declared and never set.
-pub const DECLARED: [Declared; 3] = [
+pub const DECLARED: [Declared; 5] = [
     (
         "corral_runner_spawn_seconds",
         "histogram",
@@ -31,6 +33,17 @@ pub const DECLARED: [Declared; 3] = [
         "Actions run, by how far landlock was enforced: not_enforced, partially_enforced, \
          fully_enforced.",
     ),
+    (
+        "corral_runner_undeclared_input_actions_total",
+        "counter",
+        "Actions that opened files outside their input root (undeclared inputs), among those \
+         whose policy asks for the report.",
+    ),
+    (
+        "corral_runner_undeclared_input_paths_total",
+        "counter",
+        "Distinct files opened outside the input root, summed over actions.",
+    ),
 ];
 
 #[derive(Debug)]
@@ -40,6 +53,8 @@ struct Inner {
     killed: Counters,
     /// By `landlock`.
     runs: Counters,
+    undeclared_actions: Counter,
+    undeclared_paths: Counter,
 }
 
 /// The runner's metrics; cheap to clone.
@@ -65,6 +80,8 @@ impl Default for Metrics {
             spawn: corral_metrics::fast_histogram(),
             killed,
             runs,
+            undeclared_actions: Counter::default(),
+            undeclared_paths: Counter::default(),
         }))
     }
 }
@@ -102,6 +119,17 @@ impl Metrics {
                     .inc();
             }
         }
+        self.undeclared(&outcome.undeclared_inputs);
+    }
+
+    /// Counts an action with undeclared inputs, and their number.
+    fn undeclared(&self, report: &UndeclaredInputs) {
+        if let UndeclaredInputs::Collected { total, .. } = report {
+            if *total > 0 {
+                self.0.undeclared_actions.inc();
+                self.0.undeclared_paths.inc_by(*total as u64);
+            }
+        }
     }
 
     /// The Prometheus text page.
@@ -111,6 +139,8 @@ impl Metrics {
         register(&mut registry, DECLARED[0], inner.spawn.clone());
         register(&mut registry, DECLARED[1], inner.killed.clone());
         register(&mut registry, DECLARED[2], inner.runs.clone());
+        register(&mut registry, DECLARED[3], inner.undeclared_actions.clone());
+        register(&mut registry, DECLARED[4], inner.undeclared_paths.clone());
         corral_metrics::encode(&registry)
     }
 }
@@ -135,6 +165,11 @@ mod tests {
             stderr_truncated: false,
             landlock: LandlockState::FullyEnforced,
             spawn_time: Some(Duration::from_millis(3)),
+            undeclared_inputs: UndeclaredInputs::Collected {
+                paths: vec!["/etc/hostname".into()],
+                total: 1,
+                overflowed: false,
+            },
         }
     }
 
@@ -147,6 +182,7 @@ mod tests {
             oom_killed: true,
             landlock: LandlockState::NotEnforced,
             spawn_time: None,
+            undeclared_inputs: UndeclaredInputs::Off,
             ..outcome()
         });
         let page = metrics.render();
@@ -164,6 +200,8 @@ mod tests {
             "corral_runner_runs_total{landlock=\"fully_enforced\"} 1",
             "corral_runner_runs_total{landlock=\"not_enforced\"} 1",
             "corral_runner_runs_total{landlock=\"partially_enforced\"} 0",
+            "corral_runner_undeclared_input_actions_total 1",
+            "corral_runner_undeclared_input_paths_total 1",
         ] {
             assert!(
                 page.lines().any(|l| l == expected),
@@ -182,6 +220,8 @@ mod tests {
                 "corral_runner_spawn_seconds",
                 "corral_runner_killed_total",
                 "corral_runner_runs_total",
+                "corral_runner_undeclared_input_actions_total",
+                "corral_runner_undeclared_input_paths_total",
             ]
         );
     }

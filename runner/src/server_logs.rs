@@ -6,7 +6,8 @@
 //! without access to the farm's own logs.
 //!
 //! One human-readable file, [`REPORT_NAME`]: build tools print server logs
-//! as text.
+//! as text; and, when the policy asks for it, [`UNDECLARED_INPUTS_NAME`]:
+//! the files the action opened outside its input root, one per line.
 
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
@@ -16,10 +17,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use corral_sandbox::disk::KernelBound;
-use corral_sandbox::{Exit, LandlockState, Outcome, Policy};
+use corral_sandbox::{Exit, LandlockState, Outcome, Policy, UndeclaredInputs};
 
 /// The report's file name, and its key in `ExecuteResponse.server_logs`.
 pub const REPORT_NAME: &str = "sandbox.txt";
+
+/// The undeclared-input report's file name, and its key in
+/// `ExecuteResponse.server_logs`.
+pub const UNDECLARED_INPUTS_NAME: &str = "undeclared-inputs.txt";
 
 /// What a run's report says.
 #[derive(Debug)]
@@ -112,6 +117,19 @@ impl Report<'_> {
             u.system_time.as_secs_f64(),
             bytes(u.memory_peak_bytes)
         );
+        match &o.undeclared_inputs {
+            UndeclaredInputs::Off => {}
+            UndeclaredInputs::Unavailable { reason } => {
+                let _ = writeln!(text, "undeclared inputs: unavailable: {reason}");
+            }
+            UndeclaredInputs::Collected { total, .. } => {
+                let _ = writeln!(
+                    text,
+                    "undeclared inputs: {total} files opened outside the input root \
+                     (listed in {UNDECLARED_INPUTS_NAME})"
+                );
+            }
+        }
         for (name, cut) in [
             ("stdout", o.stdout_truncated),
             ("stderr", o.stderr_truncated),
@@ -127,17 +145,26 @@ impl Report<'_> {
         text
     }
 
-    /// Writes the report into `directory` (made by the worker, outside
-    /// the action's reach). A new file, never through a symlink.
+    /// Writes the report (and the undeclared-input report, when there is
+    /// one) into `directory` (made by the worker, outside the action's
+    /// reach). New files, never through a symlink.
     pub fn write(&self, directory: &Path) -> std::io::Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(directory.join(REPORT_NAME))?;
-        file.write_all(self.text().as_bytes())
+        write_new(&directory.join(REPORT_NAME), &self.text())?;
+        if let Some(text) = self.outcome.undeclared_inputs.text() {
+            write_new(&directory.join(UNDECLARED_INPUTS_NAME), &text)?;
+        }
+        Ok(())
     }
+}
+
+fn write_new(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    file.write_all(text.as_bytes())
 }
 
 /// What ended the run, in words.
@@ -197,6 +224,7 @@ mod tests {
             stderr_truncated: false,
             landlock: LandlockState::PartiallyEnforced,
             spawn_time: None,
+            undeclared_inputs: UndeclaredInputs::Off,
         }
     }
 
@@ -272,5 +300,37 @@ mod tests {
         report.write(dir.path()).unwrap();
         let written = std::fs::read_to_string(dir.path().join(REPORT_NAME)).unwrap();
         assert!(written.starts_with("policy: default\n"), "{written}");
+    }
+
+    #[test]
+    fn undeclared_inputs_get_their_own_file_and_a_line_in_the_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = outcome(Exit::Exited(0));
+        let policy = Policy::default();
+        let report = |o: &Outcome, dir: &Path| {
+            Report {
+                policy_name: "default",
+                policy: &policy,
+                timeout: None,
+                outcome: o,
+            }
+            .write(dir)
+        };
+        report(&o, dir.path()).unwrap();
+        assert!(!dir.path().join(UNDECLARED_INPUTS_NAME).exists());
+        let dir = tempfile::tempdir().unwrap();
+        o.undeclared_inputs = UndeclaredInputs::Collected {
+            paths: vec!["/etc/hostname".into(), "/usr/bin/cat".into()],
+            total: 2,
+            overflowed: false,
+        };
+        report(&o, dir.path()).unwrap();
+        let listed = std::fs::read_to_string(dir.path().join(UNDECLARED_INPUTS_NAME)).unwrap();
+        assert_eq!(
+            listed,
+            "undeclared inputs: 2 files opened outside the input root\n/etc/hostname\n/usr/bin/cat\n"
+        );
+        let text = std::fs::read_to_string(dir.path().join(REPORT_NAME)).unwrap();
+        assert!(text.contains("undeclared inputs: 2 files opened outside the input root (listed in undeclared-inputs.txt)\n"), "{text}");
     }
 }

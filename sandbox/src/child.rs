@@ -63,6 +63,10 @@ pub struct Fds<'a> {
     pub go: BorrowedFd<'a>,
     pub stdout: BorrowedFd<'a>,
     pub stderr: BorrowedFd<'a>,
+    /// When the caller watches the action's opens (`access_report.rs`):
+    /// init waits on it, once its mounts are built, until the caller has
+    /// marked them.
+    pub watch: Option<BorrowedFd<'a>>,
 }
 
 /// Process 1: namespaces, ids, then the init process.
@@ -70,10 +74,11 @@ pub fn setup(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
     // Everything else the caller had open came along with fork: other
     // runs' pipes among them, which must not stay open for as long as
     // this action lives (their reader would wait for this one to end).
-    sys::close_fds_except(
-        3,
-        &[fds.report, fds.go, fds.stdout, fds.stderr].map(|fd| fd.as_raw_fd()),
-    );
+    let mut keep = [fds.report, fds.go, fds.stdout, fds.stderr]
+        .map(|fd| fd.as_raw_fd())
+        .to_vec();
+    keep.extend(fds.watch.map(|fd| fd.as_raw_fd()));
+    sys::close_fds_except(3, &keep);
     let report = fds.report;
     // If the caller dies, so does the sandbox.
     tie_to_caller(report, plan.caller);
@@ -126,6 +131,11 @@ pub fn setup(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
         Err(e) => fail(report, Stage::ForkInit, &e),
         Ok(Fork::Child) => init(plan, fds),
         Ok(Fork::Parent(pid)) => {
+            // The caller reaches init's mounts through /proc/<pid>; only
+            // this process knows the pid in the caller's namespace.
+            if fds.watch.is_some() {
+                Record::InitStarted(pid).send(report);
+            }
             let _ = sys::wait4(pid);
             sys::exit_now(0)
         }
@@ -166,6 +176,19 @@ fn init(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
     // Defence in depth behind seccomp's clone/unshare flag checks: no
     // nested user namespaces at all.
     let _ = std::fs::write("/proc/sys/user/max_user_namespaces", "0");
+
+    // The mounts are final and nothing of the action has run yet: let the
+    // caller mark them, so the report misses no open.
+    if let Some(watch) = fds.watch {
+        Record::Mounted.send(report);
+        let mut byte = [0u8; 1];
+        match sys::read(watch, &mut byte) {
+            Ok(1) => {}
+            // The caller gave up (or died).
+            Ok(_) => sys::exit_now(1),
+            Err(e) => fail(report, Stage::WaitForWatch, &e),
+        }
+    }
 
     let action = match sys::fork() {
         Err(e) => fail(report, Stage::ForkAction, &e),

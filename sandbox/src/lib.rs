@@ -9,6 +9,8 @@
 //!
 //! Modules:
 //! - [`policy`] — what a sandbox allows, read from `policies/*.toml`.
+//! - [`access_report`] — the undeclared-input report: files the action
+//!   opened outside its input root, seen with fanotify mount marks.
 //! - [`command`] — what to run; `outcome` — how it ended.
 //! - `sandbox` — the caller's side: prepare, fork, supervise, collect.
 //! - `child` — the sandbox's own processes, between fork and exec.
@@ -25,6 +27,7 @@
 //! which is safe in a multithreaded caller); it blocks until the command
 //! and everything it started are gone.
 
+pub mod access_report;
 mod cancellation;
 pub mod cgroup;
 mod child;
@@ -45,6 +48,7 @@ mod seccomp;
 mod sys;
 mod watchdog;
 
+pub use access_report::UndeclaredInputs;
 pub use cancellation::Cancellation;
 pub use command::Command;
 pub use error::Error;

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::access_report::UndeclaredInputs;
 use crate::disk::{Excess, KernelBound};
 use crate::report::LandlockState;
 
@@ -63,6 +64,9 @@ pub struct Outcome {
     /// From the start of setup until the command was about to exec (its
     /// last setup step reported); `None` when setup never got there.
     pub spawn_time: Option<Duration>,
+    /// The files the action opened outside its input root, when the policy
+    /// asks (`report.undeclared_inputs`).
+    pub undeclared_inputs: UndeclaredInputs,
 }
 
 impl Outcome {

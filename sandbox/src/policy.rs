@@ -52,6 +52,29 @@ pub struct Policy {
     pub confinement: Confinement,
     /// Changes to the default seccomp deny list.
     pub seccomp: SeccompPolicy,
+    /// What the sandbox reports about a run besides how it ended.
+    pub report: Reporting,
+}
+
+/// Reports the sandbox makes about each run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Reporting {
+    /// List the files the action opened outside its input root (the host
+    /// paths of `filesystem.read_only_paths`, or an image root), collected
+    /// with fanotify mount marks; see `sandbox/src/access_report.rs`.
+    /// Needs the runner to be root, else the report says it is
+    /// unavailable. Default true; its cost per action is in
+    /// docs/benchmarks.md (decision 0019).
+    pub undeclared_inputs: bool,
+}
+
+impl Default for Reporting {
+    fn default() -> Self {
+        Self {
+            undeclared_inputs: true,
+        }
+    }
 }
 
 /// Changes to the built-in seccomp deny list (see `sandbox/src/seccomp.rs`

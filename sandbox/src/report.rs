@@ -47,10 +47,11 @@ pub enum Stage {
     DropGroups,
     ParentDeath,
     OpenInputRoot,
+    WaitForWatch,
 }
 
 impl Stage {
-    const ALL: [Stage; 33] = [
+    const ALL: [Stage; 34] = [
         Stage::Unshare,
         Stage::WaitForMaps,
         Stage::SetIds,
@@ -84,6 +85,7 @@ impl Stage {
         Stage::DropGroups,
         Stage::ParentDeath,
         Stage::OpenInputRoot,
+        Stage::WaitForWatch,
     ];
 
     fn from_i32(value: i32) -> Option<Stage> {
@@ -127,6 +129,7 @@ impl fmt::Display for Stage {
             Stage::DropGroups => "dropping the supplementary groups",
             Stage::ParentDeath => "tying the sandbox's life to its caller's",
             Stage::OpenInputRoot => "opening the input root",
+            Stage::WaitForWatch => "waiting for the caller to watch the mounts",
         };
         f.write_str(text)
     }
@@ -145,6 +148,12 @@ pub enum Record {
     Signaled(i32),
     /// How far landlock could be enforced.
     Landlock(LandlockState),
+    /// Init started, with this pid in the caller's pid namespace (sent by
+    /// setup when the caller watches the action's opens).
+    InitStarted(i32),
+    /// Init has built the file system and waits for the caller to watch
+    /// it before forking the action.
+    Mounted,
 }
 
 /// How far the landlock ruleset was enforced.
@@ -169,6 +178,8 @@ impl Record {
             Record::Exited(code) => (3, code, 0),
             Record::Signaled(sig) => (4, sig, 0),
             Record::Landlock(state) => (5, state as i32, 0),
+            Record::InitStarted(pid) => (6, pid, 0),
+            Record::Mounted => (7, 0, 0),
         };
         let mut out = [0u8; SIZE];
         out[0..4].copy_from_slice(&tag.to_le_bytes());
@@ -195,6 +206,8 @@ impl Record {
                 2 => LandlockState::FullyEnforced,
                 _ => return None,
             }),
+            6 => Record::InitStarted(a),
+            7 => Record::Mounted,
             _ => return None,
         })
     }
@@ -256,6 +269,8 @@ mod tests {
             Record::Exited(3),
             Record::Signaled(9),
             Record::Landlock(LandlockState::PartiallyEnforced),
+            Record::InitStarted(4242),
+            Record::Mounted,
         ];
         let bytes: Vec<u8> = records.iter().flat_map(|r| r.encode()).collect();
         let mut reader = RecordReader::default();

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::access_report::{Groups, UndeclaredInputs, Watch};
 use crate::cancellation::Cancellation;
 use crate::cgroup::{Cgroup, CgroupRoot, CgroupUsage};
 use crate::child::{self, Fds, Plan};
@@ -52,6 +53,8 @@ pub struct Sandbox {
     drop_groups: bool,
     /// Removes this process's action cgroups if it dies mid-run.
     _watchdog: Option<Watchdog>,
+    /// fanotify groups for the undeclared-input report, between runs.
+    watch_groups: Groups,
     warnings: Vec<String>,
 }
 
@@ -138,6 +141,7 @@ impl Sandbox {
             last_capability: last_capability(),
             drop_groups,
             _watchdog: watchdog,
+            watch_groups: Groups::default(),
             warnings,
         })
     }
@@ -248,6 +252,17 @@ impl Sandbox {
         let cgroup = CgroupGuard(cgroup);
 
         let pipe = |step| sys::pipe().map_err(|source| Error::Spawn { step, source });
+        // The undeclared-input report: a fanotify group now, marks once
+        // init has built the mounts (it waits on the watch pipe for them).
+        let mut watch = self
+            .policy
+            .report
+            .undeclared_inputs
+            .then(|| Watch::new(&self.watch_groups));
+        let watch_pipe = match &watch {
+            Some(w) if w.is_watching() => Some(pipe("create the watch pipe")?),
+            _ => None,
+        };
         let (report_r, report_w) = pipe("create the report pipe")?;
         let (go_r, go_w) = pipe("create the start pipe")?;
         let (out_r, out_w) = pipe("create the stdout pipe")?;
@@ -257,6 +272,7 @@ impl Sandbox {
             go: go_r.as_fd(),
             stdout: out_w.as_fd(),
             stderr: err_w.as_fd(),
+            watch: watch_pipe.as_ref().map(|(r, _)| r.as_fd()),
         };
         let pid = match sys::fork().map_err(|source| Error::Spawn {
             step: "fork the sandbox",
@@ -266,6 +282,10 @@ impl Sandbox {
             Fork::Parent(pid) => pid,
         };
         drop((report_w, go_r, out_w, err_w));
+        let watch_w = watch_pipe.map(|(r, w)| {
+            drop(r);
+            w
+        });
 
         let mut run = Supervision {
             pid,
@@ -276,9 +296,17 @@ impl Sandbox {
             landlock: LandlockState::NotEnforced,
             start,
             spawned: None,
+            init: None,
+            mounted: false,
         };
         let result = run
             .release(&report_r, go_w, &self.mapping, host, &self.policy)
+            .and_then(|()| match (watch.as_mut(), watch_w) {
+                (Some(watch), Some(watch_w)) => {
+                    run.let_init_go_watched(&report_r, watch_w, watch, workdir)
+                }
+                _ => Ok(()),
+            })
             .and_then(|()| {
                 let disk = DiskWatch::new(
                     command.input_root.clone(),
@@ -298,6 +326,7 @@ impl Sandbox {
                     self.policy.limits.output_max_bytes,
                     disk,
                     start,
+                    watch.as_mut(),
                 )
             });
         if result.is_err() {
@@ -326,6 +355,11 @@ impl Sandbox {
                 host.uid,
             ));
         }
+        // Every process of the action is gone (init's exit waited for
+        // them): every open is queued.
+        let undeclared_inputs = watch.map_or(UndeclaredInputs::Off, |w| {
+            w.finish(std::process::id() as i32, &self.watch_groups)
+        });
         let exit = match (run.exit, streams.timed_out || streams.disk_excess.is_some()) {
             (Some(exit), _) => exit,
             (None, true) => Exit::Signaled(libc::SIGKILL),
@@ -343,6 +377,7 @@ impl Sandbox {
             stderr_truncated: streams.truncated[1],
             landlock: run.landlock,
             spawn_time: run.spawned,
+            undeclared_inputs,
         })
     }
 
@@ -420,6 +455,10 @@ struct Supervision<'a> {
     /// to exec (landlock, the last step, reported): for spawn latency.
     start: Instant,
     spawned: Option<Duration>,
+    /// Init's pid in the caller's namespace, and whether it has built the
+    /// mounts (both only when the opens are watched).
+    init: Option<libc::pid_t>,
+    mounted: bool,
 }
 
 impl Supervision<'_> {
@@ -435,6 +474,8 @@ impl Supervision<'_> {
                 self.landlock = state;
                 self.spawned = Some(self.start.elapsed());
             }
+            Record::InitStarted(pid) => self.init = Some(pid),
+            Record::Mounted => self.mounted = true,
         }
     }
 
@@ -514,6 +555,61 @@ impl Supervision<'_> {
         })
     }
 
+    /// Waits for init to build the mounts, marks them for the report, and
+    /// lets init fork the action. A failure to mark is the report's to
+    /// tell, never the action's.
+    fn let_init_go_watched(
+        &mut self,
+        report: &OwnedFd,
+        go: OwnedFd,
+        watch: &mut Watch,
+        working_directory: &Path,
+    ) -> Result<(), Error> {
+        let deadline = Instant::now() + SETUP_TIMEOUT;
+        let mut buf = [0u8; 64];
+        while !self.mounted && self.failure.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut pfd = [libc::pollfd {
+                fd: report.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let ready = sys::poll(&mut pfd, left.as_millis().min(i32::MAX as u128) as i32)
+                .map_err(|source| Error::Spawn {
+                    step: "wait for the sandbox's mounts",
+                    source,
+                })?;
+            if ready == 0 {
+                return Err(Error::Spawn {
+                    step: "build the sandbox's mounts in time",
+                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                });
+            }
+            let n = sys::read(report.as_fd(), &mut buf).map_err(|source| Error::Spawn {
+                step: "read the sandbox's report",
+                source,
+            })?;
+            if n == 0 {
+                // Everything is gone; supervise finds out why.
+                return Ok(());
+            }
+            for record in self.reader.push(&buf[..n]) {
+                self.note(record);
+            }
+        }
+        if let Some((stage, errno)) = self.failure {
+            return Err(Error::Setup {
+                stage,
+                source: std::io::Error::from_raw_os_error(errno),
+            });
+        }
+        watch.mark(self.init, working_directory);
+        sys::write_all(go.as_fd(), &[1]).map_err(|source| Error::Spawn {
+            step: "start the action",
+            source,
+        })
+    }
+
     /// Copies stdout and stderr to their files (up to the cap), reads
     /// reports, and enforces the timeout and the disk limit, until every
     /// pipe is closed.
@@ -527,7 +623,9 @@ impl Supervision<'_> {
         cap: u64,
         mut disk: DiskWatch,
         start: Instant,
+        mut watch: Option<&mut Watch>,
     ) -> Result<Streams, Error> {
+        let caller = std::process::id() as libc::pid_t;
         let mut deadline = command.timeout.map(|t| start + t);
         let mut timed_out = false;
         let mut cancelled = false;
@@ -589,6 +687,11 @@ impl Supervision<'_> {
                 step: "wait for the command",
                 source,
             })?;
+            // Whatever woke us, empty the report's queue (see
+            // Watch::read_events); a read of an empty one is one call.
+            if let Some(watch) = watch.as_mut() {
+                watch.read_events(caller);
+            }
             for pfd in pfds.iter().filter(|p| p.revents != 0) {
                 if Some(pfd.fd) == watched_cancel {
                     cancelled = true;

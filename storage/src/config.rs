@@ -43,7 +43,9 @@ pub struct Config {
     /// any instance name it may read (docs/decisions/0010). Set it when
     /// tenants must not read each other's blobs; the cost is that a blob
     /// uploaded under one instance name must be uploaded again under
-    /// another. Memory and disk backends only.
+    /// another. Memory and disk backends only, with or without an object
+    /// store behind them (membership then follows the disk tier: a blob
+    /// it evicts is hidden from its instance names until written again).
     pub isolate_instances: bool,
     /// An object store behind the backend (`[object_store]`), holding the
     /// durable copy of every blob and Action Cache entry; the backend
@@ -368,12 +370,6 @@ impl ObjectStoreConfig {
                 "needs a memory or disk backend in front of it, not a remote one",
             );
         }
-        if cfg.isolate_instances {
-            return invalid(
-                "isolate_instances",
-                "is not supported with an object store yet (docs/decisions/0015)",
-            );
-        }
         if self.part_size_bytes < 5 << 20 {
             return invalid("object_store.part_size_bytes", "must be at least 5 MiB");
         }
@@ -485,7 +481,7 @@ mod tests {
         assert!(bad(&|c| c.part_size_bytes = 1 << 20).contains("part_size_bytes"));
         let mut isolated = cfg.clone();
         isolated.isolate_instances = true;
-        assert!(isolated.validate().is_err());
+        assert!(isolated.validate().is_ok(), "isolation works over the tier");
         assert!(parse("[object_store]\nurl = \"s3://b\"\nbucket = \"x\"\n")
             .unwrap_err()
             .contains("bucket"));

@@ -128,45 +128,15 @@ pub async fn open(cfg: &Config) -> Result<Stores, Error> {
     }
     match &cfg.backend {
         config::Backend::Memory { max_size_bytes } => {
-            let store = Arc::new(MemoryBlobStore::new(*max_size_bytes));
-            let membership = cfg.isolate_instances.then(|| {
-                let store = Arc::clone(&store);
-                membership::Membership::in_memory(Arc::new(move |d| store.holds(d)))
-            });
-            Ok(Stores {
-                blobs: store.clone(),
-                action_cache: store,
-                max_size_bytes: *max_size_bytes,
-                membership,
-            })
+            Ok(LocalBackend::memory(cfg, *max_size_bytes).into_stores())
         }
         config::Backend::Disk {
             dir,
             max_size_bytes,
             fsync,
-        } => {
-            let store = Arc::new(DiskBlobStore::open(dir.clone(), *max_size_bytes, *fsync).await?);
-            let membership = if cfg.isolate_instances {
-                let holder = Arc::clone(&store);
-                Some(
-                    membership::Membership::open_log(
-                        dir.join(MEMBERSHIP_LOG),
-                        *fsync,
-                        Arc::new(move |d| holder.holds(d)),
-                    )
-                    .await
-                    .map_err(Error::OpenMembership)?,
-                )
-            } else {
-                None
-            };
-            Ok(Stores {
-                blobs: store.clone(),
-                action_cache: store,
-                max_size_bytes: *max_size_bytes,
-                membership,
-            })
-        }
+        } => Ok(LocalBackend::disk(cfg, dir, *max_size_bytes, *fsync)
+            .await?
+            .into_stores()),
         config::Backend::Remote {
             endpoint,
             instance_name,
@@ -207,20 +177,13 @@ async fn open_object_tier(
     cfg: &Config,
     object_store: &config::ObjectStoreConfig,
 ) -> Result<Stores, Error> {
-    let (local, max_size_bytes): (Arc<dyn read_through_blob_store::Store>, u64) = match &cfg.backend
-    {
-        config::Backend::Memory { max_size_bytes } => (
-            Arc::new(MemoryBlobStore::new(*max_size_bytes)),
-            *max_size_bytes,
-        ),
+    let local = match &cfg.backend {
+        config::Backend::Memory { max_size_bytes } => LocalBackend::memory(cfg, *max_size_bytes),
         config::Backend::Disk {
             dir,
             max_size_bytes,
             fsync,
-        } => (
-            Arc::new(DiskBlobStore::open(dir.clone(), *max_size_bytes, *fsync).await?),
-            *max_size_bytes,
-        ),
+        } => LocalBackend::disk(cfg, dir, *max_size_bytes, *fsync).await?,
         config::Backend::Remote { .. } => {
             return Err(Error::InvalidConfig {
                 field: "object_store",
@@ -229,14 +192,80 @@ async fn open_object_tier(
         }
     };
     let tier = Arc::new(
-        object_tier::ObjectTier::open(local, object_store).map_err(Error::OpenObjectStore)?,
+        object_tier::ObjectTier::open(local.store, object_store).map_err(Error::OpenObjectStore)?,
     );
+    // Membership stays with the disk (or memory) tier and follows what it
+    // holds: a blob it evicts, or a tier wiped, is hidden from its
+    // instance names until they write it again (one more upload), never
+    // shown to one that did not (docs/decisions/0015-object-store-tier.md).
     Ok(Stores {
         blobs: tier.clone(),
         action_cache: tier,
-        max_size_bytes,
-        membership: None,
+        max_size_bytes: local.max_size_bytes,
+        membership: local.membership,
     })
+}
+
+/// A memory or disk backend, opened.
+struct LocalBackend {
+    store: Arc<dyn read_through_blob_store::Store>,
+    max_size_bytes: u64,
+    /// Under `isolate_instances`: which instance names hold which of its
+    /// blobs, forgetting those it no longer holds.
+    membership: Option<membership::Membership>,
+}
+
+impl LocalBackend {
+    fn memory(cfg: &Config, max_size_bytes: u64) -> Self {
+        let store = Arc::new(MemoryBlobStore::new(max_size_bytes));
+        let membership = cfg.isolate_instances.then(|| {
+            let store = Arc::clone(&store);
+            membership::Membership::in_memory(Arc::new(move |d| store.holds(d)))
+        });
+        Self {
+            store,
+            max_size_bytes,
+            membership,
+        }
+    }
+
+    async fn disk(
+        cfg: &Config,
+        dir: &std::path::Path,
+        max_size_bytes: u64,
+        fsync: bool,
+    ) -> Result<Self, Error> {
+        let store = Arc::new(DiskBlobStore::open(dir.to_owned(), max_size_bytes, fsync).await?);
+        let membership = if cfg.isolate_instances {
+            let holder = Arc::clone(&store);
+            Some(
+                membership::Membership::open_log(
+                    dir.join(MEMBERSHIP_LOG),
+                    fsync,
+                    Arc::new(move |d| holder.holds(d)),
+                )
+                .await
+                .map_err(Error::OpenMembership)?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            store,
+            max_size_bytes,
+            membership,
+        })
+    }
+
+    /// The backend alone, serving both the CAS and the Action Cache.
+    fn into_stores(self) -> Stores {
+        Stores {
+            blobs: self.store.clone(),
+            action_cache: self.store,
+            max_size_bytes: self.max_size_bytes,
+            membership: self.membership,
+        }
+    }
 }
 
 /// The four storage services over `stores`, ready to be served alone or

@@ -177,6 +177,9 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Numbers each action's salt, across every level of the run.
+static NEXT_SALT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// A level's figures.
 struct Level {
     clients: usize,
@@ -223,7 +226,9 @@ async fn level(farm: &Farm, url: &str, clients: usize, ops: usize, run: u64) -> 
         tasks.spawn(async move {
             let mut latencies = Vec::new();
             for op in 0..per_client {
-                let salt = format!("{run}/{clients}/{client}/{op}").into_bytes();
+                // Unique across levels too: the warm-up's must not be hits.
+                let n = NEXT_SALT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let salt = format!("{run}/{n}/{client}/{op}").into_bytes();
                 latencies.push(one_action(&channel, &template, salt).await);
             }
             latencies

@@ -165,6 +165,25 @@ class ServerLogs(FarmTest):
         self.assertRegex(report, r"\nlimits: memory \S+ \S+, processes \d+")
         self.assertRegex(report, r"\nused: wall \d+\.\d+ s, user ")
 
+    def test_the_server_logs_list_the_host_files_an_action_read_and_not_its_inputs(self):
+        # /etc/hostname comes from the host's read-only /etc; in.txt is a
+        # declared input.
+        prepared = self.prepare(
+            f"cat /etc/hostname in.txt > /dev/null # {self.salt.hex()}",
+            inputs={"in.txt": b"declared\n"},
+        )
+        response = self.run_action(prepared)
+        self.assert_succeeded(response)
+        self.assertIn("undeclared-inputs.txt", response.server_logs, response)
+        log = response.server_logs["undeclared-inputs.txt"]
+        self.assertTrue(log.human_readable)
+        listed = self.client.read(log.digest).decode().splitlines()
+        self.assertRegex(listed[0], r"^undeclared inputs: \d+ files opened outside the input root$")
+        self.assertIn("/etc/hostname", listed)
+        self.assertFalse([p for p in listed if p.endswith("in.txt") or p.startswith("/build")], listed)
+        self.assertEqual(listed[1:], sorted(set(listed[1:])), "sorted, without duplicates")
+        self.assertIn("(listed in undeclared-inputs.txt)", self.sandbox_report(response))
+
 
 # Builds out/ with nested files (one executable), an empty directory and a
 # relative symlink inside, plus a file and a relative symlink beside it.

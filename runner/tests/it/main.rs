@@ -216,6 +216,10 @@ async fn the_metrics_port_counts_a_timeout_kill_the_landlock_level_and_spawn_tim
         .map(|level| series(&format!("corral_runner_runs_total{{landlock=\"{level}\"}}")))
         .sum();
     assert_eq!(runs, 2);
+    // Both ran host binaries (true, sleep) under the default policy,
+    // whose undeclared-input report is on.
+    assert_eq!(series("corral_runner_undeclared_input_actions_total"), 2);
+    assert!(series("corral_runner_undeclared_input_paths_total") >= 2);
 }
 
 /// Every metric the runner declares is on `page`, and nothing else.

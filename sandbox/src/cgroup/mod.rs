@@ -9,7 +9,7 @@
 //! their root directories as parameters, so tests run them on fake
 //! control files.
 
-mod mountinfo;
+pub(crate) mod mountinfo;
 pub mod v1;
 pub mod v2;
 

@@ -479,3 +479,71 @@ pub fn set_process_name(name: &CStr) {
     // copies at most 16 bytes of it.
     unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
 }
+
+/// `fanotify_init(2)` for a notification group whose events carry an open
+/// descriptor of the file (opened by the kernel, in the reader, with
+/// `event_flags`).
+pub fn fanotify_init(flags: libc::c_uint, event_flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: fanotify_init takes only flags.
+    let fd = check(unsafe { libc::fanotify_init(flags, event_flags as libc::c_uint) })?;
+    // SAFETY: fanotify_init succeeded, the descriptor is ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fanotify_mark(2)`: adds `mask` on the whole mount holding `path`.
+pub fn fanotify_mark_mount(group: BorrowedFd<'_>, mask: u64, path: &CStr) -> io::Result<()> {
+    // SAFETY: path is NUL-terminated; the call only reads it.
+    check(unsafe {
+        libc::fanotify_mark(
+            group.as_raw_fd(),
+            libc::FAN_MARK_ADD | libc::FAN_MARK_MOUNT,
+            mask,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+        )
+    })
+    .map(drop)
+}
+
+/// One fanotify event: its mask, the pid that caused it, and the file's
+/// descriptor when the event has one.
+pub struct FanotifyEvent {
+    pub mask: u64,
+    pub pid: i32,
+    pub file: Option<OwnedFd>,
+}
+
+/// Reads the events queued on the non-blocking fanotify `group` into
+/// `buf`; an empty list when none is queued.
+pub fn fanotify_read(group: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Vec<FanotifyEvent>> {
+    let n = match read(group, buf) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let header = std::mem::size_of::<libc::fanotify_event_metadata>();
+    let mut events = Vec::new();
+    let mut at = 0;
+    while n - at >= header {
+        // SAFETY: `header` bytes from `at` are inside the `n` bytes the
+        // kernel wrote; read_unaligned copes with any alignment of buf.
+        let meta: libc::fanotify_event_metadata =
+            unsafe { ptr::read_unaligned(buf.as_ptr().add(at).cast()) };
+        let len = meta.event_len as usize;
+        if len < header || len > n - at {
+            break;
+        }
+        let file = (meta.fd >= 0).then(|| {
+            // SAFETY: the kernel installed this descriptor in our table
+            // for this event, and nothing else owns it.
+            unsafe { OwnedFd::from_raw_fd(meta.fd) }
+        });
+        events.push(FanotifyEvent {
+            mask: meta.mask,
+            pid: meta.pid,
+            file,
+        });
+        at += len;
+    }
+    Ok(events)
+}

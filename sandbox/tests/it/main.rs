@@ -10,6 +10,7 @@
 mod functional;
 mod isolation;
 mod probes;
+mod undeclared;
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;

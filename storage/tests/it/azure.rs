@@ -123,7 +123,8 @@ impl Azurite {
                 credentials_file: Some(credentials),
                 allow_http: true,
                 part_size_bytes: 5 << 20,
-                request_timeout_s: 5,
+                // Generous: a 12 MiB GET on a loaded 2-core machine took over 5 s.
+                request_timeout_s: 30,
                 max_retries: 1,
                 retry_timeout_s: 2,
                 ..ObjectStoreConfig::default()

@@ -128,7 +128,8 @@ impl S3Server {
                 credentials_file: Some(credentials),
                 allow_http: true,
                 part_size_bytes: 5 << 20,
-                request_timeout_s: 5,
+                // Generous: a 12 MiB GET on a loaded 2-core machine took over 5 s.
+                request_timeout_s: 30,
                 max_retries: 1,
                 retry_timeout_s: 2,
                 ..ObjectStoreConfig::default()
@@ -631,4 +632,71 @@ async fn garage_with_one_node_of_three_stopped_loses_nothing() {
             .is_empty());
         assert_eq!(&read_all(&stores, &sha(data), 0, None).await.unwrap(), data);
     }
+}
+
+/// `isolate_instances` over the tier: one instance name's blob is missing
+/// to another, though the bucket holds it; a wiped disk tier hides it from
+/// its own instance name too (the record of who wrote it went with the
+/// disk) until written again, never showing it to anyone else.
+#[tokio::test]
+async fn isolated_instance_names_stay_apart_over_the_object_store() {
+    let Some(server) = server_or_skip("isolated_instance_names_stay_apart_over_the_object_store")
+    else {
+        return;
+    };
+    let disks = tempfile::tempdir().unwrap();
+    let isolated = |disk: &Path| {
+        let mut cfg = server.storage_config(disk);
+        cfg.isolate_instances = true;
+        cfg.validate().unwrap();
+        cfg
+    };
+    let data = blob(11, 4000);
+    let d = sha(&data);
+    {
+        let stores = corral_storage::open(&isolated(&disks.path().join("a")))
+            .await
+            .unwrap();
+        let blobs = stores.instance_blobs();
+        let mut write = blobs.for_instance("team-a").begin_write(&d).await.unwrap();
+        write.write(&data).await.unwrap();
+        write.commit().await.unwrap();
+        assert!(blobs
+            .for_instance("team-a")
+            .find_missing(&[d])
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            blobs
+                .for_instance("team-b")
+                .find_missing(&[d])
+                .await
+                .unwrap(),
+            [d]
+        );
+        assert_eq!(blobs.for_instance("team-b").get(&d).await.unwrap(), None);
+    }
+    assert!(server.object_file(&d).exists(), "the bucket holds it");
+
+    // The disk tier wiped: nobody sees the blob until it is written again.
+    let stores = corral_storage::open(&isolated(&disks.path().join("b")))
+        .await
+        .unwrap();
+    let blobs = stores.instance_blobs();
+    for team in ["team-a", "team-b"] {
+        assert_eq!(
+            blobs.for_instance(team).find_missing(&[d]).await.unwrap(),
+            [d],
+            "{team}"
+        );
+    }
+    let mut write = blobs.for_instance("team-a").begin_write(&d).await.unwrap();
+    write.write(&data).await.unwrap();
+    write.commit().await.unwrap();
+    assert_eq!(
+        blobs.for_instance("team-a").get(&d).await.unwrap(),
+        Some(data)
+    );
+    assert_eq!(blobs.for_instance("team-b").get(&d).await.unwrap(), None);
 }
