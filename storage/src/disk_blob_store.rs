@@ -326,8 +326,9 @@ impl DiskBlobStore {
 
 impl DiskBlobStore {
     /// Runs `f` over `items` on the blocking pool, split into contiguous
-    /// runs, one task per core at most: a batch pays a few trips to the
-    /// pool rather than one per blob, and its hashing uses every core.
+    /// runs, one task per core at most (without fsync): a batch pays a
+    /// few trips to the pool rather than one per blob, and its hashing
+    /// uses every core.
     /// Results come back in the order of `items`.
     async fn in_lanes<I, T>(
         &self,
@@ -338,8 +339,14 @@ impl DiskBlobStore {
         I: Send + 'static,
         T: Send + 'static,
     {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let lanes = cores.min(items.len().div_ceil(BLOBS_PER_LANE_MIN)).max(1);
+        // With fsync on, each entry waits on the disk twice: many lanes
+        // keep the disk's queue full, as one task per blob did before.
+        let most = if self.inner.fsync {
+            crate::blob_store::BATCH_CONCURRENCY
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        };
+        let lanes = most.min(items.len().div_ceil(BLOBS_PER_LANE_MIN)).max(1);
         let per_lane = items.len().div_ceil(lanes).max(1);
         let mut items = items.into_iter();
         let mut tasks = Vec::with_capacity(lanes);
