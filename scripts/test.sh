@@ -16,6 +16,8 @@ APT_PACKAGES=(
     uidmap          # corral/tests/cli.rs: newuidmap for rootless runs with subordinate ids
     btrfs-progs     # sandbox probes: a loop-mounted btrfs image with qgroups (disk limit)
     chromium        # tests/browser.rs: the web UI in headless Chromium (20 s to install)
+    docker-registry # tests/images.rs: an OCI registry on loopback to pull images from (4 s to install, 20 MB)
+    busybox-static  # tests/images.rs, sandbox and worker image tests: the test image's one binary
     iproute2        # tests/hosts.rs: `ip netns`, veth pairs and a bridge for the test hosts
     curl            # tests/hosts.rs: the metrics pages, read over HTTPS from a test host
     systemd         # tests/deploy.rs: systemd-analyze verify on deploy/systemd (in the base image)

@@ -64,7 +64,17 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(err) = observability::init(cli.log_format) {
+    // A daemon starts its logging itself (observability::start), once
+    // its configuration says whether its spans are exported too.
+    let daemon = matches!(
+        cli.command,
+        Command::Up(_)
+            | Command::Scheduler(_)
+            | Command::Worker(_)
+            | Command::Runner(_)
+            | Command::Storage(_)
+    );
+    if let Err(err) = observability::init(cli.log_format, daemon) {
         eprintln!("corral: {err:#}");
         return ExitCode::FAILURE;
     }

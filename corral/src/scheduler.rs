@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::Args;
 use corral_scheduler::config::MetricsConfig;
 
-use crate::{config, shutdown};
+use crate::{config, observability, shutdown};
 
 #[derive(Debug, Args)]
 pub struct SchedulerArgs {
@@ -37,6 +37,7 @@ pub fn run(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     apply(&args, &mut cfg);
     cfg.validate()?;
     shutdown::runtime()?.block_on(async {
+        let _tracing = observability::start(cfg.tracing.as_ref(), "corral-scheduler")?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;

@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::Args;
 use corral_storage::config::{Backend, LocalCache, MetricsConfig};
 
-use crate::{config, shutdown};
+use crate::{config, observability, shutdown};
 
 #[derive(Debug, Args)]
 pub struct StorageArgs {
@@ -44,6 +44,7 @@ pub fn run(args: StorageArgs) -> anyhow::Result<ExitCode> {
     apply(&args, &mut cfg);
     cfg.validate()?;
     shutdown::runtime()?.block_on(async {
+        let _tracing = observability::start(cfg.tracing.as_ref(), "corral-storage")?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;

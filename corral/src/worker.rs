@@ -17,7 +17,7 @@ use anyhow::Context;
 use clap::Args;
 use corral_worker::config::MetricsConfig;
 
-use crate::{config, shutdown};
+use crate::{config, observability, shutdown};
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
@@ -39,9 +39,11 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     // Inside the runtime: the worker's lazy channels to storage and the
     // scheduler need its reactor from the moment they are made.
     let runtime = shutdown::runtime()?;
-    let worker = {
+    let (worker, _tracing) = {
         let _entered = runtime.enter();
-        corral_worker::Worker::new(cfg).context("preparing the worker")?
+        let tracing = observability::start(cfg.tracing.as_ref(), "corral-worker")?;
+        let worker = corral_worker::Worker::new(cfg).context("preparing the worker")?;
+        (worker, tracing)
     };
     protect_the_cache(&worker);
     runtime

@@ -291,6 +291,7 @@ impl Slot {
             digest_function: exec.digest_function,
             inline_stdout: exec.corral_inline_stdout,
             inline_stderr: exec.corral_inline_stderr,
+            trace_context: exec.w3c_trace_context,
         };
         let (stage_tx, mut stage_rx) = watch::channel(Stage::Started);
         let mut report_in = until(next_sync.as_ref(), REPORT_MAX);
