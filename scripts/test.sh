@@ -16,8 +16,12 @@ APT_PACKAGES=(
     uidmap          # corral/tests/cli.rs: newuidmap for rootless runs with subordinate ids
     btrfs-progs     # sandbox probes: a loop-mounted btrfs image with qgroups (disk limit)
     chromium        # tests/browser.rs: the web UI in headless Chromium (20 s to install)
+    docker-registry # tests/images.rs: an OCI registry on loopback to pull images from (4 s to install, 20 MB)
+    busybox-static  # tests/images.rs, sandbox and worker image tests: the test image's one binary
     iproute2        # tests/hosts.rs: `ip netns`, veth pairs and a bridge for the test hosts
     curl            # tests/hosts.rs: the metrics pages, read over HTTPS from a test host
+    systemd         # tests/deploy.rs: systemd-analyze verify on deploy/systemd (in the base image)
+    strace          # tests/deploy.rs: the system calls each daemon makes, against its unit's filter
 )
 
 missing=()
@@ -39,7 +43,7 @@ fi
 venv=target/test-venv
 requirements=tests/python/requirements.txt
 if ! cmp -s "$requirements" "$venv/requirements.txt" ||
-    ! "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
+    ! "$venv/bin/python" -c 'import grpc, grpc_tools, kubernetes_validate, yaml' 2>/dev/null; then
     rm -rf "$venv"
     if python3 -m venv "$venv" &&
         "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements"; then

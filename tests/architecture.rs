@@ -13,6 +13,7 @@ use serde_json::Value;
 const OURS: &[&str] = &[
     "corral-proto",
     "corral-metrics",
+    "corral-trace",
     "corral-auth",
     "corral-cas-client",
     "corral-sandbox",
@@ -24,6 +25,7 @@ const OURS: &[&str] = &[
     "corral-e2e",
     "corral-testkit",
     "corral-lru",
+    "corral-image",
 ];
 
 /// The host's target triple, from `rustc -vV`.
@@ -121,6 +123,7 @@ fn proto_and_sandbox_depend_on_nothing_of_ours() {
     for leaf in [
         "corral-proto",
         "corral-metrics",
+        "corral-trace",
         "corral-auth",
         "corral-sandbox",
         "corral-testkit",
@@ -158,8 +161,16 @@ fn daemon_crates_depend_only_where_the_design_allows() {
     let allowed: &[(&str, &[&str])] = &[
         (
             "corral-runner",
-            &["corral-proto", "corral-sandbox", "corral-metrics"],
+            &[
+                "corral-proto",
+                "corral-sandbox",
+                "corral-metrics",
+                "corral-trace",
+            ],
         ),
+        // Container images: references to directories, and nothing else
+        // of ours but the cache index.
+        ("corral-image", &["corral-lru"]),
         // The one CAS client: the protocols, and the channel it speaks on.
         ("corral-cas-client", &["corral-proto", "corral-auth"]),
         (
@@ -170,6 +181,7 @@ fn daemon_crates_depend_only_where_the_design_allows() {
                 "corral-cas-client",
                 "corral-lru",
                 "corral-metrics",
+                "corral-trace",
             ],
         ),
         (
@@ -177,9 +189,11 @@ fn daemon_crates_depend_only_where_the_design_allows() {
             &[
                 "corral-proto",
                 "corral-metrics",
+                "corral-trace",
                 "corral-auth",
                 "corral-cas-client",
                 "corral-lru",
+                "corral-image",
             ],
         ),
         (
@@ -187,6 +201,7 @@ fn daemon_crates_depend_only_where_the_design_allows() {
             &[
                 "corral-proto",
                 "corral-metrics",
+                "corral-trace",
                 "corral-auth",
                 "corral-cas-client",
                 "corral-storage",

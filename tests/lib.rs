@@ -87,13 +87,13 @@ impl Farm {
     /// Starts `corral up` on a free port with a fresh data directory and
     /// waits until it is ready.
     pub fn start() -> Farm {
-        Self::start_as(None, None)
+        Self::start_as(None, None, &[])
     }
 
     /// Like [`start`](Self::start), run by the unprivileged user `nobody`
     /// (the caller must be root to switch to it).
     pub fn start_unprivileged() -> Farm {
-        Self::start_as(None, Some(NOBODY))
+        Self::start_as(None, Some(NOBODY), &[])
     }
 
     /// `corral up --secure`; with `grants`, that grants file instead of the
@@ -105,7 +105,7 @@ impl Farm {
             std::fs::create_dir_all(&secure).expect("create the secure dir");
             std::fs::write(secure.join("grants.toml"), grants).expect("write grants");
         }
-        Self::start_as(Some(data_dir), None)
+        Self::start_as(Some(data_dir), None, &[])
     }
 
     /// A file `corral up --secure` made: `ca.crt`, `client.crt`, `token`, ….
@@ -113,7 +113,12 @@ impl Farm {
         self.data_dir.path().join("data/secure").join(name)
     }
 
-    fn start_as(secure: Option<tempfile::TempDir>, user: Option<u32>) -> Farm {
+    /// Like [`start`](Self::start), with `args` added to `corral up`'s.
+    pub fn start_with_args(args: &[&str]) -> Farm {
+        Self::start_as(None, None, args)
+    }
+
+    fn start_as(secure: Option<tempfile::TempDir>, user: Option<u32>, args: &[&str]) -> Farm {
         let port = free_port();
         let metrics_port = free_port();
         let is_secure = secure.is_some();
@@ -144,6 +149,7 @@ impl Farm {
         let child = command
             .args(["up", "--listen", &format!("127.0.0.1:{port}")])
             .args(is_secure.then_some("--secure"))
+            .args(args)
             .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
             .arg("--data-dir")
             .arg(data_dir.path().join("data"))
@@ -337,7 +343,21 @@ impl SplitFarm {
     /// scheduler.toml and `worker_keys` (top-level keys, one per line)
     /// added to worker.toml.
     pub fn start_with(scheduler_toml: &str, worker_keys: &str) -> SplitFarm {
+        Self::start_with_files(scheduler_toml, worker_keys, &[])
+    }
+
+    /// Like [`start_with`](Self::start_with), with `storage.toml` and
+    /// `runner.toml` too (`(name, text)`; their flags still set the
+    /// ports and directories).
+    pub fn start_with_files(
+        scheduler_toml: &str,
+        worker_keys: &str,
+        files: &[(&str, &str)],
+    ) -> SplitFarm {
         let dir = tempfile::tempdir().expect("temp dir");
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).expect("write a daemon's config");
+        }
         let mut farm = SplitFarm {
             dir,
             storage_port: free_port(),
@@ -397,6 +417,10 @@ impl SplitFarm {
         let path = |name: &str| self.path(name).display().to_string();
         let listen = |port: u16| format!("127.0.0.1:{port}");
         let mut args = vec![daemon.name().to_owned()];
+        let own = self.path(&format!("{}.toml", daemon.name()));
+        if matches!(daemon, Daemon::Storage | Daemon::Runner) && own.exists() {
+            args.extend(["--config".to_owned(), own.display().to_string()]);
+        }
         match daemon {
             Daemon::Storage => args.extend([
                 "--listen".to_owned(),

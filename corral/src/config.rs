@@ -98,6 +98,30 @@ mod tests {
     }
 
     #[test]
+    fn every_daemons_example_shows_a_valid_tracing_table() {
+        let dir = examples();
+        let path = |name: &str| dir.join(name);
+        let tables = [
+            load::<corral_runner::Config>(Some(&path("runner.toml")))
+                .unwrap()
+                .tracing,
+            load::<corral_storage::Config>(Some(&path("storage.toml")))
+                .unwrap()
+                .tracing,
+            load::<corral_worker::Config>(Some(&path("worker.toml")))
+                .unwrap()
+                .tracing,
+            load::<corral_scheduler::Config>(Some(&path("scheduler.toml")))
+                .unwrap()
+                .tracing,
+        ];
+        for table in tables {
+            let table = table.expect("each daemon's example shows [tracing]");
+            table.validate("tracing").unwrap();
+        }
+    }
+
+    #[test]
     fn unknown_key_is_an_error_naming_the_file() {
         let dir = std::env::temp_dir().join(format!("corral-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

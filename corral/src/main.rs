@@ -18,10 +18,9 @@ mod storage;
 mod up;
 mod worker;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use observability::LogFormat;
 
@@ -51,7 +50,7 @@ enum Command {
     /// Run the scheduler alone: REAPI Execution and the worker protocol.
     Scheduler(scheduler::SchedulerArgs),
     /// Run a worker alone.
-    Worker(DaemonArgs),
+    Worker(worker::WorkerArgs),
     /// Run a runner alone: the sandbox behind the runner protocol.
     Runner(runner::RunnerArgs),
     /// Run storage (CAS, Action Cache, ByteStream) alone.
@@ -63,17 +62,19 @@ enum Command {
     Sandbox(sandbox::SandboxCommand),
 }
 
-#[derive(Debug, Args)]
-struct DaemonArgs {
-    /// The daemon's TOML configuration; defaults are used when omitted
-    /// (see docs/config.md).
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(err) = observability::init(cli.log_format) {
+    // A daemon starts its logging itself (observability::start), once
+    // its configuration says whether its spans are exported too.
+    let daemon = matches!(
+        cli.command,
+        Command::Up(_)
+            | Command::Scheduler(_)
+            | Command::Worker(_)
+            | Command::Runner(_)
+            | Command::Storage(_)
+    );
+    if let Err(err) = observability::init(cli.log_format, daemon) {
         eprintln!("corral: {err:#}");
         return ExitCode::FAILURE;
     }
@@ -90,7 +91,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Up(args) => up::run(&args),
         Command::Scheduler(args) => scheduler::run(args),
-        Command::Worker(args) => worker::run(args.config.as_deref()),
+        Command::Worker(args) => worker::run(args),
         Command::Runner(args) => runner::run(args),
         Command::Storage(args) => storage::run(args),
         Command::Drain(args) => drain::run(args),

@@ -2,7 +2,8 @@
 //!
 //! Flags override the file: `--socket` sets `listen_path`, `--build-dir`
 //! sets `build_directory`, `--policy-dir` sets `policies_directory`,
-//! `--metrics` sets `[metrics] listen`.
+//! `--metrics` sets `[metrics] listen`, `--otlp-endpoint` sets
+//! `[tracing] endpoint`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
-use crate::{config, shutdown};
+use crate::{config, observability, shutdown};
 
 #[derive(Debug, Args)]
 pub struct RunnerArgs {
@@ -32,6 +33,10 @@ pub struct RunnerArgs {
     /// on this address (overrides `[metrics] listen`).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// Export spans over OTLP/gRPC to this collector, e.g.
+    /// http://127.0.0.1:4317 (overrides `[tracing] endpoint`).
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// Stop when standard input closes: `corral up` holds the other end,
     /// so the runner ends with it even if it is killed outright.
     #[arg(long, hide = true)]
@@ -52,9 +57,17 @@ pub fn run(args: RunnerArgs) -> anyhow::Result<ExitCode> {
     if let Some(listen) = args.metrics {
         cfg.metrics = Some(corral_runner::config::MetricsConfig { listen });
     }
+    if let Some(endpoint) = args.otlp_endpoint {
+        let sample_ratio = cfg.tracing.map_or(1.0, |t| t.sample_ratio);
+        cfg.tracing = Some(corral_trace::TracingConfig {
+            endpoint,
+            sample_ratio,
+        });
+    }
     cfg.validate()?;
     let stop_on_stdin_close = args.stop_on_stdin_close;
     shutdown::runtime()?.block_on(async move {
+        let _tracing = observability::start(cfg.tracing.as_ref(), "corral-runner")?;
         let stop = async move {
             if stop_on_stdin_close {
                 tokio::select! {

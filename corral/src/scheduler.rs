@@ -2,7 +2,7 @@
 //! protocol for workers, alone, until Ctrl-C or SIGTERM.
 //!
 //! Flags override the file: `--listen` sets `listen`, `--storage` sets
-//! `storage`.
+//! `storage`, `--metrics` sets `[metrics] listen`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,8 +10,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
+use corral_scheduler::config::MetricsConfig;
 
-use crate::{config, shutdown};
+use crate::{config, observability, shutdown};
 
 #[derive(Debug, Args)]
 pub struct SchedulerArgs {
@@ -24,18 +25,19 @@ pub struct SchedulerArgs {
     /// Storage endpoint, e.g. http://storage:8980 (overrides `storage`).
     #[arg(long, value_name = "URL")]
     storage: Option<String>,
+    /// Serve the web UI, `GET /metrics`, `/healthz` and `/readyz` on this
+    /// address (overrides `[metrics] listen`; a `[metrics.tls]` in the
+    /// file stays).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 pub fn run(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     let mut cfg: corral_scheduler::Config = config::load(args.config.as_deref())?;
-    if let Some(listen) = args.listen {
-        cfg.listen = listen;
-    }
-    if let Some(storage) = args.storage {
-        cfg.storage = storage;
-    }
+    apply(&args, &mut cfg);
     cfg.validate()?;
     shutdown::runtime()?.block_on(async {
+        let _tracing = observability::start(cfg.tracing.as_ref(), "corral-scheduler")?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;
@@ -51,4 +53,49 @@ pub fn run(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         .await
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Flags override the file.
+fn apply(args: &SchedulerArgs, cfg: &mut corral_scheduler::Config) {
+    if let Some(listen) = args.listen {
+        cfg.listen = listen;
+    }
+    if let Some(storage) = &args.storage {
+        cfg.storage = storage.clone();
+    }
+    if let Some(listen) = args.metrics {
+        cfg.metrics = Some(match cfg.metrics.take() {
+            Some(metrics) => MetricsConfig { listen, ..metrics },
+            None => MetricsConfig { listen, tls: None },
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metrics_flag_sets_the_listen_address_and_keeps_the_files_tls() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9981));
+        let args = SchedulerArgs {
+            config: None,
+            listen: None,
+            storage: None,
+            metrics: Some(addr),
+        };
+        let mut cfg = corral_scheduler::Config::default();
+        apply(&args, &mut cfg);
+        assert_eq!(cfg.metrics.as_ref().map(|m| m.listen), Some(addr));
+        let mut cfg: corral_scheduler::Config = toml::from_str(
+            "[metrics]\nlisten = \"0.0.0.0:1\"\n[metrics.tls]\n\
+             certificate = \"/c.crt\"\nprivate_key = \"/c.key\"\n",
+        )
+        .unwrap();
+        let tls = cfg.metrics.as_ref().and_then(|m| m.tls.clone());
+        assert!(tls.is_some());
+        apply(&args, &mut cfg);
+        assert_eq!(cfg.metrics.as_ref().map(|m| m.listen), Some(addr));
+        assert_eq!(cfg.metrics.and_then(|m| m.tls), tls);
+    }
 }

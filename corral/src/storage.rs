@@ -2,7 +2,8 @@
 //! services alone, until Ctrl-C or SIGTERM.
 //!
 //! Flags override the file: `--listen` sets `listen`, `--dir` selects the
-//! disk backend in that directory, `--max-size` sets the backend's bound.
+//! disk backend in that directory, `--max-size` sets the backend's bound,
+//! `--metrics` sets `[metrics] listen`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,9 +11,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use corral_storage::config::{Backend, LocalCache};
+use corral_storage::config::{Backend, LocalCache, MetricsConfig};
 
-use crate::{config, shutdown};
+use crate::{config, observability, shutdown};
 
 #[derive(Debug, Args)]
 pub struct StorageArgs {
@@ -32,6 +33,10 @@ pub struct StorageArgs {
     /// `backend.max_size_bytes`).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_size: Option<u64>,
+    /// Serve `GET /metrics`, `/healthz` and `/readyz` on this address
+    /// (overrides `[metrics] listen`; a `[metrics.tls]` in the file stays).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 pub fn run(args: StorageArgs) -> anyhow::Result<ExitCode> {
@@ -39,6 +44,7 @@ pub fn run(args: StorageArgs) -> anyhow::Result<ExitCode> {
     apply(&args, &mut cfg);
     cfg.validate()?;
     shutdown::runtime()?.block_on(async {
+        let _tracing = observability::start(cfg.tracing.as_ref(), "corral-storage")?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("listening on {}", cfg.listen))?;
@@ -92,6 +98,9 @@ fn apply(args: &StorageArgs, cfg: &mut corral_storage::Config) {
             },
         };
     }
+    if let Some(listen) = args.metrics {
+        cfg.metrics = Some(with_listen(cfg.metrics.take(), listen));
+    }
     if let Some(size) = args.max_size {
         match &mut cfg.backend {
             Backend::Memory { max_size_bytes } | Backend::Disk { max_size_bytes, .. } => {
@@ -104,6 +113,14 @@ fn apply(args: &StorageArgs, cfg: &mut corral_storage::Config) {
                 }
             }
         }
+    }
+}
+
+/// `[metrics]` with `listen` from a flag, keeping the file's TLS.
+fn with_listen(metrics: Option<MetricsConfig>, listen: SocketAddr) -> MetricsConfig {
+    match metrics {
+        Some(metrics) => MetricsConfig { listen, ..metrics },
+        None => MetricsConfig { listen, tls: None },
     }
 }
 
@@ -162,6 +179,7 @@ mod tests {
             listen: Some(SocketAddr::from(([0, 0, 0, 0], 9000))),
             dir: dir.map(PathBuf::from),
             max_size,
+            metrics: None,
         }
     }
 
@@ -190,5 +208,33 @@ mod tests {
                 fsync: false
             }
         );
+    }
+
+    #[test]
+    fn the_metrics_flag_sets_the_listen_address_and_keeps_the_files_tls() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9982));
+        let mut flags = args(None, None);
+        flags.metrics = Some(addr);
+        // No [metrics] in the file: the flag turns the port on.
+        let mut cfg = corral_storage::Config::default();
+        assert_eq!(cfg.metrics, None);
+        apply(&flags, &mut cfg);
+        assert_eq!(cfg.metrics.as_ref().map(|m| m.listen), Some(addr));
+        assert!(cfg.metrics.as_ref().is_some_and(|m| m.tls.is_none()));
+        // A file with [metrics] and [metrics.tls]: only listen changes.
+        let mut cfg: corral_storage::Config = toml::from_str(
+            "[metrics]\nlisten = \"0.0.0.0:1\"\n[metrics.tls]\n\
+             certificate = \"/c.crt\"\nprivate_key = \"/c.key\"\n",
+        )
+        .unwrap();
+        let tls = cfg.metrics.as_ref().and_then(|m| m.tls.clone());
+        assert!(tls.is_some());
+        apply(&flags, &mut cfg);
+        assert_eq!(cfg.metrics.as_ref().map(|m| m.listen), Some(addr));
+        assert_eq!(cfg.metrics.and_then(|m| m.tls), tls);
+        // Without the flag the file's [metrics] stays as it is.
+        let mut cfg = corral_storage::Config::default();
+        apply(&args(None, None), &mut cfg);
+        assert_eq!(cfg.metrics, None);
     }
 }

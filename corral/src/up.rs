@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::secure::{self, SecureFiles};
-use crate::shutdown;
+use crate::{observability, shutdown};
 
 /// How long the runner has to start serving, and to stop.
 const RUNNER_START: Duration = Duration::from_secs(20);
@@ -67,6 +67,11 @@ pub struct UpArgs {
     /// can reach. Anyone who reaches it may then run anything it allows.
     #[arg(long, conflicts_with = "secure")]
     pub insecure: bool,
+    /// Export every part's spans (one trace per action, from Execute to
+    /// the runner) over OTLP/gRPC to this collector, e.g.
+    /// http://127.0.0.1:4317: `[tracing] endpoint` of each daemon.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Every daemon's configuration, derived from the flags.
@@ -135,6 +140,22 @@ impl Farm {
             client_tls: secure.as_ref().map(secure::worker_tls),
             ..corral_worker::Config::default()
         };
+        let tracing = args
+            .otlp_endpoint
+            .as_ref()
+            .map(corral_trace::TracingConfig::new);
+        if let Some(tracing) = &tracing {
+            tracing.validate("tracing").context("--otlp-endpoint")?;
+        }
+        let storage = corral_storage::Config {
+            tracing: tracing.clone(),
+            ..storage
+        };
+        let scheduler = corral_scheduler::Config {
+            tracing: tracing.clone(),
+            ..scheduler
+        };
+        let worker = corral_worker::Config { tracing, ..worker };
         storage.validate()?;
         scheduler.validate()?;
         worker.validate()?;
@@ -182,6 +203,10 @@ pub fn run(args: &UpArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Result<()> {
+    // One process, one exporter: the scheduler's, worker's and storage's
+    // `[tracing]` are the same table here.
+    let _tracing = observability::start(farm.scheduler.tracing.as_ref(), "corral-up")?;
+    let otlp_endpoint = farm.scheduler.tracing.as_ref().map(|t| t.endpoint.clone());
     // One port serves storage and the scheduler: the scheduler's `[tls]`
     // covers both (plaintext unless a caller sets it).
     let tls = farm
@@ -212,7 +237,13 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
         Some(_) => Some(loopback_port().context("choosing the runner's metrics port")?),
         None => None,
     };
-    let runner = start_runner(&farm.runner_socket, &farm.build_directory, runner_metrics).await?;
+    let runner = start_runner(
+        &farm.runner_socket,
+        &farm.build_directory,
+        runner_metrics,
+        otlp_endpoint.as_deref(),
+    )
+    .await?;
     // Storage's calls, bytes and lookups, on the farm's one page.
     let storage_metrics = corral_storage::metrics::Metrics::default();
     let stores = std::sync::Arc::new(
@@ -318,6 +349,7 @@ async fn serve(farm: Farm, listen: SocketAddr, data_dir: &Path) -> anyhow::Resul
         farm.runner_socket.clone(),
         farm.build_directory.clone(),
         runner_metrics,
+        otlp_endpoint,
         runner_stop,
     ));
 
@@ -414,6 +446,7 @@ async fn start_runner(
     socket: &Path,
     build_directory: &Path,
     metrics: Option<SocketAddr>,
+    otlp_endpoint: Option<&str>,
 ) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("finding the corral binary")?;
     let mut command = Command::new(exe);
@@ -425,6 +458,9 @@ async fn start_runner(
         .arg(build_directory);
     if let Some(metrics) = metrics {
         command.arg("--metrics").arg(metrics.to_string());
+    }
+    if let Some(endpoint) = otlp_endpoint {
+        command.arg("--otlp-endpoint").arg(endpoint);
     }
     let mut child = command
         .arg("--stop-on-stdin-close")
@@ -511,6 +547,7 @@ async fn supervise_runner(
     socket: PathBuf,
     build_directory: PathBuf,
     metrics: Option<SocketAddr>,
+    otlp_endpoint: Option<String>,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(stop);
@@ -551,7 +588,7 @@ async fn supervise_runner(
             // holds them only until its exec (they are close-on-exec),
             // and no sandbox execs anything meanwhile: its runner is dead.
             let started = tokio::select! {
-                started = start_runner(&socket, &build_directory, metrics) => started,
+                started = start_runner(&socket, &build_directory, metrics, otlp_endpoint.as_deref()) => started,
                 () = &mut stop => return Ok(()),
             };
             match started {

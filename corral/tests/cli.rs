@@ -475,3 +475,101 @@ fn sandbox_run_report_lists_the_host_files_read() {
         "{stderr}"
     );
 }
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// `GET path` on loopback `port` over plain HTTP: the whole response, or
+/// None while nothing answers.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// Kills the daemon when the test ends, however it ends.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn storage_scheduler_and_worker_serve_health_on_the_metrics_flags_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage_port = free_port();
+    let storage_url = format!("http://127.0.0.1:{storage_port}");
+    let daemons: [(&str, Vec<String>); 3] = [
+        (
+            "storage",
+            vec![
+                "--listen".into(),
+                format!("127.0.0.1:{storage_port}"),
+                "--dir".into(),
+                dir.path().join("cas").display().to_string(),
+            ],
+        ),
+        (
+            "scheduler",
+            vec![
+                "--listen".into(),
+                format!("127.0.0.1:{}", free_port()),
+                "--storage".into(),
+                storage_url,
+            ],
+        ),
+        // No config: the worker waits for its runner, and serves health
+        // meanwhile (alive, not ready).
+        ("worker", vec![]),
+    ];
+    let mut running = Vec::new();
+    for (daemon, args) in daemons {
+        let port = free_port();
+        let child = corral()
+            .arg(daemon)
+            .args(&args)
+            .arg("--metrics")
+            .arg(format!("127.0.0.1:{port}"))
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        running.push(Daemon(child));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let response = loop {
+            if let Some(response) = http_get(port, "/healthz") {
+                break response;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "corral {daemon} --metrics 127.0.0.1:{port}: nothing answers /healthz"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        assert!(response.starts_with("HTTP/1.1 200"), "{daemon}: {response}");
+        let metrics = http_get(port, "/metrics").unwrap();
+        assert!(
+            metrics.contains(&format!("corral_{daemon}_")),
+            "{daemon}'s page:\n{metrics}"
+        );
+    }
+}

@@ -73,6 +73,7 @@ fn runner_messages_round_trip_with_every_field_set() {
             seconds: 30,
             nanos: 0,
         }),
+        corral_image_root_directory: "images/0a/rootfs".into(),
     });
     round_trip(&RunResponse {
         exit_code: -3,
@@ -349,6 +350,15 @@ fn runner_field_numbers_match_buildbarn() {
             ..r()
         },
         1001,
+        LEN,
+    );
+    pin(
+        "corral_image_root_directory",
+        RunRequest {
+            corral_image_root_directory: s(),
+            ..r()
+        },
+        1002,
         LEN,
     );
     pin(

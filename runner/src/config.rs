@@ -35,6 +35,11 @@ pub struct Config {
     /// off; add a `[metrics]` table to serve them. Bind it to loopback or
     /// a private network: the page has no TLS.
     pub metrics: Option<MetricsConfig>,
+    /// OpenTelemetry traces over OTLP/gRPC (`[tracing]`, the table every
+    /// daemon shares: `endpoint`, `sample_ratio`; docs/config.md): spans of
+    /// the run of each action (spawn and wait), in the worker's trace. Default: off, nothing
+    /// exported and no connection made.
+    pub tracing: Option<corral_trace::TracingConfig>,
 }
 
 /// The `[metrics]` table.
@@ -93,6 +98,7 @@ impl Default for Config {
             default_policy: "default".to_owned(),
             action_ids: ActionIdsConfig::default(),
             metrics: None,
+            tracing: None,
         }
     }
 }

@@ -69,6 +69,17 @@ pub enum Error {
     NoFreeIds { count: usize },
     #[error("failed to give the input root to the action's host ids or take it back")]
     Ids(#[source] corral_sandbox::ids::IdError),
+    #[error("the action's image root {path} is not a directory of the build directory")]
+    NoImageRoot {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the action's image root {path} lies under {closed}, which others cannot search: \
+         the sandbox opens the image as the action's id; chmod o+x {closed}"
+    )]
+    ImageRootClosed { path: PathBuf, closed: PathBuf },
     #[error("the runner stopped while the action ran")]
     Cancelled,
 }

@@ -15,7 +15,7 @@ use corral_sandbox::command::stays_inside;
 use corral_sandbox::{Cancellation, Command, Mapping, Outcome, Sandbox, Stage};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
-use tracing::{debug, instrument, warn};
+use tracing::{debug, instrument, warn, Instrument};
 
 use crate::action_ids::ActionIds;
 use crate::error::Error;
@@ -100,13 +100,38 @@ impl RunnerService {
         &self,
         req: &RunRequest,
         timeout: Option<Duration>,
-    ) -> Result<(Arc<Sandbox>, Command), Error> {
+    ) -> Result<(Arc<Sandbox>, Command, Option<PathBuf>), Error> {
         let sandbox = self.policies.get(&req.corral_policy)?;
         let command = self.command(req, timeout)?;
         command
             .validate_fields()
             .map_err(|e| Error::Run(corral_sandbox::Error::Command(e)))?;
-        Ok((sandbox, command))
+        let image = self.image_root(&req.corral_image_root_directory)?;
+        Ok((sandbox, command, image))
+    }
+
+    /// The unpacked image the worker names, if any: a directory under the
+    /// build directory (the worker's image store lives there), never a
+    /// symlink out of it.
+    fn image_root(&self, relative: &str) -> Result<Option<PathBuf>, Error> {
+        if relative.is_empty() {
+            return Ok(None);
+        }
+        let path = self.resolve("corral_image_root_directory", relative)?;
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => {
+                // Actions as the runner's own uid reach what it reaches.
+                if !matches!(*self.mapping, Mapping::Own { .. }) {
+                    closed_ancestor(&path)?;
+                }
+                Ok(Some(path))
+            }
+            Ok(_) => Err(Error::NoImageRoot {
+                path,
+                source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
+            }),
+            Err(source) => Err(Error::NoImageRoot { path, source }),
+        }
     }
 
     fn command(&self, req: &RunRequest, timeout: Option<Duration>) -> Result<Command, Error> {
@@ -140,6 +165,28 @@ impl RunnerService {
     }
 }
 
+/// Unlike the input root (entered while the sandbox still has the
+/// runner's credentials), the image's entries are opened by the sandbox's
+/// init as the action's own host id: every directory above them must be
+/// searchable by others. A closed one (a 0700 data directory) would fail
+/// every image action at the mount; say so before anything is leased.
+fn closed_ancestor(path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    for dir in path.ancestors() {
+        let meta = std::fs::metadata(dir).map_err(|source| Error::NoImageRoot {
+            path: dir.to_owned(),
+            source,
+        })?;
+        if meta.mode() & 0o001 == 0 {
+            return Err(Error::ImageRootClosed {
+                path: path.to_owned(),
+                closed: dir.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The gRPC status for a runner error, chosen where the error starts.
 pub fn status(err: &Error) -> Status {
     use corral_sandbox::Error as Sandbox;
@@ -158,6 +205,10 @@ pub fn status(err: &Error) -> Status {
             stage: Stage::Exec, ..
         }) => Status::invalid_argument(message),
         Error::Run(Sandbox::LandlockRequired) => Status::failed_precondition(message),
+        // The worker removed or never made the tree it named.
+        Error::NoImageRoot { .. } | Error::ImageRootClosed { .. } => {
+            Status::failed_precondition(message)
+        }
         _ => Status::internal(message),
     }
 }
@@ -277,11 +328,26 @@ impl Runner for RunnerService {
         Ok(Response::new(Empty {}))
     }
 
-    #[instrument(skip_all, fields(program = request.get_ref().arguments.first().map(String::as_str).unwrap_or_default(), policy = %request.get_ref().corral_policy))]
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
+        let span = tracing::info_span!(
+            "run",
+            program = request.get_ref().arguments.first().map(String::as_str).unwrap_or_default(),
+            policy = %request.get_ref().corral_policy,
+        );
+        // In the worker's trace when it sent one (gRPC metadata).
+        corral_trace::continue_from_metadata(&span, request.metadata());
+        self.run_in_span(request).instrument(span).await
+    }
+}
+
+impl RunnerService {
+    async fn run_in_span(
+        &self,
+        request: Request<RunRequest>,
+    ) -> Result<Response<RunResponse>, Status> {
         let timeout = effective_timeout(&request);
         let req = request.into_inner();
-        let (sandbox, command) = self.checked(&req, timeout).map_err(|e| status(&e))?;
+        let (sandbox, command, image) = self.checked(&req, timeout).map_err(|e| status(&e))?;
         // Where the run's report goes; a request without one (none of
         // Buildbarn's or ours) gets none.
         let logs = (!req.server_logs_directory.is_empty())
@@ -301,6 +367,14 @@ impl Runner for RunnerService {
         let _kill_when_abandoned = CancelOnDrop(cancel.clone());
         let lease = self.ids.lease().map_err(|e| status(&e))?;
         let mapping = Arc::clone(&self.mapping);
+        // The sandbox spawns and waits in one call: its span has the
+        // moment the command was spawned as an event, and the spawn time.
+        let sandbox_span = tracing::debug_span!(
+            target: corral_trace::SPANS, "sandbox",
+            spawn_ms = tracing::field::Empty,
+            exit_code = tracing::field::Empty,
+        );
+        let started = std::time::SystemTime::now();
         let outcome = tokio::task::spawn_blocking(move || {
             // The directories become the run's (never world-writable), so
             // it can write outputs anywhere in its input root; files keep
@@ -308,7 +382,7 @@ impl Runner for RunnerService {
             mapping
                 .hand_over(&command.input_root, lease.ids)
                 .map_err(Error::Ids)?;
-            let ran = sandbox.run_as(&command, Some(&cancel), lease.ids);
+            let ran = sandbox.run_in_image(&command, Some(&cancel), lease.ids, image.as_deref());
             // Whatever the outcome, the worker must be able to read and
             // remove what the action left.
             let reclaimed = mapping.reclaim(&command.input_root, lease.ids);
@@ -318,9 +392,16 @@ impl Runner for RunnerService {
             reclaimed.map_err(Error::Ids)?;
             Ok(outcome)
         })
+        .instrument(sandbox_span.clone())
         .await
         .map_err(|_| status(&Error::Cancelled))?
         .map_err(|e| status(&e))?;
+        if let Some(spawn) = outcome.spawn_time {
+            sandbox_span.record("spawn_ms", spawn.as_secs_f64() * 1000.0);
+            corral_trace::event_at(&sandbox_span, "spawned", started + spawn);
+        }
+        sandbox_span.record("exit_code", outcome.exit_code());
+        drop(sandbox_span);
         debug!(exit = ?outcome.exit, timed_out = outcome.timed_out, oom = outcome.oom_killed, disk_bound = ?outcome.disk_bound, "action ended");
         self.metrics.ran(&outcome);
         if let Some(logs) = logs {
@@ -424,6 +505,45 @@ mod tests {
             service.resolve("stdout_path", "1/stdout").unwrap(),
             PathBuf::from("/build/1/stdout")
         );
+    }
+
+    #[test]
+    fn an_image_root_outside_the_build_directory_or_missing_is_refused() {
+        let build = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |m| std::fs::Permissions::from_mode(m);
+        std::fs::create_dir_all(build.path().join("images/ab/rootfs")).unwrap();
+        // Closed to the actions' ids, as a 0700 data directory would be.
+        std::fs::set_permissions(build.path(), mode(0o700)).unwrap();
+        std::fs::write(build.path().join("images/file"), "").unwrap();
+        let policies = Policies::load(None, "default").unwrap();
+        let mapping = Mapping::detect();
+        let ids = ActionIds::new(&mapping, crate::config::ActionIdsConfig::default().range());
+        let service = RunnerService::new(build.path().to_owned(), policies, mapping, ids);
+        assert_eq!(service.image_root("").unwrap(), None);
+        if matches!(*service.mapping, Mapping::Root) {
+            let err = service.image_root("images/ab/rootfs").unwrap_err();
+            assert_eq!(status(&err).code(), tonic::Code::FailedPrecondition);
+            assert!(
+                err.to_string()
+                    .contains(&format!("chmod o+x {}", build.path().display())),
+                "{err}"
+            );
+        }
+        std::fs::set_permissions(build.path(), mode(0o755)).unwrap();
+        assert_eq!(
+            service.image_root("images/ab/rootfs").unwrap(),
+            Some(build.path().join("images/ab/rootfs"))
+        );
+        for (bad, code) in [
+            ("../images/ab/rootfs", tonic::Code::InvalidArgument),
+            ("/usr", tonic::Code::InvalidArgument),
+            ("images/missing", tonic::Code::FailedPrecondition),
+            ("images/file", tonic::Code::FailedPrecondition),
+        ] {
+            let err = service.image_root(bad).unwrap_err();
+            assert_eq!(status(&err).code(), code, "{bad}: {err}");
+        }
     }
 
     /// Found by service_crafted.rs: "" and "." resolved to the build

@@ -123,7 +123,7 @@ fn a_run_request_is_refused_before_anything_runs_or_lies_inside_the_build_direct
     let mut runner = TestRunner::new(config());
     let result = runner.run(&request(), |req| {
         match service.checked(&req, None) {
-            Ok((_sandbox, command)) => {
+            Ok((_sandbox, command, _image)) => {
                 for path in [&command.input_root, &command.stdout, &command.stderr] {
                     prop_assert!(
                         strictly_inside(&dir, path),

@@ -110,6 +110,62 @@ fn main() {
         ));
     }
 
+    // A cached container image as the root (issue 19): the same sandbox,
+    // the image's entries bound in place of the policy's host paths. The
+    // image holds busybox-static only, so the host's busybox-static under
+    // the default policy is the like-for-like baseline (same binary, same
+    // exec cost), measured in the same loop, alternating.
+    let image = tempfile::tempdir().expect("temp dir");
+    if corral_testkit::images::busybox_tree(image.path()).is_some() {
+        let policy = Policy::builtin("default")
+            .expect("built-in")
+            .expect("valid");
+        let sandbox = Sandbox::new(policy).expect("sandbox");
+        let host_ids = sandbox.mapping().default_ids();
+        let command = |program: &str, args: &[&str]| Command {
+            argv: std::iter::once(program)
+                .chain(args.iter().copied())
+                .map(OsString::from)
+                .collect(),
+            env: vec![],
+            input_root: root.path().to_owned(),
+            working_dir: "".into(),
+            stdout: out.path().join("stdout"),
+            stderr: out.path().join("stderr"),
+            timeout: None,
+        };
+        let on_host = command(corral_testkit::images::BUSYBOX, &["true"]);
+        let in_image = command("/bin/true", &[]);
+        let (mut host, mut img) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for i in 0..=n {
+            for (cmd, image_root, samples) in [
+                (&on_host, None, &mut host),
+                (&in_image, Some(image.path()), &mut img),
+            ] {
+                let start = Instant::now();
+                let outcome = sandbox
+                    .run_in_image(cmd, None, host_ids, image_root)
+                    .expect("sandboxed run");
+                let took = start.elapsed();
+                assert_eq!(outcome.exit_code(), 0);
+                // The first of each warms caches.
+                if i > 0 {
+                    samples.push(took);
+                }
+            }
+        }
+        rows.push((
+            "corral sandbox, default policy, busybox true (host paths, same loop)",
+            stats(host),
+        ));
+        rows.push((
+            "corral sandbox, default policy in a cached busybox image, true",
+            stats(img),
+        ));
+    } else {
+        eprintln!("busybox-static not installed: skipping the image rows");
+    }
+
     let base = rows[0].1 .0;
     let bwrap_median = bwrap.then(|| rows[1].1 .0);
     println!("spawn cost, {n} runs of /bin/true each");

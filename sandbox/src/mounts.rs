@@ -148,6 +148,85 @@ impl MountPlan {
         Ok(plan)
     }
 
+    /// The plan with an unpacked container image as the root file system
+    /// in place of the policy's host paths: each top-level entry of
+    /// `image` bound read-only, nosuid, nodev at `/<name>` (symlinks, such
+    /// as merged-/usr's `bin -> usr/bin`, recreated), except the entries
+    /// the sandbox makes itself (`proc`, `dev`, `tmp`) and the one the
+    /// working directory lies in. Everything else (the tmpfs root, /proc,
+    /// /dev, /tmp, the input root) is as without an image. Binding entry by
+    /// entry, not the tree as a whole, leaves the sandbox's own mount
+    /// points on its tmpfs root: a read-only image has none to offer.
+    pub fn with_image(
+        &self,
+        image: &Path,
+        working_directory: &Path,
+    ) -> Result<MountPlan, MountPlanError> {
+        let inspect = |source| MountPlanError::Inspect {
+            path: image.to_owned(),
+            source,
+        };
+        let own = working_directory.components().nth(1).map(|c| c.as_os_str());
+        let mut names: Vec<_> = std::fs::read_dir(image)
+            .map_err(inspect)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(inspect)?;
+        // The order binds are made in: stable, whatever the directory's.
+        names.sort();
+        let mut entries = Vec::with_capacity(names.len());
+        for name in names {
+            if matches!(name.as_bytes(), b"proc" | b"dev" | b"tmp") || Some(name.as_os_str()) == own
+            {
+                continue;
+            }
+            let source = image.join(&name);
+            let target = Path::new("/").join(&name);
+            let meta = std::fs::symlink_metadata(&source).map_err(|source_err| {
+                MountPlanError::Inspect {
+                    path: source.clone(),
+                    source: source_err,
+                }
+            })?;
+            let kind = meta.file_type();
+            if kind.is_symlink() {
+                let points_to =
+                    std::fs::read_link(&source).map_err(|e| MountPlanError::Inspect {
+                        path: source.clone(),
+                        source: e,
+                    })?;
+                entries.push(Entry::Symlink { target, points_to });
+            } else if kind.is_dir() || kind.is_file() {
+                entries.push(Entry::Bind {
+                    source: c_path(&source)?,
+                    target,
+                    writable: false,
+                    from_working_directory: false,
+                });
+            }
+        }
+        // The input root, if already added, stays.
+        entries.extend(
+            self.entries
+                .iter()
+                .filter(|e| {
+                    matches!(
+                        e,
+                        Entry::Bind {
+                            from_working_directory: true,
+                            ..
+                        }
+                    )
+                })
+                .cloned(),
+        );
+        Ok(MountPlan {
+            entries,
+            tmp_size_bytes: self.tmp_size_bytes,
+            with_network_namespace: self.with_network_namespace,
+        })
+    }
+
     /// The input root on the host, for the setup process to enter while it
     /// still has the caller's credentials. Its ancestors may be closed to
     /// the sandbox's id (a data directory under /root, or in a 0700
@@ -531,6 +610,58 @@ mod tests {
         assert_eq!(
             submounts(mountinfo, Path::new("/tmp/usr")),
             [PathBuf::from("/tmp/usr/local/my dir")]
+        );
+    }
+
+    #[test]
+    fn an_image_replaces_the_policys_paths_entry_by_entry() {
+        let image = tempfile::tempdir().unwrap();
+        for dir in ["usr", "etc", "proc", "dev", "tmp", "build", "opt"] {
+            std::fs::create_dir(image.path().join(dir)).unwrap();
+        }
+        std::os::unix::fs::symlink("usr/bin", image.path().join("bin")).unwrap();
+        std::fs::write(image.path().join(".marker"), "").unwrap();
+        let policy = MountPlan::new(&[PathBuf::from("/usr"), PathBuf::from("/lib")], 1, true)
+            .unwrap()
+            .with_input_root(Path::new("/host/root"), Path::new("/build"))
+            .unwrap();
+        let plan = policy
+            .with_image(image.path(), Path::new("/build"))
+            .unwrap();
+        let targets: Vec<_> = plan
+            .entries
+            .iter()
+            .map(|e| match e {
+                Entry::Bind {
+                    target, writable, ..
+                } => (target.clone(), *writable),
+                Entry::Symlink { target, .. } => (target.clone(), false),
+            })
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                (PathBuf::from("/.marker"), false),
+                (PathBuf::from("/bin"), false),
+                (PathBuf::from("/etc"), false),
+                (PathBuf::from("/opt"), false),
+                (PathBuf::from("/usr"), false),
+                (PathBuf::from("/build"), true),
+            ]
+        );
+        // The host's /usr is gone: /usr now comes from the image.
+        assert!(plan.read_only_targets().all(|t| t != Path::new("/lib")));
+        let usr = plan
+            .entries
+            .iter()
+            .find_map(|e| match e {
+                Entry::Bind { source, target, .. } if target == Path::new("/usr") => Some(source),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            usr.to_bytes(),
+            image.path().join("usr").as_os_str().as_bytes()
         );
     }
 

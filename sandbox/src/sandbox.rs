@@ -188,13 +188,32 @@ impl Sandbox {
         cancel: Option<&Cancellation>,
         host: HostIds,
     ) -> Result<Outcome, Error> {
+        self.run_in_image(command, cancel, host, None)
+    }
+
+    /// Like [`run_as`](Self::run_as), with the unpacked container image
+    /// at `image` (a host directory) as the root file system in place of
+    /// the policy's read-only host paths; every other protection as the
+    /// policy says. The tree is bound read-only, nosuid and nodev; its
+    /// owner should be an id the sandbox does not map (its files then
+    /// appear as nobody's, and no setuid bit takes effect).
+    pub fn run_in_image(
+        &self,
+        command: &Command,
+        cancel: Option<&Cancellation>,
+        host: HostIds,
+        image: Option<&Path>,
+    ) -> Result<Outcome, Error> {
         if cancel.is_some_and(Cancellation::is_cancelled) {
             return Err(Error::Cancelled);
         }
         command.validate()?;
         let start = Instant::now();
         let workdir = &self.policy.filesystem.working_directory;
-        let mounts = self.mounts.with_input_root(&command.input_root, workdir)?;
+        let mut mounts = self.mounts.with_input_root(&command.input_root, workdir)?;
+        if let Some(image) = image {
+            mounts = mounts.with_image(image, workdir)?;
+        }
         let landlock = Rules::new(mounts.read_only_targets(), workdir);
         let cstring = |bytes: &[u8]| {
             CString::new(bytes).map_err(|_| crate::command::CommandError::Nul { what: "a path" })

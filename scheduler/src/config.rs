@@ -47,8 +47,11 @@ pub struct Config {
     /// (the action's values are among those the worker offers, a worker
     /// offering a list by repeating the name) or `"minimum"` (numbers:
     /// the worker's is at least the action's, e.g. `cores`,
-    /// `memory-gib`). Default: empty, every property exact, as Buildbarn
-    /// matches. See `crate::platform_matching`.
+    /// `memory-gib`) or `"any"` (a worker offering the name takes every
+    /// value). Default: empty, every property exact, as Buildbarn
+    /// matches, except `container-image`, which is `"any"` (workers
+    /// that run images offer `container-image = "*"` and pull whichever
+    /// the action names). See `crate::platform_matching`.
     pub platform_matching: BTreeMap<String, Matching>,
     /// How workers are shared between instance names (tenants), and what
     /// each may hold (`[fairness]`). Default: equal weights, no caps.
@@ -56,6 +59,12 @@ pub struct Config {
     /// Prometheus metrics over HTTP (`GET /metrics`). Default: off; add
     /// a `[metrics]` table to serve them.
     pub metrics: Option<MetricsConfig>,
+    /// OpenTelemetry traces over OTLP/gRPC (`[tracing]`, the table every
+    /// daemon shares: `endpoint`, `sample_ratio`; docs/config.md): spans of
+    /// Execute span, queueing and the hand-over to a worker, whose spans
+    /// join the same trace. Default: off, nothing
+    /// exported and no connection made.
+    pub tracing: Option<corral_trace::TracingConfig>,
     /// TLS on the listening port (`[tls]`), for clients and workers:
     /// certificate, key, and an optional client CA for mTLS. Default:
     /// none, plaintext.
@@ -244,6 +253,7 @@ impl Default for Config {
             platform_matching: BTreeMap::new(),
             fairness: FairnessConfig::default(),
             metrics: None,
+            tracing: None,
             tls: None,
             client_tls: None,
             auth: None,

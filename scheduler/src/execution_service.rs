@@ -187,7 +187,9 @@ impl Execution for ExecutionService {
     type ExecuteStream = OperationStream;
     type WaitExecutionStream = OperationStream;
 
-    #[tracing::instrument(skip_all, fields(action = tracing::field::Empty, instance = %request.get_ref().instance_name))]
+    // tool_invocation_id and mnemonic: from the client's RequestMetadata,
+    // attributes of the action's trace (docs/decisions/0017-tracing.md).
+    #[tracing::instrument(skip_all, fields(action = tracing::field::Empty, instance = %request.get_ref().instance_name, tool_invocation_id = tracing::field::Empty, mnemonic = tracing::field::Empty))]
     async fn execute(
         &self,
         request: Request<ExecuteRequest>,
@@ -204,6 +206,13 @@ impl Execution for ExecutionService {
             &request.get_ref().instance_name,
         );
         let metadata = request_metadata(&request);
+        let span = tracing::Span::current();
+        if !metadata.tool_invocation_id.is_empty() {
+            span.record("tool_invocation_id", metadata.tool_invocation_id.as_str());
+        }
+        if !metadata.action_mnemonic.is_empty() {
+            span.record("mnemonic", metadata.action_mnemonic.as_str());
+        }
         let req = request.into_inner();
         let inline = Inline::of(&req);
         let instance = req.instance_name.clone();
@@ -350,6 +359,7 @@ impl Execution for ExecutionService {
         if new {
             let invocation = description.tool_invocation_id.clone();
             operation.describe(description);
+            operation.trace_queued();
             let queued = self.assignments.enqueue_within_cap(
                 Queued {
                     operation: Arc::clone(&operation),

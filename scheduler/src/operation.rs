@@ -4,7 +4,7 @@
 //! remembers its instance name and who started it, for the access rules
 //! of [`crate::access`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::SystemTime;
@@ -105,6 +105,17 @@ pub struct Operation {
     /// When it was last handed to a worker (wall clock, for people: the
     /// web UI's "since").
     handed_out: Mutex<Option<SystemTime>>,
+    /// Its spans, when Execute queued it ([`Operation::trace_queued`]).
+    trace: Mutex<Trace>,
+}
+
+/// An operation's spans (docs/decisions/0017-tracing.md): `operation`
+/// from queueing to completion, the parent of every worker's run of it;
+/// `queued` under it until a worker first takes it.
+#[derive(Debug, Default)]
+struct Trace {
+    operation: Option<tracing::Span>,
+    queued: Option<tracing::Span>,
 }
 
 impl Operation {
@@ -126,7 +137,33 @@ impl Operation {
             adopted: AtomicBool::new(false),
             description: OnceLock::new(),
             handed_out: Mutex::new(None),
+            trace: Mutex::default(),
         }
+    }
+
+    /// Starts its `operation` and `queued` spans, under the current span
+    /// (its Execute's).
+    pub fn trace_queued(&self) {
+        let operation =
+            tracing::debug_span!(target: corral_trace::SPANS, "operation", operation = %self.name);
+        let queued =
+            tracing::debug_span!(target: corral_trace::SPANS, parent: &operation, "queued");
+        *self.trace.lock().unwrap_or_else(PoisonError::into_inner) = Trace {
+            operation: Some(operation),
+            queued: Some(queued),
+        };
+    }
+
+    /// The W3C trace context a worker continues (`w3c_trace_context`):
+    /// its `operation` span's, empty when not traced. Ends `queued`.
+    pub fn handed_out_trace(&self) -> BTreeMap<String, String> {
+        let (queued, context) = {
+            let mut trace = self.trace.lock().unwrap_or_else(PoisonError::into_inner);
+            let context = trace.operation.as_ref().map(corral_trace::context_of);
+            (trace.queued.take(), context.unwrap_or_default())
+        };
+        drop(queued);
+        context
     }
 
     /// Records what its Execute said; only the first call counts.
@@ -243,13 +280,20 @@ impl Operation {
 
     /// Completes with `response`; only the first completion counts.
     pub fn complete(&self, response: ExecuteResponse) -> bool {
-        self.progress.send_if_modified(|p| {
+        let completed = self.progress.send_if_modified(|p| {
             let change = !matches!(p, Progress::Completed(_));
             if change {
                 *p = Progress::Completed(Box::new(response));
             }
             change
-        })
+        });
+        if completed {
+            // Its spans end (and are exported) now.
+            let trace =
+                std::mem::take(&mut *self.trace.lock().unwrap_or_else(PoisonError::into_inner));
+            drop(trace);
+        }
+        completed
     }
 
     pub fn is_completed(&self) -> bool {

@@ -96,6 +96,7 @@ fn executing(assignment: Assignment) -> DesiredState {
                 digest_function: queued.digest_function,
                 corral_inline_stdout: inline.stdout,
                 corral_inline_stderr: inline.stderr,
+                w3c_trace_context: queued.operation.handed_out_trace(),
                 ..Default::default()
             },
         )),

@@ -14,7 +14,14 @@
 //! - `minimum`: numeric; the worker's value is at least the action's (the
 //!   largest of each side's values counts when a name repeats); an action
 //!   that leaves the name out matches, a worker that leaves it out (or
-//!   offers no number) matches no action that asks.
+//!   offers no number) matches no action that asks;
+//! - `any`: a worker offering the name at all (with any value) matches
+//!   every value an action asks for, and actions that leave it out; a
+//!   worker leaving it out matches only actions that leave it out too.
+//!
+//! `container-image` is matched `any` unless configured otherwise: a
+//! worker that runs images pulls whichever one the action names, so one
+//! pool serves every image (issue 19).
 
 use std::collections::BTreeMap;
 
@@ -33,7 +40,12 @@ pub enum Matching {
     Subset,
     /// Numbers: the worker's value is at least the action's.
     Minimum,
+    /// The worker offers the name: any value the action asks for.
+    Any,
 }
+
+/// The platform property naming an action's container image.
+pub const CONTAINER_IMAGE: &str = "container-image";
 
 impl std::fmt::Display for Matching {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -41,6 +53,7 @@ impl std::fmt::Display for Matching {
             Self::Exact => "exact",
             Self::Subset => "subset",
             Self::Minimum => "minimum",
+            Self::Any => "any",
         })
     }
 }
@@ -65,9 +78,16 @@ pub struct Mismatch {
 }
 
 /// The configured rule of each property name; every other name is exact.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlatformMatcher {
     rules: BTreeMap<String, Matching>,
+}
+
+/// Nothing configured: every name exact but `container-image`.
+impl Default for PlatformMatcher {
+    fn default() -> Self {
+        Self::new(BTreeMap::new())
+    }
 }
 
 /// A value of a `minimum` property, when it is one.
@@ -94,7 +114,12 @@ fn largest(values: &[&str]) -> Option<f64> {
 }
 
 impl PlatformMatcher {
-    pub fn new(rules: BTreeMap<String, Matching>) -> Self {
+    /// The configured rules; `container-image` is `any` unless they say
+    /// otherwise.
+    pub fn new(mut rules: BTreeMap<String, Matching>) -> Self {
+        rules
+            .entry(CONTAINER_IMAGE.to_owned())
+            .or_insert(Matching::Any);
         Self { rules }
     }
 
@@ -149,6 +174,7 @@ impl PlatformMatcher {
                     None => wanted.is_empty(),
                     Some(want) => largest(&offered).is_some_and(|have| have >= want),
                 },
+                Matching::Any => wanted.is_empty() || !offered.is_empty(),
             };
             (!ok).then(|| Mismatch {
                 name: name.to_owned(),
@@ -194,6 +220,41 @@ mod tests {
         let two = key(&[("tag", "a"), ("tag", "b")]);
         assert!(m.satisfies(&two, &key(&[("tag", "b"), ("tag", "a")])));
         assert!(!m.satisfies(&two, &key(&[("tag", "a")])));
+    }
+
+    #[test]
+    fn a_worker_running_images_matches_every_container_image_and_none() {
+        // Whatever else is configured, container-image is `any`.
+        for m in [PlatformMatcher::default(), matcher()] {
+            let images = key(&[("OSFamily", "linux"), ("container-image", "*")]);
+            let plain = key(&[("OSFamily", "linux")]);
+            for wanted in [
+                "docker://127.0.0.1:5000/corral/busybox:1",
+                "docker://gcr.io/p/i@sha256:00",
+                "oci:/srv/images/x",
+            ] {
+                let action = key(&[("OSFamily", "linux"), ("container-image", wanted)]);
+                assert!(m.satisfies(&images, &action), "{wanted}");
+                // A worker that runs no images gets no action naming one.
+                let mismatch = m.mismatch(&plain, &action).unwrap();
+                assert_eq!(
+                    (mismatch.name.as_str(), mismatch.matching),
+                    ("container-image", Matching::Any)
+                );
+            }
+            // Actions without an image still go to it.
+            assert!(m.satisfies(&images, &plain));
+            // Other properties still decide.
+            let macos = key(&[("OSFamily", "macos"), ("container-image", "docker://h/i")]);
+            assert!(!m.satisfies(&images, &macos));
+        }
+        // Configured otherwise, it is matched as configured.
+        let exact = PlatformMatcher::new(BTreeMap::from([(
+            "container-image".to_owned(),
+            Matching::Exact,
+        )]));
+        let images = key(&[("container-image", "*")]);
+        assert!(!exact.satisfies(&images, &key(&[("container-image", "docker://h/i")])));
     }
 
     #[test]

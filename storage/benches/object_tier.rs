@@ -281,4 +281,87 @@ async fn main() {
         "FindMissingBlobs of {SMALL_COUNT} digests in the object store only: cold {cold_find:?} \
          (one HEAD each, 32 at a time), warm {warm_find:?} (remembered); disk store alone {disk_find:?}"
     );
+
+    // The same through ByteStream and FindMissingBlobs over loopback gRPC,
+    // as clients see the tier: a storage server in front of the same
+    // bucket, and another with an empty disk tier.
+    let mut servers = tokio::task::JoinSet::new();
+    let served = serve(
+        &mut servers,
+        tier_config(&tmp.path().join("served"), server.as_ref(), &objects),
+    )
+    .await;
+    let fresh = data(BIG_BYTES, 8);
+    let fresh_digest = sha(&fresh).to_proto();
+    let start = Instant::now();
+    served
+        .write_stream(&fresh_digest, corral_cas_client::Blob::from(fresh))
+        .await
+        .expect("ByteStream write");
+    let grpc_write = start.elapsed();
+    let grpc_read = read_into_file(&served, &fresh_digest, tmp.path()).await;
+    let wiped = serve(
+        &mut servers,
+        tier_config(&tmp.path().join("served-wiped"), server.as_ref(), &objects),
+    )
+    .await;
+    let grpc_cold_read = read_into_file(&wiped, &fresh_digest, tmp.path()).await;
+    let protos: Vec<_> = digests.iter().map(Digest::to_proto).collect();
+    let start = Instant::now();
+    assert!(wiped.find_missing(&protos).await.expect("find").is_empty());
+    let grpc_cold_find = start.elapsed();
+    for (what, took, baseline) in [
+        (
+            "ByteStream write through the tier",
+            grpc_write,
+            direct_write,
+        ),
+        ("ByteStream read, disk hit", grpc_read, direct_read),
+        ("ByteStream read, wiped disk", grpc_cold_read, direct_read),
+    ] {
+        println!(
+            "{what:<48} {:>8.1} MiB/s  ({:.2}x object_store alone)",
+            mib_per_s(BIG_BYTES, took),
+            baseline.as_secs_f64() / took.as_secs_f64()
+        );
+    }
+    println!(
+        "FindMissingBlobs over gRPC of {SMALL_COUNT} digests in the object store only: cold {grpc_cold_find:?}"
+    );
+}
+
+/// Storage serving `cfg` on a loopback port, as a task of `servers`,
+/// and a client of it.
+async fn serve(
+    servers: &mut tokio::task::JoinSet<()>,
+    cfg: Config,
+) -> corral_cas_client::CasClient {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    servers.spawn(async move {
+        corral_storage::run(cfg, listener, std::future::pending())
+            .await
+            .expect("storage serves");
+    });
+    corral_cas_client::CasClient::new(&url).expect("client")
+}
+
+/// Reads `digest` through ByteStream into a file under `dir`, verified.
+async fn read_into_file(
+    client: &corral_cas_client::CasClient,
+    digest: &corral_proto::reapi::Digest,
+    dir: &Path,
+) -> Duration {
+    let path = dir.join(format!("download-{}", digest.hash));
+    let mut file = tokio::fs::File::create(&path).await.expect("create");
+    let start = Instant::now();
+    client
+        .read_into(digest, &mut file)
+        .await
+        .expect("ByteStream read");
+    let took = start.elapsed();
+    std::fs::remove_file(&path).expect("remove the download");
+    took
 }

@@ -11,7 +11,7 @@
 
 use std::pin::Pin;
 
-use futures_util::Stream;
+use futures_util::{stream, Stream, StreamExt as _};
 
 use crate::blob_write::BlobWrite;
 use crate::digest::{Digest, VerifyError};
@@ -110,7 +110,35 @@ pub trait BlobStore: Send + Sync + 'static {
         write.write(&data).await?;
         write.commit().await
     }
+
+    /// Writes many whole blobs (a BatchUpdateBlobs): one result per blob,
+    /// in order, each as [`put`](Self::put) would give it. Backends whose
+    /// per-blob cost is a trip to another thread override it to pay that
+    /// trip once per batch.
+    async fn put_many(&self, blobs: Vec<(Digest, Vec<u8>)>) -> Vec<Result<(), Error>> {
+        stream::iter(blobs)
+            .map(|(digest, data)| async move { self.put(&digest, data).await })
+            .buffered(BATCH_CONCURRENCY)
+            .collect()
+            .await
+    }
+
+    /// Many whole blobs (a BatchReadBlobs): one result per digest, in
+    /// order, each as [`get`](Self::get) would give it.
+    async fn get_many(&self, digests: &[Digest]) -> Vec<Result<Option<Vec<u8>>, Error>> {
+        stream::iter(digests.iter().copied())
+            .map(|digest| async move { self.get(&digest).await })
+            .buffered(BATCH_CONCURRENCY)
+            .collect()
+            .await
+    }
 }
+
+/// Blobs of a batch handled at once by the default
+/// [`BlobStore::put_many`] and [`BlobStore::get_many`]: enough to keep a
+/// remote store's connection or a blocking pool busy, few enough that one
+/// batch cannot starve others.
+pub const BATCH_CONCURRENCY: usize = 32;
 
 /// The behaviour every backend must show, as one suite each backend's
 /// tests run against itself.
@@ -150,6 +178,7 @@ pub(crate) mod conformance {
         action_cache_entries_replace(harness.make(MIB).await).await;
         concurrent_writers_of_one_blob_agree(harness.make(16 * MIB).await).await;
         least_recently_used_blob_is_evicted(harness.make(MIB).await).await;
+        batches_answer_each_blob_in_order(harness.make(MIB).await).await;
     }
 
     pub(crate) async fn read_all<S: BlobStore + ?Sized>(
@@ -182,6 +211,50 @@ pub(crate) mod conformance {
         // Writing it again is harmless.
         store.put(&d, data.clone()).await.unwrap();
         assert_eq!(store.get(&d).await.unwrap(), Some(data));
+    }
+
+    /// `put_many` and `get_many` give each entry what `put` and `get`
+    /// would, in order, whichever lane of the batch it fell in.
+    async fn batches_answer_each_blob_in_order<S: BlobStore>(store: S) {
+        let blobs: Vec<Vec<u8>> = (0..100).map(|i| blob(i, 100 + usize::from(i))).collect();
+        let mut digests: Vec<Digest> = blobs
+            .iter()
+            .map(|b| DigestFunction::Sha256.digest_of(b))
+            .collect();
+        let mut batch: Vec<(Digest, Vec<u8>)> =
+            digests.iter().copied().zip(blobs.iter().cloned()).collect();
+        // Refused entries in the middle: wrong bytes, and too large.
+        batch[37].1[0] ^= 1;
+        let large = Digest::new(DigestFunction::Sha256, [9; 32], 2 * MIB);
+        batch[70] = (large, Vec::new());
+        digests[70] = large;
+        let results = store.put_many(batch).await;
+        assert_eq!(results.len(), 100);
+        for (i, result) in results.iter().enumerate() {
+            match i {
+                37 => assert!(matches!(result, Err(Error::Refused(_))), "{result:?}"),
+                70 => assert!(matches!(result, Err(Error::TooLarge { .. })), "{result:?}"),
+                _ => assert!(result.is_ok(), "entry {i}: {result:?}"),
+            }
+        }
+        assert_eq!(
+            store.find_missing(&digests).await.unwrap(),
+            [digests[37], digests[70]]
+        );
+        let mut asked = digests.clone();
+        asked.push(DigestFunction::Sha256.empty());
+        let found = store.get_many(&asked).await;
+        assert_eq!(found.len(), 101);
+        for (i, found) in found.into_iter().enumerate() {
+            let found = found.unwrap();
+            match i {
+                37 | 70 => assert_eq!(found, None, "entry {i}"),
+                100 => assert_eq!(found, Some(Vec::new())),
+                _ => assert_eq!(found.as_ref(), Some(&blobs[i]), "entry {i}"),
+            }
+        }
+        assert!(store.put_many(Vec::new()).await.is_empty());
+        assert!(store.get_many(&[]).await.is_empty());
     }
 
     async fn wrong_hash_is_refused_and_leaves_nothing<S: BlobStore>(store: S) {

@@ -17,14 +17,14 @@ use corral_auth::{Authorizer, Permission};
 use corral_proto::reapi::compressor::Value as CompressorValue;
 use corral_proto::reapi::content_addressable_storage_server::ContentAddressableStorage;
 use corral_proto::reapi::{
-    batch_read_blobs_response, batch_update_blobs_request, batch_update_blobs_response,
-    BatchReadBlobsRequest, BatchReadBlobsResponse, BatchUpdateBlobsRequest,
-    BatchUpdateBlobsResponse, Directory, FindMissingBlobsRequest, FindMissingBlobsResponse,
-    GetChunkMappingRequest, GetChunkMappingResponse, GetTreeRequest, GetTreeResponse,
-    RegisterChunkMappingRequest, RegisterChunkMappingResponse, SpliceBlobRequest,
-    SpliceBlobResponse, SplitBlobRequest, SplitBlobResponse,
+    batch_read_blobs_response, batch_update_blobs_response, BatchReadBlobsRequest,
+    BatchReadBlobsResponse, BatchUpdateBlobsRequest, BatchUpdateBlobsResponse, Directory,
+    FindMissingBlobsRequest, FindMissingBlobsResponse, GetChunkMappingRequest,
+    GetChunkMappingResponse, GetTreeRequest, GetTreeResponse, RegisterChunkMappingRequest,
+    RegisterChunkMappingResponse, SpliceBlobRequest, SpliceBlobResponse, SplitBlobRequest,
+    SplitBlobResponse,
 };
-use futures_util::{stream, Stream, StreamExt as _};
+use futures_util::{stream, Stream};
 use prost::Message as _;
 use tonic::{Code, Request, Response, Status};
 
@@ -34,9 +34,6 @@ use crate::isolated_blob_store::InstanceBlobs;
 use crate::membership::Membership;
 use crate::status;
 
-/// Blobs of a batch handled at once: enough to keep the disk store's
-/// blocking pool busy, few enough that one batch cannot starve others.
-const BATCH_CONCURRENCY: usize = 32;
 /// Directories per GetTree page when the client asks for none.
 const DEFAULT_TREE_PAGE_SIZE: usize = 1000;
 
@@ -73,6 +70,10 @@ pub enum Error {
     },
     #[error("storage failed")]
     StoreBatch(#[source] blob_store::Error),
+    /// A store answered a batch with fewer results than blobs: a bug in
+    /// the backend, reported per missing entry rather than as a panic.
+    #[error("storage answered fewer entries of a batch than it was given")]
+    StoreBatchShort,
     #[error("{method} is not supported by this server")]
     Unimplemented { method: &'static str },
 }
@@ -89,6 +90,7 @@ pub fn status(err: &Error) -> Status {
         Error::TreeRootMissing { .. } => Code::NotFound,
         Error::Store { source, .. } | Error::StoreBatch(source) => status::store_code(source),
         Error::Unimplemented { .. } => Code::Unimplemented,
+        Error::StoreBatchShort => Code::Internal,
     };
     Status::new(code, status::message(err))
 }
@@ -166,39 +168,54 @@ impl CasService {
         let function = DigestFunction::from_proto(req.digest_function)?;
         self.check_batch(req.requests.iter().map(|r| r.data.len() as u64).sum())?;
         let blobs = self.blobs.for_instance(&req.instance_name);
-        let responses = stream::iter(req.requests)
-            .map(|r| Self::update_one(&*blobs, function, r))
-            .buffered(BATCH_CONCURRENCY)
-            .collect()
-            .await;
-        Ok(BatchUpdateBlobsResponse { responses })
-    }
-
-    async fn update_one(
-        blobs: &dyn BlobStore,
-        function: DigestFunction,
-        r: batch_update_blobs_request::Request,
-    ) -> batch_update_blobs_response::Response {
-        let result = async {
-            let digest = Digest::from_field(function, r.digest.as_ref(), "digest")?;
-            if r.compressor != CompressorValue::Identity as i32 {
-                return Err(Error::UnsupportedCompressor {
-                    compressor: r.compressor,
+        // Entries refused before the store keep their error; the rest go
+        // to the store as one batch, so a backend pays its per-call cost
+        // (a trip to the blocking pool) once, not per blob.
+        let mut results = Vec::with_capacity(req.requests.len());
+        let mut protos = Vec::with_capacity(req.requests.len());
+        let mut valid = Vec::with_capacity(req.requests.len());
+        for r in req.requests {
+            let checked = Digest::from_field(function, r.digest.as_ref(), "digest")
+                .map_err(Error::from)
+                .and_then(|digest| {
+                    if r.compressor != CompressorValue::Identity as i32 {
+                        return Err(Error::UnsupportedCompressor {
+                            compressor: r.compressor,
+                        });
+                    }
+                    Ok(digest)
                 });
+            match checked {
+                Ok(digest) => {
+                    results.push(None);
+                    valid.push((digest, r.data));
+                }
+                Err(err) => results.push(Some(Err(err))),
             }
-            blobs
-                .put(&digest, r.data)
-                .await
-                .map_err(|source| Error::Store { digest, source })
+            protos.push(r.digest);
         }
-        .await;
-        batch_update_blobs_response::Response {
-            digest: r.digest,
-            status: Some(match result {
-                Ok(()) => status::rpc_ok(),
-                Err(err) => to_rpc(&err),
-            }),
-        }
+        let digests: Vec<Digest> = valid.iter().map(|(d, _)| *d).collect();
+        let mut stored = blobs.put_many(valid).await.into_iter().zip(digests);
+        let responses = results
+            .into_iter()
+            .zip(protos)
+            .map(|(result, digest)| {
+                let result = result.unwrap_or_else(|| match stored.next() {
+                    Some((result, d)) => {
+                        result.map_err(|source| Error::Store { digest: d, source })
+                    }
+                    None => Err(Error::StoreBatchShort),
+                });
+                batch_update_blobs_response::Response {
+                    digest,
+                    status: Some(match result {
+                        Ok(()) => status::rpc_ok(),
+                        Err(err) => to_rpc(&err),
+                    }),
+                }
+            })
+            .collect();
+        Ok(BatchUpdateBlobsResponse { responses })
     }
 
     #[tracing::instrument(skip_all, fields(instance = %req.instance_name, count = req.digests.len()))]
@@ -215,44 +232,48 @@ impl CasService {
                 .sum(),
         )?;
         let blobs = self.blobs.for_instance(&req.instance_name);
-        let responses = stream::iter(req.digests)
-            .map(|d| Self::read_one(&*blobs, function, d))
-            .buffered(BATCH_CONCURRENCY)
-            .collect()
-            .await;
+        let parsed: Vec<Result<Digest, Error>> = req
+            .digests
+            .iter()
+            .map(|proto| Digest::from_proto(function, proto).map_err(Error::from))
+            .collect();
+        let valid: Vec<Digest> = parsed
+            .iter()
+            .filter_map(|d| d.as_ref().ok())
+            .copied()
+            .collect();
+        let mut found = blobs.get_many(&valid).await.into_iter().zip(valid);
+        let responses = req
+            .digests
+            .into_iter()
+            .zip(parsed)
+            .map(|(proto, parsed)| {
+                let result = parsed.and_then(|_| match found.next() {
+                    Some((result, digest)) => {
+                        result.map_err(|source| Error::Store { digest, source })
+                    }
+                    None => Err(Error::StoreBatchShort),
+                });
+                let (data, status) = match result {
+                    Ok(Some(data)) => (data, status::rpc_ok()),
+                    Ok(None) => (
+                        Vec::new(),
+                        status::rpc(
+                            Code::NotFound,
+                            format!("blob {}/{} is not in the CAS", proto.hash, proto.size_bytes),
+                        ),
+                    ),
+                    Err(err) => (Vec::new(), to_rpc(&err)),
+                };
+                batch_read_blobs_response::Response {
+                    digest: Some(proto),
+                    data,
+                    compressor: CompressorValue::Identity as i32,
+                    status: Some(status),
+                }
+            })
+            .collect();
         Ok(BatchReadBlobsResponse { responses })
-    }
-
-    async fn read_one(
-        blobs: &dyn BlobStore,
-        function: DigestFunction,
-        proto: corral_proto::reapi::Digest,
-    ) -> batch_read_blobs_response::Response {
-        let result = async {
-            let digest = Digest::from_proto(function, &proto)?;
-            blobs
-                .get(&digest)
-                .await
-                .map_err(|source| Error::Store { digest, source })
-        }
-        .await;
-        let (data, status) = match result {
-            Ok(Some(data)) => (data, status::rpc_ok()),
-            Ok(None) => (
-                Vec::new(),
-                status::rpc(
-                    Code::NotFound,
-                    format!("blob {}/{} is not in the CAS", proto.hash, proto.size_bytes),
-                ),
-            ),
-            Err(err) => (Vec::new(), to_rpc(&err)),
-        };
-        batch_read_blobs_response::Response {
-            digest: Some(proto),
-            data,
-            compressor: CompressorValue::Identity as i32,
-            status: Some(status),
-        }
     }
 
     /// Checks the request and the root, then streams pages. The page
@@ -486,6 +507,7 @@ impl ContentAddressableStorage for CasService {
 
 #[cfg(test)]
 mod tests {
+    use corral_proto::reapi::batch_update_blobs_request;
     use corral_proto::reapi::{Digest as ProtoDigest, DirectoryNode, FileNode};
     use futures_util::TryStreamExt as _;
 

@@ -57,6 +57,11 @@ pub struct Config {
     /// table to serve them. `corral up` ignores it: its one page has
     /// storage's metrics.
     pub metrics: Option<MetricsConfig>,
+    /// OpenTelemetry traces over OTLP/gRPC (`[tracing]`, the table every
+    /// daemon shares: `endpoint`, `sample_ratio`; docs/config.md): spans of
+    /// its calls, each a trace of its own. Default: off, nothing
+    /// exported and no connection made.
+    pub tracing: Option<corral_trace::TracingConfig>,
 }
 
 /// Where blobs are kept: a `[backend]` table whose `kind` names the
@@ -225,6 +230,7 @@ impl Default for Config {
             isolate_instances: false,
             object_store: None,
             metrics: None,
+            tracing: None,
         }
     }
 }

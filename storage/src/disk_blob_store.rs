@@ -9,7 +9,17 @@
 //!
 //! A write goes to a fresh file in `tmp/` (same file system, so the final
 //! rename is atomic), is checked against its digest, and only then renamed
-//! into place: a reader sees a whole, verified blob or nothing. The index
+//! into place: a reader sees a whole, verified blob or nothing. A whole
+//! blob held in memory (a batch entry, an Action Cache entry) is checked
+//! first, then written to an anonymous file (`O_TMPFILE` in `tmp/`) and
+//! linked into place: the file has no name until it is whole, so a crash
+//! leaves nothing, and the link saves the rename across directories. An
+//! entry that must replace a file goes through a name in `tmp/` and a
+//! rename. File systems without `O_TMPFILE` (or no `/proc`) get the named
+//! path; the layout on disk is the same either way.
+//!
+//! Batches are read and written a few blocking tasks per batch (one per
+//! core at most), each entry hashed on the task that handles it. The index
 //! of what is held, and in which order it was used, lives in memory; it is
 //! rebuilt at startup from a directory scan that reads names and metadata
 //! but never contents, so startup costs one `stat` per blob. The initial
@@ -19,6 +29,7 @@
 use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
@@ -37,6 +48,9 @@ use crate::lru_index::{Key, LruIndex, Namespace};
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
 /// Same for reads.
 const READ_BUFFER_BYTES: usize = 1 << 20;
+/// Fewest blobs of a batch worth a blocking task of their own: below it,
+/// the trip to another thread costs more than the parallelism gains.
+const BLOBS_PER_LANE_MIN: usize = 16;
 /// What a write that finds the disk full frees beyond its own size, so
 /// the next few writes do not each find it full again.
 const ROOM_SLACK_BYTES: u64 = 1 << 20;
@@ -87,6 +101,12 @@ pub enum DiskError {
         #[source]
         source: io::Error,
     },
+    #[error("failed to link a new file in as {to}")]
+    Link {
+        to: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("failed to open {path}")]
     Open {
         path: PathBuf,
@@ -105,6 +125,14 @@ pub enum DiskError {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// A blocking task doing part of a batch did not finish; each of its
+    /// blobs fails with the same cause.
+    #[error("a blocking task of a batch in {dir} did not finish")]
+    JoinBatch {
+        dir: PathBuf,
+        #[source]
+        source: Arc<tokio::task::JoinError>,
+    },
     /// A write step found no space left (ENOSPC) or its quota used up
     /// (EDQUOT): said first, since it is what the operator acts on.
     #[error("the disk of storage directory {dir} is full")]
@@ -121,7 +149,7 @@ impl DiskError {
     pub fn is_storage_full(&self) -> bool {
         let io = match self {
             DiskError::Full { .. } => return true,
-            DiskError::Join { .. } => return false,
+            DiskError::Join { .. } | DiskError::JoinBatch { .. } => return false,
             DiskError::CreateDir { source, .. }
             | DiskError::ClearTemp { source, .. }
             | DiskError::Scan { source, .. }
@@ -129,6 +157,7 @@ impl DiskError {
             | DiskError::Write { source, .. }
             | DiskError::Sync { source, .. }
             | DiskError::Rename { source, .. }
+            | DiskError::Link { source, .. }
             | DiskError::Open { source, .. }
             | DiskError::Read { source, .. } => source,
         };
@@ -161,22 +190,48 @@ struct Inner {
     dir: PathBuf,
     tmp_dir: PathBuf,
     fsync: bool,
+    /// Whether whole writes go to anonymous files (`O_TMPFILE`) linked
+    /// into place: the file system supports it and `/proc` is mounted.
+    anonymous_temps: bool,
+    /// Names for anonymous files staged in `tmp/` before a rename that
+    /// replaces an existing entry; unique within this run, and `tmp/` is
+    /// emptied at open.
+    next_staged: AtomicU64,
     index: Mutex<LruIndex<Key, ()>>,
 }
 
 impl DiskBlobStore {
     /// Opens (creating if needed) the store in `dir` and rebuilds its index.
     pub async fn open(dir: PathBuf, max_size_bytes: u64, fsync: bool) -> Result<Self, DiskError> {
-        let join_dir = dir.clone();
-        tokio::task::spawn_blocking(move || Self::open_blocking(dir, max_size_bytes, fsync))
-            .await
-            .map_err(|source| DiskError::Join {
-                dir: join_dir,
-                source,
-            })?
+        Self::open_with(dir, max_size_bytes, fsync, true).await
     }
 
-    fn open_blocking(dir: PathBuf, max_size_bytes: u64, fsync: bool) -> Result<Self, DiskError> {
+    /// [`open`](Self::open), with anonymous temporary files only if
+    /// `anonymous` (and the file system allows them): tests run the named
+    /// path too.
+    async fn open_with(
+        dir: PathBuf,
+        max_size_bytes: u64,
+        fsync: bool,
+        anonymous: bool,
+    ) -> Result<Self, DiskError> {
+        let join_dir = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            Self::open_blocking(dir, max_size_bytes, fsync, anonymous)
+        })
+        .await
+        .map_err(|source| DiskError::Join {
+            dir: join_dir,
+            source,
+        })?
+    }
+
+    fn open_blocking(
+        dir: PathBuf,
+        max_size_bytes: u64,
+        fsync: bool,
+        anonymous: bool,
+    ) -> Result<Self, DiskError> {
         let tmp_dir = dir.join("tmp");
         // Uploads in progress when the process stopped cannot be resumed:
         // their clients are gone with the connection.
@@ -187,10 +242,19 @@ impl DiskBlobStore {
             })?;
         }
         create_dir(&tmp_dir)?;
+        let anonymous_temps = match anonymous_temps_work(&tmp_dir) {
+            Ok(()) => anonymous,
+            Err(error) => {
+                tracing::info!(dir = %tmp_dir.display(), %error, "no anonymous temporary files here (O_TMPFILE and /proc): writes use named ones");
+                false
+            }
+        };
         let inner = Inner {
             dir,
             tmp_dir,
             fsync,
+            anonymous_temps,
+            next_staged: AtomicU64::new(0),
             index: Mutex::new(LruIndex::new(max_size_bytes)),
         };
         let mut found = Vec::new();
@@ -256,15 +320,107 @@ impl DiskBlobStore {
     }
 
     fn check_fits(&self, digest: &Digest) -> Result<(), Error> {
-        let max_size_bytes = self.inner.lock().max_bytes();
-        if digest.size_bytes() > max_size_bytes {
-            return Err(Error::TooLarge {
-                digest: *digest,
-                max_size_bytes,
-            });
-        }
-        Ok(())
+        self.inner.check_fits(digest)
     }
+}
+
+impl DiskBlobStore {
+    /// Runs `f` over `items` on the blocking pool, split into contiguous
+    /// runs, one task per core at most (without fsync): a batch pays a
+    /// few trips to the pool rather than one per blob, and its hashing
+    /// uses every core.
+    /// Results come back in the order of `items`.
+    async fn in_lanes<I, T>(
+        &self,
+        items: Vec<I>,
+        f: fn(&Inner, I) -> Result<T, Error>,
+    ) -> Vec<Result<T, Error>>
+    where
+        I: Send + 'static,
+        T: Send + 'static,
+    {
+        // With fsync on, each entry waits on the disk twice: many lanes
+        // keep the disk's queue full, as one task per blob did before.
+        let most = if self.inner.fsync {
+            crate::blob_store::BATCH_CONCURRENCY
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        };
+        let lanes = most.min(items.len().div_ceil(BLOBS_PER_LANE_MIN)).max(1);
+        let per_lane = items.len().div_ceil(lanes).max(1);
+        let mut items = items.into_iter();
+        let mut tasks = Vec::with_capacity(lanes);
+        loop {
+            let run: Vec<I> = items.by_ref().take(per_lane).collect();
+            if run.is_empty() {
+                break;
+            }
+            let inner = Arc::clone(&self.inner);
+            let len = run.len();
+            let task = tokio::task::spawn_blocking(move || {
+                run.into_iter()
+                    .map(|item| f(&inner, item))
+                    .collect::<Vec<_>>()
+            });
+            tasks.push((len, task));
+        }
+        let mut results = Vec::new();
+        for (len, task) in tasks {
+            match task.await {
+                Ok(done) => results.extend(done),
+                // A task that panicked fails each of its entries; the
+                // other lanes' results stand.
+                Err(err) => {
+                    let source = Arc::new(err);
+                    results.extend((0..len).map(|_| {
+                        Err(DiskError::JoinBatch {
+                            dir: self.inner.dir.clone(),
+                            source: Arc::clone(&source),
+                        }
+                        .into())
+                    }));
+                }
+            }
+        }
+        results
+    }
+}
+
+/// A new anonymous file in `dir` (`O_TMPFILE`): it has no name until
+/// [`link_anonymous`] gives it one, and a crash before that leaves
+/// nothing behind. Mode 0600, as tempfile's named files.
+fn new_anonymous(dir: &Path) -> io::Result<fs::File> {
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+    )?;
+    Ok(fs::File::from(fd))
+}
+
+/// Gives the anonymous `file` the name `to`, which must not exist. Through
+/// `/proc/self/fd`: linking the descriptor itself (`AT_EMPTY_PATH`) needs
+/// CAP_DAC_READ_SEARCH.
+fn link_anonymous(file: &fs::File, to: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let from = format!("/proc/self/fd/{}", file.as_raw_fd());
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        from.as_str(),
+        rustix::fs::CWD,
+        to,
+        rustix::fs::AtFlags::SYMLINK_FOLLOW,
+    )?;
+    Ok(())
+}
+
+/// Whether anonymous files can be made and linked in `tmp_dir`: tried
+/// once at open, with a name no write uses.
+fn anonymous_temps_work(tmp_dir: &Path) -> io::Result<()> {
+    let probe = tmp_dir.join("probe");
+    let file = new_anonymous(tmp_dir)?;
+    link_anonymous(&file, &probe)?;
+    fs::remove_file(&probe)
 }
 
 fn create_dir(path: &Path) -> Result<(), DiskError> {
@@ -434,6 +590,45 @@ impl Inner {
         self.remove_file(key);
     }
 
+    fn check_fits(&self, digest: &Digest) -> Result<(), Error> {
+        let max_size_bytes = self.lock().max_bytes();
+        if digest.size_bytes() > max_size_bytes {
+            return Err(Error::TooLarge {
+                digest: *digest,
+                max_size_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// A whole blob the index holds, read and checked against its digest;
+    /// `None` if its file is gone or corrupt (then removed). Blocking.
+    fn read_whole(&self, digest: &Digest) -> Result<Option<Vec<u8>>, Error> {
+        if digest.is_empty_blob() {
+            return Ok(Some(Vec::new()));
+        }
+        let key = Key::cas(*digest);
+        let path = self.path(&key);
+        let data = match fs::read(&path) {
+            Ok(data) => data,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                self.forget(&key);
+                return Ok(None);
+            }
+            Err(source) => return Err(DiskError::Read { path, source }.into()),
+        };
+        let mut verifier = Verifier::new(*digest);
+        if verifier
+            .update(&data)
+            .and_then(|()| verifier.finish())
+            .is_err()
+        {
+            self.remove_corrupt(&key);
+            return Ok(None);
+        }
+        Ok(Some(data))
+    }
+
     /// Writes a whole entry held in memory and installs it, in one trip
     /// to the blocking pool: the fast path for small blobs and AC entries.
     /// On a full disk it makes room and tries once more: the write is in
@@ -450,6 +645,9 @@ impl Inner {
     /// One attempt of [`write_whole`](Self::write_whole); the temporary
     /// file goes with a failure.
     fn try_write_whole(&self, key: Key, data: &[u8]) -> Result<(), DiskError> {
+        if self.anonymous_temps {
+            return self.try_write_anonymous(key, data);
+        }
         let (mut file, temp) = self.new_temp()?;
         file.write_all(data).map_err(|source| DiskError::Write {
             path: temp.to_path_buf(),
@@ -463,6 +661,78 @@ impl Inner {
         }
         drop(file);
         self.install(key, temp, data.len() as u64)
+    }
+
+    /// [`try_write_whole`](Self::try_write_whole) through an anonymous
+    /// file: one creation and one link, where a named temporary file costs
+    /// a creation and a rename across directories. Nothing to clean up on
+    /// failure: an anonymous file goes with its descriptor.
+    fn try_write_anonymous(&self, key: Key, data: &[u8]) -> Result<(), DiskError> {
+        let mut file = new_anonymous(&self.tmp_dir).map_err(|source| DiskError::CreateTemp {
+            dir: self.tmp_dir.clone(),
+            source,
+        })?;
+        file.write_all(data).map_err(|source| DiskError::Write {
+            path: self.tmp_dir.clone(),
+            source,
+        })?;
+        if self.fsync {
+            file.sync_all().map_err(|source| DiskError::Sync {
+                path: self.tmp_dir.clone(),
+                source,
+            })?;
+        }
+        self.install_anonymous(key, &file, data.len() as u64)
+    }
+
+    /// Links a checked anonymous file in as the entry for `key`, then
+    /// evicts past the bound; under the index lock, as [`install`](Self::install).
+    fn install_anonymous(&self, key: Key, file: &fs::File, size: u64) -> Result<(), DiskError> {
+        let to = self.path(&key);
+        let mut index = self.lock();
+        match link_anonymous(file, &to) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                if key.namespace == Namespace::Cas && index.touch(&key) {
+                    // Another write of the same blob got there first: the
+                    // same bytes, checked against the same digest.
+                    return Ok(());
+                }
+                // An Action Cache entry being replaced, or a file the
+                // index does not count (its removal failed): replaced at
+                // once by a rename, so a reader sees the old or the new.
+                let n = self.next_staged.fetch_add(1, Ordering::Relaxed);
+                let staged = self.tmp_dir.join(format!("staged-{n}"));
+                link_anonymous(file, &staged).map_err(|source| DiskError::Link {
+                    to: staged.clone(),
+                    source,
+                })?;
+                if let Err(source) = fs::rename(&staged, &to) {
+                    let _ = fs::remove_file(&staged);
+                    return Err(DiskError::Rename {
+                        from: staged,
+                        to,
+                        source,
+                    });
+                }
+            }
+            Err(source) => return Err(DiskError::Link { to, source }),
+        }
+        for (evicted, ()) in index.insert(key, (), size) {
+            self.remove_file(&evicted);
+        }
+        if self.fsync {
+            // The link is durable only once its directory is.
+            if let Some(parent) = to.parent() {
+                fs::File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|source| DiskError::Sync {
+                        path: parent.to_owned(),
+                        source,
+                    })?;
+            }
+        }
+        Ok(())
     }
 
     fn new_temp(&self) -> Result<(fs::File, TempPath), DiskError> {
@@ -492,29 +762,19 @@ impl BlobStore for DiskBlobStore {
         if digest.is_empty_blob() {
             return Ok(Some(Vec::new()));
         }
-        let key = Key::cas(*digest);
-        if !self.inner.lock().touch(&key) {
+        if !self.inner.lock().touch(&Key::cas(*digest)) {
             return Ok(None);
         }
-        let path = self.inner.path(&key);
-        let data = match tokio::fs::read(&path).await {
-            Ok(data) => data,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                self.inner.forget(&key);
-                return Ok(None);
-            }
-            Err(source) => return Err(DiskError::Read { path, source }.into()),
-        };
-        let mut verifier = Verifier::new(*digest);
-        if verifier
-            .update(&data)
-            .and_then(|()| verifier.finish())
-            .is_err()
-        {
-            self.inner.remove_corrupt(&key);
-            return Ok(None);
-        }
-        Ok(Some(data))
+        // Read and hashed in one trip to the blocking pool: hashing would
+        // hold up a runtime thread.
+        let digest = *digest;
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.read_whole(&digest))
+            .await
+            .map_err(|source| DiskError::Join {
+                dir: self.inner.dir.clone(),
+                source,
+            })?
     }
 
     async fn read(
@@ -591,6 +851,37 @@ impl BlobStore for DiskBlobStore {
             dir: self.inner.dir.clone(),
             source,
         })?
+    }
+
+    async fn put_many(&self, blobs: Vec<(Digest, Vec<u8>)>) -> Vec<Result<(), Error>> {
+        self.in_lanes(blobs, |inner, (digest, data)| {
+            inner.check_fits(&digest)?;
+            let mut verifier = Verifier::new(digest);
+            verifier.update(&data)?;
+            verifier.finish()?;
+            inner.write_whole(Key::cas(digest), &data)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_many(&self, digests: &[Digest]) -> Vec<Result<Option<Vec<u8>>, Error>> {
+        // Marked used under one hold of the lock; what is held is read
+        // and checked on the blocking pool, a few tasks for the batch.
+        let held: Vec<(Digest, bool)> = {
+            let mut index = self.inner.lock();
+            digests
+                .iter()
+                .map(|d| (*d, d.is_empty_blob() || index.touch(&Key::cas(*d))))
+                .collect()
+        };
+        self.in_lanes(held, |inner, (digest, held)| {
+            if !held {
+                return Ok(None);
+            }
+            inner.read_whole(&digest)
+        })
+        .await
     }
 
     fn evictions(&self) -> u64 {
@@ -794,6 +1085,7 @@ pub(crate) mod tests {
     struct Disk {
         root: tempfile::TempDir,
         made: usize,
+        anonymous: bool,
     }
 
     impl conformance::Harness for Disk {
@@ -801,9 +1093,16 @@ pub(crate) mod tests {
         async fn make(&mut self, max_size_bytes: u64) -> DiskBlobStore {
             self.made += 1;
             let dir = self.root.path().join(self.made.to_string());
-            DiskBlobStore::open(dir, max_size_bytes, false)
+            let store = DiskBlobStore::open_with(dir, max_size_bytes, false, self.anonymous)
                 .await
-                .unwrap()
+                .unwrap();
+            if self.anonymous && std::env::var_os("CI").is_some() {
+                assert!(
+                    store.inner.anonymous_temps,
+                    "O_TMPFILE is expected under CI"
+                );
+            }
+            store
         }
     }
 
@@ -820,8 +1119,97 @@ pub(crate) mod tests {
         conformance::run(Disk {
             root: temp_dir(),
             made: 0,
+            anonymous: true,
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn disk_store_with_named_temporary_files_conforms() {
+        conformance::run(Disk {
+            root: temp_dir(),
+            made: 0,
+            anonymous: false,
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_leaves_no_temporary_file_and_survives_a_restart() {
+        let root = temp_dir();
+        let dir = root.path().join("store");
+        let blobs: Vec<Vec<u8>> = (0..64).map(|i| conformance::blob(i, 4096)).collect();
+        let digests: Vec<Digest> = blobs
+            .iter()
+            .map(|b| DigestFunction::Sha256.digest_of(b))
+            .collect();
+        for anonymous in [true, false] {
+            let store = DiskBlobStore::open_with(dir.clone(), 1 << 20, true, anonymous)
+                .await
+                .unwrap();
+            let batch = digests.iter().copied().zip(blobs.iter().cloned()).collect();
+            assert!(store.put_many(batch).await.iter().all(Result::is_ok));
+            assert_eq!(leftovers(&dir), 0, "anonymous: {anonymous}");
+            assert_eq!(store.total_bytes(), 64 * 4096);
+            assert_eq!(store.total_bytes(), bytes_held(&dir));
+            drop(store);
+            let store = DiskBlobStore::open(dir.clone(), 1 << 20, false)
+                .await
+                .unwrap();
+            let found = store.get_many(&digests).await;
+            for (found, blob) in found.into_iter().zip(&blobs) {
+                assert_eq!(found.unwrap().as_ref(), Some(blob));
+            }
+            fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_the_index_does_not_count_is_replaced_by_a_write() {
+        for anonymous in [true, false] {
+            let root = temp_dir();
+            let store = DiskBlobStore::open_with(root.path().join("s"), 1 << 20, false, anonymous)
+                .await
+                .unwrap();
+            let data = conformance::blob(1, 1000);
+            let d = DigestFunction::Sha256.digest_of(&data);
+            // Left by a removal that failed, say: not counted, not the blob.
+            fs::write(store.blob_path(&d), b"stale").unwrap();
+            store.put(&d, data.clone()).await.unwrap();
+            assert_eq!(fs::read(store.blob_path(&d)).unwrap(), data);
+            assert_eq!(store.get(&d).await.unwrap(), Some(data));
+            assert_eq!(store.total_bytes(), 1000);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_blob_in_a_batch_read_is_missing_and_removed() {
+        let root = temp_dir();
+        let store = DiskBlobStore::open(root.path().join("s"), 1 << 20, false)
+            .await
+            .unwrap();
+        let blobs: Vec<Vec<u8>> = (0..40).map(|i| conformance::blob(i, 1000)).collect();
+        let digests: Vec<Digest> = blobs
+            .iter()
+            .map(|b| DigestFunction::Sha256.digest_of(b))
+            .collect();
+        let batch = digests.iter().copied().zip(blobs.iter().cloned()).collect();
+        assert!(store.put_many(batch).await.iter().all(Result::is_ok));
+        let mut bad = blobs[25].clone();
+        bad[10] ^= 1;
+        fs::write(store.blob_path(&digests[25]), &bad).unwrap();
+        fs::remove_file(store.blob_path(&digests[3])).unwrap();
+        let found = store.get_many(&digests).await;
+        for (i, found) in found.into_iter().enumerate() {
+            let expected = (i != 3 && i != 25).then(|| blobs[i].clone());
+            assert_eq!(found.unwrap(), expected, "entry {i}");
+        }
+        assert!(!store.blob_path(&digests[25]).exists());
+        assert_eq!(
+            store.find_missing(&digests).await.unwrap(),
+            [digests[3], digests[25]]
+        );
+        assert_eq!(store.total_bytes(), 38 * 1000);
     }
 
     #[tokio::test]

@@ -136,6 +136,38 @@ impl BlobStore for IsolatedBlobStore {
         self.membership.record(&self.instance, digest).await?;
         Ok(())
     }
+
+    async fn put_many(&self, blobs: Vec<(Digest, Vec<u8>)>) -> Vec<Result<(), Error>> {
+        let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+        let mut results = self.shared.put_many(blobs).await;
+        // Only what the store took (verified) makes this name a member.
+        for (result, digest) in results.iter_mut().zip(&digests) {
+            if result.is_ok() {
+                if let Err(err) = self.membership.record(&self.instance, digest).await {
+                    *result = Err(err.into());
+                }
+            }
+        }
+        results
+    }
+
+    async fn get_many(&self, digests: &[Digest]) -> Vec<Result<Option<Vec<u8>>, Error>> {
+        let members = self.membership.members(&self.instance, digests);
+        let asked: Vec<Digest> = digests
+            .iter()
+            .zip(&members)
+            .filter(|(_, member)| **member)
+            .map(|(d, _)| *d)
+            .collect();
+        let mut found = self.shared.get_many(&asked).await.into_iter();
+        members
+            .iter()
+            .map(|member| match member {
+                true => found.next().unwrap_or(Ok(None)),
+                false => Ok(None),
+            })
+            .collect()
+    }
 }
 
 /// A write that makes its instance name a member once it commits.

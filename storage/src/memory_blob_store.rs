@@ -79,6 +79,20 @@ impl BlobStore for MemoryBlobStore {
         Ok(self.lookup(&Key::cas(*digest)).map(|data| data.to_vec()))
     }
 
+    /// Under one hold of the lock, rather than one per blob.
+    async fn get_many(&self, digests: &[Digest]) -> Vec<Result<Option<Vec<u8>>, Error>> {
+        let mut index = self.lock();
+        digests
+            .iter()
+            .map(|digest| {
+                if digest.is_empty_blob() {
+                    return Ok(Some(Vec::new()));
+                }
+                Ok(index.get(&Key::cas(*digest)).map(|data| data.to_vec()))
+            })
+            .collect()
+    }
+
     async fn read(
         &self,
         digest: &Digest,

@@ -5,11 +5,15 @@
 //!   as skipped (libtest counts such a test as passed); under CI it fails.
 //! - [`privileged`]: the root check of tests that need root.
 //! - [`Tmpfs`]: a size-limited file system for full-disk tests.
+//! - [`images`]: container images from busybox-static, as OCI layouts,
+//!   pushed to a registry.
 //!
 //! It must never depend on our other crates, tokio or tonic: the sandbox's
 //! tests use it too.
 
 #![forbid(unsafe_code)]
+
+pub mod images;
 
 use std::io::Write as _;
 use std::os::unix::fs::MetadataExt as _;

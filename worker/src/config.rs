@@ -57,6 +57,12 @@ pub struct Config {
     /// Prometheus metrics over HTTP (`GET /metrics`). Default: off; add
     /// a `[metrics]` table to serve them.
     pub metrics: Option<MetricsConfig>,
+    /// OpenTelemetry traces over OTLP/gRPC (`[tracing]`, the table every
+    /// daemon shares: `endpoint`, `sample_ratio`; docs/config.md): spans of
+    /// its stages (fetch inputs, layout, run, upload outputs), in the
+    /// trace the scheduler started. Default: off, nothing
+    /// exported and no connection made.
+    pub tracing: Option<corral_trace::TracingConfig>,
     /// What one action's outputs may take: the `[limits]` table.
     pub limits: Limits,
     /// TLS for the worker's connections to the scheduler and storage
@@ -74,6 +80,12 @@ pub struct Config {
     /// `terminationGracePeriodSeconds`, default 30 s: raise that) with a
     /// few seconds to spare for the last reports. 0 kills at once.
     pub stop_grace_s: u64,
+    /// Actions in container images (`[images]`): the `container-image`
+    /// platform property names an image (`docker://host/repo:tag`,
+    /// `oci:/path`) that the worker pulls, verifies, unpacks and keeps
+    /// under `<directory>/build/images`, and the runner uses as the
+    /// action's root. On by default.
+    pub images: corral_image::Config,
 }
 
 /// The `[limits]` table: bounds on an action's outputs, checked before
@@ -183,9 +195,11 @@ impl Default for Config {
                 size_class: 0,
             }],
             metrics: None,
+            tracing: None,
             limits: Limits::default(),
             client_tls: None,
             stop_grace_s: 60,
+            images: corral_image::Config::default(),
         }
     }
 }

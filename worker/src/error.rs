@@ -14,6 +14,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("failed to open the image store")]
+    Images(#[source] corral_image::Error),
     #[error("failed to open the file cache")]
     FileCache(#[from] crate::file_cache::Error),
     #[error("failed to check the runner")]

@@ -34,6 +34,17 @@ use crate::runner_client::RunnerClient;
 /// The platform property naming the sandbox policy.
 pub const POLICY_PROPERTY: &str = "corral-policy";
 
+/// The platform property naming the action's container image, as Bazel's
+/// remote execution properties name it.
+pub const IMAGE_PROPERTY: &str = "container-image";
+
+/// The value a worker that runs images offers for [`IMAGE_PROPERTY`]; the
+/// scheduler matches the name by presence, so any value would do.
+pub const ANY_IMAGE: &str = "*";
+
+/// The server log naming the image an action ran in and its digest.
+pub const IMAGE_LOG: &str = "container-image.txt";
+
 /// Where an action is, reported to the scheduler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -70,6 +81,10 @@ pub enum Error {
     /// failure, not the action's (see [`RunnerLost`]).
     #[error("the runner failed, not the action: {}", .0.message())]
     RunnerLost(tonic::Status),
+    #[error("the action names container-image {image}, and this worker runs no images ([images] enabled = false)")]
+    ImagesOff { image: String },
+    #[error("failed to pull the action's image")]
+    Image(#[source] corral_image::PullError),
     #[error("failed to upload the outputs")]
     Upload(#[source] cas_client::Error),
     #[error("a task of the worker failed")]
@@ -108,6 +123,9 @@ pub struct Job {
     /// A client asked for stdout (stderr) inline in the result.
     pub inline_stdout: bool,
     pub inline_stderr: bool,
+    /// The scheduler's W3C trace context (`w3c_trace_context`): this
+    /// run's spans join the action's trace. Empty: a trace of its own.
+    pub trace_context: std::collections::BTreeMap<String, String>,
 }
 
 /// Runs actions for one slot.
@@ -126,6 +144,8 @@ pub struct Executor {
 /// What every slot of a worker shares.
 #[derive(Clone)]
 pub struct Shared {
+    /// Unpacked container images; `None` when `[images]` is off.
+    pub images: Option<corral_image::ImageStore>,
     pub cas: CasClient,
     pub cache: Arc<FileCache>,
     pub directories: Arc<DirectoryCache>,
@@ -203,6 +223,7 @@ impl Executor {
             action = %format!("{}/{}", job.action_digest.hash, job.action_digest.size_bytes),
             instance = %job.instance_name,
         );
+        corral_trace::continue_from(&span, &job.trace_context);
         self.execute_in_span(job, stage).instrument(span).await
     }
 
@@ -313,6 +334,8 @@ impl Executor {
             return Err(Error::DigestFunction(job.digest_function));
         }
         stage.send_replace(Stage::FetchingInputs);
+        // Its child `layout` is the input root's layout (input_root.rs).
+        let fetch_span = tracing::debug_span!(target: corral_trace::SPANS, "fetch_inputs");
         meta.input_fetch_start_timestamp = Some(now());
         let command_digest = action.command_digest.as_ref().ok_or(Error::Malformed {
             field: "command_digest",
@@ -322,6 +345,7 @@ impl Executor {
         })?;
         let command = cas
             .read(command_digest)
+            .instrument(fetch_span.clone())
             .await
             .map_err(Error::FetchCommand)?;
         let command = Command::decode(command.as_slice()).map_err(Error::DecodeCommand)?;
@@ -338,17 +362,47 @@ impl Executor {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
                 .map_err(prepare)?;
         }
-        input_root::materialize(
-            cas,
-            &self.shared.cache,
-            &self.shared.directories,
-            input_root_digest,
-            &root,
-            self.shared.input_root_max_entries,
-        )
-        .await
-        .map_err(Error::InputRoot)?;
+        // The image is pulled while the input root is laid out.
+        let image = async {
+            let Some(value) = property(action, &command, IMAGE_PROPERTY) else {
+                return Ok(None);
+            };
+            let store = self
+                .shared
+                .images
+                .as_ref()
+                .ok_or_else(|| Error::ImagesOff {
+                    image: value.clone(),
+                })?;
+            store.get(&value).await.map(Some).map_err(Error::Image)
+        };
+        let inputs = async {
+            input_root::materialize(
+                cas,
+                &self.shared.cache,
+                &self.shared.directories,
+                input_root_digest,
+                &root,
+                self.shared.input_root_max_entries,
+            )
+            .instrument(fetch_span)
+            .await
+            .map_err(Error::InputRoot)
+        };
+        // Held until the run ends: an image in use is never evicted.
+        let (image, ()) = tokio::try_join!(image, inputs)?;
         outputs::prepare(&root, &command).map_err(Error::Outputs)?;
+        let image_root = match &image {
+            Some(image) => {
+                record_image(&dir.join("logs"), image);
+                image
+                    .root()
+                    .strip_prefix(&self.build_dir)
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            }
+            None => String::new(),
+        };
         meta.input_fetch_completed_timestamp = Some(now());
 
         stage.send_replace(Stage::Running);
@@ -365,17 +419,24 @@ impl Executor {
             input_root_directory: format!("{id}/root"),
             temporary_directory: format!("{id}/tmp"),
             server_logs_directory: format!("{id}/logs"),
-            corral_policy: policy(action, &command),
+            corral_policy: property(action, &command, POLICY_PROPERTY).unwrap_or_default(),
             corral_timeout: action.timeout,
+            corral_image_root_directory: image_root,
         };
         meta.execution_start_timestamp = Some(now());
-        let ran = match self.runner.run(request).await {
+        let ran = match self
+            .runner
+            .run(request)
+            .instrument(tracing::debug_span!(target: corral_trace::SPANS, "run"))
+            .await
+        {
             Err(status) if runner_lost(&status) => return Err(Error::RunnerLost(status)),
             ran => ran,
         };
         meta.execution_completed_timestamp = Some(now());
 
         stage.send_replace(Stage::UploadingOutputs);
+        let upload_span = tracing::debug_span!(target: corral_trace::SPANS, "upload_outputs");
         meta.output_upload_start_timestamp = Some(now());
         let collect_outputs = match &ran {
             Ok(response) => {
@@ -408,12 +469,17 @@ impl Executor {
             }
         };
         let (gathered_result, gathered, logs) = tokio::task::spawn_blocking(gather)
+            .instrument(upload_span.clone())
             .await
             .map_err(Error::Task)?;
         *result = gathered_result;
         *server_logs = logs;
         let (blobs, collected) = gathered;
-        let uploaded = cas.upload(blobs).await.map_err(Error::Upload);
+        let uploaded = cas
+            .upload(blobs)
+            .instrument(upload_span)
+            .await
+            .map_err(Error::Upload);
         meta.output_upload_completed_timestamp = Some(now());
         ran.map_err(Error::Runner)?;
         collected.map_err(Error::Outputs)?;
@@ -507,19 +573,34 @@ fn read_server_logs(dir: &Path, blobs: &mut outputs::Blobs) -> HashMap<String, L
     logs
 }
 
-/// The sandbox policy named by the action's platform, else the command's
-/// (older clients put the platform only there); empty = the runner's
-/// default.
-fn policy(action: &Action, command: &Command) -> String {
+/// The platform property `name` of the action, else of the command
+/// (older clients put the platform only there).
+fn property(action: &Action, command: &Command, name: &str) -> Option<String> {
     #[allow(deprecated)] // Command.platform: still sent by Bazel 4.
     let platforms: [Option<&Platform>; 2] = [action.platform.as_ref(), command.platform.as_ref()];
     platforms
         .into_iter()
         .flatten()
         .flat_map(|p| &p.properties)
-        .find(|p| p.name == POLICY_PROPERTY)
+        .find(|p| p.name == name)
         .map(|p| p.value.clone())
-        .unwrap_or_default()
+}
+
+/// Leaves the image's name and the digest it resolved to in the run's
+/// server logs (`container-image.txt`): which image ran is part of the
+/// action's record, and a tag may point elsewhere tomorrow. Best effort:
+/// the action stands without it.
+fn record_image(logs: &Path, image: &corral_image::Image) {
+    let text = format!(
+        "container-image: {}\ndigest: {}\npulled: {}\n",
+        image.reference,
+        image.digest,
+        if image.pulled { "yes" } else { "no, cached" }
+    );
+    if let Err(error) = std::fs::write(logs.join(IMAGE_LOG), text) {
+        warn!(%error, "could not record the action's image");
+    }
+    tracing::debug!(image = %image.reference, digest = %image.digest, pulled = image.pulled, "image ready");
 }
 
 /// What the client reads when the runner answers with an error. A
@@ -623,6 +704,14 @@ pub fn status(err: &Error) -> rpc::Status {
             | input_root::Error::PathsTooLarge,
         ) => Code::InvalidArgument,
         Error::Outputs(outputs::Error::Refused { .. }) => Code::InvalidArgument,
+        Error::ImagesOff { .. } => Code::FailedPrecondition,
+        Error::Image(e) => match e.error.blame() {
+            corral_image::Blame::Reference => Code::InvalidArgument,
+            corral_image::Blame::Image => Code::FailedPrecondition,
+            // The registry may be back for the retry.
+            corral_image::Blame::Transient => Code::Unavailable,
+            corral_image::Blame::Worker => Code::Internal,
+        },
         Error::Outputs(outputs::Error::OverLimit { .. }) => Code::ResourceExhausted,
         Error::Runner(status) => match status.code() {
             Code::Ok | Code::Unknown => Code::Internal,
@@ -658,9 +747,9 @@ mod tests {
             platform: Some(platform("cmd")),
             ..Default::default()
         };
-        assert_eq!(policy(&action, &command), "cmd");
+        assert_eq!(property(&action, &command, POLICY_PROPERTY).unwrap(), "cmd");
         action.platform = Some(platform("act"));
-        assert_eq!(policy(&action, &command), "act");
+        assert_eq!(property(&action, &command, POLICY_PROPERTY).unwrap(), "act");
     }
 
     #[test]

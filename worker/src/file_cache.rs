@@ -31,6 +31,10 @@ use crate::confirmed::Confirmed;
 /// of 10,000 files took 3.6x `cp -al` with 4 MiB, 4.1-4.4x with 8, 12
 /// or 64 MiB (benches/materialize.rs, tmpfs).
 const ROUND_BYTES: i64 = 4 << 20;
+/// Blocking tasks writing one round of small files. Two: with anonymous
+/// files only the link takes the directory's lock, so creating and
+/// writing files proceeds on both cores.
+const WRITERS: usize = 2;
 /// Large files streamed from the CAS at once.
 const PARALLEL_STREAMS: usize = 4;
 
@@ -173,6 +177,9 @@ pub struct FileCache {
     state: Mutex<State>,
     downloads: AtomicU64,
     next_temp: AtomicU64,
+    /// Whether small files are written as anonymous files (`O_TMPFILE`)
+    /// linked into place: see [`FileCache::insert_anonymous`].
+    anonymous_temps: bool,
     /// Which instance names storage showed the cached blobs to.
     confirmed: Confirmed,
     /// Every input laid out as a copy: see [`FileCache::copy_inputs`].
@@ -263,8 +270,16 @@ impl FileCache {
             _ => {}
         }
         std::fs::create_dir_all(&dir).map_err(prepare)?;
+        let anonymous_temps = match anonymous_temps_work(&dir) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::info!(dir = %dir.display(), %error, "no anonymous temporary files here (O_TMPFILE and /proc): cache files are written under temporary names");
+                false
+            }
+        };
         Ok(FileCache {
             dir,
+            anonymous_temps,
             max_size,
             state: Mutex::new(State::new(max_size)),
             downloads: AtomicU64::new(0),
@@ -414,11 +429,12 @@ impl FileCache {
 
     /// Downloads `missing` into the cache, pinned, holding little in
     /// memory whatever the input root's size: small files in rounds of
-    /// [`ROUND_BYTES`], each written on a blocking thread while the next
+    /// [`ROUND_BYTES`], each written on blocking threads while the next
     /// is read; large ones streamed from ByteStream straight into their
-    /// files, [`PARALLEL_STREAMS`] at a time. One writer thread: creates
-    /// and renames in one directory serialize on its lock
-    /// (benches/materialize.rs: two or four writers were no faster).
+    /// files, [`PARALLEL_STREAMS`] at a time. [`WRITERS`] writer threads
+    /// per round: with named temporary files, creates and renames in one
+    /// directory serialized on its lock and more writers were no faster;
+    /// anonymous files take it only to link (benches/materialize.rs).
     async fn fetch(self: &Arc<Self>, cas: &CasClient, missing: Vec<Key>) -> Result<Pins, Error> {
         use futures_util::{StreamExt as _, TryStreamExt as _};
         let (large, small): (Vec<Key>, Vec<Key>) = missing
@@ -452,8 +468,17 @@ impl FileCache {
             while let Some(joined) = writer.join_next().await {
                 pins.absorb(joined.map_err(Error::WriteTask)??);
             }
-            let cache = Arc::clone(self);
-            writer.spawn_blocking(move || cache.write_all(&blobs, round));
+            let blobs = Arc::new(blobs);
+            let per_writer = round.len().div_ceil(WRITERS).max(1);
+            let mut round = round.into_iter();
+            loop {
+                let keys: Vec<Key> = round.by_ref().take(per_writer).collect();
+                if keys.is_empty() {
+                    break;
+                }
+                let (cache, blobs) = (Arc::clone(self), Arc::clone(&blobs));
+                writer.spawn_blocking(move || cache.write_all(&blobs, keys));
+            }
         }
         while let Some(joined) = writer.join_next().await {
             pins.absorb(joined.map_err(Error::WriteTask)??);
@@ -594,6 +619,9 @@ impl FileCache {
 
     /// One attempt of [`insert`](Self::insert).
     fn insert_once(&self, key: &Key, data: &[u8]) -> Result<(), Error> {
+        if self.anonymous_temps {
+            return self.insert_anonymous(key, data);
+        }
         let temp = self.temp_path("tmp");
         let mode = key.mode();
         let written = (|| {
@@ -608,6 +636,57 @@ impl FileCache {
             file.set_permissions(std::fs::Permissions::from_mode(mode))
         })();
         self.commit(key, &temp, written)
+    }
+
+    /// [`insert_once`](Self::insert_once) through an anonymous file
+    /// (`O_TMPFILE`): written and given its mode with no name, then linked
+    /// to its cache name. One creation and one link where a named
+    /// temporary file costs a creation and a rename, and nothing to remove
+    /// on failure: an anonymous file goes with its descriptor.
+    fn insert_anonymous(&self, key: &Key, data: &[u8]) -> Result<(), Error> {
+        let path = self.dir.join(key.file_name());
+        let write = |source| Error::Write {
+            path: path.clone(),
+            source,
+        };
+        let mode = key.mode();
+        let mut file = new_anonymous(&self.dir).map_err(write)?;
+        file.write_all(data).map_err(write)?;
+        // Read-only once written; the descriptor still writes. The
+        // explicit chmod makes the mode independent of the umask.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(write)?;
+        let size = u64::try_from(key.size).unwrap_or(0);
+        // Linked under the lock, as `commit` renames under it.
+        let mut state = self.lock();
+        match link_anonymous(&file, &path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                self.downloads.fetch_add(1, Ordering::Relaxed);
+                if state.pin(key) {
+                    // Another slot fetched it meanwhile: the same bytes.
+                    return Ok(());
+                }
+                // A file at the cache name that no entry counts: replaced
+                // at once by a rename, as `commit` does.
+                let staged = self.temp_path("tmp");
+                link_anonymous(&file, &staged).map_err(write)?;
+                if let Err(source) = std::fs::rename(&staged, &path) {
+                    let _ = std::fs::remove_file(&staged);
+                    return Err(write(source));
+                }
+                state.insert_pinned(key.clone(), (), size);
+                return Ok(());
+            }
+            Err(source) => return Err(write(source)),
+        }
+        self.downloads.fetch_add(1, Ordering::Relaxed);
+        if state.pin(key) {
+            // Its entry outlived a file removed behind the cache's back.
+            return Ok(());
+        }
+        state.insert_pinned(key.clone(), (), size);
+        Ok(())
     }
 
     /// Moves the file written at `temp` with its final mode (if `written`
@@ -691,6 +770,45 @@ impl FileCache {
     pub fn directory(&self) -> &Path {
         &self.dir
     }
+}
+
+/// A new anonymous file in `dir` (`O_TMPFILE`), open for writing: it has
+/// no name until [`link_anonymous`] gives it one. Created read-only; the
+/// descriptor writes anyway.
+fn new_anonymous(dir: &Path) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+        Mode::RUSR,
+    )?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Gives the anonymous `file` the name `to`, which must not exist. Through
+/// `/proc/self/fd`: linking the descriptor itself (`AT_EMPTY_PATH`) needs
+/// CAP_DAC_READ_SEARCH.
+fn link_anonymous(file: &std::fs::File, to: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let from = format!("/proc/self/fd/{}", file.as_raw_fd());
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        from.as_str(),
+        rustix::fs::CWD,
+        to,
+        rustix::fs::AtFlags::SYMLINK_FOLLOW,
+    )?;
+    Ok(())
+}
+
+/// Whether anonymous files can be made and linked in `dir` (the file
+/// system has `O_TMPFILE`, `/proc` is mounted): tried once at open, with
+/// a name no entry or temporary file uses.
+fn anonymous_temps_work(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join("probe");
+    let file = new_anonymous(dir)?;
+    link_anonymous(&file, &probe)?;
+    std::fs::remove_file(&probe)
 }
 
 /// Copies `from` to the new file `to` with `from`'s mode (0444 or 0555),
@@ -853,6 +971,57 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), [0; 10], "the new file stays");
         assert_eq!(files_in(&cache), names(&[0, 1]));
         assert_eq!(cache.pinned(), 2);
+    }
+
+    /// Both ways of writing a cache file: anonymous (the default where
+    /// the file system has O_TMPFILE) and under a temporary name.
+    fn caches(dir: &Path, max_size: u64) -> Vec<FileCache> {
+        let anonymous = FileCache::open(dir.join("anonymous"), max_size).unwrap();
+        if std::env::var_os("CI").is_some() {
+            assert!(anonymous.anonymous_temps, "O_TMPFILE is expected under CI");
+        }
+        let mut named = FileCache::open(dir.join("named"), max_size).unwrap();
+        named.anonymous_temps = false;
+        vec![anonymous, named]
+    }
+
+    #[test]
+    fn a_written_file_is_whole_read_only_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for cache in caches(dir.path(), 1 << 20) {
+            let exe = Key {
+                executable: true,
+                ..key(1)
+            };
+            cache.insert(&key(0), &[7; 10]).unwrap();
+            cache.insert(&exe, &[8; 10]).unwrap();
+            // Another slot wrote the same file meanwhile: same bytes, one
+            // entry, pinned twice.
+            cache.insert(&key(0), &[7; 10]).unwrap();
+            let path = cache.directory().join(key(0).file_name());
+            assert_eq!(std::fs::read(&path).unwrap(), [7; 10]);
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&path), 0o444);
+            assert_eq!(mode(&cache.directory().join(exe.file_name())), 0o555);
+            let mut expected = vec![key(0).file_name(), exe.file_name()];
+            expected.sort();
+            assert_eq!(files_in(&cache), expected, "no temporary file is left");
+            assert_eq!(cache.usage(), (20, 2));
+            assert_eq!(cache.downloads(), 3);
+        }
+    }
+
+    #[test]
+    fn a_file_at_a_cache_name_no_entry_counts_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        for cache in caches(dir.path(), 1 << 20) {
+            let path = cache.directory().join(key(0).file_name());
+            std::fs::write(&path, b"stale file").unwrap();
+            cache.insert(&key(0), &[0; 10]).unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), [0; 10]);
+            assert_eq!(files_in(&cache), names(&[0]));
+            assert_eq!(cache.pinned(), 1);
+        }
     }
 
     #[test]

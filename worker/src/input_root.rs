@@ -27,7 +27,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use corral_proto::reapi::{Digest, Directory};
 use prost::Message;
 use tokio::task::JoinSet;
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 use crate::cas_client::{self, CasClient};
 use crate::confirmed::Confirmed;
@@ -320,10 +320,14 @@ pub async fn materialize(
     // Declared after the pins, so dropped before them: the blocking
     // tasks have stopped linking before the files may be evicted.
     let _stop = StopOnDrop(Arc::clone(&gate));
-    for level in levels {
-        write_level(files, &gate, level).await?;
+    async {
+        for level in levels {
+            write_level(files, &gate, level).await?;
+        }
+        Ok(())
     }
-    Ok(())
+    .instrument(tracing::debug_span!(target: corral_trace::SPANS, "layout"))
+    .await
 }
 
 /// A directory of the tree still to resolve.

@@ -127,7 +127,18 @@ impl Worker {
             cfg.cache_max_size_bytes,
         )?);
         let slots = cfg.slots.iter().map(concurrency).sum();
+        // Under the build directory: the runner resolves the image roots
+        // the worker names there, as it does input roots.
+        let images = cfg
+            .images
+            .enabled
+            .then(|| {
+                corral_image::ImageStore::open(cfg.directory.join("build/images"), &cfg.images)
+            })
+            .transpose()
+            .map_err(Error::Images)?;
         let shared = executor::Shared {
+            images,
             cas: cas_client::CasClient::connect(&connector, &cfg.storage)?,
             cache,
             directories: Arc::new(directory_cache::DirectoryCache::new(
@@ -164,6 +175,7 @@ impl Worker {
         metrics::Page {
             metrics: Arc::clone(&self.shared.metrics),
             cache: Arc::clone(&self.shared.cache),
+            images: self.shared.images.clone(),
         }
     }
 
@@ -283,9 +295,18 @@ impl Worker {
         let mut slots = JoinSet::new();
         let mut number = 0usize;
         for group in &cfg.slots {
+            let mut offered = group.offered();
+            if cfg.images.enabled {
+                // Any image: the scheduler matches this name by presence.
+                offered.push((
+                    executor::IMAGE_PROPERTY.to_owned(),
+                    executor::ANY_IMAGE.to_owned(),
+                ));
+                offered.sort();
+                offered.dedup();
+            }
             let platform = Platform {
-                properties: group
-                    .offered()
+                properties: offered
                     .into_iter()
                     .map(|(name, value)| Property { name, value })
                     .collect(),

@@ -1,5 +1,6 @@
 //! Prometheus metrics of one worker: actions finished by status, the time
-//! each spent in its three stages, slots by state, and the file cache.
+//! each spent in its three stages, slots by state, the file cache, and
+//! the image store.
 //! Counters and histograms are recorded as actions end; gauges are read
 //! when the page is scraped. On prometheus-client, through
 //! `corral_metrics`.
@@ -22,7 +23,7 @@ use crate::file_cache::{CopyReason, FileCache};
 /// Everything [`Page::render`] writes, with its help text: the names
 /// operators' dashboards use, pinned by a test, and the list a test
 /// checks every metric against, so none is declared and never set.
-pub const DECLARED: [Declared; 7] = [
+pub const DECLARED: [Declared; 9] = [
     (
         "corral_worker_actions_total",
         "counter",
@@ -60,6 +61,16 @@ pub const DECLARED: [Declared; 7] = [
         "Input files laid out as copies rather than hardlinks, by reason: link_limit (the \
          cache file had all the links its file system allows) or unprotected (actions run as \
          the worker's own uid, which owns the cache).",
+    ),
+    (
+        "corral_worker_image_cache_bytes",
+        "gauge",
+        "Bytes of unpacked container images kept ([images] max_bytes bounds it).",
+    ),
+    (
+        "corral_worker_image_pulls_total",
+        "counter",
+        "Container images pulled and unpacked (a pull shared by concurrent actions counts once).",
     ),
 ];
 
@@ -159,6 +170,8 @@ impl Metrics {
 pub struct Page {
     pub metrics: Arc<Metrics>,
     pub cache: Arc<FileCache>,
+    /// The image store, when `[images]` is enabled.
+    pub images: Option<corral_image::ImageStore>,
 }
 
 impl Page {
@@ -193,6 +206,14 @@ impl Page {
                 .inc_by(self.cache.copies(reason));
         }
         register(r, DECLARED[6], copies);
+        let (image_bytes, pulls) = self
+            .images
+            .as_ref()
+            .map_or((0, 0), |s| (s.total_bytes(), s.pulls()));
+        register(r, DECLARED[7], gauge_of(count(image_bytes)));
+        let pulled = Counter::<u64>::default();
+        pulled.inc_by(pulls);
+        register(r, DECLARED[8], pulled);
         corral_metrics::encode(&registry)
     }
 }
@@ -236,6 +257,7 @@ mod tests {
         let page = Page {
             metrics: Arc::clone(&metrics),
             cache,
+            images: None,
         }
         .render();
         assert_eq!(
@@ -258,6 +280,8 @@ mod tests {
             "corral_worker_file_cache_downloads_total 0",
             "corral_worker_input_copies_total{reason=\"link_limit\"} 0",
             "corral_worker_input_copies_total{reason=\"unprotected\"} 0",
+            "corral_worker_image_cache_bytes 0",
+            "corral_worker_image_pulls_total 0",
         ] {
             assert!(series.contains(&expected), "{expected} not in\n{page}");
         }
@@ -280,6 +304,8 @@ mod tests {
                 "corral_worker_file_cache_files",
                 "corral_worker_file_cache_downloads_total",
                 "corral_worker_input_copies_total",
+                "corral_worker_image_cache_bytes",
+                "corral_worker_image_pulls_total",
             ]
         );
     }

@@ -148,6 +148,9 @@ impl RunnerClient {
 
     /// Runs one command; the runner's errors come back as its status.
     pub async fn run(&self, request: RunRequest) -> Result<RunResponse, tonic::Status> {
+        // The runner's spans join the current span's trace.
+        let mut request = tonic::Request::new(request);
+        corral_trace::inject_metadata(&tracing::Span::current(), request.metadata_mut());
         self.client
             .clone()
             .run(request)

@@ -138,6 +138,15 @@ impl Slot {
     pub async fn run(mut self) {
         let mut stop = self.stop.clone();
         let mut current = idle();
+        // Introduce the slot first with a Synchronize that asks for no
+        // work, which a scheduler has no reason to hold: an idle long
+        // poll is answered only when work comes or the poll ends (50 s),
+        // and `/readyz` waits for an answer, so an idle new worker would
+        // stay unready that long (a rolling update waits on it).
+        tokio::select! {
+            _ = self.synchronize(idle(), true) => {}
+            () = reached(&mut stop, Stop::Drain) => {}
+        }
         loop {
             if *stop.borrow() != Stop::Running {
                 return self.last_report(current).await;
@@ -282,6 +291,7 @@ impl Slot {
             digest_function: exec.digest_function,
             inline_stdout: exec.corral_inline_stdout,
             inline_stderr: exec.corral_inline_stderr,
+            trace_context: exec.w3c_trace_context,
         };
         let (stage_tx, mut stage_rx) = watch::channel(Stage::Started);
         let mut report_in = until(next_sync.as_ref(), REPORT_MAX);

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod functional;
+mod images;
 mod isolation;
 mod probes;
 mod undeclared;

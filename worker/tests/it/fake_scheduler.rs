@@ -48,6 +48,9 @@ struct Jobs {
 pub struct FakeScheduler {
     jobs: Mutex<Jobs>,
     seen: mpsc::UnboundedSender<Seen>,
+    /// Holds an idle worker's request for work with nothing queued, as
+    /// a real scheduler's long poll does, instead of answering at once.
+    hold_idle_polls: bool,
 }
 
 impl FakeScheduler {
@@ -74,8 +77,18 @@ impl FakeScheduler {
                 assigned: None,
             }),
             seen,
+            hold_idle_polls: false,
         };
         (scheduler, receiver)
+    }
+
+    /// The same, holding requests for work while nothing is queued (for
+    /// longer than any test runs), as a long poll with no work does.
+    pub fn holding_idle_polls(self) -> Self {
+        Self {
+            hold_idle_polls: true,
+            ..self
+        }
     }
 }
 
@@ -167,6 +180,9 @@ impl OperationQueue for FakeScheduler {
                                 },
                             )),
                         });
+                    }
+                    None if self.hold_idle_polls && !req.prefer_being_idle => {
+                        std::future::pending::<()>().await;
                     }
                     None => tokio::time::sleep(Duration::from_millis(50)).await,
                 }

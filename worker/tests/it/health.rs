@@ -97,6 +97,56 @@ async fn readyz_is_ok_once_the_runner_answers_and_the_scheduler_answered() {
     );
 }
 
+/// A new idle worker is ready at once, though its scheduler holds every
+/// request for work (a long poll with nothing queued): each slot first
+/// introduces itself with a Synchronize asking for no work, which is
+/// answered at once. Without it `/readyz` waited for the long poll, 50 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_worker_is_ready_before_its_first_long_poll_ends() {
+    if !privileged("an_idle_worker_is_ready_before_its_first_long_poll_ends") {
+        return;
+    }
+    let farm = Farm::start().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    let (queue, mut seen) = FakeScheduler::new(vec![]);
+    let scheduler = queue.holding_idle_polls().serve(&mut tasks).await;
+    let cfg = corral_worker::Config {
+        scheduler,
+        storage: farm.storage.clone(),
+        directory: farm.dir.path().join("worker"),
+        slots: vec![corral_worker::config::SlotGroup {
+            concurrency: 1,
+            runner: farm.runner_socket.clone(),
+            platform: Default::default(),
+            platform_lists: Default::default(),
+            size_class: 0,
+        }],
+        ..corral_worker::Config::default()
+    };
+    let worker = corral_worker::Worker::new(cfg).unwrap();
+    let addr = serve_port(&worker, &mut tasks).await;
+    tasks.spawn(async move {
+        worker
+            .run(std::future::pending(), std::future::pending())
+            .await
+            .unwrap();
+    });
+    // The long poll is held: its request reached the scheduler.
+    for prefer_being_idle in [true, false] {
+        match super::fake_scheduler::next(&mut seen).await {
+            super::fake_scheduler::Seen::Idle {
+                prefer_being_idle: p,
+            } => {
+                assert_eq!(p, prefer_being_idle);
+            }
+            other => panic!("expected Idle, got {other:?}"),
+        }
+    }
+    let response = readyz(addr).await;
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(response.ends_with("scheduler: ok\n"), "{response}");
+}
+
 #[tokio::test]
 async fn readyz_names_a_missing_runner_and_an_unreached_scheduler() {
     let dir = tempfile::tempdir().unwrap();

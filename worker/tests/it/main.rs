@@ -9,6 +9,7 @@ mod crafted;
 mod fake_scheduler;
 mod full_disk;
 mod health;
+mod images;
 mod runner_faults;
 mod stopping;
 mod tls;
@@ -85,7 +86,22 @@ impl Farm {
 
     /// A farm whose worker has these `[limits]`.
     async fn start_with(output_limits: corral_worker::config::Limits) -> Farm {
+        Farm::start_full(output_limits, false).await
+    }
+
+    /// A farm whose worker runs container images, its store under
+    /// `build/images`; the directories above are searchable (the
+    /// sandbox opens the image's entries as the action's id).
+    async fn start_with_images() -> Farm {
+        Farm::start_full(corral_worker::config::Limits::default(), true).await
+    }
+
+    async fn start_full(output_limits: corral_worker::config::Limits, images: bool) -> Farm {
         let dir = tempfile::tempdir().unwrap();
+        if images {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         let mut servers = JoinSet::new();
         let storage = start_storage(&mut servers).await;
         let worker_dir = dir.path().join("worker");
@@ -110,7 +126,12 @@ impl Farm {
         }
         let cas = CasClient::new(&storage).unwrap();
         let cache = Arc::new(FileCache::open(worker_dir.join("cache"), 1 << 30).unwrap());
+        let images = images.then(|| {
+            corral_image::ImageStore::open(build.join("images"), &corral_image::Config::default())
+                .unwrap()
+        });
         let shared = Shared {
+            images,
             cas: cas.clone(),
             cache: Arc::clone(&cache),
             directories: Arc::new(DirectoryCache::new(64 << 20)),
@@ -167,6 +188,7 @@ impl Farm {
             digest_function: 0,
             inline_stdout: false,
             inline_stderr: false,
+            trace_context: Default::default(),
         }
     }
 
@@ -580,9 +602,14 @@ async fn the_worker_takes_an_action_from_the_scheduler_and_reports_it() {
             size_class: 0,
         }],
         metrics: None,
+        tracing: None,
         limits: Default::default(),
         client_tls: None,
         stop_grace_s: 60,
+        images: corral_image::Config {
+            enabled: false,
+            ..Default::default()
+        },
     };
     let worker = corral_worker::Worker::new(cfg).unwrap();
     let metrics = worker.metrics_page();

@@ -83,9 +83,14 @@ pub(crate) fn worker_config(
             size_class: 0,
         }],
         metrics: None,
+        tracing: None,
         limits: Default::default(),
         client_tls: None,
         stop_grace_s: 60,
+        images: corral_image::Config {
+            enabled: false,
+            ..Default::default()
+        },
     }
 }
 
@@ -231,6 +236,7 @@ async fn a_runner_that_cannot_be_reached_gives_the_action_back_without_a_result(
     let (root, _) = farm.input_root().await;
     let job = farm.job(shell("exit 0"), root, None).await;
     let shared = corral_worker::executor::Shared {
+        images: None,
         cas: farm.cas.clone(),
         cache: std::sync::Arc::clone(&farm.cache),
         directories: std::sync::Arc::new(corral_worker::directory_cache::DirectoryCache::new(

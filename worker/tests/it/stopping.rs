@@ -116,12 +116,10 @@ impl Stopping {
 
     /// Waits until the first action's command runs.
     async fn until_running(&mut self) {
-        assert_eq!(
-            self.next().await,
-            Heard::Idle {
-                prefer_being_idle: false
-            }
-        );
+        // The slot's introduction, then its first request for work.
+        for prefer_being_idle in [true, false] {
+            assert_eq!(self.next().await, Heard::Idle { prefer_being_idle });
+        }
         let first = self.next().await;
         assert_eq!(first, Heard::Assigned);
         while self.next().await != Heard::Running {}

@@ -49,9 +49,14 @@ fn worker_config(
             size_class: 0,
         }],
         metrics: None,
+        tracing: None,
         limits: Default::default(),
         client_tls,
         stop_grace_s: 60,
+        images: corral_image::Config {
+            enabled: false,
+            ..Default::default()
+        },
     }
 }
 
