@@ -13,11 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
-use corral_storage::config::{Backend, ObjectStoreConfig};
 use corral_storage::Config;
 use sha2::{Digest as _, Sha256};
 
-use super::object_store::{free_port, wiped_disk_tier_is_served_from};
+use super::object_store::{free_port, tiered_config, wiped_disk_tier_is_served_from};
 
 /// Azurite's development account and key, the same in every copy of it
 /// (Azure's documentation publishes them).
@@ -111,26 +110,12 @@ impl Azurite {
             format!("account = \"{ACCOUNT}\"\naccess_key = \"{KEY}\"\n"),
         )
         .unwrap();
-        Config {
-            backend: Backend::Disk {
-                dir: disk.to_owned(),
-                max_size_bytes: 256 << 20,
-                fsync: false,
-            },
-            object_store: Some(ObjectStoreConfig {
-                url: format!("az://{CONTAINER}/farm"),
-                endpoint: Some(format!("http://127.0.0.1:{}/{ACCOUNT}", self.port)),
-                credentials_file: Some(credentials),
-                allow_http: true,
-                part_size_bytes: 5 << 20,
-                // Generous: a 12 MiB GET on a loaded 2-core machine took over 5 s.
-                request_timeout_s: 30,
-                max_retries: 1,
-                retry_timeout_s: 2,
-                ..ObjectStoreConfig::default()
-            }),
-            ..Config::default()
-        }
+        tiered_config(
+            disk,
+            format!("az://{CONTAINER}/farm"),
+            format!("http://127.0.0.1:{}/{ACCOUNT}", self.port),
+            credentials,
+        )
     }
 }
 

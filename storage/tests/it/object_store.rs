@@ -116,26 +116,12 @@ impl S3Server {
             format!("access_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n"),
         )
         .unwrap();
-        Config {
-            backend: Backend::Disk {
-                dir: disk.to_owned(),
-                max_size_bytes: 256 << 20,
-                fsync: false,
-            },
-            object_store: Some(ObjectStoreConfig {
-                url: format!("s3://{BUCKET}/farm"),
-                endpoint: Some(format!("http://127.0.0.1:{}", self.port)),
-                credentials_file: Some(credentials),
-                allow_http: true,
-                part_size_bytes: 5 << 20,
-                // Generous: a 12 MiB GET on a loaded 2-core machine took over 5 s.
-                request_timeout_s: 30,
-                max_retries: 1,
-                retry_timeout_s: 2,
-                ..ObjectStoreConfig::default()
-            }),
-            ..Config::default()
-        }
+        tiered_config(
+            disk,
+            format!("s3://{BUCKET}/farm"),
+            format!("http://127.0.0.1:{}", self.port),
+            credentials,
+        )
     }
 
     /// The file s3s-fs keeps a CAS object in.
@@ -152,6 +138,37 @@ impl S3Server {
 impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Storage with a disk tier in `disk` in front of the object store at
+/// `url` and `endpoint` (plain HTTP on loopback), with short retries and
+/// 5 MiB parts, so the tests' 12 MiB blobs go up in parts.
+pub(crate) fn tiered_config(
+    disk: &Path,
+    url: String,
+    endpoint: String,
+    credentials: PathBuf,
+) -> Config {
+    Config {
+        backend: Backend::Disk {
+            dir: disk.to_owned(),
+            max_size_bytes: 256 << 20,
+            fsync: false,
+        },
+        object_store: Some(ObjectStoreConfig {
+            url,
+            endpoint: Some(endpoint),
+            credentials_file: Some(credentials),
+            allow_http: true,
+            part_size_bytes: 5 << 20,
+            // Generous: a 12 MiB GET on a loaded 2-core machine took over 5 s.
+            request_timeout_s: 30,
+            max_retries: 1,
+            retry_timeout_s: 2,
+            ..ObjectStoreConfig::default()
+        }),
+        ..Config::default()
     }
 }
 

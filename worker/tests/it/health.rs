@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use corral_proto::remoteworker::operation_queue_server::OperationQueueServer;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 
@@ -43,23 +42,13 @@ async fn serve_port(
     addr
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn readyz_is_ok_once_the_runner_answers_and_the_scheduler_answered() {
-    if !privileged("readyz_is_ok_once_the_runner_answers_and_the_scheduler_answered") {
-        return;
-    }
-    let farm = Farm::start().await;
-    let (queue, _seen) = FakeScheduler::new(vec![]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let scheduler = format!("http://{}", listener.local_addr().unwrap());
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(OperationQueueServer::new(queue))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
+/// A worker with one slot on `farm`'s runner and storage, synchronizing
+/// with `scheduler`, run as a task of `tasks`; its HTTP port's address.
+async fn start_worker(
+    farm: &Farm,
+    scheduler: String,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> std::net::SocketAddr {
     let cfg = corral_worker::Config {
         scheduler,
         storage: farm.storage.clone(),
@@ -74,13 +63,26 @@ async fn readyz_is_ok_once_the_runner_answers_and_the_scheduler_answered() {
         ..corral_worker::Config::default()
     };
     let worker = corral_worker::Worker::new(cfg).unwrap();
-    let addr = serve_port(&worker, &mut tasks).await;
+    let addr = serve_port(&worker, tasks).await;
     tasks.spawn(async move {
         worker
             .run(std::future::pending(), std::future::pending())
             .await
             .unwrap();
     });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_is_ok_once_the_runner_answers_and_the_scheduler_answered() {
+    if !privileged("readyz_is_ok_once_the_runner_answers_and_the_scheduler_answered") {
+        return;
+    }
+    let farm = Farm::start().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    let (queue, _seen) = FakeScheduler::new(vec![]);
+    let scheduler = queue.serve(&mut tasks).await;
+    let addr = start_worker(&farm, scheduler, &mut tasks).await;
     // Ready once a slot's first Synchronize is answered.
     let mut response = String::new();
     for _ in 0..200 {
@@ -110,27 +112,7 @@ async fn an_idle_worker_is_ready_before_its_first_long_poll_ends() {
     let mut tasks = tokio::task::JoinSet::new();
     let (queue, mut seen) = FakeScheduler::new(vec![]);
     let scheduler = queue.holding_idle_polls().serve(&mut tasks).await;
-    let cfg = corral_worker::Config {
-        scheduler,
-        storage: farm.storage.clone(),
-        directory: farm.dir.path().join("worker"),
-        slots: vec![corral_worker::config::SlotGroup {
-            concurrency: 1,
-            runner: farm.runner_socket.clone(),
-            platform: Default::default(),
-            platform_lists: Default::default(),
-            size_class: 0,
-        }],
-        ..corral_worker::Config::default()
-    };
-    let worker = corral_worker::Worker::new(cfg).unwrap();
-    let addr = serve_port(&worker, &mut tasks).await;
-    tasks.spawn(async move {
-        worker
-            .run(std::future::pending(), std::future::pending())
-            .await
-            .unwrap();
-    });
+    let addr = start_worker(&farm, scheduler, &mut tasks).await;
     // The long poll is held: its request reached the scheduler.
     for prefer_being_idle in [true, false] {
         match super::fake_scheduler::next(&mut seen).await {
