@@ -14,14 +14,20 @@ use super::*;
 /// writable (StateDirectory=, RuntimeDirectory=), the rest of the root
 /// read-only (ProtectSystem=strict), a private /tmp (PrivateTmp=yes),
 /// /home and /root hidden (ProtectHome=yes), each unless this checkout
-/// (the binary, the test's files) is under it.
+/// (the binary, the test's files) is under it (a /tmp kept for the
+/// checkout stays writable, as a private one would be).
 pub(crate) fn unit_mounts(writable: &[&Path]) -> String {
     let checkout = repo();
     let outside = |dir: &&str| Path::new(dir).is_dir() && !checkout.starts_with(dir);
     let hidden: Vec<&str> = ["/home", "/root"].into_iter().filter(outside).collect();
     let private: Vec<&str> = ["/tmp"].into_iter().filter(outside).collect();
+    // A checkout under /tmp keeps it, but writable as PrivateTmp's is:
+    // the daemons make their scratch directories there.
+    let kept_tmp = Path::new("/tmp").is_dir() && checkout.starts_with("/tmp");
     let writable: Vec<String> = writable
         .iter()
+        .copied()
+        .chain(kept_tmp.then_some(Path::new("/tmp")))
         .map(|dir| format!("'{}'", dir.display()))
         .collect();
     format!(
