@@ -518,48 +518,14 @@ impl Supervision<'_> {
         host: HostIds,
         policy: &Policy,
     ) -> Result<(), Error> {
-        let deadline = Instant::now() + SETUP_TIMEOUT;
-        let mut buf = [0u8; 64];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let mut pfd = [libc::pollfd {
-                fd: report.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
-            let ready = sys::poll(&mut pfd, left.as_millis().min(i32::MAX as u128) as i32)
-                .map_err(|source| Error::Spawn {
-                    step: "wait for the sandbox's namespaces",
-                    source,
-                })?;
-            if ready == 0 {
-                return Err(Error::Spawn {
-                    step: "create the sandbox's namespaces in time",
-                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
-                });
-            }
-            let n = sys::read(report.as_fd(), &mut buf).map_err(|source| Error::Spawn {
-                step: "read the sandbox's report",
-                source,
-            })?;
-            if n == 0 {
-                break;
-            }
-            let records = self.reader.push(&buf[..n]);
-            let unshared = records.contains(&Record::Unshared);
-            for record in records {
-                self.note(record);
-            }
-            if unshared || self.failure.is_some() {
-                break;
-            }
-        }
-        if let Some((stage, errno)) = self.failure {
-            return Err(Error::Setup {
-                stage,
-                source: std::io::Error::from_raw_os_error(errno),
-            });
-        }
+        self.read_report_until(
+            report,
+            (
+                "wait for the sandbox's namespaces",
+                "create the sandbox's namespaces in time",
+            ),
+            |_, records| records.contains(&Record::Unshared),
+        )?;
         let inside = HostIds {
             uid: policy.identity.uid,
             gid: policy.identity.gid,
@@ -574,6 +540,59 @@ impl Supervision<'_> {
         })
     }
 
+    /// Reads init's report, noting each record, until `reached` says so
+    /// (given the records of the last read), within [`SETUP_TIMEOUT`].
+    /// False if the report closed first; init's failure as its error.
+    /// `steps` name the wait and its deadline in errors.
+    fn read_report_until(
+        &mut self,
+        report: &OwnedFd,
+        steps: (&'static str, &'static str),
+        reached: impl Fn(&Self, &[Record]) -> bool,
+    ) -> Result<bool, Error> {
+        let deadline = Instant::now() + SETUP_TIMEOUT;
+        let mut buf = [0u8; 64];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut pfd = [libc::pollfd {
+                fd: report.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let ready = sys::poll(&mut pfd, left.as_millis().min(i32::MAX as u128) as i32)
+                .map_err(|source| Error::Spawn {
+                    step: steps.0,
+                    source,
+                })?;
+            if ready == 0 {
+                return Err(Error::Spawn {
+                    step: steps.1,
+                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                });
+            }
+            let n = sys::read(report.as_fd(), &mut buf).map_err(|source| Error::Spawn {
+                step: "read the sandbox's report",
+                source,
+            })?;
+            if n == 0 {
+                return Ok(false);
+            }
+            let records = self.reader.push(&buf[..n]);
+            for record in &records {
+                self.note(*record);
+            }
+            if let Some((stage, errno)) = self.failure {
+                return Err(Error::Setup {
+                    stage,
+                    source: std::io::Error::from_raw_os_error(errno),
+                });
+            }
+            if reached(self, &records) {
+                return Ok(true);
+            }
+        }
+    }
+
     /// Waits for init to build the mounts, marks them for the report, and
     /// lets init fork the action. A failure to mark is the report's to
     /// tell, never the action's.
@@ -584,43 +603,17 @@ impl Supervision<'_> {
         watch: &mut Watch,
         working_directory: &Path,
     ) -> Result<(), Error> {
-        let deadline = Instant::now() + SETUP_TIMEOUT;
-        let mut buf = [0u8; 64];
-        while !self.mounted && self.failure.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let mut pfd = [libc::pollfd {
-                fd: report.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
-            let ready = sys::poll(&mut pfd, left.as_millis().min(i32::MAX as u128) as i32)
-                .map_err(|source| Error::Spawn {
-                    step: "wait for the sandbox's mounts",
-                    source,
-                })?;
-            if ready == 0 {
-                return Err(Error::Spawn {
-                    step: "build the sandbox's mounts in time",
-                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
-                });
-            }
-            let n = sys::read(report.as_fd(), &mut buf).map_err(|source| Error::Spawn {
-                step: "read the sandbox's report",
-                source,
-            })?;
-            if n == 0 {
-                // Everything is gone; supervise finds out why.
-                return Ok(());
-            }
-            for record in self.reader.push(&buf[..n]) {
-                self.note(record);
-            }
-        }
-        if let Some((stage, errno)) = self.failure {
-            return Err(Error::Setup {
-                stage,
-                source: std::io::Error::from_raw_os_error(errno),
-            });
+        let mounted = self.read_report_until(
+            report,
+            (
+                "wait for the sandbox's mounts",
+                "build the sandbox's mounts in time",
+            ),
+            |sandbox, _| sandbox.mounted,
+        )?;
+        if !mounted {
+            // Everything is gone; supervise finds out why.
+            return Ok(());
         }
         watch.mark(self.init, working_directory);
         sys::write_all(go.as_fd(), &[1]).map_err(|source| Error::Spawn {
