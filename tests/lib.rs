@@ -90,6 +90,12 @@ impl Farm {
         Self::start_as(None, None, &[])
     }
 
+    /// Like [`start`](Self::start), with another `corral` binary than the
+    /// one built next to the test (a bench's baseline build).
+    pub fn start_binary(binary: &Path) -> Farm {
+        Self::start_from(binary.to_owned(), None, None, &[])
+    }
+
     /// Like [`start`](Self::start), run by the unprivileged user `nobody`
     /// (the caller must be root to switch to it).
     pub fn start_unprivileged() -> Farm {
@@ -119,6 +125,15 @@ impl Farm {
     }
 
     fn start_as(secure: Option<tempfile::TempDir>, user: Option<u32>, args: &[&str]) -> Farm {
+        Self::start_from(corral_binary(), secure, user, args)
+    }
+
+    fn start_from(
+        mut binary: PathBuf,
+        secure: Option<tempfile::TempDir>,
+        user: Option<u32>,
+        args: &[&str],
+    ) -> Farm {
         let port = free_port();
         let metrics_port = free_port();
         let is_secure = secure.is_some();
@@ -130,7 +145,6 @@ impl Farm {
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )
         .expect("chmod the farm's temp dir");
-        let mut binary = corral_binary();
         if let Some(id) = user {
             std::os::unix::fs::chown(data_dir.path(), Some(id), Some(id))
                 .expect("chown the farm's temp dir");
