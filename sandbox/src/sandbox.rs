@@ -20,6 +20,7 @@ use crate::error::Error;
 use crate::ids::{HostIds, Mapping};
 use crate::landlock::Rules;
 use crate::mounts::MountPlan;
+use crate::netns::NetnsPool;
 use crate::outcome::{Exit, Outcome, Usage};
 use crate::policy::Policy;
 use crate::privileges::last_capability;
@@ -53,6 +54,8 @@ pub struct Sandbox {
     drop_groups: bool,
     /// Removes this process's action cgroups if it dies mid-run.
     _watchdog: Option<Watchdog>,
+    /// Network namespaces made ahead (root, private network only).
+    netns: Option<NetnsPool>,
     /// fanotify groups for the undeclared-input report, between runs.
     watch_groups: Groups,
     warnings: Vec<String>,
@@ -63,6 +66,27 @@ impl Sandbox {
     /// seccomp filters, the mount plan, the cgroup layout. Fails if the
     /// policy cannot be applied on this host.
     pub fn new(policy: Policy) -> Result<Sandbox, Error> {
+        Sandbox::prepare(policy, false)
+    }
+
+    /// Like [`new`](Self::new), for a caller that runs one command (the
+    /// `corral sandbox run` CLI): one network namespace is made ahead, none
+    /// after it, and as root the cgroup tree is not probed (the run's own
+    /// group fails the same way, closed).
+    pub fn for_one_run(policy: Policy) -> Result<Sandbox, Error> {
+        Sandbox::prepare(policy, true)
+    }
+
+    fn prepare(policy: Policy, one_run: bool) -> Result<Sandbox, Error> {
+        let (euid, egid) = sys::effective_ids();
+        // First, so the first namespace is being made while the rest is
+        // prepared. Joining one needs the caller's CAP_SYS_ADMIN: root
+        // only; without root each run makes its own, as before.
+        let netns = if euid == 0 && !policy.network.allow_host_network {
+            NetnsPool::start(one_run.then_some(1)).ok()
+        } else {
+            None
+        };
         let filters = Filters::build(&policy.seccomp)?;
         let mounts = MountPlan::new(
             &policy.filesystem.read_only_paths,
@@ -70,7 +94,6 @@ impl Sandbox {
             !policy.network.allow_host_network,
         )?;
         let mut warnings = Vec::new();
-        let (euid, egid) = sys::effective_ids();
         // As root: "nobody" unless the caller gives ids per run, which owns
         // no files, so the action can neither write nor chmod the worker's
         // cached input files it can read.
@@ -81,6 +104,7 @@ impl Sandbox {
         // exists but is not writable (made by root, used without root)
         // would otherwise fail every action.
         let probed = CgroupRoot::detect().and_then(|root| match root {
+            Some(root) if one_run && euid == 0 => Ok(Some(root)),
             Some(root) => {
                 let probe = format!(
                     "probe-{}-{}",
@@ -141,6 +165,7 @@ impl Sandbox {
             last_capability: last_capability(),
             drop_groups,
             _watchdog: watchdog,
+            netns,
             watch_groups: Groups::default(),
             warnings,
         })
@@ -218,8 +243,13 @@ impl Sandbox {
         let cstring = |bytes: &[u8]| {
             CString::new(bytes).map_err(|_| crate::command::CommandError::Nul { what: "a path" })
         };
-        let plan = Plan {
-            namespaces: self.namespace_flags(),
+        // Taken for this run alone; dropped once the setup process has
+        // joined it (or died), so it is never handed to another.
+        let netns = self.netns.as_ref().and_then(NetnsPool::take);
+        let mut plan = Plan {
+            cgroup_tasks: Vec::new(),
+            namespaces: self.namespace_flags(netns.is_some()),
+            netns: netns.as_ref().map(|fd| fd.as_fd()),
             creator: self.mapping.creator(host),
             caller: std::process::id() as libc::pid_t,
             drop_groups: self.drop_groups,
@@ -268,6 +298,10 @@ impl Sandbox {
             }
             None => None,
         };
+        if let Some(group) = &cgroup {
+            plan.cgroup_tasks = group.self_join_files();
+        }
+        let joins_cgroup_itself = !plan.cgroup_tasks.is_empty();
         let cgroup = CgroupGuard(cgroup);
 
         let pipe = |step| sys::pipe().map_err(|source| Error::Spawn { step, source });
@@ -300,7 +334,8 @@ impl Sandbox {
             Fork::Child => child::setup(&plan, &fds),
             Fork::Parent(pid) => pid,
         };
-        drop((report_w, go_r, out_w, err_w));
+        drop(plan);
+        drop((report_w, go_r, out_w, err_w, netns));
         let watch_w = watch_pipe.map(|(r, w)| {
             drop(r);
             w
@@ -309,6 +344,7 @@ impl Sandbox {
         let mut run = Supervision {
             pid,
             cgroup: &cgroup,
+            joins_cgroup_itself,
             reader: RecordReader::default(),
             exit: None,
             failure: None,
@@ -400,13 +436,15 @@ impl Sandbox {
         })
     }
 
-    fn namespace_flags(&self) -> libc::c_int {
+    /// The namespaces the setup process creates: all but the network's
+    /// when it joins a prepared one.
+    fn namespace_flags(&self, prepared_network: bool) -> libc::c_int {
         let mut flags = libc::CLONE_NEWUSER
             | libc::CLONE_NEWNS
             | libc::CLONE_NEWPID
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWUTS;
-        if !self.policy.network.allow_host_network {
+        if !self.policy.network.allow_host_network && !prepared_network {
             flags |= libc::CLONE_NEWNET;
         }
         flags
@@ -466,6 +504,9 @@ struct Streams {
 struct Supervision<'a> {
     pid: libc::pid_t,
     cgroup: &'a CgroupGuard,
+    /// The setup process joins the cgroup itself before it makes the
+    /// namespaces (v1); otherwise the caller moves it.
+    joins_cgroup_itself: bool,
     reader: RecordReader,
     exit: Option<Exit>,
     failure: Option<(Stage, i32)>,
@@ -531,7 +572,7 @@ impl Supervision<'_> {
             gid: policy.identity.gid,
         };
         mapping.write_maps(self.pid, inside, host)?;
-        if let Some(group) = &self.cgroup.0 {
+        if let Some(group) = self.cgroup.0.as_ref().filter(|_| !self.joins_cgroup_itself) {
             group.add_process(self.pid)?;
         }
         sys::write_all(go.as_fd(), &[1]).map_err(|source| Error::Spawn {
