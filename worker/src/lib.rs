@@ -66,18 +66,41 @@ use tokio::task::JoinSet;
 const DRAIN_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Empties `dir` (what a previous run left is not ours to trust) and
-/// creates it.
-fn fresh_directory(dir: &Path) -> Result<(), Error> {
-    let prepare = |source| Error::Prepare {
-        path: dir.to_owned(),
-        source,
+/// creates it; the entry `keep`, if any, stays (the image store, which
+/// checks its own entries when it opens).
+fn fresh_directory(dir: &Path, keep: Option<&str>) -> Result<(), Error> {
+    let prepare = |path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Prepare { path, source }
     };
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(prepare(e)),
-        _ => {}
+    let Some(keep) = keep else {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(prepare(dir)(e)),
+            _ => {}
+        }
+        return std::fs::create_dir_all(dir).map_err(prepare(dir));
+    };
+    std::fs::create_dir_all(dir).map_err(prepare(dir))?;
+    for entry in std::fs::read_dir(dir).map_err(prepare(dir))? {
+        let entry = entry.map_err(prepare(dir))?;
+        if entry.file_name() == keep {
+            continue;
+        }
+        let path = entry.path();
+        // file_type does not follow a symlink: its target stays.
+        let is_dir = entry.file_type().map_err(prepare(&path))?.is_dir();
+        let removed = if is_dir {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(prepare(&path))?;
     }
-    std::fs::create_dir_all(dir).map_err(prepare)
+    Ok(())
 }
+
+/// The image store's directory, under the build directory.
+const IMAGES: &str = "images";
 
 /// Runs `cleanup` (unlinks that may take a while) on a blocking thread
 /// without waiting for it, or here when no runtime is running. For drop
@@ -117,11 +140,13 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Checks `cfg`, empties the build directory and opens the caches.
+    /// Checks `cfg`, empties the build directory (but for the image
+    /// store, which keeps its complete images) and opens the caches.
     pub fn new(cfg: Config) -> Result<Worker, Error> {
         cfg.validate()?;
         let connector = Connector::new(cfg.client_tls.as_ref()).map_err(Error::Client)?;
-        fresh_directory(&cfg.directory.join("build"))?;
+        let images = cfg.images.enabled.then_some(IMAGES);
+        fresh_directory(&cfg.directory.join("build"), images)?;
         let cache = Arc::new(file_cache::FileCache::open(
             cfg.directory.join("cache"),
             cfg.cache_max_size_bytes,
@@ -129,11 +154,9 @@ impl Worker {
         let slots = cfg.slots.iter().map(concurrency).sum();
         // Under the build directory: the runner resolves the image roots
         // the worker names there, as it does input roots.
-        let images = cfg
-            .images
-            .enabled
-            .then(|| {
-                corral_image::ImageStore::open(cfg.directory.join("build/images"), &cfg.images)
+        let images = images
+            .map(|name| {
+                corral_image::ImageStore::open(cfg.directory.join("build").join(name), &cfg.images)
             })
             .transpose()
             .map_err(Error::Images)?;
