@@ -266,3 +266,30 @@ fn an_image_under_a_closed_directory_runs_read_only_nosuid_nodev_and_out_of_reac
     );
     assert!(!root.join("usr/sub/x").exists());
 }
+
+/// The undeclared-input report sees the image's mounts as it sees the
+/// host binds: they are attached with `move_mount`, not bound, and the
+/// caller marks every mount of init's namespace all the same.
+#[test]
+fn the_undeclared_input_report_lists_the_files_read_from_the_image() {
+    if !privileged("the_undeclared_input_report_lists_the_files_read_from_the_image") {
+        return;
+    }
+    let Some(image) = image() else { return };
+    let ran = run_in_image(
+        default_policy(),
+        &image.path(),
+        "cat /etc/only-in-image > /dev/null",
+    );
+    assert_eq!(ran.outcome.exit_code(), 0, "{}", ran.output());
+    let listed = match &ran.outcome.undeclared_inputs {
+        corral_sandbox::UndeclaredInputs::Collected { paths, .. } => paths,
+        other => panic!("expected a collected report, got {other:?}"),
+    };
+    for read in ["/etc/only-in-image", "/bin/busybox"] {
+        assert!(
+            listed.iter().any(|p| p == Path::new(read)),
+            "{read} not in {listed:?}"
+        );
+    }
+}
