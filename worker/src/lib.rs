@@ -83,12 +83,13 @@ fn fresh_directory(dir: &Path, keep: Option<&str>) -> Result<(), Error> {
     std::fs::create_dir_all(dir).map_err(prepare(dir))?;
     for entry in std::fs::read_dir(dir).map_err(prepare(dir))? {
         let entry = entry.map_err(prepare(dir))?;
-        if entry.file_name() == keep {
+        let path = entry.path();
+        // file_type does not follow a symlink: its target stays, and a
+        // symlink named `keep` goes (the store is a directory of ours).
+        let is_dir = entry.file_type().map_err(prepare(&path))?.is_dir();
+        if is_dir && entry.file_name() == keep {
             continue;
         }
-        let path = entry.path();
-        // file_type does not follow a symlink: its target stays.
-        let is_dir = entry.file_type().map_err(prepare(&path))?.is_dir();
         let removed = if is_dir {
             std::fs::remove_dir_all(&path)
         } else {
@@ -464,4 +465,41 @@ pub async fn run(
     stop_now: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     Worker::new(cfg)?.run(stop, stop_now).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_build_directory_keeps_only_the_image_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let build = dir.path().join("build");
+        std::fs::create_dir_all(build.join("images/ab/rootfs")).unwrap();
+        std::fs::create_dir_all(build.join("7/root/sub")).unwrap();
+        std::fs::write(build.join("7/stdout"), "left").unwrap();
+        std::fs::write(build.join("stray"), "").unwrap();
+        fresh_directory(&build, Some(IMAGES)).unwrap();
+        let left: Vec<_> = std::fs::read_dir(&build)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["images"]);
+        assert!(build.join("images/ab/rootfs").is_dir());
+
+        // A symlink in the store's place goes, its target stays.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("file"), "").unwrap();
+        std::fs::remove_dir_all(build.join("images")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, build.join("images")).unwrap();
+        fresh_directory(&build, Some(IMAGES)).unwrap();
+        assert!(std::fs::read_dir(&build).unwrap().next().is_none());
+        assert!(elsewhere.join("file").exists());
+
+        // Without images, everything goes.
+        std::fs::create_dir_all(build.join("images/cd")).unwrap();
+        fresh_directory(&build, None).unwrap();
+        assert!(std::fs::read_dir(&build).unwrap().next().is_none());
+    }
 }
