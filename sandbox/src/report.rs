@@ -48,12 +48,13 @@ pub enum Stage {
     ParentDeath,
     OpenInputRoot,
     WaitForWatch,
+    TakeImage,
     JoinNetwork,
     JoinCgroup,
 }
 
 impl Stage {
-    const ALL: [Stage; 36] = [
+    const ALL: [Stage; 37] = [
         Stage::Unshare,
         Stage::WaitForMaps,
         Stage::SetIds,
@@ -88,6 +89,7 @@ impl Stage {
         Stage::ParentDeath,
         Stage::OpenInputRoot,
         Stage::WaitForWatch,
+        Stage::TakeImage,
         Stage::JoinNetwork,
         Stage::JoinCgroup,
     ];
@@ -134,6 +136,7 @@ impl fmt::Display for Stage {
             Stage::ParentDeath => "tying the sandbox's life to its caller's",
             Stage::OpenInputRoot => "opening the input root",
             Stage::WaitForWatch => "waiting for the caller to watch the mounts",
+            Stage::TakeImage => "taking the image's entries",
             Stage::JoinNetwork => "joining the prepared network namespace",
             Stage::JoinCgroup => "joining the action's cgroup",
         };
