@@ -1,9 +1,8 @@
 //! The code that runs in the sandbox's processes, between fork and exec.
 //!
 //! Three processes, each in its own role:
-//! 1. **setup** (forked by the caller): joins the network namespace the
-//!    caller prepared (as root; `netns.rs`), creates the user, mount, pid,
-//!    ipc and uts namespaces (and the network's, when none was prepared), waits for the caller to write its
+//! 1. **setup** (forked by the caller): joins the action's cgroup (v1),
+//!    creates the user, mount, pid, network, ipc and uts namespaces, waits for the caller to write its
 //!    id maps and put it in the cgroup, takes the sandbox's ids, enters a
 //!    cgroup namespace, and forks
 //! 2. **init** (pid 1 of the new pid namespace): builds the file system
@@ -33,9 +32,6 @@ use crate::sys::{self, Fork, WaitStatus};
 /// Everything the sandbox's processes need, prepared by the caller.
 pub struct Plan<'a> {
     pub namespaces: libc::c_int,
-    /// A network namespace made ahead, loopback up, for this run alone;
-    /// `None`: `namespaces` includes CLONE_NEWNET, or the host network.
-    pub netns: Option<BorrowedFd<'a>>,
     /// Files the setup process writes "0" to, to join the action's cgroup
     /// itself (v1 `tasks`); empty: the caller moves it (v2, or none).
     pub cgroup_tasks: Vec<std::path::PathBuf>,
@@ -78,16 +74,7 @@ pub struct Fds<'a> {
 
 /// Process 1: namespaces, ids, then the init process.
 pub fn setup(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
-    // First, with the caller's privilege (CAP_SYS_ADMIN over the
-    // namespace's owner, the caller's user namespace): the user namespace
-    // made below then holds no capability over it. Its descriptor is not
-    // kept: closed with the others just below.
-    if let Some(netns) = plan.netns {
-        if let Err(e) = sys::setns(netns, libc::CLONE_NEWNET) {
-            fail(fds.report, Stage::JoinNetwork, &e);
-        }
-    }
-    // Before anything else is made, so every process of the sandbox is
+    // First, before anything else is made, so every process of the sandbox is
     // in the group: this process moves itself (single-threaded, so the
     // thread is the process), which costs the kernel far less than the
     // caller moving it (see `cgroup::v1::Group::self_join_files`).
@@ -215,9 +202,7 @@ fn init(plan: &Plan<'_>, fds: &Fds<'_>, image: ImageTrees) -> ! {
     if let Err(e) = sys::sethostname(b"corral") {
         fail(report, Stage::Hostname, &e);
     }
-    // A prepared namespace came with loopback up, and nothing here could
-    // change it: the caller's user namespace owns it.
-    if plan.mounts.with_network_namespace() && plan.netns.is_none() {
+    if plan.mounts.with_network_namespace() {
         if let Err(e) = sys::loopback_up() {
             fail(report, Stage::Loopback, &e);
         }

@@ -20,7 +20,6 @@
 //!   place with `unsafe` (the workspace's `unsafe_code = "deny"` lint
 //!   enforces it; the one `#[allow(unsafe_code)]` is on `mod sys`).
 //! - `watchdog` — removes the cgroups of a caller that died.
-//! - `netns` — network namespaces made ahead of time, off the spawn's path.
 //!
 //! This crate must never depend on tokio, tonic or any other crate of
 //! ours (tests/architecture.rs checks): it is synchronous Linux code. Call
@@ -38,7 +37,6 @@ mod error;
 pub mod ids;
 mod landlock;
 mod mounts;
-mod netns;
 mod outcome;
 pub mod policy;
 mod privileges;

@@ -49,12 +49,11 @@ pub enum Stage {
     OpenInputRoot,
     WaitForWatch,
     TakeImage,
-    JoinNetwork,
     JoinCgroup,
 }
 
 impl Stage {
-    const ALL: [Stage; 37] = [
+    const ALL: [Stage; 36] = [
         Stage::Unshare,
         Stage::WaitForMaps,
         Stage::SetIds,
@@ -90,7 +89,6 @@ impl Stage {
         Stage::OpenInputRoot,
         Stage::WaitForWatch,
         Stage::TakeImage,
-        Stage::JoinNetwork,
         Stage::JoinCgroup,
     ];
 
@@ -137,7 +135,6 @@ impl fmt::Display for Stage {
             Stage::OpenInputRoot => "opening the input root",
             Stage::WaitForWatch => "waiting for the caller to watch the mounts",
             Stage::TakeImage => "taking the image's entries",
-            Stage::JoinNetwork => "joining the prepared network namespace",
             Stage::JoinCgroup => "joining the action's cgroup",
         };
         f.write_str(text)

@@ -20,7 +20,6 @@ use crate::error::Error;
 use crate::ids::{HostIds, Mapping};
 use crate::landlock::Rules;
 use crate::mounts::MountPlan;
-use crate::netns::NetnsPool;
 use crate::outcome::{Exit, Outcome, Usage};
 use crate::policy::Policy;
 use crate::privileges::last_capability;
@@ -54,8 +53,6 @@ pub struct Sandbox {
     drop_groups: bool,
     /// Removes this process's action cgroups if it dies mid-run.
     _watchdog: Option<Watchdog>,
-    /// Network namespaces made ahead (root, private network only).
-    netns: Option<NetnsPool>,
     /// fanotify groups for the undeclared-input report, between runs.
     watch_groups: Groups,
     warnings: Vec<String>,
@@ -70,23 +67,14 @@ impl Sandbox {
     }
 
     /// Like [`new`](Self::new), for a caller that runs one command (the
-    /// `corral sandbox run` CLI): one network namespace is made ahead, none
-    /// after it, and as root the cgroup tree is not probed (the run's own
-    /// group fails the same way, closed).
+    /// `corral sandbox run` CLI): as root the cgroup tree is not probed
+    /// (the run's own group fails the same way, closed).
     pub fn for_one_run(policy: Policy) -> Result<Sandbox, Error> {
         Sandbox::prepare(policy, true)
     }
 
     fn prepare(policy: Policy, one_run: bool) -> Result<Sandbox, Error> {
         let (euid, egid) = sys::effective_ids();
-        // First, so the first namespace is being made while the rest is
-        // prepared. Joining one needs the caller's CAP_SYS_ADMIN: root
-        // only; without root each run makes its own, as before.
-        let netns = if euid == 0 && !policy.network.allow_host_network {
-            NetnsPool::start(one_run.then_some(1)).ok()
-        } else {
-            None
-        };
         let filters = Filters::build(&policy.seccomp)?;
         let mounts = MountPlan::new(
             &policy.filesystem.read_only_paths,
@@ -165,7 +153,6 @@ impl Sandbox {
             last_capability: last_capability(),
             drop_groups,
             _watchdog: watchdog,
-            netns,
             watch_groups: Groups::default(),
             warnings,
         })
@@ -243,13 +230,9 @@ impl Sandbox {
         let cstring = |bytes: &[u8]| {
             CString::new(bytes).map_err(|_| crate::command::CommandError::Nul { what: "a path" })
         };
-        // Taken for this run alone; dropped once the setup process has
-        // joined it (or died), so it is never handed to another.
-        let netns = self.netns.as_ref().and_then(NetnsPool::take);
         let mut plan = Plan {
             cgroup_tasks: Vec::new(),
-            namespaces: self.namespace_flags(netns.is_some()),
-            netns: netns.as_ref().map(|fd| fd.as_fd()),
+            namespaces: self.namespace_flags(),
             creator: self.mapping.creator(host),
             caller: std::process::id() as libc::pid_t,
             drop_groups: self.drop_groups,
@@ -335,7 +318,7 @@ impl Sandbox {
             Fork::Parent(pid) => pid,
         };
         drop(plan);
-        drop((report_w, go_r, out_w, err_w, netns));
+        drop((report_w, go_r, out_w, err_w));
         let watch_w = watch_pipe.map(|(r, w)| {
             drop(r);
             w
@@ -436,15 +419,13 @@ impl Sandbox {
         })
     }
 
-    /// The namespaces the setup process creates: all but the network's
-    /// when it joins a prepared one.
-    fn namespace_flags(&self, prepared_network: bool) -> libc::c_int {
+    fn namespace_flags(&self) -> libc::c_int {
         let mut flags = libc::CLONE_NEWUSER
             | libc::CLONE_NEWNS
             | libc::CLONE_NEWPID
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWUTS;
-        if !self.policy.network.allow_host_network && !prepared_network {
+        if !self.policy.network.allow_host_network {
             flags |= libc::CLONE_NEWNET;
         }
         flags

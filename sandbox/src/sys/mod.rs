@@ -59,13 +59,6 @@ pub fn unshare(flags: libc::c_int) -> io::Result<()> {
     check(unsafe { libc::unshare(flags) }).map(drop)
 }
 
-/// `setns(2)`: joins the namespace `fd` refers to (`nstype` checks its
-/// kind).
-pub fn setns(fd: BorrowedFd<'_>, nstype: libc::c_int) -> io::Result<()> {
-    // SAFETY: setns takes a descriptor we borrow and a flag.
-    check(unsafe { libc::setns(fd.as_raw_fd(), nstype) }).map(drop)
-}
-
 /// `mount(2)`.
 pub fn mount(
     source: Option<&CStr>,

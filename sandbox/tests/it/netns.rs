@@ -1,6 +1,7 @@
-//! Probes of the prepared network namespaces (`sandbox/src/netns.rs`): an
-//! action never sees another action's namespace or the pool's, and cannot
-//! reconfigure its own.
+//! Probes of the actions' network namespaces: an action never sees another
+//! action's namespace, and cannot reconfigure its own. Written for a pool
+//! of prepared namespaces (tried for issue 20 and dropped, decision 0020),
+//! they hold any way a namespace is made.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -32,11 +33,10 @@ fn python_in(sandbox: &Sandbox, root: &Path, script: &str) -> (String, String) {
     (stdout, stderr)
 }
 
-/// Two actions of one sandbox at the same time (one namespace from the
-/// pool each): a server the first listens on is not reachable from the
-/// second, which can bind the same port itself; a third, after both,
-/// is in yet another namespace. Fails with `ESCAPED connected` if two
-/// runs were handed one namespace.
+/// Two actions of one sandbox at the same time: a server the first
+/// listens on is not reachable from the second, which can bind the same
+/// port itself; a third, after both, is in yet another namespace. Fails
+/// with `ESCAPED connected` if two runs shared one namespace.
 #[test]
 fn a_network_namespace_serves_one_action_only() {
     if !privileged("a_network_namespace_serves_one_action_only") {
@@ -104,9 +104,9 @@ fn a_network_namespace_serves_one_action_only() {
 }
 
 /// The action cannot bring loopback down, add an address, or change a
-/// sysctl of its namespace: no process of the sandbox holds CAP_NET_ADMIN
-/// over it (a prepared one is owned by the caller's user namespace).
-/// Loopback is up and holds 127.0.0.1.
+/// sysctl of its namespace: it holds no capability (init, which brought
+/// loopback up, does, in the namespace's own user namespace). Loopback is
+/// up.
 #[test]
 fn the_network_namespace_cannot_be_reconfigured() {
     if !privileged("the_network_namespace_cannot_be_reconfigured") {
