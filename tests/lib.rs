@@ -3,8 +3,9 @@
 //! the `[[test]]` targets beside this file; this library holds what they
 //! share: starting `corral up` on a free port and stopping it cleanly,
 //! Bazel's workspace and TLS set-up ([`bazel`]), test hosts on a
-//! bridge of network namespaces ([`network`]), and daemons started one by
-//! one with their logs ([`processes`]).
+//! bridge of network namespaces ([`network`]), daemons started one by
+//! one with their logs ([`processes`]), and a small REAPI client
+//! ([`reapi`]).
 
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,8 @@ pub mod bazel;
 pub mod network;
 #[path = "lib/processes.rs"]
 pub mod processes;
+#[path = "lib/reapi.rs"]
+pub mod reapi;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
