@@ -16,6 +16,39 @@ pub fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Resul
     toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
 }
 
+/// The test of a daemon's `--metrics ADDR` flag, the same for each
+/// daemon over its own config type `C`: `apply` applies the daemon's
+/// flags to a config, with `--metrics` given (`Some`) or not; `table`
+/// reads the config's `[metrics]` as its `listen` and `tls`.
+#[cfg(test)]
+pub(crate) fn assert_the_metrics_flag_sets_listen_and_keeps_the_files_tls<C>(
+    apply: impl Fn(Option<std::net::SocketAddr>, &mut C),
+    table: impl Fn(&C) -> Option<(std::net::SocketAddr, Option<corral_auth::tls::ServerTls>)>,
+) where
+    C: DeserializeOwned + Default,
+{
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9981));
+    // No [metrics] in the file: the flag turns the port on, plain HTTP.
+    let mut cfg = C::default();
+    assert_eq!(table(&cfg), None, "no [metrics] by default");
+    apply(Some(addr), &mut cfg);
+    assert_eq!(table(&cfg), Some((addr, None)));
+    // A file with [metrics] and [metrics.tls]: only listen changes.
+    let mut cfg: C = toml::from_str(
+        "[metrics]\nlisten = \"0.0.0.0:1\"\n[metrics.tls]\n\
+         certificate = \"/c.crt\"\nprivate_key = \"/c.key\"\n",
+    )
+    .expect("a [metrics] table with TLS parses");
+    let tls = table(&cfg).and_then(|(_, tls)| tls);
+    assert!(tls.is_some(), "the file's [metrics.tls] is read");
+    apply(Some(addr), &mut cfg);
+    assert_eq!(table(&cfg), Some((addr, tls)));
+    // Without the flag the file's [metrics] stays as it is.
+    let mut cfg = C::default();
+    apply(None, &mut cfg);
+    assert_eq!(table(&cfg), None);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
