@@ -309,11 +309,7 @@ fn bazel_builds_the_cpp_workspace_in_an_image_from_the_registry() {
             .current_dir(workspace.path())
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = corral_e2e::output_text(&out);
         (out.status.success(), text)
     };
     let (ok, build) = bazel(&["build", "//...", "//image:in_image"]);

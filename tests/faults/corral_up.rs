@@ -53,21 +53,11 @@ async fn assert_slept_then_exited(
 /// `corral runner` with a socket in the farm's data directory.
 fn runner_pid(data_dir: &Path) -> Option<u32> {
     let data = data_dir.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .find_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let args: Vec<String> = cmdline
-                .split(|&b| b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            let is_runner = args.get(1).is_some_and(|a| a == "runner")
-                && args.iter().any(|a| a.starts_with(&data));
-            is_runner.then_some(pid)
-        })
+    corral_e2e::processes::running().into_iter().find_map(|p| {
+        let is_runner = p.args.get(1).is_some_and(|a| a == "runner")
+            && p.args.iter().any(|a| a.starts_with(&data));
+        is_runner.then_some(p.pid)
+    })
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -114,9 +104,7 @@ async fn corral_up_restarts_a_killed_runner_and_the_action_completes() {
 
     // The restarted runner still stops with the farm.
     let mut farm = farm;
-    assert!(farm.stop().success(), "{}", farm.logs());
-    let left = farm.leftover_processes();
-    assert!(left.is_empty(), "left running: {left:?}");
+    farm.assert_stops_cleanly();
 }
 
 /// Starts `script` on `farm` and returns its Execute stream once a worker

@@ -97,19 +97,9 @@ pub(crate) fn sleep_command(seconds: &str) -> String {
 }
 
 pub(crate) fn processes(cmdline: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|entry| {
-            let raw = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            let words: Vec<String> = raw
-                .split(|b| *b == 0)
-                .filter(|w| !w.is_empty())
-                .map(|w| String::from_utf8_lossy(w).into_owned())
-                .collect();
-            words.join(" ") == cmdline
-        })
+    corral_e2e::processes::running()
+        .iter()
+        .filter(|p| p.command_line() == cmdline)
         .count()
 }
 

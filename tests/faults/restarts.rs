@@ -404,14 +404,9 @@ async fn a_retried_execute_joins_the_action_still_running_from_before_the_restar
 /// Whether a process whose command line contains `marker` runs (the
 /// host sees the sandboxes' processes).
 fn running(marker: &str) -> bool {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|entry| {
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline).contains(marker)
-        })
+    corral_e2e::processes::running()
+        .iter()
+        .any(|p| p.command_line().contains(marker))
 }
 
 #[test]
@@ -467,11 +462,7 @@ fn bazel_builds_green_across_a_scheduler_restart_mid_build() {
     std::thread::sleep(Duration::from_millis(500));
     farm.restart(Daemon::Scheduler);
     let out = bazel.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = corral_e2e::output_text(&out);
     assert!(
         out.status.success(),
         "the build failed across a scheduler restart\n{text}\n{}",
