@@ -497,20 +497,35 @@ impl Inner {
     /// never remove a file a concurrent write has just renamed into place.
     fn install(&self, key: Key, temp: TempPath, size: u64) -> Result<(), DiskError> {
         let to = self.path(&key);
-        let mut index = self.lock();
+        let index = self.lock();
         temp.persist(&to).map_err(|err| DiskError::Rename {
             from: err.path.to_path_buf(),
             to: to.clone(),
             source: err.error,
         })?;
-        // Counted as soon as the file is in place, even if the sync below
-        // fails: a file held but not counted would be bytes the bound
-        // never sees.
+        self.counted_in_place(index, key, &to, size)
+    }
+
+    /// The tail both ways of putting a file in place share, once the file
+    /// is at `to`: counts it (evicting past the bound) under the index
+    /// lock, then, with fsync on, syncs its directory. Counted as soon as
+    /// the file is in place, even if the sync fails: a file held but not
+    /// counted would be bytes the bound never sees. The lock is let go
+    /// before the sync: it orders the index against unlinks, not against
+    /// the disk, and other writes need not wait on this one's journal.
+    fn counted_in_place(
+        &self,
+        mut index: MutexGuard<'_, LruIndex<Key, ()>>,
+        key: Key,
+        to: &Path,
+        size: u64,
+    ) -> Result<(), DiskError> {
         for (evicted, ()) in index.insert(key, (), size) {
             self.remove_file(&evicted);
         }
+        drop(index);
         if self.fsync {
-            // The rename is durable only once its directory is.
+            // The rename or link is durable only once its directory is.
             if let Some(parent) = to.parent() {
                 fs::File::open(parent)
                     .and_then(|d| d.sync_all())
@@ -718,21 +733,7 @@ impl Inner {
             }
             Err(source) => return Err(DiskError::Link { to, source }),
         }
-        for (evicted, ()) in index.insert(key, (), size) {
-            self.remove_file(&evicted);
-        }
-        if self.fsync {
-            // The link is durable only once its directory is.
-            if let Some(parent) = to.parent() {
-                fs::File::open(parent)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|source| DiskError::Sync {
-                        path: parent.to_owned(),
-                        source,
-                    })?;
-            }
-        }
-        Ok(())
+        self.counted_in_place(index, key, &to, size)
     }
 
     fn new_temp(&self) -> Result<(fs::File, TempPath), DiskError> {
@@ -1418,7 +1419,7 @@ pub(crate) mod tests {
         assert_eq!(store.total_bytes(), 0, "no phantom bytes");
 
         // Space returns: the same writes succeed.
-        fs::remove_file(&filler).unwrap();
+        corral_testkit::remove_freeing_space(&filler);
         store.put(&d, data.clone()).await.unwrap();
         let other = conformance::blob(2, 2 << 20);
         let o = DigestFunction::Sha256.digest_of(&other);

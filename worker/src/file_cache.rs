@@ -1142,6 +1142,10 @@ mod tests {
         // Something else on the disk (a build directory) leaves it 1 MiB.
         let filler = dir.path().join("filler");
         std::fs::write(&filler, vec![0; 7 << 20]).unwrap();
+        // Held open meanwhile, as a child another test thread forks holds
+        // every descriptor of this process until its exec: removing the
+        // filler must free its space anyway (this once failed under load).
+        let _held = std::fs::File::open(&filler).unwrap();
         let big = mib_key(1, 2);
         let err = cache.insert(&big, &[1; 2 << 20]).unwrap_err();
         assert!(err.is_disk_full(), "{err}");
@@ -1156,7 +1160,7 @@ mod tests {
         assert_eq!(cache.usage(), (0, 0));
 
         // Space returns: the same file goes in.
-        std::fs::remove_file(&filler).unwrap();
+        corral_testkit::remove_freeing_space(&filler);
         cache.insert(&big, &[1; 2 << 20]).unwrap();
         assert_eq!(
             std::fs::read(cache.path(&big.digest(), false)).unwrap(),
