@@ -423,6 +423,24 @@ fn anonymous_temps_work(tmp_dir: &Path) -> io::Result<()> {
     fs::remove_file(&probe)
 }
 
+/// The first `size` bytes of the file at `path`, or `None` if it is
+/// shorter. Open, one read, close: the size is known from the digest, so
+/// neither a `stat` nor a read that finds the end is needed (`fs::read`
+/// makes both), about a quarter less time for a small blob on tmpfs. A
+/// longer file is not noticed here; the caller verifies what it returns
+/// against the digest, so the bytes served are the blob either way.
+fn read_sized(path: &Path, size: u64) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    let mut file = fs::File::open(path)?;
+    let len = usize::try_from(size).map_err(io::Error::other)?;
+    let mut data = vec![0; len];
+    match file.read_exact(&mut data) {
+        Ok(()) => Ok(Some(data)),
+        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
 fn create_dir(path: &Path) -> Result<(), DiskError> {
     fs::create_dir_all(path).map_err(|source| DiskError::CreateDir {
         path: path.to_owned(),
@@ -624,8 +642,13 @@ impl Inner {
         }
         let key = Key::cas(*digest);
         let path = self.path(&key);
-        let data = match fs::read(&path) {
-            Ok(data) => data,
+        let data = match read_sized(&path, digest.size_bytes()) {
+            Ok(Some(data)) => data,
+            Ok(None) => {
+                // Shorter than its digest says: not the blob any more.
+                self.remove_corrupt(&key);
+                return Ok(None);
+            }
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
                 self.forget(&key);
                 return Ok(None);
@@ -1314,6 +1337,32 @@ pub(crate) mod tests {
         bad[10] ^= 1;
         fs::write(store.blob_path(&d), &bad).unwrap();
         assert_eq!(store.get(&d).await.unwrap(), None);
+        assert!(!store.blob_path(&d).exists());
+        assert_eq!(store.find_missing(&[d]).await.unwrap(), [d]);
+        assert_eq!(store.total_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_blob_file_cut_short_is_missing_and_removed_and_a_longer_one_serves_the_blob() {
+        let root = temp_dir();
+        let store = DiskBlobStore::open(root.path().join("s"), 1 << 20, false)
+            .await
+            .unwrap();
+        let data = conformance::blob(1, 1000);
+        let d = DigestFunction::Sha256.digest_of(&data);
+        store.put(&d, data.clone()).await.unwrap();
+        // Extra bytes at the end: the blob is its first 1,000 bytes,
+        // verified, whatever follows them.
+        let mut longer = data.clone();
+        longer.extend_from_slice(b"tail");
+        fs::write(store.blob_path(&d), &longer).unwrap();
+        assert_eq!(store.get(&d).await.unwrap(), Some(data.clone()));
+        assert_eq!(
+            store.get_many(&[d]).await.pop().unwrap().unwrap(),
+            Some(data.clone())
+        );
+        fs::write(store.blob_path(&d), &data[..999]).unwrap();
+        assert_eq!(store.get_many(&[d]).await.pop().unwrap().unwrap(), None);
         assert!(!store.blob_path(&d).exists());
         assert_eq!(store.find_missing(&[d]).await.unwrap(), [d]);
         assert_eq!(store.total_bytes(), 0);
