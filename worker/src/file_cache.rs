@@ -180,6 +180,10 @@ pub struct FileCache {
     /// Whether small files are written as anonymous files (`O_TMPFILE`)
     /// linked into place: see [`FileCache::insert_anonymous`].
     anonymous_temps: bool,
+    /// Whether files are first tried at their cache name itself: see
+    /// [`FileCache::insert_in_place`]. Always, but for tests of the
+    /// other ways.
+    in_place: bool,
     /// Which instance names storage showed the cached blobs to.
     confirmed: Confirmed,
     /// Every input laid out as a copy: see [`FileCache::copy_inputs`].
@@ -280,6 +284,7 @@ impl FileCache {
         Ok(FileCache {
             dir,
             anonymous_temps,
+            in_place: true,
             max_size,
             state: Mutex::new(State::new(max_size)),
             downloads: AtomicU64::new(0),
@@ -619,6 +624,9 @@ impl FileCache {
 
     /// One attempt of [`insert`](Self::insert).
     fn insert_once(&self, key: &Key, data: &[u8]) -> Result<(), Error> {
+        if self.in_place && self.insert_in_place(key, data)? {
+            return Ok(());
+        }
         if self.anonymous_temps {
             return self.insert_anonymous(key, data);
         }
@@ -636,6 +644,62 @@ impl FileCache {
             file.set_permissions(std::fs::Permissions::from_mode(mode))
         })();
         self.commit(key, &temp, written)
+    }
+
+    /// [`insert_once`](Self::insert_once) at the cache name itself: one
+    /// creation, no temporary file and no link or rename (a cold input
+    /// root writes thousands of cache files; an anonymous file and its
+    /// link cost 1.4-1.7x a creation in place on tmpfs,
+    /// docs/benchmarks.md). The name holds a partial file while it is
+    /// written, which is safe here: nothing links from a cache name
+    /// before its entry is recorded, which happens once the file is
+    /// whole; eviction renames only recorded entries; and the cache is
+    /// emptied at every start, so a crash mid-write leaves nothing the
+    /// next run reads. Returns false, having done nothing, if the name is
+    /// taken (another slot writing or holding the file, or a file no
+    /// entry counts): the caller's other ways sort those out.
+    fn insert_in_place(&self, key: &Key, data: &[u8]) -> Result<bool, Error> {
+        let path = self.dir.join(key.file_name());
+        let write = |source| Error::Write {
+            path: path.clone(),
+            source,
+        };
+        let mode = key.mode();
+        // Created read-only: the open descriptor may still write.
+        let mut file = match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(source) => return Err(write(source)),
+        };
+        // The explicit chmod makes the mode independent of the umask.
+        let written = file
+            .write_all(data)
+            .and_then(|()| file.set_permissions(std::fs::Permissions::from_mode(mode)));
+        drop(file);
+        let size = u64::try_from(key.size).unwrap_or(0);
+        let mut state = self.lock();
+        if let Err(source) = written {
+            // Removed under the lock, and only if no entry counts the
+            // name: another slot may have renamed its whole copy over
+            // this partial one meanwhile (`insert_anonymous`, `commit`).
+            if !state.contains(key) {
+                let _ = std::fs::remove_file(&path);
+            }
+            return Err(write(source));
+        }
+        self.downloads.fetch_add(1, Ordering::Relaxed);
+        if state.pin(key) {
+            // Another slot's whole copy replaced this one meanwhile: the
+            // same bytes, recorded by that slot.
+            return Ok(true);
+        }
+        state.insert_pinned(key.clone(), (), size);
+        Ok(true)
     }
 
     /// [`insert_once`](Self::insert_once) through an anonymous file
@@ -973,16 +1037,20 @@ mod tests {
         assert_eq!(cache.pinned(), 2);
     }
 
-    /// Both ways of writing a cache file: anonymous (the default where
-    /// the file system has O_TMPFILE) and under a temporary name.
+    /// Every way of writing a cache file: at its name (the default), and
+    /// where that name is taken, anonymous (where the file system has
+    /// O_TMPFILE) or under a temporary name; each alone.
     fn caches(dir: &Path, max_size: u64) -> Vec<FileCache> {
-        let anonymous = FileCache::open(dir.join("anonymous"), max_size).unwrap();
+        let in_place = FileCache::open(dir.join("in-place"), max_size).unwrap();
+        let mut anonymous = FileCache::open(dir.join("anonymous"), max_size).unwrap();
         if std::env::var_os("CI").is_some() {
             assert!(anonymous.anonymous_temps, "O_TMPFILE is expected under CI");
         }
+        anonymous.in_place = false;
         let mut named = FileCache::open(dir.join("named"), max_size).unwrap();
         named.anonymous_temps = false;
-        vec![anonymous, named]
+        named.in_place = false;
+        vec![in_place, anonymous, named]
     }
 
     #[test]
