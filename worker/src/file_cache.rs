@@ -31,9 +31,9 @@ use crate::confirmed::Confirmed;
 /// of 10,000 files took 3.6x `cp -al` with 4 MiB, 4.1-4.4x with 8, 12
 /// or 64 MiB (benches/materialize.rs, tmpfs).
 const ROUND_BYTES: i64 = 4 << 20;
-/// Blocking tasks writing one round of small files. Two: with anonymous
-/// files only the link takes the directory's lock, so creating and
-/// writing files proceeds on both cores.
+/// Blocking tasks writing one round of small files. Two: a creation
+/// takes the directory's lock only to add the name, so writing files
+/// proceeds on both cores.
 const WRITERS: usize = 2;
 /// Large files streamed from the CAS at once.
 const PARALLEL_STREAMS: usize = 4;
@@ -565,9 +565,11 @@ impl FileCache {
         Ok(pins)
     }
 
-    /// Writes one file into the cache under a temporary name, then renames
-    /// it in, so a half-written file is never linked; the entry is pinned
-    /// once. On a full disk it makes room and tries once more. Blocking.
+    /// Writes one file into the cache, at its cache name or (if that is
+    /// taken) through a temporary file; its entry is recorded only once it
+    /// is whole, so a half-written file is never linked. The entry is
+    /// pinned once. On a full disk it makes room and tries once more.
+    /// Blocking.
     fn insert(&self, key: &Key, data: &[u8]) -> Result<(), Error> {
         match self.insert_once(key, data) {
             Err(err) if err.is_disk_full() && self.make_room(data.len() as u64) => {
