@@ -144,10 +144,18 @@ fn setup(test: &str) -> Option<(Registry, String, String, Farm, tempfile::TempDi
     let registry = Registry::start();
     push_layout(registry.addr, &layout, "corral/busybox", "1");
     let image = format!("docker://{}/corral/busybox:1", registry.addr);
+    // Its data directory is 0700, closed to the actions' ids, like one
+    // under /root: the sandbox takes the image's entries before it
+    // becomes the action's id, so image actions run from there.
     let farm = Farm::start();
-    // The sandbox opens the image's entries as the action's id: the data
-    // directory must be searchable (the runner says so otherwise).
-    std::fs::set_permissions(farm.data_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(
+        std::fs::metadata(farm.data_dir.path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
     Some((registry, image, manifest, farm, scratch))
 }
 
@@ -279,6 +287,50 @@ async fn an_unknown_tag_or_a_missing_image_fails_the_action_naming_both() {
             status.message
         );
     }
+}
+
+/// The image store outlives the worker: after a restart, with the
+/// registry gone, an action naming the pulled image by digest runs from
+/// the store (the worker kept the complete image and indexed it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pulled_image_outlives_a_restart_and_runs_by_digest_without_the_registry() {
+    let Some((registry, image, manifest, farm, _scratch)) =
+        setup("a_pulled_image_outlives_a_restart_and_runs_by_digest_without_the_registry")
+    else {
+        return;
+    };
+    let (response, _) = run(&connect(&farm).await, &image, "true").await;
+    assert_eq!(response.status.map_or(0, |s| s.code), 0, "{}", farm.logs());
+    let started = Instant::now();
+    let farm = farm.restart();
+    eprintln!(
+        "corral up restarted with one image in the store in {:?}",
+        started.elapsed()
+    );
+    drop(registry);
+    let by_digest = format!(
+        "{}@{manifest}",
+        image.strip_suffix(":1").expect("the tag the test pushed")
+    );
+    let channel = connect(&farm).await;
+    let (response, stdout) = run(&channel, &by_digest, &format!("cat /{}", IMAGE_ONLY.0)).await;
+    let status = response.status.clone().unwrap_or_default();
+    assert_eq!(status.code, 0, "{status:?}\n{}", farm.logs());
+    assert_eq!(stdout, IMAGE_ONLY.1, "{}", farm.logs());
+    let log = response
+        .server_logs
+        .get("container-image.txt")
+        .expect("the image log");
+    let read = ContentAddressableStorageClient::new(channel.clone())
+        .batch_read_blobs(BatchReadBlobsRequest {
+            digests: vec![log.digest.clone().unwrap()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let log = String::from_utf8(read.responses[0].data.clone()).unwrap();
+    assert!(log.contains("pulled: no, cached"), "{log}");
 }
 
 /// Packages whose files make the compiler image: a C/C++ toolchain and

@@ -119,10 +119,29 @@ impl Farm {
     }
 
     fn start_as(secure: Option<tempfile::TempDir>, user: Option<u32>, args: &[&str]) -> Farm {
+        let is_secure = secure.is_some();
+        Self::start_in(secure, is_secure, user, args)
+    }
+
+    /// Stops `corral up` (SIGINT) and starts it again, on new ports, with
+    /// the same data directory: what a restart of the machine's service
+    /// keeps (storage, the worker's image store) is there.
+    pub fn restart(mut self) -> Farm {
+        self.interrupt();
+        let placeholder = tempfile::tempdir().expect("temp dir");
+        let data_dir = std::mem::replace(&mut self.data_dir, placeholder);
+        Self::start_in(Some(data_dir), self.secure, None, &[])
+    }
+
+    fn start_in(
+        data_dir: Option<tempfile::TempDir>,
+        is_secure: bool,
+        user: Option<u32>,
+        args: &[&str],
+    ) -> Farm {
         let port = free_port();
         let metrics_port = free_port();
-        let is_secure = secure.is_some();
-        let data_dir = secure.unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
+        let data_dir = data_dir.unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
         // Closed to other users, like /root or `mktemp -d`: the farm must
         // work from there (the sandbox's id cannot search it).
         std::fs::set_permissions(

@@ -23,7 +23,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use crate::landlock::Rules;
-use crate::mounts::MountPlan;
+use crate::mounts::{ImageTrees, MountPlan};
 use crate::policy::Limits;
 use crate::report::{fail, LandlockState, Record, Stage};
 use crate::seccomp::Filters;
@@ -97,6 +97,13 @@ pub fn setup(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
             fail(report, Stage::OpenInputRoot, &e);
         }
     }
+    // The image's entries likewise, as root before becoming the run's ids
+    // (see MountPlan::take_image); without root, once this process is
+    // privileged in its own namespace, below.
+    let mut image = None;
+    if plan.creator.is_some() {
+        image = Some(take_image(plan, report));
+    }
     if let Some(creator) = plan.creator {
         if let Err(e) = crate::ids::enter_as_creator(creator) {
             fail(report, Stage::SetIds, &e);
@@ -107,6 +114,7 @@ pub fn setup(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
     if let Err(e) = sys::unshare(plan.namespaces) {
         fail(report, Stage::Unshare, &e);
     }
+    let image = image.unwrap_or_else(|| take_image(plan, report));
     Record::Unshared.send(report);
     let mut byte = [0u8; 1];
     match sys::read(fds.go, &mut byte) {
@@ -129,8 +137,10 @@ pub fn setup(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
     }
     match sys::fork() {
         Err(e) => fail(report, Stage::ForkInit, &e),
-        Ok(Fork::Child) => init(plan, fds),
+        Ok(Fork::Child) => init(plan, fds, image),
         Ok(Fork::Parent(pid)) => {
+            // Init holds its own copies of the trees.
+            drop(image);
             // The caller reaches init's mounts through /proc/<pid>; only
             // this process knows the pid in the caller's namespace.
             if fds.watch.is_some() {
@@ -139,6 +149,17 @@ pub fn setup(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
             let _ = sys::wait4(pid);
             sys::exit_now(0)
         }
+    }
+}
+
+/// The image's entries as detached trees, or nothing without an image.
+fn take_image(plan: &Plan<'_>, report: BorrowedFd<'_>) -> ImageTrees {
+    if !plan.mounts.has_image() {
+        return ImageTrees::default();
+    }
+    match plan.mounts.take_image() {
+        Ok(trees) => trees,
+        Err(e) => fail(report, Stage::TakeImage, &e),
     }
 }
 
@@ -154,7 +175,7 @@ fn tie_to_caller(report: BorrowedFd<'_>, caller: libc::pid_t) {
 }
 
 /// Process 2: pid 1 of the sandbox.
-fn init(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
+fn init(plan: &Plan<'_>, fds: &Fds<'_>, image: ImageTrees) -> ! {
     let report = fds.report;
     // Its parent (setup) is outside this pid namespace, so getppid() says
     // 0 and cannot tell whether setup died before this was armed; the
@@ -162,7 +183,7 @@ fn init(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
     if let Err(e) = sys::kill_me_with_parent() {
         fail(report, Stage::ParentDeath, &e);
     }
-    if let Err((stage, e)) = plan.mounts.apply() {
+    if let Err((stage, e)) = plan.mounts.apply(image) {
         fail(report, stage, &e);
     }
     if let Err(e) = sys::sethostname(b"corral") {

@@ -48,10 +48,11 @@ pub enum Stage {
     ParentDeath,
     OpenInputRoot,
     WaitForWatch,
+    TakeImage,
 }
 
 impl Stage {
-    const ALL: [Stage; 34] = [
+    const ALL: [Stage; 35] = [
         Stage::Unshare,
         Stage::WaitForMaps,
         Stage::SetIds,
@@ -86,6 +87,7 @@ impl Stage {
         Stage::ParentDeath,
         Stage::OpenInputRoot,
         Stage::WaitForWatch,
+        Stage::TakeImage,
     ];
 
     fn from_i32(value: i32) -> Option<Stage> {
@@ -130,6 +132,7 @@ impl fmt::Display for Stage {
             Stage::ParentDeath => "tying the sandbox's life to its caller's",
             Stage::OpenInputRoot => "opening the input root",
             Stage::WaitForWatch => "waiting for the caller to watch the mounts",
+            Stage::TakeImage => "taking the image's entries",
         };
         f.write_str(text)
     }
