@@ -14,113 +14,24 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use corral_e2e::reapi::{Client, NewAction};
 use corral_e2e::Farm;
-use corral_proto::longrunning::operation;
-use corral_proto::reapi::command::EnvironmentVariable;
-use corral_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
-use corral_proto::reapi::execution_client::ExecutionClient;
-use corral_proto::reapi::platform::Property;
-use corral_proto::reapi::{
-    batch_update_blobs_request, Action, BatchReadBlobsRequest, BatchUpdateBlobsRequest,
-    Command as ReapiCommand, Digest, Directory, ExecuteRequest, ExecuteResponse, Platform,
-};
+use corral_proto::reapi::ExecuteResponse;
 use corral_testkit::images::{
     busybox_tree, oci_layout, push_layout, Registry, IMAGE_ONLY, REGISTRY,
 };
-use prost::Message;
-use sha2::Digest as _;
-use tonic::transport::Channel;
-
-fn digest(data: &[u8]) -> Digest {
-    Digest {
-        hash: hex::encode(sha2::Sha256::digest(data)),
-        size_bytes: data.len() as i64,
-    }
-}
 
 /// Runs `script` with busybox's sh in `image` (an empty input root, the
 /// result never cached); the response and its stdout.
-async fn run(channel: &Channel, image: &str, script: &str) -> (ExecuteResponse, String) {
-    let command = ReapiCommand {
-        arguments: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        environment_variables: vec![EnvironmentVariable {
-            name: "PATH".into(),
-            value: "/bin".into(),
-        }],
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let root = Directory::default().encode_to_vec();
-    let action = Action {
-        command_digest: Some(digest(&command)),
-        input_root_digest: Some(digest(&root)),
-        do_not_cache: true,
-        platform: Some(Platform {
-            properties: vec![Property {
-                name: "container-image".into(),
-                value: image.into(),
-            }],
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let action_digest = digest(&action);
-    let mut cas = ContentAddressableStorageClient::new(channel.clone());
-    cas.batch_update_blobs(BatchUpdateBlobsRequest {
-        requests: [command, root, action]
-            .into_iter()
-            .map(|data| batch_update_blobs_request::Request {
-                digest: Some(digest(&data)),
-                data,
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut stream = ExecutionClient::new(channel.clone())
-        .execute(ExecuteRequest {
-            action_digest: Some(action_digest),
-            skip_cache_lookup: true,
-            ..Default::default()
-        })
+async fn run(client: &Client, image: &str, script: &str) -> (ExecuteResponse, String) {
+    let action = NewAction::sh(script)
+        .env("PATH", "/bin")
+        .property("container-image", image);
+    let action = client.upload_action(&action).await;
+    let response = tokio::time::timeout(Duration::from_secs(120), client.run(&action))
         .await
-        .unwrap()
-        .into_inner();
-    let response = loop {
-        let operation = tokio::time::timeout(Duration::from_secs(120), stream.message())
-            .await
-            .expect("the action ends")
-            .unwrap()
-            .expect("the stream goes on until the action is done");
-        if operation.done {
-            match operation.result {
-                Some(operation::Result::Response(any)) => {
-                    break ExecuteResponse::decode(any.value.as_slice()).unwrap()
-                }
-                other => panic!("a done operation without a response: {other:?}"),
-            }
-        }
-    };
-    let stdout = match response
-        .result
-        .as_ref()
-        .and_then(|r| r.stdout_digest.clone())
-    {
-        Some(d) => {
-            let read = cas
-                .batch_read_blobs(BatchReadBlobsRequest {
-                    digests: vec![d],
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            String::from_utf8(read.responses[0].data.clone()).unwrap()
-        }
-        None => String::new(),
-    };
+        .expect("the action ends");
+    let stdout = client.stdout(&response).await;
     (response, stdout)
 }
 
@@ -159,14 +70,6 @@ fn setup(test: &str) -> Option<(Registry, String, String, Farm, tempfile::TempDi
     Some((registry, image, manifest, farm, scratch))
 }
 
-async fn connect(farm: &Farm) -> Channel {
-    Channel::from_shared(format!("http://127.0.0.1:{}", farm.port))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_action_naming_a_registry_image_runs_in_it_and_not_on_the_host() {
     let Some((_registry, image, manifest, farm, _scratch)) =
@@ -174,7 +77,7 @@ async fn an_action_naming_a_registry_image_runs_in_it_and_not_on_the_host() {
     else {
         return;
     };
-    let channel = connect(&farm).await;
+    let client = Client::of(&farm);
     let script = format!(
         "cat /{}; cat /etc/layer2; test -e /etc/removed-by-layer2 || echo whiteout honoured; \
          for p in /etc/debian_version /usr/bin/python3 /lib /sbin; do \
@@ -182,7 +85,7 @@ async fn an_action_naming_a_registry_image_runs_in_it_and_not_on_the_host() {
         IMAGE_ONLY.0
     );
     let started = Instant::now();
-    let (response, stdout) = run(&channel, &image, &script).await;
+    let (response, stdout) = run(&client, &image, &script).await;
     let cold = started.elapsed();
     let status = response.status.clone().unwrap_or_default();
     assert_eq!(status.code, 0, "{status:?}\n{}", farm.logs());
@@ -197,19 +100,10 @@ async fn an_action_naming_a_registry_image_runs_in_it_and_not_on_the_host() {
         .server_logs
         .get("container-image.txt")
         .expect("the image log");
-    let mut cas = ContentAddressableStorageClient::new(channel.clone());
-    let read = cas
-        .batch_read_blobs(BatchReadBlobsRequest {
-            digests: vec![log.digest.clone().unwrap()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let log = String::from_utf8(read.responses[0].data.clone()).unwrap();
+    let log = String::from_utf8(client.read(log.digest.as_ref().unwrap()).await).unwrap();
     assert!(log.contains(&format!("digest: {manifest}")), "{log}");
     let started = Instant::now();
-    let (response, _) = run(&channel, &image, "true").await;
+    let (response, _) = run(&client, &image, "true").await;
     let warm = started.elapsed();
     assert_eq!(response.status.map_or(0, |s| s.code), 0);
     eprintln!("action in a registry image: cold (pull + unpack) {cold:?}, cached {warm:?}");
@@ -222,11 +116,11 @@ async fn escape_probes_fail_inside_a_registry_image_a_setuid_root_binary_include
     else {
         return;
     };
-    let channel = connect(&farm).await;
+    let client = Client::of(&farm);
     // As uid 0 inside (the default policy): mapped to an unprivileged
     // host id, with no capabilities.
     let (response, stdout) = run(
-        &channel,
+        &client,
         &image,
         "echo uid $(/suid/busybox id -u) owner $(stat -c %u:%a /suid/busybox); \
          /suid/busybox cat /etc/secret 2>&1 || echo SECRET-REFUSED; \
@@ -271,10 +165,10 @@ async fn an_unknown_tag_or_a_missing_image_fails_the_action_naming_both() {
     else {
         return;
     };
-    let channel = connect(&farm).await;
+    let client = Client::of(&farm);
     let missing = format!("docker://{}/corral/absent:1", registry.addr);
     for value in [image.replace(":1", ":2"), missing] {
-        let (response, _) = run(&channel, &value, "true").await;
+        let (response, _) = run(&client, &value, "true").await;
         let status = response.status.unwrap_or_default();
         assert_eq!(
             status.code,
@@ -299,7 +193,7 @@ async fn a_pulled_image_outlives_a_restart_and_runs_by_digest_without_the_regist
     else {
         return;
     };
-    let (response, _) = run(&connect(&farm).await, &image, "true").await;
+    let (response, _) = run(&Client::of(&farm), &image, "true").await;
     assert_eq!(response.status.map_or(0, |s| s.code), 0, "{}", farm.logs());
     let started = Instant::now();
     let farm = farm.restart();
@@ -312,8 +206,8 @@ async fn a_pulled_image_outlives_a_restart_and_runs_by_digest_without_the_regist
         "{}@{manifest}",
         image.strip_suffix(":1").expect("the tag the test pushed")
     );
-    let channel = connect(&farm).await;
-    let (response, stdout) = run(&channel, &by_digest, &format!("cat /{}", IMAGE_ONLY.0)).await;
+    let client = Client::of(&farm);
+    let (response, stdout) = run(&client, &by_digest, &format!("cat /{}", IMAGE_ONLY.0)).await;
     let status = response.status.clone().unwrap_or_default();
     assert_eq!(status.code, 0, "{status:?}\n{}", farm.logs());
     assert_eq!(stdout, IMAGE_ONLY.1, "{}", farm.logs());
@@ -321,15 +215,7 @@ async fn a_pulled_image_outlives_a_restart_and_runs_by_digest_without_the_regist
         .server_logs
         .get("container-image.txt")
         .expect("the image log");
-    let read = ContentAddressableStorageClient::new(channel.clone())
-        .batch_read_blobs(BatchReadBlobsRequest {
-            digests: vec![log.digest.clone().unwrap()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let log = String::from_utf8(read.responses[0].data.clone()).unwrap();
+    let log = String::from_utf8(client.read(log.digest.as_ref().unwrap()).await).unwrap();
     assert!(log.contains("pulled: no, cached"), "{log}");
 }
 
@@ -467,11 +353,7 @@ fn bazel_builds_the_cpp_workspace_in_an_image_from_the_registry() {
             .current_dir(workspace.path())
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = corral_e2e::output_text(&out);
         (out.status.success(), text)
     };
     let (ok, build) = bazel(&["build", "//...", "//image:in_image"]);
