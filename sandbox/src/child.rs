@@ -1,8 +1,8 @@
 //! The code that runs in the sandbox's processes, between fork and exec.
 //!
 //! Three processes, each in its own role:
-//! 1. **setup** (forked by the caller): creates the user, mount, pid,
-//!    network, ipc and uts namespaces, waits for the caller to write its
+//! 1. **setup** (forked by the caller): joins the action's cgroup (v1),
+//!    creates the user, mount, pid, network, ipc and uts namespaces, waits for the caller to write its
 //!    id maps and put it in the cgroup, takes the sandbox's ids, enters a
 //!    cgroup namespace, and forks
 //! 2. **init** (pid 1 of the new pid namespace): builds the file system
@@ -32,6 +32,9 @@ use crate::sys::{self, Fork, WaitStatus};
 /// Everything the sandbox's processes need, prepared by the caller.
 pub struct Plan<'a> {
     pub namespaces: libc::c_int,
+    /// Files the setup process writes "0" to, to join the action's cgroup
+    /// itself (v1 `tasks`); empty: the caller moves it (v2, or none).
+    pub cgroup_tasks: Vec<std::path::PathBuf>,
     /// The host ids to take before creating the user namespace (as
     /// root), so that it is owned, and its counters charged, per run.
     pub creator: Option<crate::ids::HostIds>,
@@ -71,6 +74,15 @@ pub struct Fds<'a> {
 
 /// Process 1: namespaces, ids, then the init process.
 pub fn setup(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
+    // First, before anything else is made, so every process of the sandbox is
+    // in the group: this process moves itself (single-threaded, so the
+    // thread is the process), which costs the kernel far less than the
+    // caller moving it (see `cgroup::v1::Group::self_join_files`).
+    for tasks in &plan.cgroup_tasks {
+        if let Err(e) = std::fs::write(tasks, "0") {
+            fail(fds.report, Stage::JoinCgroup, &e);
+        }
+    }
     // Everything else the caller had open came along with fork: other
     // runs' pipes among them, which must not stay open for as long as
     // this action lives (their reader would wait for this one to end).
@@ -130,8 +142,9 @@ pub fn setup(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
     }
     // The kernel cleared the parent-death signal when the ids changed.
     tie_to_caller(report, plan.caller);
-    // Entered after the caller moved us into the action's cgroup, so that
-    // group is the root of the action's view.
+    // Entered once in the action's cgroup (joined above on v1, moved by
+    // the caller before the go on v2), so that group is the root of the
+    // action's view.
     if let Err(e) = sys::unshare(libc::CLONE_NEWCGROUP) {
         fail(report, Stage::UnshareCgroup, &e);
     }

@@ -49,10 +49,11 @@ pub enum Stage {
     OpenInputRoot,
     WaitForWatch,
     TakeImage,
+    JoinCgroup,
 }
 
 impl Stage {
-    const ALL: [Stage; 35] = [
+    const ALL: [Stage; 36] = [
         Stage::Unshare,
         Stage::WaitForMaps,
         Stage::SetIds,
@@ -88,6 +89,7 @@ impl Stage {
         Stage::OpenInputRoot,
         Stage::WaitForWatch,
         Stage::TakeImage,
+        Stage::JoinCgroup,
     ];
 
     fn from_i32(value: i32) -> Option<Stage> {
@@ -133,6 +135,7 @@ impl fmt::Display for Stage {
             Stage::OpenInputRoot => "opening the input root",
             Stage::WaitForWatch => "waiting for the caller to watch the mounts",
             Stage::TakeImage => "taking the image's entries",
+            Stage::JoinCgroup => "joining the action's cgroup",
         };
         f.write_str(text)
     }
