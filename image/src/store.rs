@@ -36,8 +36,9 @@ use crate::unpack::{Budget, Tree};
 
 /// The file in an entry's directory that records its size in bytes
 /// (as the cache's bound counts them), written before the entry is
-/// renamed into place: an entry that has it is complete.
-const SIZE_RECORD: &str = "bytes";
+/// renamed into place: an entry that has it is complete. Public for the
+/// pull bench, which lays out stores to time the rescan.
+pub const SIZE_RECORD: &str = "bytes";
 
 /// A pull, shared by the actions that asked for its digest meanwhile.
 type Pull = Arc<OnceCell<Result<(), Arc<Error>>>>;
@@ -871,26 +872,5 @@ pub(crate) mod tests {
         assert!(!smaller.get(&by_digest[0].0).await.unwrap().pulled);
         let err = smaller.get(&by_digest[1].0).await.unwrap_err();
         assert!(crate::tests::chain(&err).contains("not found"), "{err:?}");
-    }
-
-    /// The rescan's cost at a worker's start, for docs/benchmarks.md:
-    /// `cargo test --release -p corral-image rescan_cost -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn rescan_cost() {
-        let dir = tempfile::tempdir().unwrap();
-        for count in [10, 100, 1000] {
-            let images = dir.path().join(format!("images-{count}"));
-            for i in 0..count {
-                let entry = images.join(Digest::of(format!("{i}").as_bytes()).hex());
-                std::fs::create_dir_all(entry.join("rootfs/usr/bin")).unwrap();
-                std::fs::write(entry.join(SIZE_RECORD), "1000000").unwrap();
-            }
-            let started = std::time::Instant::now();
-            let found = rescan(&images, u64::MAX).unwrap();
-            let took = started.elapsed();
-            assert_eq!(found.kept, count);
-            eprintln!("rescan of {count} images: {took:?}");
-        }
     }
 }
