@@ -58,11 +58,7 @@ impl Bazel {
             .current_dir(self.workspace.path())
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = corral_e2e::output_text(&out);
         (out.status.success(), text)
     }
 
@@ -96,17 +92,6 @@ impl Bazel {
     }
 }
 
-/// Stops `farm` with SIGINT and checks it exited cleanly, leaving no
-/// process behind.
-fn assert_stops_cleanly(farm: &mut Farm) {
-    assert!(farm.stop().success(), "corral up did not exit cleanly");
-    let leftovers = farm.leftover_processes();
-    assert!(
-        leftovers.is_empty(),
-        "processes outlived corral up: {leftovers:?}"
-    );
-}
-
 #[test]
 fn bazel_uses_the_farm_as_a_remote_cache() {
     if !bazel::available("bazel_uses_the_farm_as_a_remote_cache") {
@@ -137,7 +122,7 @@ fn bazel_uses_the_farm_as_a_remote_cache() {
 
     let (ok, test) = bazel.run(&["test", &cache, "//:greet_test"]);
     assert!(ok, "bazel test failed\n{test}");
-    assert_stops_cleanly(&mut farm);
+    farm.assert_stops_cleanly();
 }
 
 #[test]
@@ -202,7 +187,7 @@ fn bazel_executes_remotely_on_the_farm() {
         "the connection failed for another reason than the sandbox\n{network}"
     );
 
-    assert_stops_cleanly(&mut farm);
+    farm.assert_stops_cleanly();
 }
 
 #[test]
@@ -231,7 +216,7 @@ fn an_unprivileged_farm_executes_remotely_and_says_what_it_cannot_enforce() {
         shadow.contains("/etc/shadow: Permission denied"),
         "the read failed for another reason than the sandbox\n{shadow}"
     );
-    assert_stops_cleanly(&mut farm);
+    farm.assert_stops_cleanly();
 }
 
 #[test]
@@ -294,5 +279,5 @@ fn bazel_builds_over_tls_with_the_certificate_or_the_token_and_not_without() {
         refused.contains("UNAUTHENTICATED"),
         "Bazel shows UNAUTHENTICATED\n{refused}"
     );
-    assert_stops_cleanly(&mut farm);
+    farm.assert_stops_cleanly();
 }

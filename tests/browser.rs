@@ -14,92 +14,34 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use corral_e2e::reapi::{Client, NewAction};
 use corral_e2e::Farm;
 use corral_proto::longrunning::Operation;
-use corral_proto::reapi::command::EnvironmentVariable;
-use corral_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
-use corral_proto::reapi::execution_client::ExecutionClient;
-use corral_proto::reapi::platform::Property;
-use corral_proto::reapi::{
-    batch_update_blobs_request, Action, BatchUpdateBlobsRequest, Command as ReapiCommand, Digest,
-    Directory, ExecuteRequest, Platform,
-};
-use prost::Message;
-use sha2::Digest as _;
-use tonic::transport::Channel;
+use corral_proto::reapi::Digest;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// One page load, start-up included; a hang must not eat CI's time.
 const PAGE_LIMIT: Duration = Duration::from_secs(60);
 
-fn digest(data: &[u8]) -> Digest {
-    Digest {
-        hash: hex::encode(sha2::Sha256::digest(data)),
-        size_bytes: data.len() as i64,
-    }
-}
-
-/// Uploads `arguments` as an action with an empty input root, for
-/// `platform` (none when empty); returns its digest.
-async fn upload_action(channel: &Channel, arguments: &[&str], platform: &[(&str, &str)]) -> Digest {
-    let command = ReapiCommand {
-        arguments: arguments.iter().map(|a| (*a).to_owned()).collect(),
-        environment_variables: vec![EnvironmentVariable {
-            name: "PATH".into(),
-            value: "/usr/bin:/bin".into(),
-        }],
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let root = Directory::default().encode_to_vec();
-    let action = Action {
-        command_digest: Some(digest(&command)),
-        input_root_digest: Some(digest(&root)),
-        do_not_cache: true,
-        platform: (!platform.is_empty()).then(|| Platform {
-            properties: platform
-                .iter()
-                .map(|(name, value)| Property {
-                    name: (*name).to_owned(),
-                    value: (*value).to_owned(),
-                })
-                .collect(),
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let action_digest = digest(&action);
-    let requests = [command, root, action]
-        .into_iter()
-        .map(|data| batch_update_blobs_request::Request {
-            digest: Some(digest(&data)),
-            data,
-            ..Default::default()
+/// Uploads `arguments` as an action (PATH set) for `platform` (none when
+/// empty) and starts executing it: its digest, the stream, and the
+/// operation's name.
+async fn start(
+    client: &Client,
+    arguments: &[&str],
+    platform: &[(&str, &str)],
+) -> (Digest, tonic::Streaming<Operation>, String) {
+    let action = platform
+        .iter()
+        .fold(NewAction::new(arguments), |a, (name, value)| {
+            a.property(name, value)
         })
-        .collect();
-    ContentAddressableStorageClient::new(channel.clone())
-        .batch_update_blobs(BatchUpdateBlobsRequest {
-            requests,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    action_digest
-}
-
-/// Starts executing `digest`: the stream, and the operation's name.
-async fn execute(channel: &Channel, digest: &Digest) -> (tonic::Streaming<Operation>, String) {
-    let mut stream = ExecutionClient::new(channel.clone())
-        .execute(ExecuteRequest {
-            action_digest: Some(digest.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+        .env("PATH", "/usr/bin:/bin");
+    let digest = client.upload_action(&action).await;
+    let mut stream = client.start(&digest).await;
     let first = stream.message().await.unwrap().unwrap();
-    (stream, first.name)
+    (digest, stream, first.name)
 }
 
 /// Chromium renders `url`: the DOM it built, and a screenshot at `png`.
@@ -156,23 +98,18 @@ async fn the_web_ui_shows_queues_workers_operations_and_actions_in_a_browser() {
         return;
     }
     let farm = Farm::start();
-    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", farm.port))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let finished = upload_action(
-        &channel,
+    let client = Client::of(&farm);
+    let (finished, mut stream, finished_name) = start(
+        &client,
         &["/bin/sh", "-c", "echo built; true '<i>x</i>'"],
         &[],
     )
     .await;
-    let (mut stream, finished_name) = execute(&channel, &finished).await;
     while stream.message().await.unwrap().is_some() {}
-    let executing = upload_action(&channel, &["/bin/sh", "-c", "sleep 30"], &[]).await;
-    let (_executing_stream, executing_name) = execute(&channel, &executing).await;
-    let queued = upload_action(&channel, &["sw_vers"], &[("OSFamily", "macos")]).await;
-    let (_queued_stream, queued_name) = execute(&channel, &queued).await;
+    let (_, _executing_stream, executing_name) =
+        start(&client, &["/bin/sh", "-c", "sleep 30"], &[]).await;
+    let (_, _queued_stream, queued_name) =
+        start(&client, &["sw_vers"], &[("OSFamily", "macos")]).await;
     // The worker takes the executing action within its next poll.
     tokio::time::sleep(Duration::from_secs(1)).await;
 

@@ -31,6 +31,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use corral_e2e::test_python;
+
 #[path = "deploy/capabilities.rs"]
 mod capabilities;
 #[path = "deploy/configs.rs"]
@@ -43,10 +45,6 @@ mod systemd;
 mod traced_farm;
 #[path = "deploy/unit_emulation.rs"]
 mod unit_emulation;
-
-/// The venv's Python (scripts/test.sh sets it), with kubernetes-validate
-/// and PyYAML.
-const PYTHON_VARIABLE: &str = "CORRAL_TEST_PYTHON";
 
 /// The daemons, by the name of their config file and unit.
 const DAEMONS: [&str; 4] = ["storage", "scheduler", "worker", "runner"];
@@ -74,17 +72,6 @@ fn directive<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
     unit.lines()
         .filter_map(|line| line.strip_prefix(key)?.strip_prefix('='))
         .collect()
-}
-
-fn python(test: &str) -> Option<PathBuf> {
-    let python = std::env::var_os(PYTHON_VARIABLE).map(PathBuf::from);
-    if python.is_none() {
-        corral_testkit::skip(
-            test,
-            &format!("{PYTHON_VARIABLE} is not set (scripts/test.sh makes the venv and sets it)"),
-        );
-    }
-    python
 }
 
 /// Every leaf of `value` by its dotted path (`slots[0].runner`).

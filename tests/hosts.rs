@@ -284,17 +284,10 @@ fn parent(pid: u32) -> Option<u32> {
 
 /// Processes whose command line contains `marker`.
 fn processes_with(marker: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
+    corral_e2e::processes::running()
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            String::from_utf8_lossy(&cmdline)
-                .contains(marker)
-                .then_some(pid)
-        })
+        .filter(|p| p.command_line().contains(marker))
+        .map(|p| p.pid)
         .collect()
 }
 
@@ -499,11 +492,7 @@ fn a_farm_across_hosts_over_tls_builds_green_when_a_worker_is_killed_mid_build()
         .build(&farm, &[&address, &port, "//probes:reach_address"])
         .output()
         .unwrap();
-    let probe_output = format!(
-        "{}{}",
-        String::from_utf8_lossy(&probe.stdout),
-        String::from_utf8_lossy(&probe.stderr)
-    );
+    let probe_output = corral_e2e::output_text(&probe);
     assert!(
         !probe.status.success(),
         "an action reached storage's host\n{probe_output}"

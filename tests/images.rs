@@ -14,113 +14,24 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use corral_e2e::reapi::{Client, NewAction};
 use corral_e2e::Farm;
-use corral_proto::longrunning::operation;
-use corral_proto::reapi::command::EnvironmentVariable;
-use corral_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
-use corral_proto::reapi::execution_client::ExecutionClient;
-use corral_proto::reapi::platform::Property;
-use corral_proto::reapi::{
-    batch_update_blobs_request, Action, BatchReadBlobsRequest, BatchUpdateBlobsRequest,
-    Command as ReapiCommand, Digest, Directory, ExecuteRequest, ExecuteResponse, Platform,
-};
+use corral_proto::reapi::ExecuteResponse;
 use corral_testkit::images::{
     busybox_tree, oci_layout, push_layout, Registry, IMAGE_ONLY, REGISTRY,
 };
-use prost::Message;
-use sha2::Digest as _;
-use tonic::transport::Channel;
-
-fn digest(data: &[u8]) -> Digest {
-    Digest {
-        hash: hex::encode(sha2::Sha256::digest(data)),
-        size_bytes: data.len() as i64,
-    }
-}
 
 /// Runs `script` with busybox's sh in `image` (an empty input root, the
 /// result never cached); the response and its stdout.
-async fn run(channel: &Channel, image: &str, script: &str) -> (ExecuteResponse, String) {
-    let command = ReapiCommand {
-        arguments: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        environment_variables: vec![EnvironmentVariable {
-            name: "PATH".into(),
-            value: "/bin".into(),
-        }],
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let root = Directory::default().encode_to_vec();
-    let action = Action {
-        command_digest: Some(digest(&command)),
-        input_root_digest: Some(digest(&root)),
-        do_not_cache: true,
-        platform: Some(Platform {
-            properties: vec![Property {
-                name: "container-image".into(),
-                value: image.into(),
-            }],
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let action_digest = digest(&action);
-    let mut cas = ContentAddressableStorageClient::new(channel.clone());
-    cas.batch_update_blobs(BatchUpdateBlobsRequest {
-        requests: [command, root, action]
-            .into_iter()
-            .map(|data| batch_update_blobs_request::Request {
-                digest: Some(digest(&data)),
-                data,
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut stream = ExecutionClient::new(channel.clone())
-        .execute(ExecuteRequest {
-            action_digest: Some(action_digest),
-            skip_cache_lookup: true,
-            ..Default::default()
-        })
+async fn run(client: &Client, image: &str, script: &str) -> (ExecuteResponse, String) {
+    let action = NewAction::sh(script)
+        .env("PATH", "/bin")
+        .property("container-image", image);
+    let action = client.upload_action(&action).await;
+    let response = tokio::time::timeout(Duration::from_secs(120), client.run(&action))
         .await
-        .unwrap()
-        .into_inner();
-    let response = loop {
-        let operation = tokio::time::timeout(Duration::from_secs(120), stream.message())
-            .await
-            .expect("the action ends")
-            .unwrap()
-            .expect("the stream goes on until the action is done");
-        if operation.done {
-            match operation.result {
-                Some(operation::Result::Response(any)) => {
-                    break ExecuteResponse::decode(any.value.as_slice()).unwrap()
-                }
-                other => panic!("a done operation without a response: {other:?}"),
-            }
-        }
-    };
-    let stdout = match response
-        .result
-        .as_ref()
-        .and_then(|r| r.stdout_digest.clone())
-    {
-        Some(d) => {
-            let read = cas
-                .batch_read_blobs(BatchReadBlobsRequest {
-                    digests: vec![d],
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            String::from_utf8(read.responses[0].data.clone()).unwrap()
-        }
-        None => String::new(),
-    };
+        .expect("the action ends");
+    let stdout = client.stdout(&response).await;
     (response, stdout)
 }
 
@@ -144,19 +55,19 @@ fn setup(test: &str) -> Option<(Registry, String, String, Farm, tempfile::TempDi
     let registry = Registry::start();
     push_layout(registry.addr, &layout, "corral/busybox", "1");
     let image = format!("docker://{}/corral/busybox:1", registry.addr);
+    // Its data directory is 0700, closed to the actions' ids, like one
+    // under /root: the sandbox takes the image's entries before it
+    // becomes the action's id, so image actions run from there.
     let farm = Farm::start();
-    // The sandbox opens the image's entries as the action's id: the data
-    // directory must be searchable (the runner says so otherwise).
-    std::fs::set_permissions(farm.data_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(
+        std::fs::metadata(farm.data_dir.path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
     Some((registry, image, manifest, farm, scratch))
-}
-
-async fn connect(farm: &Farm) -> Channel {
-    Channel::from_shared(format!("http://127.0.0.1:{}", farm.port))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -166,7 +77,7 @@ async fn an_action_naming_a_registry_image_runs_in_it_and_not_on_the_host() {
     else {
         return;
     };
-    let channel = connect(&farm).await;
+    let client = Client::of(&farm);
     let script = format!(
         "cat /{}; cat /etc/layer2; test -e /etc/removed-by-layer2 || echo whiteout honoured; \
          for p in /etc/debian_version /usr/bin/python3 /lib /sbin; do \
@@ -174,7 +85,7 @@ async fn an_action_naming_a_registry_image_runs_in_it_and_not_on_the_host() {
         IMAGE_ONLY.0
     );
     let started = Instant::now();
-    let (response, stdout) = run(&channel, &image, &script).await;
+    let (response, stdout) = run(&client, &image, &script).await;
     let cold = started.elapsed();
     let status = response.status.clone().unwrap_or_default();
     assert_eq!(status.code, 0, "{status:?}\n{}", farm.logs());
@@ -189,19 +100,10 @@ async fn an_action_naming_a_registry_image_runs_in_it_and_not_on_the_host() {
         .server_logs
         .get("container-image.txt")
         .expect("the image log");
-    let mut cas = ContentAddressableStorageClient::new(channel.clone());
-    let read = cas
-        .batch_read_blobs(BatchReadBlobsRequest {
-            digests: vec![log.digest.clone().unwrap()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let log = String::from_utf8(read.responses[0].data.clone()).unwrap();
+    let log = String::from_utf8(client.read(log.digest.as_ref().unwrap()).await).unwrap();
     assert!(log.contains(&format!("digest: {manifest}")), "{log}");
     let started = Instant::now();
-    let (response, _) = run(&channel, &image, "true").await;
+    let (response, _) = run(&client, &image, "true").await;
     let warm = started.elapsed();
     assert_eq!(response.status.map_or(0, |s| s.code), 0);
     eprintln!("action in a registry image: cold (pull + unpack) {cold:?}, cached {warm:?}");
@@ -214,11 +116,11 @@ async fn escape_probes_fail_inside_a_registry_image_a_setuid_root_binary_include
     else {
         return;
     };
-    let channel = connect(&farm).await;
+    let client = Client::of(&farm);
     // As uid 0 inside (the default policy): mapped to an unprivileged
     // host id, with no capabilities.
     let (response, stdout) = run(
-        &channel,
+        &client,
         &image,
         "echo uid $(/suid/busybox id -u) owner $(stat -c %u:%a /suid/busybox); \
          /suid/busybox cat /etc/secret 2>&1 || echo SECRET-REFUSED; \
@@ -263,10 +165,10 @@ async fn an_unknown_tag_or_a_missing_image_fails_the_action_naming_both() {
     else {
         return;
     };
-    let channel = connect(&farm).await;
+    let client = Client::of(&farm);
     let missing = format!("docker://{}/corral/absent:1", registry.addr);
     for value in [image.replace(":1", ":2"), missing] {
-        let (response, _) = run(&channel, &value, "true").await;
+        let (response, _) = run(&client, &value, "true").await;
         let status = response.status.unwrap_or_default();
         assert_eq!(
             status.code,
@@ -279,6 +181,42 @@ async fn an_unknown_tag_or_a_missing_image_fails_the_action_naming_both() {
             status.message
         );
     }
+}
+
+/// The image store outlives the worker: after a restart, with the
+/// registry gone, an action naming the pulled image by digest runs from
+/// the store (the worker kept the complete image and indexed it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pulled_image_outlives_a_restart_and_runs_by_digest_without_the_registry() {
+    let Some((registry, image, manifest, farm, _scratch)) =
+        setup("a_pulled_image_outlives_a_restart_and_runs_by_digest_without_the_registry")
+    else {
+        return;
+    };
+    let (response, _) = run(&Client::of(&farm), &image, "true").await;
+    assert_eq!(response.status.map_or(0, |s| s.code), 0, "{}", farm.logs());
+    let started = Instant::now();
+    let farm = farm.restart();
+    eprintln!(
+        "corral up restarted with one image in the store in {:?}",
+        started.elapsed()
+    );
+    drop(registry);
+    let by_digest = format!(
+        "{}@{manifest}",
+        image.strip_suffix(":1").expect("the tag the test pushed")
+    );
+    let client = Client::of(&farm);
+    let (response, stdout) = run(&client, &by_digest, &format!("cat /{}", IMAGE_ONLY.0)).await;
+    let status = response.status.clone().unwrap_or_default();
+    assert_eq!(status.code, 0, "{status:?}\n{}", farm.logs());
+    assert_eq!(stdout, IMAGE_ONLY.1, "{}", farm.logs());
+    let log = response
+        .server_logs
+        .get("container-image.txt")
+        .expect("the image log");
+    let log = String::from_utf8(client.read(log.digest.as_ref().unwrap()).await).unwrap();
+    assert!(log.contains("pulled: no, cached"), "{log}");
 }
 
 /// Packages whose files make the compiler image: a C/C++ toolchain and
@@ -415,11 +353,7 @@ fn bazel_builds_the_cpp_workspace_in_an_image_from_the_registry() {
             .current_dir(workspace.path())
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = corral_e2e::output_text(&out);
         (out.status.success(), text)
     };
     let (ok, build) = bazel(&["build", "//...", "//image:in_image"]);

@@ -3,8 +3,9 @@
 //! the `[[test]]` targets beside this file; this library holds what they
 //! share: starting `corral up` on a free port and stopping it cleanly,
 //! Bazel's workspace and TLS set-up ([`bazel`]), test hosts on a
-//! bridge of network namespaces ([`network`]), and daemons started one by
-//! one with their logs ([`processes`]).
+//! bridge of network namespaces ([`network`]), daemons started one by
+//! one with their logs ([`processes`]), and a small REAPI client
+//! ([`reapi`]).
 
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,8 @@ pub mod bazel;
 pub mod network;
 #[path = "lib/processes.rs"]
 pub mod processes;
+#[path = "lib/reapi.rs"]
+pub mod reapi;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -35,6 +38,33 @@ pub fn corral_binary() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// What a finished command printed: its stdout, then its stderr.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The variable naming the Python of the venv scripts/test.sh makes
+/// (tests/python/requirements.txt: grpcio, grpcio-tools,
+/// kubernetes-validate, PyYAML).
+const PYTHON_VARIABLE: &str = "CORRAL_TEST_PYTHON";
+
+/// The test venv's Python; `None` (the skip said why, for `test`) when
+/// [`PYTHON_VARIABLE`] is not set.
+pub fn test_python(test: &str) -> Option<PathBuf> {
+    let python = std::env::var_os(PYTHON_VARIABLE).map(PathBuf::from);
+    if python.is_none() {
+        corral_testkit::skip(
+            test,
+            &format!("{PYTHON_VARIABLE} is not set (scripts/test.sh makes the venv and sets it)"),
+        );
+    }
+    python
 }
 
 /// A port nothing listens on right now.
@@ -93,7 +123,7 @@ impl Farm {
     /// Like [`start`](Self::start), with another `corral` binary than the
     /// one built next to the test (a bench's baseline build).
     pub fn start_binary(binary: &Path) -> Farm {
-        Self::start_from(binary.to_owned(), None, None, &[])
+        Self::start_in(binary.to_owned(), None, false, None, &[])
     }
 
     /// Like [`start`](Self::start), run by the unprivileged user `nobody`
@@ -125,19 +155,30 @@ impl Farm {
     }
 
     fn start_as(secure: Option<tempfile::TempDir>, user: Option<u32>, args: &[&str]) -> Farm {
-        Self::start_from(corral_binary(), secure, user, args)
+        let is_secure = secure.is_some();
+        Self::start_in(corral_binary(), secure, is_secure, user, args)
     }
 
-    fn start_from(
+    /// Stops `corral up` (SIGINT) and starts it again, on new ports, with
+    /// the same data directory: what a restart of the machine's service
+    /// keeps (storage, the worker's image store) is there.
+    pub fn restart(mut self) -> Farm {
+        processes::interrupt(&mut self.child);
+        let placeholder = tempfile::tempdir().expect("temp dir");
+        let data_dir = std::mem::replace(&mut self.data_dir, placeholder);
+        Self::start_in(corral_binary(), Some(data_dir), self.secure, None, &[])
+    }
+
+    fn start_in(
         mut binary: PathBuf,
-        secure: Option<tempfile::TempDir>,
+        data_dir: Option<tempfile::TempDir>,
+        is_secure: bool,
         user: Option<u32>,
         args: &[&str],
     ) -> Farm {
         let port = free_port();
         let metrics_port = free_port();
-        let is_secure = secure.is_some();
-        let data_dir = secure.unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
+        let data_dir = data_dir.unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
         // Closed to other users, like /root or `mktemp -d`: the farm must
         // work from there (the sandbox's id cannot search it).
         std::fs::set_permissions(
@@ -230,16 +271,12 @@ impl Farm {
     /// directory (its runner, or sandboxes), other than `corral up`.
     pub fn leftover_processes(&self) -> Vec<String> {
         let data = self.data_dir.path().to_string_lossy().into_owned();
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            let is_up = entry.file_name().to_string_lossy() == self.child.id().to_string();
-            if cmdline.contains(&data) && !is_up {
-                found.push(cmdline);
-            }
-        }
-        found
+        processes::running()
+            .into_iter()
+            .filter(|p| p.pid != self.child.id())
+            .map(|p| p.command_line())
+            .filter(|line| line.contains(&data))
+            .collect()
     }
 
     /// Sends `signal` (`TERM`, `INT`, …) to `corral up`.
@@ -265,34 +302,32 @@ impl Farm {
         }
     }
 
-    /// Sends SIGINT and waits for a clean exit; returns the exit status.
+    /// Sends SIGINT (SIGKILL past 20 s) and waits for the exit; returns
+    /// the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        self.interrupt()
+        processes::interrupt(&mut self.child).expect("reap corral up")
     }
 
-    fn interrupt(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                return self.child.wait().expect("reap corral up");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    /// Stops the farm ([`stop`](Self::stop)) and asserts it exited 0,
+    /// leaving no process of its own behind.
+    pub fn assert_stops_cleanly(&mut self) {
+        let status = self.stop();
+        assert!(
+            status.success(),
+            "corral up did not exit cleanly ({status})\n{}",
+            self.logs()
+        );
+        let leftovers = self.leftover_processes();
+        assert!(
+            leftovers.is_empty(),
+            "processes outlived corral up: {leftovers:?}"
+        );
     }
 }
 
 impl Drop for Farm {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.interrupt();
-        }
+        processes::interrupt(&mut self.child);
     }
 }
 
@@ -587,29 +622,13 @@ impl SplitFarm {
         }
         text
     }
-
-    /// SIGINT to `daemon`, SIGKILL if it has not exited within 20 s.
-    fn interrupt(child: &mut Child) {
-        let _ = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !matches!(child.try_wait(), Ok(Some(_))) {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 impl Drop for SplitFarm {
     fn drop(&mut self) {
         // The reverse of the start order: the worker first, storage last.
         for child in self.children.iter_mut().rev().flatten() {
-            Self::interrupt(child);
+            processes::interrupt(child);
         }
     }
 }

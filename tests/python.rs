@@ -14,11 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use corral_e2e::Farm;
-
-/// The Python to run the client with: a venv's, with grpcio and
-/// grpcio-tools installed (tests/python/requirements.txt).
-const PYTHON_VARIABLE: &str = "CORRAL_TEST_PYTHON";
+use corral_e2e::{test_python, Farm};
 
 /// Where the client finds the farm (host:port).
 const ENDPOINT_VARIABLE: &str = "CORRAL_TEST_ENDPOINT";
@@ -41,17 +37,6 @@ const PROTOS: &[&str] = &[
 /// Every call the client makes has its own 60 s deadline and the whole
 /// suite takes seconds; this only keeps a hang from eating CI's time.
 const SUITE_LIMIT: Duration = Duration::from_secs(300);
-
-fn python(test: &str) -> Option<PathBuf> {
-    let python = std::env::var_os(PYTHON_VARIABLE).map(PathBuf::from);
-    if python.is_none() {
-        corral_testkit::skip(
-            test,
-            &format!("{PYTHON_VARIABLE} is not set (scripts/test.sh makes the venv and sets it)"),
-        );
-    }
-    python
-}
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -149,7 +134,7 @@ fn run_suite(
 #[test]
 fn a_python_reapi_client_drives_the_farm() {
     let test = "a_python_reapi_client_drives_the_farm";
-    let Some(python) = python(test) else {
+    let Some(python) = test_python(test) else {
         return;
     };
     let mut farm = Farm::start();
@@ -206,12 +191,7 @@ fn a_python_reapi_client_drives_the_farm() {
         "{page}"
     );
 
-    assert!(farm.stop().success(), "corral up did not exit cleanly");
-    let leftovers = farm.leftover_processes();
-    assert!(
-        leftovers.is_empty(),
-        "processes outlived corral up: {leftovers:?}"
-    );
+    farm.assert_stops_cleanly();
 }
 
 /// Two tenants known by their tokens' `sub`, each on its own instance
@@ -271,7 +251,7 @@ fn worker_slots(logs: &str) -> usize {
 #[test]
 fn a_python_client_is_held_to_each_tenants_grants() {
     let test = "a_python_client_is_held_to_each_tenants_grants";
-    let Some(python) = python(test) else {
+    let Some(python) = test_python(test) else {
         return;
     };
     let mut farm = Farm::start_secure(Some(TENANT_GRANTS));
@@ -330,12 +310,7 @@ fn a_python_client_is_held_to_each_tenants_grants() {
         "the farm did not send unknown_ca for the other CA's certificate\n{output}"
     );
 
-    assert!(farm.stop().success(), "corral up did not exit cleanly");
-    let leftovers = farm.leftover_processes();
-    assert!(
-        leftovers.is_empty(),
-        "processes outlived corral up: {leftovers:?}"
-    );
+    farm.assert_stops_cleanly();
 }
 
 #[test]

@@ -16,15 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use corral_e2e::reapi::{until_done, Client, NewAction};
 use corral_e2e::{Farm, SplitFarm};
-use corral_proto::longrunning::operation;
-use corral_proto::reapi::batch_update_blobs_request::Request as UploadRequest;
-use corral_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
-use corral_proto::reapi::execution_client::ExecutionClient;
-use corral_proto::reapi::{
-    Action, BatchUpdateBlobsRequest, Command, Digest, Directory, ExecuteRequest, ExecuteResponse,
-    RequestMetadata,
-};
+use corral_proto::reapi::{ExecuteRequest, ExecuteResponse, RequestMetadata};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -33,8 +27,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use prost::Message;
-use sha2::Digest as _;
-use tonic::transport::Channel;
 
 /// The header REAPI clients send their RequestMetadata in.
 const REQUEST_METADATA_HEADER: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
@@ -145,13 +137,6 @@ async fn collector(port: u16) -> FakeCollector {
     }
 }
 
-fn digest_of(data: &[u8]) -> Digest {
-    Digest {
-        hash: hex::encode(sha2::Sha256::digest(data)),
-        size_bytes: data.len() as i64,
-    }
-}
-
 /// Uploads an action running `script` to `storage` and executes it at
 /// `scheduler` with RequestMetadata naming `invocation` and `mnemonic`;
 /// returns the response.
@@ -161,37 +146,10 @@ async fn execute(
     invocation: &str,
     mnemonic: &str,
 ) -> ExecuteResponse {
-    let channel = |url: String| Channel::from_shared(url).unwrap().connect_lazy();
-    let command = Command {
-        arguments: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let root = Directory::default().encode_to_vec();
-    let action = Action {
-        command_digest: Some(digest_of(&command)),
-        input_root_digest: Some(digest_of(&root)),
-        do_not_cache: true,
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let requests = [&command, &root, &action]
-        .iter()
-        .map(|data| UploadRequest {
-            digest: Some(digest_of(data)),
-            data: data.to_vec(),
-            ..Default::default()
-        })
-        .collect();
-    ContentAddressableStorageClient::new(channel(storage))
-        .batch_update_blobs(BatchUpdateBlobsRequest {
-            requests,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let client = Client::new(&storage, &scheduler);
+    let action = client.upload_action(&NewAction::sh(script)).await;
     let mut request = tonic::Request::new(ExecuteRequest {
-        action_digest: Some(digest_of(&action)),
+        action_digest: Some(action),
         ..Default::default()
     });
     let metadata = RequestMetadata {
@@ -203,17 +161,8 @@ async fn execute(
         REQUEST_METADATA_HEADER,
         tonic::metadata::MetadataValue::from_bytes(&metadata.encode_to_vec()),
     );
-    let mut stream = ExecutionClient::new(channel(scheduler))
-        .execute(request)
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(operation) = stream.message().await.unwrap() {
-        if let Some(operation::Result::Response(any)) = operation.result {
-            return ExecuteResponse::decode(any.value.as_slice()).unwrap();
-        }
-    }
-    panic!("the Execute stream ended without a response");
+    let mut stream = client.execute(request).await.unwrap();
+    until_done(&mut stream).await
 }
 
 /// The spans of `trace` once every name in `wanted` (`(service, span

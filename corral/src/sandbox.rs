@@ -118,8 +118,11 @@ fn run_one(
     print: Print,
     argv: Vec<OsString>,
 ) -> anyhow::Result<ExitCode> {
-    let policy = load_policy(policy)?;
-    let sandbox = Sandbox::new(policy).context("preparing the sandbox")?;
+    let mut policy = load_policy(policy)?;
+    // Collecting the undeclared-input report costs a fanotify group, a
+    // mark per mount and a round trip with init: only when it is printed.
+    policy.report.undeclared_inputs &= print.report || print.json;
+    let sandbox = Sandbox::for_one_run(policy).context("preparing the sandbox")?;
     for warning in sandbox.warnings() {
         tracing::warn!("{warning}");
     }

@@ -77,25 +77,17 @@ mod tests {
 
     #[test]
     fn the_metrics_flag_sets_the_listen_address_and_keeps_the_files_tls() {
-        let addr = SocketAddr::from(([127, 0, 0, 1], 9981));
-        let args = SchedulerArgs {
-            config: None,
-            listen: None,
-            storage: None,
-            metrics: Some(addr),
-        };
-        let mut cfg = corral_scheduler::Config::default();
-        apply(&args, &mut cfg);
-        assert_eq!(cfg.metrics.as_ref().map(|m| m.listen), Some(addr));
-        let mut cfg: corral_scheduler::Config = toml::from_str(
-            "[metrics]\nlisten = \"0.0.0.0:1\"\n[metrics.tls]\n\
-             certificate = \"/c.crt\"\nprivate_key = \"/c.key\"\n",
-        )
-        .unwrap();
-        let tls = cfg.metrics.as_ref().and_then(|m| m.tls.clone());
-        assert!(tls.is_some());
-        apply(&args, &mut cfg);
-        assert_eq!(cfg.metrics.as_ref().map(|m| m.listen), Some(addr));
-        assert_eq!(cfg.metrics.and_then(|m| m.tls), tls);
+        config::assert_the_metrics_flag_sets_listen_and_keeps_the_files_tls(
+            |metrics, cfg: &mut corral_scheduler::Config| {
+                let args = SchedulerArgs {
+                    config: None,
+                    listen: None,
+                    storage: None,
+                    metrics,
+                };
+                apply(&args, cfg);
+            },
+            |cfg| cfg.metrics.as_ref().map(|m| (m.listen, m.tls.clone())),
+        );
     }
 }

@@ -212,29 +212,17 @@ mod tests {
 
     #[test]
     fn the_metrics_flag_sets_the_listen_address_and_keeps_the_files_tls() {
-        let addr = SocketAddr::from(([127, 0, 0, 1], 9982));
-        let mut flags = args(None, None);
-        flags.metrics = Some(addr);
-        // No [metrics] in the file: the flag turns the port on.
-        let mut cfg = corral_storage::Config::default();
-        assert_eq!(cfg.metrics, None);
-        apply(&flags, &mut cfg);
-        assert_eq!(cfg.metrics.as_ref().map(|m| m.listen), Some(addr));
-        assert!(cfg.metrics.as_ref().is_some_and(|m| m.tls.is_none()));
-        // A file with [metrics] and [metrics.tls]: only listen changes.
-        let mut cfg: corral_storage::Config = toml::from_str(
-            "[metrics]\nlisten = \"0.0.0.0:1\"\n[metrics.tls]\n\
-             certificate = \"/c.crt\"\nprivate_key = \"/c.key\"\n",
-        )
-        .unwrap();
-        let tls = cfg.metrics.as_ref().and_then(|m| m.tls.clone());
-        assert!(tls.is_some());
-        apply(&flags, &mut cfg);
-        assert_eq!(cfg.metrics.as_ref().map(|m| m.listen), Some(addr));
-        assert_eq!(cfg.metrics.and_then(|m| m.tls), tls);
-        // Without the flag the file's [metrics] stays as it is.
-        let mut cfg = corral_storage::Config::default();
-        apply(&args(None, None), &mut cfg);
-        assert_eq!(cfg.metrics, None);
+        config::assert_the_metrics_flag_sets_listen_and_keeps_the_files_tls(
+            |metrics, cfg: &mut corral_storage::Config| {
+                apply(
+                    &StorageArgs {
+                        metrics,
+                        ..args(None, None)
+                    },
+                    cfg,
+                );
+            },
+            |cfg| cfg.metrics.as_ref().map(|m| (m.listen, m.tls.clone())),
+        );
     }
 }

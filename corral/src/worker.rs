@@ -80,23 +80,17 @@ mod tests {
 
     #[test]
     fn the_metrics_flag_sets_the_listen_address_and_keeps_the_files_tls() {
-        let addr = SocketAddr::from(([127, 0, 0, 1], 9984));
-        let args = WorkerArgs {
-            config: None,
-            metrics: Some(addr),
-        };
-        let mut cfg = corral_worker::Config::default();
-        apply(&args, &mut cfg);
-        assert_eq!(cfg.metrics.as_ref().map(|m| m.listen), Some(addr));
-        let mut cfg: corral_worker::Config = toml::from_str(
-            "[metrics]\nlisten = \"0.0.0.0:1\"\n[metrics.tls]\n\
-             certificate = \"/c.crt\"\nprivate_key = \"/c.key\"\n",
-        )
-        .unwrap();
-        let tls = cfg.metrics.as_ref().and_then(|m| m.tls.clone());
-        assert!(tls.is_some());
-        apply(&args, &mut cfg);
-        assert_eq!(cfg.metrics.as_ref().map(|m| m.listen), Some(addr));
-        assert_eq!(cfg.metrics.and_then(|m| m.tls), tls);
+        config::assert_the_metrics_flag_sets_listen_and_keeps_the_files_tls(
+            |metrics, cfg: &mut corral_worker::Config| {
+                apply(
+                    &WorkerArgs {
+                        config: None,
+                        metrics,
+                    },
+                    cfg,
+                );
+            },
+            |cfg| cfg.metrics.as_ref().map(|m| (m.listen, m.tls.clone())),
+        );
     }
 }

@@ -1,13 +1,16 @@
 //! What an image costs the worker: a cold pull and unpack of the test
 //! image (busybox-static, two gzip layers) from Debian's docker-registry
 //! on loopback and from an OCI layout directory, each into a fresh store;
-//! and a get of an image the store holds (what every later action pays).
+//! a get of an image the store holds (what every later action pays); and
+//! the rescan a worker's start makes of a store left with 10, 100 and
+//! 1,000 complete images.
 //!
 //! `cargo bench -p corral-image --bench pull [-- N]` (needs busybox-static;
 //! the registry rows need docker-registry). Prints medians and p95.
 
 use std::time::{Duration, Instant};
 
+use corral_image::store::SIZE_RECORD;
 use corral_image::{Config, ImageStore};
 use corral_testkit::images::{busybox_tree, oci_layout, push_layout, Registry, REGISTRY};
 
@@ -92,6 +95,28 @@ fn main() {
         println!(
             "{:<52} {median:>10.3} {p95:>10.3}",
             format!("cached get (tag resolved), {label}")
+        );
+    }
+    for count in [10, 100, 1000] {
+        let dir = scratch.path().join(format!("rescan-{count}"));
+        for i in 0..count {
+            let entry = dir.join(corral_image::digest::Digest::of(format!("{i}").as_bytes()).hex());
+            std::fs::create_dir_all(entry.join("rootfs/usr/bin")).expect("entry");
+            std::fs::write(entry.join(SIZE_RECORD), "1000000").expect("size record");
+        }
+        let config = Config {
+            max_bytes: u64::MAX,
+            ..Config::default()
+        };
+        let start = Instant::now();
+        let store = ImageStore::open(dir, &config).expect("rescan");
+        let took = start.elapsed();
+        drop(store);
+        println!(
+            "{:<52} {:>10.2} {:>10}",
+            format!("rescan at start, {count} images kept"),
+            took.as_secs_f64() * 1e3,
+            "-"
         );
     }
 }

@@ -21,8 +21,11 @@ pub struct Config {
     /// sizes plus 512 bytes per entry. An image larger than this alone
     /// fails its actions with FAILED_PRECONDITION. Default 20 GiB.
     pub max_bytes: u64,
-    /// A Docker-style `config.json` (`docker login`'s) holding registry
-    /// logins (`auths.<host>.auth`). Default: none, anonymous pulls.
+    /// A Docker-style `config.json` (`docker login`'s): registry logins
+    /// (`auths.<host>.auth`, or an `identitytoken`) and credential
+    /// helpers (`credHelpers.<host>`, `credsStore`), run as
+    /// `docker-credential-<name> get` from the worker's PATH. Default:
+    /// none, anonymous pulls.
     pub credentials_file: Option<PathBuf>,
     /// Registries (`host[:port]`) reached over plain HTTP instead of
     /// HTTPS. Loopback ones (127.0.0.0/8, ::1, localhost) always are.

@@ -61,6 +61,12 @@ pub enum Error {
         status: u16,
         hint: &'static str,
     },
+    #[error("credential helper {helper} for registry {registry}: {reason}")]
+    CredentialHelper {
+        helper: String,
+        registry: String,
+        reason: String,
+    },
     #[error("registry answered {status} for {url}")]
     Status { url: String, status: u16 },
     #[error("failed to reach {url}")]

@@ -133,7 +133,6 @@ impl Registries {
         let url = format!("{}/v2/{repository}/{path}", self.base(host));
         let key = format!("{host}/{repository}");
         let token = self.tokens.lock().ok().and_then(|t| t.get(&key).cloned());
-        let login = self.credentials.login(host);
         let request = |auth: Auth<'_>| {
             let mut request = self.http.get(&url);
             if let Some(accept) = accept {
@@ -142,7 +141,7 @@ impl Registries {
             match auth {
                 Auth::None => request,
                 Auth::Bearer(token) => request.bearer_auth(token),
-                Auth::Basic(login) => request.basic_auth(&login.username, Some(&login.password)),
+                Auth::Basic { username, password } => request.basic_auth(username, Some(password)),
             }
         };
         let unreachable = |source| Error::Unreachable {
@@ -163,29 +162,47 @@ impl Registries {
             .and_then(|v| v.to_str().ok())
             .map(parse_challenge)
             .unwrap_or_default();
-        let retried =
-            match challenge.scheme.as_str() {
-                "bearer" if !challenge.realm.is_empty() => {
-                    let scope = challenge
-                        .scope
-                        .clone()
-                        .unwrap_or_else(|| format!("repository:{repository}:pull"));
-                    let token = self.token(&challenge, &scope, login).await?;
-                    if let Ok(mut tokens) = self.tokens.lock() {
-                        tokens.insert(key, token.clone());
-                    }
-                    request(Auth::Bearer(&token)).send().await
+        // Asked only now: a credential helper runs a process.
+        let retried = match challenge.scheme.as_str() {
+            "bearer" if !challenge.realm.is_empty() => {
+                let login = self.credentials.login(host).await?;
+                let scope = challenge
+                    .scope
+                    .clone()
+                    .unwrap_or_else(|| format!("repository:{repository}:pull"));
+                let token = self.token(&challenge, &scope, login.as_ref()).await?;
+                if let Ok(mut tokens) = self.tokens.lock() {
+                    tokens.insert(key, token.clone());
                 }
-                "basic" => match login {
-                    Some(login) => request(Auth::Basic(login)).send().await,
-                    None => return Err(Error::Denied {
+                request(Auth::Bearer(&token)).send().await
+            }
+            "basic" => match self.credentials.login(host).await? {
+                Some(Login::Password { username, password }) => {
+                    request(Auth::Basic {
+                        username: &username,
+                        password: &password,
+                    })
+                    .send()
+                    .await
+                }
+                Some(Login::IdentityToken(_)) => {
+                    return Err(Error::Denied {
                         url,
                         status: 401,
-                        hint: "the registry wants a login and the credentials file has none for it",
-                    }),
-                },
-                _ => return checked(response, &url),
-            };
+                        hint: "the registry wants Basic authentication, and the login for it is \
+                               an identity token, which only a token server takes",
+                    })
+                }
+                None => {
+                    return Err(Error::Denied {
+                        url,
+                        status: 401,
+                        hint: "the registry wants a login and the credentials have none for it",
+                    })
+                }
+            },
+            _ => return checked(response, &url),
+        };
         checked(retried.map_err(unreachable)?, &url)
     }
 
@@ -200,10 +217,25 @@ impl Registries {
         if let Some(service) = &challenge.service {
             query.push(("service", service));
         }
-        let mut request = self.http.get(&challenge.realm).query(&query);
-        if let Some(login) = login {
-            request = request.basic_auth(&login.username, Some(&login.password));
-        }
+        let request = match login {
+            // OAuth2's refresh-token grant, as Docker sends an identity
+            // token (the distribution spec's token server POST).
+            Some(Login::IdentityToken(refresh)) => {
+                let mut form = query;
+                form.extend([
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh.as_str()),
+                    ("client_id", "corral"),
+                ]);
+                self.http.post(&challenge.realm).form(&form)
+            }
+            Some(Login::Password { username, password }) => self
+                .http
+                .get(&challenge.realm)
+                .query(&query)
+                .basic_auth(username, Some(password)),
+            None => self.http.get(&challenge.realm).query(&query),
+        };
         let url = challenge.realm.clone();
         let response = request.send().await.map_err(|source| Error::Unreachable {
             url: url.clone(),
@@ -229,7 +261,10 @@ impl Registries {
 enum Auth<'a> {
     None,
     Bearer(&'a str),
-    Basic(&'a Login),
+    Basic {
+        username: &'a str,
+        password: &'a str,
+    },
 }
 
 /// A response with a success status, or the error its status means.
@@ -499,6 +534,7 @@ async fn read_file(path: &Path, max: u64) -> Result<Vec<u8>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn bearer_challenges_parse_with_commas_inside_quotes() {
@@ -526,5 +562,132 @@ mod tests {
         for host in ["registry.example", "10.0.0.1:5000", "localhost.example.com"] {
             assert!(!is_loopback(host), "{host}");
         }
+    }
+
+    /// One request from `stream`: its head (lower-cased) and body.
+    async fn read_request(stream: &mut tokio::net::TcpStream) -> (String, String) {
+        use tokio::io::AsyncReadExt;
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the request ended early");
+            bytes.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        let mut body = bytes[end + 4..].to_vec();
+        while body.len() < length {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the body ended early");
+            body.extend_from_slice(&chunk[..n]);
+        }
+        (head, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// A registry whose manifests need a Bearer token from its token
+    /// server (`/token` at the same address), which grants one only for
+    /// the refresh token `refresh-1` (POST, `grant_type=refresh_token`).
+    /// Every request it saw, head and body, is logged. It serves until the
+    /// returned set is dropped.
+    async fn token_registry(
+        manifest: &'static [u8],
+    ) -> (String, Arc<Mutex<Vec<String>>>, tokio::task::JoinSet<()>) {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (log, realm) = (Arc::clone(&seen), format!("http://{host}/token"));
+        let mut server = tokio::task::JoinSet::new();
+        server.spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (head, body) = read_request(&mut stream).await;
+                log.lock().unwrap().push(format!("{head}\n\n{body}"));
+                let (status, extra, content): (&str, String, &[u8]) =
+                    if head.starts_with("post /token") {
+                        if body.contains("grant_type=refresh_token")
+                            && body.contains("refresh_token=refresh-1")
+                        {
+                            ("200 OK", String::new(), br#"{"access_token": "access-1"}"#)
+                        } else {
+                            ("401 Unauthorized", String::new(), b"")
+                        }
+                    } else if head.contains("authorization: bearer access-1") {
+                        ("200 OK", String::new(), manifest)
+                    } else {
+                        (
+                            "401 Unauthorized",
+                            format!(
+                                "WWW-Authenticate: Bearer realm=\"{realm}\",service=\"test\",\
+                             scope=\"repository:corral/x:pull\"\r\n"
+                            ),
+                            b"",
+                        )
+                    };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    content.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(content).await;
+            }
+        });
+        (host, seen, server)
+    }
+
+    /// An identity token (from `auths.<host>.identitytoken`, or a helper
+    /// answering user `<token>`) is used as Docker uses it: as the
+    /// refresh token of an OAuth2 POST to the token server, whose access
+    /// token then opens the registry.
+    #[tokio::test]
+    async fn an_identity_token_is_exchanged_at_the_token_server_as_a_refresh_token() {
+        const MANIFEST: &[u8] = br#"{"schemaVersion": 2}"#;
+        let (host, seen, _server) = token_registry(MANIFEST).await;
+        let config = format!(r#"{{"auths": {{"{host}": {{"identitytoken": "refresh-1"}}}}}}"#);
+        let credentials =
+            Credentials::parse_for_tests(config.as_bytes()).expect("the credentials parse");
+        let registries = Registries::new(credentials, Vec::new()).unwrap();
+        let reference = Reference::parse(&format!("docker://{host}/corral/x:1")).unwrap();
+        let source = Source {
+            registries: &registries,
+            reference: &reference,
+        };
+        let (digest, body) = source.resolve().await.unwrap();
+        assert_eq!((digest, body.as_slice()), (Digest::of(MANIFEST), MANIFEST));
+        let seen = seen.lock().unwrap().clone();
+        let token = seen
+            .iter()
+            .find(|r| r.starts_with("post /token"))
+            .expect("a POST to the token server");
+        for field in [
+            "grant_type=refresh_token",
+            "refresh_token=refresh-1",
+            "service=test",
+            "scope=repository%3Acorral%2Fx%3Apull",
+        ] {
+            assert!(token.contains(field), "{field}: {token}");
+        }
+        // The refresh token went to the token server only.
+        assert!(
+            seen.iter()
+                .filter(|r| !r.starts_with("post /token"))
+                .all(|r| !r.contains("refresh-1")),
+            "{seen:?}"
+        );
+
+        // Without a login the token server refuses: the pull is denied.
+        let registries = Registries::new(Credentials::default(), Vec::new()).unwrap();
+        let source = Source {
+            registries: &registries,
+            reference: &reference,
+        };
+        let err = source.resolve().await.unwrap_err();
+        assert!(matches!(err, Error::Denied { .. }), "{err:?}");
     }
 }

@@ -7,8 +7,15 @@
 //! nothing half unpacked is ever handed out. An evicted image is first
 //! renamed aside, then removed, so a new pull of the same digest never
 //! meets a tree being deleted.
+//!
+//! The store outlives the worker: [`ImageStore::open`] keeps the complete
+//! images a previous run left (the directories named by a digest, with
+//! the size record written before the rename), in the order of their
+//! last use (the entry directory's mtime, set at each use), and removes
+//! everything else (pulls and removals a stop cut short).
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use corral_lru::Lru;
 use tokio::sync::OnceCell;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::credentials::Credentials;
@@ -26,6 +33,12 @@ use crate::manifest::{self, Document, Kind};
 use crate::reference::{Reference, Version};
 use crate::source::{Registries, Source};
 use crate::unpack::{Budget, Tree};
+
+/// The file in an entry's directory that records its size in bytes
+/// (as the cache's bound counts them), written before the entry is
+/// renamed into place: an entry that has it is complete. Public for the
+/// pull bench, which lays out stores to time the rescan.
+pub const SIZE_RECORD: &str = "bytes";
 
 /// A pull, shared by the actions that asked for its digest meanwhile.
 type Pull = Arc<OnceCell<Result<(), Arc<Error>>>>;
@@ -117,9 +130,19 @@ impl Shared {
     }
 
     fn pin(self: &Arc<Self>, digest: &Digest, reference: &str, pulled: bool) -> Option<Image> {
-        let mut state = self.lock();
-        let dir = state.lru.get(digest)?.clone();
-        state.lru.pin(digest);
+        let dir = {
+            let mut state = self.lock();
+            let dir = state.lru.get(digest)?.clone();
+            state.lru.pin(digest);
+            dir
+        };
+        // The order of use, for the next run's index (see `rescan`): one
+        // futimens per action, and a failure only blurs that order.
+        if let Err(error) =
+            std::fs::File::open(&dir).and_then(|d| d.set_modified(std::time::SystemTime::now()))
+        {
+            debug!(%digest, %error, "could not mark an image used");
+        }
         Some(Image {
             reference: reference.to_owned(),
             digest: digest.clone(),
@@ -178,28 +201,121 @@ fn remove_detached(paths: Vec<PathBuf>) {
     }
 }
 
+/// What [`rescan`] found in a store's directory.
+struct Found {
+    lru: Lru<Digest, PathBuf>,
+    /// Complete images kept, after the bound.
+    kept: usize,
+    /// Leftovers removed: partial pulls, half-removed evictions, images
+    /// past the bound, anything else.
+    removed: usize,
+}
+
+/// Indexes the complete images in `dir` (a previous run's), oldest use
+/// first, and removes the rest, then what no longer fits `max_bytes`.
+/// Their contents are not verified again: the worker alone writes the
+/// store, and every image in it was verified before its rename.
+fn rescan(dir: &Path, max_bytes: u64) -> Result<Found, Error> {
+    let io = |step, path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Io { step, path, source }
+    };
+    let mut complete = Vec::new();
+    let mut leftovers = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io("list the image store", dir))? {
+        let entry = entry.map_err(io("list the image store", dir))?;
+        let path = entry.path();
+        match complete_image(&entry.file_name(), &path) {
+            Some((digest, bytes, used)) => complete.push((used, digest, path, bytes)),
+            None => leftovers.push(path),
+        }
+    }
+    complete.sort();
+    let mut lru = Lru::new(max_bytes);
+    for (_, digest, path, bytes) in complete {
+        for (_, evicted) in lru.insert(digest, path, bytes) {
+            leftovers.push(evicted);
+        }
+    }
+    // A single image past a bound lowered since it was pulled.
+    while lru.total_bytes() > max_bytes {
+        let Some((_, evicted, _)) = lru.pop_oldest() else {
+            break;
+        };
+        leftovers.push(evicted);
+    }
+    let removed = leftovers.len();
+    // Here, not detached: a later eviction's `.evicted-<n>` must not
+    // meet a leftover of the same name.
+    for path in leftovers {
+        let gone = match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
+            Ok(_) => std::fs::remove_file(&path),
+            Err(e) => Err(e),
+        };
+        match gone {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("remove a leftover of the image store", &path)(e))
+            }
+            _ => {}
+        }
+    }
+    Ok(Found {
+        kept: lru.len(),
+        lru,
+        removed,
+    })
+}
+
+/// The digest, size and last use of the store entry `name` at `path`,
+/// if it is a complete image: a directory named by a digest's hex,
+/// holding `rootfs` and its size record.
+fn complete_image(name: &OsStr, path: &Path) -> Option<(Digest, u64, std::time::SystemTime)> {
+    let digest = Digest::parse(&format!("sha256:{}", name.to_str()?))?;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_dir() {
+        return None;
+    }
+    if !std::fs::symlink_metadata(path.join("rootfs"))
+        .ok()?
+        .is_dir()
+    {
+        return None;
+    }
+    let bytes = std::fs::read_to_string(path.join(SIZE_RECORD))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((digest, bytes, meta.modified().ok()?))
+}
+
 impl ImageStore {
-    /// A store in `dir`, emptied first: what a previous run left there
-    /// is not trusted.
+    /// A store in `dir`, with the complete images a previous run left
+    /// there (see [`rescan`]); partial ones are removed.
     pub fn open(dir: PathBuf, config: &Config) -> Result<ImageStore, Error> {
         let io = |step, source| Error::Io {
             step,
             path: dir.clone(),
             source,
         };
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io("empty the image store", e))
-            }
-            _ => {}
-        }
-        // Searchable by the actions' ids: the sandbox opens the image's
-        // entries as the action's user.
+        // Readable by a runner of another user (it resolves the roots);
+        // the sandbox takes the image's entries with the runner's
+        // privilege, so the actions' ids need not search it.
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
             .create(&dir)
             .map_err(|e| io("create the image store", e))?;
+        let started = std::time::Instant::now();
+        let found = rescan(&dir, config.max_bytes)?;
+        info!(
+            images = found.kept,
+            bytes = found.lru.total_bytes(),
+            leftovers_removed = found.removed,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "image store reopened"
+        );
         let credentials = match &config.credentials_file {
             Some(path) => Credentials::load(path).map_err(|e| Error::Unsupported {
                 reason: e.to_string(),
@@ -213,7 +329,7 @@ impl ImageStore {
                 registries,
                 max_bytes: config.max_bytes,
                 state: Mutex::new(State {
-                    lru: Lru::new(config.max_bytes),
+                    lru: found.lru,
                     pulls: HashMap::new(),
                 }),
                 trash: AtomicU64::new(0),
@@ -436,6 +552,10 @@ impl ImageStore {
             layer: digest.clone(),
             source,
         })?;
+        // Last before the rename: an entry with its size record is whole.
+        let record = scratch.path().join(SIZE_RECORD);
+        std::fs::write(&record, budget.written_bytes.to_string())
+            .map_err(io("record the size of", &record))?;
         std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))
             .map_err(io("open up", scratch.path()))?;
         let entry = dir.join(digest.hex());
@@ -675,5 +795,82 @@ pub(crate) mod tests {
         assert!(b_again.pulled, "b was evicted");
         assert!(a.root().join("a").exists(), "a in use was not");
         assert!(store.total_bytes() <= 100_000 + 45_000);
+    }
+
+    fn set_used(dir: &Path, ago: std::time::Duration) {
+        std::fs::File::open(dir)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - ago)
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reopened_store_keeps_its_complete_images_in_use_order_and_removes_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let payload = "y".repeat(40_000);
+        let mut by_digest = Vec::new();
+        for name in ["a", "b"] {
+            let path = dir.path().join(name);
+            let digest = write_layout(&path, "v1", &[layer(&[(name, Regular, &payload, 0o644)])]);
+            by_digest.push((format!("oci:{}@{digest}", path.display()), digest));
+        }
+        let first = store(dir.path(), 1 << 30);
+        for (value, _) in &by_digest {
+            assert!(first.get(value).await.unwrap().pulled);
+        }
+        let bytes = first.total_bytes();
+        let images = first.dir().to_owned();
+        drop(first);
+        // What a stop can leave: a pull cut short, an eviction cut short,
+        // an entry named by a digest without its size record, a stray file.
+        std::fs::create_dir_all(images.join(".pull-x1y2/rootfs/usr")).unwrap();
+        std::fs::create_dir_all(images.join(".evicted-0/rootfs/etc")).unwrap();
+        let unrecorded = images.join("ab".repeat(32));
+        std::fs::create_dir_all(unrecorded.join("rootfs")).unwrap();
+        std::fs::write(images.join("stray"), "").unwrap();
+        // No source any more: whatever runs now comes from the store.
+        for name in ["a", "b"] {
+            std::fs::remove_dir_all(dir.path().join(name)).unwrap();
+        }
+        let entry = |digest: &Digest| images.join(digest.hex());
+        // b used an hour ago, a a minute ago.
+        set_used(&entry(&by_digest[0].1), std::time::Duration::from_secs(60));
+        set_used(
+            &entry(&by_digest[1].1),
+            std::time::Duration::from_secs(3600),
+        );
+
+        let reopened = store(dir.path(), 1 << 30);
+        assert_eq!(reopened.total_bytes(), bytes);
+        let mut left: Vec<_> = std::fs::read_dir(&images)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut kept: Vec<_> = by_digest.iter().map(|(_, d)| d.hex().to_owned()).collect();
+        kept.sort();
+        assert_eq!(left, kept, "leftovers removed, complete images kept");
+        for (value, digest) in &by_digest {
+            let image = reopened.get(value).await.unwrap();
+            assert!(!image.pulled);
+            assert_eq!(&image.digest, digest);
+        }
+        assert_eq!(reopened.pulls(), 0);
+        drop(reopened);
+
+        // Reopened with room for one image: the least recently used (b)
+        // goes, from the index and the disk.
+        set_used(&entry(&by_digest[0].1), std::time::Duration::from_secs(60));
+        set_used(
+            &entry(&by_digest[1].1),
+            std::time::Duration::from_secs(3600),
+        );
+        let smaller = store(dir.path(), 60_000);
+        assert!(smaller.total_bytes() <= 60_000);
+        assert!(entry(&by_digest[0].1).exists());
+        assert!(!entry(&by_digest[1].1).exists());
+        assert!(!smaller.get(&by_digest[0].0).await.unwrap().pulled);
+        let err = smaller.get(&by_digest[1].0).await.unwrap_err();
+        assert!(crate::tests::chain(&err).contains("not found"), "{err:?}");
     }
 }

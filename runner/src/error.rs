@@ -75,11 +75,6 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error(
-        "the action's image root {path} lies under {closed}, which others cannot search: \
-         the sandbox opens the image as the action's id; chmod o+x {closed}"
-    )]
-    ImageRootClosed { path: PathBuf, closed: PathBuf },
     #[error("the runner stopped while the action ran")]
     Cancelled,
 }

@@ -119,13 +119,10 @@ impl RunnerService {
         }
         let path = self.resolve("corral_image_root_directory", relative)?;
         match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_dir() => {
-                // Actions as the runner's own uid reach what it reaches.
-                if !matches!(*self.mapping, Mapping::Own { .. }) {
-                    closed_ancestor(&path)?;
-                }
-                Ok(Some(path))
-            }
+            // The sandbox takes the image's entries while it still has
+            // the runner's privilege (MountPlan::take_image): the
+            // directories above may be closed to the action's id.
+            Ok(meta) if meta.is_dir() => Ok(Some(path)),
             Ok(_) => Err(Error::NoImageRoot {
                 path,
                 source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
@@ -165,28 +162,6 @@ impl RunnerService {
     }
 }
 
-/// Unlike the input root (entered while the sandbox still has the
-/// runner's credentials), the image's entries are opened by the sandbox's
-/// init as the action's own host id: every directory above them must be
-/// searchable by others. A closed one (a 0700 data directory) would fail
-/// every image action at the mount; say so before anything is leased.
-fn closed_ancestor(path: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::MetadataExt;
-    for dir in path.ancestors() {
-        let meta = std::fs::metadata(dir).map_err(|source| Error::NoImageRoot {
-            path: dir.to_owned(),
-            source,
-        })?;
-        if meta.mode() & 0o001 == 0 {
-            return Err(Error::ImageRootClosed {
-                path: path.to_owned(),
-                closed: dir.to_owned(),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// The gRPC status for a runner error, chosen where the error starts.
 pub fn status(err: &Error) -> Status {
     use corral_sandbox::Error as Sandbox;
@@ -206,9 +181,7 @@ pub fn status(err: &Error) -> Status {
         }) => Status::invalid_argument(message),
         Error::Run(Sandbox::LandlockRequired) => Status::failed_precondition(message),
         // The worker removed or never made the tree it named.
-        Error::NoImageRoot { .. } | Error::ImageRootClosed { .. } => {
-            Status::failed_precondition(message)
-        }
+        Error::NoImageRoot { .. } => Status::failed_precondition(message),
         _ => Status::internal(message),
     }
 }
@@ -513,7 +486,9 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = |m| std::fs::Permissions::from_mode(m);
         std::fs::create_dir_all(build.path().join("images/ab/rootfs")).unwrap();
-        // Closed to the actions' ids, as a 0700 data directory would be.
+        // Closed to the actions' ids, as a 0700 data directory is: no
+        // longer refused (the sandbox takes the image with the runner's
+        // privilege; sandbox/tests/it/images.rs runs one from there).
         std::fs::set_permissions(build.path(), mode(0o700)).unwrap();
         std::fs::write(build.path().join("images/file"), "").unwrap();
         let policies = Policies::load(None, "default").unwrap();
@@ -521,16 +496,6 @@ mod tests {
         let ids = ActionIds::new(&mapping, crate::config::ActionIdsConfig::default().range());
         let service = RunnerService::new(build.path().to_owned(), policies, mapping, ids);
         assert_eq!(service.image_root("").unwrap(), None);
-        if matches!(*service.mapping, Mapping::Root) {
-            let err = service.image_root("images/ab/rootfs").unwrap_err();
-            assert_eq!(status(&err).code(), tonic::Code::FailedPrecondition);
-            assert!(
-                err.to_string()
-                    .contains(&format!("chmod o+x {}", build.path().display())),
-                "{err}"
-            );
-        }
-        std::fs::set_permissions(build.path(), mode(0o755)).unwrap();
         assert_eq!(
             service.image_root("images/ab/rootfs").unwrap(),
             Some(build.path().join("images/ab/rootfs"))

@@ -4,6 +4,10 @@
 //! `cargo bench -p corral-sandbox --bench spawn [-- N]` (root; bwrap from
 //! the bubblewrap package is measured when installed). Prints median and
 //! p95 per spawn and the ratios to plain fork+exec and to bwrap.
+//!
+//! The CLI row execs `corral sandbox run -- /bin/true` as a command, like
+//! the bwrap row: build it first (`cargo build --release -p corral`), or
+//! name another binary with `CORRAL_BIN`.
 
 use std::ffi::OsString;
 use std::process::Command as Process;
@@ -45,10 +49,36 @@ fn main() {
     let root = tempfile::tempdir().expect("temp dir");
     let out = tempfile::tempdir().expect("temp dir");
 
-    let mut rows: Vec<(&str, (Duration, Duration))> = Vec::new();
-    rows.push((
+    let command = |program: &str, args: &[&str]| Command {
+        argv: std::iter::once(program)
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect(),
+        env: vec![],
+        input_root: root.path().to_owned(),
+        working_dir: "".into(),
+        stdout: out.path().join("stdout"),
+        stderr: out.path().join("stderr"),
+        timeout: None,
+    };
+    let sandbox = |name: &str| {
+        let policy = Policy::builtin(name).expect("built-in").expect("valid");
+        Sandbox::new(policy).expect("sandbox")
+    };
+    let default = sandbox("default");
+    let network = sandbox("network");
+    let true_ = command("/bin/true", &[]);
+    let image = tempfile::tempdir().expect("temp dir");
+    let on_host = command(corral_testkit::images::BUSYBOX, &["true"]);
+
+    // Every method once per round, round after round: load from other
+    // work on the machine drifts over a run, and interleaving spreads it
+    // over every row alike.
+    type Method<'a> = (&'static str, Box<dyn FnMut() + 'a>);
+    let mut methods: Vec<Method<'_>> = Vec::new();
+    methods.push((
         "fork+exec /bin/true",
-        measure(n, || {
+        Box::new(|| {
             let status = Process::new("/bin/true").status().expect("spawn /bin/true");
             assert!(status.success());
         }),
@@ -56,9 +86,10 @@ fn main() {
 
     let bwrap = Process::new("bwrap").arg("--version").output().is_ok();
     if bwrap {
-        rows.push((
+        let root = root.path().to_owned();
+        methods.push((
             "bwrap --unshare-all, ro /usr /etc, /proc, /dev, tmpfs /tmp",
-            measure(n, || {
+            Box::new(move || {
                 let status = Process::new("bwrap")
                     .args(["--unshare-all", "--die-with-parent", "--new-session"])
                     .args(["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"])
@@ -73,7 +104,7 @@ fn main() {
                     .args(["--symlink", "usr/lib64", "/lib64"])
                     .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"])
                     .arg("--bind")
-                    .arg(root.path())
+                    .arg(&root)
                     .args(["/build", "--chdir", "/build", "/bin/true"])
                     .status()
                     .expect("spawn bwrap");
@@ -84,27 +115,46 @@ fn main() {
         eprintln!("bwrap not installed (apt-get install bubblewrap): skipping that baseline");
     }
 
-    for name in ["default", "network"] {
-        let policy = Policy::builtin(name).expect("built-in").expect("valid");
-        let sandbox = Sandbox::new(policy).expect("sandbox");
-        let command = Command {
-            argv: vec![OsString::from("/bin/true")],
-            env: vec![],
-            input_root: root.path().to_owned(),
-            working_dir: "".into(),
-            stdout: out.path().join("stdout"),
-            stderr: out.path().join("stderr"),
-            timeout: None,
-        };
-        let label = if name == "default" {
-            "corral sandbox, default policy (all namespaces, cgroup, landlock, seccomp)"
-        } else {
-            "corral sandbox, network policy (host network namespace)"
-        };
-        rows.push((
+    // The CLI as a command: process start, policy, sandbox preparation
+    // (watchdog fork), one run, exit; what a user of bwrap compares.
+    let corral = std::env::var_os("CORRAL_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/corral")
+        });
+    if corral.is_file() {
+        methods.push((
+            "corral sandbox run -- /bin/true, as a command (default policy)",
+            Box::new(move || {
+                let status = Process::new(&corral)
+                    .args(["sandbox", "run", "--", "/bin/true"])
+                    .status()
+                    .expect("spawn corral");
+                assert!(status.success());
+            }),
+        ));
+    } else {
+        eprintln!(
+            "{} not built (cargo build --release -p corral): skipping the CLI row",
+            corral.display()
+        );
+    }
+
+    for (label, sandbox) in [
+        (
+            "corral sandbox, default policy (all namespaces, cgroup, landlock, seccomp)",
+            &default,
+        ),
+        (
+            "corral sandbox, network policy (host network namespace)",
+            &network,
+        ),
+    ] {
+        let true_ = &true_;
+        methods.push((
             label,
-            measure(n, || {
-                let outcome = sandbox.run(&command).expect("sandboxed run");
+            Box::new(move || {
+                let outcome = sandbox.run(true_).expect("sandboxed run");
                 assert_eq!(outcome.exit_code(), 0);
             }),
         ));
@@ -114,61 +164,80 @@ fn main() {
     // the image's entries bound in place of the policy's host paths. The
     // image holds busybox-static only, so the host's busybox-static under
     // the default policy is the like-for-like baseline (same binary, same
-    // exec cost), measured in the same loop, alternating.
-    let image = tempfile::tempdir().expect("temp dir");
+    // exec cost).
     if corral_testkit::images::busybox_tree(image.path()).is_some() {
-        let policy = Policy::builtin("default")
-            .expect("built-in")
-            .expect("valid");
-        let sandbox = Sandbox::new(policy).expect("sandbox");
-        let host_ids = sandbox.mapping().default_ids();
-        let command = |program: &str, args: &[&str]| Command {
-            argv: std::iter::once(program)
-                .chain(args.iter().copied())
-                .map(OsString::from)
-                .collect(),
-            env: vec![],
-            input_root: root.path().to_owned(),
-            working_dir: "".into(),
-            stdout: out.path().join("stdout"),
-            stderr: out.path().join("stderr"),
-            timeout: None,
-        };
-        let on_host = command(corral_testkit::images::BUSYBOX, &["true"]);
-        let in_image = command("/bin/true", &[]);
-        let (mut host, mut img) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        for i in 0..=n {
-            for (cmd, image_root, samples) in [
-                (&on_host, None, &mut host),
-                (&in_image, Some(image.path()), &mut img),
-            ] {
-                let start = Instant::now();
-                let outcome = sandbox
-                    .run_in_image(cmd, None, host_ids, image_root)
-                    .expect("sandboxed run");
-                let took = start.elapsed();
-                assert_eq!(outcome.exit_code(), 0);
-                // The first of each warms caches.
-                if i > 0 {
-                    samples.push(took);
-                }
-            }
+        let host_ids = default.mapping().default_ids();
+        for (label, cmd, image_root) in [
+            (
+                "corral sandbox, default policy, busybox true (host paths)",
+                &on_host,
+                None,
+            ),
+            (
+                "corral sandbox, default policy in a cached busybox image, true",
+                &true_,
+                Some(image.path()),
+            ),
+        ] {
+            let default = &default;
+            methods.push((
+                label,
+                Box::new(move || {
+                    let outcome = default
+                        .run_in_image(cmd, None, host_ids, image_root)
+                        .expect("sandboxed run");
+                    assert_eq!(outcome.exit_code(), 0);
+                }),
+            ));
         }
-        rows.push((
-            "corral sandbox, default policy, busybox true (host paths, same loop)",
-            stats(host),
-        ));
-        rows.push((
-            "corral sandbox, default policy in a cached busybox image, true",
-            stats(img),
-        ));
     } else {
         eprintln!("busybox-static not installed: skipping the image rows");
     }
 
+    let mut samples: Vec<Vec<Duration>> = methods.iter().map(|_| Vec::with_capacity(n)).collect();
+    let count = methods.len();
+    for round in 0..=n {
+        // Each round starts one method later: what a method's teardown
+        // leaves the kernel to do (a network namespace's cleanup holds
+        // locks for milliseconds) falls on every method alike.
+        for i in (0..count).map(|i| (i + round) % count) {
+            let start = Instant::now();
+            (methods[i].1)();
+            // The first round warms caches.
+            if round > 0 {
+                samples[i].push(start.elapsed());
+            }
+        }
+    }
+    let mut rows: Vec<(&str, (Duration, Duration))> = methods
+        .iter()
+        .zip(samples)
+        .map(|((label, _), samples)| (*label, stats(samples)))
+        .collect();
+    drop(methods);
+
+    // Back to back, as a runner's slot runs actions: the pool of network
+    // namespaces has only the run itself to make the next one in.
+    rows.push((
+        "corral sandbox, default policy, back to back (not interleaved)",
+        measure(n, || {
+            let outcome = default.run(&true_).expect("sandboxed run");
+            assert_eq!(outcome.exit_code(), 0);
+        }),
+    ));
+
     let base = rows[0].1 .0;
     let bwrap_median = bwrap.then(|| rows[1].1 .0);
-    println!("spawn cost, {n} runs of /bin/true each");
+    // Other work on the machine skews every row alike, but a loaded
+    // machine widens the tails: say how loaded it was.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "spawn cost, {n} runs of /bin/true each; load average {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     println!(
         "{:<78} {:>8} {:>8} {:>9} {:>9}",
         "method", "median", "p95", "x fork", "x bwrap"

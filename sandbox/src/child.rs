@@ -1,8 +1,8 @@
 //! The code that runs in the sandbox's processes, between fork and exec.
 //!
 //! Three processes, each in its own role:
-//! 1. **setup** (forked by the caller): creates the user, mount, pid,
-//!    network, ipc and uts namespaces, waits for the caller to write its
+//! 1. **setup** (forked by the caller): joins the action's cgroup (v1),
+//!    creates the user, mount, pid, network, ipc and uts namespaces, waits for the caller to write its
 //!    id maps and put it in the cgroup, takes the sandbox's ids, enters a
 //!    cgroup namespace, and forks
 //! 2. **init** (pid 1 of the new pid namespace): builds the file system
@@ -23,7 +23,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use crate::landlock::Rules;
-use crate::mounts::MountPlan;
+use crate::mounts::{ImageTrees, MountPlan};
 use crate::policy::Limits;
 use crate::report::{fail, LandlockState, Record, Stage};
 use crate::seccomp::Filters;
@@ -32,6 +32,9 @@ use crate::sys::{self, Fork, WaitStatus};
 /// Everything the sandbox's processes need, prepared by the caller.
 pub struct Plan<'a> {
     pub namespaces: libc::c_int,
+    /// Files the setup process writes "0" to, to join the action's cgroup
+    /// itself (v1 `tasks`); empty: the caller moves it (v2, or none).
+    pub cgroup_tasks: Vec<std::path::PathBuf>,
     /// The host ids to take before creating the user namespace (as
     /// root), so that it is owned, and its counters charged, per run.
     pub creator: Option<crate::ids::HostIds>,
@@ -71,6 +74,15 @@ pub struct Fds<'a> {
 
 /// Process 1: namespaces, ids, then the init process.
 pub fn setup(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
+    // First, before anything else is made, so every process of the sandbox is
+    // in the group: this process moves itself (single-threaded, so the
+    // thread is the process), which costs the kernel far less than the
+    // caller moving it (see `cgroup::v1::Group::self_join_files`).
+    for tasks in &plan.cgroup_tasks {
+        if let Err(e) = std::fs::write(tasks, "0") {
+            fail(fds.report, Stage::JoinCgroup, &e);
+        }
+    }
     // Everything else the caller had open came along with fork: other
     // runs' pipes among them, which must not stay open for as long as
     // this action lives (their reader would wait for this one to end).
@@ -97,6 +109,13 @@ pub fn setup(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
             fail(report, Stage::OpenInputRoot, &e);
         }
     }
+    // The image's entries likewise, as root before becoming the run's ids
+    // (see MountPlan::take_image); without root, once this process is
+    // privileged in its own namespace, below.
+    let mut image = None;
+    if plan.creator.is_some() {
+        image = Some(take_image(plan, report));
+    }
     if let Some(creator) = plan.creator {
         if let Err(e) = crate::ids::enter_as_creator(creator) {
             fail(report, Stage::SetIds, &e);
@@ -107,6 +126,7 @@ pub fn setup(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
     if let Err(e) = sys::unshare(plan.namespaces) {
         fail(report, Stage::Unshare, &e);
     }
+    let image = image.unwrap_or_else(|| take_image(plan, report));
     Record::Unshared.send(report);
     let mut byte = [0u8; 1];
     match sys::read(fds.go, &mut byte) {
@@ -122,15 +142,18 @@ pub fn setup(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
     }
     // The kernel cleared the parent-death signal when the ids changed.
     tie_to_caller(report, plan.caller);
-    // Entered after the caller moved us into the action's cgroup, so that
-    // group is the root of the action's view.
+    // Entered once in the action's cgroup (joined above on v1, moved by
+    // the caller before the go on v2), so that group is the root of the
+    // action's view.
     if let Err(e) = sys::unshare(libc::CLONE_NEWCGROUP) {
         fail(report, Stage::UnshareCgroup, &e);
     }
     match sys::fork() {
         Err(e) => fail(report, Stage::ForkInit, &e),
-        Ok(Fork::Child) => init(plan, fds),
+        Ok(Fork::Child) => init(plan, fds, image),
         Ok(Fork::Parent(pid)) => {
+            // Init holds its own copies of the trees.
+            drop(image);
             // The caller reaches init's mounts through /proc/<pid>; only
             // this process knows the pid in the caller's namespace.
             if fds.watch.is_some() {
@@ -139,6 +162,17 @@ pub fn setup(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
             let _ = sys::wait4(pid);
             sys::exit_now(0)
         }
+    }
+}
+
+/// The image's entries as detached trees, or nothing without an image.
+fn take_image(plan: &Plan<'_>, report: BorrowedFd<'_>) -> ImageTrees {
+    if !plan.mounts.has_image() {
+        return ImageTrees::default();
+    }
+    match plan.mounts.take_image() {
+        Ok(trees) => trees,
+        Err(e) => fail(report, Stage::TakeImage, &e),
     }
 }
 
@@ -154,7 +188,7 @@ fn tie_to_caller(report: BorrowedFd<'_>, caller: libc::pid_t) {
 }
 
 /// Process 2: pid 1 of the sandbox.
-fn init(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
+fn init(plan: &Plan<'_>, fds: &Fds<'_>, image: ImageTrees) -> ! {
     let report = fds.report;
     // Its parent (setup) is outside this pid namespace, so getppid() says
     // 0 and cannot tell whether setup died before this was armed; the
@@ -162,7 +196,7 @@ fn init(plan: &Plan<'_>, fds: &Fds<'_>) -> ! {
     if let Err(e) = sys::kill_me_with_parent() {
         fail(report, Stage::ParentDeath, &e);
     }
-    if let Err((stage, e)) = plan.mounts.apply() {
+    if let Err((stage, e)) = plan.mounts.apply(image) {
         fail(report, stage, &e);
     }
     if let Err(e) = sys::sethostname(b"corral") {

@@ -49,6 +49,21 @@ pub enum Entry {
     /// Recreate the host symlink at `target` (e.g. merged-/usr systems'
     /// `/bin -> usr/bin`), pointing where it points on the host.
     Symlink { target: PathBuf, points_to: PathBuf },
+    /// An entry of a container image: cloned whole from `source` by the
+    /// setup process while it can still reach it (see
+    /// [`MountPlan::take_image`]), made read-only, nosuid and nodev while
+    /// detached, then attached at `target`.
+    Image { source: CString, target: PathBuf },
+}
+
+/// The image's entries as detached mount trees, in plan order, taken by
+/// the setup process and attached by init ([`MountPlan::apply`]).
+#[derive(Debug, Default)]
+pub struct ImageTrees {
+    trees: Vec<OwnedFd>,
+    /// Whether `mount_setattr` restricted the trees while detached; before
+    /// Linux 5.12 init remounts them once attached.
+    restricted: bool,
 }
 
 /// Everything needed to build the root, prepared before forking.
@@ -150,13 +165,13 @@ impl MountPlan {
 
     /// The plan with an unpacked container image as the root file system
     /// in place of the policy's host paths: each top-level entry of
-    /// `image` bound read-only, nosuid, nodev at `/<name>` (symlinks, such
-    /// as merged-/usr's `bin -> usr/bin`, recreated), except the entries
-    /// the sandbox makes itself (`proc`, `dev`, `tmp`) and the one the
-    /// working directory lies in. Everything else (the tmpfs root, /proc,
-    /// /dev, /tmp, the input root) is as without an image. Binding entry by
-    /// entry, not the tree as a whole, leaves the sandbox's own mount
-    /// points on its tmpfs root: a read-only image has none to offer.
+    /// `image` mounted read-only, nosuid, nodev at `/<name>` (symlinks,
+    /// such as merged-/usr's `bin -> usr/bin`, recreated), except the
+    /// entries the sandbox makes itself (`proc`, `dev`, `tmp`) and the one
+    /// the working directory lies in. Everything else (the tmpfs root,
+    /// /proc, /dev, /tmp, the input root) is as without an image. Mounting
+    /// entry by entry, not the tree as a whole, leaves the sandbox's own
+    /// mount points on its tmpfs root: a read-only image has none to offer.
     pub fn with_image(
         &self,
         image: &Path,
@@ -197,11 +212,9 @@ impl MountPlan {
                     })?;
                 entries.push(Entry::Symlink { target, points_to });
             } else if kind.is_dir() || kind.is_file() {
-                entries.push(Entry::Bind {
+                entries.push(Entry::Image {
                     source: c_path(&source)?,
                     target,
-                    writable: false,
-                    from_working_directory: false,
                 });
             }
         }
@@ -251,9 +264,57 @@ impl MountPlan {
                 target,
                 writable: false,
                 ..
-            } => Some(target.as_path()),
+            }
+            | Entry::Image { target, .. } => Some(target.as_path()),
             _ => None,
         })
+    }
+
+    /// Whether the plan mounts a container image's entries.
+    pub fn has_image(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|e| matches!(e, Entry::Image { .. }))
+    }
+
+    /// Clones each of the image's entries as a detached mount tree
+    /// (`open_tree(OPEN_TREE_CLONE | AT_RECURSIVE)`) and makes it
+    /// read-only, nosuid, nodev and private, submounts included, before
+    /// it is attached anywhere. Runs in the setup process while it holds
+    /// the privilege to reach the image: as root before it becomes the
+    /// run's host ids, or, without root, in its new user namespace before
+    /// the id maps (its host uid still the caller's). Opened later, as
+    /// the action's host id, the image would need every directory above
+    /// it searchable by others, which a data directory under /root is not.
+    /// The descriptors never reach the action: init attaches them and
+    /// closes them before it forks it.
+    pub fn take_image(&self) -> io::Result<ImageTrees> {
+        const MOUNT_ATTR_RDONLY: u64 = 0x1;
+        const MOUNT_ATTR_NOSUID: u64 = 0x2;
+        const MOUNT_ATTR_NODEV: u64 = 0x4;
+        let mut taken = ImageTrees {
+            trees: Vec::new(),
+            restricted: true,
+        };
+        for entry in &self.entries {
+            let Entry::Image { source, .. } = entry else {
+                continue;
+            };
+            let tree = sys::clone_tree(source)?;
+            if taken.restricted {
+                match sys::set_tree_attributes(
+                    tree.as_fd(),
+                    MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                    libc::MS_PRIVATE,
+                ) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => taken.restricted = false,
+                    Err(e) => return Err(e),
+                }
+            }
+            taken.trees.push(tree);
+        }
+        Ok(taken)
     }
 
     /// Whether loopback must be brought up (a private network namespace).
@@ -263,8 +324,9 @@ impl MountPlan {
 
     /// Builds the root and pivots into it. Runs in the sandbox's init
     /// process, single-threaded, with full capabilities in its own user
-    /// namespace and none outside.
-    pub fn apply(&self) -> Result<(), (Stage, io::Error)> {
+    /// namespace and none outside. `image` holds the trees
+    /// [`take_image`](Self::take_image) took (none without an image).
+    pub fn apply(&self, image: ImageTrees) -> Result<(), (Stage, io::Error)> {
         let at = |stage: Stage| move |e: io::Error| (stage, e);
         // Nothing mounted from here on may propagate back to the host.
         sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
@@ -289,7 +351,7 @@ impl MountPlan {
                     };
                     Some(sys::open_path(path).map_err(at(stage))?)
                 }
-                Entry::Symlink { .. } => None,
+                Entry::Symlink { .. } | Entry::Image { .. } => None,
             });
         }
 
@@ -304,6 +366,8 @@ impl MountPlan {
         .map_err(at(Stage::MountRoot))?;
         let root = Path::new(STAGING);
 
+        let restricted = image.restricted;
+        let mut trees = image.trees.into_iter();
         for (entry, fd) in self.entries.iter().zip(&sources) {
             match (entry, fd) {
                 (
@@ -316,6 +380,12 @@ impl MountPlan {
                     let inside = inside(root, target);
                     make_parents(&inside).map_err(at(Stage::BindMount))?;
                     std::os::unix::fs::symlink(points_to, &inside).map_err(at(Stage::BindMount))?;
+                }
+                (Entry::Image { target, .. }, _) => {
+                    let tree = trees.next().ok_or_else(|| {
+                        (Stage::TakeImage, io::Error::from_raw_os_error(libc::EBADF))
+                    })?;
+                    attach(root, tree, target, restricted)?;
                 }
                 _ => {}
             }
@@ -367,6 +437,44 @@ fn c(path: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
+/// Makes the mount point for `fd` (a directory or a file, as `fd` is)
+/// at `target` inside; returns its path.
+fn mount_point(root: &Path, fd: &OwnedFd, target: &Path) -> io::Result<CString> {
+    let inside = inside(root, target);
+    make_parents(&inside)?;
+    let is_dir = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))?.is_dir();
+    if is_dir {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&inside)?;
+    } else {
+        std::fs::File::create(&inside)?;
+    }
+    c(&inside)
+}
+
+/// Attaches an image entry's detached tree at `target` inside. It was
+/// made read-only, nosuid, nodev and private while detached; before
+/// Linux 5.12 (no `mount_setattr`, `restricted` false) that is done here,
+/// once attached, as for a bind.
+fn attach(
+    root: &Path,
+    tree: OwnedFd,
+    target: &Path,
+    restricted: bool,
+) -> Result<(), (Stage, io::Error)> {
+    let at = |stage: Stage| move |e: io::Error| (stage, e);
+    let to = mount_point(root, &tree, target).map_err(at(Stage::BindMount))?;
+    sys::move_mount(tree.as_fd(), &to).map_err(at(Stage::BindMount))?;
+    if !restricted {
+        sys::mount(None, &to, None, libc::MS_REC | libc::MS_PRIVATE, None)
+            .map_err(at(Stage::RemountReadOnly))?;
+        restrict(&tree, &to, false)?;
+    }
+    Ok(())
+}
+
 /// Binds `fd` (opened from `source`) at `target` inside, then remounts it
 /// nosuid, nodev and, unless writable, read-only.
 fn bind(
@@ -376,26 +484,18 @@ fn bind(
     writable: bool,
 ) -> Result<(), (Stage, io::Error)> {
     let at = |stage: Stage| move |e: io::Error| (stage, e);
-    let inside = inside(root, target);
-    make_parents(&inside).map_err(at(Stage::BindMount))?;
-    let is_dir = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .map_err(at(Stage::BindMount))?
-        .is_dir();
-    if is_dir {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&inside)
-            .map_err(at(Stage::BindMount))?;
-    } else {
-        std::fs::File::create(&inside).map_err(at(Stage::BindMount))?;
-    }
+    let to = mount_point(root, fd, target).map_err(at(Stage::BindMount))?;
     let from =
         c(Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd()))).map_err(at(Stage::BindMount))?;
-    let to = c(&inside).map_err(at(Stage::BindMount))?;
     sys::mount(Some(&from), &to, None, libc::MS_BIND | libc::MS_REC, None)
         .map_err(at(Stage::BindMount))?;
+    restrict(fd, &to, writable)
+}
 
+/// Remounts the mount at `to` (whose source `fd` is) nosuid, nodev and,
+/// unless writable, read-only, its submounts too.
+fn restrict(fd: &OwnedFd, to: &CStr, writable: bool) -> Result<(), (Stage, io::Error)> {
+    let at = |stage: Stage| move |e: io::Error| (stage, e);
     // In a user namespace, a remount must keep the flags the host locked on
     // the source mount (noexec, atime settings), or it fails with EPERM.
     let locked = sys::mount_flags(fd.as_fd()).map_err(at(Stage::RemountReadOnly))?;
@@ -414,9 +514,9 @@ fn bind(
             flags |= ms;
         }
     }
-    sys::mount(None, &to, None, flags, None).map_err(at(Stage::RemountReadOnly))?;
+    sys::mount(None, to, None, flags, None).map_err(at(Stage::RemountReadOnly))?;
     if !writable {
-        read_only_submounts(&to).map_err(at(Stage::RemountReadOnly))?;
+        read_only_submounts(to).map_err(at(Stage::RemountReadOnly))?;
     }
     Ok(())
 }
@@ -635,7 +735,9 @@ mod tests {
                 Entry::Bind {
                     target, writable, ..
                 } => (target.clone(), *writable),
-                Entry::Symlink { target, .. } => (target.clone(), false),
+                Entry::Symlink { target, .. } | Entry::Image { target, .. } => {
+                    (target.clone(), false)
+                }
             })
             .collect();
         assert_eq!(
@@ -655,7 +757,7 @@ mod tests {
             .entries
             .iter()
             .find_map(|e| match e {
-                Entry::Bind { source, target, .. } if target == Path::new("/usr") => Some(source),
+                Entry::Image { source, target } if target == Path::new("/usr") => Some(source),
                 _ => None,
             })
             .unwrap();

@@ -48,10 +48,12 @@ pub enum Stage {
     ParentDeath,
     OpenInputRoot,
     WaitForWatch,
+    TakeImage,
+    JoinCgroup,
 }
 
 impl Stage {
-    const ALL: [Stage; 34] = [
+    const ALL: [Stage; 36] = [
         Stage::Unshare,
         Stage::WaitForMaps,
         Stage::SetIds,
@@ -86,6 +88,8 @@ impl Stage {
         Stage::ParentDeath,
         Stage::OpenInputRoot,
         Stage::WaitForWatch,
+        Stage::TakeImage,
+        Stage::JoinCgroup,
     ];
 
     fn from_i32(value: i32) -> Option<Stage> {
@@ -130,6 +134,8 @@ impl fmt::Display for Stage {
             Stage::ParentDeath => "tying the sandbox's life to its caller's",
             Stage::OpenInputRoot => "opening the input root",
             Stage::WaitForWatch => "waiting for the caller to watch the mounts",
+            Stage::TakeImage => "taking the image's entries",
+            Stage::JoinCgroup => "joining the action's cgroup",
         };
         f.write_str(text)
     }

@@ -63,6 +63,18 @@ impl Sandbox {
     /// seccomp filters, the mount plan, the cgroup layout. Fails if the
     /// policy cannot be applied on this host.
     pub fn new(policy: Policy) -> Result<Sandbox, Error> {
+        Sandbox::prepare(policy, false)
+    }
+
+    /// Like [`new`](Self::new), for a caller that runs one command (the
+    /// `corral sandbox run` CLI): as root the cgroup tree is not probed
+    /// (the run's own group fails the same way, closed).
+    pub fn for_one_run(policy: Policy) -> Result<Sandbox, Error> {
+        Sandbox::prepare(policy, true)
+    }
+
+    fn prepare(policy: Policy, one_run: bool) -> Result<Sandbox, Error> {
+        let (euid, egid) = sys::effective_ids();
         let filters = Filters::build(&policy.seccomp)?;
         let mounts = MountPlan::new(
             &policy.filesystem.read_only_paths,
@@ -70,7 +82,6 @@ impl Sandbox {
             !policy.network.allow_host_network,
         )?;
         let mut warnings = Vec::new();
-        let (euid, egid) = sys::effective_ids();
         // As root: "nobody" unless the caller gives ids per run, which owns
         // no files, so the action can neither write nor chmod the worker's
         // cached input files it can read.
@@ -81,6 +92,7 @@ impl Sandbox {
         // exists but is not writable (made by root, used without root)
         // would otherwise fail every action.
         let probed = CgroupRoot::detect().and_then(|root| match root {
+            Some(root) if one_run && euid == 0 => Ok(Some(root)),
             Some(root) => {
                 let probe = format!(
                     "probe-{}-{}",
@@ -218,7 +230,8 @@ impl Sandbox {
         let cstring = |bytes: &[u8]| {
             CString::new(bytes).map_err(|_| crate::command::CommandError::Nul { what: "a path" })
         };
-        let plan = Plan {
+        let mut plan = Plan {
+            cgroup_tasks: Vec::new(),
             namespaces: self.namespace_flags(),
             creator: self.mapping.creator(host),
             caller: std::process::id() as libc::pid_t,
@@ -268,6 +281,10 @@ impl Sandbox {
             }
             None => None,
         };
+        if let Some(group) = &cgroup {
+            plan.cgroup_tasks = group.self_join_files();
+        }
+        let joins_cgroup_itself = !plan.cgroup_tasks.is_empty();
         let cgroup = CgroupGuard(cgroup);
 
         let pipe = |step| sys::pipe().map_err(|source| Error::Spawn { step, source });
@@ -300,6 +317,7 @@ impl Sandbox {
             Fork::Child => child::setup(&plan, &fds),
             Fork::Parent(pid) => pid,
         };
+        drop(plan);
         drop((report_w, go_r, out_w, err_w));
         let watch_w = watch_pipe.map(|(r, w)| {
             drop(r);
@@ -309,6 +327,7 @@ impl Sandbox {
         let mut run = Supervision {
             pid,
             cgroup: &cgroup,
+            joins_cgroup_itself,
             reader: RecordReader::default(),
             exit: None,
             failure: None,
@@ -466,6 +485,9 @@ struct Streams {
 struct Supervision<'a> {
     pid: libc::pid_t,
     cgroup: &'a CgroupGuard,
+    /// The setup process joins the cgroup itself before it makes the
+    /// namespaces (v1); otherwise the caller moves it.
+    joins_cgroup_itself: bool,
     reader: RecordReader,
     exit: Option<Exit>,
     failure: Option<(Stage, i32)>,
@@ -531,7 +553,7 @@ impl Supervision<'_> {
             gid: policy.identity.gid,
         };
         mapping.write_maps(self.pid, inside, host)?;
-        if let Some(group) = &self.cgroup.0 {
+        if let Some(group) = self.cgroup.0.as_ref().filter(|_| !self.joins_cgroup_itself) {
             group.add_process(self.pid)?;
         }
         sys::write_all(go.as_fd(), &[1]).map_err(|source| Error::Spawn {

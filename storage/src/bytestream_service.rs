@@ -93,6 +93,15 @@ pub enum Error {
         #[source]
         source: blob_store::Error,
     },
+    /// A read found the blob corrupt after part of it was sent: the
+    /// client holds bytes it must throw away (DATA_LOSS), where a blob
+    /// found corrupt before the first byte is simply not there.
+    #[error("blob {digest} turned out corrupt while it was being read")]
+    CorruptWhileReading {
+        digest: Digest,
+        #[source]
+        source: blob_store::Error,
+    },
     #[error("{resource:?} is refused")]
     Denied {
         resource: String,
@@ -117,8 +126,20 @@ pub fn status(err: &Error) -> Status {
         Error::NotFound { .. } | Error::UnknownUpload { .. } => Code::NotFound,
         Error::Client { source, .. } | Error::Denied { source, .. } => source.code(),
         Error::Store { source, .. } => status::store_code(source),
+        Error::CorruptWhileReading { .. } => Code::DataLoss,
     };
     Status::new(code, status::message(err))
+}
+
+/// The status a read's stream ends with when the store fails after the
+/// stream began.
+fn read_failed(digest: Digest, source: blob_store::Error) -> Status {
+    match source {
+        source @ blob_store::Error::Corrupt { .. } => {
+            status(&Error::CorruptWhileReading { digest, source })
+        }
+        source => status(&Error::Store { digest, source }),
+    }
 }
 
 /// Checks that a request continues the write of `name` at `committed`
@@ -266,7 +287,7 @@ impl ByteStreamService {
             .ok_or(Error::NotFound { digest })?;
         Ok(Box::pin(chunks.map(move |chunk| match chunk {
             Ok(data) => Ok(ReadResponse { data }),
-            Err(source) => Err(status(&Error::Store { digest, source })),
+            Err(source) => Err(read_failed(digest, source)),
         })))
     }
 
@@ -299,10 +320,7 @@ impl ByteStreamService {
                 let item = match chunks.next().await {
                     Some(Ok(data)) => compressor.push(&data),
                     Some(Err(source)) => {
-                        return Some((
-                            Err(status(&Error::Store { digest, source })),
-                            (chunks, None),
-                        ))
+                        return Some((Err(read_failed(digest, source)), (chunks, None)))
                     }
                     None => {
                         let last = compressor

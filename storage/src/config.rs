@@ -65,7 +65,9 @@ pub struct Config {
 }
 
 /// Where blobs are kept: a `[backend]` table whose `kind` names the
-/// variant (`memory`, `disk`, `remote`), with that variant's keys.
+/// variant (`memory`, `disk`, `remote`; default `disk`), with that
+/// variant's keys. A key left out takes its default, as documented on
+/// each field; only a remote's `endpoint` is required.
 /// Deserialized by hand ([`BackendVisitor`]): serde's internally tagged
 /// enums buffer the table first, and their errors then name neither the
 /// key nor its line ("invalid type: integer `0`, expected path string").
@@ -74,7 +76,7 @@ pub enum Backend {
     /// In memory, lost on restart. For tests and throwaway farms.
     Memory {
         /// Largest total size of the blobs held, in bytes; least recently
-        /// used blobs are evicted past it.
+        /// used blobs are evicted past it. Default 10 GiB.
         max_size_bytes: u64,
     },
     /// Files in a directory: the default.
@@ -94,7 +96,7 @@ pub enum Backend {
     /// Another REAPI storage (bb-storage, bazel-remote, a Corral storage
     /// cluster), with an optional local disk cache in front.
     Remote {
-        /// Its endpoint, e.g. `http://storage.internal:8980`.
+        /// Its endpoint, e.g. `http://storage.internal:8980`. Required.
         endpoint: String,
         /// Instance name used on it. Default empty.
         instance_name: String,
@@ -103,6 +105,12 @@ pub enum Backend {
         cache: Option<LocalCache>,
     },
 }
+
+/// `backend.max_size_bytes` when left out: 10 GiB.
+const DEFAULT_MAX_SIZE_BYTES: u64 = 10 << 30;
+
+/// `backend.dir` when left out.
+const DEFAULT_DIR: &str = "corral-data/storage";
 
 /// The backend kinds, as `kind` spells them.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -175,22 +183,21 @@ impl<'de> serde::de::Visitor<'de> for BackendVisitor {
             }
             seen.push(key);
         }
-        let kind = kind.ok_or_else(|| A::Error::missing_field("kind"))?;
+        let kind = kind.unwrap_or(BackendKind::Disk);
         if let Some(key) = seen.iter().find(|key| !kind.keys().contains(&key.as_str())) {
             return Err(A::Error::unknown_field(key, kind.keys()));
         }
-        let missing = A::Error::missing_field;
         Ok(match kind {
             BackendKind::Memory => Backend::Memory {
-                max_size_bytes: max_size_bytes.ok_or_else(|| missing("max_size_bytes"))?,
+                max_size_bytes: max_size_bytes.unwrap_or(DEFAULT_MAX_SIZE_BYTES),
             },
             BackendKind::Disk => Backend::Disk {
-                dir: dir.ok_or_else(|| missing("dir"))?,
-                max_size_bytes: max_size_bytes.ok_or_else(|| missing("max_size_bytes"))?,
-                fsync: fsync.ok_or_else(|| missing("fsync"))?,
+                dir: dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DIR)),
+                max_size_bytes: max_size_bytes.unwrap_or(DEFAULT_MAX_SIZE_BYTES),
+                fsync: fsync.unwrap_or(false),
             },
             BackendKind::Remote => Backend::Remote {
-                endpoint: endpoint.ok_or_else(|| missing("endpoint"))?,
+                endpoint: endpoint.ok_or_else(|| A::Error::missing_field("endpoint"))?,
                 instance_name: instance_name.unwrap_or_default(),
                 cache,
             },
@@ -211,8 +218,8 @@ pub struct LocalCache {
 impl Default for Backend {
     fn default() -> Self {
         Backend::Disk {
-            dir: PathBuf::from("corral-data/storage"),
-            max_size_bytes: 10 << 30,
+            dir: PathBuf::from(DEFAULT_DIR),
+            max_size_bytes: DEFAULT_MAX_SIZE_BYTES,
             fsync: false,
         }
     }
@@ -493,6 +500,95 @@ mod tests {
             .contains("bucket"));
     }
 
+    /// docs/config.md's defaults, for every key it gives one: each holds
+    /// when its key is left out of a table that is there.
+    #[test]
+    fn every_key_left_out_takes_the_default_docs_config_md_gives() {
+        let cfg = parse("").unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:8980".parse().unwrap());
+        assert_eq!(cfg.max_batch_total_size_bytes, 4_194_304);
+        assert!(!cfg.isolate_instances);
+        assert_eq!(
+            (&cfg.tls, &cfg.client_tls, &cfg.auth),
+            (&None, &None, &None)
+        );
+        assert_eq!((&cfg.object_store, &cfg.metrics), (&None, &None));
+        assert_eq!(cfg.tracing, None);
+        let disk = Backend::Disk {
+            dir: "corral-data/storage".into(),
+            max_size_bytes: 10_737_418_240,
+            fsync: false,
+        };
+        assert_eq!(cfg.backend, disk);
+        assert_eq!(parse("[backend]\n").unwrap().backend, disk);
+        assert_eq!(
+            parse("[backend]\nkind = \"memory\"\n").unwrap().backend,
+            Backend::Memory {
+                max_size_bytes: 10_737_418_240
+            }
+        );
+        assert_eq!(
+            parse("[backend]\nkind = \"remote\"\nendpoint = \"http://s:1\"\n")
+                .unwrap()
+                .backend,
+            Backend::Remote {
+                endpoint: "http://s:1".into(),
+                instance_name: String::new(),
+                cache: None,
+            }
+        );
+        let object_store = parse("[object_store]\nurl = \"s3://b\"\n")
+            .unwrap()
+            .object_store
+            .unwrap();
+        assert_eq!(
+            object_store,
+            ObjectStoreConfig {
+                url: "s3://b".into(),
+                endpoint: None,
+                region: "us-east-1".into(),
+                credentials_file: None,
+                allow_http: false,
+                part_size_bytes: 8_388_608,
+                known_digests_max_entries: 1_000_000,
+                known_digests_ttl_s: 300,
+                request_timeout_s: 30,
+                max_retries: 3,
+                retry_timeout_s: 30,
+            }
+        );
+        let metrics = parse("[metrics]\nlisten = \"127.0.0.1:9982\"\n")
+            .unwrap()
+            .metrics
+            .unwrap();
+        assert_eq!(metrics.tls, None, "[metrics.tls] defaults to [tls]");
+        let auth = parse("[auth]\n").unwrap().auth.unwrap();
+        assert!(!auth.allow_anonymous);
+        assert!(auth.client_certificates);
+        assert_eq!((auth.grants, auth.tokens), (None, None));
+        let tracing = parse("[tracing]\nendpoint = \"http://c:4317\"\n")
+            .unwrap()
+            .tracing
+            .unwrap();
+        assert_eq!(tracing.sample_ratio, 1.0);
+    }
+
+    /// A disk backend named by its directory alone: the rest as
+    /// docs/config.md documents (disk, 10 GiB, no fsync).
+    #[test]
+    fn a_backend_table_with_only_dir_parses_to_the_documented_defaults() {
+        let cfg = parse("[backend]\ndir = \"/var/lib/corral/storage\"\n").unwrap();
+        assert_eq!(
+            cfg.backend,
+            Backend::Disk {
+                dir: "/var/lib/corral/storage".into(),
+                max_size_bytes: 10_737_418_240,
+                fsync: false,
+            }
+        );
+        cfg.validate().unwrap();
+    }
+
     /// Found by tests/crafted.rs: with serde's internally tagged enum,
     /// `dir = 0` was refused as "invalid type: integer `0`, expected path
     /// string" at `[backend]`, naming neither the key nor its line.
@@ -506,9 +602,9 @@ mod tests {
                 "`endpoint`",
             ),
             (format!("{disk}dir = \"d\"\nfsynk = 1\n"), "`fsynk`"),
-            ("[backend]\nkind = \"disk\"\n".to_owned(), "`dir`"),
+            ("[backend]\nkind = \"remote\"\n".to_owned(), "`endpoint`"),
             ("[backend]\nkind = \"tape\"\n".to_owned(), "`tape`"),
-            ("[backend]\nmax_size_bytes = 5\n".to_owned(), "`kind`"),
+            ("[backend]\nkind = 5\n".to_owned(), "kind = 5"),
             ("backend = 5\n".to_owned(), "backend = 5"),
             (
                 "[backend]\nkind = \"memory\"\nmax_size_bytes = \"5\"\n".to_owned(),

@@ -1198,7 +1198,7 @@ mod full_disk_tests {
         );
 
         // Space returns: the same requests succeed.
-        std::fs::remove_file(&filler).unwrap();
+        corral_testkit::remove_freeing_space(&filler);
         let updated = cas.batch_update_blobs(batch).await.unwrap().into_inner();
         assert_eq!(updated.responses[0].status.as_ref().unwrap().code, 0);
         let written = bytestream.write(writes()).await.unwrap().into_inner();

@@ -8,11 +8,18 @@
 //!   only once the content matched its digest, the object store completed
 //!   the upload and the local copy was committed (or refused: too large,
 //!   disk full; it is only a cache).
-//! - Reads are served locally; a miss streams the object into the local
-//!   store (verifying it on the way) and serves the local copy. What the
-//!   local store cannot keep is streamed from the object store, verified
-//!   as [`BlobStore::read`] promises. Nothing is ever held whole in memory
-//!   except by [`BlobStore::get`], whose callers asked for that.
+//! - Reads are served locally. A whole read that misses streams the
+//!   object to the client and into the local store at once, each chunk
+//!   verified on the way; the last chunk is withheld until the whole
+//!   object matched its digest and the local copy was committed, so a
+//!   client never receives all of a corrupt blob (the read ends with
+//!   [`Error::Corrupt`]) and the local store never keeps a partial or
+//!   wrong one (its write is dropped, which leaves nothing). A ranged read
+//!   that misses fills the local store first and serves the range from
+//!   it. What the local store cannot keep is streamed from the object
+//!   store alone, verified as [`BlobStore::read`] promises. Nothing is
+//!   ever held whole in memory except by [`BlobStore::get`], whose
+//!   callers asked for that.
 //! - FindMissingBlobs asks the object store (HEAD, concurrently) only for
 //!   digests the local store lacks, and remembers which it found there
 //!   (bounded, each for a TTL). Absences are not remembered: another
@@ -226,12 +233,15 @@ impl Remote {
 
     /// Bytes `offset..offset + limit` of the object, in chunks of at most
     /// [`READ_CHUNK_BYTES`]; a whole read is verified as it streams, its
-    /// last chunk withheld until the digest matched.
+    /// last chunk withheld until the digest matched. A whole read also
+    /// writes each verified chunk to `local`, if given, and commits it
+    /// before the last chunk is released; a partial read ignores `local`.
     async fn read(
         self: &Arc<Self>,
         digest: &Digest,
         offset: u64,
         limit: Option<u64>,
+        local: Option<Box<dyn BlobWrite>>,
     ) -> Result<Option<BlobStream>, Error> {
         let size = digest.size_bytes();
         let offset = offset.min(size);
@@ -262,6 +272,7 @@ impl Remote {
             ended: false,
             verifier: whole.then(|| Verifier::new(*digest)),
             held: None,
+            local: local.filter(|_| whole),
         };
         Ok(Some(Box::pin(stream::try_unfold(state, ReadState::next))))
     }
@@ -279,6 +290,10 @@ struct ReadState {
     /// The chunk withheld until the next one (or the end) shows the blob
     /// is still what its digest says.
     held: Option<Vec<u8>>,
+    /// The local store's copy being written as the object streams past:
+    /// dropped, so abandoned, if the object turns out corrupt or the
+    /// client goes away.
+    local: Option<Box<dyn BlobWrite>>,
 }
 
 impl ReadState {
@@ -291,7 +306,13 @@ impl ReadState {
                     return Ok(Some((chunk, self)));
                 };
                 if verifier.update(&chunk).is_err() {
+                    self.local = None;
                     return Err(self.remote.corrupt(&self.digest).await);
+                }
+                if let Some(local) = &mut self.local {
+                    if let Err(err) = local.write(&chunk).await {
+                        self.stop_caching(err);
+                    }
                 }
                 if let Some(previous) = self.held.replace(chunk) {
                     return Ok(Some((previous, self)));
@@ -308,10 +329,27 @@ impl ReadState {
             }
             if let Some(verifier) = self.verifier.take() {
                 if verifier.finish().is_err() {
+                    self.local = None;
                     return Err(self.remote.corrupt(&self.digest).await);
+                }
+                self.remote.remember(&self.digest);
+            }
+            if let Some(local) = self.local.take() {
+                if let Err(err) = local.commit().await {
+                    self.stop_caching(err);
                 }
             }
             return Ok(self.held.take().map(|chunk| (chunk, self)));
+        }
+    }
+
+    /// The local copy failed: the read goes on from the object store,
+    /// whose bytes are being verified, and the blob is simply not cached.
+    /// Logged here, since the client's read succeeds.
+    fn stop_caching(&mut self, err: Error) {
+        self.local = None;
+        if let Err(err) = not_cached(err) {
+            tracing::warn!(digest = %self.digest, error = %crate::status::message(&err), "not caching a blob read from the object store");
         }
     }
 }
@@ -356,7 +394,7 @@ impl BlobStore for ObjectTier {
             Fill::Missing => Ok(None),
             Fill::Local => self.local.get(digest).await,
             Fill::NotCached => {
-                let Some(stream) = self.remote.read(digest, 0, None).await? else {
+                let Some(stream) = self.remote.read(digest, 0, None, None).await? else {
                     return Ok(None);
                 };
                 let chunks: Vec<Vec<u8>> = stream.try_collect().await?;
@@ -374,15 +412,29 @@ impl BlobStore for ObjectTier {
         if let Some(stream) = self.local.read(digest, offset, limit).await? {
             return Ok(Some(stream));
         }
+        if offset == 0 && limit.is_none_or(|limit| limit >= digest.size_bytes()) {
+            // Streamed to the client as the local copy fills, rather than
+            // filled first and then served: the client's bytes and the
+            // disk's overlap (ReadState withholds the last chunk until
+            // both the digest and the local commit are through).
+            let local = match self.local.begin_write(digest).await {
+                Ok(write) => Some(write),
+                Err(err) => {
+                    not_cached(err)?;
+                    None
+                }
+            };
+            return self.remote.read(digest, 0, None, local).await;
+        }
         match self.fill(digest).await? {
             Fill::Missing => Ok(None),
             Fill::Local => match self.local.read(digest, offset, limit).await? {
                 Some(stream) => Ok(Some(stream)),
                 // Evicted at once by a concurrent write: straight from the
                 // object store.
-                None => self.remote.read(digest, offset, limit).await,
+                None => self.remote.read(digest, offset, limit, None).await,
             },
-            Fill::NotCached => self.remote.read(digest, offset, limit).await,
+            Fill::NotCached => self.remote.read(digest, offset, limit, None).await,
         }
     }
 
@@ -587,6 +639,17 @@ mod tests {
             Some(data.clone()),
             "read fills"
         );
+        // A whole read streams the object as it fills the local store.
+        let (third, local) = tier(&store, &cfg());
+        assert_eq!(
+            crate::blob_store::conformance::read_all(&third, &d, 0, None).await,
+            data
+        );
+        assert_eq!(
+            local.get(&d).await.unwrap(),
+            Some(data.clone()),
+            "a whole read fills"
+        );
         assert_eq!(
             second.get_action_result(&action).await.unwrap(),
             Some(vec![1, 2])
@@ -615,7 +678,7 @@ mod tests {
     }
 
     async fn read_all_remote(tier: &ObjectTier, d: &Digest) -> Vec<u8> {
-        let stream = tier.remote.read(d, 0, None).await.unwrap().unwrap();
+        let stream = tier.remote.read(d, 0, None, None).await.unwrap().unwrap();
         let chunks: Vec<Vec<u8>> = stream.try_collect().await.unwrap();
         chunks.concat()
     }
@@ -647,11 +710,29 @@ mod tests {
         bad[100] ^= 1;
         store.put(&key, PutPayload::from(bad)).await.unwrap();
 
+        // A whole read streams while it fills the local store: the stream
+        // ends in an error before its last chunk, nothing is cached.
         let (reader, local) = tier(&store, &cfg());
-        let err = reader.read(&d, 0, None).await.err().expect("refused");
-        assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+        let stream = reader.read(&d, 0, None).await.unwrap().unwrap();
+        let got: Vec<Result<Vec<u8>, Error>> = stream.collect().await;
+        let served: usize = got
+            .iter()
+            .filter_map(|c| c.as_ref().ok())
+            .map(Vec::len)
+            .sum();
+        assert!(served < data.len(), "the whole corrupt blob was served");
+        assert!(matches!(got.last(), Some(Err(Error::Corrupt { .. }))));
         assert_eq!(local.get(&d).await.unwrap(), None, "not cached");
         assert_eq!(reader.find_missing(&[d]).await.unwrap(), [d], "deleted");
+
+        // A ranged read fills first: refused before its first byte.
+        store
+            .put(&key, PutPayload::from(vec![1; data.len()]))
+            .await
+            .unwrap();
+        let err = reader.read(&d, 10, Some(100)).await.err().expect("refused");
+        assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+        assert_eq!(local.get(&d).await.unwrap(), None, "not cached");
 
         // Corrupt again, read straight from the object store: the stream
         // ends in an error before its last chunk.
@@ -659,7 +740,12 @@ mod tests {
             .put(&key, PutPayload::from(vec![0; data.len()]))
             .await
             .unwrap();
-        let stream = reader.remote.read(&d, 0, None).await.unwrap().unwrap();
+        let stream = reader
+            .remote
+            .read(&d, 0, None, None)
+            .await
+            .unwrap()
+            .unwrap();
         let got: Vec<Result<Vec<u8>, Error>> = stream.collect().await;
         let served: usize = got
             .iter()

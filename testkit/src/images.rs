@@ -129,17 +129,22 @@ pub fn oci_layout(tree: &Path, layout: &Path, tag: &str) -> String {
     digest
 }
 
-/// One HTTP/1.1 request to `addr`; the status and the `Location` header.
+/// One HTTP/1.1 request to `addr` (with an `Authorization` header if
+/// given); the status and the `Location` header.
 fn request(
     addr: SocketAddr,
+    authorization: Option<&str>,
     method: &str,
     path: &str,
     content_type: &str,
     body: &[u8],
 ) -> (u16, Option<String>) {
     let mut stream = TcpStream::connect(addr).unwrap();
+    let authorization = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Content-Type: {content_type}\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
@@ -167,6 +172,21 @@ fn request(
 /// (plain HTTP, no auth) as `repository:tag`: each blob by a monolithic
 /// upload, then the manifest.
 pub fn push_layout(addr: SocketAddr, layout: &Path, repository: &str, tag: &str) {
+    push_layout_as(addr, None, layout, repository, tag);
+}
+
+/// Like [`push_layout`], sending `authorization` (`Basic …`) with each
+/// request.
+pub fn push_layout_as(
+    addr: SocketAddr,
+    authorization: Option<&str>,
+    layout: &Path,
+    repository: &str,
+    tag: &str,
+) {
+    let request = |method: &str, path: &str, content_type: &str, body: &[u8]| {
+        request(addr, authorization, method, path, content_type, body)
+    };
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     let digest = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
@@ -179,7 +199,6 @@ pub fn push_layout(addr: SocketAddr, layout: &Path, repository: &str, tag: &str)
     }
     for d in digests {
         let (status, location) = request(
-            addr,
             "POST",
             &format!("/v2/{repository}/blobs/uploads/"),
             "application/octet-stream",
@@ -193,7 +212,6 @@ pub fn push_layout(addr: SocketAddr, layout: &Path, repository: &str, tag: &str)
             .to_owned();
         let separator = if path.contains('?') { '&' } else { '?' };
         let (status, _) = request(
-            addr,
             "PUT",
             &format!("{path}{separator}digest={d}"),
             "application/octet-stream",
@@ -202,7 +220,6 @@ pub fn push_layout(addr: SocketAddr, layout: &Path, repository: &str, tag: &str)
         assert_eq!(status, 201, "upload {d}");
     }
     let (status, _) = request(
-        addr,
         "PUT",
         &format!("/v2/{repository}/manifests/{tag}"),
         "application/vnd.oci.image.manifest.v1+json",
@@ -225,7 +242,39 @@ pub struct Registry {
 impl Registry {
     /// Starts [`REGISTRY`] and waits until it listens.
     pub fn start() -> Registry {
+        Self::start_with(None)
+    }
+
+    /// Like [`start`](Self::start), requiring the login `user:password`
+    /// (the registry's htpasswd authentication: Basic, bcrypt hashed by
+    /// perl's crypt(3), which libxcrypt gives bcrypt).
+    pub fn start_with_login(user: &str, password: &str) -> Registry {
+        Self::start_with(Some((user, password)))
+    }
+
+    fn start_with(login: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
+        let auth = match login {
+            None => String::new(),
+            Some((user, password)) => {
+                let hash = Command::new("perl")
+                    .args([
+                        "-e",
+                        "print crypt($ARGV[0], '$2b$05$' . 'corralcorralcorralcorr')",
+                        password,
+                    ])
+                    .output()
+                    .unwrap();
+                let hash = String::from_utf8(hash.stdout).unwrap();
+                assert!(hash.starts_with("$2b$05$"), "bcrypt from crypt(3): {hash}");
+                let file = dir.path().join("htpasswd");
+                std::fs::write(&file, format!("{user}:{hash}\n")).unwrap();
+                format!(
+                    "auth:\n  htpasswd:\n    realm: corral\n    path: {}\n",
+                    file.display()
+                )
+            }
+        };
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
@@ -236,7 +285,7 @@ impl Registry {
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {addr}\n",
+                 http:\n  addr: {addr}\n{auth}",
                 dir.path().join("data").display()
             ),
         )

@@ -110,6 +110,22 @@ impl Tmpfs {
     }
 }
 
+/// Removes the file at `path` and frees its blocks at once: truncated
+/// first, then unlinked. An unlinked file keeps its blocks while any
+/// process holds it open, and a child that another test thread forks (to
+/// run `mount`, say) holds a copy of every descriptor of this process,
+/// close-on-exec ones included, until its exec: a test that frees space
+/// on a small file system by unlinking alone can find it still full under
+/// load.
+pub fn remove_freeing_space(path: &Path) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|file| file.set_len(0))
+        .unwrap_or_else(|err| panic!("truncate {}: {err}", path.display()));
+    std::fs::remove_file(path).unwrap_or_else(|err| panic!("remove {}: {err}", path.display()));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

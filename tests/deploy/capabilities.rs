@@ -33,11 +33,7 @@ fn sandbox_run_with(
     ];
     let started = std::time::Instant::now();
     let output = as_unit(capabilities, &[], None, &command).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = corral_e2e::output_text(&output);
     (output.status.success(), text, started.elapsed())
 }
 

@@ -93,7 +93,7 @@ fn kubernetes_validate(python: &Path, files: &[PathBuf]) -> (bool, String) {
 #[test]
 fn kubernetes_manifests_pass_schema_validation() {
     let test = "kubernetes_manifests_pass_schema_validation";
-    let Some(python) = python(test) else {
+    let Some(python) = test_python(test) else {
         return;
     };
     let files = manifests();
@@ -165,7 +165,7 @@ fn probed_port(container: &serde_json::Value, probe: &str) -> (String, u64) {
 #[test]
 fn manifests_use_the_configmap_and_probe_the_configs_ports() {
     let test = "manifests_use_the_configmap_and_probe_the_configs_ports";
-    let Some(python) = python(test) else {
+    let Some(python) = test_python(test) else {
         return;
     };
     let docs = manifest_documents(&python);

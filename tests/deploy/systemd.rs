@@ -22,11 +22,7 @@ fn systemd_verify(test: &str, units: &[PathBuf]) -> Option<(bool, String)> {
             return None;
         }
     };
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = corral_e2e::output_text(&output);
     Some((output.status.success(), text))
 }
 

@@ -186,7 +186,7 @@ fn storage_scheduler_and_worker_stay_within_their_units_system_call_filters() {
     if !corral_testkit::privileged(test) {
         return;
     }
-    let Some(python) = python(test) else {
+    let Some(python) = test_python(test) else {
         return;
     };
     for tool in ["strace", "systemd-analyze"] {
@@ -338,11 +338,7 @@ fn storage_scheduler_and_worker_stay_within_their_units_system_call_filters() {
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let said = corral_e2e::output_text(&output);
     assert!(
         output.status.success() && said.contains("status 0 exit 0 tree"),
         "the action through the farm:\n{said}\n{}",

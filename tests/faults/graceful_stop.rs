@@ -11,11 +11,12 @@
 
 use std::time::{Duration, Instant};
 
+use corral_e2e::reapi::Client;
 use corral_e2e::{free_port, metrics_page, Daemon, SplitFarm};
 
 use tokio::task::JoinSet;
 
-use crate::restarts::{assert_result, Client, Outcome};
+use crate::restarts::{assert_result, execute, upload_script, Outcome};
 
 /// A hang must not eat CI's time.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -73,7 +74,7 @@ fn running(
     executing: Option<tokio::sync::oneshot::Sender<String>>,
 ) -> JoinSet<Outcome> {
     let mut task = JoinSet::new();
-    task.spawn(async move { client.execute(&action, executing).await });
+    task.spawn(async move { execute(&client, &action, executing).await });
     task
 }
 
@@ -96,37 +97,25 @@ pub(crate) fn sleep_command(seconds: &str) -> String {
 }
 
 pub(crate) fn processes(cmdline: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|entry| {
-            let raw = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            let words: Vec<String> = raw
-                .split(|b| *b == 0)
-                .filter(|w| !w.is_empty())
-                .map(|w| String::from_utf8_lossy(w).into_owned())
-                .collect();
-            words.join(" ") == cmdline
-        })
+    corral_e2e::processes::running()
+        .iter()
+        .filter(|p| p.command_line() == cmdline)
         .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_worker_finishes_its_action_reports_it_and_takes_no_other() {
     let (mut farm, metrics_port) = farm_with("");
-    let client = Client::new(&farm);
-    let first = client
-        .action("sleep 3; echo 'first, slept 3s'; exit 5")
-        .await;
-    let second = client.action("echo 'second (graceful)'").await;
+    let client = Client::of_split(&farm);
+    let first = upload_script(&client, "sleep 3; echo 'first, slept 3s'; exit 5").await;
+    let second = upload_script(&client, "echo 'second (graceful)'").await;
     let (tx, executing) = tokio::sync::oneshot::channel();
-    let first_run = running(Client::new(&farm), first, Some(tx));
+    let first_run = running(Client::of_split(&farm), first, Some(tx));
     tokio::time::timeout(LIMIT, executing)
         .await
         .expect("the first action ran")
         .unwrap();
-    let mut second_run = running(Client::new(&farm), second, None);
+    let mut second_run = running(Client::of_split(&farm), second, None);
     // The second waits behind the first: the worker has one slot.
     until_queued(metrics_port, 1, Duration::from_secs(10), &farm).await;
 
@@ -198,13 +187,11 @@ async fn killed_on_stop_the_action_is_queued_again_at_once(how: Kill, sleep: &st
         Kill::SecondSigterm => "",
     };
     let (mut farm, metrics_port) = farm_with(keys);
-    let client = Client::new(&farm);
+    let client = Client::of_split(&farm);
     let sleeping = sleep_command(sleep);
-    let action = client
-        .action(&format!("{sleeping}; echo 'slept {sleep}s'"))
-        .await;
+    let action = upload_script(&client, &format!("{sleeping}; echo 'slept {sleep}s'")).await;
     let (tx, executing) = tokio::sync::oneshot::channel();
-    let run = running(Client::new(&farm), action, Some(tx));
+    let run = running(Client::of_split(&farm), action, Some(tx));
     tokio::time::timeout(LIMIT, executing)
         .await
         .expect("the action ran")
@@ -299,7 +286,7 @@ async fn a_second_sigterm_kills_the_action_which_is_queued_again_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_worker_stops_at_once_and_leaves_no_poll_to_take_work() {
     let (mut farm, metrics_port) = farm_with("");
-    let client = Client::new(&farm);
+    let client = Client::of_split(&farm);
     // Idle: its slot's Synchronize is held by the scheduler (a long poll).
     tokio::time::sleep(Duration::from_secs(1)).await;
     farm.signal(Daemon::Worker, "TERM");
@@ -313,8 +300,8 @@ async fn an_idle_worker_stops_at_once_and_leaves_no_poll_to_take_work() {
     );
     // Had the scheduler kept serving the dropped long poll, it would hand
     // this action to it, to wait out the worker timeout.
-    let action = client.action("echo 'after the stop'").await;
-    let run = running(Client::new(&farm), action, None);
+    let action = upload_script(&client, "echo 'after the stop'").await;
+    let run = running(Client::of_split(&farm), action, None);
     until_queued(metrics_port, 1, Duration::from_secs(10), &farm).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(queued(metrics_port), 1, "{}", farm.logs());

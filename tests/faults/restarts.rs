@@ -10,20 +10,10 @@
 
 use std::time::{Duration, Instant};
 
+use corral_e2e::reapi::{response, stage, Client, NewAction};
 use corral_e2e::{Daemon, SplitFarm};
-use corral_proto::longrunning::{operation, Operation};
-use corral_proto::reapi::action_cache_client::ActionCacheClient;
-use corral_proto::reapi::batch_update_blobs_request::Request as UploadRequest;
-use corral_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
-use corral_proto::reapi::execution_client::ExecutionClient;
-use corral_proto::reapi::{
-    execution_stage, Action, BatchReadBlobsRequest, BatchUpdateBlobsRequest, Command, Digest,
-    Directory, ExecuteOperationMetadata, ExecuteRequest, ExecuteResponse, GetActionResultRequest,
-    WaitExecutionRequest,
-};
-use prost::Message;
-use sha2::Digest as _;
-use tonic::transport::Channel;
+use corral_proto::longrunning::Operation;
+use corral_proto::reapi::{execution_stage, Digest, ExecuteRequest, ExecuteResponse};
 use tonic::{Code, Status};
 
 /// How long an action of these tests runs: long enough to kill and
@@ -38,20 +28,6 @@ fn connection_lost(status: &Status) -> bool {
         || (status.code() == Code::Unknown && status.message().starts_with("h2 protocol error"))
 }
 
-fn digest_of(data: &[u8]) -> Digest {
-    Digest {
-        hash: hex::encode(sha2::Sha256::digest(data)),
-        size_bytes: data.len() as i64,
-    }
-}
-
-/// A REAPI client of a split farm: CAS and Action Cache at storage,
-/// Execution at the scheduler, each reconnecting on its own.
-pub(crate) struct Client {
-    storage: Channel,
-    scheduler: Channel,
-}
-
 /// How an Execute or WaitExecution stream ended.
 #[derive(Debug)]
 pub(crate) enum Outcome {
@@ -60,140 +36,68 @@ pub(crate) enum Outcome {
     Broken(Option<String>, Status),
 }
 
-impl Client {
-    pub(crate) fn new(farm: &SplitFarm) -> Client {
-        let lazy = |url: String| Channel::from_shared(url).unwrap().connect_lazy();
-        Client {
-            storage: lazy(farm.storage_url()),
-            scheduler: lazy(farm.scheduler_url()),
-        }
-    }
+/// Uploads a cacheable action running `script` in `sh` (empty input
+/// root) and returns its digest.
+pub(crate) async fn upload_script(client: &Client, script: &str) -> Digest {
+    client
+        .upload_action(&NewAction::sh(script).cacheable())
+        .await
+}
 
-    async fn upload(&self, blobs: &[&[u8]]) {
-        let requests = blobs
-            .iter()
-            .map(|data| UploadRequest {
-                digest: Some(digest_of(data)),
-                data: data.to_vec(),
-                ..Default::default()
-            })
-            .collect();
-        let response = ContentAddressableStorageClient::new(self.storage.clone())
-            .batch_update_blobs(BatchUpdateBlobsRequest {
-                requests,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        for r in response.responses {
-            assert_eq!(r.status.unwrap_or_default().code, 0, "upload refused");
-        }
-    }
-
-    /// Uploads an action running `script` in `sh` (empty input root) and
-    /// returns its digest.
-    pub(crate) async fn action(&self, script: &str) -> Digest {
-        let command = Command {
-            arguments: vec!["/bin/sh".into(), "-c".into(), script.into()],
+/// Follows an Execute stream (stdout inline) to its end; `executing`
+/// learns the operation's name once a worker runs it.
+pub(crate) async fn execute(
+    client: &Client,
+    action: &Digest,
+    executing: Option<tokio::sync::oneshot::Sender<String>>,
+) -> Outcome {
+    let call = client
+        .execute(ExecuteRequest {
+            action_digest: Some(action.clone()),
+            inline_stdout: true,
             ..Default::default()
-        }
-        .encode_to_vec();
-        let root = Directory::default().encode_to_vec();
-        let action = Action {
-            command_digest: Some(digest_of(&command)),
-            input_root_digest: Some(digest_of(&root)),
-            ..Default::default()
-        }
-        .encode_to_vec();
-        self.upload(&[&command, &root, &action]).await;
-        digest_of(&action)
+        })
+        .await;
+    match call {
+        Ok(stream) => follow(stream, executing).await,
+        Err(status) => Outcome::Broken(None, status),
     }
+}
 
-    /// Follows an Execute stream to its end; `executing` learns the
-    /// operation's name once a worker runs it.
-    pub(crate) async fn execute(
-        &self,
-        action: &Digest,
-        executing: Option<tokio::sync::oneshot::Sender<String>>,
-    ) -> Outcome {
-        let call = ExecutionClient::new(self.scheduler.clone())
-            .execute(ExecuteRequest {
-                action_digest: Some(action.clone()),
-                inline_stdout: true,
-                ..Default::default()
-            })
-            .await;
-        match call {
-            Ok(stream) => follow(stream.into_inner(), executing).await,
-            Err(status) => Outcome::Broken(None, status),
-        }
-    }
-
-    /// Execute, and once more if the connection breaks (the scheduler
-    /// went away), as Bazel does; the first attempt's
-    /// operation name is sent on `executing` once it runs.
-    async fn execute_with_one_retry(
-        &self,
-        action: &Digest,
-        executing: tokio::sync::oneshot::Sender<String>,
-    ) -> (Outcome, Option<Outcome>) {
-        let first = self.execute(action, Some(executing)).await;
-        let retry = match &first {
-            Outcome::Broken(_, status) if connection_lost(status) => {
-                // The retried call waits for the scheduler to be back:
-                // Bazel backs off between attempts for the same reason.
-                let deadline = Instant::now() + Duration::from_secs(60);
-                loop {
-                    match self.execute(action, None).await {
-                        Outcome::Broken(None, s)
-                            if s.code() == Code::Unavailable && Instant::now() < deadline =>
-                        {
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                        outcome => break Some(outcome),
+/// Execute, and once more if the connection breaks (the scheduler went
+/// away), as Bazel does; the first attempt's operation name is sent on
+/// `executing` once it runs.
+async fn execute_with_one_retry(
+    client: &Client,
+    action: &Digest,
+    executing: tokio::sync::oneshot::Sender<String>,
+) -> (Outcome, Option<Outcome>) {
+    let first = execute(client, action, Some(executing)).await;
+    let retry = match &first {
+        Outcome::Broken(_, status) if connection_lost(status) => {
+            // The retried call waits for the scheduler to be back:
+            // Bazel backs off between attempts for the same reason.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                match execute(client, action, None).await {
+                    Outcome::Broken(None, s)
+                        if s.code() == Code::Unavailable && Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
+                    outcome => break Some(outcome),
                 }
             }
-            _ => None,
-        };
-        (first, retry)
-    }
-
-    async fn wait_execution(&self, name: &str) -> Outcome {
-        let call = ExecutionClient::new(self.scheduler.clone())
-            .wait_execution(WaitExecutionRequest {
-                name: name.to_owned(),
-            })
-            .await;
-        match call {
-            Ok(stream) => follow(stream.into_inner(), None).await,
-            Err(status) => Outcome::Broken(Some(name.to_owned()), status),
         }
-    }
+        _ => None,
+    };
+    (first, retry)
+}
 
-    /// The Action Cache entry of `action`, if storage has one.
-    async fn cached(&self, action: &Digest) -> Option<corral_proto::reapi::ActionResult> {
-        ActionCacheClient::new(self.storage.clone())
-            .get_action_result(GetActionResultRequest {
-                action_digest: Some(action.clone()),
-                ..Default::default()
-            })
-            .await
-            .ok()
-            .map(tonic::Response::into_inner)
-    }
-
-    async fn read(&self, digest: &Digest) -> Vec<u8> {
-        let mut response = ContentAddressableStorageClient::new(self.storage.clone())
-            .batch_read_blobs(BatchReadBlobsRequest {
-                digests: vec![digest.clone()],
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        response.responses.pop().unwrap().data
+async fn wait_execution(client: &Client, name: &str) -> Outcome {
+    match client.wait_execution(name).await {
+        Ok(stream) => follow(stream, None).await,
+        Err(status) => Outcome::Broken(Some(name.to_owned()), status),
     }
 }
 
@@ -206,23 +110,13 @@ async fn follow(
         match stream.message().await {
             Ok(Some(op)) => {
                 name = Some(op.name.clone());
-                let stage = ExecuteOperationMetadata::decode(
-                    op.metadata.as_ref().unwrap().value.as_slice(),
-                )
-                .unwrap()
-                .stage;
-                if stage == execution_stage::Value::Executing as i32 {
+                if stage(&op) == Some(execution_stage::Value::Executing) {
                     if let Some(tx) = executing.take() {
                         let _ = tx.send(op.name.clone());
                     }
                 }
-                if let Some(operation::Result::Response(any)) = op.result {
-                    return Outcome::Done(Box::new(
-                        ExecuteResponse::decode(any.value.as_slice()).unwrap(),
-                    ));
-                }
-                if let Some(operation::Result::Error(status)) = op.result {
-                    panic!("the operation failed: {status:?}");
+                if let Some(response) = response(&op) {
+                    return Outcome::Done(Box::new(response));
                 }
             }
             Ok(None) => return Outcome::Broken(name, Status::unknown("the stream ended early")),
@@ -261,12 +155,7 @@ pub(crate) async fn assert_result(
     );
     let result = response.result.clone().unwrap();
     assert_eq!(result.exit_code, exit_code, "{result:?}");
-    let out = if result.stdout_raw.is_empty() {
-        client.read(result.stdout_digest.as_ref().unwrap()).await
-    } else {
-        result.stdout_raw.clone()
-    };
-    assert_eq!(String::from_utf8_lossy(&out), stdout, "{result:?}");
+    assert_eq!(client.stdout(response).await, stdout, "{result:?}");
 }
 
 /// Kills `daemon`, waits half a second and starts it again. The harness
@@ -295,12 +184,15 @@ async fn chaos(
 /// retry) gets the action's result.
 async fn killed_mid_action_the_action_still_completes(daemon: Daemon, salt: &str) {
     let mut farm = SplitFarm::start();
-    let client = Client::new(&farm);
+    let client = Client::of_split(&farm);
     let (script, stdout) = script(salt, 7);
-    let action = client.action(&script).await;
+    let action = upload_script(&client, &script).await;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (outcome, ()) = tokio::join!(
-        tokio::time::timeout(Duration::from_secs(120), client.execute(&action, Some(tx))),
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            execute(&client, &action, Some(tx))
+        ),
         chaos(&mut farm, daemon, rx),
     );
     let outcome = outcome.expect("no result within 2 minutes");
@@ -315,16 +207,16 @@ async fn storage_killed_mid_action_and_restarted_the_client_gets_the_result() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_down_when_the_outputs_go_up_is_unavailable_and_a_retry_gets_the_result() {
     let mut farm = SplitFarm::start();
-    let client = Client::new(&farm);
+    let client = Client::of_split(&farm);
     let (script, stdout) = script("storage-down", 7);
-    let action = client.action(&script).await;
+    let action = upload_script(&client, &script).await;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let down = async {
         rx.await.expect("the action never ran");
         tokio::time::sleep(Duration::from_secs(1)).await;
         tokio::task::block_in_place(|| farm.kill(Daemon::Storage));
     };
-    let (first, ()) = tokio::join!(client.execute(&action, Some(tx)), down);
+    let (first, ()) = tokio::join!(execute(&client, &action, Some(tx)), down);
     // The worker could not upload stdout: the farm's failure, which the
     // client may retry, not the action's.
     let Outcome::Done(response) = &first else {
@@ -333,7 +225,7 @@ async fn storage_down_when_the_outputs_go_up_is_unavailable_and_a_retry_gets_the
     let status = response.status.clone().unwrap_or_default();
     assert_eq!(status.code, Code::Unavailable as i32, "{status:?}");
     tokio::task::block_in_place(|| farm.restart(Daemon::Storage));
-    let again = client.execute(&action, None).await;
+    let again = execute(&client, &action, None).await;
     assert_result(&client, &farm, &again, 7, &stdout).await;
 }
 
@@ -345,14 +237,14 @@ async fn worker_killed_mid_action_and_restarted_the_action_runs_again_and_comple
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduler_killed_mid_action_one_retried_execute_gets_the_result() {
     let mut farm = SplitFarm::start();
-    let client = Client::new(&farm);
+    let client = Client::of_split(&farm);
     let (script, stdout) = script("scheduler", 0);
-    let action = client.action(&script).await;
+    let action = upload_script(&client, &script).await;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (outcomes, ()) = tokio::join!(
         tokio::time::timeout(
             Duration::from_secs(120),
-            client.execute_with_one_retry(&action, tx)
+            execute_with_one_retry(&client, &action, tx)
         ),
         chaos(&mut farm, Daemon::Scheduler, rx),
     );
@@ -372,9 +264,9 @@ async fn scheduler_killed_mid_action_one_retried_execute_gets_the_result() {
 /// does: WaitExecution, NOT_FOUND, Execute again, a cache hit.
 async fn the_retried_execute_is_a_cache_hit(back_before_the_end: bool, salt: &str) {
     let mut farm = SplitFarm::start();
-    let client = Client::new(&farm);
+    let client = Client::of_split(&farm);
     let (script, stdout) = script(salt, 0);
-    let action = client.action(&script).await;
+    let action = upload_script(&client, &script).await;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let killed = async {
         let name = rx.await.expect("the action never ran");
@@ -382,7 +274,7 @@ async fn the_retried_execute_is_a_cache_hit(back_before_the_end: bool, salt: &st
         tokio::task::block_in_place(|| farm.kill(Daemon::Scheduler));
         name
     };
-    let (first, name) = tokio::join!(client.execute(&action, Some(tx)), killed);
+    let (first, name) = tokio::join!(execute(&client, &action, Some(tx)), killed);
     assert!(
         matches!(&first, Outcome::Broken(_, s) if connection_lost(s)),
         "{first:?}"
@@ -405,12 +297,12 @@ async fn the_retried_execute_is_a_cache_hit(back_before_the_end: bool, salt: &st
     if !back_before_the_end {
         tokio::task::block_in_place(|| farm.restart(Daemon::Scheduler));
     }
-    let waited = client.wait_execution(&name).await;
+    let waited = wait_execution(&client, &name).await;
     assert!(
         matches!(&waited, Outcome::Broken(_, s) if s.code() == Code::NotFound),
         "a restarted scheduler does not know the operation: {waited:?}"
     );
-    let again = client.execute(&action, None).await;
+    let again = execute(&client, &action, None).await;
     assert_result(&client, &farm, &again, 0, &stdout).await;
     let Outcome::Done(response) = again else {
         unreachable!()
@@ -418,8 +310,8 @@ async fn the_retried_execute_is_a_cache_hit(back_before_the_end: bool, salt: &st
     assert!(response.cached_result, "{response:?}");
     // The worker's slot, whose completion the new scheduler refused,
     // takes new work.
-    let next = client.action(&format!("echo 'next ({salt})'")).await;
-    let done = tokio::time::timeout(Duration::from_secs(60), client.execute(&next, None))
+    let next = upload_script(&client, &format!("echo 'next ({salt})'")).await;
+    let done = tokio::time::timeout(Duration::from_secs(60), execute(&client, &next, None))
         .await
         .expect("the worker took no new work");
     assert_result(&client, &farm, &done, 0, &format!("next ({salt})\n")).await;
@@ -449,8 +341,8 @@ async fn a_retried_execute_joins_the_action_still_running_from_before_the_restar
     let line = "ran once, across a scheduler restart";
     let script = format!("sleep {seconds}; echo '{line}'");
     let mut farm = SplitFarm::start();
-    let client = Client::new(&farm);
-    let action = client.action(&script).await;
+    let client = Client::of_split(&farm);
+    let action = upload_script(&client, &script).await;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let restarted = async {
         let name = rx.await.expect("the action never ran");
@@ -459,19 +351,20 @@ async fn a_retried_execute_joins_the_action_still_running_from_before_the_restar
         kill_and_restart(&mut farm, Daemon::Scheduler);
         (name, at)
     };
-    let (first, (name, restarted_at)) = tokio::join!(client.execute(&action, Some(tx)), restarted);
+    let (first, (name, restarted_at)) =
+        tokio::join!(execute(&client, &action, Some(tx)), restarted);
     assert!(
         matches!(&first, Outcome::Broken(_, s) if connection_lost(s)),
         "{first:?}"
     );
-    let waited = client.wait_execution(&name).await;
+    let waited = wait_execution(&client, &name).await;
     assert!(
         matches!(&waited, Outcome::Broken(_, s) if s.code() == Code::NotFound),
         "a restarted scheduler does not know the operation: {waited:?}"
     );
     let again = tokio::time::timeout(
         Duration::from_secs(3 * seconds),
-        client.execute(&action, None),
+        execute(&client, &action, None),
     )
     .await
     .expect("no result for the retried Execute");
@@ -501,8 +394,8 @@ async fn a_retried_execute_joins_the_action_still_running_from_before_the_restar
     );
     // The queue skipped the retry the adopted run answered: the slot
     // takes new work.
-    let next = client.action("echo 'next (adopted)'").await;
-    let done = tokio::time::timeout(Duration::from_secs(60), client.execute(&next, None))
+    let next = upload_script(&client, "echo 'next (adopted)'").await;
+    let done = tokio::time::timeout(Duration::from_secs(60), execute(&client, &next, None))
         .await
         .expect("the worker took no new work");
     assert_result(&client, &farm, &done, 0, "next (adopted)\n").await;
@@ -511,14 +404,9 @@ async fn a_retried_execute_joins_the_action_still_running_from_before_the_restar
 /// Whether a process whose command line contains `marker` runs (the
 /// host sees the sandboxes' processes).
 fn running(marker: &str) -> bool {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|entry| {
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline).contains(marker)
-        })
+    corral_e2e::processes::running()
+        .iter()
+        .any(|p| p.command_line().contains(marker))
 }
 
 #[test]
@@ -574,11 +462,7 @@ fn bazel_builds_green_across_a_scheduler_restart_mid_build() {
     std::thread::sleep(Duration::from_millis(500));
     farm.restart(Daemon::Scheduler);
     let out = bazel.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = corral_e2e::output_text(&out);
     assert!(
         out.status.success(),
         "the build failed across a scheduler restart\n{text}\n{}",

@@ -10,24 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 
 use corral_e2e::processes::Processes;
+use corral_e2e::reapi::{Client, NewAction};
 use corral_e2e::{corral_binary, free_port};
-use corral_proto::longrunning::operation;
-use corral_proto::reapi::batch_update_blobs_request::Request as UploadRequest;
-use corral_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
-use corral_proto::reapi::execution_client::ExecutionClient;
-use corral_proto::reapi::{
-    Action, BatchUpdateBlobsRequest, Command, Digest, Directory, ExecuteRequest, ExecuteResponse,
-};
-use prost::Message;
-use sha2::Digest as _;
-use tonic::transport::Channel;
-
-fn digest_of(data: &[u8]) -> Digest {
-    Digest {
-        hash: hex::encode(sha2::Sha256::digest(data)),
-        size_bytes: data.len() as i64,
-    }
-}
+use corral_proto::reapi::ExecuteResponse;
 
 /// What the scheduler logs when it queues an action again for a larger
 /// class.
@@ -177,46 +162,6 @@ fn start() -> (Daemons, String, String) {
     (d, storage, scheduler)
 }
 
-async fn upload(storage: &Channel, blobs: &[&[u8]]) {
-    let requests = blobs
-        .iter()
-        .map(|data| UploadRequest {
-            digest: Some(digest_of(data)),
-            data: data.to_vec(),
-            ..Default::default()
-        })
-        .collect();
-    ContentAddressableStorageClient::new(storage.clone())
-        .batch_update_blobs(BatchUpdateBlobsRequest {
-            requests,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
-
-async fn execute(scheduler: &Channel, action: &Digest) -> ExecuteResponse {
-    let mut stream = ExecutionClient::new(scheduler.clone())
-        .execute(ExecuteRequest {
-            action_digest: Some(action.clone()),
-            skip_cache_lookup: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(op) = stream.message().await.unwrap() {
-        match op.result {
-            Some(operation::Result::Response(any)) => {
-                return ExecuteResponse::decode(any.value.as_slice()).unwrap();
-            }
-            Some(operation::Result::Error(status)) => panic!("the operation failed: {status:?}"),
-            None => {}
-        }
-    }
-    panic!("the stream ended without a result");
-}
-
 /// The slot (`slot-N` of `<host>/slot-N`) that ran it: 0 is the small
 /// slot group's, 1 the large one's.
 fn slot(response: &ExecuteResponse) -> String {
@@ -248,29 +193,15 @@ async fn an_action_out_of_memory_on_the_small_slot_succeeds_on_the_large_one_and
         return;
     }
     let (daemons, storage, scheduler) = start();
-    let lazy = |url: &str| Channel::from_shared(url.to_owned()).unwrap().connect_lazy();
-    let (storage, scheduler) = (lazy(&storage), lazy(&scheduler));
-    let command = Command {
-        arguments: vec![
-            "/usr/bin/python3".into(),
-            "-c".into(),
-            "b = bytearray(256 << 20); print('fits')".into(),
-        ],
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let root = Directory::default().encode_to_vec();
-    let action = Action {
-        command_digest: Some(digest_of(&command)),
-        input_root_digest: Some(digest_of(&root)),
-        do_not_cache: true,
-        ..Default::default()
-    }
-    .encode_to_vec();
-    upload(&storage, &[&command, &root, &action]).await;
-    let action = digest_of(&action);
+    let client = Client::new(&storage, &scheduler);
+    let action = NewAction::new(&[
+        "/usr/bin/python3",
+        "-c",
+        "b = bytearray(256 << 20); print('fits')",
+    ]);
+    let action = client.upload_action(&action).await;
 
-    let first = execute(&scheduler, &action).await;
+    let first = client.run(&action).await;
     let logs = daemons.logs();
     assert_eq!(first.status.clone().unwrap_or_default().code, 0, "{logs}");
     assert_eq!(first.result.as_ref().unwrap().exit_code, 0, "{logs}");
@@ -281,7 +212,7 @@ async fn an_action_out_of_memory_on_the_small_slot_succeeds_on_the_large_one_and
         "first on the small slot, OOM-killed, then queued again\n{logs}"
     );
 
-    let second = execute(&scheduler, &action).await;
+    let second = client.run(&action).await;
     let logs = daemons.logs();
     assert_eq!(second.result.as_ref().unwrap().exit_code, 0, "{logs}");
     assert_eq!(slot(&second), "slot-1", "{logs}");

@@ -2,7 +2,7 @@
 //! directory, stopped when dropped: also when the test panics.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Processes started by a test, each with its logs in a directory;
@@ -131,21 +131,65 @@ impl Processes {
 impl Drop for Processes {
     fn drop(&mut self) {
         for (_, child) in self.running.iter_mut().rev() {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                continue;
-            }
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !matches!(child.try_wait(), Ok(Some(_))) {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            interrupt(child);
         }
+    }
+}
+
+/// A process running on this host, as /proc shows it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub pid: u32,
+    /// Its command line's arguments (none for a kernel thread).
+    pub args: Vec<String>,
+}
+
+impl Seen {
+    /// Its arguments joined by spaces.
+    pub fn command_line(&self) -> String {
+        self.args.join(" ")
+    }
+}
+
+/// Every process running now; one that exits while /proc is read is
+/// left out. The host sees the sandboxes' processes too.
+pub fn running() -> Vec<Seen> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args = cmdline
+                .split(|&b| b == 0)
+                .filter(|arg| !arg.is_empty())
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect();
+            Some(Seen { pid, args })
+        })
+        .collect()
+}
+
+/// Stops `child` as a service manager would: SIGINT, then SIGKILL if it
+/// has not exited within 20 s. Its exit status; `None` if it could not
+/// be reaped.
+pub fn interrupt(child: &mut Child) -> Option<ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait().ok();
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

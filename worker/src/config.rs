@@ -138,7 +138,9 @@ pub struct SlotGroup {
     /// How many actions run at once. 0 = one per core.
     #[serde(default)]
     pub concurrency: usize,
-    /// The runner's Unix socket.
+    /// The runner's Unix socket. Default `corral-data/runner.sock`,
+    /// where `corral up` and a default runner.toml put it.
+    #[serde(default = "default_runner")]
     pub runner: PathBuf,
     /// Platform properties offered to the scheduler. Actions go only to
     /// slots whose platform matches theirs.
@@ -154,6 +156,11 @@ pub struct SlotGroup {
     /// Size class reported to the scheduler. Default 0.
     #[serde(default)]
     pub size_class: u32,
+}
+
+/// `slots[].runner` when left out: the runner's default `listen_path`.
+fn default_runner() -> PathBuf {
+    PathBuf::from("corral-data/runner.sock")
 }
 
 impl SlotGroup {
@@ -189,7 +196,7 @@ impl Default for Config {
             worker_id: BTreeMap::new(),
             slots: vec![SlotGroup {
                 concurrency: 0,
-                runner: PathBuf::from("corral-data/runner.sock"),
+                runner: default_runner(),
                 platform: BTreeMap::new(),
                 platform_lists: BTreeMap::new(),
                 size_class: 0,

@@ -31,9 +31,9 @@ use crate::confirmed::Confirmed;
 /// of 10,000 files took 3.6x `cp -al` with 4 MiB, 4.1-4.4x with 8, 12
 /// or 64 MiB (benches/materialize.rs, tmpfs).
 const ROUND_BYTES: i64 = 4 << 20;
-/// Blocking tasks writing one round of small files. Two: with anonymous
-/// files only the link takes the directory's lock, so creating and
-/// writing files proceeds on both cores.
+/// Blocking tasks writing one round of small files. Two: a creation
+/// takes the directory's lock only to add the name, so writing files
+/// proceeds on both cores.
 const WRITERS: usize = 2;
 /// Large files streamed from the CAS at once.
 const PARALLEL_STREAMS: usize = 4;
@@ -180,6 +180,10 @@ pub struct FileCache {
     /// Whether small files are written as anonymous files (`O_TMPFILE`)
     /// linked into place: see [`FileCache::insert_anonymous`].
     anonymous_temps: bool,
+    /// Whether files are first tried at their cache name itself: see
+    /// [`FileCache::insert_in_place`]. Always, but for tests of the
+    /// other ways.
+    in_place: bool,
     /// Which instance names storage showed the cached blobs to.
     confirmed: Confirmed,
     /// Every input laid out as a copy: see [`FileCache::copy_inputs`].
@@ -280,6 +284,7 @@ impl FileCache {
         Ok(FileCache {
             dir,
             anonymous_temps,
+            in_place: true,
             max_size,
             state: Mutex::new(State::new(max_size)),
             downloads: AtomicU64::new(0),
@@ -560,9 +565,11 @@ impl FileCache {
         Ok(pins)
     }
 
-    /// Writes one file into the cache under a temporary name, then renames
-    /// it in, so a half-written file is never linked; the entry is pinned
-    /// once. On a full disk it makes room and tries once more. Blocking.
+    /// Writes one file into the cache, at its cache name or (if that is
+    /// taken) through a temporary file; its entry is recorded only once it
+    /// is whole, so a half-written file is never linked. The entry is
+    /// pinned once. On a full disk it makes room and tries once more.
+    /// Blocking.
     fn insert(&self, key: &Key, data: &[u8]) -> Result<(), Error> {
         match self.insert_once(key, data) {
             Err(err) if err.is_disk_full() && self.make_room(data.len() as u64) => {
@@ -619,6 +626,9 @@ impl FileCache {
 
     /// One attempt of [`insert`](Self::insert).
     fn insert_once(&self, key: &Key, data: &[u8]) -> Result<(), Error> {
+        if self.in_place && self.insert_in_place(key, data)? {
+            return Ok(());
+        }
         if self.anonymous_temps {
             return self.insert_anonymous(key, data);
         }
@@ -636,6 +646,62 @@ impl FileCache {
             file.set_permissions(std::fs::Permissions::from_mode(mode))
         })();
         self.commit(key, &temp, written)
+    }
+
+    /// [`insert_once`](Self::insert_once) at the cache name itself: one
+    /// creation, no temporary file and no link or rename (a cold input
+    /// root writes thousands of cache files; an anonymous file and its
+    /// link cost 1.4-1.7x a creation in place on tmpfs,
+    /// docs/benchmarks.md). The name holds a partial file while it is
+    /// written, which is safe here: nothing links from a cache name
+    /// before its entry is recorded, which happens once the file is
+    /// whole; eviction renames only recorded entries; and the cache is
+    /// emptied at every start, so a crash mid-write leaves nothing the
+    /// next run reads. Returns false, having done nothing, if the name is
+    /// taken (another slot writing or holding the file, or a file no
+    /// entry counts): the caller's other ways sort those out.
+    fn insert_in_place(&self, key: &Key, data: &[u8]) -> Result<bool, Error> {
+        let path = self.dir.join(key.file_name());
+        let write = |source| Error::Write {
+            path: path.clone(),
+            source,
+        };
+        let mode = key.mode();
+        // Created read-only: the open descriptor may still write.
+        let mut file = match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(source) => return Err(write(source)),
+        };
+        // The explicit chmod makes the mode independent of the umask.
+        let written = file
+            .write_all(data)
+            .and_then(|()| file.set_permissions(std::fs::Permissions::from_mode(mode)));
+        drop(file);
+        let size = u64::try_from(key.size).unwrap_or(0);
+        let mut state = self.lock();
+        if let Err(source) = written {
+            // Removed under the lock, and only if no entry counts the
+            // name: another slot may have renamed its whole copy over
+            // this partial one meanwhile (`insert_anonymous`, `commit`).
+            if !state.contains(key) {
+                let _ = std::fs::remove_file(&path);
+            }
+            return Err(write(source));
+        }
+        self.downloads.fetch_add(1, Ordering::Relaxed);
+        if state.pin(key) {
+            // Another slot's whole copy replaced this one meanwhile: the
+            // same bytes, recorded by that slot.
+            return Ok(true);
+        }
+        state.insert_pinned(key.clone(), (), size);
+        Ok(true)
     }
 
     /// [`insert_once`](Self::insert_once) through an anonymous file
@@ -973,16 +1039,20 @@ mod tests {
         assert_eq!(cache.pinned(), 2);
     }
 
-    /// Both ways of writing a cache file: anonymous (the default where
-    /// the file system has O_TMPFILE) and under a temporary name.
+    /// Every way of writing a cache file: at its name (the default), and
+    /// where that name is taken, anonymous (where the file system has
+    /// O_TMPFILE) or under a temporary name; each alone.
     fn caches(dir: &Path, max_size: u64) -> Vec<FileCache> {
-        let anonymous = FileCache::open(dir.join("anonymous"), max_size).unwrap();
+        let in_place = FileCache::open(dir.join("in-place"), max_size).unwrap();
+        let mut anonymous = FileCache::open(dir.join("anonymous"), max_size).unwrap();
         if std::env::var_os("CI").is_some() {
             assert!(anonymous.anonymous_temps, "O_TMPFILE is expected under CI");
         }
+        anonymous.in_place = false;
         let mut named = FileCache::open(dir.join("named"), max_size).unwrap();
         named.anonymous_temps = false;
-        vec![anonymous, named]
+        named.in_place = false;
+        vec![in_place, anonymous, named]
     }
 
     #[test]
@@ -1142,6 +1212,10 @@ mod tests {
         // Something else on the disk (a build directory) leaves it 1 MiB.
         let filler = dir.path().join("filler");
         std::fs::write(&filler, vec![0; 7 << 20]).unwrap();
+        // Held open meanwhile, as a child another test thread forks holds
+        // every descriptor of this process until its exec: removing the
+        // filler must free its space anyway (this once failed under load).
+        let _held = std::fs::File::open(&filler).unwrap();
         let big = mib_key(1, 2);
         let err = cache.insert(&big, &[1; 2 << 20]).unwrap_err();
         assert!(err.is_disk_full(), "{err}");
@@ -1156,7 +1230,7 @@ mod tests {
         assert_eq!(cache.usage(), (0, 0));
 
         // Space returns: the same file goes in.
-        std::fs::remove_file(&filler).unwrap();
+        corral_testkit::remove_freeing_space(&filler);
         cache.insert(&big, &[1; 2 << 20]).unwrap();
         assert_eq!(
             std::fs::read(cache.path(&big.digest(), false)).unwrap(),

@@ -66,18 +66,42 @@ use tokio::task::JoinSet;
 const DRAIN_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Empties `dir` (what a previous run left is not ours to trust) and
-/// creates it.
-fn fresh_directory(dir: &Path) -> Result<(), Error> {
-    let prepare = |source| Error::Prepare {
-        path: dir.to_owned(),
-        source,
+/// creates it; the entry `keep`, if any, stays (the image store, which
+/// checks its own entries when it opens).
+fn fresh_directory(dir: &Path, keep: Option<&str>) -> Result<(), Error> {
+    let prepare = |path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Prepare { path, source }
     };
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(prepare(e)),
-        _ => {}
+    let Some(keep) = keep else {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(prepare(dir)(e)),
+            _ => {}
+        }
+        return std::fs::create_dir_all(dir).map_err(prepare(dir));
+    };
+    std::fs::create_dir_all(dir).map_err(prepare(dir))?;
+    for entry in std::fs::read_dir(dir).map_err(prepare(dir))? {
+        let entry = entry.map_err(prepare(dir))?;
+        let path = entry.path();
+        // file_type does not follow a symlink: its target stays, and a
+        // symlink named `keep` goes (the store is a directory of ours).
+        let is_dir = entry.file_type().map_err(prepare(&path))?.is_dir();
+        if is_dir && entry.file_name() == keep {
+            continue;
+        }
+        let removed = if is_dir {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(prepare(&path))?;
     }
-    std::fs::create_dir_all(dir).map_err(prepare)
+    Ok(())
 }
+
+/// The image store's directory, under the build directory.
+const IMAGES: &str = "images";
 
 /// Runs `cleanup` (unlinks that may take a while) on a blocking thread
 /// without waiting for it, or here when no runtime is running. For drop
@@ -117,11 +141,13 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Checks `cfg`, empties the build directory and opens the caches.
+    /// Checks `cfg`, empties the build directory (but for the image
+    /// store, which keeps its complete images) and opens the caches.
     pub fn new(cfg: Config) -> Result<Worker, Error> {
         cfg.validate()?;
         let connector = Connector::new(cfg.client_tls.as_ref()).map_err(Error::Client)?;
-        fresh_directory(&cfg.directory.join("build"))?;
+        let images = cfg.images.enabled.then_some(IMAGES);
+        fresh_directory(&cfg.directory.join("build"), images)?;
         let cache = Arc::new(file_cache::FileCache::open(
             cfg.directory.join("cache"),
             cfg.cache_max_size_bytes,
@@ -129,11 +155,9 @@ impl Worker {
         let slots = cfg.slots.iter().map(concurrency).sum();
         // Under the build directory: the runner resolves the image roots
         // the worker names there, as it does input roots.
-        let images = cfg
-            .images
-            .enabled
-            .then(|| {
-                corral_image::ImageStore::open(cfg.directory.join("build/images"), &cfg.images)
+        let images = images
+            .map(|name| {
+                corral_image::ImageStore::open(cfg.directory.join("build").join(name), &cfg.images)
             })
             .transpose()
             .map_err(Error::Images)?;
@@ -441,4 +465,41 @@ pub async fn run(
     stop_now: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     Worker::new(cfg)?.run(stop, stop_now).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_build_directory_keeps_only_the_image_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let build = dir.path().join("build");
+        std::fs::create_dir_all(build.join("images/ab/rootfs")).unwrap();
+        std::fs::create_dir_all(build.join("7/root/sub")).unwrap();
+        std::fs::write(build.join("7/stdout"), "left").unwrap();
+        std::fs::write(build.join("stray"), "").unwrap();
+        fresh_directory(&build, Some(IMAGES)).unwrap();
+        let left: Vec<_> = std::fs::read_dir(&build)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["images"]);
+        assert!(build.join("images/ab/rootfs").is_dir());
+
+        // A symlink in the store's place goes, its target stays.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("file"), "").unwrap();
+        std::fs::remove_dir_all(build.join("images")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, build.join("images")).unwrap();
+        fresh_directory(&build, Some(IMAGES)).unwrap();
+        assert!(std::fs::read_dir(&build).unwrap().next().is_none());
+        assert!(elsewhere.join("file").exists());
+
+        // Without images, everything goes.
+        std::fs::create_dir_all(build.join("images/cd")).unwrap();
+        fresh_directory(&build, None).unwrap();
+        assert!(std::fs::read_dir(&build).unwrap().next().is_none());
+    }
 }

@@ -154,6 +154,17 @@ impl Cgroup {
         }
     }
 
+    /// Files a single-threaded process writes "0" to, to join the group
+    /// itself without the cost of [`add_process`](Self::add_process);
+    /// empty where the hierarchy has no such way (v2: `cgroup.threads`
+    /// only moves threads within one process's domain).
+    pub fn self_join_files(&self) -> Vec<PathBuf> {
+        match self {
+            Cgroup::V1(g) => g.self_join_files(),
+            Cgroup::V2(_) => Vec::new(),
+        }
+    }
+
     /// Kills every process in the group and waits until it is empty.
     pub fn kill_all(&self) -> Result<(), CgroupError> {
         match self {

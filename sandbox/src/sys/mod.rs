@@ -473,6 +473,69 @@ pub fn set_mount_attributes_recursively(path: &CStr, set: u64) -> io::Result<()>
     .map(drop)
 }
 
+/// `open_tree(OPEN_TREE_CLONE | AT_RECURSIVE)`: a detached copy of the
+/// mount tree at `path` (submounts included), reachable only through the
+/// returned descriptor until [`move_mount`] attaches it; closing the
+/// descriptor first dissolves it. A symlink at `path` is not followed.
+/// Needs CAP_SYS_ADMIN over the caller's mount namespace. Linux 5.2+.
+pub fn clone_tree(path: &CStr) -> io::Result<OwnedFd> {
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    let flags = libc::OPEN_TREE_CLONE
+        | libc::O_CLOEXEC as libc::c_uint
+        | AT_RECURSIVE
+        | libc::AT_SYMLINK_NOFOLLOW as libc::c_uint;
+    // SAFETY: path is NUL-terminated and alive for the call.
+    let fd = check_long(unsafe {
+        libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags)
+    })?;
+    // SAFETY: open_tree succeeded, the descriptor is ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `mount_setattr(2)` on the (detached or attached) mount tree `tree`
+/// refers to, submounts included: sets the `MOUNT_ATTR_*` bits in `set`
+/// and, unless 0, the propagation type (`MS_PRIVATE`, …). Linux 5.12+.
+pub fn set_tree_attributes(tree: BorrowedFd<'_>, set: u64, propagation: u64) -> io::Result<()> {
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation,
+        userns_fd: 0,
+    };
+    // SAFETY: the empty path is NUL-terminated; attr is a valid
+    // mount_attr of the size passed, alive for the call.
+    check_long(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            AT_RECURSIVE | libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(drop)
+}
+
+/// `move_mount(2)`: attaches the detached tree `tree` (from
+/// [`clone_tree`]) at `target`, in the caller's mount namespace.
+pub fn move_mount(tree: BorrowedFd<'_>, target: &CStr) -> io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    // SAFETY: both paths are NUL-terminated and alive for the call.
+    check_long(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
+
 /// Names the calling thread (`PR_SET_NAME`), as `ps` shows it.
 pub fn set_process_name(name: &CStr) {
     // SAFETY: name is NUL-terminated and alive for the call; the kernel

@@ -10,6 +10,7 @@
 mod functional;
 mod images;
 mod isolation;
+mod netns;
 mod probes;
 mod undeclared;
 

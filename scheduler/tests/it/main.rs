@@ -99,19 +99,7 @@ async fn farm_built(
     configure: impl FnOnce(&mut corral_scheduler::Config),
 ) -> Farm {
     let mut servers = tokio::task::JoinSet::new();
-    let storage_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let storage_url = format!("http://{}", storage_listener.local_addr().unwrap());
-    let storage_cfg = corral_storage::Config {
-        backend: corral_storage::config::Backend::Memory {
-            max_size_bytes: 64 << 20,
-        },
-        ..corral_storage::Config::default()
-    };
-    servers.spawn(async move {
-        corral_storage::run(storage_cfg, storage_listener, std::future::pending())
-            .await
-            .unwrap();
-    });
+    let storage_url = start_storage(&mut servers, memory_storage()).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let mut cfg = corral_scheduler::Config {
@@ -133,30 +121,95 @@ async fn farm_built(
         std::future::pending(),
     ));
     match authorizer {
-        None => servers.spawn(async move {
-            scheduler
-                .serve(listener, std::future::pending())
-                .await
-                .unwrap();
-        }),
-        Some(_) => servers.spawn(async move {
-            tonic::transport::Server::builder()
-                .layer(tonic::service::InterceptorLayer::new(authz::as_test_caller))
-                .add_routes(scheduler.routes())
-                .serve_with_incoming(corral_storage::no_delay(listener))
-                .await
-                .unwrap();
-        }),
+        None => start_scheduler(&mut servers, listener, scheduler),
+        Some(_) => {
+            servers.spawn(async move {
+                tonic::transport::Server::builder()
+                    .layer(tonic::service::InterceptorLayer::new(authz::as_test_caller))
+                    .add_routes(scheduler.routes())
+                    .serve_with_incoming(corral_storage::no_delay(listener))
+                    .await
+                    .unwrap();
+            });
+        }
     };
-    Farm {
-        scheduler: Endpoint::from_shared(url).unwrap().connect_lazy(),
-        storage: Endpoint::from_shared(storage_url).unwrap().connect_lazy(),
-        metrics,
-        _servers: servers,
+    Farm::of(servers, &url, &storage_url, metrics)
+}
+
+/// Storage in memory, 64 MiB.
+fn memory_storage() -> corral_storage::Config {
+    corral_storage::Config {
+        backend: corral_storage::config::Backend::Memory {
+            max_size_bytes: 64 << 20,
+        },
+        ..corral_storage::Config::default()
     }
 }
 
+/// Serves storage with `cfg` on a free loopback port, among `servers`;
+/// its URL (`https://` with `[tls]`).
+async fn start_storage(
+    servers: &mut tokio::task::JoinSet<()>,
+    cfg: corral_storage::Config,
+) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", listener.local_addr().unwrap());
+    servers.spawn(async move {
+        corral_storage::run(cfg, listener, std::future::pending())
+            .await
+            .unwrap();
+    });
+    url
+}
+
+/// Serves `scheduler` on `listener` (and its `[metrics]` page, if its
+/// config has one), among `servers`.
+fn start_scheduler(
+    servers: &mut tokio::task::JoinSet<()>,
+    listener: TcpListener,
+    scheduler: Scheduler,
+) {
+    servers.spawn(async move {
+        scheduler
+            .serve(listener, std::future::pending())
+            .await
+            .unwrap();
+    });
+}
+
+/// A loopback address nothing listens on right now, for a `[metrics]`
+/// `listen`.
+async fn free_address() -> std::net::SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 impl Farm {
+    /// The farm `servers` run: the scheduler at `scheduler_url`, storage
+    /// at `storage_url` (both plain HTTP), the web UI at `metrics`.
+    fn of(
+        servers: tokio::task::JoinSet<()>,
+        scheduler_url: &str,
+        storage_url: &str,
+        metrics: std::net::SocketAddr,
+    ) -> Farm {
+        let lazy = |url: &str| {
+            Endpoint::from_shared(url.to_owned())
+                .unwrap()
+                .connect_lazy()
+        };
+        Farm {
+            scheduler: lazy(scheduler_url),
+            storage: lazy(storage_url),
+            metrics,
+            _servers: servers,
+        }
+    }
+
     async fn upload(&self, blobs: &[Vec<u8>]) {
         ContentAddressableStorageClient::new(self.storage.clone())
             .batch_update_blobs(BatchUpdateBlobsRequest {

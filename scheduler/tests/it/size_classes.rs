@@ -33,19 +33,7 @@ struct Storage {
 
 async fn storage() -> Storage {
     let mut server = tokio::task::JoinSet::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let cfg = corral_storage::Config {
-        backend: corral_storage::config::Backend::Memory {
-            max_size_bytes: 64 << 20,
-        },
-        ..corral_storage::Config::default()
-    };
-    server.spawn(async move {
-        corral_storage::run(cfg, listener, std::future::pending())
-            .await
-            .unwrap();
-    });
+    let url = start_storage(&mut server, memory_storage()).await;
     Storage {
         url,
         _server: server,
@@ -64,20 +52,10 @@ async fn farm_on(storage: &Storage) -> Farm {
         ..corral_scheduler::Config::default()
     };
     let scheduler = Scheduler::builder(cfg).timing(timing()).build().unwrap();
-    servers.spawn(async move {
-        scheduler
-            .serve(listener, std::future::pending())
-            .await
-            .unwrap();
-    });
-    Farm {
-        scheduler: Endpoint::from_shared(url).unwrap().connect_lazy(),
-        storage: Endpoint::from_shared(storage.url.clone())
-            .unwrap()
-            .connect_lazy(),
-        metrics: "127.0.0.1:9".parse().unwrap(),
-        _servers: servers,
-    }
+    start_scheduler(&mut servers, listener, scheduler);
+    // No web UI: a port nothing serves.
+    let metrics = "127.0.0.1:9".parse().unwrap();
+    Farm::of(servers, &url, &storage.url, metrics)
 }
 
 fn sized(farm: &Farm, slot: &str, class: u32) -> FakeWorker {

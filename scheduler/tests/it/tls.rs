@@ -81,28 +81,21 @@ async fn over_tls_clients_reach_the_scheduler_which_reaches_storage_and_metrics_
     let files = TestPki::new().write(dir.path()).unwrap();
     let mut servers = tokio::task::JoinSet::new();
 
-    let storage_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let storage_url = format!("https://{}", storage_listener.local_addr().unwrap());
-    let storage_cfg = corral_storage::Config {
-        backend: corral_storage::config::Backend::Memory {
-            max_size_bytes: 1 << 20,
+    let storage_url = crate::start_storage(
+        &mut servers,
+        corral_storage::Config {
+            backend: corral_storage::config::Backend::Memory {
+                max_size_bytes: 1 << 20,
+            },
+            tls: Some(server_tls(&files)),
+            ..corral_storage::Config::default()
         },
-        tls: Some(server_tls(&files)),
-        ..corral_storage::Config::default()
-    };
-    servers.spawn(async move {
-        corral_storage::run(storage_cfg, storage_listener, std::future::pending())
-            .await
-            .unwrap();
-    });
+    )
+    .await;
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
-    let metrics_listen = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let metrics_listen = crate::free_address().await;
     let cfg = corral_scheduler::Config {
         storage: storage_url,
         tls: Some(server_tls(&files)),
@@ -119,12 +112,7 @@ async fn over_tls_clients_reach_the_scheduler_which_reaches_storage_and_metrics_
         .timing(crate::timing())
         .build()
         .unwrap();
-    servers.spawn(async move {
-        scheduler
-            .serve(listener, std::future::pending())
-            .await
-            .unwrap();
-    });
+    crate::start_scheduler(&mut servers, listener, scheduler);
 
     // Capabilities come from storage: the scheduler asks it over mTLS.
     let connector = Connector::new(Some(&client_tls(&files))).unwrap();

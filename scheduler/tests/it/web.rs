@@ -21,11 +21,7 @@ async fn healthz_and_readyz_are_ok_while_storage_answers() {
 #[tokio::test]
 async fn readyz_is_unavailable_while_storage_does_not_answer() {
     // A port that was just free: nothing listens there.
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = free_address().await;
     let cfg = corral_scheduler::Config {
         storage: format!("http://{closed}"),
         ..corral_scheduler::Config::default()
@@ -271,24 +267,10 @@ permissions = ["operations-all", "cas-read"]
     )
     .unwrap();
     let mut servers = tokio::task::JoinSet::new();
-    let storage_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let storage_url = format!("http://{}", storage_listener.local_addr().unwrap());
-    servers.spawn(async move {
-        corral_storage::run(
-            corral_storage::Config::default(),
-            storage_listener,
-            std::future::pending(),
-        )
-        .await
-        .unwrap();
-    });
+    let storage_url = start_storage(&mut servers, corral_storage::Config::default()).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let metrics = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let metrics = free_address().await;
     let cfg = corral_scheduler::Config {
         storage: storage_url.clone(),
         metrics: Some(corral_scheduler::config::MetricsConfig {
@@ -302,18 +284,8 @@ permissions = ["operations-all", "cas-read"]
         .authorizer(corral_auth::Authorizer::with_grants(grants))
         .build()
         .unwrap();
-    servers.spawn(async move {
-        scheduler
-            .serve(listener, std::future::pending())
-            .await
-            .unwrap();
-    });
-    let farm = Farm {
-        scheduler: Endpoint::from_shared(url).unwrap().connect_lazy(),
-        storage: Endpoint::from_shared(storage_url).unwrap().connect_lazy(),
-        metrics,
-        _servers: servers,
-    };
+    start_scheduler(&mut servers, listener, scheduler);
+    let farm = Farm::of(servers, &url, &storage_url, metrics);
     let mut names = Vec::new();
     let mut streams = Vec::new();
     let mut digests = Vec::new();

@@ -15,13 +15,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use corral_proto::bytestream::byte_stream_server::ByteStream as _;
+use corral_proto::bytestream::{ReadRequest, ReadResponse};
 use corral_proto::reapi::action_cache_server::ActionCache as _;
 use corral_proto::reapi::{ActionResult, GetActionResultRequest, OutputFile};
 use corral_storage::ac_service::AcService;
+use corral_storage::bytestream_service::ByteStreamService;
 use corral_storage::config::{Backend, ObjectStoreConfig};
 use corral_storage::BlobStoreError as Error;
 use corral_storage::{Config, Digest, DigestFunction};
-use futures_util::TryStreamExt as _;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use tonic::Code;
 
 const BUCKET: &str = "corral-test";
@@ -394,12 +397,39 @@ async fn a_corrupted_object_is_refused_and_reported() {
     bytes[150_000] ^= 0x10;
     std::fs::write(&file, bytes).unwrap();
 
-    let stores = corral_storage::open(&server.storage_config(&disks.path().join("b")))
+    let disk = disks.path().join("b");
+    let stores = corral_storage::open(&server.storage_config(&disk))
         .await
         .unwrap();
-    let err = stores.blobs.read(&d, 0, None).await.err().expect("refused");
-    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
-    assert_eq!(corral_storage::status::store_code(&err), Code::NotFound);
+    // A ByteStream read streams the object while it fills the disk tier:
+    // it ends with DATA_LOSS before its last bytes, and the disk tier
+    // keeps nothing, neither the blob nor a partial file.
+    let service = ByteStreamService::new(Arc::clone(&stores.blobs));
+    let responses = service
+        .read(tonic::Request::new(ReadRequest {
+            resource_name: format!("blobs/{}/{}", d.hash_hex(), d.size_bytes()),
+            read_offset: 0,
+            read_limit: 0,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let got: Vec<Result<ReadResponse, tonic::Status>> = responses.collect().await;
+    let served: usize = got
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|r| r.data.len())
+        .sum();
+    assert!(served < data.len(), "the whole corrupt blob was served");
+    let end = got.last().unwrap().as_ref().unwrap_err();
+    assert_eq!(end.code(), Code::DataLoss, "{end:?}");
+    assert!(end.message().contains("corrupt"), "{end:?}");
+    assert_eq!(
+        files_under(&disk.join("cas")),
+        0,
+        "no blob in the disk tier"
+    );
+    assert_eq!(files_under(&disk.join("tmp")), 0, "no partial file either");
     assert_eq!(stores.blobs.get(&d).await.unwrap(), None, "not served");
     // Reported missing, so the client uploads it again, and then it is
     // served.
@@ -407,6 +437,34 @@ async fn a_corrupted_object_is_refused_and_reported() {
     assert!(!file.exists(), "the corrupt object was deleted");
     write(&stores, &data).await.unwrap();
     assert_eq!(read_all(&stores, &d, 0, None).await.unwrap(), data);
+
+    // Corrupt again at rest, read by a storage node whose disk tier is
+    // empty: the store's own read ends with the same error, and the
+    // object is deleted.
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[150_000] ^= 0x10;
+    std::fs::write(&file, bytes).unwrap();
+    let stores = corral_storage::open(&server.storage_config(&disks.path().join("c")))
+        .await
+        .unwrap();
+    let err = read_all(&stores, &d, 0, None).await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    assert!(!file.exists(), "the corrupt object was deleted");
+}
+
+/// Regular files under `dir`, at any depth.
+fn files_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                files_under(&entry.path())
+            } else {
+                1
+            }
+        })
+        .sum()
 }
 
 /// The Garage binary: `CORRAL_TEST_GARAGE`, or target/test-tools/bin/garage

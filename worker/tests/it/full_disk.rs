@@ -79,7 +79,7 @@ async fn a_full_cache_disk_fails_the_layout_as_unavailable_and_the_next_one_succ
     assert_eq!(cache.pinned(), 0);
 
     // Space returns: the next layout of the same root succeeds.
-    std::fs::remove_file(&filler).unwrap();
+    corral_testkit::remove_freeing_space(&filler);
     let second = disk.path().join("second");
     std::fs::create_dir(&second).unwrap();
     materialize(&cas, &cache, &directories, &root, &second, MAX_ENTRIES)
@@ -140,7 +140,7 @@ async fn an_action_on_a_full_cache_disk_fails_unavailable_and_runs_once_space_re
     assert!(message.contains(&said), "{message}");
     assert!(farm.build_is_empty(), "the build directory is cleaned up");
 
-    std::fs::remove_file(&filler).unwrap();
+    corral_testkit::remove_freeing_space(&filler);
     let ran = farm.execute(&job).await;
     assert_eq!(code(&ran), 0, "{:?}", ran.status);
     let result = ran.result.unwrap();

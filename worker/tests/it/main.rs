@@ -90,18 +90,14 @@ impl Farm {
     }
 
     /// A farm whose worker runs container images, its store under
-    /// `build/images`; the directories above are searchable (the
-    /// sandbox opens the image's entries as the action's id).
+    /// `build/images`, in a 0700 directory closed to the actions' ids
+    /// (the sandbox takes the image with the runner's privilege).
     async fn start_with_images() -> Farm {
         Farm::start_full(corral_worker::config::Limits::default(), true).await
     }
 
     async fn start_full(output_limits: corral_worker::config::Limits, images: bool) -> Farm {
         let dir = tempfile::tempdir().unwrap();
-        if images {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
         let mut servers = JoinSet::new();
         let storage = start_storage(&mut servers).await;
         let worker_dir = dir.path().join("worker");
