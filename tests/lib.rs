@@ -120,6 +120,12 @@ impl Farm {
         Self::start_as(None, None, &[])
     }
 
+    /// Like [`start`](Self::start), with another `corral` binary than the
+    /// one built next to the test (a bench's baseline build).
+    pub fn start_binary(binary: &Path) -> Farm {
+        Self::start_in(binary.to_owned(), None, false, None, &[])
+    }
+
     /// Like [`start`](Self::start), run by the unprivileged user `nobody`
     /// (the caller must be root to switch to it).
     pub fn start_unprivileged() -> Farm {
@@ -150,7 +156,7 @@ impl Farm {
 
     fn start_as(secure: Option<tempfile::TempDir>, user: Option<u32>, args: &[&str]) -> Farm {
         let is_secure = secure.is_some();
-        Self::start_in(secure, is_secure, user, args)
+        Self::start_in(corral_binary(), secure, is_secure, user, args)
     }
 
     /// Stops `corral up` (SIGINT) and starts it again, on new ports, with
@@ -160,10 +166,11 @@ impl Farm {
         processes::interrupt(&mut self.child);
         let placeholder = tempfile::tempdir().expect("temp dir");
         let data_dir = std::mem::replace(&mut self.data_dir, placeholder);
-        Self::start_in(Some(data_dir), self.secure, None, &[])
+        Self::start_in(corral_binary(), Some(data_dir), self.secure, None, &[])
     }
 
     fn start_in(
+        mut binary: PathBuf,
         data_dir: Option<tempfile::TempDir>,
         is_secure: bool,
         user: Option<u32>,
@@ -179,7 +186,6 @@ impl Farm {
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )
         .expect("chmod the farm's temp dir");
-        let mut binary = corral_binary();
         if let Some(id) = user {
             std::os::unix::fs::chown(data_dir.path(), Some(id), Some(id))
                 .expect("chown the farm's temp dir");

@@ -42,6 +42,9 @@ const WRITE_CHUNK_BYTES: usize = 1 << 20;
 /// Digests per FindMissingBlobs request: about 1 MiB of request, well
 /// under gRPC's 4 MiB cap.
 const FIND_MISSING_CHUNK: usize = 8 << 10;
+/// Blobs in memory adding up to at most this are uploaded without a
+/// FindMissingBlobs first ([`CasClient::upload`]).
+const WRITE_WITHOUT_ASKING_BYTES: i64 = 16 << 10;
 /// Largest message accepted from storage: a batch of blobs, or a
 /// ByteStream chunk from a server with larger ones than ours.
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
@@ -649,18 +652,34 @@ impl CasClient {
                 .entry(digest.hash.clone())
                 .or_insert_with(|| (digest, data.into()));
         }
-        let asked: Vec<Digest> = unique.values().map(|(d, _)| d.clone()).collect();
-        let missing: HashSet<String> = self
-            .find_missing(&asked)
-            .await?
-            .into_iter()
-            .map(|d| d.hash)
-            .collect();
+        // A few small blobs in memory (an action's stdout, stderr and the
+        // runner's report) are written without asking first: one call in
+        // place of two, and storage keeps one copy either way. Files are
+        // read only if the CAS lacks them, so they are always asked for.
+        let in_memory: i64 = unique
+            .values()
+            .map(|(d, blob)| match blob {
+                Blob::Bytes(_) => d.size_bytes.max(0),
+                Blob::File(_) | Blob::Open(_) => i64::MAX,
+            })
+            .fold(0, i64::saturating_add);
+        let missing: Option<HashSet<String>> = if in_memory <= WRITE_WITHOUT_ASKING_BYTES {
+            None
+        } else {
+            let asked: Vec<Digest> = unique.values().map(|(d, _)| d.clone()).collect();
+            Some(
+                self.find_missing(&asked)
+                    .await?
+                    .into_iter()
+                    .map(|d| d.hash)
+                    .collect(),
+            )
+        };
         let mut batch = Vec::new();
         let mut batch_bytes = 0;
         let limits = self.batch_limits().await;
         for (hash, (digest, data)) in unique {
-            if !missing.contains(&hash) {
+            if missing.as_ref().is_some_and(|m| !m.contains(&hash)) {
                 continue;
             }
             if digest.size_bytes > limits.blob_max_bytes {

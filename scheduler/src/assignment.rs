@@ -121,6 +121,19 @@ struct Inner {
     taken_back: HashMap<WorkerId, Digest>,
     /// The size class each live worker announced.
     worker_classes: HashMap<WorkerId, u32>,
+    /// Long polls waiting for work, by a number drawn per poll, oldest
+    /// first: a new action wakes one of them that can take it.
+    waiting: BTreeMap<u64, Waiting>,
+}
+
+/// A worker's long poll, registered while it waits.
+#[derive(Debug)]
+struct Waiting {
+    worker: WorkerId,
+    prefix: String,
+    platform: PlatformKey,
+    class: crate::dispatch::ClassKey,
+    wake: Arc<Notify>,
 }
 
 impl Inner {
@@ -128,6 +141,22 @@ impl Inner {
         self.drains
             .iter()
             .any(|d| d.stops(worker, prefix, platform))
+    }
+
+    /// Wakes the oldest waiting long poll that has something to take now,
+    /// and forgets it (it registers again if it finds nothing). One
+    /// action queued wakes one poll: waking them all made every other
+    /// idle worker lock the queues, find nothing and wait again, work
+    /// that grew with the number of idle workers on every Execute.
+    fn wake_one(&mut self) {
+        let found = self.waiting.iter().find_map(|(id, w)| {
+            let can_take = !self.draining(&w.worker, &w.prefix, &w.platform)
+                && self.dispatch.pick(&w.class).is_some();
+            can_take.then_some(*id)
+        });
+        if let Some(waiting) = found.and_then(|id| self.waiting.remove(&id)) {
+            waiting.wake.notify_one();
+        }
     }
 
     /// Forgets workers silent for longer than `liveness`.
@@ -343,6 +372,21 @@ fn digest_text(d: &Digest) -> String {
     format!("{}/{}", d.hash, d.size_bytes)
 }
 
+/// Numbers each long poll, for [`Inner::waiting`].
+static NEXT_POLL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A long poll's entry in [`Inner::waiting`], removed when dropped.
+struct Registered<'a> {
+    assignments: &'a Assignments,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.assignments.lock().waiting.remove(&self.id);
+    }
+}
+
 impl Assignments {
     /// Every platform property matched exactly; tenants equal, uncapped.
     pub fn new(timing: &Timing, max_retries: u32) -> Self {
@@ -467,8 +511,21 @@ impl Assignments {
     /// tenant's cap on queued operations (tests, benches; Execute calls
     /// [`enqueue_within_cap`](Self::enqueue_within_cap)).
     pub fn enqueue(&self, queued: Queued, priority: i32, invocation: &str) {
-        self.lock().push(queued, priority, invocation);
-        self.work.notify_waiters();
+        let mut inner = self.lock();
+        inner.push(queued, priority, invocation);
+        self.wake_for_new_work(inner);
+    }
+
+    /// After an action was queued: one waiting worker that can take it
+    /// is woken. With size classes, which waiting worker fits is the
+    /// size class's to say, so all are woken to look.
+    fn wake_for_new_work(&self, mut inner: std::sync::MutexGuard<'_, Inner>) {
+        if self.size_classes.is_some() {
+            drop(inner);
+            self.work.notify_waiters();
+        } else {
+            inner.wake_one();
+        }
     }
 
     /// Queues `queued` unless its instance name has its cap of queued
@@ -482,8 +539,7 @@ impl Assignments {
         let mut inner = self.lock();
         inner.dispatch.check_room(&queued.instance_name)?;
         inner.push(queued, priority, invocation);
-        drop(inner);
-        self.work.notify_waiters();
+        self.wake_for_new_work(inner);
         Ok(())
     }
 
@@ -496,7 +552,16 @@ impl Assignments {
         prefix: &str,
         platform: &PlatformKey,
     ) -> Option<Assignment> {
-        let mut inner = self.lock();
+        self.try_assign_locked(&mut self.lock(), worker, prefix, platform)
+    }
+
+    fn try_assign_locked(
+        &self,
+        inner: &mut Inner,
+        worker: &WorkerId,
+        prefix: &str,
+        platform: &PlatformKey,
+    ) -> Option<Assignment> {
         if inner.draining(worker, prefix, platform) {
             return None;
         }
@@ -504,7 +569,7 @@ impl Assignments {
         // on it was dropped (the service releases it first; this keeps
         // the tenant's running count right for any other caller).
         if let Some(dropped) = inner.stop_running(worker) {
-            self.requeue_or_fail(&mut inner, dropped.queued);
+            self.requeue_or_fail(inner, dropped.queued);
         }
         let class = inner.dispatch.class(prefix, platform);
         let queued = if self.size_classes.is_some() {
@@ -559,14 +624,43 @@ impl Assignments {
         wait: Duration,
     ) -> Option<Assignment> {
         let deadline = Instant::now() + wait;
+        let wake = Arc::new(Notify::new());
+        let id = NEXT_POLL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Unregisters the poll however it ends, a dropped call included.
+        let _registered = Registered {
+            assignments: self,
+            id,
+        };
         loop {
-            // Registered before checking, so a push in between wakes us.
-            let notified = self.work.notified();
-            if let Some(assignment) = self.try_assign(worker, prefix, platform) {
-                return Some(assignment);
+            // Created before checking, so that a wake in between counts:
+            // `notify_waiters` reaches every `Notified` already made, and
+            // `notify_one` leaves a permit when none waits.
+            let everyone = self.work.notified();
+            let mine = wake.notified();
+            {
+                let mut inner = self.lock();
+                if let Some(assignment) =
+                    self.try_assign_locked(&mut inner, worker, prefix, platform)
+                {
+                    inner.waiting.remove(&id);
+                    return Some(assignment);
+                }
+                let class = inner.dispatch.class(prefix, platform);
+                inner.waiting.insert(
+                    id,
+                    Waiting {
+                        worker: worker.clone(),
+                        prefix: prefix.to_owned(),
+                        platform: platform.clone(),
+                        class,
+                        wake: Arc::clone(&wake),
+                    },
+                );
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return None;
+            tokio::select! {
+                () = everyone => {}
+                () = mine => {}
+                () = tokio::time::sleep_until(deadline) => return None,
             }
         }
     }

@@ -37,7 +37,8 @@
 //! - [`size_class`] — which size class an action runs on first, learned
 //!   from its past runs; [`size_class_history`] — that history in the
 //!   Action Cache.
-//! - [`storage_client`] — what the scheduler reads from storage.
+//! - [`storage_client`] — what the scheduler reads from storage;
+//!   [`joined_reads`] — remote reads of concurrent Executes in shared calls.
 //! - [`sweeper`] — what happens as time passes.
 //! - [`task`] — the one way to start a background task.
 //! - [`web`] — the web UI on the HTTP port: queues, workers, operations,
@@ -60,6 +61,7 @@ pub mod dispatch;
 mod drain;
 mod error;
 mod execution_service;
+mod joined_reads;
 pub mod metrics;
 pub mod operation;
 mod operation_ids;

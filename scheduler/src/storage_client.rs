@@ -8,6 +8,8 @@
 //! service handlers directly: the same checks (digests, batch limits,
 //! complete Action Cache entries) without encoding, a socket and a round
 //! trip per call. Either way every blob read is verified by its digest.
+//! Remote CAS reads of concurrent Executes share calls
+//! ([`crate::joined_reads`]).
 
 use std::sync::Arc;
 
@@ -29,6 +31,7 @@ use corral_storage::cas_service::CasService;
 use corral_storage::DigestFunction;
 use tonic::{Code, Request, Status};
 
+use crate::joined_reads::JoinedReads;
 use crate::operation::Inline;
 
 pub use corral_cas_client::Fetched;
@@ -41,7 +44,7 @@ pub type BlobChunks =
 /// handlers in this process.
 #[derive(Clone)]
 pub enum StorageClient {
-    Remote(CasClient),
+    Remote(JoinedReads),
     InProcess {
         cas: Arc<CasService>,
         bytestream: Arc<ByteStreamService>,
@@ -63,7 +66,9 @@ impl StorageClient {
     /// connects on first use.
     pub fn new(connector: &Connector, endpoint: &str) -> Result<Self, corral_auth::channel::Error> {
         let channel = connector.connect_lazy("storage", endpoint)?;
-        Ok(Self::Remote(CasClient::from_channel(channel)))
+        Ok(Self::Remote(JoinedReads::new(CasClient::from_channel(
+            channel,
+        ))))
     }
 
     /// Storage's handlers over `stores`, in this process. With
@@ -99,10 +104,7 @@ impl StorageClient {
         digests: &[Digest],
     ) -> Result<Fetched, Status> {
         match self {
-            Self::Remote(client) => remote(client, instance, digest_function)?
-                .fetch(digests)
-                .await
-                .map_err(corral_cas_client::Error::into_status),
+            Self::Remote(joined) => joined.fetch(instance, digest_function, digests).await,
             Self::InProcess { cas, .. } => {
                 let function = DigestFunction::from_proto(digest_function)
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -130,8 +132,8 @@ impl StorageClient {
         digest: &Digest,
     ) -> Result<BlobChunks, Status> {
         match self {
-            Self::Remote(client) => {
-                let chunks = remote(client, instance, digest_function)?
+            Self::Remote(joined) => {
+                let chunks = remote(joined.client(), instance, digest_function)?
                     .read_chunks(digest)
                     .await
                     .map_err(corral_cas_client::Error::into_status)?;
@@ -167,10 +169,11 @@ impl StorageClient {
         digests: &[Digest],
     ) -> Result<Vec<Digest>, Status> {
         match self {
-            Self::Remote(client) => remote(client, instance, digest_function)?
-                .find_missing(digests)
-                .await
-                .map_err(corral_cas_client::Error::into_status),
+            Self::Remote(joined) => {
+                joined
+                    .find_missing(instance, digest_function, digests)
+                    .await
+            }
             Self::InProcess { cas, .. } => {
                 let request = FindMissingBlobsRequest {
                     instance_name: instance.to_owned(),
@@ -193,7 +196,7 @@ impl StorageClient {
         inline: Inline,
     ) -> Result<Option<ActionResult>, Status> {
         match self {
-            Self::Remote(client) => remote(client, instance, digest_function)?
+            Self::Remote(joined) => remote(joined.client(), instance, digest_function)?
                 .get_action_result(action, inline.stdout, inline.stderr)
                 .await
                 .map_err(corral_cas_client::Error::into_status),
@@ -224,7 +227,8 @@ impl StorageClient {
         result: ActionResult,
     ) -> Result<(), Status> {
         match self {
-            Self::Remote(client) => client
+            Self::Remote(joined) => joined
+                .client()
                 .with_instance(instance)
                 .update_action_result(key, result)
                 .await
@@ -247,7 +251,8 @@ impl StorageClient {
     /// Storage's own capabilities, for the scheduler to add to.
     pub async fn capabilities(&self, instance: &str) -> Result<ServerCapabilities, Status> {
         match self {
-            Self::Remote(client) => client
+            Self::Remote(joined) => joined
+                .client()
                 .with_instance(instance)
                 .capabilities()
                 .await

@@ -11,6 +11,10 @@
 //! ```
 //!
 //! CORRAL_BENCH_OPS scales the number of actions per level (default 1).
+//! CORRAL_BENCH_BASELINE names another `corral` binary (a release build of
+//! an older commit): the same levels run against it in the same run,
+//! interleaved round by round (CORRAL_BENCH_ROUNDS, default 3), and the
+//! ratios new/baseline are printed per level.
 //! Run it as root on a quiet machine: the clients share its cores.
 
 #![allow(clippy::unwrap_used)] // a bench: a failed step stops it loudly
@@ -180,7 +184,7 @@ fn ms(d: Duration) -> f64 {
 /// Numbers each action's salt, across every level of the run.
 static NEXT_SALT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// A level's figures.
+/// A level's figures, summed over its rounds.
 struct Level {
     clients: usize,
     ops: usize,
@@ -190,16 +194,37 @@ struct Level {
 }
 
 impl Level {
-    fn print(&self, baseline_p50: Duration) {
-        let p50 = percentile(&self.latencies, 0.5);
+    fn ops_per_second(&self) -> f64 {
+        self.ops as f64 / self.wall.as_secs_f64()
+    }
+
+    fn p50(&self) -> Duration {
+        percentile(&self.latencies, 0.5)
+    }
+
+    fn cpu_per_op_ms(&self) -> f64 {
+        self.farm_cpu * 1000.0 / self.ops as f64
+    }
+
+    /// Another round of the same level added in.
+    fn add(&mut self, other: Level) {
+        self.ops += other.ops;
+        self.wall += other.wall;
+        self.latencies.extend(other.latencies);
+        self.latencies.sort();
+        self.farm_cpu += other.farm_cpu;
+    }
+
+    fn print(&self, farm: &str, baseline_p50: Duration) {
+        let p50 = self.p50();
         println!(
-            "{:>7} {:>6} {:>9.1} {:>8.2} {:>8.2} {:>10.2} {:>10.1}",
+            "{farm:>8} {:>7} {:>6} {:>9.1} {:>8.2} {:>8.2} {:>10.2} {:>10.1}",
             self.clients,
             self.ops,
-            self.ops as f64 / self.wall.as_secs_f64(),
+            self.ops_per_second(),
             ms(p50),
             ms(percentile(&self.latencies, 0.95)),
-            self.farm_cpu * 1000.0 / self.ops as f64,
+            self.cpu_per_op_ms(),
             p50.as_secs_f64() / baseline_p50.as_secs_f64(),
         );
     }
@@ -264,33 +289,90 @@ fn fork_exec(ops: usize) -> Vec<Duration> {
     latencies
 }
 
+/// The load average over the last minute, for the record beside each
+/// figure (the machine may be shared).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
 #[tokio::main]
 async fn main() {
     let scale: usize = std::env::var("CORRAL_BENCH_OPS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
-    let farm = Farm::start();
-    let url = format!("http://127.0.0.1:{}", farm.port);
+    // A release build of an older commit, run at the same levels in the
+    // same run, interleaved round by round, so that both see the same load.
+    let baseline_binary = std::env::var_os("CORRAL_BENCH_BASELINE").map(std::path::PathBuf::from);
+    let rounds: usize = std::env::var("CORRAL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if baseline_binary.is_some() { 3 } else { 1 });
+    let mut farms = vec![("new", Farm::start())];
+    if let Some(binary) = &baseline_binary {
+        farms.push(("baseline", Farm::start_binary(binary)));
+    }
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
+    let urls: Vec<String> = farms
+        .iter()
+        .map(|(_, farm)| format!("http://127.0.0.1:{}", farm.port))
+        .collect();
     // Warm-up: connections, the runner's first spawn, page cache.
-    level(&farm, &url, 1, 20, run).await;
+    for ((_, farm), url) in farms.iter().zip(&urls) {
+        level(farm, url, 1, 20, run).await;
+    }
 
     let baseline = fork_exec(300 * scale);
     let baseline_p50 = percentile(&baseline, 0.5);
     println!(
-        "fork+exec /bin/true: p50 {:.2} ms, p95 {:.2} ms ({} runs)",
+        "fork+exec /bin/true: p50 {:.2} ms, p95 {:.2} ms ({} runs); load average {}",
         ms(baseline_p50),
         ms(percentile(&baseline, 0.95)),
-        baseline.len()
+        baseline.len(),
+        load_average()
     );
-    println!("clients    ops     ops/s  p50(ms)  p95(ms) cpu/op(ms) p50/f+e");
+    if let Some(binary) = &baseline_binary {
+        println!(
+            "baseline: {}; {rounds} rounds, interleaved",
+            binary.display()
+        );
+    }
+    println!("    farm clients    ops     ops/s  p50(ms)  p95(ms) cpu/op(ms) p50/f+e");
     for (clients, ops) in [(1, 300 * scale), (32, 1000 * scale)] {
-        level(&farm, &url, clients, ops, run)
-            .await
-            .print(baseline_p50);
+        let load_before = load_average();
+        let mut levels: Vec<Option<Level>> = farms.iter().map(|_| None).collect();
+        for round in 0..rounds {
+            // Alternate which farm goes first.
+            let mut order: Vec<usize> = (0..farms.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                let measured = level(&farms[i].1, &urls[i], clients, ops, run).await;
+                match &mut levels[i] {
+                    Some(total) => total.add(measured),
+                    slot => *slot = Some(measured),
+                }
+            }
+        }
+        let levels: Vec<Level> = levels.into_iter().map(Option::unwrap).collect();
+        for ((name, _), level) in farms.iter().zip(&levels) {
+            level.print(name, baseline_p50);
+        }
+        if let [new, old] = levels.as_slice() {
+            println!(
+                "   ratio {clients:>7}        {:>9.2} {:>8.2}          {:>10.2}  (new/baseline; load average {load_before} before, {} after)",
+                new.ops_per_second() / old.ops_per_second(),
+                new.p50().as_secs_f64() / old.p50().as_secs_f64(),
+                new.cpu_per_op_ms() / old.cpu_per_op_ms(),
+                load_average()
+            );
+        }
     }
 }

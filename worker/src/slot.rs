@@ -3,7 +3,7 @@
 //!
 //! Buildbarn's dynamics: the slot says Idle and the scheduler holds the
 //! call until it has an action (or answers with nothing); while running,
-//! the slot reports its stage at least by `next_synchronization_at`, and
+//! the slot reports its stage by `next_synchronization_at`, and
 //! an Idle answer then means the action went elsewhere, so it is dropped;
 //! the Completed report carries the response and its answer may carry the
 //! next action.
@@ -293,12 +293,18 @@ impl Slot {
             inline_stderr: exec.corral_inline_stderr,
             trace_context: exec.w3c_trace_context,
         };
-        let (stage_tx, mut stage_rx) = watch::channel(Stage::Started);
+        let (stage_tx, stage_rx) = watch::channel(Stage::Started);
         let mut report_in = until(next_sync.as_ref(), REPORT_MAX);
         let executor = &self.executor;
         let run = executor.execute(&job, &stage_tx);
         tokio::pin!(run);
-        let mut report_now = true;
+        // Progress goes out when the scheduler asks for it
+        // (`next_synchronization_at`), not at each change of stage: the
+        // scheduler only needs to know the slot is alive, and a report per
+        // stage was up to four Synchronize calls per action, most of the
+        // farm's gRPC work for a short one. The stage is whatever it is
+        // when the report goes.
+        let mut report_now = false;
         // A failed report is retried soon, then less often: the first
         // call after a scheduler restart fails on the old connection, and
         // the restarted scheduler adopts the run only once it hears of it.
@@ -312,7 +318,7 @@ impl Slot {
         };
         loop {
             if report_now {
-                let stage = *stage_rx.borrow_and_update();
+                let stage = *stage_rx.borrow();
                 let executing = current_state::Executing {
                     action_digest: Some(action_digest.clone()),
                     execution_state: Some(match stage {
@@ -371,7 +377,6 @@ impl Slot {
             }
             tokio::select! {
                 ended = &mut run => return ended_state(action_digest, ended),
-                changed = stage_rx.changed() => report_now = changed.is_ok(),
                 () = tokio::time::sleep(report_in) => report_now = true,
                 () = reached(&mut stop, Stop::Now) => return killed(&action_digest),
             }
