@@ -382,8 +382,15 @@ struct Registered<'a> {
 }
 
 impl Drop for Registered<'_> {
+    /// A poll no longer registered was woken (or took work). If its call
+    /// ended before it looked (the worker went away), the wake would be
+    /// lost and the action would wait for another poll's deadline: pass
+    /// it on to the next poll that can take what is queued.
     fn drop(&mut self) {
-        self.assignments.lock().waiting.remove(&self.id);
+        let mut inner = self.assignments.lock();
+        if inner.waiting.remove(&self.id).is_none() {
+            inner.wake_one();
+        }
     }
 }
 
@@ -1201,6 +1208,26 @@ mod tests {
             .next_assignment(&worker(2), "", &linux(), Duration::from_secs(30))
             .await;
         assert!(none.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_woken_poll_whose_call_ends_passes_the_wake_to_another() {
+        let a = assignments();
+        let long = Duration::from_secs(30);
+        let (one, two, platform) = (worker(1), worker(2), linux());
+        let mut first = Box::pin(a.next_assignment(&one, "", &platform, long));
+        let mut second = Box::pin(a.next_assignment(&two, "", &platform, long));
+        // Both register as waiting, the first one oldest.
+        let tick = Duration::from_millis(1);
+        assert!(tokio::time::timeout(tick, first.as_mut()).await.is_err());
+        assert!(tokio::time::timeout(tick, second.as_mut()).await.is_err());
+        a.enqueue(queued(2, ""), 0, "");
+        // The first poll was woken, but its call ends before it looks.
+        drop(first);
+        let got = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("the other poll is woken, not left to its deadline");
+        assert_eq!(got.unwrap().queued.action_digest, digest(2));
     }
 
     #[tokio::test(start_paused = true)]
