@@ -15,7 +15,6 @@
 // Test code: a failed setup step should stop the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
@@ -48,16 +47,7 @@ fn read(path: &str) -> Table {
 }
 
 /// An error and its causes, as a daemon prints them.
-fn chain(err: &dyn StdError) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+use corral_proto::status::error_chain as chain;
 
 /// One step into a document: a key of a table or an element of an array.
 #[derive(Debug, Clone, PartialEq)]

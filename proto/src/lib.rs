@@ -26,6 +26,7 @@
 pub mod any;
 pub mod ids;
 pub mod precondition;
+pub mod status;
 pub mod time;
 
 pub use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;

@@ -1,5 +1,6 @@
 //! The `buildbarn.runner.Runner` service over the sandbox.
 
+use corral_proto::status::error_chain;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -184,18 +185,6 @@ pub fn status(err: &Error) -> Status {
         Error::NoImageRoot { .. } => Status::failed_precondition(message),
         _ => Status::internal(message),
     }
-}
-
-/// The error and its causes, joined, for status messages.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Parses a `grpc-timeout` header value ("30S", "100m", ...).

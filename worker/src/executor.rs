@@ -6,6 +6,7 @@
 //! of losing the action. The build directory is removed in every case,
 //! including when the slot abandons the action midway.
 
+use corral_proto::status::error_chain;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -279,7 +280,7 @@ impl Executor {
         let status = match &outcome {
             Ok(()) => None,
             Err(err) => {
-                warn!(error = %chain(err), "action failed");
+                warn!(error = %error_chain(err), "action failed");
                 Some(status(err))
             }
         };
@@ -299,7 +300,7 @@ impl Executor {
                 ..result.clone()
             };
             if let Err(err) = cas.update_action_result(&job.action_digest, entry).await {
-                warn!(error = %chain(&err), "writing the action cache entry failed");
+                warn!(error = %error_chain(&err), "writing the action cache entry failed");
             }
         }
         info!(
@@ -617,18 +618,6 @@ fn runner_message(status: &tonic::Status) -> String {
     }
 }
 
-/// The error and its causes, joined, for status messages.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// Whether a storage call in `err`'s causes failed because storage could
 /// not be reached.
 fn storage_unreachable(err: &Error) -> bool {
@@ -645,7 +634,7 @@ fn storage_unreachable(err: &Error) -> bool {
 /// The response status for a failed action, chosen where the error starts.
 pub fn status(err: &Error) -> rpc::Status {
     use tonic::Code;
-    let message = chain(err);
+    let message = error_chain(err);
     let missing = match err {
         Error::FetchCommand(cas_client::Error::Missing { digest }) => Some(digest),
         Error::InputRoot(e) => e.missing_digest(),
